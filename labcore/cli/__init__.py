@@ -1,0 +1,62 @@
+"""The `labcore` command: the terminal twin of the notebooks, following `docker`'s verbs and flags.
+
+Each verb lives in its own module here with two functions, ``configure(parser)`` and ``run(args) -> int``,
+imported only when that verb is used, so `labcore run` does not pay for `labcore doctor`'s imports.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+
+from labcore.errors import LabError
+
+# verb -> one line of help. The module labcore.cli.<verb> does the work.
+VERBS = {
+    "doctor": "Show what this host lets the lab do, and why not",
+    "cleanup": "Undo what crashed runs left behind (all of it with --all)",
+    "images": "List images in the local store",
+    "run": "Run a command in a new container",
+}
+_MODULES = {"images": "images_cmd"}
+
+
+def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="labcore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb, summary in verbs.items():
+        module = _verb_module(verb)
+        verb_parser = sub.add_parser(verb, help=summary, description=summary)
+        module.configure(verb_parser)
+        verb_parser.set_defaults(handler=module.run)
+    return parser
+
+
+def _verb_module(verb: str):
+    return importlib.import_module(f"labcore.cli.{_MODULES.get(verb, verb)}")
+
+
+def _exit_on_signal(signum, frame):
+    # SIGTERM/SIGHUP leave through SystemExit, so every `with Scope()` still undoes what it made.
+    sys.exit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Build only the chosen verb's parser: importing every verb would slow down each start.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser({chosen: VERBS[chosen]} if chosen in VERBS else VERBS)
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    try:
+        return args.handler(args) or 0
+    except LabError as err:
+        print(f"labcore: {err}", file=sys.stderr)
+        return 125          # docker's exit code when the daemon/runtime itself fails
+    except KeyboardInterrupt:
+        return 130

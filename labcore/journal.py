@@ -1,0 +1,269 @@
+"""The undo journal: every object the lab creates is written down with its inverse, at creation.
+
+Containers are made of kernel objects that outlive the process that made them: a mount in the host's mount
+namespace, a cgroup directory, a named network namespace, a veth pair, a background process, a directory of
+layers. If the notebook kernel is restarted half-way through a step, nothing else would remember them. So
+the lab follows one rule, the way a database uses a write-ahead log:
+
+    create the object  ->  immediately record {kind, name, how to undo it, who owns it}
+
+Each record is one small JSON file in ``<state dir>/journal``. Three ways to undo:
+
+* ``with Scope() as scope:`` undoes what was recorded inside the block, in reverse order, on normal exit, on
+  an exception and on KeyboardInterrupt (the CLI turns SIGTERM and SIGHUP into the same exit path);
+* ``undo_orphans()`` (``labcore cleanup``) undoes records whose owner process has died;
+* ``undo_all()`` (``labcore cleanup --all``, the notebooks' cleanup cells) undoes every record.
+
+The inverse is data, not code (an operation name and its arguments), so a fresh process can replay it after a
+crash. Each operation refuses a name the lab could not have given (``labcore...``, ``lc...`` for links), so
+cleanup never touches an object the lab did not create. Objects that die with their namespace (a mount
+inside a container's private mount namespace) need no record.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labcore import paths, syscalls
+from labcore.errors import LabError
+
+
+@dataclass
+class Entry:
+    kind: str                       # mount, cgroup, netns, link, process, directory
+    name: str                       # the object: a path, an interface name, a pid
+    undo: str                       # an operation in UNDO
+    args: dict = field(default_factory=dict)
+    owner: dict = field(default_factory=dict)      # {"pid": ..., "start": ...}
+    id: str = ""
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (proc(5)): with the pid, it names a process uniquely across pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def owner_of(pid: int | None = None) -> dict:
+    pid = pid or os.getpid()
+    return {"pid": pid, "start": process_start_time(pid)}
+
+
+def owner_alive(owner: dict) -> bool:
+    return owner.get("pid") is not None and process_start_time(owner["pid"]) == owner.get("start")
+
+
+class Journal:
+    """The records in one state directory."""
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        self.directory = Path(directory) if directory else paths.journal_dir()
+
+    def record(self, kind: str, name: str, undo: str, *, owner: dict | None = None, **args) -> Entry:
+        if undo not in UNDO:
+            raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}")
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        entry = Entry(kind, str(name), undo, args, owner or owner_of())
+        entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
+        temporary = self.directory / f".{entry.id}.tmp"
+        temporary.write_text(json.dumps(asdict(entry)))
+        temporary.rename(self.directory / f"{entry.id}.json")    # rename is atomic: no half records
+        return entry
+
+    def forget(self, entry: Entry) -> None:
+        """Drop a record whose object was removed the normal way."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / f"{entry.id}.json").unlink()
+
+    def entries(self) -> list[Entry]:
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for file in sorted(self.directory.glob("*.json")):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                found.append(Entry(**json.loads(file.read_text())))
+        return found
+
+    def undo(self, entry: Entry) -> bool:
+        """Run the inverse of ``entry`` once, then drop the record. False if another process took it."""
+        claimed = self.directory / f".{entry.id}.undoing"
+        try:
+            (self.directory / f"{entry.id}.json").rename(claimed)   # claim it: two cleanups never race
+        except FileNotFoundError:
+            return False
+        try:
+            UNDO[entry.undo](**entry.args)
+        except BaseException:
+            claimed.rename(self.directory / f"{entry.id}.json")   # keep it for `labcore cleanup`
+            raise
+        claimed.unlink()
+        return True
+
+    def set_owner(self, entry: Entry, owner: dict) -> None:
+        """Hand an object to another process (a detached container's monitor), so it is not an orphan."""
+        entry.owner = owner
+        (self.directory / f"{entry.id}.json").write_text(json.dumps(asdict(entry)))
+
+    def undo_many(self, entries: list[Entry]) -> list[str]:
+        """Undo in reverse creation order (children before parents); report what could not be undone."""
+        failures = []
+        for entry in reversed(entries):
+            try:
+                self.undo(entry)
+            except (OSError, LabError, subprocess.SubprocessError) as err:
+                failures.append(f"{entry.describe()}: {err}")
+        return failures
+
+    def undo_orphans(self) -> tuple[list[Entry], list[str]]:
+        orphans = [e for e in self.entries() if not owner_alive(e.owner)]
+        return orphans, self.undo_many(orphans)
+
+    def undo_all(self) -> tuple[list[Entry], list[str]]:
+        everything = self.entries()
+        return everything, self.undo_many(everything)
+
+
+class Scope:
+    """Undo, on leaving the block by any route, what was recorded through this scope."""
+
+    def __init__(self, journal: Journal | None = None):
+        self.journal = journal or Journal()
+        self.entries: list[Entry] = []
+
+    def record(self, kind: str, name: str, undo: str, **args) -> Entry:
+        entry = self.journal.record(kind, name, undo, **args)
+        self.entries.append(entry)
+        return entry
+
+    def release(self) -> list[Entry]:
+        """Keep the objects after the block (a detached container); the journal still holds them."""
+        kept, self.entries = self.entries, []
+        return kept
+
+    def close(self) -> list[str]:
+        entries, self.entries = self.entries, []
+        return self.journal.undo_many(entries)
+
+    def __enter__(self) -> "Scope":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        failures = self.close()
+        if failures and exc[0] is None:
+            raise LabError("could not undo: " + "; ".join(failures),
+                           fix="run `labcore cleanup` to retry")
+
+
+# --- the inverse operations -----------------------------------------------------------------------------
+# Each checks that the object carries the lab's name before touching it, and treats "already gone" as done.
+
+def _refuse_foreign(name: str, ok: bool) -> None:
+    if not ok:
+        raise LabError(f"refusing to remove {name!r}: its name does not carry the prefix "
+                       f"{paths.PREFIX!r}, so the lab did not create it")
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo, proc(5))."""
+    path = os.path.abspath(path)
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == path or point.startswith(path.rstrip("/") + "/"):
+            found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def undo_umount(target: str) -> None:
+    _refuse_foreign(target, paths.path_is_ours(target))
+    for point in mounts_under(target):
+        if point == os.path.abspath(target):
+            syscalls.umount2(point, syscalls.MNT_DETACH)
+
+
+def undo_rmtree(path: str) -> None:
+    """Remove a directory tree, first detaching mounts below it so no bind-mounted host file is deleted."""
+    _refuse_foreign(path, paths.path_is_ours(path))
+    for point in mounts_under(path):
+        syscalls.umount2(point, syscalls.MNT_DETACH)
+    if mounts_under(path):
+        raise LabError(f"mounts remain below {path}; not deleting it", path=path)
+    if os.path.lexists(path):
+        _make_writable(path)
+        shutil.rmtree(path)
+
+
+def _make_writable(path: str) -> None:
+    # Image layers hold read-only directories (e.g. /proc mode 0555): unwritable as a non-root user.
+    if os.geteuid() != 0:
+        for root, dirs, _ in os.walk(path):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+
+
+def undo_rmdir_cgroup(path: str) -> None:
+    """Kill what is left inside a cgroup of ours, then remove it (rmdir is how cgroups are deleted)."""
+    _refuse_foreign(path, Path(path).name.startswith(paths.PREFIX))
+    if not os.path.isdir(path):
+        return
+    for _ in range(50):
+        with contextlib.suppress(FileNotFoundError):
+            for pid in Path(path, "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)      # EBUSY while the killed processes are still exiting
+    os.rmdir(path)
+
+
+def undo_kill(pid: int, start: int | None) -> None:
+    """SIGKILL a process, but only the one we started: the pid must still have the same start time."""
+    if start is not None and process_start_time(pid) == start:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def undo_netns(name: str) -> None:
+    _refuse_foreign(name, name.startswith(paths.PREFIX))
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+def undo_link(name: str) -> None:
+    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    subprocess.run(["ip", "link", "delete", name], capture_output=True)
+
+
+def undo_unlink(path: str) -> None:
+    _refuse_foreign(path, paths.path_is_ours(path))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+UNDO = {
+    "umount": undo_umount,
+    "rmtree": undo_rmtree,
+    "rmdir_cgroup": undo_rmdir_cgroup,
+    "kill": undo_kill,
+    "netns": undo_netns,
+    "link": undo_link,
+    "unlink": undo_unlink,
+}

@@ -1,0 +1,114 @@
+"""Children: where every isolating step happens, so the process that asked never changes.
+
+unshare(2) and setns(2) change the *calling* process. If a notebook kernel called them itself it would end
+up inside the container it was trying to show. So each step forks a child (fork(2), as docker's runc does
+with clone(2)), the child changes itself, reads its evidence back from /proc, and sends it to its parent over
+a socket pair; the parent stays on the host and can compare.
+
+Two rules for code that runs in a child (man 2 fork, "async-signal-safe" in a threaded parent such as a
+Jupyter kernel): it never prints (a Jupyter kernel's sys.stdout talks to a thread that the child does not
+have), and it leaves with os._exit, never by returning into the parent's code.
+
+Next: ``labcore.namespaces`` uses ``run_in_child`` for one step per namespace type.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+import traceback
+from typing import Any, Callable
+
+
+class Channel:
+    """Length-prefixed pickles over one end of a socketpair: parent and child talk in steps."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send(self, message: Any) -> None:
+        data = pickle.dumps(message)
+        self.sock.sendall(struct.pack("!I", len(data)) + data)
+
+    def recv(self) -> Any:
+        header = self._read(4)
+        if header is None:
+            raise EOFError("the other side closed the channel")
+        (size,) = struct.unpack("!I", header)
+        return pickle.loads(self._read(size) or b"")
+
+    def _read(self, size: int) -> bytes | None:
+        chunks, missing = [], size
+        while missing:
+            chunk = self.sock.recv(missing)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Child:
+    """A forked child running ``fn(channel)``; the parent holds the other end of the channel."""
+
+    def __init__(self, fn: Callable[[Channel], Any]):
+        parent_end, child_end = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:                                        # in the child
+            parent_end.close()
+            _run_and_exit(fn, Channel(child_end))
+        child_end.close()
+        self.channel = Channel(parent_end)
+        self.status: int | None = None
+
+    def send(self, message: Any) -> None:
+        self.channel.send(message)
+
+    def recv(self) -> Any:
+        """The child's next message; a child's exception is re-raised here, in the parent."""
+        kind, value = self.channel.recv()
+        if kind == "error":
+            raise value
+        return value
+
+    def wait(self) -> int:
+        """Reap the child; return its exit code (128+N when killed by signal N, as a shell reports it)."""
+        if self.status is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.status = exit_code(status)
+            self.channel.close()
+        return self.status
+
+
+def exit_code(wait_status: int) -> int:
+    if os.WIFSIGNALED(wait_status):
+        return 128 + os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def _run_and_exit(fn: Callable[[Channel], Any], channel: Channel) -> None:
+    code = 0
+    try:
+        result = fn(channel)
+        channel.send(("ok", result))
+    except BaseException as err:                              # anything, even KeyboardInterrupt
+        err.child_traceback = traceback.format_exc()
+        try:
+            channel.send(("error", err))
+        except Exception:
+            code = 1
+    finally:
+        os._exit(code)
+
+
+def run_in_child(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a forked child and return its result (or raise its error)."""
+    child = Child(lambda channel: fn(*args, **kwargs))
+    try:
+        return child.recv()
+    finally:
+        child.wait()

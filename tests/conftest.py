@@ -1,0 +1,47 @@
+"""Test groups: unit (no root, fakes), privileged (real kernel; skipped with the reason when not root),
+and the notebooks (run by nbval from `./lab test`).
+
+Every test runs with its own LABCORE_HOME, so its journal, images and containers are its own, and checks
+afterwards that its journal is empty: a test that leaks a kernel object fails even when its assertions pass.
+"""
+import os
+import shutil
+
+import pytest
+
+from labcore.journal import Journal
+
+ROOT_REASON = ("needs root to call the kernel for real (running as uid %d); run `sudo ./lab test`, "
+               "or see `labcore doctor` for what this user may do" % os.geteuid())
+privileged = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+
+
+@pytest.fixture(scope="session")
+def shared_images(tmp_path_factory):
+    """One image store for the whole run: building the busybox image once is enough."""
+    return tmp_path_factory.mktemp("labcore-images")
+
+
+@pytest.fixture(autouse=True)
+def labcore_home(tmp_path, monkeypatch, shared_images):
+    home = tmp_path / "labcore-home"
+    home.mkdir()
+    os.symlink(shared_images, home / "images")
+    monkeypatch.setenv("LABCORE_HOME", str(home))
+    yield home
+    journal = Journal(home / "journal")
+    left = journal.entries()
+    undone, failures = journal.undo_all()
+    assert not failures, f"could not undo: {failures}"
+    assert not left, "test left objects behind: " + ", ".join(e.describe() for e in left)
+
+
+@pytest.fixture
+def busybox_image():
+    """The base image, built into the shared store the first time a test asks for it."""
+    from labcore.images import ensure_base_image
+    return ensure_base_image()
+
+
+def has(program: str) -> bool:
+    return shutil.which(program) is not None
