@@ -267,3 +267,15 @@ UNDO = {
     "link": undo_link,
     "unlink": undo_unlink,
 }
+
+
+def cleanup(everything: bool = True) -> str:
+    """Undo what the lab left (everything, or only orphans); the last cell of every notebook calls this.
+
+    Idempotent: a second call finds nothing and says so.
+    """
+    journal = Journal()
+    undone, failures = journal.undo_all() if everything else journal.undo_orphans()
+    lines = [f"removed {entry.describe()}" for entry in undone]
+    lines += [f"could not remove {failure}" for failure in failures]
+    return "\n".join(lines) or "nothing left to clean up"

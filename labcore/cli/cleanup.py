@@ -1,5 +1,5 @@
 """`labcore cleanup`: replay the undo journal for objects whose creator is gone (all of them with --all)."""
-from labcore.journal import Journal
+from labcore import journal
 
 
 def configure(parser):
@@ -8,12 +8,6 @@ def configure(parser):
 
 
 def run(args) -> int:
-    journal = Journal()
-    undone, failures = journal.undo_all() if args.all else journal.undo_orphans()
-    for entry in undone:
-        print(f"removed {entry.describe()}")
-    for failure in failures:
-        print(f"could not remove {failure}")
-    if not undone:
-        print("nothing to clean up")
-    return 1 if failures else 0
+    report = journal.cleanup(everything=args.all)
+    print(report)
+    return 1 if "could not remove" in report else 0
