@@ -1,0 +1,48 @@
+"""The syscall seam: C names in messages, errors classified by errno, the recording fake."""
+import errno
+
+import pytest
+
+from labcore import syscalls
+from labcore.errors import NeedsPrivilege, NotSupportedHere
+
+
+def test_flag_names_spell_flags_as_c_does():
+    assert syscalls.clone_flag_names(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWPID) == "CLONE_NEWNS|CLONE_NEWPID"
+    assert syscalls.mount_flag_names(syscalls.MS_REC | syscalls.MS_PRIVATE) == "MS_REC|MS_PRIVATE"
+    assert syscalls.mount_flag_names(0) == "0"
+
+
+def test_recorder_keeps_the_order_of_calls():
+    with syscalls.use(syscalls.Recorder()) as rec:
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        syscalls.pivot_root("/new", "/new/old")
+    assert rec.names() == ["unshare", "mount", "pivot_root"]
+    assert rec.calls[1] == ("mount", (None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE, None))
+
+
+def test_recorder_is_only_active_inside_the_block():
+    with syscalls.use(syscalls.Recorder()):
+        pass
+    assert isinstance(syscalls.backend(), syscalls.Kernel)
+
+
+def test_recorder_injects_failures_classified_by_errno():
+    with syscalls.use(syscalls.Recorder(fail={"unshare": errno.EPERM, "pivot_root": errno.EINVAL})):
+        with pytest.raises(NeedsPrivilege) as refused:
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+        with pytest.raises(NotSupportedHere):
+            syscalls.pivot_root("/a", "/a/b")
+    assert refused.value.syscall == "unshare"
+    assert "run as root" in str(refused.value)
+
+
+def test_real_kernel_error_names_the_syscall_its_flags_and_the_path(tmp_path):
+    missing = tmp_path / "absent"
+    with pytest.raises(Exception) as failed:
+        syscalls.Kernel().mount(None, str(missing), None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    error = failed.value
+    assert "MS_REC|MS_PRIVATE" in error.syscall
+    assert error.path == str(missing)
+    assert error.errno in (errno.ENOENT, errno.EPERM, errno.EINVAL)
