@@ -1,0 +1,162 @@
+"""The container lifecycle: a state machine, kept on disk.
+
+A container is not a process; it is a record that outlives its processes. runc and Docker walk each container
+through the same states (OCI runtime-spec "Lifecycle"; Docker adds `paused` and names `stopped` `exited`):
+
+    create ──► created ──start──► running ──(process exits / stop / kill)──► exited ──rm──► (gone)
+                  │                 │  ▲                                       │
+                  rm              pause│unpause                             start
+                  ▼                 ▼  │                                       ▼
+                (gone)             paused                                   running
+
+Every action checks the current state first and refuses a move the table does not allow with
+``InvalidTransition`` (the daemon answers 409 Conflict, as Docker does). The record lives in
+``<state dir>/containers/<id>/state.json``, written atomically under a lock, so another process — `labcore ps`,
+the daemon, a restarted notebook kernel — sees the same containers.
+"""
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labcore import paths
+from labcore.errors import InvalidTransition, NotFound
+
+
+class State(str, enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    EXITED = "exited"
+
+
+# action -> (states it may start from, state it leads to)
+TRANSITIONS: dict[str, tuple[set[State], State | None]] = {
+    "start": ({State.CREATED, State.EXITED}, State.RUNNING),
+    "pause": ({State.RUNNING}, State.PAUSED),
+    "unpause": ({State.PAUSED}, State.RUNNING),
+    "kill": ({State.RUNNING}, State.RUNNING),            # the process's exit moves it to EXITED
+    "stop": ({State.RUNNING, State.EXITED, State.CREATED}, State.EXITED),
+    "exit": ({State.RUNNING, State.PAUSED}, State.EXITED),
+    "exec": ({State.RUNNING}, State.RUNNING),
+    "remove": ({State.CREATED, State.EXITED}, None),
+}
+
+_REFUSALS = {
+    "start": "container {id} is already {state}",
+    "pause": "container {id} is not running",
+    "unpause": "container {id} is not paused",
+    "kill": "cannot kill container {id}: container {id} is not running",
+    "exec": "container {id} is not running",
+    "remove": "cannot remove container {id}: container is {state}: stop the container before removing "
+              "or force remove",
+}
+
+
+def check(action: str, state: State, container_id: str) -> State | None:
+    """The state ``action`` leads to from ``state``; InvalidTransition if the table forbids it."""
+    allowed, target = TRANSITIONS[action]
+    if state not in allowed:
+        message = _REFUSALS.get(action, "cannot {action} container {id}: it is {state}")
+        raise InvalidTransition(message.format(id=container_id[:12], state=state.value, action=action),
+                                state=state.value, action=action)
+    return target
+
+
+@dataclass
+class Record:
+    """What `docker inspect` reports about a container's state, and how to find its pieces."""
+    id: str
+    name: str
+    image: str
+    config: dict = field(default_factory=dict)       # the spec it was created from
+    state: State = State.CREATED
+    pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    created: float = field(default_factory=time.time)
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def directory(self) -> Path:
+        return paths.containers_dir() / self.id
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        temporary = self.directory / "state.json.tmp"
+        temporary.write_text(json.dumps({**asdict(self), "state": self.state.value}))
+        temporary.rename(self.directory / "state.json")       # readers never see half a record
+
+
+def load(container_id: str) -> Record:
+    try:
+        raw = json.loads((paths.containers_dir() / container_id / "state.json").read_text())
+    except FileNotFoundError as err:
+        raise NotFound(f"No such container: {container_id}") from err
+    return Record(**{**raw, "state": State(raw["state"])})
+
+
+def all_records() -> list[Record]:
+    found = []
+    root = paths.containers_dir()
+    for state_file in sorted(root.glob("*/state.json")) if root.is_dir() else []:
+        with contextlib.suppress(NotFound, ValueError, TypeError):
+            found.append(load(state_file.parent.name))
+    return sorted(found, key=lambda record: record.created, reverse=True)
+
+
+def find(ref: str) -> Record:
+    """A container by full id, unique id prefix or name, as Docker resolves them."""
+    records = all_records()
+    for record in records:
+        if ref in (record.id, record.name):
+            return record
+    matches = [record for record in records if record.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise NotFound(f"multiple containers match the prefix {ref!r}: use more of the id")
+    raise NotFound(f"No such container: {ref}")
+
+
+@contextlib.contextmanager
+def locked(container_id: str):
+    """Hold the container's lock while reading, checking and changing its state (flock(2))."""
+    directory = paths.containers_dir() / container_id
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def transition(container_id: str, action: str, **changes) -> Record:
+    """Check ``action`` against the stored state, apply it and ``changes``, save: one atomic step."""
+    with locked(container_id):
+        record = load(container_id)
+        target = check(action, record.state, container_id)
+        if target is not None:
+            record.state = target
+        for name, value in changes.items():
+            setattr(record, name, value)
+        record.save()
+        return record
+
+
+def process_alive(record: Record) -> bool:
+    """A record says running; is its process? (A host reboot or SIGKILLed monitor leaves stale records.)"""
+    if not record.pid:
+        return False
+    try:
+        os.kill(record.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True

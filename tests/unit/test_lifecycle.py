@@ -1,0 +1,48 @@
+"""The lifecycle table: allowed moves change the stored state; forbidden ones raise and change nothing."""
+import pytest
+
+from labcore import lifecycle
+from labcore.errors import InvalidTransition, NotFound
+from labcore.lifecycle import Record, State
+
+
+def new(cid="a" * 64, name="labcore-test"):
+    record = Record(cid, name, "busybox:latest")
+    record.save()
+    return record
+
+
+def test_walk_through_the_lifecycle():
+    record = new()
+    assert lifecycle.transition(record.id, "start", pid=42).state is State.RUNNING
+    assert lifecycle.transition(record.id, "pause").state is State.PAUSED
+    assert lifecycle.transition(record.id, "unpause").state is State.RUNNING
+    assert lifecycle.transition(record.id, "exit", exit_code=3).state is State.EXITED
+    stored = lifecycle.load(record.id)
+    assert (stored.state, stored.exit_code, stored.pid) == (State.EXITED, 3, 42)
+
+
+@pytest.mark.parametrize("state,action,message", [
+    (State.CREATED, "pause", "is not running"),
+    (State.RUNNING, "remove", "stop the container before removing or force remove"),
+    (State.RUNNING, "start", "is already running"),
+    (State.EXITED, "exec", "is not running"),
+    (State.PAUSED, "kill", "is not running"),
+])
+def test_forbidden_moves_raise_and_leave_the_record_unchanged(state, action, message):
+    record = new()
+    record.state = state
+    record.save()
+    with pytest.raises(InvalidTransition, match=message):
+        lifecycle.transition(record.id, action)
+    assert lifecycle.load(record.id).state is state
+
+
+def test_find_by_name_prefix_and_unknown():
+    one, two = new("ab" + "1" * 62, "first"), new("ac" + "2" * 62, "second")
+    assert lifecycle.find("second").id == two.id
+    assert lifecycle.find("ab").id == one.id
+    with pytest.raises(NotFound, match="multiple containers"):
+        lifecycle.find("a")
+    with pytest.raises(NotFound, match="No such container: zzz"):
+        lifecycle.find("zzz")
