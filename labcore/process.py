@@ -52,15 +52,29 @@ class Channel:
         self.sock.close()
 
 
+class _ChildEnd(Channel):
+    """The child's end: every message is tagged, so the parent can tell a result from an error."""
+
+    def send(self, message: Any) -> None:
+        super().send(("ok", message))
+
+    def send_error(self, error: BaseException) -> None:
+        super().send(("error", error))
+
+
 class Child:
-    """A forked child running ``fn(channel)``; the parent holds the other end of the channel."""
+    """A forked child running ``fn(channel)``; the parent holds the other end of the channel.
+
+    The child may ``channel.send`` any number of messages; its return value is sent last. An exception
+    in the child is sent instead and re-raised by the parent's ``recv``.
+    """
 
     def __init__(self, fn: Callable[[Channel], Any]):
         parent_end, child_end = socket.socketpair()
         self.pid = os.fork()
         if self.pid == 0:                                        # in the child
             parent_end.close()
-            _run_and_exit(fn, Channel(child_end))
+            _run_and_exit(fn, _ChildEnd(child_end))
         child_end.close()
         self.channel = Channel(parent_end)
         self.status: int | None = None
@@ -68,8 +82,12 @@ class Child:
     def send(self, message: Any) -> None:
         self.channel.send(message)
 
-    def recv(self) -> Any:
-        """The child's next message; a child's exception is re-raised here, in the parent."""
+    def recv(self, timeout: float | None = None) -> Any:
+        """The child's next message; a child's exception is re-raised here, in the parent.
+
+        With ``timeout`` (seconds), raise TimeoutError when nothing has arrived by then.
+        """
+        self.channel.sock.settimeout(timeout)
         kind, value = self.channel.recv()
         if kind == "error":
             raise value
@@ -90,15 +108,14 @@ def exit_code(wait_status: int) -> int:
     return os.WEXITSTATUS(wait_status)
 
 
-def _run_and_exit(fn: Callable[[Channel], Any], channel: Channel) -> None:
+def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
     code = 0
     try:
-        result = fn(channel)
-        channel.send(("ok", result))
+        channel.send(fn(channel))
     except BaseException as err:                              # anything, even KeyboardInterrupt
         err.child_traceback = traceback.format_exc()
         try:
-            channel.send(("error", err))
+            channel.send_error(err)
         except Exception:
             code = 1
     finally:

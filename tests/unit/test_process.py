@@ -33,3 +33,13 @@ def test_killed_child_reports_128_plus_signal():
     child = Child(lambda channel: channel.recv())
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait() == 137
+
+
+def test_child_can_send_progress_before_its_result():
+    def count(channel):
+        channel.send("first")
+        channel.send("second")
+        return "done"
+    child = Child(count)
+    assert [child.recv(), child.recv(), child.recv()] == ["first", "second", "done"]
+    child.wait()
