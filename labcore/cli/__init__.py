@@ -60,3 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return 125          # docker's exit code when the daemon/runtime itself fails
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `labcore doctor | head`: the reader left early. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again (the recipe in Python's signal module documentation).
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
