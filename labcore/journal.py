@@ -22,6 +22,7 @@ inside a container's private mount namespace) need no record.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -72,7 +73,8 @@ class Journal:
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory else paths.journal_dir()
 
-    def record(self, kind: str, name: str, undo: str, *, owner: dict | None = None, **args) -> Entry:
+    def record(self, kind: str, name: str, undo: str, /, *, owner: dict | None = None, **args) -> Entry:
+        # Positional-only, so that an undo operation's own arguments may be called ``name`` (undo_link).
         if undo not in UNDO:
             raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}")
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,7 +145,7 @@ class Scope:
         self.journal = journal or Journal()
         self.entries: list[Entry] = []
 
-    def record(self, kind: str, name: str, undo: str, **args) -> Entry:
+    def record(self, kind: str, name: str, undo: str, /, **args) -> Entry:
         entry = self.journal.record(kind, name, undo, **args)
         self.entries.append(entry)
         return entry
@@ -221,6 +223,12 @@ def undo_rmdir_cgroup(path: str) -> None:
     if not os.path.isdir(path):
         return
     for _ in range(50):
+        if _holds_child_groups(path):
+            return    # a shared parent still in use by another run: the last one out removes it
+        # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError), open(os.path.join(path, name), "r+") as file:
+                file.write(thawed)
         with contextlib.suppress(FileNotFoundError):
             for pid in Path(path, "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
@@ -233,6 +241,13 @@ def undo_rmdir_cgroup(path: str) -> None:
         except OSError:
             time.sleep(0.02)      # EBUSY while the killed processes are still exiting
     os.rmdir(path)
+
+
+def _holds_child_groups(path: str) -> bool:
+    # rmdir(2) of a cgroup with child groups fails with EBUSY; its child groups are its subdirectories.
+    with contextlib.suppress(FileNotFoundError):
+        return any(entry.is_dir() for entry in os.scandir(path))
+    return False
 
 
 def undo_kill(pid: int, start: int | None) -> None:
@@ -252,10 +267,31 @@ def undo_link(name: str) -> None:
     subprocess.run(["ip", "link", "delete", name], capture_output=True)
 
 
+def undo_bridge(name: str, lock: str) -> None:
+    """Delete a bridge of ours once no interface is plugged into it: it is shared by every container on it,
+    so the last one out removes it. Under the lock that ``labcore.network.connect`` holds while plugging in."""
+    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
+            fcntl.flock(stack.enter_context(open(lock, "a")), fcntl.LOCK_EX)
+        ports = Path(f"/sys/class/net/{name}/brif")   # one entry per plugged-in interface (sysfs-class-net)
+        if ports.is_dir() and not any(ports.iterdir()):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+
+
 def undo_unlink(path: str) -> None:
     _refuse_foreign(path, paths.path_is_ours(path))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def undo_ipcrm(msqid: int, key: int) -> None:
+    """Remove a System V message queue, but only ours: a queue has no name, so its id must still carry the
+    key it was created with (as a pid must keep its start time), read from /proc/sysvipc/msg (proc(5))."""
+    for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1]) == msqid and int(fields[0]) == key:
+            subprocess.run(["ipcrm", "-q", str(msqid)], capture_output=True, check=True)
 
 
 UNDO = {
@@ -265,7 +301,9 @@ UNDO = {
     "kill": undo_kill,
     "netns": undo_netns,
     "link": undo_link,
+    "bridge": undo_bridge,
     "unlink": undo_unlink,
+    "ipcrm": undo_ipcrm,
 }
 
 
