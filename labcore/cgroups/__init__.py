@@ -1,0 +1,305 @@
+"""Control groups: how much a container may use — cpu, memory, pids, io, devices — and freezing it.
+
+A namespace limits what a process can *see*; a control group (man 7 cgroups) limits what it can *use*. A
+cgroup is a directory in a pseudo-filesystem (cgroupfs): ``mkdir`` creates a group, writing a pid to its
+``cgroup.procs`` moves that process in (its future children follow), writing to its interface files sets
+limits, and ``rmdir`` deletes it once it is empty. The kernel enforces the limits at the moment of use: a
+page fault past ``memory.max`` starts the OOM killer, a fork past ``pids.max`` fails with EAGAIN.
+
+Two interfaces exist, and a host mounts one of three ways (Documentation/admin-guide/cgroup-v2.rst):
+
+    v1       one hierarchy per controller: /sys/fs/cgroup/memory/..., /sys/fs/cgroup/cpu/...
+             (Documentation/admin-guide/cgroup-v1/*.rst)
+    v2       one unified tree, /sys/fs/cgroup/..., controllers switched on per subtree with
+             cgroup.subtree_control; most current distributions
+    hybrid   v1 controllers plus an empty cgroup2 at /sys/fs/cgroup/unified: the lab uses the v1 side
+
+``detect()`` reads /proc/self/mountinfo (proc(5)) to tell them apart; ``open_manager()`` returns the backend
+(``labcore.cgroups.v1`` or ``.v2``) behind one interface, ``Manager``. Every group the lab makes sits under a
+parent named ``labcore`` and is journaled the moment it exists. ``labcore.cgroups.limits`` parses Docker's
+flags; ``labcore.cgroups.steps`` enforces each controller for real and measures it.
+
+Next: ``labcore.rootfs`` decides which files the container sees.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labcore import paths
+from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
+from labcore.journal import Entry, Scope
+
+PARENT = paths.PREFIX                     # /sys/fs/cgroup[/<controller>]/labcore/labcore-<id>
+V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
+                  "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
+ROOT_FIX = ("cgroupfs files belong to root: run as root (sudo), or get a delegated cgroup "
+            "(cgroup-v2.rst, 'Delegation')")
+
+
+# --- which cgroups does this host have? -------------------------------------------------------------------
+
+@dataclass
+class Layout:
+    """Where the cgroup hierarchies are mounted, as /proc/self/mountinfo says."""
+    kind: str                                                   # "v1", "v2" or "hybrid"
+    v1: dict[str, Path] = field(default_factory=dict)           # controller -> its hierarchy's mount point
+    v2: Path | None = None                                      # the cgroup2 mount point
+
+
+def _unescape(field_text: str) -> str:
+    # mountinfo writes space, tab, newline and backslash in paths as octal escapes: \040 etc.
+    return field_text.encode().decode("unicode_escape")
+
+
+def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
+    """The cgroup layout in a mountinfo text; mount points are placed below ``root`` (a fake tree in tests).
+
+    A line is ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS``.
+    A v1 hierarchy names its controllers in the super options (``rw,cpu,cpuacct``).
+    """
+    v1: dict[str, Path] = {}
+    v2 = None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        point = Path(root, _unescape(left.split()[4]).lstrip("/"))
+        fstype, _source, options = (right.split() + ["", ""])[:3]
+        if fstype == "cgroup2" and v2 is None:
+            v2 = point
+        elif fstype == "cgroup":
+            for controller in V1_CONTROLLERS.intersection(options.split(",")):
+                v1.setdefault(controller, point)     # the first mount wins, as for /proc/self/cgroup
+    if not v1 and v2 is None:
+        raise NotSupportedHere("no cgroup filesystem is mounted", path="/proc/self/mountinfo",
+                               fix="mount -t cgroup2 none /sys/fs/cgroup (cgroup-v2.rst, 'Mounting')")
+    kind = "v1" if v2 is None else ("hybrid" if v1 else "v2")
+    return Layout(kind, v1, v2)
+
+
+def detect(mountinfo: str | os.PathLike | None = None, root: str | os.PathLike = "/") -> Layout:
+    """The layout from ``mountinfo`` (text, or a file; default /proc/self/mountinfo)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo")
+    if isinstance(mountinfo, os.PathLike) or " - " not in mountinfo:
+        mountinfo = Path(mountinfo).read_text()
+    return parse_mountinfo(mountinfo, root)
+
+
+# --- one group, and what it has used -----------------------------------------------------------------------
+
+@dataclass
+class Group:
+    """A cgroup: its path below each hierarchy's root, and its directory in each hierarchy."""
+    name: str                                   # e.g. "labcore/labcore-3f2a"
+    dirs: dict[str, Path]                       # v1: controller -> directory; v2: {"unified": directory}
+    entries: list[Entry] = field(default_factory=list, repr=False)   # its journal records
+
+    def dir(self, controller: str) -> Path:
+        found = self.dirs.get(controller) or self.dirs.get("unified")
+        if found is None:
+            raise NotSupportedHere(f"the {controller} controller is not mounted on this host",
+                                   fix=f"mount it: mount -t cgroup -o {controller} cgroup "
+                                       f"/sys/fs/cgroup/{controller} (cgroup-v1/cgroups.rst)")
+        return found
+
+    @property
+    def path(self) -> Path:
+        """The directory to show: the memory hierarchy's on v1, the only one on v2."""
+        return self.dirs.get("memory") or next(iter(self.dirs.values()))
+
+
+@dataclass
+class Stats:
+    """What a group has used, read from its interface files; None where this host does not report it."""
+    cpu_usage_us: int | None = None           # CPU time used by all its tasks
+    cpu_periods: int | None = None            # CFS periods with a quota in force...
+    cpu_throttled: int | None = None          # ...how many ended with the group throttled...
+    cpu_throttled_us: int | None = None       # ...and for how long in total
+    memory_current: int | None = None
+    memory_peak: int | None = None
+    oom_kills: int | None = None
+    pids_current: int | None = None
+    pids_refused: int | None = None           # forks refused at pids.max ("max" in pids.events)
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+
+
+# --- reading and writing interface files -------------------------------------------------------------------
+
+def read_text(path: Path) -> str | None:
+    """An interface file's content, or None if this kernel does not have the file."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def read_keyed(path: Path) -> dict[str, int]:
+    """A flat keyed file (``key value`` per line: cpu.stat, memory.events, memory.oom_control)."""
+    pairs = (line.split() for line in (read_text(path) or "").splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
+
+
+def read_int(path: Path) -> int | None:
+    text = read_text(path)
+    return int(text) if text and text.strip().lstrip("-").isdigit() else None
+
+
+def write(path: Path, value) -> None:
+    """One write(2) of ``value`` to an interface file: the kernel acts on each write as a whole."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+    except FileNotFoundError as err:
+        raise NotSupportedHere(f"this kernel has no {path.name} in {path.parent}", path=str(path),
+                               fix="its controller is not enabled for this group, or the kernel is too old "
+                                   "(see `labcore doctor`)", errno=err.errno) from err
+    except OSError as err:
+        fix = ROOT_FIX if err.errno in (errno.EPERM, errno.EACCES) else None
+        raise from_oserror(err, f"write({str(value)!r})", str(path), fix=fix) from err
+
+
+# --- the interface both backends share ---------------------------------------------------------------------
+
+class Manager:
+    """Create, limit, watch, freeze and remove cgroups under ``labcore``; v1 and v2 fill in the files."""
+
+    version = ""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    # Backend hooks: where a group lives, and which files say what.
+    def hierarchy_dirs(self, name: str) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def prepare_parent(self, name: str) -> None:
+        """Make the group ``name`` ready to hold child groups (v2: switch its controllers on)."""
+
+    def check(self, limits) -> None:
+        """Refuse, before anything is created, limits this backend cannot enforce."""
+
+    def limit_writes(self, group: Group, limits) -> list[tuple[Path, str]]:
+        raise NotImplementedError
+
+    def stats(self, group: Group) -> Stats:
+        raise NotImplementedError
+
+    def limits_of(self, group: Group) -> dict[str, str]:
+        """The limits in force, as the interface files spell them (for diagrams and evidence)."""
+        raise NotImplementedError
+
+    def set_frozen(self, group: Group, frozen: bool) -> None:
+        raise NotImplementedError
+
+    def is_frozen(self, group: Group) -> bool:
+        raise NotImplementedError
+
+    # Shared steps.
+    def create(self, name: str, scope: Scope, parent: Group | None = None) -> Group:
+        """mkdir(2) the group ``name`` below ``parent`` (default: the shared ``labcore`` group), journaled.
+
+        Groups go below the root of each hierarchy, not below our own cgroup: this host puts the lab's
+        process in memory:/process_api/<hash>, a group its supervisor owns and may limit or remove; Docker
+        does the same (/sys/fs/cgroup/.../docker/<id>). On v2 our own group also holds processes, so by the
+        "no internal processes" rule it could not pass controllers down to children (cgroup-v2.rst).
+        """
+        if not name.startswith(PARENT + "-") or "/" in name:
+            raise BadInput(f"cgroup name {name!r} is not ours", fix=f"name it {PARENT}-<something>, no '/'")
+        entries = []
+        if parent is None:
+            # Each group journals the shared parent too: whichever run ends last finds it empty and
+            # removes it; the others leave it, since it still holds their siblings (journal.undo_rmdir_cgroup).
+            entries += self._make(PARENT, scope, shared=True)
+        base = parent.name if parent else PARENT
+        self.prepare_parent(base)
+        entries += self._make(f"{base}/{name}", scope)
+        return Group(f"{base}/{name}", self.hierarchy_dirs(f"{base}/{name}"), entries)
+
+    def _make(self, name: str, scope: Scope, shared: bool = False) -> list[Entry]:
+        entries = []
+        for directory in dict.fromkeys(self.hierarchy_dirs(name).values()):   # cpu,cpuacct share one
+            try:
+                os.mkdir(directory)
+            except FileExistsError as err:
+                if not shared:
+                    raise LabError(f"a cgroup {directory} exists already", path=str(directory),
+                                   fix="pick another name, or run `labcore cleanup`") from err
+            except OSError as err:
+                raise from_oserror(err, "mkdir", str(directory), fix=ROOT_FIX) from err
+            entries.append(scope.record("cgroup", str(directory), "rmdir_cgroup", path=str(directory)))
+        return entries
+
+    def remove(self, group: Group, scope: Scope) -> None:
+        """Undo the group's journal records, newest first: the group, then the parent if now empty."""
+        failures = scope.journal.undo_many(group.entries)
+        scope.entries = [e for e in scope.entries if e not in group.entries]
+        if failures:
+            raise LabError("could not remove cgroup: " + "; ".join(failures), fix="run `labcore cleanup`")
+
+    def add(self, group: Group, pid: int) -> None:
+        """Move ``pid`` into the group in every hierarchy; its future children are born inside."""
+        for directory in dict.fromkeys(group.dirs.values()):
+            write(directory / "cgroup.procs", pid)
+
+    def procs(self, group: Group) -> list[int]:
+        return [int(pid) for pid in (read_text(group.path / "cgroup.procs") or "").split()]
+
+    def apply(self, group: Group, limits) -> list[tuple[Path, str]]:
+        """Write ``limits`` into the group's files, in order; return each (file, value) written."""
+        writes = self.limit_writes(group, limits)
+        for path, value in writes:
+            write(path, value)
+        return writes
+
+    def create_for_container(self, container_id: str, limits, scope: Scope) -> Group:
+        """The group of one container, `labcore-<id>`, with its limits in force; add its pid next."""
+        self.check(limits)
+        name = container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
+        group = self.create(name, scope)
+        self.apply(group, limits)
+        return group
+
+    def freeze(self, group: Group, frozen: bool = True, timeout: float = 5.0) -> bool:
+        """Freeze (or thaw) every task in the group; wait until the kernel reports it done."""
+        self.set_frozen(group, frozen)
+        deadline = time.monotonic() + timeout
+        while self.is_frozen(group) != frozen and time.monotonic() < deadline:
+            time.sleep(0.01)        # v1 passes through FREEZING; v2 sets "frozen 1" in cgroup.events
+        return self.is_frozen(group)
+
+    def thaw(self, group: Group) -> bool:
+        return not self.freeze(group, False)
+
+    def groups(self) -> list[Group]:
+        """Every group below ``labcore`` now, parents before children, read from the live tree."""
+        top = self.hierarchy_dirs(PARENT)
+        first = next(iter(top.values()))
+        if not first.is_dir():
+            return []
+        found = [Group(PARENT, top)]
+        for here, subdirs, _ in os.walk(first):
+            subdirs.sort()
+            for sub in subdirs:
+                name = str(Path(here, sub).relative_to(first.parent))
+                found.append(Group(name, self.hierarchy_dirs(name)))
+        return found
+
+
+def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None) -> Manager:
+    """The backend for this host (or for the fake tree at ``root`` described by ``mountinfo``)."""
+    layout = detect(mountinfo, root)
+    if layout.kind == "v2":
+        from labcore.cgroups.v2 import V2Manager
+        return V2Manager(layout)
+    # Hybrid hosts bind the controllers to the v1 hierarchies; their cgroup2 tree has none to offer.
+    from labcore.cgroups.v1 import V1Manager
+    return V1Manager(layout)

@@ -1,0 +1,149 @@
+"""Each controller enforced by the real kernel, through the manager, so these run unchanged on v1, hybrid
+and v2 hosts: the evidence is what the kernel measured and did, not what the lab wrote."""
+import os
+from pathlib import Path
+
+import pytest
+
+from labcore import journal
+from labcore.cgroups import open_manager, steps
+from labcore.cgroups.limits import parse_run_limits
+from labcore.evidence import Mode
+from tests.conftest import privileged
+
+pytestmark = privileged
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_left(monkeypatch):
+    """Every cgroup a test journals must be gone afterwards (only ours: other runs may share the host)."""
+    made = []
+    record = journal.Journal.record
+
+    def spy(self, kind, name, undo, **args):
+        if kind == "cgroup":
+            made.append(name)
+        return record(self, kind, name, undo, **args)
+    monkeypatch.setattr(journal.Journal, "record", spy)
+    yield made
+    children = [path for path in made if Path(path).name != "labcore"]
+    assert children, "the test made no cgroup"
+    assert not [path for path in children if os.path.exists(path)], "cgroups left behind"
+
+
+def test_memory_limit_oom_kills_the_allocation_and_nothing_else():
+    step = steps.limit_memory("32m", allocate_mb=100)
+    assert step.data["exit"] == 137 and step.data["killed"]
+    assert step.data["oom_kills"] >= 1
+    assert step.data["peak"] <= 32 << 20
+    assert step.data["allocated_mb"] is None             # it never reached its report
+
+
+def test_memory_under_the_limit_is_left_alone():
+    step = steps.limit_memory("64m", allocate_mb=16)
+    assert step.data["exit"] == 0 and step.data["oom_kills"] == 0 and step.data["allocated_mb"] == 16
+
+
+def test_pids_limit_makes_fork_fail_inside_but_not_on_the_host():
+    step = steps.limit_pids(10)
+    assert step.data["fork_failed"] and step.data["errno"] == "EAGAIN"
+    assert step.data["pids_current"] == 10 and step.data["forked"] == 9     # 9 children + the forker
+    assert step.data["host_can_fork"]
+
+
+def test_cpu_quota_holds_a_busy_loop_near_a_quarter_core():
+    step = steps.limit_cpu(0.25, seconds=1.0)
+    assert 0.15 <= step.data["share"] <= 0.35, step
+    assert step.data["after"]["cpu_throttled"] > step.data["before"]["cpu_throttled"]
+
+
+def test_cpu_shares_split_one_cpu_by_weight():
+    step = steps.share_cpu((1024, 256), seconds=1.0)
+    assert 2.0 <= step.data["ratio"] <= 8.0, step          # asked for 4:1; others may share the CPU too
+
+
+def test_freezer_stops_a_counter_and_thaw_restarts_it():
+    step = steps.freeze_group(0.5)
+    running, at_freeze, later, resumed = step.data["counts"]
+    assert step.data["frozen"] and step.data["thawed"]
+    assert later == at_freeze and resumed > later
+
+
+def test_hierarchy_parent_limit_caps_the_child():
+    step = steps.nest_groups("64m", "128m", allocate_mb=100)
+    assert step.data["exit"] == 137
+    assert step.data["peak"] <= 64 << 20
+    assert "labcore-inner" in step.data["dot"] and "->" in step.data["dot"]
+
+
+def test_io_throttle_holds_direct_io_near_the_rate():
+    step = steps.throttle_io("2mb", megabytes=2)
+    if not step.permitted:
+        pytest.skip(step.reason)
+    for rate in (step.data["read_rate"], step.data["write_rate"]):
+        assert 0.5 * step.data["bps"] <= rate <= 1.5 * step.data["bps"], step
+
+
+def test_device_rule_makes_open_fail_with_eperm_or_says_why_not():
+    step = steps.deny_device("/dev/null")
+    if open_manager().version == "v2":
+        assert step.mode is Mode.NOT_PERMITTED and "BPF_PROG_TYPE_CGROUP_DEVICE" in step.reason
+        pytest.skip("cgroup v2 device rules need a BPF program: " + step.reason.splitlines()[0])
+    assert step.data["before"]["opened"] and step.data["after"]["errno"] == "EPERM"
+    assert step.data["host_opens"]
+
+
+def test_usage_report_accounts_cpu_memory_and_pids():
+    step = steps.report_usage(seconds=1.0)
+    last = step.data["samples"][-1][1]
+    assert last["cpu_usage_us"] > 0 and last["pids_current"] == 2
+    assert 40 << 20 <= last["memory_current"] <= 128 << 20
+
+
+def test_container_group_is_made_limited_joined_and_removed():
+    """The `labcore run` path: create_for_container, add the child's pid, then the scope removes it all."""
+    manager = open_manager()
+    with journal.Scope() as scope:
+        group = manager.create_for_container("labcore-test-run", parse_run_limits(memory="64m", pids_limit="20"),
+                                             scope)
+        child = steps.Workload(scope, "alloc", 0, 30)
+        manager.add(group, child.pid)
+        assert manager.procs(group) == [child.pid]
+        assert "/labcore/labcore-test-run" in Path(f"/proc/{child.pid}/cgroup").read_text()
+        assert manager.limits_of(group)["pids.max"] == "20"
+        manager.remove(group, scope)                      # as `docker rm` would, before the scope ends
+        assert not group.path.exists() and [e.kind for e in scope.entries] == ["process"]
+    assert child.proc.wait(5) == -9                       # removing the group killed what was inside
+    child.stop()
+
+
+def test_v2_backend_core_files_on_a_hybrid_hosts_cgroup2_mount():
+    """A hybrid host's cgroup2 tree has no controllers, but mkdir, cgroup.procs, cgroup.freeze and
+    cgroup.events are real v2 interface files: the v2 backend freezes a group there for real."""
+    from labcore.cgroups import Layout, detect
+    from labcore.cgroups.v2 import V2Manager
+    layout = detect()
+    if layout.kind != "hybrid":
+        pytest.skip(f"this host is {layout.kind}: the tests above already drive its own backend")
+    step = steps.freeze_group(0.3, manager=V2Manager(Layout("v2", {}, layout.v2)))
+    _, at_freeze, later, resumed = step.data["counts"]
+    assert step.data["frozen"] and later == at_freeze and resumed > later
+
+
+def test_the_shared_parent_goes_with_the_last_group_and_frozen_groups_are_removed():
+    """Two runs share `labcore`: the first to end leaves it, the last removes it. A frozen group's tasks
+    ignore SIGKILL until thawed (v1), so the journal's undo thaws before it kills."""
+    manager = open_manager()
+    with journal.Scope() as first:
+        with journal.Scope() as second:
+            a = manager.create("labcore-test-a", first)
+            b = manager.create("labcore-test-b", second)
+            child = steps.Workload(second, "counter")
+            manager.add(b, child.pid)
+            child.go()
+            assert manager.freeze(b)
+            parent = a.path.parent
+        assert not b.path.exists() and parent.exists()       # second ended first: a still needs the parent
+        assert child.proc.wait(5) == -9
+        child.stop()
+    assert not a.path.exists() and not parent.exists()
