@@ -7,6 +7,7 @@ Each module is one kernel mechanism and reads as a short lesson:
     namespaces    what a container can see: pid, uts, mnt, net, ipc, user, cgroup
     cgroups       how much it can use: cpu, memory, pids, io, devices, freezer
     rootfs        which files it sees: chroot, its escape, pivot_root
+    container     a command as pid 1 on an image's root: create, start, wait
     images        image layers in OCI layout; the busybox base image
     journal       every object created is written down with its undo
     evidence      what a step returns: before, after, and the mode it ran in

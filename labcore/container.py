@@ -1,0 +1,531 @@
+"""Containers: a command started as pid 1, on an image's files, inside new namespaces.
+
+`docker run busybox sh` comes down to a few steps (runc: libcontainer/process_linux.go, standard_init_linux.go):
+
+    create   check the spec and find the image; unpack its files; write the state dir
+             fork the "shim", which unshares the namespaces and forks pid 1;
+             pid 1 mounts its root filesystem (``labcore.rootfs``), pivots into it, sets the hostname, waits
+    start    pid 1 drops to the user, enters the working directory and execve()s the command
+    wait     the shim reaps pid 1: its exit code, or 128+N when signal N killed it
+
+Why two processes: unshare(CLONE_NEWPID) does not move the caller, only its next child, which becomes pid 1
+(pid_namespaces(7)). The shim stays behind, on the host's side, as pid 1's parent: it is what reaps it and
+reports how it ended, as containerd-shim does for runc.
+
+pid 1 is special: the kernel drops any signal sent to a namespace's init for which it installed no handler,
+except SIGKILL and SIGSTOP from an ancestor namespace. `sleep` as pid 1 ignores `kill -TERM 1`, and even
+`kill -KILL 1` from inside; that is why `docker stop` waits ten seconds and then sends SIGKILL from outside.
+
+What the command is follows Docker's rules (docs: "ENTRYPOINT and CMD"): Entrypoint + Cmd; a CMD given to
+`run` replaces the image's Cmd; --entrypoint replaces its Entrypoint and drops its Cmd.
+
+Next: cgroups limit what pid 1 may use; overlay layers replace the plain unpacked directory.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import select
+import selectors
+import signal
+import socket
+import termios
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from labcore import journal, paths, rootfs, syscalls, userns
+from labcore.errors import BadInput, LabError, NotFound, from_oserror
+from labcore.process import Channel, Child, exit_code
+
+# Everything but the user namespace; with it added when not root (``userns.unshare``).
+NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
+              | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWCGROUP)
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"    # Docker's, as well
+_USER = re.compile(r"^(\d+)(?::(\d+))?$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")                                # docker's container names
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_ENV_NAME = re.compile(r"^[^=\s]+$")
+
+
+@dataclass
+class Spec:
+    """What `docker run` is asked for. ``cmd``/``entrypoint`` None means "the image's"."""
+    image: str
+    cmd: list[str] | None = None
+    entrypoint: list[str] | None = None       # [] clears the image's, as --entrypoint "" does
+    env: list[str] = field(default_factory=list)      # K=V, or K to pass the caller's value on
+    workdir: str | None = None
+    user: str | None = None                   # UID or UID:GID
+    hostname: str | None = None               # default: the first 12 hex digits of the id
+    tty: bool = False
+    interactive: bool = False
+    name: str = ""
+    rm: bool = False
+    id: str = field(default_factory=lambda: secrets.token_hex(32))
+
+
+@dataclass
+class Plan:
+    """A spec resolved against its image: exactly what pid 1 will run, where, and as whom."""
+    id: str
+    image: object
+    root: str
+    argv: list[str]
+    env: list[str]
+    workdir: str
+    uid: int
+    gid: int
+    hostname: str
+    rootless: bool
+
+
+@dataclass
+class Result:
+    """How a container ended; in capture mode, what it wrote."""
+    id: str
+    argv: list[str]
+    exit_code: int
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+
+    def __str__(self) -> str:
+        text = (self.stdout or b"").decode(errors="replace") + (self.stderr or b"").decode(errors="replace")
+        return f"{text}[exit code {self.exit_code}]"
+
+    __repr__ = __str__
+
+
+# --- checking and resolving, before anything exists ------------------------------------------------------
+
+def check_spec(spec: Spec) -> None:
+    """Refuse malformed values from the user (BadInput naming the accepted form), before any change."""
+    if not re.fullmatch(r"[0-9a-f]{64}", spec.id):
+        raise BadInput(f"invalid container id {spec.id!r}", fix="an id is 64 lowercase hex digits")
+    if spec.name and not _NAME.match(spec.name):
+        raise BadInput(f"invalid container name {spec.name!r}", fix="only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed")
+    if spec.hostname is not None and not _HOSTNAME.match(spec.hostname):
+        raise BadInput(f"invalid hostname {spec.hostname!r}",
+                       fix="letters, digits, '-' and '.', at most 64 characters (sethostname(2))")
+    for item in spec.env:
+        if not _ENV_NAME.match(item.split("=", 1)[0]):
+            raise BadInput(f"invalid environment variable: {item}", fix="use -e NAME=VALUE, or -e NAME")
+    if spec.workdir is not None and not spec.workdir.startswith("/"):
+        raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
+    if spec.user is not None:
+        parse_user(spec.user)
+
+
+def parse_user(user: str) -> tuple[int, int]:
+    """``UID`` or ``UID:GID`` -> (uid, gid); the gid is 0 when not given."""
+    match = _USER.match(user)
+    if not match:
+        raise BadInput(f"invalid user {user!r}: labcore accepts a numeric UID or UID:GID",
+                       fix="e.g. --user 1000 or --user 1000:1000 (names from the image's /etc/passwd are not "
+                           "looked up)")
+    return int(match[1]), int(match[2] or 0)
+
+
+def command_line(config: dict, spec: Spec) -> list[str]:
+    """Docker's rule: Entrypoint + Cmd, where the spec's own values replace the image's."""
+    entrypoint = spec.entrypoint if spec.entrypoint is not None else (config.get("Entrypoint") or [])
+    if spec.cmd:
+        cmd = spec.cmd
+    elif spec.entrypoint is not None:
+        cmd = []                   # --entrypoint drops the image's Cmd: it was written for the old entrypoint
+    else:
+        cmd = config.get("Cmd") or []
+    argv = list(entrypoint) + list(cmd)
+    if not argv:
+        raise BadInput("no command specified", fix="give a command after the image name, or --entrypoint")
+    return argv
+
+
+def environment(config: dict, spec: Spec, hostname: str, uid: int) -> list[str]:
+    """The image's Env, then -e; PATH, HOSTNAME, TERM (with -t) and HOME as Docker adds them."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    if spec.tty:
+        env["TERM"] = "xterm"
+    for item in [*(config.get("Env") or []), *spec.env]:
+        name, equals, value = item.partition("=")
+        if equals:
+            env[name] = value
+        elif name in os.environ:   # `-e NAME` passes the caller's value on, and drops NAME if it has none
+            env[name] = os.environ[name]
+        else:
+            env.pop(name, None)
+    env.setdefault("HOME", "/root" if uid == 0 else "/")
+    return [f"{name}={value}" for name, value in env.items()]
+
+
+def find_image(ref: str):
+    """The image by reference; busybox is built from the host the first time, as `docker run` would pull."""
+    from labcore import images
+    try:
+        return images.Store().resolve(ref)
+    except NotFound:
+        if ref not in ("busybox", images.BASE_IMAGE):
+            raise
+        return images.ensure_base_image()
+
+
+def plan_for(spec: Spec) -> Plan:
+    """Resolve ``spec`` against its image. Every refusal (BadInput, NotFound) happens here."""
+    check_spec(spec)
+    image = find_image(spec.image)
+    uid, gid = parse_user(spec.user or image.config.get("User") or "0")
+    hostname = spec.hostname or spec.id[:12]
+    return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
+                argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
+                workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
+                hostname=hostname, rootless=os.geteuid() != 0)
+
+
+# --- the container, from the host's side ------------------------------------------------------------------
+
+@dataclass
+class Container:
+    spec: Spec
+    plan: Plan
+    scope: journal.Scope
+    shim: Child | None = None
+    pid: int | None = None              # pid 1, as the host numbers it
+    state: str = "created"
+    exit_code: int | None = None
+    created: float = field(default_factory=time.time)
+    process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
+
+    @property
+    def directory(self) -> Path:
+        return paths.containers_dir() / self.spec.id
+
+
+def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
+    """Everything up to the moment before execve: pid 1 waits in its new root for `start`."""
+    container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
+    try:
+        make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
+        rootfs.unpack(container.plan.image, container.plan.root, scope)     # pid 1 mounts these files
+        rootfs.write_etc_files(container.plan.root, container.plan.hostname)
+        start_pid1(container, stdio)          # last: the processes, once everything they need exists
+    except BaseException:
+        stop_if_running(container)            # reap what was forked; the scope removes the rest
+        raise
+    save_state(container)
+    return container
+
+
+def start_pid1(container: Container, stdio: "Stdio") -> None:
+    """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
+    container.shim = Child(lambda channel: _shim(channel, container.plan, stdio))
+    container.process_entries.append(record_process(container.scope, container.shim.pid))
+    stdio.after_fork()
+    # (cgroups, later) put the shim in the container's cgroup here, before it unshares CLONE_NEWCGROUP,
+    # so that the cgroup namespace's root is the container's own cgroup.
+    container.shim.send("unshare")
+    container.pid = container.shim.recv()
+    container.process_entries.append(record_process(container.scope, container.pid))
+    # (network, later) move one end of a veth pair into /proc/<pid>/ns/net here, before the command runs.
+    container.shim.recv()                     # "ready": mounted, pivoted, named
+    if stdio.mode == "tty":
+        stdio.take_terminal(receive_fd(container.shim.channel))
+
+
+def start(container: Container) -> None:
+    """Let pid 1 execve the command. On success execve closes pid 1's end of the channel (close-on-exec)."""
+    container.shim.send("start")
+    try:
+        container.shim.recv()                 # only a failure (e.g. no such executable) sends anything
+    except EOFError:
+        pass
+    container.state = "running"
+    save_state(container)
+
+
+def wait(container: Container) -> int:
+    """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    container.exit_code = container.shim.wait()
+    for entry in container.process_entries:
+        container.scope.journal.forget(entry)
+    container.state = "exited"
+    save_state(container)
+    return container.exit_code
+
+
+def kill(container: Container, signum: int = signal.SIGKILL) -> None:
+    """Signal pid 1 from the host. From here SIGKILL always works; other signals need pid 1's handler."""
+    os.kill(container.pid, signum)
+
+
+def stop_if_running(container: Container) -> None:
+    """After an interrupt: SIGKILL pid 1 and reap the shim, before the scope removes the files."""
+    if container.exit_code is None and container.shim is not None:
+        for entry in reversed(container.process_entries):
+            journal.undo_kill(**entry.args)       # only if the pid still names the process we started
+        wait(container)
+
+
+def run(spec: Spec, stdio: str = "capture") -> Result:
+    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``."""
+    with journal.Scope() as scope, Stdio(stdio, spec.interactive) as io:
+        container = None
+        try:
+            container = create(spec, scope, io)
+            start(container)
+            output = io.pump()
+            wait(container)
+        finally:
+            if container is not None:
+                stop_if_running(container)
+        if not spec.rm:
+            scope.release()    # kept, as Docker keeps a stopped container; `labcore cleanup` removes it
+    return Result(spec.id, container.plan.argv, container.exit_code, *output)
+
+
+def make_state_dir(container: Container) -> None:
+    directory = container.directory
+    directory.mkdir(parents=True)
+    container.scope.record("directory", str(directory), "rmtree", path=str(directory))
+
+
+def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
+    owner = journal.owner_of(pid)
+    return scope.record("process", str(pid), "kill", pid=pid, start=owner["start"])
+
+
+def save_state(container: Container) -> None:
+    """state.json, in the fields of ``labcore.lifecycle.Record``, written atomically."""
+    record = {"id": container.spec.id, "name": container.spec.name, "image": container.spec.image,
+              "config": asdict(container.spec), "state": container.state, "pid": container.pid or 0,
+              "exit_code": container.exit_code or 0, "created": container.created}
+    temporary = container.directory / "state.json.tmp"
+    temporary.write_text(json.dumps(record))
+    temporary.rename(container.directory / "state.json")
+
+
+# --- inside: the shim and pid 1. They never print and leave by os._exit. --------------------------------
+
+def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
+    """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
+    channel.recv()                                  # the parent's go-ahead (a cgroup is joined before it)
+    userns.unshare(NAMESPACES)                      # as root; as a user, inside a new user namespace
+    hold, release = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release)
+        os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time
+        _pid1(channel, plan, stdio)
+    channel.send(pid)
+    channel.close()                                 # pid 1 talks to the parent from here on
+    os.close(release)
+    for fd in set(stdio.child_fds) - {0, 1, 2}:
+        os.close(fd)                                # so the parent sees EOF when pid 1 is gone
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)       # the parent decides; the shim only reports
+    _, status = os.waitpid(pid, 0)
+    os._exit(exit_code(status))
+
+
+def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
+    """In the new pid namespace as pid 1: build the root, wait for start, become the command."""
+    try:
+        attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
+        rootfs.mount_container_root(plan.root, plan.rootless)
+        syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
+        terminal = open_terminal() if stdio.mode == "tty" else None
+        channel.send("ready")
+        if terminal is not None:
+            send_fd(channel, terminal)              # runc's "console socket": the parent gets the master
+            os.close(terminal)
+        channel.recv()                              # start
+        os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root
+        become_user(plan.uid, plan.gid, plan.rootless)
+        enter_workdir(plan.workdir)
+        reset_signals()
+        execute(plan.argv, plan.env)
+    except BaseException as err:
+        try:
+            channel.send_error(err)
+        finally:
+            os._exit(127)
+
+
+def attach_stdio(fds: tuple[int, int, int]) -> None:
+    """Make ``fds`` the process's 0, 1 and 2."""
+    for target, fd in enumerate(fds):
+        if fd != target:
+            os.dup2(fd, target)
+
+
+def open_terminal() -> int:
+    """A pty from the container's own /dev/pts, as its stdio and controlling terminal; returns the master.
+
+    Made inside, after pivot_root: a pty of the host's devpts has no name in the container's newinstance
+    devpts, so `tty` would say "not a tty" (runc, libcontainer/console_linux.go, does the same). Everything
+    it uses is imported at the top of this module: after pivot_root the host's Python library is gone."""
+    master, terminal = os.openpty()                 # /dev/ptmx -> pts/ptmx: the container's instance
+    os.setsid()                                     # a session of its own, so the pty can be its terminal
+    fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+    attach_stdio((terminal,) * 3)
+    os.close(terminal)
+    return master
+
+
+def send_fd(channel: Channel, fd: int) -> None:
+    """Pass an open file descriptor to the other end of the channel (SCM_RIGHTS, unix(7))."""
+    socket.send_fds(channel.sock, [b"F"], [fd])
+
+
+def receive_fd(channel: Channel) -> int:
+    _, fds, _, _ = socket.recv_fds(channel.sock, 1, 1)
+    if not fds:
+        raise LabError("pid 1 did not send its terminal", fix="run without -t to see its error")
+    return fds[0]
+
+
+def become_user(uid: int, gid: int, rootless: bool) -> None:
+    try:
+        if not rootless:           # a user namespace has setgroups "deny" (user_namespaces(7))
+            os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as err:
+        raise from_oserror(err, f"setgid({gid}); setuid({uid})",
+                           fix="a rootless container maps only uid 0 (your own uid): run without --user"
+                           if rootless else None) from err
+
+
+def enter_workdir(workdir: str) -> None:
+    try:
+        os.chdir(workdir)
+    except OSError as err:
+        raise from_oserror(err, "chdir", workdir) from err
+
+
+def reset_signals() -> None:
+    """execve(2) keeps ignored signals ignored and the signal mask: give the command a clean slate."""
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def execute(argv: list[str], env: list[str]) -> None:
+    environ = dict(item.split("=", 1) for item in env)
+    try:
+        os.execvpe(argv[0], argv, environ)       # searches the container's PATH, in the container's root
+    except OSError as err:
+        hint = (f"is {argv[0]!r} in the image? PATH={environ.get('PATH', '')}" if err.errno == errno.ENOENT
+                else f"is {argv[0]!r} an executable file?")
+        raise from_oserror(err, "execve", argv[0], fix=hint) from err
+
+
+# --- the container's fds 0, 1, 2, and the parent's ends -------------------------------------------------
+
+class Stdio:
+    """Where the container's stdin, stdout and stderr go.
+
+    inherit   the caller's own fds (the CLI); stdin is /dev/null unless interactive, as with `docker run`
+    capture   pipes the parent reads to the end: in a Jupyter kernel fd 1 is not the notebook
+    tty       a pseudo-terminal (-t); the parent copies between it and the user's terminal
+    """
+
+    def __init__(self, mode: str = "capture", interactive: bool = False):
+        if mode not in ("inherit", "capture", "tty"):
+            raise BadInput(f"unknown stdio mode {mode!r}", fix="use inherit, capture or tty")
+        self.mode, self.interactive = mode, interactive
+        self._child_ends: list[int] = []
+        self._parent_ends: list[int] = []
+        null = os.open(os.devnull, os.O_RDWR)
+        if mode == "capture":
+            (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+            self.child_fds = (null, out_w, err_w)
+            self._child_ends, self._parent_ends = [out_w, err_w], [out_r, err_r]
+        elif mode == "tty":
+            self.child_fds = (null, null, null)        # until pid 1 has its terminal (take_terminal)
+        else:
+            self.child_fds = (0 if interactive else null, 1, 2)
+        self._child_ends.append(null)
+
+    def after_fork(self) -> None:
+        """Close the child's ends here, so that the parent's reads end when the container's writers do."""
+        for fd in self._child_ends:
+            os.close(fd)
+        self._child_ends = []
+
+    def take_terminal(self, master: int) -> None:
+        self._parent_ends = [master]
+        if os.isatty(1):                            # the container's window is the size of ours
+            termios.tcsetwinsize(master, termios.tcgetwinsize(1))
+
+    def pump(self) -> tuple[bytes | None, bytes | None]:
+        """Until the container closes its ends: (stdout, stderr) in capture mode, (None, None) otherwise."""
+        if self.mode == "capture":
+            return _read_all(*self._parent_ends)
+        if self.mode == "tty":
+            _relay_terminal(self._parent_ends[0], self.interactive)
+        return None, None
+
+    def __enter__(self) -> "Stdio":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in self._child_ends + self._parent_ends:
+            os.close(fd)
+        self._child_ends = self._parent_ends = []
+
+
+def _read_all(*fds: int) -> tuple[bytes, ...]:
+    chunks = {fd: [] for fd in fds}
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
+            selector.register(fd, selectors.EVENT_READ)
+        while selector.get_map():
+            for key, _ in selector.select():
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    selector.unregister(key.fd)
+    return tuple(b"".join(chunks[fd]) for fd in fds)
+
+
+def _relay_terminal(master: int, interactive: bool) -> None:
+    """Copy the pty to our stdout, and our stdin to the pty, with our terminal in raw mode (as docker -it)."""
+    import tty
+    saved = termios.tcgetattr(0) if interactive and os.isatty(0) else None
+    sources = [master] + ([0] if interactive else [])
+    try:
+        if saved:
+            tty.setraw(0)
+        while True:
+            ready = select.select(sources, [], [])[0]
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:    # EIO: the last holder of the other end, the container, has gone
+                    data = b""
+                if not data:
+                    return
+                _write_all(1, data)
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if data:
+                    _write_all(master, data)
+                else:
+                    sources.remove(0)
+    finally:
+        if saved:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]

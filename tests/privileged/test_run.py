@@ -1,0 +1,156 @@
+"""Containers on the real kernel: pid 1, its own hostname and mounts, exit codes, and nothing left behind."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from labcore import container, journal, paths
+from labcore.container import Spec
+from tests.conftest import has, privileged
+
+pytestmark = privileged
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(busybox_image):
+    yield
+    assert str(paths.home()) not in Path("/proc/self/mountinfo").read_text()    # no mount of this test's
+    containers = paths.containers_dir()
+    assert not containers.exists() or not any(containers.iterdir()), "a container directory was left"
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not children, f"child processes left running: {children}"
+
+
+def sh(script: str, **options) -> container.Result:
+    return container.run(Spec("busybox", ["sh", "-c", script], rm=True, **options))
+
+
+def test_the_command_is_pid_1_on_the_images_root():
+    result = sh("echo $$; read -r name < /proc/1/comm; echo $name; ls /")
+    pid, name, *names = result.stdout.decode().split()
+    assert (pid, name) == ("1", "sh") and "bin" in names and "boot" not in names
+
+
+def test_hostname_changes_inside_only():
+    result = sh("hostname; cat /etc/hostname", hostname="box1")
+    assert result.stdout == b"box1\nbox1\n"
+    assert os.uname().nodename != "box1"
+
+
+def test_default_hostname_is_the_first_12_hex_of_the_id():
+    spec = Spec("busybox", ["hostname"], rm=True)
+    assert container.run(spec).stdout.decode().strip() == spec.id[:12]
+
+
+def test_exit_code_is_the_commands():
+    assert sh("exit 42").exit_code == 42
+
+
+def test_pid_1_ignores_signals_it_has_no_handler_for():
+    assert sh("kill -TERM $$; kill -KILL $$; echo still alive").stdout == b"still alive\n"
+    assert sh("trap 'exit 3' TERM; kill -TERM $$; sleep 5").exit_code == 3
+
+
+def test_a_mount_inside_is_absent_from_the_hosts_mount_table_and_sigkill_gives_137():
+    spec = Spec("busybox", ["sh", "-c", "mount -t tmpfs labcore-probe /tmp && sleep 100"], rm=True)
+    with journal.Scope() as scope, container.Stdio("capture") as io:
+        box = container.create(spec, scope, io)
+        try:
+            container.start(box)
+            inside = wait_for(lambda: "labcore-probe" in Path(f"/proc/{box.pid}/mountinfo").read_text())
+            assert inside and "labcore-probe" not in Path("/proc/self/mountinfo").read_text()
+            container.kill(box, signal.SIGTERM)             # no handler: pid 1 ignores it, even from the host
+            time.sleep(0.2)
+            assert Path(f"/proc/{box.pid}").exists()
+            container.kill(box, signal.SIGKILL)
+            io.pump()
+            assert container.wait(box) == 137
+        finally:
+            container.stop_if_running(box)
+    assert not box.directory.exists()
+
+
+def test_environment_user_and_working_directory_as_docker_sets_them():
+    result = sh("id -u; id -g; pwd; echo $FOO $HOSTNAME", user="1000:100", workdir="/work",
+                env=["FOO=bar"], hostname="box1")
+    assert result.stdout == b"1000\n100\n/work\nbar box1\n"
+
+
+def test_dev_proc_and_sys_are_the_containers_own():
+    result = sh("ls /dev; grep -c . /proc/self/mountinfo; touch /sys/x 2>&1; echo x > /dev/null; "
+                "head -c 3 /dev/zero | wc -c")
+    out = result.stdout.decode()
+    for name in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue", "fd", "ptmx"):
+        assert f"{name}\n" in out
+    assert "Read-only file system" in out and out.endswith("3\n")
+
+
+def test_without_rm_the_stopped_container_stays_until_cleanup():
+    spec = Spec("busybox", ["true"])
+    assert container.run(spec).exit_code == 0
+    state = (paths.containers_dir() / spec.id / "state.json").read_text()
+    assert '"state": "exited"' in state
+    assert "removed directory" in journal.cleanup()
+    assert not (paths.containers_dir() / spec.id).exists()
+
+
+def test_cli_run_prints_pid_1_hostname_and_the_images_root():
+    result = labcore("run", "--rm", "--hostname", "box1", "busybox", "sh", "-c", "echo $$; hostname; ls /")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[:2] == ["1", "box1"] and "bin" in lines
+    assert labcore("run", "--rm", "busybox", "sh", "-c", "exit 42").returncode == 42
+    assert labcore("run", "--rm", "busybox", "nosuchcommand").returncode == 127
+
+
+@pytest.mark.skipif(not has("setpriv"), reason="needs setpriv (util-linux) to run as user nobody")
+def test_rootless_as_nobody_runs_as_root_inside():
+    python = python_for_nobody()
+    if python is None:
+        pytest.skip("no Python that user nobody may execute (the venv's lives under a private directory)")
+    home = tempfile.mkdtemp(prefix="labcore-nobody-")
+    os.chmod(home, 0o755)
+    os.chown(home, 65534, 65534)
+    try:
+        result = as_nobody(python, "-m", "labcore", "run", "--rm", "busybox", "sh", "-c", "id; echo $$",
+                           env={"LABCORE_HOME": f"{home}/home"})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "uid=0(root) gid=0(root)\n1\n"
+        assert not os.listdir(f"{home}/home/containers") and not os.listdir(f"{home}/home/journal")
+    finally:
+        shutil.rmtree(home)
+
+
+def labcore(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def as_nobody(*argv: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd="/", capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def python_for_nobody() -> str | None:
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        check = "import sys; sys.exit(sys.version_info < (3, 10))"
+        if os.path.exists(candidate) and as_nobody(candidate, "-c", check, env={}).returncode == 0:
+            return candidate
+    return None
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

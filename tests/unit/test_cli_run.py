@@ -1,0 +1,45 @@
+"""`labcore run` parses as `docker run` does, and refuses bad input with exit code 125, creating nothing."""
+import pytest
+
+from labcore import paths
+from labcore.cli import VERBS, build_parser, main
+from labcore.cli.run import spec_from_args
+
+
+def parse(*argv):
+    return spec_from_args(build_parser({"run": VERBS["run"]}).parse_args(["run", *argv]))
+
+
+def test_options_image_and_command():
+    spec = parse("--rm", "--hostname", "box1", "-e", "A=1", "-e", "B", "-w", "/tmp", "-u", "1000:100",
+                 "--name", "web", "-it", "busybox", "sh", "-c", "exit 42")
+    assert (spec.image, spec.cmd) == ("busybox", ["sh", "-c", "exit 42"])
+    assert spec.rm and spec.tty and spec.interactive
+    assert (spec.hostname, spec.env, spec.workdir, spec.user, spec.name) == ("box1", ["A=1", "B"], "/tmp",
+                                                                            "1000:100", "web")
+
+
+def test_flags_after_the_image_belong_to_the_command():
+    spec = parse("busybox", "ls", "--rm", "-l")
+    assert spec.cmd == ["ls", "--rm", "-l"] and not spec.rm
+
+
+def test_no_command_means_the_images():
+    spec = parse("busybox")
+    assert spec.cmd is None and spec.entrypoint is None
+
+
+@pytest.mark.parametrize("value, entrypoint", [("echo", ["echo"]), ("", []), ("sh -c", ["sh -c"])])
+def test_entrypoint_is_one_executable_and_empty_clears_it(value, entrypoint):
+    assert parse("--entrypoint", value, "busybox").entrypoint == entrypoint
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--user", "abc", "busybox", "id"], "numeric UID or UID:GID"),
+    (["-e", "=x", "busybox", "id"], "use -e NAME=VALUE"),
+    (["nosuch", "id"], "No such image: nosuch"),
+])
+def test_bad_input_exits_125_naming_what_is_accepted_and_creates_nothing(argv, message, capsys):
+    assert main(["run", *argv]) == 125
+    assert message in capsys.readouterr().err
+    assert not paths.containers_dir().exists()

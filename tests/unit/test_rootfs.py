@@ -1,0 +1,96 @@
+"""The root filesystem steps without root: the order of the mount/pivot_root sequence, recorded by
+syscalls.Recorder in a child (pivot_to changes the working directory), and the /etc files."""
+import errno
+import os
+import stat
+
+from labcore import rootfs, syscalls
+from labcore.evidence import Mode
+from labcore.process import run_in_child
+from labcore.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC
+
+
+def record_container_root(root: str, rootless: bool) -> list:
+    def build():
+        with syscalls.use(syscalls.Recorder()) as rec:
+            rootfs.mount_container_root(root, rootless)
+        return rec.calls
+    return run_in_child(build)
+
+
+def index(calls, predicate) -> int:
+    return next(i for i, call in enumerate(calls) if predicate(*call))
+
+
+def test_propagation_is_private_before_any_other_mount(tmp_path):
+    calls = record_container_root(str(tmp_path), rootless=False)
+    assert calls[0] == ("mount", (None, "/", None, MS_REC | MS_PRIVATE, None))
+
+
+def test_new_root_is_bind_mounted_on_itself_before_pivot_root(tmp_path):
+    root = str(tmp_path)
+    calls = record_container_root(root, rootless=False)
+    bind = index(calls, lambda name, args: name == "mount" and args[:2] == (root, root))
+    assert calls[bind][1][3] == MS_BIND | MS_REC
+    assert bind < index(calls, lambda name, args: name == "pivot_root")
+
+
+def test_old_root_is_made_private_then_detached_after_pivot_root(tmp_path):
+    calls = record_container_root(str(tmp_path), rootless=False)
+    assert calls[-3:] == [("pivot_root", (".", ".")),
+                          ("mount", (None, ".", None, MS_REC | MS_PRIVATE, None)),
+                          ("umount2", (".", MNT_DETACH))]
+
+
+def test_proc_dev_and_sys_are_mounted_under_the_new_root_before_the_pivot(tmp_path):
+    root = str(tmp_path)
+    calls = record_container_root(root, rootless=False)
+    targets = [args[1] for name, args in calls if name == "mount"]
+    for target in ("proc", "dev", "dev/pts", "dev/shm", "dev/mqueue", "sys"):
+        assert f"{root}/{target}" in targets
+    sysfs = next(args for name, args in calls if name == "mount" and args[2] == "sysfs")
+    assert sysfs[3] & MS_RDONLY
+
+
+def test_as_root_the_devices_are_made_with_mknod(tmp_path):
+    calls = record_container_root(str(tmp_path), rootless=False)
+    nodes = {os.path.basename(args[0]): args for name, args in calls if name == "mknod"}
+    assert set(nodes) == set(rootfs.DEVICES)
+    assert nodes["null"][1] == stat.S_IFCHR | 0o666 and nodes["null"][2] == os.makedev(1, 3)
+    devpts = next(args for name, args in calls if name == "mount" and args[2] == "devpts")
+    assert "newinstance" in devpts[4] and "ptmxmode=0666" in devpts[4] and "gid=5" in devpts[4]
+
+
+def test_rootless_binds_the_hosts_device_nodes_instead(tmp_path):
+    root = str(tmp_path)
+    calls = record_container_root(root, rootless=True)
+    assert "mknod" not in [name for name, _ in calls]
+    binds = [args for name, args in calls if name == "mount" and args[0] == "/dev/null"]
+    assert binds == [("/dev/null", f"{root}/dev/null", None, MS_BIND, None)]
+    devpts = next(args for name, args in calls if name == "mount" and args[2] == "devpts")
+    assert "gid=5" not in devpts[4]            # gid 5 is not mapped in a rootless user namespace
+
+
+def test_dev_gets_the_usual_symlinks(tmp_path):
+    record_container_root(str(tmp_path), rootless=False)
+    assert os.readlink(tmp_path / "dev/fd") == "/proc/self/fd"
+    assert os.readlink(tmp_path / "dev/ptmx") == "pts/ptmx"
+
+
+def test_etc_files_name_the_container_and_never_follow_an_images_symlink(tmp_path):
+    outside = tmp_path / "host-file"
+    outside.write_text("host\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").symlink_to(outside)
+    rootfs.write_etc_files(tmp_path, "box1")
+    assert (tmp_path / "etc/hostname").read_text() == "box1\n"
+    assert "127.0.1.1\tbox1" in (tmp_path / "etc/hosts").read_text()
+    assert outside.read_text() == "host\n"
+    assert "nameserver 127." not in (tmp_path / "etc/resolv.conf").read_text()
+
+
+def test_a_refused_chroot_is_a_refused_step_with_the_reason(tmp_path):
+    with syscalls.use(syscalls.Recorder(fail={"chroot": errno.EPERM, "unshare": errno.EPERM})):
+        step = rootfs.chroot_into(tmp_path)
+    assert step.mode is Mode.NOT_PERMITTED
+    assert "refused" in step.reason and "fix" in step.reason
