@@ -66,6 +66,7 @@ class Spec:
     interactive: bool = False
     name: str = ""
     rm: bool = False
+    limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -82,6 +83,7 @@ class Plan:
     gid: int
     hostname: str
     rootless: bool
+    limits: object = None                     # labcore.cgroups.limits.Limits
 
 
 @dataclass
@@ -173,16 +175,28 @@ def find_image(ref: str):
         return images.ensure_base_image()
 
 
+def parse_limits(spec: Spec):
+    """The cgroup limits asked for, parsed with Docker's value syntax (BadInput for `--memory 10XB`)."""
+    from labcore.cgroups.limits import parse_run_limits
+    try:
+        return parse_run_limits(**spec.limits)
+    except TypeError as err:
+        raise BadInput(f"unknown resource limit in {sorted(spec.limits)}",
+                       fix="use memory, memory_swap, cpus, cpu_shares, pids_limit, device_read_bps, "
+                           "device_write_bps, device_cgroup_rule") from err
+
+
 def plan_for(spec: Spec) -> Plan:
     """Resolve ``spec`` against its image. Every refusal (BadInput, NotFound) happens here."""
     check_spec(spec)
+    limits = parse_limits(spec)
     image = find_image(spec.image)
     uid, gid = parse_user(spec.user or image.config.get("User") or "0")
     hostname = spec.hostname or spec.id[:12]
     return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
                 argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
-                hostname=hostname, rootless=os.geteuid() != 0)
+                hostname=hostname, rootless=os.geteuid() != 0, limits=limits)
 
 
 # --- the container, from the host's side ------------------------------------------------------------------
@@ -193,6 +207,8 @@ class Container:
     plan: Plan
     scope: journal.Scope
     shim: Child | None = None
+    cgroup: object = None               # labcore.cgroups.Group, when the container has one
+    oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
     state: str = "created"
     exit_code: int | None = None
@@ -224,8 +240,9 @@ def start_pid1(container: Container, stdio: "Stdio") -> None:
     container.shim = Child(lambda channel: _shim(channel, container.plan, stdio))
     container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
-    # (cgroups, later) put the shim in the container's cgroup here, before it unshares CLONE_NEWCGROUP,
-    # so that the cgroup namespace's root is the container's own cgroup.
+    # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
+    # namespace's root is the container's own group, and pid 1 (its child) is born inside the limits.
+    join_cgroup(container, container.shim.pid)
     container.shim.send("unshare")
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
@@ -246,9 +263,32 @@ def start(container: Container) -> None:
     save_state(container)
 
 
+def join_cgroup(container: Container, pid: int) -> None:
+    """As root, every container gets a cgroup of its own, as with Docker (accounting, OOM detection);
+    without root only when limits are asked for, and then the manager's error says what is missing."""
+    limits = container.plan.limits
+    if not container.plan.rootless or limits != type(limits)():
+        from labcore.cgroups import open_manager
+        manager = open_manager()
+        container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
+        manager.add(container.cgroup, pid)
+
+
+def release_cgroup(container: Container) -> None:
+    """Read whether the OOM killer fired, then remove the group: an exited container holds no cgroup."""
+    if container.cgroup is None:
+        return
+    from labcore.cgroups import open_manager
+    manager = open_manager()
+    container.oom_killed = bool(manager.stats(container.cgroup).oom_kills)
+    manager.remove(container.cgroup, container.scope)
+    container.cgroup = None
+
+
 def wait(container: Container) -> int:
     """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
     container.exit_code = container.shim.wait()
+    release_cgroup(container)
     for entry in container.process_entries:
         container.scope.journal.forget(entry)
     container.state = "exited"

@@ -25,8 +25,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-u", "--user", help="UID or UID:GID to run the command as")
     parser.add_argument("--entrypoint", help="overwrite the image's ENTRYPOINT (and drop its CMD)")
     parser.add_argument("--name", default="", help="assign a name to the container")
+    limits = parser.add_argument_group("resource limits (control groups), in Docker's syntax")
+    limits.add_argument("-m", "--memory", help="memory limit, e.g. 64m or 1g")
+    limits.add_argument("--memory-swap", help="memory plus swap, e.g. 128m (default: no swap)")
+    limits.add_argument("--cpus", help="number of CPUs, e.g. 0.5")
+    limits.add_argument("-c", "--cpu-shares", help="relative CPU weight, e.g. 512 (default 1024)")
+    limits.add_argument("--pids-limit", help="how many processes at most (-1: unlimited)")
+    limits.add_argument("--device-read-bps", action="append", default=[], metavar="DEVICE:RATE",
+                        help="limit read rate from a device, e.g. /dev/vda:1mb")
+    limits.add_argument("--device-write-bps", action="append", default=[], metavar="DEVICE:RATE",
+                        help="limit write rate to a device, e.g. /dev/vda:1mb")
+    limits.add_argument("--device-cgroup-rule", action="append", default=[], metavar="RULE",
+                        help="allow a device, e.g. 'c 1:3 rwm' (others are denied once one is given)")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+
+
+LIMIT_FLAGS = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "device_read_bps",
+               "device_write_bps", "device_cgroup_rule")
 
 
 def spec_from_args(args: argparse.Namespace) -> container.Spec:
@@ -34,7 +50,8 @@ def spec_from_args(args: argparse.Namespace) -> container.Spec:
     entrypoint = None if args.entrypoint is None else ([args.entrypoint] if args.entrypoint else [])
     return container.Spec(image=args.image, cmd=args.command or None, entrypoint=entrypoint, env=args.env,
                           workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
-                          interactive=args.interactive, name=args.name, rm=args.rm)
+                          interactive=args.interactive, name=args.name, rm=args.rm,
+                          limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -43,3 +43,22 @@ def test_bad_input_exits_125_naming_what_is_accepted_and_creates_nothing(argv, m
     assert main(["run", *argv]) == 125
     assert message in capsys.readouterr().err
     assert not paths.containers_dir().exists()
+
+
+def test_limit_flags_become_the_specs_limits_in_dockers_syntax():
+    from labcore.cli import build_parser, VERBS
+    from labcore.cli.run import spec_from_args
+    args = build_parser({"run": VERBS["run"]}).parse_args(
+        ["run", "--memory", "64m", "--cpus", "0.5", "--pids-limit", "10", "busybox", "true"])
+    assert spec_from_args(args).limits == {"memory": "64m", "cpus": "0.5", "pids_limit": "10"}
+
+
+@pytest.mark.parametrize("flag,value,accepted", [("--memory", "10XB", "64m"), ("--cpus", "-1", "0.5"),
+                                                  ("--pids-limit", "ten", "-1")])
+def test_bad_limits_are_refused_before_anything_exists(flag, value, accepted, labcore_home):
+    from labcore import container
+    from labcore.errors import BadInput
+    with pytest.raises(BadInput) as refused:
+        container.plan_for(container.Spec("busybox", ["true"], limits={flag[2:].replace("-", "_"): value}))
+    assert accepted in str(refused.value)
+    assert not (labcore_home / "containers").exists()
