@@ -213,6 +213,8 @@ class Container:
     state: str = "created"
     exit_code: int | None = None
     created: float = field(default_factory=time.time)
+    started: float = 0.0
+    finished: float = 0.0
     process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
 
     @property
@@ -260,6 +262,7 @@ def start(container: Container) -> None:
     except EOFError:
         pass
     container.state = "running"
+    container.started = time.time()
     save_state(container)
 
 
@@ -292,6 +295,7 @@ def wait(container: Container) -> int:
     for entry in container.process_entries:
         container.scope.journal.forget(entry)
     container.state = "exited"
+    container.finished = time.time()
     save_state(container)
     return container.exit_code
 
@@ -328,7 +332,10 @@ def run(spec: Spec, stdio: str = "capture") -> Result:
 
 def make_state_dir(container: Container) -> None:
     directory = container.directory
-    directory.mkdir(parents=True)
+    try:
+        directory.mkdir(parents=True)
+    except FileExistsError:
+        return                    # made by `create` (labcore.engine), which journaled it already
     container.scope.record("directory", str(directory), "rmtree", path=str(directory))
 
 
@@ -337,14 +344,61 @@ def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
     return scope.record("process", str(pid), "kill", pid=pid, start=owner["start"])
 
 
+def describe(spec: Spec, plan: Plan) -> dict:
+    """What the record keeps of a container's configuration: enough to start it again and to inspect it."""
+    return {"spec": asdict(spec), "argv": plan.argv, "env": plan.env, "workdir": plan.workdir,
+            "hostname": plan.hostname, "image_id": plan.image.id, "rootless": plan.rootless}
+
+
 def save_state(container: Container) -> None:
-    """state.json, in the fields of ``labcore.lifecycle.Record``, written atomically."""
-    record = {"id": container.spec.id, "name": container.spec.name, "image": container.spec.image,
-              "config": asdict(container.spec), "state": container.state, "pid": container.pid or 0,
-              "exit_code": container.exit_code or 0, "created": container.created}
-    temporary = container.directory / "state.json.tmp"
-    temporary.write_text(json.dumps(record))
-    temporary.rename(container.directory / "state.json")
+    """state.json as a ``labcore.lifecycle.Record``: what `labcore ps`, `inspect` and the daemon read."""
+    from labcore.lifecycle import Record, State
+    config = describe(container.spec, container.plan)
+    Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
+           state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
+           oom_killed=container.oom_killed, created=container.created, started=container.started,
+           finished=container.finished).save()
+
+
+def exec_in(record, request: dict, stdio: "Stdio") -> Child:
+    """`docker exec`: a new process that joins pid 1's namespaces with setns(2) and runs a command there.
+
+    setns(CLONE_NEWPID) moves only the caller's future children (pid_namespaces(7)), so the joiner forks
+    once more; the command is that child. Joining the mount namespace also sets the root to the container's
+    (setns(2)), so no chroot is needed."""
+    config = record.config
+    kinds = ["ipc", "uts", "net", "pid", "mnt", "cgroup"] + (["user"] if config.get("rootless") else [])
+    env = _merge_env(config["env"], request.get("env") or [])
+    uid, gid = parse_user(request.get("user") or config["spec"].get("user") or "0")
+    workdir = request.get("workdir") or config["workdir"]
+
+    def join(channel: Channel) -> None:
+        from labcore.namespaces import enter_namespaces
+        enter_namespaces(record.pid, kinds)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                attach_stdio(stdio.child_fds)
+                become_user(uid, gid, config.get("rootless", False))
+                enter_workdir(workdir)
+                reset_signals()
+                execute(request["cmd"], env)
+            finally:
+                os._exit(127)
+        for fd in set(stdio.child_fds) - {0, 1, 2}:
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        os._exit(exit_code(status))
+
+    child = Child(join)
+    stdio.after_fork()
+    return child
+
+
+def _merge_env(base: list[str], extra: list[str]) -> list[str]:
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(item.split("=", 1) for item in extra if "=" in item)
+    return [f"{name}={value}" for name, value in merged.items()]
 
 
 # --- inside: the shim and pid 1. They never print and leave by os._exit. --------------------------------
@@ -505,10 +559,13 @@ class Stdio:
         if os.isatty(1):                            # the container's window is the size of ours
             termios.tcsetwinsize(master, termios.tcgetwinsize(1))
 
-    def pump(self) -> tuple[bytes | None, bytes | None]:
-        """Until the container closes its ends: (stdout, stderr) in capture mode, (None, None) otherwise."""
+    def pump(self, sink=None) -> tuple[bytes | None, bytes | None]:
+        """Until the container closes its ends: (stdout, stderr) in capture mode, (None, None) otherwise.
+
+        With ``sink``, each chunk goes to ``sink(stream, data)`` as it arrives (1 stdout, 2 stderr, as in
+        Docker's log frames) instead of being collected: how a detached container's log is written."""
         if self.mode == "capture":
-            return _read_all(*self._parent_ends)
+            return _read_all(*self._parent_ends, sink=sink)
         if self.mode == "tty":
             _relay_terminal(self._parent_ends[0], self.interactive)
         return None, None
@@ -522,15 +579,18 @@ class Stdio:
         self._child_ends = self._parent_ends = []
 
 
-def _read_all(*fds: int) -> tuple[bytes, ...]:
+def _read_all(*fds: int, sink=None) -> tuple[bytes, ...]:
     chunks = {fd: [] for fd in fds}
+    streams = {fd: number for number, fd in enumerate(fds, start=1)}
     with selectors.DefaultSelector() as selector:
         for fd in fds:
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             for key, _ in selector.select():
                 data = os.read(key.fd, 65536)
-                if data:
+                if data and sink:
+                    sink(streams[key.fd], data)
+                elif data:
                     chunks[key.fd].append(data)
                 else:
                     selector.unregister(key.fd)

@@ -66,12 +66,25 @@ class Stream:
         self.content_type = content_type
 
 
+class Hijack:
+    """Docker's "hijacked" connection (exec start, attach): a 101 answer, then raw bytes until the end.
+
+    The docker SDK reads these frames from the socket itself, not through HTTP, so they are not chunked."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = chunks
+
+
 ROUTES: list[tuple[str, re.Pattern, Callable]] = []
 
 
 def route(method: str, pattern: str):
-    """Register a handler for ``METHOD /path/{name}``; handlers get (request, **path parameters)."""
-    regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+    """Register a handler for ``METHOD /path/{name}``; handlers get (request, **path parameters).
+
+    ``{name*}`` may span slashes, as image names do (``localhost:5000/lab/hello``): Docker's router
+    writes it ``{name:.*}``."""
+    regex = re.sub(r"\{(\w+)\*\}", r"(?P<\1>.+)", pattern)
+    regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex) + "$")
 
     def register(handler):
         ROUTES.append((method, regex, handler))
@@ -124,10 +137,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answer_json(err.status, {"message": str(err)})
         except LabError as err:
             self.answer_json(status_for(err), {"message": err.message})
+        except Exception as err:                # a bug in labd: answer as Docker does, keep serving
+            if self.server.verbose:
+                import traceback
+                traceback.print_exc()
+            self.answer_json(500, {"message": f"{type(err).__name__}: {err}"})
 
     def answer(self, result) -> None:
         if isinstance(result, Stream):
             self.answer_stream(result)
+        elif isinstance(result, Hijack):
+            self.answer_hijacked(result)
         elif result is None:
             self.send_response(204)
             self.send_header("Content-Length", "0")
@@ -167,6 +187,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line.encode()))
         self.wfile.write(b"0\r\n\r\n")
 
+    def answer_hijacked(self, hijack: Hijack) -> None:
+        self.send_response(101, "UPGRADED")
+        self.send_header("Content-Type", "application/vnd.docker.raw-stream")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "tcp")
+        self.end_headers()
+        for chunk in hijack.chunks:
+            self.wfile.write(chunk)
+            self.wfile.flush()
+        self.close_connection = True          # the end of the stream is the end of the connection
+
     def address_string(self) -> str:
         return "unix"                         # a Unix socket peer has no address
 
@@ -177,11 +208,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128      # listen(2) backlog; the default 5 refuses a burst of clients (EAGAIN)
     verbose = False
 
 
 class TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
+    request_queue_size = 128
     verbose = False
 
 
@@ -223,3 +256,65 @@ def serve(socket: str | None = None, tcp: str | None = None, verbose: bool = Fal
             server.server_close()
         if os.path.exists(socket or socket_path()):
             os.unlink(socket or socket_path())
+
+
+class Labd:
+    """``with Labd() as labd:`` runs `labcore daemon` in the background, as a service manager would.
+
+    The daemon is a separate process on purpose: that is the point of the client-server architecture. It is
+    journaled like any object the lab makes, so a crashed notebook's daemon is stopped by `labcore cleanup`.
+    """
+
+    def __init__(self, socket: str | None = None):
+        self.socket = socket or socket_path()
+        self.process = None
+        self.scope = None
+
+    def __enter__(self) -> "Labd":
+        import subprocess
+        from labcore.journal import Scope, process_start_time
+        self.scope = Scope()
+        # A daemon killed with SIGKILL leaves its socket file behind: record it like any object.
+        self.scope.record("file", self.socket, "unlink", path=self.socket)
+        self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        self.scope.record("process", str(self.process.pid), "kill", pid=self.process.pid,
+                          start=process_start_time(self.process.pid))
+        try:
+            self.wait_until_serving()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def wait_until_serving(self, seconds: float = 10) -> None:
+        import time
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LabError("labd exited: " + self.process.stderr.read().decode()[-800:])
+            if self.ping():
+                return
+            time.sleep(0.02)
+        raise LabError(f"labd did not answer on {self.socket} within {seconds} s")
+
+    def ping(self) -> bool:
+        import socket as sockets
+        with sockets.socket(sockets.AF_UNIX) as probe:
+            try:
+                probe.connect(self.socket)
+                probe.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return b" 200 " in probe.recv(64).split(b"\r\n")[0]
+            except OSError:
+                return False
+
+    def client(self):
+        """The official docker SDK, pointed at this daemon."""
+        import docker
+        return docker.DockerClient(base_url=f"unix://{self.socket}")
+
+    def __exit__(self, *exc) -> None:
+        self.scope.close()
+        self.process.wait()
+        self.process.stderr.close()

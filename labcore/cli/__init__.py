@@ -17,7 +17,13 @@ VERBS = {
     "doctor": "Show what this host lets the lab do, and why not",
     "cleanup": "Undo what crashed runs left behind (all of it with --all)",
     "images": "List images in the local store",
+    "image": "Manage images (image inspect)",
+    "load": "Load images from a tar archive (docker save, podman save, OCI layout)",
+    "save": "Save images to a tar archive (an OCI layout that docker, podman and skopeo load)",
+    "tag": "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
+    "rmi": "Remove one or more images",
     "run": "Run a command in a new container",
+    "daemon": "Serve the Docker Engine API on a Unix socket (also installed as labd)",
 }
 _MODULES = {"images": "images_cmd"}
 
