@@ -48,6 +48,7 @@ MANIFEST_TYPES = (MANIFEST, "application/vnd.docker.distribution.manifest.v2+jso
 REF_NAME = "org.opencontainers.image.ref.name"      # annotations.md: the tag, on index.json entries
 IMAGE_NAME = "io.containerd.image.name"             # the full name:tag, as containerd and buildkit write it
 BASE_IMAGE = "busybox:latest"
+UNTAGGED = ("<none>", "<none>")                     # an index entry with no name: Docker's dangling image
 
 WHITEOUT = ".wh."                                   # layer.md "Whiteouts"
 OPAQUE = ".wh..wh..opq"
@@ -278,15 +279,80 @@ class Store:
         with (gzip.open(path) if compressed else open(path, "rb")) as tar:
             return descriptor, "sha256:" + _hash_stream(tar)
 
-    def _point(self, manifest: dict, name: str, tag: str) -> Image:
-        """Add the index.json entry for name:tag, dropping the one it had (a re-tag moves the name)."""
-        entry = {**manifest, "annotations": {REF_NAME: tag, IMAGE_NAME: f"{name}:{tag}"}}
+    def _point(self, manifest: dict, name: str | None, tag: str = "latest") -> Image:
+        """Add the index.json entry for name:tag, dropping the one it had (a re-tag moves the name).
+
+        With no name the entry carries no annotations: Docker's ``<none>:<none>``, added only if no entry
+        holds that manifest yet; naming a manifest drops its untagged entry."""
+        entry = {**manifest, "annotations": {REF_NAME: tag, IMAGE_NAME: f"{name}:{tag}"}} if name else manifest
         self._create_layout()
         with self._locked():
             index = self._index()
-            index["manifests"] = [e for e in index["manifests"] if _name_tag(e) != (name, tag)] + [entry]
-            _write_atomically(self.root / "index.json", _canonical(index))
+            if name or all(e["digest"] != entry["digest"] for e in index["manifests"]):
+                index["manifests"] = [e for e in index["manifests"] if not _replaced_by(e, entry)] + [entry]
+                _write_atomically(self.root / "index.json", _canonical(index))
         return self._load(entry)
+
+    # --- names and removal: `labcore load`, `tag`, `rmi` -----------------------------------------------
+
+    def point(self, manifest: dict, name: str | None = None, tag: str = "latest") -> Image:
+        """Name a stored manifest (a descriptor: mediaType, digest, size); with no name, keep it untagged."""
+        if name:
+            split_reference(f"{name}:{tag}")
+        self.read_blob(manifest["digest"])         # it must be here, and intact, before a name points at it
+        return self._point(manifest, name, tag)
+
+    def descriptor(self, image: Image) -> dict:
+        """The descriptor of an image's manifest, as an index entry holds it (descriptor.md)."""
+        data = self.read_blob(image.digest)
+        return {"mediaType": json.loads(data).get("mediaType", MANIFEST), "digest": image.digest,
+                "size": len(data)}
+
+    def untag(self, name: str, tag: str) -> bool:
+        """Drop the index entry for name:tag (its blobs stay); False if there was none."""
+        return self._drop(lambda entry: _name_tag(entry) == (name, tag))
+
+    def forget(self, digest: str) -> bool:
+        """Drop every index entry, named or not, that points at this manifest (its blobs stay)."""
+        return self._drop(lambda entry: entry["digest"] == digest)
+
+    def _drop(self, matches) -> bool:
+        with self._locked():
+            index = self._index()
+            kept = [entry for entry in index["manifests"] if not matches(entry)]
+            if len(kept) == len(index["manifests"]):
+                return False
+            index["manifests"] = kept
+            _write_atomically(self.root / "index.json", _canonical(index))
+        return True
+
+    def remove_unreferenced(self, digests: list[str]) -> list[str]:
+        """Delete those of ``digests`` that no index entry still reaches; the ones deleted, in order.
+
+        Only the blobs asked about are candidates, never the whole store: a pull in another process
+        copies its blobs in before it points a name at them, and must not lose them meanwhile."""
+        removed = []
+        with self._locked():
+            used = self._reachable()
+            for digest in dict.fromkeys(digests):
+                if digest not in used and self.blob_path(digest).exists():
+                    self.blob_path(digest).unlink()
+                    removed.append(digest)
+        return removed
+
+    def _reachable(self) -> set[str]:
+        """Every digest reachable from index.json: manifests (and nested indexes), configs, layers."""
+        seen: set[str] = set()
+        pending = [entry["digest"] for entry in self._index()["manifests"]]
+        while pending:
+            digest = pending.pop()
+            if digest in seen or not self.blob_path(digest).exists():
+                continue
+            seen.add(digest)
+            document = json.loads(self.blob_path(digest).read_bytes())
+            seen.update(blob["digest"] for blob in [document.get("config"), *document.get("layers", [])] if blob)
+            pending += [child["digest"] for child in document.get("manifests", [])]   # a nested index
+        return seen
 
     def _create_layout(self) -> None:
         """The two files image-layout.md requires, and the blobs directory (idempotent)."""
@@ -523,10 +589,19 @@ def _name_tag(entry: dict) -> tuple[str, str]:
     (buildkit, umoci) or ``name:tag`` (``skopeo copy ... oci:DIR:name:tag``)."""
     notes = entry.get("annotations", {})
     text = notes.get(IMAGE_NAME) or notes.get(REF_NAME, "")
+    if not text:
+        return UNTAGGED
     head, colon, tail = text.rpartition(":")
     if colon and "/" not in tail:
         return head, tail
     return ("<none>", text) if REF_NAME in notes and IMAGE_NAME not in notes else (text, "latest")
+
+
+def _replaced_by(old: dict, new: dict) -> bool:
+    """Does ``new`` take ``old``'s place in the index: the same name:tag, or an untagged entry now named."""
+    if _name_tag(old) == UNTAGGED:
+        return old["digest"] == new["digest"]
+    return _name_tag(old) == _name_tag(new)
 
 
 def _full_config(config: dict, diff_ids: list[str]) -> dict:

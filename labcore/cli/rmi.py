@@ -1,0 +1,90 @@
+"""`labcore rmi`: remove names, and the image once no name is left.
+
+As in Docker: ``rmi busybox:latest`` removes that name (``Untagged: busybox:latest``); when it was the last,
+the image goes too (``Deleted: sha256:<image id>``), then each layer blob that no other image shares. Docker
+names its layers by chain ID in those lines; the lab names the blobs it deletes. An image ID with several
+names, or an image a container was created from, is refused unless ``-f``.
+
+The container check is only as good as it is cheap: a container's state.json keeps the reference that was
+typed (``busybox``), which is resolved again now; a container whose reference has since moved is not seen.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from labcore.errors import LabError
+
+
+def configure(parser):
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="NAME[:TAG] or image ID")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="remove every name of an image ID, and an image that a container uses")
+
+
+def run(args) -> int:
+    from labcore.images import Store
+    store, status = Store(), 0
+    for ref in args.images:                     # Docker goes on after a failure and exits 1 at the end
+        try:
+            print("\n".join(remove(store, ref, args.force)))
+        except LabError as err:
+            print(f"labcore: {err}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def remove(store, ref: str, force: bool = False) -> list[str]:
+    """Untag ``ref``; delete the image and its unshared blobs if no name is left. Docker's output lines."""
+    image = store.resolve(ref)
+    named = [other for other in store.list() if other.id == image.id and other.name != "<none>"]
+    by_name = any(ref_matches(ref, other) for other in named)
+    if by_name and len(named) > 1:
+        store.untag(*split(ref))
+        return [f"Untagged: {':'.join(split(ref))}"]
+    if len(named) > 1 and not force:
+        raise LabError(f"conflict: unable to delete {image.short_id} (must be forced) - image is referenced in "
+                       "multiple repositories", fix=f"remove the names one by one, or `labcore rmi -f {ref}`")
+    users = containers_using(store, image)
+    if users and not force:
+        raise LabError(f'conflict: unable to remove repository reference "{ref}" (must force) - container '
+                       f"{users[0][:12]} is using its referenced image {image.short_id}",
+                       fix=f"remove the container first (`labcore rm {users[0][:12]}`), or `labcore rmi -f {ref}`")
+    return delete(store, image, named)
+
+
+def delete(store, image, named: list) -> list[str]:
+    """Every name, then every index entry of the image's manifests, then the blobs nothing else reaches."""
+    same = [other for other in store.list() if other.id == image.id]     # gzip and plain copies share an ID
+    lines = [f"Untagged: {other.ref}" for other in named if store.untag(other.name, other.tag)]
+    manifests = sorted({other.digest for other in same})
+    for digest in manifests:
+        store.forget(digest)
+    layers = [layer.digest for other in same for layer in other.layers]
+    removed = store.remove_unreferenced([image.id, *layers, *manifests])
+    return lines + [f"Deleted: {digest}" for digest in removed if digest not in manifests]
+
+
+def containers_using(store, image) -> list[str]:
+    """Ids of containers whose state.json names a reference that resolves to this image now."""
+    from labcore import paths
+    found = []
+    for state in sorted(paths.containers_dir().glob("*/state.json")):
+        try:
+            if store.resolve(json.loads(state.read_text())["image"]).id == image.id:
+                found.append(state.parent.name)
+        except (OSError, ValueError, KeyError, TypeError, LabError):
+            continue                            # a record being written, or a name that no longer resolves
+    return found
+
+
+def split(ref: str) -> tuple[str, str]:
+    from labcore.images import split_reference
+    return split_reference(ref)
+
+
+def ref_matches(ref: str, image) -> bool:
+    try:
+        return split(ref) == (image.name, image.tag)
+    except LabError:
+        return False                            # an image ID is not a name
