@@ -1,0 +1,90 @@
+"""The userland port proxy: what docker-proxy does for `docker run -p 127.0.0.1:8080:80`.
+
+A container's port 80 is a socket in another network namespace, at an address only the host can reach. To
+publish it, Docker runs one docker-proxy process per port (moby: cmd/docker-proxy): it accepts connections
+on the host's port, opens a second connection to the container's address and port, and copies bytes both
+ways until each side has closed. Docker also adds an iptables DNAT rule for packets from other machines; a
+connection from the host itself to 127.0.0.1 never passes the PREROUTING chain that rule lives in, so the
+proxy is what serves it. The lab adds no NAT rule and binds loopback only: the proxy is the whole path.
+
+The parent binds and listens on the host port itself and passes the socket down (as dockerd does since
+moby pull request 48132), so a busy port fails with EADDRINUSE in the parent, and a client may connect
+before the proxy has even started: the kernel queues it in the listen backlog.
+
+Run as a program: ``python portproxy.py --fd FD IP:PORT``. It needs nothing but the standard library, so it
+starts quickly and runs from any directory.
+"""
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import threading
+
+CONNECT_TIMEOUT = 5.0          # seconds to reach the container before the client's connection is closed
+
+
+def start(listener: socket.socket, target: tuple[str, int]) -> subprocess.Popen:
+    """Start a proxy process that serves ``listener`` (bound and listening) and relays to ``target``."""
+    fd = listener.fileno()
+    process = subprocess.Popen(
+        [sys.executable, "-I", __file__, "--fd", str(fd), f"{target[0]}:{target[1]}"],
+        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)       # a ^C at the terminal is for labcore, which then stops the proxy itself
+    # Whoever kills it (the journal's undo, `labcore cleanup`), this thread reaps it: no zombie stays behind.
+    threading.Thread(target=process.wait, name=f"labcore-portproxy-{process.pid}", daemon=True).start()
+    return process
+
+
+def serve(listener: socket.socket, target: tuple[str, int]) -> None:
+    """Accept forever; each client gets its own connection to the target, relayed by two threads."""
+    while True:
+        client, _ = listener.accept()
+        threading.Thread(target=relay, args=(client, target), daemon=True).start()
+
+
+def relay(client: socket.socket, target: tuple[str, int]) -> None:
+    with client:
+        try:
+            upstream = socket.create_connection(target, timeout=CONNECT_TIMEOUT)
+        except OSError:
+            return                     # nothing listens there: the client sees its connection closed
+        with upstream:
+            upstream.settimeout(None)
+            back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            back.start()
+            pump(client, upstream)
+            back.join()
+
+
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy until EOF, then pass the EOF on (a half-close: the other direction may still be talking)."""
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+        sink.shutdown(socket.SHUT_WR)
+    except OSError:
+        # A reset on one side: shut both down, so the thread copying the other way wakes up and ends.
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="labcore-portproxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket, inherited")
+    parser.add_argument("target", type=parse_target, metavar="IP:PORT", help="where to relay each connection")
+    args = parser.parse_args(argv)
+    serve(socket.socket(fileno=args.fd), args.target)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""labcore.network on the real kernel: eth0 in the child's namespace only, traffic both ways over the bridge,
+two servers on port 80, published ports, the shared bridge's last one out, and the refusal as nobody."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from labcore import journal, network
+from labcore.evidence import Mode
+from tests.conftest import privileged
+
+pytestmark = privileged
+
+
+def lab_links() -> list[str]:
+    """Every interface of ours on the host, read back with `ip -j link`."""
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return [link["ifname"] for link in json.loads(out) if link["ifname"].startswith("lc")]
+
+
+def host_link(name: str) -> dict | None:
+    done = subprocess.run(["ip", "-j", "-d", "link", "show", name], capture_output=True, text=True)
+    return json.loads(done.stdout)[0] if done.returncode == 0 else None
+
+
+def proxies() -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"portproxy.py" in open(f"/proc/{pid}/cmdline", "rb").read():
+                found.append(int(pid))
+        except OSError:
+            pass                      # it ended while we looked
+    return found
+
+
+def wait_until(predicate, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """Beyond conftest's journal check: no link, bridge, proxy, named netns or child process of ours."""
+    assert lab_links() == [], "lc links were there before the test"
+    yield
+    assert lab_links() == []
+    assert "labcore" not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    assert wait_until(lambda: proxies() == []), f"proxies left running: {proxies()}"
+    children = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+    assert wait_until(lambda: open(children).read().split() == []), "child processes left running"
+
+
+def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
+    with journal.Scope() as scope, network.Server("probe", scope, port=8000) as server:
+        endpoint = network.connect(server.pid, scope, short_id="ptest1")
+        gateway = endpoint.network.gateway
+        # the host end is on the bridge and carries the lease; the other end is not on the host at all
+        host_end = host_link("lcptest1h")
+        assert host_end["master"] == "lcbr0" and host_end["ifalias"] == endpoint.ip
+        assert host_link("lcptest1c") is None
+        assert open("/proc/sys/net/ipv4/conf/lcbr0/forwarding").read().strip() == "0"
+        # inside: its own namespace, eth0 with the address, a default route via the bridge
+        step = network.show_interfaces(server.pid)
+        inside = step.data["inside"]
+        assert endpoint.netns == network.netns_inode(server.pid) != network.netns_inode("self")
+        assert inside["net ns"] == f"net:[{endpoint.netns}]"
+        assert inside["eth0"] == f"UP {endpoint.ip}/24"
+        assert inside["default route"] == f"via {gateway} dev eth0"
+        assert set(inside) == {"net ns", "lo", "eth0", "default route"}           # no host interface
+        # the child reaches the host's bridge address: the host sees the connection come from the child's IP
+        with socket.create_server((gateway, 0)) as listener:
+            port = listener.getsockname()[1]
+            local = network.in_netns(server.pid, lambda: socket.create_connection((gateway, port), 5).getsockname())
+            conn, peer = listener.accept()
+            conn.close()
+        assert local[0] == peer[0] == endpoint.ip
+        # the host reaches the child's server through the veth address
+        assert network.ask(endpoint.ip, 8000) == server.inside["identity"]
+
+
+def test_two_servers_on_port_80_answer_with_their_own_identity():
+    step = network.two_servers_on_port_80(host_ports=(0, 0))      # free ports: never collide with a user's
+    assert step.mode is Mode.ROOT, step.reason
+    a, b = step.data["servers"]["server-a"], step.data["servers"]["server-b"]
+    assert a["identity"] != b["identity"] and a["ip"] != b["ip"]
+    assert len({a["net ns"], b["net ns"], step.before["net ns"]}) == 3
+    for server in (a, b):
+        assert "0.0.0.0:80" in server["listening"]
+        assert server["second bind to :80"].startswith("EADDRINUSE")
+        assert server[f"connect {server['ip']}:80"] == server["identity"]
+        assert server[f"connect 127.0.0.1:{server['host_port']}"] == server["identity"]
+    second_bind = next(value for key, value in step.before.items() if key.startswith("second bind"))
+    assert second_bind.startswith("EADDRINUSE")                   # the host refuses a port already taken
+    assert step.data["lc links left"] == []
+
+
+def test_network_none_is_lo_up_and_nothing_else():
+    with journal.Scope() as scope, network.Server("alone", scope, port=8000) as server:
+        network.loopback_up(server.pid)
+        inside = network.show_interfaces(server.pid).data["inside"]
+        assert set(inside) == {"net ns", "lo", "default route"} and inside["default route"] == "none"
+        assert network.in_netns(server.pid, network.ask, "127.0.0.1", 8000) == server.inside["identity"]
+
+
+def test_a_published_port_forwards_until_disconnect():
+    with journal.Scope() as scope, network.Server("web", scope, port=8000) as server:
+        endpoint = network.connect(server.pid, scope)
+        published = network.publish(endpoint, 0, 8000, scope)     # `-p 127.0.0.1::8000`: a port of the kernel's
+        assert published.host_port != 0 and published.pid in proxies()
+        assert network.ask("127.0.0.1", published.host_port) == server.inside["identity"]
+        network.disconnect(endpoint, scope)
+        assert wait_until(lambda: published.pid not in proxies())
+        assert lab_links() == [] and not [e for e in scope.entries if e.kind in ("bridge", "link")]
+        with pytest.raises(ConnectionRefusedError):
+            network.ask("127.0.0.1", published.host_port)
+
+
+def test_the_bridge_is_shared_and_removed_by_the_last_one_out():
+    with journal.Scope() as first_scope, network.Server("one", first_scope, port=8000) as one:
+        with journal.Scope() as second_scope, network.Server("two", second_scope, port=8000) as two:
+            first = network.connect(one.pid, first_scope)
+            second = network.connect(two.pid, second_scope)
+            assert first.ip != second.ip
+            # containers on one bridge reach each other directly, with no routing (forwarding is off)
+            assert network.in_netns(one.pid, network.ask, second.ip, 8000) == two.inside["identity"]
+            network.disconnect(first, first_scope)
+            assert host_link("lcbr0") is not None                 # still in use by the second one
+            assert network.ask(second.ip, 8000) == two.inside["identity"]
+        assert host_link("lcbr0") is None                         # the last one out removed it
+
+
+AS_NOBODY = """
+import json
+from labcore import network
+step = network.two_servers_on_port_80()
+print(json.dumps({"mode": step.mode.name, "reason": step.reason, "after": step.after}))
+"""
+
+
+def test_as_nobody_the_veth_is_refused_and_loopback_still_works():
+    home = tempfile.mkdtemp(prefix="labcore-nobody-")
+    os.chmod(home, 0o755)
+    os.chown(home, 65534, 65534)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY],
+            env={**os.environ, "LABCORE_HOME": f"{home}/home"}, cwd=home, capture_output=True, text=True,
+            timeout=120)
+        assert result.returncode == 0, result.stderr
+        step = json.loads(result.stdout)
+        assert step["mode"] == "NOT_PERMITTED"
+        assert "Operation not permitted" in step["reason"] and "slirp4netns" in step["reason"]
+        assert step["after"]["connect 127.0.0.1:80"].startswith("loopback server in net:[")
+        assert step["after"]["lo after `ip link set lo up`"] == "UNKNOWN 127.0.0.1/8"
+        assert not os.listdir(f"{home}/home/journal")             # nobody's run undid what it recorded
+    finally:
+        shutil.rmtree(home)

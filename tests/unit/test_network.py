@@ -1,0 +1,170 @@
+"""labcore.network without root: -p parsing, interface names, address allocation, evidence parsers, the
+order of syscalls, and the port proxy relaying between two loopback sockets (which needs no privilege)."""
+import errno
+import os
+import socket
+import sys
+import threading
+
+import pytest
+
+from labcore import journal, network, portproxy, syscalls
+from labcore.errors import BadInput, LabError, NeedsPrivilege
+from labcore.network import DEFAULT, PortMapping
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("8080:80", PortMapping("127.0.0.1", 8080, 80)),
+    ("127.0.0.1:8080:80", PortMapping("127.0.0.1", 8080, 80)),
+    ("127.0.0.2:8080:80/tcp", PortMapping("127.0.0.2", 8080, 80)),
+    ("80", PortMapping("127.0.0.1", 0, 80)),
+    ("80/tcp", PortMapping("127.0.0.1", 0, 80)),
+    ("127.0.0.1::80", PortMapping("127.0.0.1", 0, 80)),
+])
+def test_publish_accepts_dockers_forms_on_loopback(text, expected):
+    assert network.parse_publish(text) == expected
+
+
+@pytest.mark.parametrize("text, says", [
+    ("0.0.0.0:8080:80", "loopback"), ("192.0.2.2:8080:80", "loopback"), ("[::1]:8080:80", "127.0.0.1 only"),
+    ("8080:80/udp", "TCP only"), ("8000-8010:80", "ranges"), ("80:http", "invalid port"), ("70000", "invalid port"),
+    ("0:80", "invalid port"), ("1:2:3:4", "invalid port mapping"), ("", "invalid port"), ("localhost:80:80", "invalid"),
+])
+def test_publish_refuses_other_forms_naming_the_accepted_ones(text, says):
+    with pytest.raises(BadInput) as caught:
+        network.parse_publish(text)
+    assert says in caught.value.message
+    assert "127.0.0.1" in caught.value.fix
+
+
+def test_interface_names_fit_ifnamsiz():
+    host, peer = network.interface_names("0123456789ab")              # the longest id
+    assert (host, peer) == ("lc0123456789abh", "lc0123456789abc")
+    assert all(len(name.encode()) <= network.IFNAMSIZ - 1 for name in (host, peer))
+    for bad in ("0123456789abc", "", "ABC", "a-b", "../x"):
+        with pytest.raises(BadInput):
+            network.interface_names(bad)
+
+
+def fake_sys_class_net(root, aliases):
+    for name, alias in aliases.items():
+        (root / name).mkdir()
+        (root / name / "ifalias").write_text(alias + "\n")
+    return str(root)
+
+
+def test_taken_addresses_are_the_aliases_of_our_host_ends(tmp_path):
+    root = fake_sys_class_net(tmp_path, {"lcaaah": "10.203.0.2", "lcbbbh": "10.203.0.4", "lcbr0": "",
+                                         "eth0": "10.203.0.9"})     # not ours: ignored
+    assert network.taken_addresses(root) == {"10.203.0.2", "10.203.0.4"}
+
+
+def test_free_address_is_the_lowest_after_the_gateway():
+    assert DEFAULT.gateway == "10.203.0.1" and DEFAULT.prefixlen == 24
+    assert network.free_address(DEFAULT, set()) == "10.203.0.2"
+    assert network.free_address(DEFAULT, {"10.203.0.2", "10.203.0.4"}) == "10.203.0.3"
+    tiny = network.Network("lctest", "10.203.0.0/30")                 # .1 the gateway, .2 the only container
+    with pytest.raises(LabError, match="no free address"):
+        network.free_address(tiny, {"10.203.0.2"})
+
+
+def test_the_lock_serializes_allocations(labcore_home):
+    """A second holder of the state dir's lock waits until the first lets go."""
+    path = network.lock_path(DEFAULT)
+    assert path.is_relative_to(labcore_home)
+    held = threading.Event()
+    order = []
+
+    def other():
+        with network.locked(path):
+            order.append("other")
+
+    with network.locked(path):
+        thread = threading.Thread(target=lambda: (held.set(), other()))
+        thread.start()
+        held.wait()
+        thread.join(0.2)
+        order.append("first")       # flock(2) locks belong to an open file: the other open waits for us
+    thread.join()
+    assert order == ["first", "other"]
+
+
+def test_connect_refuses_the_callers_own_namespace_before_making_anything():
+    with journal.Scope() as scope:
+        with pytest.raises(BadInput, match="unshare"):
+            network.connect(os.getpid(), scope)
+        assert scope.entries == []
+
+
+def test_ip_errors_become_lab_errors_with_the_errno():
+    refused = network.ip_error("link add lcbr0 type bridge", "RTNETLINK answers: Operation not permitted\n")
+    assert isinstance(refused, NeedsPrivilege) and refused.errno == errno.EPERM
+    assert "slirp4netns" in refused.fix and "pasta" in refused.fix
+    exists = network.ip_error("link add lcx type veth", "RTNETLINK answers: File exists")
+    assert exists.errno == errno.EEXIST
+    odd = network.ip_error("link frob", 'Command "frob" is unknown, try "ip link help".')
+    assert "frob" in odd.message
+
+
+def test_enter_netns_is_one_setns_with_clone_newnet():
+    with syscalls.use(syscalls.Recorder()) as rec:
+        network.enter_netns(os.getpid())
+    assert rec.names() == ["setns"]
+    assert rec.calls[0][1][1] == syscalls.CLONE_NEWNET
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:46A0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+   2: 0200CB0A:0050 0100CB0A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+"""
+
+
+def test_tcp_listeners_decode_proc_net_tcp():
+    assert network.parse_tcp_listeners(PROC_NET_TCP) == ["0.0.0.0:80", "127.0.0.1:18080"]
+
+
+def test_ipv4_addresses_summarise_ip_json():
+    dump = [{"ifname": "lo", "operstate": "UNKNOWN", "addr_info": [
+                {"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
+                {"family": "inet6", "local": "::1", "prefixlen": 128}]},
+            {"ifname": "eth0", "operstate": "DOWN", "addr_info": []}]
+    assert network.ipv4_addresses(dump) == {"lo": "UNKNOWN 127.0.0.1/8", "eth0": "DOWN"}
+
+
+def test_publish_refuses_a_non_loopback_host_address_before_binding():
+    endpoint = network.Endpoint(pid=1, ip="10.203.0.2", network=DEFAULT, host_ifname="lcxh")
+    with journal.Scope() as scope:
+        for host_ip in ("0.0.0.0", "192.0.2.2"):
+            with pytest.raises(BadInput, match="loopback"):
+                network.publish(endpoint, 8080, 80, scope, host_ip=host_ip)
+        with pytest.raises(BadInput):
+            network.publish(endpoint, 8080, 0, scope)
+        assert scope.entries == []
+
+
+@pytest.mark.skipif(not os.access(os.path.realpath(sys.executable), os.X_OK),
+                    reason=f"this user may not execute {sys.executable}, which runs the proxy")
+def test_the_proxy_relays_both_ways_and_passes_the_eof_on():
+    """portproxy between two loopback sockets: unprivileged, and the same code as for a container."""
+    with socket.create_server(("127.0.0.1", 0)) as upstream, socket.create_server(("127.0.0.1", 0)) as front:
+        def echo_once():
+            conn, _ = upstream.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(4096):          # until the proxy passes the client's EOF on
+                    data += chunk
+                conn.sendall(data.upper())
+        server = threading.Thread(target=echo_once)
+        server.start()
+        process = portproxy.start(front, upstream.getsockname())
+        try:
+            with socket.create_connection(front.getsockname(), timeout=5) as client:
+                client.sendall(b"hello through the proxy")
+                client.shutdown(socket.SHUT_WR)
+                assert client.recv(4096) == b"HELLO THROUGH THE PROXY"
+        finally:
+            journal.undo_kill(process.pid, journal.process_start_time(process.pid))
+            server.join(5)
+        assert process.wait(5) == -9                     # killed, and reaped by its waiter thread
