@@ -67,6 +67,8 @@ class Spec:
     name: str = ""
     rm: bool = False
     limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
+    network: str = "bridge"                   # Docker's default; "none": loopback only
+    publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -120,6 +122,14 @@ def check_spec(spec: Spec) -> None:
         raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
     if spec.user is not None:
         parse_user(spec.user)
+    if spec.network not in ("bridge", "none"):
+        raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
+    if spec.publish and spec.network == "none":
+        raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
+    if spec.publish:
+        from labcore import network
+        for mapping in spec.publish:
+            network.parse_publish(mapping)
 
 
 def parse_user(user: str) -> tuple[int, int]:
@@ -208,6 +218,7 @@ class Container:
     scope: journal.Scope
     shim: Child | None = None
     cgroup: object = None               # labcore.cgroups.Group, when the container has one
+    endpoint: object = None             # labcore.network.Endpoint, on the bridge network
     oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
     state: str = "created"
@@ -248,7 +259,9 @@ def start_pid1(container: Container, stdio: "Stdio") -> None:
     container.shim.send("unshare")
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
-    # (network, later) move one end of a veth pair into /proc/<pid>/ns/net here, before the command runs.
+    # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
+    # so the command's first connect() already finds eth0 (or at least a working loopback).
+    connect_network(container)
     container.shim.recv()                     # "ready": mounted, pivoted, named
     if stdio.mode == "tty":
         stdio.take_terminal(receive_fd(container.shim.channel))
@@ -277,6 +290,29 @@ def join_cgroup(container: Container, pid: int) -> None:
         manager.add(container.cgroup, pid)
 
 
+def connect_network(container: Container) -> None:
+    """Docker's bridge: a veth pair to lcbr0 and the published ports. A rootless container, or one with
+    --network none, gets loopback only: a veth to the host needs CAP_NET_ADMIN in the host's namespace."""
+    from labcore import network
+    spec = container.spec
+    if spec.network == "none" or container.plan.rootless:
+        network.loopback_up(container.pid)
+        return
+    container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
+    for text in spec.publish:
+        mapping = network.parse_publish(text)
+        network.publish(container.endpoint, mapping.host_port, mapping.container_port, container.scope,
+                        host_ip=mapping.host_ip)
+
+
+def release_network(container: Container) -> None:
+    """A stopped container keeps no network, even when its files are kept for `labcore rm`."""
+    if container.endpoint is not None:
+        from labcore import network
+        network.disconnect(container.endpoint, container.scope)
+        container.endpoint = None
+
+
 def release_cgroup(container: Container) -> None:
     """Read whether the OOM killer fired, then remove the group: an exited container holds no cgroup."""
     if container.cgroup is None:
@@ -292,6 +328,7 @@ def wait(container: Container) -> int:
     """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
     container.exit_code = container.shim.wait()
     release_cgroup(container)
+    release_network(container)
     for entry in container.process_entries:
         container.scope.journal.forget(entry)
     container.state = "exited"
@@ -354,10 +391,12 @@ def save_state(container: Container) -> None:
     """state.json as a ``labcore.lifecycle.Record``: what `labcore ps`, `inspect` and the daemon read."""
     from labcore.lifecycle import Record, State
     config = describe(container.spec, container.plan)
+    if container.endpoint is not None:
+        config["ip"] = container.endpoint.ip
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
            state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
            oom_killed=container.oom_killed, created=container.created, started=container.started,
-           finished=container.finished).save()
+           finished=container.finished, monitor=journal.owner_of()).save()
 
 
 def exec_in(record, request: dict, stdio: "Stdio") -> Child:

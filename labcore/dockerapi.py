@@ -5,9 +5,10 @@ the fields the docker SDK and CLI use. What `docker run` sends, in order:
 
     POST /containers/create        → 201 {"Id"}; 404 "No such image: busybox:latest" sends the client to pull
     POST /images/create?fromImage  → a stream of progress lines, then the image is local
+    POST /containers/{id}/attach   → 101, then the output (the docker CLI; the SDK reads the logs instead)
     POST /containers/{id}/start    → 204
     GET  /containers/{id}/logs     → stdout and stderr, multiplexed in 8-byte-header frames
-    POST /containers/{id}/wait     → {"StatusCode": 0}
+    POST /containers/{id}/wait     → {"StatusCode": 0} (the CLI posts it before start: ?condition=next-exit)
     DELETE /containers/{id}        → 204
 
 Container output travels in Docker's multiplexed framing: one byte for the stream (1 stdout, 2 stderr),
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from labcore import __version__, daemon, engine
 from labcore.container import Spec
 from labcore.daemon import ApiError, Request, Stream, route
-from labcore.errors import BadInput
+from labcore.errors import BadInput, LabError
 from labcore.lifecycle import Record, State
 
 
@@ -133,7 +134,19 @@ def spec_from_body(body: dict, name: str) -> Spec:
                 workdir=body.get("WorkingDir") or None, user=body.get("User") or None,
                 hostname=body.get("Hostname") or None, tty=bool(body.get("Tty")),
                 interactive=bool(body.get("OpenStdin")), name=name.lstrip("/"),
-                rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host))
+                rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host),
+                network="none" if host.get("NetworkMode") == "none" else "bridge",
+                publish=publish_from_bindings(host.get("PortBindings") or {}))
+
+
+def publish_from_bindings(bindings: dict) -> list[str]:
+    """HostConfig.PortBindings, {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}, as `-p` values."""
+    published = []
+    for container_port, hosts in bindings.items():
+        for host in hosts or [{}]:
+            address = host.get("HostIp") or "127.0.0.1"
+            published.append(f"{address}:{host.get('HostPort') or 0}:{container_port}")
+    return published
 
 
 @route("POST", "/containers/create")
@@ -158,7 +171,8 @@ def container_summary(record: Record) -> dict:
     return {"Id": record.id, "Names": [f"/{record.name}"], "Image": record.image,
             "ImageID": record.config.get("image_id", ""), "Command": " ".join(argv),
             "Created": int(record.created), "State": record.state.value, "Status": status_text(record),
-            "Ports": [], "Labels": {}, "HostConfig": {"NetworkMode": "none"}, "Mounts": []}
+            "Ports": [], "Labels": {},
+            "HostConfig": {"NetworkMode": record.config.get("spec", {}).get("network", "bridge")}, "Mounts": []}
 
 
 def container_inspect(record: Record) -> dict:
@@ -176,8 +190,9 @@ def container_inspect(record: Record) -> dict:
                    "WorkingDir": record.config.get("workdir", ""), "User": spec.get("user") or "",
                    "Tty": spec.get("tty", False), "OpenStdin": spec.get("interactive", False), "Labels": {}},
         "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {}}, "AutoRemove": spec.get("rm", False),
-                       "NetworkMode": "none"},
-        "NetworkSettings": {"Networks": {}, "Ports": {}}, "Mounts": [],
+                       "NetworkMode": spec.get("network", "bridge")},
+        "NetworkSettings": {"IPAddress": record.config.get("ip", ""), "Networks": {}, "Ports": {}},
+        "Mounts": [],
     }
 
 
@@ -201,8 +216,33 @@ def start_container(request: Request, ref: str):
 
 @route("POST", "/containers/{ref}/wait")
 def wait_container(request: Request, ref: str):
-    record = engine.wait(engine.find(ref).id)
-    return {"StatusCode": record.exit_code, "Error": None}
+    """The headers at once, the exit code when it comes: `docker run` posts this *before* start, and its Go
+    client returns from the POST only when the headers arrive. ``condition``: not-running, next-exit, removed.
+    An error after the 200 travels as Docker's {"Error": {"Message"}}, which the CLI turns into exit 125."""
+    container_id = engine.find(ref).id
+    condition = request.query.get("condition") or "not-running"
+    if condition not in ("not-running", "next-exit", "removed"):
+        raise ApiError(400, f"invalid condition: {condition!r}")
+
+    def answer():
+        try:
+            result = {"StatusCode": engine.wait_for(container_id, condition), "Error": None}
+        except LabError as err:
+            result = {"StatusCode": -1, "Error": {"Message": err.message}}
+        yield json.dumps(result).encode()
+    return Stream(answer(), "application/json")
+
+
+@route("POST", "/containers/{ref}/attach")
+def attach_container(request: Request, ref: str):
+    """`docker run` without -d attaches before it starts the container: a hijacked connection carrying the
+    output, framed as the logs are, from the start to the exit. Input is not relayed (`labcore run -i` is)."""
+    record = engine.find(ref)
+    wanted = {1} if request.flag("stdout") else set()
+    wanted |= {2} if request.flag("stderr") else set()
+    tty = record.config.get("spec", {}).get("tty", False)
+    return daemon.Hijack(data if tty else frame(stream, data)
+                         for stream, data in engine.attach(record.id) if stream in wanted)
 
 
 @route("GET", "/containers/{ref}/logs")

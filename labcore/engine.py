@@ -127,12 +127,12 @@ def _monitor(spec: Spec, channel: Channel) -> None:
 # --- watching ---------------------------------------------------------------------------------------------
 
 def refresh(record: Record) -> Record:
-    """A record that says running while pid 1 is gone lost its monitor (SIGKILL, reboot): it has exited."""
-    if record.state in (State.RUNNING, State.PAUSED) and not lifecycle.process_alive(record):
-        time.sleep(0.05)                              # the monitor may be writing the exit right now
-        record = lifecycle.load(record.id)
-        if record.state in (State.RUNNING, State.PAUSED) and not lifecycle.process_alive(record):
+    """A record that says running while its monitor is gone will never be updated: it has exited."""
+    if record.state in (State.RUNNING, State.PAUSED) and not lifecycle.monitor_alive(record):
+        try:
             record = lifecycle.transition(record.id, "exit", exit_code=255, finished=time.time())
+        except InvalidTransition:
+            record = lifecycle.load(record.id)        # the monitor recorded the exit just now
     return record
 
 
@@ -150,6 +150,30 @@ def wait(container_id: str, timeout: float | None = None) -> Record:
         pause = min(pause * 2, 0.02)
 
 
+def wait_for(container_id: str, condition: str = "not-running") -> int:
+    """The exit code once Docker's wait ``condition`` holds: "not-running" (a created container counts),
+    "next-exit" (sent before start: the run about to begin) or "removed" (--rm: the exit, then the removal).
+
+    With "removed" the code is read on the way, between the exit and the monitor's removal, so the polls
+    stay short (2 ms); an exit missed between two polls is reported, never guessed."""
+    code, pause = None, 0.001
+    while True:
+        try:
+            record = refresh(lifecycle.load(container_id))
+        except NotFound:
+            if condition == "removed" and code is not None:
+                return code
+            raise LabError(f"container {container_id[:12]} was removed before its exit code was read")
+        if record.state is State.EXITED and condition != "removed":
+            return record.exit_code
+        if record.state is State.EXITED:
+            code = record.exit_code
+        if record.state is State.CREATED and condition == "not-running":
+            return record.exit_code
+        time.sleep(pause)
+        pause = min(pause * 2, 0.002 if condition == "removed" else 0.02)
+
+
 def logs(container_id: str, follow: bool = False) -> Iterator[tuple[int, bytes]]:
     """(stream, data) as the container wrote them: 1 stdout, 2 stderr. With follow, until it exits.
 
@@ -160,16 +184,49 @@ def logs(container_id: str, follow: bool = False) -> Iterator[tuple[int, bytes]]
         finished = not follow or refresh(lifecycle.load(container_id)).state is not State.RUNNING
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as log:
             log.seek(offset)
-            while len(header := log.read(_FRAME.size)) == _FRAME.size:
-                stream, size = _FRAME.unpack(header)
-                data = log.read(size)
-                if len(data) < size:
-                    break                             # the monitor is mid-write: read it next round
-                offset += _FRAME.size + size
+            for stream, data in read_frames(log):
+                offset += _FRAME.size + len(data)
                 yield stream, data
         if finished:
             return
         time.sleep(0.01)
+
+
+def read_frames(log) -> Iterator[tuple[int, bytes]]:
+    """The whole frames from the file's position on; a frame the monitor is still writing is left for later."""
+    while len(header := log.read(_FRAME.size)) == _FRAME.size:
+        stream, size = _FRAME.unpack(header)
+        data = log.read(size)
+        if len(data) < size:
+            log.seek(-(_FRAME.size + len(data)), os.SEEK_CUR)
+            return
+        yield stream, data
+
+
+def attach(container_id: str) -> Iterator[tuple[int, bytes]]:
+    """`docker run` attaches before it starts: the output of the run about to begin, until the exit.
+
+    The log is opened once, as soon as the monitor has made it, and read through that descriptor: with --rm
+    the monitor deletes the directory right after the exit, and an open file outlives its name (unlink(2))."""
+    path = paths.containers_dir() / container_id / LOG
+    while not path.exists():
+        if gone_or_exited(container_id):
+            return                                    # it ran before, or was removed before it ran
+        time.sleep(0.005)
+    with open(path, "rb") as log:
+        while True:
+            finished = gone_or_exited(container_id)   # checked before reading: all output precedes the exit
+            yield from read_frames(log)
+            if finished:
+                return
+            time.sleep(0.01)
+
+
+def gone_or_exited(container_id: str) -> bool:
+    try:
+        return refresh(lifecycle.load(container_id)).state is State.EXITED
+    except NotFound:
+        return True
 
 
 # --- signals and removal ----------------------------------------------------------------------------------
@@ -220,12 +277,15 @@ def exec_create(container_id: str, cmd: list[str], env=(), workdir=None, user=No
     return exec_id
 
 
-def exec_start(exec_id: str) -> Iterator[tuple[int, bytes]]:
-    """Run the exec's command in the container's namespaces; yield its output, record its exit code."""
+def exec_start(exec_id: str, interactive: bool = False) -> Iterator[tuple[int, bytes]]:
+    """Run the exec's command in the container's namespaces; yield its output, record its exit code.
+
+    ``interactive`` (`labcore exec -i`, in-process only) gives the command this process's own stdin, stdout
+    and stderr instead of pipes: nothing is yielded, the output is already where the user sees it."""
     from labcore import container
     state = exec_inspect(exec_id)
     record = lifecycle.load(state["container"])
-    with container.Stdio("capture") as stdio:
+    with container.Stdio("inherit", interactive=True) if interactive else container.Stdio("capture") as stdio:
         child = container.exec_in(record, state, stdio)
         _save_exec(exec_id, {**state, "running": True, "pid": child.pid})
         chunks: list[tuple[int, bytes]] = []

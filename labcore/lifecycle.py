@@ -21,6 +21,7 @@ import enum
 import fcntl
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ class Record:
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
+    monitor: dict = field(default_factory=dict)       # the process that will record the exit {pid, start}
 
     @property
     def directory(self) -> Path:
@@ -90,7 +92,7 @@ class Record:
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.directory / "state.json.tmp"
+        temporary = self.directory / f".state.json.{os.getpid()}.{threading.get_ident()}"
         temporary.write_text(json.dumps({**asdict(self), "state": self.state.value}))
         temporary.rename(self.directory / "state.json")       # readers never see half a record
 
@@ -149,14 +151,8 @@ def transition(container_id: str, action: str, **changes) -> Record:
         return record
 
 
-def process_alive(record: Record) -> bool:
-    """A record says running; is its process? (A host reboot or SIGKILLed monitor leaves stale records.)"""
-    if not record.pid:
-        return False
-    try:
-        os.kill(record.pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+def monitor_alive(record: Record) -> bool:
+    """A record says running; is the process that will record its exit still there? (A SIGKILLed monitor
+    or a reboot leaves a record that says running forever.) Pid and start time, so a reused pid is no one."""
+    from labcore.journal import owner_alive
+    return owner_alive(record.monitor) if record.monitor else True

@@ -10,12 +10,14 @@ import argparse
 import errno
 import sys
 
-from labcore import container
-from labcore.errors import LabError
+from labcore import client, container
+from labcore.errors import BadInput, LabError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help="run the container in the background and print its id")
     parser.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
     parser.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
     parser.add_argument("--hostname", help="container host name (default: the first 12 hex digits of its id)")
@@ -25,6 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-u", "--user", help="UID or UID:GID to run the command as")
     parser.add_argument("--entrypoint", help="overwrite the image's ENTRYPOINT (and drop its CMD)")
     parser.add_argument("--name", default="", help="assign a name to the container")
+    parser.add_argument("--network", default="bridge", choices=("bridge", "none"),
+                        help="bridge: a veth pair on lcbr0 (default, as root); none: loopback only")
+    parser.add_argument("-p", "--publish", action="append", default=[], metavar="[127.0.0.1:]HOST:CONTAINER",
+                        help="publish a container's port on the host's loopback")
     limits = parser.add_argument_group("resource limits (control groups), in Docker's syntax")
     limits.add_argument("-m", "--memory", help="memory limit, e.g. 64m or 1g")
     limits.add_argument("--memory-swap", help="memory plus swap, e.g. 128m (default: no swap)")
@@ -51,11 +57,14 @@ def spec_from_args(args: argparse.Namespace) -> container.Spec:
     return container.Spec(image=args.image, cmd=args.command or None, entrypoint=entrypoint, env=args.env,
                           workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
                           interactive=args.interactive, name=args.name, rm=args.rm,
-                          limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)})
+                          limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
+                          network=args.network, publish=args.publish)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
+    if args.detach or client.host_of(args):
+        return run_through(client.connect(args), spec, args.detach)
     try:
         result = container.run(spec, stdio="tty" if spec.tty else "inherit")
     except LabError as err:
@@ -64,3 +73,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"labcore: {err}", file=sys.stderr)
         return 127 if err.errno == errno.ENOENT else 126
     return result.exit_code
+
+
+def run_through(backend, spec: container.Spec, detach: bool) -> int:
+    """`docker run` as the client does it: create, start, then (attached) logs until the end, wait, remove.
+
+    Attached, the client removes the container itself after `wait` instead of asking the daemon for
+    AutoRemove: a container the daemon removed at its exit would leave `wait` and `logs` nothing to find."""
+    if spec.interactive and not detach:
+        raise BadInput("-i through labd: labd has no attach route to carry your input",
+                       fix="leave out -i, or run without --host/LABCORE_HOST")
+    remove, spec.rm = spec.rm and not detach, spec.rm and detach
+    container_id = backend.create(spec)
+    try:
+        backend.start(container_id)
+        if detach:
+            print(container_id)
+            return 0
+        for stream, data in backend.logs(container_id, follow=True):
+            client.write(stream, data)
+        return backend.wait(container_id)
+    finally:
+        if remove:
+            backend.remove(container_id, force=True)

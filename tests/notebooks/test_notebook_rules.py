@@ -22,7 +22,9 @@ def code_cells(notebook):
 
 
 def statements(source: str) -> list[str]:
-    return [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
+    """The lines that do something: imports name what a cell uses, they are not steps of their own."""
+    return [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")
+            and not re.match(r"\s*(from\s+\S+\s+)?import\s", line)]
 
 
 def python_of(source: str) -> ast.AST:
