@@ -1,0 +1,71 @@
+"""cgroup v2 for real on a cgroup v1 host: the privileged cgroup tests, run again inside a qemu guest that
+boots its own kernel with only the unified hierarchy mounted (``labcore.vm.run_in_guest``).
+
+The guest sees this host's / read-only over 9p, so it runs this very checkout with this very .venv. The first
+run downloads Debian's kernel package once (about 70 MB) into ~/.cache/labcore-vm.
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from labcore import vm
+from labcore.errors import NotSupportedHere
+from tests.conftest import has, privileged
+
+ROOT = Path(__file__).resolve().parents[2]
+CGROUP_TESTS = ROOT / "tests" / "privileged" / "test_cgroups.py"
+
+# Root, because the guest reads the host's files as qemu's user does, and this checkout's .venv links to
+# a Python under /root. Not inside a guest already: a VM in a VM without KVM would take minutes.
+pytestmark = [pytest.mark.vm, privileged,
+              pytest.mark.skipif(bool(os.environ.get("LABCORE_IN_GUEST")), reason="already inside a guest")]
+
+
+@pytest.fixture
+def kernel():
+    if not has(vm.QEMU):
+        pytest.skip(f"{vm.QEMU} not found: apt-get install qemu-system-x86")
+    try:
+        return vm.ensure_kernel()
+    except NotSupportedHere as err:
+        pytest.skip(f"no kernel to boot: {err}")
+
+
+def report(capsys, text: str) -> None:
+    """Show a line from the guest in the test run's output, captured or not."""
+    with capsys.disabled():
+        print(f"\n  [guest] {text}")
+
+
+def summary_line(output: str) -> str:
+    """pytest's last line: "== 12 passed in 40.1s ==" (or its -q form, "12 passed in 40.1s")."""
+    lines = [line.strip("= ") for line in output.splitlines() if re.search(r"\b(passed|failed|error)", line)]
+    return lines[-1] if lines else "(no pytest summary)"
+
+
+def test_guest_mounts_only_cgroup2_with_every_controller(kernel, capsys):
+    script = ("stat -f -c %T /sys/fs/cgroup; cat /sys/fs/cgroup/cgroup.controllers;"
+              " grep -c ' cgroup ' /proc/mounts; uname -r")
+    result = vm.run_in_guest(["sh", "-c", script], timeout=300)
+    fstype, controllers, v1_mounts, release = result.output.split("\n")[:4]
+    report(capsys, f"{fstype}: {controllers} (booted {release} in {result.boot_seconds:.1f} s, "
+                   f"{result.accel} {result.accel_reason})")
+    assert result.exit_code == 0, result.console
+    assert fstype == "cgroup2fs"
+    assert {"cpu", "memory", "pids", "io"} <= set(controllers.split())
+    assert v1_mounts == "0"                                   # cgroup_no_v1=all: no v1 hierarchy at all
+    assert release == kernel.release != os.uname().release     # its own kernel, not the host's
+
+
+@pytest.mark.skipif(not CGROUP_TESTS.exists(), reason=f"{CGROUP_TESTS.relative_to(ROOT)} not written yet")
+def test_privileged_cgroup_tests_pass_on_cgroup_v2(kernel, capsys):
+    command = [sys.executable, "-m", "pytest", str(CGROUP_TESTS), "-p", "no:cacheprovider", "-q", "-rfEs"]
+    # A disk for /tmp (where pytest's tmp_path lives), so the io controller has a device to throttle.
+    result = vm.run_in_guest(command, cwd=str(ROOT), disk_mb=512, timeout=900)
+    report(capsys, f"{summary_line(result.output)} (pytest in a {result.accel} guest, "
+                   f"booted in {result.boot_seconds:.1f} s)")
+    assert result.exit_code == 0, result.output
+    assert " passed" in summary_line(result.output)
