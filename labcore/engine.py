@@ -177,16 +177,23 @@ def wait_for(container_id: str, condition: str = "not-running") -> int:
 def logs(container_id: str, follow: bool = False) -> Iterator[tuple[int, bytes]]:
     """(stream, data) as the container wrote them: 1 stdout, 2 stderr. With follow, until it exits.
 
-    The state is read *before* the file: the monitor writes all output before it records the exit, so once
-    a read of the state says "exited", the file read after it holds everything."""
-    path, offset = paths.containers_dir() / container_id / LOG, 0
+    The file is opened once and read through that descriptor: `docker run --rm`, and the docker SDK's
+    ``run(remove=True)``, remove the container while a client may still be reading its output, and an open
+    file outlives its name (unlink(2))."""
+    try:
+        log = open(paths.containers_dir() / container_id / LOG, "rb")
+    except FileNotFoundError:
+        return                                        # it never started: no output yet
+    with log:
+        yield from read_until_exit(log, container_id) if follow else read_frames(log)
+
+
+def read_until_exit(log, container_id: str) -> Iterator[tuple[int, bytes]]:
+    """The state is read *before* the file: the monitor writes all output before it records the exit, so
+    once a read of the state says "exited" (or the container is gone), the read after it gets everything."""
     while True:
-        finished = not follow or refresh(lifecycle.load(container_id)).state is not State.RUNNING
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as log:
-            log.seek(offset)
-            for stream, data in read_frames(log):
-                offset += _FRAME.size + len(data)
-                yield stream, data
+        finished = gone_or_exited(container_id)
+        yield from read_frames(log)
         if finished:
             return
         time.sleep(0.01)
@@ -206,20 +213,14 @@ def read_frames(log) -> Iterator[tuple[int, bytes]]:
 def attach(container_id: str) -> Iterator[tuple[int, bytes]]:
     """`docker run` attaches before it starts: the output of the run about to begin, until the exit.
 
-    The log is opened once, as soon as the monitor has made it, and read through that descriptor: with --rm
-    the monitor deletes the directory right after the exit, and an open file outlives its name (unlink(2))."""
+    The log is opened as soon as the monitor has made it, and read as ``logs(follow=True)`` reads it."""
     path = paths.containers_dir() / container_id / LOG
     while not path.exists():
         if gone_or_exited(container_id):
             return                                    # it ran before, or was removed before it ran
         time.sleep(0.005)
     with open(path, "rb") as log:
-        while True:
-            finished = gone_or_exited(container_id)   # checked before reading: all output precedes the exit
-            yield from read_frames(log)
-            if finished:
-                return
-            time.sleep(0.01)
+        yield from read_until_exit(log, container_id)
 
 
 def gone_or_exited(container_id: str) -> bool:

@@ -23,13 +23,29 @@ VERBS = {
     "tag": "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
     "rmi": "Remove one or more images",
     "run": "Run a command in a new container",
+    "commit": "Create a new image from a container's changes",
+    "build": "Build an image from a Labfile (FROM, RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT)",
     "daemon": "Serve the Docker Engine API on a Unix socket (also installed as labd)",
+    "create": "Create a new container (prints its id; `labcore start` runs it)",
+    "start": "Start one or more stopped containers",
+    "ps": "List containers",
+    "logs": "Fetch the logs of a container",
+    "exec": "Execute a command in a running container",
+    "stop": "Stop one or more running containers (SIGTERM, then SIGKILL)",
+    "kill": "Kill one or more running containers",
+    "wait": "Block until one or more containers stop, then print their exit codes",
+    "rm": "Remove one or more containers",
+    "inspect": "Return low-level information on containers, as JSON",
+    "pull": "Download an image from a registry",
 }
 _MODULES = {"images": "images_cmd"}
 
 
 def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labcore", description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", metavar="unix:///PATH",
+                        help="talk to labd at this socket, as `docker -H` (default: $LABCORE_HOST; unset: no "
+                             "daemon, the engine runs in this process)")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
     for verb, summary in verbs.items():
         module = _verb_module(verb)
@@ -43,6 +59,17 @@ def _verb_module(verb: str):
     return importlib.import_module(f"labcore.cli.{_MODULES.get(verb, verb)}")
 
 
+def verb_in(argv: list[str]) -> str | None:
+    """The first word that is neither a global option nor its value (`labcore -H unix:///s ps`)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-H", "--host"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def _exit_on_signal(signum, frame):
     # SIGTERM/SIGHUP leave through SystemExit, so every `with Scope()` still undoes what it made.
     sys.exit(128 + signum)
@@ -51,7 +78,7 @@ def _exit_on_signal(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # Build only the chosen verb's parser: importing every verb would slow down each start.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
+    chosen = verb_in(argv)
     parser = build_parser({chosen: VERBS[chosen]} if chosen in VERBS else VERBS)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

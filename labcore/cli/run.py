@@ -27,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-u", "--user", help="UID or UID:GID to run the command as")
     parser.add_argument("--entrypoint", help="overwrite the image's ENTRYPOINT (and drop its CMD)")
     parser.add_argument("--name", default="", help="assign a name to the container")
+    parser.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+                        help="bind-mount an existing host directory or file (absolute paths; :ro read-only)")
     parser.add_argument("--network", default="bridge", choices=("bridge", "none"),
                         help="bridge: a veth pair on lcbr0 (default, as root); none: loopback only")
     parser.add_argument("-p", "--publish", action="append", default=[], metavar="[127.0.0.1:]HOST:CONTAINER",
@@ -58,7 +60,7 @@ def spec_from_args(args: argparse.Namespace) -> container.Spec:
                           workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
                           interactive=args.interactive, name=args.name, rm=args.rm,
                           limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
-                          network=args.network, publish=args.publish)
+                          network=args.network, publish=args.publish, volumes=args.volume)
 
 
 def run(args: argparse.Namespace) -> int:
