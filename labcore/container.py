@@ -2,7 +2,7 @@
 
 `docker run busybox sh` comes down to a few steps (runc: libcontainer/process_linux.go, standard_init_linux.go):
 
-    create   check the spec and find the image; unpack its files; write the state dir
+    create   check the spec and find the image; its layers (unpacked once, ``labcore.layers``); the state dir
              fork the "shim", which unshares the namespaces and forks pid 1;
              pid 1 mounts its root filesystem (``labcore.rootfs``), pivots into it, sets the hostname, waits
     start    pid 1 drops to the user, enters the working directory and execve()s the command
@@ -19,13 +19,12 @@ except SIGKILL and SIGSTOP from an ancestor namespace. `sleep` as pid 1 ignores 
 What the command is follows Docker's rules (docs: "ENTRYPOINT and CMD"): Entrypoint + Cmd; a CMD given to
 `run` replaces the image's Cmd; --entrypoint replaces its Entrypoint and drops its Cmd.
 
-Next: cgroups limit what pid 1 may use; overlay layers replace the plain unpacked directory.
+Next: cgroups limit what pid 1 may use; ``labcore.layers`` stacks the image's layers under its root.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labcore import journal, paths, rootfs, syscalls, userns
+from labcore import journal, layers, paths, rootfs, syscalls, userns
 from labcore.errors import BadInput, LabError, NotFound, from_oserror
 from labcore.process import Channel, Child, exit_code
 
@@ -69,6 +68,7 @@ class Spec:
     limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
     network: str = "bridge"                   # Docker's default; "none": loopback only
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
+    volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -86,6 +86,8 @@ class Plan:
     hostname: str
     rootless: bool
     limits: object = None                     # labcore.cgroups.limits.Limits
+    volumes: list = field(default_factory=list)   # (host, target, read_only), from parse_volume
+    layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
 
 
 @dataclass
@@ -130,6 +132,23 @@ def check_spec(spec: Spec) -> None:
         from labcore import network
         for mapping in spec.publish:
             network.parse_publish(mapping)
+    for volume in spec.volumes:
+        parse_volume(volume)
+
+
+def parse_volume(volume: str) -> tuple[str, str, bool]:
+    """-v ``HOST:CONTAINER[:ro]`` (Docker's syntax) -> (host, target, read_only). HOST is an existing
+    absolute path: labcore has no named volumes, and does not create a missing HOST as Docker's -v does."""
+    form = "use -v HOST:CONTAINER[:ro] with absolute paths and an existing HOST, e.g. -v /srv/data:/data:ro"
+    host, _, rest = volume.partition(":")
+    target, _, mode = rest.partition(":")
+    if not (os.path.isabs(host) and os.path.isabs(target)) or mode not in ("", "ro", "rw"):
+        raise BadInput(f"invalid volume specification: {volume!r}", fix=form)
+    if not os.path.exists(host):
+        raise BadInput(f"bind source path does not exist: {host}", fix=form)
+    if os.path.normpath(target) == "/":
+        raise BadInput(f"invalid volume specification: {volume!r}: the destination can't be '/'", fix=form)
+    return host, os.path.normpath(target), mode == "ro"
 
 
 def parse_user(user: str) -> tuple[int, int]:
@@ -206,7 +225,8 @@ def plan_for(spec: Spec) -> Plan:
     return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
                 argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
-                hostname=hostname, rootless=os.geteuid() != 0, limits=limits)
+                hostname=hostname, rootless=os.geteuid() != 0, limits=limits,
+                volumes=[parse_volume(volume) for volume in spec.volumes])
 
 
 # --- the container, from the host's side ------------------------------------------------------------------
@@ -238,8 +258,10 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
         make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
-        rootfs.unpack(container.plan.image, container.plan.root, scope)     # pid 1 mounts these files
-        rootfs.write_etc_files(container.plan.root, container.plan.hostname)
+        # The image's layers, each unpacked once and shared; this container's upperdir; pid 1 mounts them.
+        container.plan.layers = layers.prepare_root(container.plan.image, container.directory,
+                                                    container.plan.rootless)
+        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname)
         start_pid1(container, stdio)          # last: the processes, once everything they need exists
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
@@ -467,7 +489,7 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """In the new pid namespace as pid 1: build the root, wait for start, become the command."""
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
-        rootfs.mount_container_root(plan.root, plan.rootless)
+        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes)
         syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
         terminal = open_terminal() if stdio.mode == "tty" else None
         channel.send("ready")

@@ -137,6 +137,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answer_json(err.status, {"message": str(err)})
         except LabError as err:
             self.answer_json(status_for(err), {"message": err.message})
+        except ConnectionError:                 # the client left first (the docker CLI reads one JSON
+            self.close_connection = True        # object of a wait and hangs up): nothing to answer
         except Exception as err:                # a bug in labd: answer as Docker does, keep serving
             if self.server.verbose:
                 import traceback
@@ -206,13 +208,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             sys.stderr.write(f"labd: {format % args}\n")
 
 
-class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class QuietAboutHangups:
+    """A client that closes its end mid-answer is normal, not an error to print: labd's stderr is a pipe that
+    Labd reads only if the daemon dies, and a full pipe would block the daemon."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class UnixServer(QuietAboutHangups, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     request_queue_size = 128      # listen(2) backlog; the default 5 refuses a burst of clients (EAGAIN)
     verbose = False
 
 
-class TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class TcpServer(QuietAboutHangups, socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     request_queue_size = 128
     verbose = False
@@ -258,6 +269,19 @@ def serve(socket: str | None = None, tcp: str | None = None, verbose: bool = Fal
             os.unlink(socket or socket_path())
 
 
+def ping(path: str) -> bool:
+    """GET /_ping over a Unix socket, the Engine API's liveness check (labd's and dockerd's alike)."""
+    import socket as sockets
+    try:
+        with sockets.socket(sockets.AF_UNIX) as probe:
+            probe.settimeout(2)
+            probe.connect(path)
+            probe.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return probe.recv(64).split(b"\r\n")[0].split(b" ")[1:2] == [b"200"]
+    except OSError:
+        return False
+
+
 class Labd:
     """``with Labd() as labd:`` runs `labcore daemon` in the background, as a service manager would.
 
@@ -265,8 +289,9 @@ class Labd:
     journaled like any object the lab makes, so a crashed notebook's daemon is stopped by `labcore cleanup`.
     """
 
-    def __init__(self, socket: str | None = None):
+    def __init__(self, socket: str | None = None, home: str | None = None):
         self.socket = socket or socket_path()
+        self.home = home                # its own LABCORE_HOME (images, containers); default: the caller's
         self.process = None
         self.scope = None
 
@@ -278,7 +303,8 @@ class Labd:
         self.scope.record("file", self.socket, "unlink", path=self.socket)
         self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE,
+                                        env={**os.environ, "LABCORE_HOME": self.home} if self.home else None)
         self.scope.record("process", str(self.process.pid), "kill", pid=self.process.pid,
                           start=process_start_time(self.process.pid))
         try:
@@ -289,25 +315,12 @@ class Labd:
         return self
 
     def wait_until_serving(self, seconds: float = 10) -> None:
-        import time
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabError("labd exited: " + self.process.stderr.read().decode()[-800:])
-            if self.ping():
-                return
-            time.sleep(0.02)
-        raise LabError(f"labd did not answer on {self.socket} within {seconds} s")
+        from labcore.process import wait_until_ready
+        wait_until_ready(self.process, lambda: ping(self.socket), f"labd on {self.socket}", seconds,
+                         lambda: self.process.stderr.read().decode()[-800:] if self.process.poll() else "")
 
     def ping(self) -> bool:
-        import socket as sockets
-        with sockets.socket(sockets.AF_UNIX) as probe:
-            try:
-                probe.connect(self.socket)
-                probe.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-                return b" 200 " in probe.recv(64).split(b"\r\n")[0]
-            except OSError:
-                return False
+        return ping(self.socket)
 
     def client(self):
         """The official docker SDK, pointed at this daemon."""

@@ -26,15 +26,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NotSupportedHere
+from labcore.daemon import ping
 from labcore.journal import Scope, process_start_time
+from labcore.process import wait_until_ready
 
 COMPILED_IN = ("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd")
 
@@ -117,15 +117,8 @@ class Dockerd:
 
     def wait_until_ready(self) -> None:
         """Until GET /_ping answers OK (the Engine API's liveness check), or dockerd exits."""
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabError(f"dockerd exited with status {self.process.returncode}:\n{self.log_tail()}",
-                               fix=f"read {self.directory}/dockerd.log")
-            if ping(self.socket):
-                return
-            time.sleep(0.1)
-        raise LabError(f"dockerd did not answer on {self.socket} within {self.timeout} s:\n{self.log_tail()}")
+        wait_until_ready(self.process, lambda: ping(self.socket), f"dockerd on {self.socket}", self.timeout,
+                         lambda: f"\n{self.log_tail()}\n(the whole log: {self.directory}/dockerd.log)")
 
     def log_tail(self, lines: int = 10) -> str:
         with contextlib.suppress(OSError):
@@ -187,18 +180,6 @@ def import_busybox(dockerd: Dockerd, store=None) -> str:
     if loaded != image.id:
         raise LabError(f"docker load gave {loaded}, not the lab's {image.id}")
     return loaded
-
-
-def ping(path: str) -> bool:
-    """GET /_ping over the Unix socket; True on "HTTP/1.x 200"."""
-    try:
-        with socket.socket(socket.AF_UNIX) as connection:
-            connection.settimeout(2)
-            connection.connect(path)
-            connection.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            return connection.recv(64).split(b"\r\n")[0].split(b" ")[1:2] == [b"200"]
-    except OSError:
-        return False
 
 
 def cgroup_parent_directories(name: str) -> list[str]:

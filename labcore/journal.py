@@ -273,7 +273,7 @@ def undo_bridge(name: str, lock: str) -> None:
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
     with contextlib.ExitStack() as stack:
         with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
-            fcntl.flock(stack.enter_context(open(lock, "a")), fcntl.LOCK_EX)
+            fcntl.flock(stack.enter_context(open(lock)), fcntl.LOCK_EX)
         ports = Path(f"/sys/class/net/{name}/brif")   # one entry per plugged-in interface (sysfs-class-net)
         if ports.is_dir() and not any(ports.iterdir()):
             subprocess.run(["ip", "link", "delete", name], capture_output=True)

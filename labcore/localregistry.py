@@ -11,13 +11,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import LabError, NotSupportedHere
+from labcore.errors import NotSupportedHere
 from labcore.journal import Scope, process_start_time
+from labcore.process import wait_until_ready
 
 CONFIG = """version: 0.1
 log:
@@ -82,13 +82,12 @@ class LocalRegistry:
         return directory
 
     def wait_until_serving(self, seconds: float = 10) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabError("docker-registry exited: " + self.process.stderr.read().decode()[-500:])
-            try:
-                urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise LabError(f"docker-registry did not answer on {self.address} within {seconds} s")
+        wait_until_ready(self.process, self.answers, f"docker-registry on {self.address}", seconds,
+                         lambda: self.process.stderr.read().decode()[-500:] if self.process.poll() else "")
+
+    def answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1).close()
+            return True
+        except OSError:
+            return False

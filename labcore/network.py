@@ -231,16 +231,24 @@ def in_netns(pid: int | None, fn, *args):
 # --- the bridge, the address, the veth pair -------------------------------------------------------------------
 
 def lock_path(network: Network) -> Path:
-    return paths.home() / "network" / f"{network.bridge}.lock"
+    """One lock per bridge for the whole host, as the bridge itself is: every state directory (a user's lab,
+    the test suite beside it) plugs into the same lcbr0. /run/lock is where host-wide lock files live (FHS);
+    the empty file stays, as lock files do, since unlinking a lock others may hold would break it."""
+    return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock"
 
 
 @contextlib.contextmanager
 def locked(path: Path):
-    """flock(2) a file of the state dir: one container at a time picks an address and plugs into the bridge."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(path, "a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        yield                                          # closing the file releases the lock
+    """flock(2) the bridge's lock: one container at a time picks an address and plugs into the bridge."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Read-only is enough for flock(2), so a user who cannot write root's lock file still gets as far as
+    # the kernel's own answer (EPERM on the veth) instead of an error about a lock file.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                                   # closing the file releases the lock
 
 
 def ensure_bridge(network: Network, scope: journal.Scope) -> None:

@@ -122,6 +122,22 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
         os._exit(code)
 
 
+def wait_until_ready(process, ready: Callable[[], bool], what: str, seconds: float,
+                     explain: Callable[[], str] = lambda: "") -> None:
+    """Poll ``ready()`` until it holds, for a service we started (labd, a registry, dockerd); a service
+    that exits first fails at once with its own words (``explain``), instead of after the whole wait."""
+    import time
+    from labcore.errors import LabError
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LabError(f"{what} exited with status {process.returncode}: {explain()}")
+        if ready():
+            return
+        time.sleep(0.02)
+    raise LabError(f"{what} did not answer within {seconds} s: {explain()}")
+
+
 def run_in_child(fn: Callable[..., Any], *args, **kwargs) -> Any:
     """Run ``fn(*args, **kwargs)`` in a forked child and return its result (or raise its error)."""
     child = Child(lambda channel: fn(*args, **kwargs))

@@ -119,5 +119,8 @@ def test_an_image_absent_locally_is_pulled_from_the_registry_during_run(labd, tm
         client = labd.client()
         reference = f"{registry.address}/lab/hello:v1"
         assert reference not in [tag for image in client.images.list() for tag in image.tags]
-        assert client.containers.run(reference, "echo pulled", remove=True) == b"pulled\n"
-        assert reference in [tag for image in client.images.list() for tag in image.tags]
+        try:
+            assert client.containers.run(reference, "echo pulled", remove=True) == b"pulled\n"
+            assert reference in [tag for image in client.images.list() for tag in image.tags]
+        finally:
+            Store().untag(f"{registry.address}/lab/hello", "v1")    # the image store is shared by the session
