@@ -242,12 +242,14 @@ class Store:
 
     # --- writing images ---------------------------------------------------------------------------------
 
-    def add_image(self, layers: list, config: dict, name: str, tag: str = "latest") -> Image:
-        """Store layer files (tar or tar.gz) and a config as an image, and point ``name:tag`` at it.
+    def add_image(self, layers: list, config: dict, name: str | None, tag: str = "latest") -> Image:
+        """Store layer files (tar or tar.gz) and a config as an image, and point ``name:tag`` at it (with no
+        name, an untagged ``<none>:<none>`` entry, as `docker build` leaves its intermediate images).
 
         ``config`` is either the whole OCI config or just its "config" object (Cmd, Env, ...); rootfs is
         always computed here from the stored layers, so diff_ids cannot disagree with the blobs."""
-        split_reference(f"{name}:{tag}")           # refuse a bad name before anything is written
+        if name:
+            split_reference(f"{name}:{tag}")       # refuse a bad name before anything is written
         descriptors, diff_ids = [], []
         for layer in layers:
             descriptor, diff_id = self._add_layer(layer)
@@ -611,6 +613,11 @@ def _full_config(config: dict, diff_ids: list[str]) -> dict:
     full.setdefault("os", "linux")
     full["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     return full
+
+
+def config_document(config: dict, diff_ids: list[str]) -> bytes:
+    """The config blob ``add_image`` stores for ``config`` over layers ``diff_ids``: its sha256 is the image ID."""
+    return _canonical(_full_config(config, diff_ids))
 
 
 def _canonical(document: dict) -> bytes:

@@ -26,6 +26,7 @@ Next: ``labcore.overlay_model`` predicts all of this on paper; ``labcore.rootfs`
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -175,9 +176,10 @@ def create_overlay(lowers: list, scope: Scope | None = None, name: str = "overla
 
 def read_layer(directory, xattr: str | None = "trusted", contents: bool = True) -> Layer:
     """A directory as ``overlay_model`` sees it: whiteouts (char 0/0) and opaque dirs when ``xattr`` is set
-    (``None`` reads a merged view, which has neither)."""
+    (``None`` reads a merged view, which has neither). It stays on the directory's filesystem, as find -xdev
+    does: a live container's merged root has /proc, /dev and /sys mounted on it."""
     layer, root = {}, Path(directory)
-    for path in _walk(root):
+    for path in _walk(root, os.stat(root).st_dev):
         relative = str(path.relative_to(root))
         info = os.lstat(path)
         if stat.S_ISDIR(info.st_mode):
@@ -191,12 +193,13 @@ def read_layer(directory, xattr: str | None = "trusted", contents: bool = True) 
     return layer
 
 
-def _walk(root: Path):
+def _walk(root: Path, device: int | None = None):
+    # overlayfs gives every directory the overlay's st_dev (fs/overlayfs/inode.c, ovl_getattr), for find -xdev.
     with os.scandir(root) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             yield Path(entry.path)
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False) and device in (None, entry.stat(follow_symlinks=False).st_dev):
+                yield from _walk(Path(entry.path), device)
 
 
 def is_opaque(path, xattr: str = "trusted") -> bool:
@@ -498,18 +501,47 @@ def _rootless_child(lowers: list[Path], base: Path, file: str, directory: str) -
     return before, after
 
 
+def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
+    """``overlay_model`` predicts, then the kernel does: the same operations on paper (before) and on the
+    mount (after), compared by errno, upperdir (whiteouts and opaque marks included) and merged view."""
+    model = Model([read_layer(lower, overlay.xattr) for lower in overlay.lowers],
+                  read_layer(overlay.upper, overlay.xattr))
+    predicted = [errno_name(model.apply(op)) for op in ops]
+    actual = [errno_name(code) for code in run_ops(overlay, ops)]
+    upper, merged = read_layer(overlay.upper, overlay.xattr), read_layer(overlay.merged, None)
+    agree = predicted == actual and model.upper == upper and model.merged() == merged
+    operations = [" ".join(map(str, op[:2])) for op in ops]
+    before = {"operations": operations, "results": predicted, "upperdir": _names(model.upper)}
+    after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
+    return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
+                "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
+                before, after, note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                                    f"results, the upperdir and all {len(merged)} merged paths: {agree}",
+                data={"agree": agree, "predicted": predicted, "actual": actual})
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code)) if code else "ok"
+
+
+def _names(layer: Layer) -> list[str]:
+    return [path + (" (whiteout)" if entry is WHITEOUT else "/ (opaque)" if getattr(entry, "opaque", False)
+                    else "") for path, entry in sorted(layer.items())] or ["(empty)"]
+
+
 # --- the picture ------------------------------------------------------------------------------------------
 
-def layer_stack_dot(overlay: Overlay, max_paths: int = 30) -> str:
+def layer_stack_dot(overlay: Overlay, max_paths: int = 30, names: list[str] | None = None) -> str:
     """DOT of the live mount: merged paths, each pointing at the layer that serves it; copied-up files
-    (orange), new files (green) and whiteouts (red) in upperdir. Draw with ``labcore.diagrams.show``."""
+    (orange), new files (green) and whiteouts (red) in upperdir. Draw with ``labcore.diagrams.show``.
+    ``names`` labels the lowers (top first); by default their directory names."""
     from labcore.diagrams import Graph
     upper = read_layer(overlay.upper, overlay.xattr, contents=False)
     model = Model([read_layer(lower, overlay.xattr, contents=False) for lower in overlay.lowers], upper)
     visible = read_layer(overlay.merged, None, contents=False)
     shown = _paths_to_show(upper, visible, max_paths)
-    names = ["upperdir", *(f"lowerdir {i + 1}{' (top)' if i == 0 else ''}: {lower.name}"
-                           for i, lower in enumerate(overlay.lowers))]
+    names = ["upperdir", *(f"lowerdir {i + 1}{' (top)' if i == 0 else ''}: {name}"
+                           for i, name in enumerate(names or [lower.name for lower in overlay.lowers]))]
     graph = Graph("overlay layer stack", rankdir="TB", fontname="Helvetica", newrank="true")
     graph.defaults("node", fontname="Helvetica", fontsize="10", shape="box", style="rounded,filled",
                    fillcolor="white")

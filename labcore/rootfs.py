@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 
 from labcore import journal, paths, process, syscalls, userns
-from labcore.errors import LabError, NeedsPrivilege
+from labcore.errors import BadInput, LabError, NeedsPrivilege
 from labcore.evidence import Step, current_mode
 from labcore.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                               MS_REC, MS_REMOUNT)
@@ -213,14 +213,57 @@ def _pivot_then_escape(root: str, known: dict) -> tuple[dict, dict]:
 
 # --- the container's root, in runc's order ----------------------------------------------------------------
 
-def mount_container_root(root: str, rootless: bool) -> None:
-    """Build the container's mounts under ``root`` and pivot into it. Runs in pid 1, in new mnt+pid namespaces."""
+def mount_container_root(root: str, rootless: bool, layers: str | None = None, volumes=()) -> None:
+    """Build the container's mounts under ``root`` and pivot into it. Runs in pid 1, in new mnt+pid namespaces.
+
+    ``layers``: the overlay's options (``labcore.layers``); ``volumes``: (host, target, read_only) bind mounts."""
     make_mounts_private()          # first: a mount made before this would propagate to the host's namespace
+    if layers:
+        mount_layers(root, layers)  # the image's layers and the container's upperdir, merged at root
     bind_root(root)                # pivot_root(2) requires new_root to be a mount point
     mount_proc(root)               # proc shows the pid namespace of whoever mounts it: pid 1's, here
     mount_dev(root, rootless)      # before the pivot: rootless binds the host's device nodes from /dev
     mount_sys(root, rootless)      # likewise, a rootless fallback binds the host's /sys
+    mount_volumes(root, volumes)   # after the defaults, as runc mounts the user's; binds need the host's tree
     pivot_to(root)                 # last: afterwards nothing of the host's tree is reachable
+
+
+def mount_layers(root: str, options: str) -> None:
+    """mount -t overlay -o lowerdir=...,upperdir=...,workdir=... overlay ROOT, in pid 1's own mount namespace:
+    the mount ends with the container, so the host has nothing to unmount (``labcore.overlay`` explains it)."""
+    syscalls.mount("overlay", root, "overlay", 0, options)
+
+
+def mount_volumes(root: str, volumes) -> None:
+    """-v HOST:CONTAINER[:ro]: the host's directory (or file) bind-mounted over CONTAINER in the new root.
+    The files are the host's: they never enter the upperdir, and outlive the container."""
+    for host, target, read_only in volumes:
+        inside = make_mountpoint(root, target, os.path.isdir(host))
+        syscalls.mount(host, inside, None, MS_BIND | MS_REC)
+        if read_only:
+            # A bind mount is made read-only by a remount of that bind alone. In a user namespace the host
+            # mount's nosuid, nodev and noexec are locked (mount_namespaces(7)): keep them, as runc does.
+            # statvfs's ST_NOSUID, ST_NODEV, ST_NOEXEC have the values of the MS_ flags (statvfs(3)).
+            kept = os.statvfs(inside).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            syscalls.mount(None, inside, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+
+
+def make_mountpoint(root: str, target: str, directory: bool) -> str:
+    """``root``/``target``, made if missing, never through a symlink: an image's ``/data -> /etc`` would
+    otherwise send the bind mount outside the new root, onto /etc as this namespace still sees the host's
+    tree (runc resolves mount targets with securejoin for the same reason)."""
+    path, parts = root, Path(target).parts[1:]
+    for depth, part in enumerate(parts, start=1):
+        path = os.path.join(path, part)
+        if os.path.islink(path):
+            raise BadInput(f"volume target {target}: /{'/'.join(parts[:depth])} is a symlink in the image",
+                           fix="mount the volume on a path without symlinks")
+        if not os.path.lexists(path):
+            if depth == len(parts) and not directory:
+                Path(path).touch()     # a file is bind-mounted onto a file
+            else:
+                os.mkdir(path, 0o755)
+    return path
 
 
 def make_mounts_private() -> None:
