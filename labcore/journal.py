@@ -129,9 +129,11 @@ class Journal:
                 failures.append(f"{entry.describe()}: {err}")
         return failures
 
-    def undo_orphans(self) -> tuple[list[Entry], list[str]]:
-        orphans = [e for e in self.entries() if not owner_alive(e.owner)]
-        return orphans, self.undo_many(orphans)
+    def undo_orphans(self, also_mine: bool = False) -> tuple[list[Entry], list[str]]:
+        """Undo what dead processes left; with ``also_mine``, what this process made too."""
+        me = owner_of()
+        chosen = [e for e in self.entries() if not owner_alive(e.owner) or (also_mine and e.owner == me)]
+        return chosen, self.undo_many(chosen)
 
     def undo_all(self) -> tuple[list[Entry], list[str]]:
         everything = self.entries()
@@ -307,13 +309,15 @@ UNDO = {
 }
 
 
-def cleanup(everything: bool = True) -> str:
-    """Undo what the lab left (everything, or only orphans); the last cell of every notebook calls this.
+def cleanup(everything: bool = False) -> str:
+    """Undo what this process made and what crashed processes left; the last cell of every notebook.
 
+    Objects of other live processes — another notebook's daemon, a running detached container — are not
+    this notebook's to remove: ``everything=True`` (`labcore cleanup --all`) removes them too.
     Idempotent: a second call finds nothing and says so.
     """
     journal = Journal()
-    undone, failures = journal.undo_all() if everything else journal.undo_orphans()
+    undone, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
     lines = [f"removed {entry.describe()}" for entry in undone]
     lines += [f"could not remove {failure}" for failure in failures]
     return "\n".join(lines) or "nothing left to clean up"

@@ -80,3 +80,23 @@ def test_kill_only_touches_the_process_with_the_recorded_start_time():
 def test_unknown_undo_operation_is_refused_at_record_time(tmp_path):
     with pytest.raises(LabError, match="no undo operation"):
         Journal().record("directory", tmp_path, "shred")
+
+
+def test_a_notebooks_cleanup_leaves_other_live_processes_objects_alone(tmp_path):
+    """Two notebooks share one state dir: one's cleanup cell must not pull the other's daemon away."""
+    code = ("import os, pathlib, sys, time; from labcore.journal import Journal; p = pathlib.Path(os.environ['D']);"
+            "p.mkdir(); Journal().record('directory', p, 'rmtree', path=str(p)); print('ready', flush=True);"
+            "sys.stdin.read()")
+    theirs = tmp_path / "labcore-other-notebook"
+    other = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "D": str(theirs)},
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "ready\n"
+        mine = tmp_path / "labcore-mine"
+        mine.mkdir()
+        Journal().record("directory", mine, "rmtree", path=str(mine))
+        assert journal.cleanup() == f"removed directory {mine}"
+        assert theirs.exists() and not mine.exists()
+    finally:
+        other.communicate("")
+    assert journal.cleanup() == f"removed directory {theirs}"            # an orphan now
