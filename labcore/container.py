@@ -16,78 +16,32 @@ pid 1 is special: the kernel drops any signal sent to a namespace's init for whi
 except SIGKILL and SIGSTOP from an ancestor namespace. `sleep` as pid 1 ignores `kill -TERM 1`, and even
 `kill -KILL 1` from inside; that is why `docker stop` waits ten seconds and then sends SIGKILL from outside.
 
-What the command is follows Docker's rules (docs: "ENTRYPOINT and CMD"): Entrypoint + Cmd; a CMD given to
-`run` replaces the image's Cmd; --entrypoint replaces its Entrypoint and drops its Cmd.
+What the command is, and every refusal of bad input, comes first and changes nothing (``labcore.spec``);
+where its stdin, stdout and stderr go is ``labcore.stdio``.
 
-Next: cgroups limit what pid 1 may use; ``labcore.layers`` stacks the image's layers under its root.
+Next: ``labcore.engine`` keeps containers running after the caller has gone, as Docker's daemon does.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import re
-import secrets
-import select
-import selectors
 import signal
-import socket
-import termios
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labcore import journal, layers, paths, rootfs, syscalls, userns
-from labcore.errors import BadInput, LabError, NotFound, from_oserror
+from labcore.errors import from_oserror
 from labcore.process import Channel, Child, exit_code
+# The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
+# (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
+from labcore.spec import (DEFAULT_PATH, Plan, Spec, check_spec, command_line, environment,  # noqa: F401
+                          find_image, parse_user, parse_volume, plan_for)
+from labcore.stdio import Stdio, attach_stdio, open_terminal, receive_fd, send_fd  # noqa: F401
 
 # Everything but the user namespace; with it added when not root (``userns.unshare``).
 NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
               | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWCGROUP)
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"    # Docker's, as well
-_USER = re.compile(r"^(\d+)(?::(\d+))?$")
-_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")                                # docker's container names
-_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
-_ENV_NAME = re.compile(r"^[^=\s]+$")
-
-
-@dataclass
-class Spec:
-    """What `docker run` is asked for. ``cmd``/``entrypoint`` None means "the image's"."""
-    image: str
-    cmd: list[str] | None = None
-    entrypoint: list[str] | None = None       # [] clears the image's, as --entrypoint "" does
-    env: list[str] = field(default_factory=list)      # K=V, or K to pass the caller's value on
-    workdir: str | None = None
-    user: str | None = None                   # UID or UID:GID
-    hostname: str | None = None               # default: the first 12 hex digits of the id
-    tty: bool = False
-    interactive: bool = False
-    name: str = ""
-    rm: bool = False
-    limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
-    network: str = "bridge"                   # Docker's default; "none": loopback only
-    publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
-    volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
-    id: str = field(default_factory=lambda: secrets.token_hex(32))
-
-
-@dataclass
-class Plan:
-    """A spec resolved against its image: exactly what pid 1 will run, where, and as whom."""
-    id: str
-    image: object
-    root: str
-    argv: list[str]
-    env: list[str]
-    workdir: str
-    uid: int
-    gid: int
-    hostname: str
-    rootless: bool
-    limits: object = None                     # labcore.cgroups.limits.Limits
-    volumes: list = field(default_factory=list)   # (host, target, read_only), from parse_volume
-    layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
 
 
 @dataclass
@@ -104,129 +58,6 @@ class Result:
         return f"{text}[exit code {self.exit_code}]"
 
     __repr__ = __str__
-
-
-# --- checking and resolving, before anything exists ------------------------------------------------------
-
-def check_spec(spec: Spec) -> None:
-    """Refuse malformed values from the user (BadInput naming the accepted form), before any change."""
-    if not re.fullmatch(r"[0-9a-f]{64}", spec.id):
-        raise BadInput(f"invalid container id {spec.id!r}", fix="an id is 64 lowercase hex digits")
-    if spec.name and not _NAME.match(spec.name):
-        raise BadInput(f"invalid container name {spec.name!r}", fix="only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed")
-    if spec.hostname is not None and not _HOSTNAME.match(spec.hostname):
-        raise BadInput(f"invalid hostname {spec.hostname!r}",
-                       fix="letters, digits, '-' and '.', at most 64 characters (sethostname(2))")
-    for item in spec.env:
-        if not _ENV_NAME.match(item.split("=", 1)[0]):
-            raise BadInput(f"invalid environment variable: {item}", fix="use -e NAME=VALUE, or -e NAME")
-    if spec.workdir is not None and not spec.workdir.startswith("/"):
-        raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
-    if spec.user is not None:
-        parse_user(spec.user)
-    if spec.network not in ("bridge", "none"):
-        raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
-    if spec.publish and spec.network == "none":
-        raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
-    if spec.publish:
-        from labcore import network
-        for mapping in spec.publish:
-            network.parse_publish(mapping)
-    for volume in spec.volumes:
-        parse_volume(volume)
-
-
-def parse_volume(volume: str) -> tuple[str, str, bool]:
-    """-v ``HOST:CONTAINER[:ro]`` (Docker's syntax) -> (host, target, read_only). HOST is an existing
-    absolute path: labcore has no named volumes, and does not create a missing HOST as Docker's -v does."""
-    form = "use -v HOST:CONTAINER[:ro] with absolute paths and an existing HOST, e.g. -v /srv/data:/data:ro"
-    host, _, rest = volume.partition(":")
-    target, _, mode = rest.partition(":")
-    if not (os.path.isabs(host) and os.path.isabs(target)) or mode not in ("", "ro", "rw"):
-        raise BadInput(f"invalid volume specification: {volume!r}", fix=form)
-    if not os.path.exists(host):
-        raise BadInput(f"bind source path does not exist: {host}", fix=form)
-    if os.path.normpath(target) == "/":
-        raise BadInput(f"invalid volume specification: {volume!r}: the destination can't be '/'", fix=form)
-    return host, os.path.normpath(target), mode == "ro"
-
-
-def parse_user(user: str) -> tuple[int, int]:
-    """``UID`` or ``UID:GID`` -> (uid, gid); the gid is 0 when not given."""
-    match = _USER.match(user)
-    if not match:
-        raise BadInput(f"invalid user {user!r}: labcore accepts a numeric UID or UID:GID",
-                       fix="e.g. --user 1000 or --user 1000:1000 (names from the image's /etc/passwd are not "
-                           "looked up)")
-    return int(match[1]), int(match[2] or 0)
-
-
-def command_line(config: dict, spec: Spec) -> list[str]:
-    """Docker's rule: Entrypoint + Cmd, where the spec's own values replace the image's."""
-    entrypoint = spec.entrypoint if spec.entrypoint is not None else (config.get("Entrypoint") or [])
-    if spec.cmd:
-        cmd = spec.cmd
-    elif spec.entrypoint is not None:
-        cmd = []                   # --entrypoint drops the image's Cmd: it was written for the old entrypoint
-    else:
-        cmd = config.get("Cmd") or []
-    argv = list(entrypoint) + list(cmd)
-    if not argv:
-        raise BadInput("no command specified", fix="give a command after the image name, or --entrypoint")
-    return argv
-
-
-def environment(config: dict, spec: Spec, hostname: str, uid: int) -> list[str]:
-    """The image's Env, then -e; PATH, HOSTNAME, TERM (with -t) and HOME as Docker adds them."""
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
-    if spec.tty:
-        env["TERM"] = "xterm"
-    for item in [*(config.get("Env") or []), *spec.env]:
-        name, equals, value = item.partition("=")
-        if equals:
-            env[name] = value
-        elif name in os.environ:   # `-e NAME` passes the caller's value on, and drops NAME if it has none
-            env[name] = os.environ[name]
-        else:
-            env.pop(name, None)
-    env.setdefault("HOME", "/root" if uid == 0 else "/")
-    return [f"{name}={value}" for name, value in env.items()]
-
-
-def find_image(ref: str):
-    """The image by reference; busybox is built from the host the first time, as `docker run` would pull."""
-    from labcore import images
-    try:
-        return images.Store().resolve(ref)
-    except NotFound:
-        if ref not in ("busybox", images.BASE_IMAGE):
-            raise
-        return images.ensure_base_image()
-
-
-def parse_limits(spec: Spec):
-    """The cgroup limits asked for, parsed with Docker's value syntax (BadInput for `--memory 10XB`)."""
-    from labcore.cgroups.limits import parse_run_limits
-    try:
-        return parse_run_limits(**spec.limits)
-    except TypeError as err:
-        raise BadInput(f"unknown resource limit in {sorted(spec.limits)}",
-                       fix="use memory, memory_swap, cpus, cpu_shares, pids_limit, device_read_bps, "
-                           "device_write_bps, device_cgroup_rule") from err
-
-
-def plan_for(spec: Spec) -> Plan:
-    """Resolve ``spec`` against its image. Every refusal (BadInput, NotFound) happens here."""
-    check_spec(spec)
-    limits = parse_limits(spec)
-    image = find_image(spec.image)
-    uid, gid = parse_user(spec.user or image.config.get("User") or "0")
-    hostname = spec.hostname or spec.id[:12]
-    return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
-                argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
-                workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
-                hostname=hostname, rootless=os.geteuid() != 0, limits=limits,
-                volumes=[parse_volume(volume) for volume in spec.volumes])
 
 
 # --- the container, from the host's side ------------------------------------------------------------------
@@ -509,39 +340,6 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             os._exit(127)
 
 
-def attach_stdio(fds: tuple[int, int, int]) -> None:
-    """Make ``fds`` the process's 0, 1 and 2."""
-    for target, fd in enumerate(fds):
-        if fd != target:
-            os.dup2(fd, target)
-
-
-def open_terminal() -> int:
-    """A pty from the container's own /dev/pts, as its stdio and controlling terminal; returns the master.
-
-    Made inside, after pivot_root: a pty of the host's devpts has no name in the container's newinstance
-    devpts, so `tty` would say "not a tty" (runc, libcontainer/console_linux.go, does the same). Everything
-    it uses is imported at the top of this module: after pivot_root the host's Python library is gone."""
-    master, terminal = os.openpty()                 # /dev/ptmx -> pts/ptmx: the container's instance
-    os.setsid()                                     # a session of its own, so the pty can be its terminal
-    fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
-    attach_stdio((terminal,) * 3)
-    os.close(terminal)
-    return master
-
-
-def send_fd(channel: Channel, fd: int) -> None:
-    """Pass an open file descriptor to the other end of the channel (SCM_RIGHTS, unix(7))."""
-    socket.send_fds(channel.sock, [b"F"], [fd])
-
-
-def receive_fd(channel: Channel) -> int:
-    _, fds, _, _ = socket.recv_fds(channel.sock, 1, 1)
-    if not fds:
-        raise LabError("pid 1 did not send its terminal", fix="run without -t to see its error")
-    return fds[0]
-
-
 def become_user(uid: int, gid: int, rootless: bool) -> None:
     try:
         if not rootless:           # a user namespace has setgroups "deny" (user_namespaces(7))
@@ -580,113 +378,3 @@ def execute(argv: list[str], env: list[str]) -> None:
         hint = (f"is {argv[0]!r} in the image? PATH={environ.get('PATH', '')}" if err.errno == errno.ENOENT
                 else f"is {argv[0]!r} an executable file?")
         raise from_oserror(err, "execve", argv[0], fix=hint) from err
-
-
-# --- the container's fds 0, 1, 2, and the parent's ends -------------------------------------------------
-
-class Stdio:
-    """Where the container's stdin, stdout and stderr go.
-
-    inherit   the caller's own fds (the CLI); stdin is /dev/null unless interactive, as with `docker run`
-    capture   pipes the parent reads to the end: in a Jupyter kernel fd 1 is not the notebook
-    tty       a pseudo-terminal (-t); the parent copies between it and the user's terminal
-    """
-
-    def __init__(self, mode: str = "capture", interactive: bool = False):
-        if mode not in ("inherit", "capture", "tty"):
-            raise BadInput(f"unknown stdio mode {mode!r}", fix="use inherit, capture or tty")
-        self.mode, self.interactive = mode, interactive
-        self._child_ends: list[int] = []
-        self._parent_ends: list[int] = []
-        null = os.open(os.devnull, os.O_RDWR)
-        if mode == "capture":
-            (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
-            self.child_fds = (null, out_w, err_w)
-            self._child_ends, self._parent_ends = [out_w, err_w], [out_r, err_r]
-        elif mode == "tty":
-            self.child_fds = (null, null, null)        # until pid 1 has its terminal (take_terminal)
-        else:
-            self.child_fds = (0 if interactive else null, 1, 2)
-        self._child_ends.append(null)
-
-    def after_fork(self) -> None:
-        """Close the child's ends here, so that the parent's reads end when the container's writers do."""
-        for fd in self._child_ends:
-            os.close(fd)
-        self._child_ends = []
-
-    def take_terminal(self, master: int) -> None:
-        self._parent_ends = [master]
-        if os.isatty(1):                            # the container's window is the size of ours
-            termios.tcsetwinsize(master, termios.tcgetwinsize(1))
-
-    def pump(self, sink=None) -> tuple[bytes | None, bytes | None]:
-        """Until the container closes its ends: (stdout, stderr) in capture mode, (None, None) otherwise.
-
-        With ``sink``, each chunk goes to ``sink(stream, data)`` as it arrives (1 stdout, 2 stderr, as in
-        Docker's log frames) instead of being collected: how a detached container's log is written."""
-        if self.mode == "capture":
-            return _read_all(*self._parent_ends, sink=sink)
-        if self.mode == "tty":
-            _relay_terminal(self._parent_ends[0], self.interactive)
-        return None, None
-
-    def __enter__(self) -> "Stdio":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for fd in self._child_ends + self._parent_ends:
-            os.close(fd)
-        self._child_ends = self._parent_ends = []
-
-
-def _read_all(*fds: int, sink=None) -> tuple[bytes, ...]:
-    chunks = {fd: [] for fd in fds}
-    streams = {fd: number for number, fd in enumerate(fds, start=1)}
-    with selectors.DefaultSelector() as selector:
-        for fd in fds:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            for key, _ in selector.select():
-                data = os.read(key.fd, 65536)
-                if data and sink:
-                    sink(streams[key.fd], data)
-                elif data:
-                    chunks[key.fd].append(data)
-                else:
-                    selector.unregister(key.fd)
-    return tuple(b"".join(chunks[fd]) for fd in fds)
-
-
-def _relay_terminal(master: int, interactive: bool) -> None:
-    """Copy the pty to our stdout, and our stdin to the pty, with our terminal in raw mode (as docker -it)."""
-    import tty
-    saved = termios.tcgetattr(0) if interactive and os.isatty(0) else None
-    sources = [master] + ([0] if interactive else [])
-    try:
-        if saved:
-            tty.setraw(0)
-        while True:
-            ready = select.select(sources, [], [])[0]
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:    # EIO: the last holder of the other end, the container, has gone
-                    data = b""
-                if not data:
-                    return
-                _write_all(1, data)
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if data:
-                    _write_all(master, data)
-                else:
-                    sources.remove(0)
-    finally:
-        if saved:
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]

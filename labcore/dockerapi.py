@@ -118,6 +118,15 @@ def pull_image(request: Request):
                   "application/json")
 
 
+@route("DELETE", "/images/{name*}")
+def remove_image(request: Request, name: str):
+    """`docker rmi`: [{"Untagged": name}], and {"Deleted": ...} once the last name has gone (`labcore rmi`)."""
+    from labcore.cli import rmi
+    from labcore.images import Store
+    lines = rmi.remove(Store(), name, force=request.flag("force"))
+    return [dict([line.split(": ", 1)]) for line in lines]
+
+
 # --- containers -------------------------------------------------------------------------------------------
 
 def spec_from_body(body: dict, name: str) -> Spec:
@@ -136,7 +145,8 @@ def spec_from_body(body: dict, name: str) -> Spec:
                 interactive=bool(body.get("OpenStdin")), name=name.lstrip("/"),
                 rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host),
                 network="none" if host.get("NetworkMode") == "none" else "bridge",
-                publish=publish_from_bindings(host.get("PortBindings") or {}))
+                publish=publish_from_bindings(host.get("PortBindings") or {}),
+                volumes=list(host.get("Binds") or []))        # `-v /:/host:ro` arrives as Binds
 
 
 def publish_from_bindings(bindings: dict) -> list[str]:

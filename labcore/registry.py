@@ -11,6 +11,7 @@ A tag may name an *index* (a manifest list) with one manifest per platform; the 
 Every blob is checked against its digest while it downloads: the digest is the blob's name, so a registry
 (or a proxy) cannot hand over different bytes without the client noticing.
 
+``push`` is the other direction (blobs, then the manifest), for putting an image into a registry.
 ``pull`` yields progress events shaped exactly as Docker's daemon streams them from ``POST /images/create``
 (``{"status": "Downloading", "progressDetail": {...}, "id": "<12 hex>"}``), so the lab's daemon forwards them
 unchanged and the docker SDK and CLI render them as they would Docker's.
@@ -100,8 +101,13 @@ class Client:
         self.base = f"{scheme}://{registry}"
         self.token: str | None = None
 
-    def open(self, path: str, accept: tuple[str, ...] = ()):
-        request = urllib.request.Request(self.base + path, headers={"Accept": ", ".join(accept)})
+    def open(self, path: str, accept: tuple[str, ...] = (), method: str = "GET", data: bytes | None = None,
+             content_type: str = "application/octet-stream"):
+        """``path`` is /v2/...; an upload's Location may also be a whole URL (distribution-spec allows both)."""
+        request = urllib.request.Request(urllib.parse.urljoin(self.base, path), data=data, method=method,
+                                         headers={"Accept": ", ".join(accept)})
+        if data is not None:
+            request.add_header("Content-Type", content_type)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -192,6 +198,43 @@ def pull(text: str, store=None) -> Generator[dict, None, "Image"]:
     yield {"status": f"Digest: {manifest_digest}"}
     yield {"status": f"Status: Downloaded newer image for {ref.name}:{ref.tag}"}
     return image
+
+
+def push(image: "Image", text: str, store=None) -> Iterator[dict]:
+    """Upload ``image`` from the store as ``text``, yielding Docker's push events (distribution-spec, "Push"):
+
+        HEAD /v2/<name>/blobs/<digest>                      200: the registry has it already, skip it
+        POST /v2/<name>/blobs/uploads/                      202, and a Location to put the blob at
+        PUT  <Location>?digest=<digest>   (the blob)        201: stored under its digest, checked by the registry
+        PUT  /v2/<name>/manifests/<tag>   (the manifest)    201: the tag now names it
+
+    Blobs go first: a registry refuses a manifest that names a blob it does not hold."""
+    from labcore.images import MANIFEST, Store
+    ref = parse_reference(text)
+    store, client = store or Store(), Client(ref.registry)
+    yield {"status": f"The push refers to repository [{ref.registry}/{ref.repository}]"}
+    manifest = store.read_blob(image.digest)
+    parsed = json.loads(manifest)
+    for blob in [*parsed["layers"], parsed["config"]]:
+        yield upload_blob(client, ref.repository, blob["digest"], store)
+    client.open(f"/v2/{ref.repository}/manifests/{ref.tag}", method="PUT", data=manifest,
+                content_type=parsed.get("mediaType", MANIFEST)).close()
+    yield {"status": f"{ref.tag}: digest: {image.digest} size: {len(manifest)}"}
+
+
+def upload_blob(client: Client, repository: str, digest: str, store) -> dict:
+    """One blob, in one PUT (the spec's "monolithic" upload); Docker's event for it."""
+    short = digest[7:19]
+    try:
+        client.open(f"/v2/{repository}/blobs/{digest}", method="HEAD").close()
+        return {"status": "Layer already exists", "progressDetail": {}, "id": short}
+    except NotFound:
+        pass
+    with client.open(f"/v2/{repository}/blobs/uploads/", method="POST", data=b"") as response:
+        location = response.headers["Location"]
+    separator = "&" if "?" in location else "?"
+    client.open(f"{location}{separator}digest={digest}", method="PUT", data=store.read_blob(digest)).close()
+    return {"status": "Pushed", "progressDetail": {}, "id": short}
 
 
 def pull_image(text: str, store=None, on_progress=lambda event: None) -> "Image":

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from labcore import container, journal, paths
+from labcore import container, journal, paths, spec
 from labcore.container import Spec, command_line, environment, parse_user
 from labcore.errors import BadInput, NotFound
 
@@ -87,7 +87,7 @@ def test_defaults_id_is_64_hex_and_hostname_its_first_12():
 
 def test_plan_puts_the_root_in_the_containers_directory(monkeypatch):
     image = type("Image", (), {"config": IMAGE | {"WorkingDir": "/srv", "User": "5:6"}})()
-    monkeypatch.setattr(container, "find_image", lambda ref: image)
+    monkeypatch.setattr(spec, "find_image", lambda ref: image)
     plan = container.plan_for(Spec("busybox", cmd=["id"]))
     assert plan.root == str(paths.containers_dir() / plan.id / "rootfs")
     assert (plan.argv, plan.workdir, plan.uid, plan.gid) == (["/entry", "id"], "/srv", 5, 6)

@@ -1,0 +1,733 @@
+"""The `docker run` flow, one step at a time: the bytes on the socket, then what the kernel did.
+
+`docker run IMAGE sh -c 'sleep 1; echo hi'` is a conversation between a client and a daemon over a Unix
+socket, in HTTP (docs.docker.com/reference/api/engine; the CLI's cli/command/container/run.go):
+
+    step      the client sends                      the daemon answers      and the kernel...
+    connect   GET /_ping                            200 OK                  (a process owns the socket)
+    lookup    GET /v1.45/images/IMAGE/json          404 "No such image"     -
+    pull      POST /v1.45/images/create?fromImage   200, progress lines     (the registry: manifest, blobs)
+    create    POST /v1.45/containers/create         201 {"Id"}              nothing yet: a record on disk
+    start     POST /v1.45/containers/ID/start       204                     namespaces, a cgroup, a root, pid 1
+    output    GET /v1.45/containers/ID/logs         200, framed output      pid 1 wrote to a pipe
+    exit      POST /v1.45/containers/ID/wait        200 {"StatusCode": 0}   pid 1 exited, was reaped
+              DELETE /v1.45/containers/ID           204                     (--rm: its files go)
+
+Each step here speaks through ``Wire``, a client on a raw socket that keeps the exact bytes it sent and
+received, then reads the kernel's side from /proc. ``setup()`` builds the stage: a docker-registry on
+loopback holding the image, and a labd whose image store is empty, so the pull is real.
+
+Next: the same flow by the docker SDK and the docker CLI (notebook 01); the daemon itself (notebook 02).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labcore import paths
+from labcore.daemon import API_VERSION
+from labcore.errors import LabError, NotFound
+from labcore.evidence import Step, current_mode
+
+IMAGE = "lab/hello:v1"                              # the repository and tag pushed to the loopback registry
+COMMAND = ["sh", "-c", "sleep 1; echo hi"]          # long enough to read pid 1 from /proc while it runs
+KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "uts")
+MAX_BODY_LINES = 12
+
+
+# --- the wire: HTTP/1.1 on a Unix socket, every byte kept -------------------------------------------------
+
+@dataclass
+class Exchange:
+    """One request and its response, as they crossed the socket."""
+    request: bytes
+    response: bytes
+    status: int
+    body: bytes                     # the response body, chunked framing removed
+
+    def json(self):
+        return json.loads(self.body)
+
+    def stream(self) -> list[dict]:
+        """A streamed answer (pull progress): one JSON object a line."""
+        return [json.loads(line) for line in self.body.splitlines() if line.strip()]
+
+    def __str__(self) -> str:
+        head, _, body = self.response.partition(b"\r\n\r\n")
+        lines = ["> " + line for line in printable(self.request).split("\n") if line]
+        lines += ["< " + line for line in printable(head + b"\r\n").split("\n") if line] + ["<"]
+        shown = printable(body).split("\n")
+        lines += ["< " + line for line in shown[:MAX_BODY_LINES] if line]
+        if len(shown) > MAX_BODY_LINES:
+            lines.append(f"< ... {len(shown) - MAX_BODY_LINES} more lines ({len(body)} bytes in all)")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def printable(data: bytes) -> str:
+    """Bytes as text, CRLF as newlines, anything else unprintable escaped (Docker's log frames are binary)."""
+    text = data.decode("utf-8", errors="backslashreplace").replace("\r\n", "\n")
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class Wire:
+    """An HTTP client on a Unix socket, written out by hand so that nothing is hidden: the request is the
+    bytes in ``Exchange.request``, the answer is read until the daemon closes (``Connection: close``)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def exchange(self, method: str, target: str, body: dict | None = None) -> Exchange:
+        request = build_request(method, target, body)
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.settimeout(120)
+            try:
+                connection.connect(self.path)
+            except OSError as err:
+                raise LabError(f"cannot connect to {self.path}: {err.strerror}",
+                               fix="is the daemon running? (setup() starts one)") from err
+            connection.sendall(request)
+            response = b"".join(iter(lambda: connection.recv(65536), b""))
+        status, body = parse_response(response)
+        return Exchange(request, response, status, body)
+
+
+def build_request(method: str, target: str, body: dict | None = None) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: docker", "User-Agent: labcore-flow", "Connection: close"]
+    data = json.dumps(body).encode() if body is not None else b""
+    if body is not None:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def parse_response(response: bytes) -> tuple[int, bytes]:
+    """The status code and the body; a chunked body (RFC 9112, 7.1) is joined back together."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1."):
+        raise LabError(f"not an HTTP answer: {response[:80]!r}")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" not in head.lower():
+        return status, body
+    chunks = []
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        chunks.append(rest[:size])
+        body = rest[size + 2:]
+    return status, b"".join(chunks)
+
+
+def api(path: str) -> str:
+    return f"/v{API_VERSION}{path}"
+
+
+# --- the stage: a registry holding the image, a daemon without it -------------------------------------------
+
+class Stage:
+    """``with setup() as stage:`` → ``stage.wire``, ``stage.reference``, ``stage.client()``, ``stage.labd``.
+
+    labd runs with a state directory of its own (``LABCORE_HOME``), so its image store starts empty, and
+    with this process's journal (a symlink), so one `journal.cleanup()` also removes its containers."""
+
+    def __init__(self):
+        from labcore.journal import Scope
+        self.scope = Scope()
+        self.stack = contextlib.ExitStack()
+        self.home = self.reference = ""
+        self.registry = self.labd = self.wire = None
+        self.pushed: list[dict] = []
+        self.container_id, self.pid = "", 0
+
+    def open(self) -> "Stage":
+        from labcore.daemon import Labd
+        from labcore.localregistry import LocalRegistry
+        self.home = make_daemon_home(self.scope)
+        self.registry = self.stack.enter_context(LocalRegistry())
+        self.reference = f"{self.registry.address}/{IMAGE}"
+        self.pushed = push_base_image(self.reference)
+        self.labd = self.stack.enter_context(Labd(f"/run/labcore-labd-{secrets.token_hex(4)}.sock", self.home))
+        self.wire = Wire(self.labd.socket)
+        return self
+
+    def client(self):
+        """The official docker SDK, pointed at this stage's labd."""
+        return self.labd.client()
+
+    def close(self) -> None:
+        """`docker rm -f` what is left, stop labd and the registry, remove the daemon's directory."""
+        if self.wire is not None:
+            with contextlib.suppress(LabError, OSError):
+                remove_all_containers(self.wire)
+        try:
+            self.stack.close()
+        finally:
+            self.scope.close()
+
+    def __enter__(self) -> "Stage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.labd is None:
+            return "<stage, closed>"
+        return (f"labd (pid {self.labd.process.pid}) on unix://{self.labd.socket}, image store empty\n"
+                f"docker-registry on {self.registry.address}, holding {IMAGE} "
+                f"(pushed: {', '.join(e['status'] for e in self.pushed[1:])})")
+
+
+def setup() -> Stage:
+    """The stage for the flow, journaled: everything it makes is removed by `journal.cleanup()`."""
+    stage = Stage()
+    try:
+        return stage.open()
+    except BaseException:
+        stage.close()
+        raise
+
+
+def make_daemon_home(scope) -> str:
+    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
+    home = tempfile.mkdtemp(prefix="labcore-flow-", dir=paths.scratch_dir())
+    scope.record("directory", home, "rmtree", path=home)
+    os.symlink(paths.journal_dir(), os.path.join(home, "journal"))
+    return home
+
+
+def push_base_image(reference: str) -> list[dict]:
+    """The lab's busybox into the registry as ``reference``: blobs, then the manifest (labcore.registry.push)."""
+    from labcore import registry
+    from labcore.images import ensure_base_image
+    return list(registry.push(ensure_base_image(), reference))
+
+
+def remove_all_containers(wire: Wire) -> None:
+    for summary in wire.exchange("GET", api("/containers/json?all=1")).json():
+        wire.exchange("DELETE", api(f"/containers/{summary['Id']}?force=1"))
+
+
+# --- the kernel's side: read from /proc ------------------------------------------------------------------
+
+def process_view(pid: int | str) -> dict:
+    """What a process is, from the kernel's point of view: namespaces, cgroup, root, pid inside."""
+    view = {f"{kind} ns": os.readlink(f"/proc/{pid}/ns/{kind}") for kind in KINDS}
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    view["pid (NSpid: host ... inside)"] = " ".join(status.get("NSpid", "").split())
+    view["cgroup"] = cgroup_of(pid)
+    view["/ is"] = root_mount_of(pid)
+    view["command"] = short_command(pid)
+    return view
+
+
+def cgroup_of(pid: int | str) -> str:
+    """The memory controller's group on cgroup v1, the unified group on v2 (cgroups(7), /proc/PID/cgroup)."""
+    groups = {line.split(":", 2)[1]: line.split(":", 2)[2]
+              for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
+    return next((path for controllers, path in groups.items() if "memory" in controllers.split(",")),
+                groups.get("", "?"))
+
+
+def root_mount_of(pid: int | str) -> str:
+    """The mount at "/" as the process sees it (proc(5), mountinfo; the last mount on "/" is the one on top):
+    its type and source; for an overlay, how many read-only layers lie below (the image's, and any the engine
+    adds) and where its writes go."""
+    found = "?"
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        if fields.split()[4] != "/":
+            continue
+        kind, source, options = (tail.split() + ["", ""])[:3]
+        found = f"{kind} {source}, directory {fields.split()[3]}"
+        if kind == "overlay":
+            settings = dict(option.split("=", 1) for option in options.split(",") if "=" in option)
+            found = (f"overlay: {len(settings.get('lowerdir', '').split(':'))} read-only layer(s) below, "
+                     f"writes to {settings.get('upperdir', '?')}")
+    return found
+
+
+def short_command(pid: int | str) -> str:
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    return " ".join([os.path.basename(argv[0]), *argv[1:3]] + (["..."] if len(argv) > 3 else [])) if argv else ""
+
+
+# --- the flow, step by step -----------------------------------------------------------------------------
+
+@dataclass
+class FlowStep(Step):
+    """A Step with the HTTP exchanges that caused it, shown first, as `curl -v` shows them."""
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n\n".join([*(str(e) for e in self.exchanges), Step.__str__(self)])
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        import html
+        wire = "".join(f"<pre>{html.escape(str(e))}</pre>" for e in self.exchanges)
+        return wire + Step._repr_html_(self)
+
+
+def connect(stage: Stage) -> FlowStep:
+    """client → socket → daemon: a file in the filesystem, and a process that listens on it."""
+    ping = stage.wire.exchange("GET", "/_ping")
+    info = os.stat(stage.labd.socket)
+    listener = socket_listener(stage.labd.socket)
+    after = {"socket": stage.labd.socket, "mode": stat.filemode(info.st_mode),
+             "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
+             "listened on by": f"pid {listener['pid']}: {listener['command']}", "answer": ping.body.decode()}
+    return FlowStep("client → socket → daemon", "connect(AF_UNIX, socket); send GET /_ping", after=after,
+                    mode=current_mode(), exchanges=[ping],
+                    note="the socket is a file; the daemon is the process that listens on it",
+                    data={"status": ping.status, "body": ping.body.decode(), **listener})
+
+
+def look_up_image(stage: Stage) -> FlowStep:
+    """Is the image here? labd looks in its own store; a 404 is what sends a client to pull."""
+    lookup = stage.wire.exchange("GET", api(f"/images/{stage.reference}/json"))
+    message = lookup.json().get("message", "") if lookup.status != 200 else ""
+    return FlowStep("is the image local?", f"GET /images/{stage.reference}/json",
+                    before={"images in labd's store": stored_images(stage) or "none"},
+                    after={"answer": f"{lookup.status} {message}".strip()}, mode=current_mode(),
+                    exchanges=[lookup], note="not here: the client must ask the daemon to pull it",
+                    data={"status": lookup.status, "message": message})
+
+
+def pull_image(stage: Stage) -> FlowStep:
+    """The daemon pulls from the registry and streams Docker's progress lines back as they happen."""
+    repository, _, tag = stage.reference.rpartition(":")
+    before = stored_images(stage)
+    query = urllib.parse.urlencode({"fromImage": repository, "tag": tag})
+    pull = stage.wire.exchange("POST", api(f"/images/create?{query}"))
+    events = pull.stream()
+    statuses = list(dict.fromkeys(event["status"].split(":")[0] for event in events))
+    return FlowStep("pull from the registry", f"POST /images/create?{query}",
+                    before={"images in labd's store": before or "none"},
+                    after={"images in labd's store": stored_images(stage),
+                           "progress": statuses, "progress lines": len(events)},
+                    mode=current_mode(), exchanges=[pull],
+                    note="manifest, config and layer fetched by digest, checked, stored; one line per event",
+                    data={"status": pull.status, "events": events, "statuses": statuses,
+                          "errors": [e["error"] for e in events if "error" in e]})
+
+
+def create_container(stage: Stage) -> FlowStep:
+    """Create writes down what to run. No namespace, no process yet: those come with start."""
+    body = {"Image": stage.reference, "Cmd": COMMAND, "HostConfig": {"NetworkMode": "none"}}
+    create = stage.wire.exchange("POST", api("/containers/create?name=labcore-flow"), body)
+    if create.status != 201:
+        return FlowStep("create", "POST /containers/create", after={"answer": create.body.decode()},
+                        exchanges=[create], data={"status": create.status})
+    stage.container_id = create.json()["Id"]
+    record = state_file(stage)
+    return FlowStep("create", "POST /containers/create", mode=current_mode(), exchanges=[create],
+                    after={"state.json": str(record.relative_to(stage.home)),
+                           "state": json.loads(record.read_text())["state"],
+                           "pid": json.loads(record.read_text())["pid"] or "none yet"},
+                    note="a record on disk and nothing in the kernel: `docker create` does no more",
+                    data={"status": create.status, "id": stage.container_id})
+
+
+def start_container(stage: Stage) -> FlowStep:
+    """Start: the daemon's engine unshares the namespaces, joins a cgroup, pivots into the image, execs pid 1."""
+    start = stage.wire.exchange("POST", api(f"/containers/{stage.container_id}/start"))
+    inspect = stage.wire.exchange("GET", api(f"/containers/{stage.container_id}/json"))
+    stage.pid = inspect.json()["State"]["Pid"] if inspect.status == 200 else 0
+    host, inside = process_view("self"), process_view(stage.pid)
+    differ = [kind for kind in KINDS if host[f"{kind} ns"] != inside[f"{kind} ns"]]
+    return FlowStep("start: pid 1 in new namespaces", f"POST /containers/ID/start; then read /proc/{stage.pid}",
+                    before=host, after=inside, mode=current_mode(), exchanges=[start, inspect],
+                    note=f"before: this notebook; after: the container's pid 1. New: {', '.join(differ)}",
+                    data={"status": start.status, "pid": stage.pid, "host": host, "inside": inside,
+                          "new namespaces": differ, "pid inside": inside["pid (NSpid: host ... inside)"]
+                          .split()[-1]})
+
+
+def read_output(stage: Stage) -> FlowStep:
+    """The output, as Docker frames it: stream (1 stdout, 2 stderr), 3 zero bytes, a length, the bytes."""
+    logs = stage.wire.exchange("GET", api(f"/containers/{stage.container_id}/logs?stdout=1&stderr=1&follow=1"))
+    frames = split_frames(logs.body)
+    after = {f"frame {n} ({'stdout' if stream == 1 else 'stderr'})": repr(data.decode())
+             for n, (stream, data) in enumerate(frames, 1)}
+    return FlowStep("output", "GET /containers/ID/logs?follow=1", after=after or {"frames": "none"},
+                    mode=current_mode(), exchanges=[logs], note="pid 1 wrote into a pipe; the daemon kept it",
+                    data={"status": logs.status, "stdout": b"".join(d for s, d in frames if s == 1).decode(),
+                          "frames": frames})
+
+
+def split_frames(body: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while len(body) >= 8:
+        size = int.from_bytes(body[4:8], "big")
+        frames.append((body[0], body[8:8 + size]))
+        body = body[8 + size:]
+    return frames
+
+
+def wait_for_exit(stage: Stage) -> FlowStep:
+    """The exit code, then `--rm`: the daemon removes what it kept of the container."""
+    directory = Path(state_file(stage)).parent
+    wait = stage.wire.exchange("POST", api(f"/containers/{stage.container_id}/wait"))
+    alive = os.path.exists(f"/proc/{stage.pid}")
+    remove = stage.wire.exchange("DELETE", api(f"/containers/{stage.container_id}"))
+    code = wait.json()["StatusCode"] if wait.status == 200 else None
+    return FlowStep("exit code", "POST /containers/ID/wait; DELETE /containers/ID",
+                    after={"exit code": code,
+                           f"/proc/{stage.pid}": "still there" if alive else "gone: pid 1 exited and was reaped",
+                           "container directory": "still there" if directory.exists() else "removed"},
+                    mode=current_mode(), exchanges=[wait, remove],
+                    note="the shim reaped pid 1 and kept its status; the CLI exits with it",
+                    data={"status": wait.status, "exit_code": code, "remove_status": remove.status})
+
+
+def state_file(stage: Stage) -> Path:
+    return Path(stage.home, "containers", stage.container_id, "state.json")
+
+
+def stored_images(stage: Stage) -> list[str]:
+    from labcore.images import Store
+    return [image.ref for image in Store(Path(stage.home, "images")).list()]
+
+
+STEPS = [("connect", connect), ("lookup", look_up_image), ("pull", pull_image), ("create", create_container),
+         ("start", start_container), ("output", read_output), ("exit", wait_for_exit)]
+
+
+def run_all(stage: Stage) -> list[FlowStep]:
+    return [step(stage) for _, step in STEPS]
+
+
+# --- the diagram, and the stepper ------------------------------------------------------------------------
+
+NODES = [
+    ("client", "client\n(docker CLI, docker SDK, flow.Wire)"),
+    ("socket", "Unix socket\n(a file, mode 0660)"),
+    ("daemon", "daemon: labd"),
+    ("lookup", "image local?\nGET /images/NAME/json"),
+    ("pull", "pull\nPOST /images/create"),
+    ("create", "create\nPOST /containers/create"),
+    ("start", "start: namespaces, cgroup,\nroot, pid 1  (POST .../start)"),
+    ("output", "output\nGET .../logs"),
+    ("exit", "exit code\nPOST .../wait"),
+]
+LIT = {"connect": ("client", "socket", "daemon")}
+
+
+def flow_dot(current: str | None = None) -> str:
+    """The flowchart of `docker run`, with the nodes of step ``current`` (a name in STEPS) highlighted."""
+    from labcore.diagrams import Graph
+    lit = LIT.get(current, (current,))
+    graph = Graph("docker run", rankdir="LR", fontname="Helvetica", nodesep="0.3")
+    graph.defaults("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
+    for name, label in NODES:
+        graph.node(name, label, fillcolor="gold" if name in lit else "white", penwidth="2" if name in lit else "1")
+    graph.node("registry", "registry\n(docker-registry on 127.0.0.1)", shape="cylinder", fillcolor="lightblue")
+    for tail, head in [("client", "socket"), ("socket", "daemon"), ("daemon", "lookup"), ("pull", "create"),
+                       ("create", "start"), ("start", "output"), ("output", "exit")]:
+        graph.edge(tail, head)
+    graph.edge("lookup", "pull", label="404: no")
+    graph.edge("lookup", "create", label="200: yes", style="dashed")
+    graph.edge("pull", "registry", label="GET /v2/...", style="dashed", dir="both")
+    graph.cluster("labd", "the daemon's process", ["lookup", "pull", "create", "start", "output", "exit"],
+                  style="dashed")
+    return graph.source()
+
+
+def stepper(stage: Stage):
+    """The same flow behind Back / Next / Run all. It starts with `docker rmi`, so the image is not local."""
+    from labcore.widgets import Stepper
+    pages = [("forget the image (docker rmi)", lambda: remove_image(stage), flow_dot(None))]
+    pages += [(name, lambda step=step: step(stage), flow_dot(name)) for name, step in STEPS]
+    return Stepper(pages)
+
+
+def remove_image(stage: Stage) -> FlowStep:
+    remove = stage.wire.exchange("DELETE", api(f"/images/{stage.reference}"))
+    return FlowStep("forget the image", f"DELETE /images/{stage.reference}", mode=current_mode(),
+                    after={"images in labd's store": stored_images(stage) or "none"}, exchanges=[remove],
+                    data={"status": remove.status})
+
+
+# --- the same flow in one call ---------------------------------------------------------------------------
+
+def run_with_docker_cli(stage: Stage, *command: str) -> Step:
+    """`docker run --rm --network none IMAGE COMMAND` by the real docker CLI, through a ``Tap`` in front of
+    labd's socket, so that the requests it sent are shown next to its output and exit status."""
+    action = f"DOCKER_HOST=unix://TAP docker run --rm --network none {stage.reference} {shlex.join(command)}"
+    if not shutil.which("docker"):
+        step = Step.refused("the docker CLI against labd", action,
+                            NotFound("the docker CLI is not installed", fix="apt-get install docker.io"))
+        step.data = {"stdout": "", "stderr": step.reason, "exit_code": None, "requests": []}
+        return step
+    with Tap(stage.labd.socket) as tap:
+        environment = {**os.environ, "DOCKER_HOST": f"unix://{tap.path}",
+                       "DOCKER_CONFIG": os.path.join(stage.home, "docker-cli")}    # not ~/.docker
+        result = subprocess.run(["docker", "run", "--rm", "--network", "none", stage.reference, *command],
+                                env=environment, capture_output=True, text=True, timeout=120)
+    requests = tap.requests()
+    shown = {f"request {n}": re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", r"\1…", line)     # ids cut, for reading
+             for n, line in enumerate(requests, 1)}
+    return Step("the docker CLI against labd", action, mode=current_mode(),
+                after={**shown, "stdout": result.stdout, "stderr": result.stderr.strip() or "(none)",
+                       "exit status": result.returncode},
+                note="Docker's own client, unchanged: labd answered every request it sent",
+                data={"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.returncode,
+                      "requests": requests})
+
+
+class Tap:
+    """A socket in front of the daemon's that relays both ways, unchanged, and notes each request line and
+    each status line: what a client asked, in order (a ``socat -v`` for one lesson)."""
+
+    REQUEST = re.compile(rb"(?m)^(GET|HEAD|POST|PUT|DELETE) (\S+) HTTP/1\.[01]\r$")
+    STATUS = re.compile(rb"(?m)^HTTP/1\.[01] (\d{3}) ")
+
+    def __init__(self, target: str):
+        from labcore.journal import Scope
+        self.target, self.path = target, f"/run/labcore-tap-{secrets.token_hex(4)}.sock"
+        self.scope, self.seen = Scope(), []         # (connection, "request" | "status", text), in order
+        self.scope.record("file", self.path, "unlink", path=self.path)
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(self.path)
+        self.server.listen(16)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        with contextlib.suppress(OSError):                  # the listening socket was closed: done
+            for number in itertools.count():
+                client, _ = self.server.accept()
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(self.target)
+                threading.Thread(target=self.relay, args=(client, upstream, number, self.REQUEST), daemon=True).start()
+                threading.Thread(target=self.relay, args=(upstream, client, number, self.STATUS), daemon=True).start()
+
+    def relay(self, source, sink, number: int, pattern) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                self.seen += [(number, match.group(0).decode().strip()) for match in pattern.finditer(data)]
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)                   # pass the end on: the other side reads EOF
+
+    def requests(self) -> list[str]:
+        """"METHOD /path → status" per request, in the order they were sent; a connection answers in order."""
+        answers = {}
+        for number, line in self.seen:
+            if line.startswith("HTTP/"):
+                answers.setdefault(number, []).append(line.split()[1])
+        lines = []
+        for number, line in self.seen:
+            if not line.startswith("HTTP/"):
+                status = answers.get(number, []).pop(0) if answers.get(number) else "?"
+                lines.append(f"{urllib.parse.unquote(' '.join(line.split()[:2]))} → {status}")
+        return lines
+
+    def __enter__(self) -> "Tap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.close()
+        self.scope.close()
+
+
+# --- the daemon and its socket (notebook 02) -------------------------------------------------------------
+
+def socket_listener(path: str) -> dict:
+    """The process holding the listening socket bound to ``path``: its /proc/net/unix inode, matched to the
+    fds of the processes (what `ss -xlp` does)."""
+    import psutil
+    inode = unix_socket_inode(path)
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
+                            "command": " ".join(process.info["cmdline"] or [])}
+    raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
+
+
+def unix_socket_inode(path: str) -> int:
+    """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
+            return int(fields[6])
+    raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
+
+
+def owner_name(uid: int) -> str:
+    import pwd
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return str(uid)
+
+
+def group_name(gid: int) -> str:
+    import grp
+    with contextlib.suppress(KeyError):
+        return grp.getgrgid(gid).gr_name
+    return str(gid)
+
+
+def daemon_process(stage: Stage) -> Step:
+    """The daemon is a process like any other; what makes it the daemon is the listening socket it holds."""
+    import psutil
+    labd = psutil.Process(stage.labd.process.pid)
+    listener = socket_listener(stage.labd.socket)
+    sockets = [f"fd {c.fd}: {c.laddr or '(no name)'}" for c in labd.net_connections(kind="unix")]
+    after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
+             "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
+             "Unix sockets (psutil)": sockets,
+             f"/proc/{labd.pid}/fd/{listener['fd']}": os.readlink(f"/proc/{labd.pid}/fd/{listener['fd']}"),
+             "/proc/net/unix": f"inode {listener['inode']}, path {stage.labd.socket}, state LISTEN"}
+    return Step("the daemon: a process holding a socket", "psutil.Process(PID).net_connections('unix'); "
+                "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=current_mode(),
+                note="the socket's inode in /proc/net/unix is the one behind the daemon's fd: it owns the socket",
+                data={**listener, "sockets": sockets, "parent": labd.ppid(), "user": labd.username()})
+
+
+def socket_permissions(stage: Stage) -> Step:
+    """Who may talk to the daemon: the socket file's mode decides, checked by connect(2) (unix(7))."""
+    from labcore.process import run_in_child
+    info = os.stat(stage.labd.socket)
+    after = {"mode": f"{stat.filemode(info.st_mode)} ({stat.S_IMODE(info.st_mode):04o})",
+             "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
+             "connect as root": connect_as(stage.labd.socket, 0, 0),
+             "connect as nobody (uid 65534)": run_in_child(connect_as, stage.labd.socket, 65534, 65534)}
+    return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as root and as nobody",
+                after=after, mode=current_mode(), data=after,
+                note="write permission on the socket file is what connect() needs: root and the group only")
+
+
+def connect_as(path: str, uid: int, gid: int) -> str:
+    """connect(2) to ``path`` with these ids: "connected" or the errno. Call it in a child for another uid."""
+    if (os.getuid(), os.getgid()) != (uid, gid):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError as err:
+            return f"{errno_name(err)}: {err.strerror}"
+    return "connected"
+
+
+def errno_name(err: OSError) -> str:
+    import errno
+    return errno.errorcode.get(err.errno, str(err.errno))
+
+
+def two_containers_on_port_80(stage: Stage) -> Step:
+    """Two containers of one daemon, each listening on port 80 in its own network namespace, each reached
+    at its own address: `nc -l -p 80 -e hostname` answers one client with its hostname, then exits."""
+    client = stage.client()
+    boxes = [client.containers.run("busybox", ["nc", "-l", "-p", "80", "-e", "hostname"], hostname=name,
+                                   name=f"labcore-{name}", detach=True) for name in ("box-a", "box-b")]
+    try:
+        seen = {box.name.removeprefix("labcore-"): listener_evidence(box) for box in boxes}
+    finally:
+        for box in boxes:
+            box.remove(force=True)
+    after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
+    host = {"net ns": os.readlink("/proc/self/ns/net"),
+            "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
+    return Step("two containers, both on port 80", "docker run -d --hostname box-a busybox nc -l -p 80 -e hostname"
+                " (and box-b)", before=host, after=after, mode=current_mode(),
+                note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
+                data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
+                      "listening": [values["listening"] for values in seen.values()],
+                      "distinct net ns": len({v["net ns"] for v in seen.values()} | {host["net ns"]}) == 3})
+
+
+def listener_evidence(box) -> dict:
+    from labcore import network
+    box.reload()
+    pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
+    evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+                "address": address or "none"}
+    evidence["answer"] = network.reply(address, 80) if address else "no address to connect to"
+    return evidence
+
+
+def read_host_file(stage: Stage) -> Step:
+    """Whoever may connect to the socket may ask for anything the daemon can do, and the daemon is root: here,
+    a container with the host's / mounted at /host (`-v /:/host`), reading a file only root may read.
+    Only the first field of /etc/shadow's first line (a user name) leaves the container, never a hash."""
+    from labcore.process import run_in_child
+    info = os.stat("/etc/shadow")
+    before = {"/etc/shadow": f"{stat.filemode(info.st_mode)} {owner_name(info.st_uid)}:{group_name(info.st_gid)}",
+              "open() as nobody (uid 65534)": run_in_child(open_as, "/etc/shadow", 65534, 65534)}
+    output = stage.client().containers.run(
+        "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
+        network_mode="none", remove=True)
+    user = output.decode().strip()
+    return Step("the socket is root on the host", "docker run --rm -v /:/host:ro busybox sh -c "
+                "'head -n 1 /host/etc/shadow | cut -d: -f1'", before=before,
+                after={"the container read /host/etc/shadow, first user": user}, mode=current_mode(),
+                note="the client never had the right to read it; it asked the daemon, which runs as root",
+                data={"first user": user})
+
+
+def open_as(path: str, uid: int, gid: int) -> str:
+    """open(2) ``path`` for reading as uid:gid (in a child): "allowed" or the errno."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        return f"{errno_name(err)}: {err.strerror}"
+    return "allowed"
+
+
+def wait_for_listener(pid: int, port: int, seconds: float = 5) -> list[str]:
+    """pid's listening TCP ports once ``port`` is among them (nc needs a moment to bind)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while True:
+        found = listening_ports(pid)
+        if f"*:{port}" in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def listening_ports(pid: int | str) -> list[str]:
+    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6 (/proc/PID/net/tcp and tcp6, proc(5)):
+    busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port = local.split(":")
+            if state == "0A":                                       # TCP_LISTEN
+                found.append(f"{readable_address(address)}:{int(port, 16)}")
+    return found
+
+
+def readable_address(hex_address: str) -> str:
+    """/proc/net/tcp's address: 32-bit words in host (little-endian) order; all zeros is "any" (*)."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if not any(raw):
+        return "*"
+    return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"

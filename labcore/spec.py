@@ -1,0 +1,191 @@
+"""What `docker run` is asked for, and the plan it becomes — every refusal before anything exists.
+
+A ``Spec`` holds the user's words: image, command, -e, -w, --user, limits, volumes, ports. ``plan_for`` resolves
+them against the image's config, following Docker's rules ("ENTRYPOINT and CMD" in the Dockerfile reference):
+
+    argv      the image's Entrypoint + Cmd; a command given to `run` replaces Cmd; --entrypoint replaces
+              Entrypoint and drops Cmd (it was written for the old entrypoint)
+    env       PATH and HOSTNAME as Docker sets them, the image's Env, then -e (NAME alone passes yours on)
+    workdir   -w, else the image's WorkingDir, else /
+    user      --user UID[:GID], else the image's User, else root
+
+Every malformed value is refused here with ``BadInput`` naming the accepted form, so a bad `labcore run`
+changes nothing on the host. Next: ``labcore.container`` turns a plan into processes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from labcore import paths
+from labcore.errors import BadInput, NotFound
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"    # Docker's, as well
+_USER = re.compile(r"^(\d+)(?::(\d+))?$")
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")                                # docker's container names
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_ENV_NAME = re.compile(r"^[^=\s]+$")
+
+
+@dataclass
+class Spec:
+    """What `docker run` is asked for. ``cmd``/``entrypoint`` None means "the image's"."""
+    image: str
+    cmd: list[str] | None = None
+    entrypoint: list[str] | None = None       # [] clears the image's, as --entrypoint "" does
+    env: list[str] = field(default_factory=list)      # K=V, or K to pass the caller's value on
+    workdir: str | None = None
+    user: str | None = None                   # UID or UID:GID
+    hostname: str | None = None               # default: the first 12 hex digits of the id
+    tty: bool = False
+    interactive: bool = False
+    name: str = ""
+    rm: bool = False
+    limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
+    network: str = "bridge"                   # Docker's default; "none": loopback only
+    publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
+    volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
+    id: str = field(default_factory=lambda: secrets.token_hex(32))
+
+
+@dataclass
+class Plan:
+    """A spec resolved against its image: exactly what pid 1 will run, where, and as whom."""
+    id: str
+    image: object
+    root: str
+    argv: list[str]
+    env: list[str]
+    workdir: str
+    uid: int
+    gid: int
+    hostname: str
+    rootless: bool
+    limits: object = None                     # labcore.cgroups.limits.Limits
+    volumes: list = field(default_factory=list)   # (host, target, read_only), from parse_volume
+    layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
+
+
+# --- checking and resolving, before anything exists ------------------------------------------------------
+
+def check_spec(spec: Spec) -> None:
+    """Refuse malformed values from the user (BadInput naming the accepted form), before any change."""
+    if not re.fullmatch(r"[0-9a-f]{64}", spec.id):
+        raise BadInput(f"invalid container id {spec.id!r}", fix="an id is 64 lowercase hex digits")
+    if spec.name and not _NAME.match(spec.name):
+        raise BadInput(f"invalid container name {spec.name!r}", fix="only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed")
+    if spec.hostname is not None and not _HOSTNAME.match(spec.hostname):
+        raise BadInput(f"invalid hostname {spec.hostname!r}",
+                       fix="letters, digits, '-' and '.', at most 64 characters (sethostname(2))")
+    for item in spec.env:
+        if not _ENV_NAME.match(item.split("=", 1)[0]):
+            raise BadInput(f"invalid environment variable: {item}", fix="use -e NAME=VALUE, or -e NAME")
+    if spec.workdir is not None and not spec.workdir.startswith("/"):
+        raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
+    if spec.user is not None:
+        parse_user(spec.user)
+    if spec.network not in ("bridge", "none"):
+        raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
+    if spec.publish and spec.network == "none":
+        raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
+    if spec.publish:
+        from labcore import network
+        for mapping in spec.publish:
+            network.parse_publish(mapping)
+    for volume in spec.volumes:
+        parse_volume(volume)
+
+
+def parse_volume(volume: str) -> tuple[str, str, bool]:
+    """-v ``HOST:CONTAINER[:ro]`` (Docker's syntax) -> (host, target, read_only). HOST is an existing
+    absolute path: labcore has no named volumes, and does not create a missing HOST as Docker's -v does."""
+    form = "use -v HOST:CONTAINER[:ro] with absolute paths and an existing HOST, e.g. -v /srv/data:/data:ro"
+    host, _, rest = volume.partition(":")
+    target, _, mode = rest.partition(":")
+    if not (os.path.isabs(host) and os.path.isabs(target)) or mode not in ("", "ro", "rw"):
+        raise BadInput(f"invalid volume specification: {volume!r}", fix=form)
+    if not os.path.exists(host):
+        raise BadInput(f"bind source path does not exist: {host}", fix=form)
+    if os.path.normpath(target) == "/":
+        raise BadInput(f"invalid volume specification: {volume!r}: the destination can't be '/'", fix=form)
+    return host, os.path.normpath(target), mode == "ro"
+
+
+def parse_user(user: str) -> tuple[int, int]:
+    """``UID`` or ``UID:GID`` -> (uid, gid); the gid is 0 when not given."""
+    match = _USER.match(user)
+    if not match:
+        raise BadInput(f"invalid user {user!r}: labcore accepts a numeric UID or UID:GID",
+                       fix="e.g. --user 1000 or --user 1000:1000 (names from the image's /etc/passwd are not "
+                           "looked up)")
+    return int(match[1]), int(match[2] or 0)
+
+
+def command_line(config: dict, spec: Spec) -> list[str]:
+    """Docker's rule: Entrypoint + Cmd, where the spec's own values replace the image's."""
+    entrypoint = spec.entrypoint if spec.entrypoint is not None else (config.get("Entrypoint") or [])
+    if spec.cmd:
+        cmd = spec.cmd
+    elif spec.entrypoint is not None:
+        cmd = []                   # --entrypoint drops the image's Cmd: it was written for the old entrypoint
+    else:
+        cmd = config.get("Cmd") or []
+    argv = list(entrypoint) + list(cmd)
+    if not argv:
+        raise BadInput("no command specified", fix="give a command after the image name, or --entrypoint")
+    return argv
+
+
+def environment(config: dict, spec: Spec, hostname: str, uid: int) -> list[str]:
+    """The image's Env, then -e; PATH, HOSTNAME, TERM (with -t) and HOME as Docker adds them."""
+    env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname}
+    if spec.tty:
+        env["TERM"] = "xterm"
+    for item in [*(config.get("Env") or []), *spec.env]:
+        name, equals, value = item.partition("=")
+        if equals:
+            env[name] = value
+        elif name in os.environ:   # `-e NAME` passes the caller's value on, and drops NAME if it has none
+            env[name] = os.environ[name]
+        else:
+            env.pop(name, None)
+    env.setdefault("HOME", "/root" if uid == 0 else "/")
+    return [f"{name}={value}" for name, value in env.items()]
+
+
+def find_image(ref: str):
+    """The image by reference; busybox is built from the host the first time, as `docker run` would pull."""
+    from labcore import images
+    try:
+        return images.Store().resolve(ref)
+    except NotFound:
+        if ref not in ("busybox", images.BASE_IMAGE):
+            raise
+        return images.ensure_base_image()
+
+
+def parse_limits(spec: Spec):
+    """The cgroup limits asked for, parsed with Docker's value syntax (BadInput for `--memory 10XB`)."""
+    from labcore.cgroups.limits import parse_run_limits
+    try:
+        return parse_run_limits(**spec.limits)
+    except TypeError as err:
+        raise BadInput(f"unknown resource limit in {sorted(spec.limits)}",
+                       fix="use memory, memory_swap, cpus, cpu_shares, pids_limit, device_read_bps, "
+                           "device_write_bps, device_cgroup_rule") from err
+
+
+def plan_for(spec: Spec) -> Plan:
+    """Resolve ``spec`` against its image. Every refusal (BadInput, NotFound) happens here."""
+    check_spec(spec)
+    limits = parse_limits(spec)
+    image = find_image(spec.image)
+    uid, gid = parse_user(spec.user or image.config.get("User") or "0")
+    hostname = spec.hostname or spec.id[:12]
+    return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
+                argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
+                workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
+                hostname=hostname, rootless=os.geteuid() != 0, limits=limits,
+                volumes=[parse_volume(volume) for volume in spec.volumes])
