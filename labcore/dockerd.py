@@ -132,6 +132,7 @@ class Dockerd:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=30)
+        kill_processes_naming(self.runtime)
         failures = self.scope.close()
         if self.process:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -180,6 +181,20 @@ def import_busybox(dockerd: Dockerd, store=None) -> str:
     if loaded != image.id:
         raise LabError(f"docker load gave {loaded}, not the lab's {image.id}")
     return loaded
+
+
+def kill_processes_naming(runtime: str) -> None:
+    """SIGKILL what still names this daemon's runtime dir on its command line: containerd-shims. A shim is
+    built to outlive containerd (so containers survive a daemon upgrade), so one whose daemon died first
+    waits forever. The labcore-dockerd-* path in its arguments makes it ours, and no one else's."""
+    if not os.path.basename(runtime).startswith(paths.PREFIX):
+        return
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            mine = entry.name == str(os.getpid())
+            if entry.name.isdigit() and not mine and any(runtime.encode() in a for a in arguments):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def cgroup_parent_directories(name: str) -> list[str]:
