@@ -70,6 +70,7 @@ class Container:
     shim: Child | None = None
     cgroup: object = None               # labcore.cgroups.Group, when the container has one
     endpoint: object = None             # labcore.network.Endpoint, on the bridge network
+    published: list = field(default_factory=list)     # labcore.network.Published, one per -p
     oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
     state: str = "created"
@@ -154,8 +155,9 @@ def connect_network(container: Container) -> None:
     container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
     for text in spec.publish:
         mapping = network.parse_publish(text)
-        network.publish(container.endpoint, mapping.host_port, mapping.container_port, container.scope,
-                        host_ip=mapping.host_ip)
+        container.published.append(network.publish(container.endpoint, mapping.host_port,
+                                                   mapping.container_port, container.scope,
+                                                   host_ip=mapping.host_ip))
 
 
 def release_network(container: Container) -> None:
@@ -164,6 +166,7 @@ def release_network(container: Container) -> None:
         from labcore import network
         network.disconnect(container.endpoint, container.scope)
         container.endpoint = None
+        container.published = []
 
 
 def release_cgroup(container: Container) -> None:
@@ -246,6 +249,8 @@ def save_state(container: Container) -> None:
     config = describe(container.spec, container.plan)
     if container.endpoint is not None:
         config["ip"] = container.endpoint.ip
+        config["ports"] = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
+                            "Type": "tcp"} for p in container.published]     # Docker's `Ports` entries
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
            state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
            oom_killed=container.oom_killed, created=container.created, started=container.started,

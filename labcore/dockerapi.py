@@ -181,7 +181,7 @@ def container_summary(record: Record) -> dict:
     return {"Id": record.id, "Names": [f"/{record.name}"], "Image": record.image,
             "ImageID": record.config.get("image_id", ""), "Command": " ".join(argv),
             "Created": int(record.created), "State": record.state.value, "Status": status_text(record),
-            "Ports": [], "Labels": {},
+            "Ports": record.config.get("ports", []) if record.state is State.RUNNING else [], "Labels": {},
             "HostConfig": {"NetworkMode": record.config.get("spec", {}).get("network", "bridge")}, "Mounts": []}
 
 
