@@ -1,0 +1,113 @@
+"""The hand-built container's order, without root: every step refuses to run before its prerequisites, with a
+message naming the step that must come first and why, and without making a single syscall."""
+import os
+import socket
+
+import pytest
+
+from labcore import assemble, syscalls
+from labcore.errors import InvalidTransition
+
+
+class FakeImage:
+    ref = "busybox:latest"
+    config = {"Cmd": ["sh"]}
+
+
+@pytest.fixture
+def box():
+    return assemble.Box(FakeImage())
+
+
+def steps_with_prerequisites():
+    return [(name, needs[0][0]) for name, (_, needs) in assemble.ORDER.items() if needs]
+
+
+@pytest.mark.parametrize("name, first", steps_with_prerequisites())
+def test_each_step_names_the_step_that_must_come_first(box, name, first):
+    with syscalls.use(syscalls.Recorder()) as kernel, pytest.raises(InvalidTransition) as refused:
+        getattr(box, name)(*({"set_hostname": ["box8"], "exec": [["true"]], "publish": [18808, 80]}.get(name, [])))
+    assert f"{name}() needs {first}() first" in str(refused.value)
+    assert refused.value.fix == f"call box.{first}()"
+    assert kernel.calls == [], "a refused step must not reach the kernel"
+    assert box.done == [] and not box.directory.exists()
+
+
+def test_pivot_root_before_mount_overlay_says_why(box):
+    with pytest.raises(InvalidTransition, match=r"pivot_root\(\) needs mount_overlay\(\) first: the new root is"):
+        box.pivot_root()
+
+
+def test_the_reasons_for_the_order_are_in_the_messages(box):
+    box.done = ["start", "layers", "mount_overlay", "fork_child"]
+    with pytest.raises(InvalidTransition, match=r"CLONE_NEWCGROUP\) makes the caller's cgroup the root"):
+        box.unshare()
+    with pytest.raises(InvalidTransition, match="network namespace, which unshare"):
+        box.connect_network()
+    box.done += ["join_cgroup", "unshare", "pivot_root"]
+    with pytest.raises(InvalidTransition, match="first connect"):
+        box.exec(["true"])
+
+
+def test_a_step_runs_once(box):
+    box.done = ["start", "layers"]
+    with pytest.raises(InvalidTransition, match=r"layers\(\) was done already") as refused:
+        box.layers()
+    assert "box.mount_overlay()" in refused.value.fix and "box.fork_child()" in refused.value.fix
+
+
+def test_pid1_takes_no_orders_after_exec(box):
+    box.done = [*assemble.ORDER][:-2] + ["exec"]
+    box.done.remove("pivot_root")
+    with pytest.raises(InvalidTransition, match="it has become the command"):
+        box.pivot_root()
+
+
+def test_a_removed_box_refuses_everything(box):
+    box.done = ["start", "remove"]
+    for name in ("layers", "fork_child"):
+        with pytest.raises(InvalidTransition, match="was removed"):
+            getattr(box, name)()
+    with pytest.raises(InvalidTransition, match="removed already"):
+        box.remove()
+
+
+def test_next_hint_lists_what_may_come_now(box):
+    box.done = ["start"]
+    assert box.next_hint() == "next: box.layers(), box.fork_child()"
+    box.done = ["start", *assemble.ORDER][:-1]
+    assert box.next_hint() == "next: box.wait()"
+    box.done.append("wait")
+    assert box.next_hint() == "box.remove()"
+
+
+def test_compare_needs_a_finished_box(box):
+    with pytest.raises(InvalidTransition, match=r"needs box.wait\(\) first"):
+        assemble.compare_with_run(box)
+
+
+def test_the_run_command_line_is_dockers():
+    spec = assemble.container.Spec("busybox", cmd=["sh", "-c", "echo $$"], hostname="box8",
+                                   limits={"memory": "64m", "pids_limit": "64"}, publish=["127.0.0.1:18809:80"])
+    assert assemble.run_command_line(spec) == ("labcore run --rm --hostname box8 --memory 64m --pids-limit 64 "
+                                               "-p 127.0.0.1:18809:80 busybox sh -c 'echo $$'")
+
+
+def test_http_get_reports_a_failure_as_evidence():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]            # bound, not listening: the connection is refused
+        assert assemble.http_get("127.0.0.1", port).startswith("failed: ConnectionRefusedError")
+
+
+def test_listening_reads_ipv4_and_ipv6_sockets():
+    with socket.create_server(("127.0.0.1", 0)) as v4, \
+            socket.create_server(("::1", 0), family=socket.AF_INET6) as v6:
+        assert assemble.listening(os.getpid(), v4.getsockname()[1]) == [f"127.0.0.1:{v4.getsockname()[1]}"]
+        assert assemble.listening(os.getpid(), v6.getsockname()[1]) == [f"[::1]:{v6.getsockname()[1]}"]
+
+
+def test_why_not_explains_without_raising(box):
+    box.done = ["start"]
+    assert box.why_not("pivot_root").startswith("pivot_root() needs mount_overlay() first")
+    assert box.why_not("layers") == "allowed"
