@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from labcore import flow
+from labcore import flow, unixsocket
 from labcore.journal import process_start_time
 from tests.conftest import has, privileged
 
@@ -61,22 +61,22 @@ def test_the_docker_cli_runs_against_labd_with_its_exit_codes(stage):
 
 
 def test_the_socket_is_0660_root_and_refuses_nobody(stage):
-    permissions = flow.socket_permissions(stage)
+    permissions = unixsocket.socket_permissions(stage)
     assert permissions.data["mode"] == "srw-rw---- (0660)" and permissions.data["owner"] == "root:root"
     assert permissions.data["connect as root"] == "connected"
     assert permissions.data["connect as nobody (uid 65534)"].startswith("EACCES")
-    labd = flow.daemon_process(stage)
+    labd = unixsocket.daemon_process(stage)
     assert labd.data["pid"] == stage.labd.process.pid and labd.data["parent"] == os.getpid()
 
 
 def test_a_client_of_the_socket_reads_a_root_only_host_file(stage):
-    shadow = flow.read_host_file(stage)
+    shadow = unixsocket.read_host_file(stage)
     assert shadow.before["open() as nobody (uid 65534)"].startswith("EACCES")
     assert shadow.data["first user"] == "root"
 
 
 def test_two_containers_of_one_daemon_both_listen_on_port_80(stage):
-    ports = flow.two_containers_on_port_80(stage)
+    ports = unixsocket.two_containers_on_port_80(stage)
     assert ports.data["listening"] == [["*:80"], ["*:80"]] and ports.data["distinct net ns"]
     assert ports.data["answers"] == ["box-a", "box-b"]
 

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from labcore import flow, widgets
+from labcore import flow, widgets, unixsocket
 from labcore.errors import LabError
 
 PONG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
@@ -113,9 +113,9 @@ def test_the_stepper_starts_by_forgetting_the_image_then_walks_the_flow(tmp_path
 def test_listening_ports_reads_ipv4_and_ipv6_tables():
     with socket.create_server(("127.0.0.1", 0)) as four, socket.create_server(("::1", 0), family=socket.AF_INET6) \
             as six:
-        found = flow.listening_ports("self")
+        found = unixsocket.listening_ports("self")
         assert f"127.0.0.1:{four.getsockname()[1]}" in found and f"[::1]:{six.getsockname()[1]}" in found
-    assert flow.readable_address("00000000000000000000000000000000") == "*"
+    assert unixsocket.readable_address("00000000000000000000000000000000") == "*"
 
 
 def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):
