@@ -191,7 +191,7 @@ class Box:
     def fork_child(self) -> Step:
         """The shim: a child of this notebook, waiting on its channel, in all of the host's namespaces."""
         self.stdio = container.Stdio("capture")      # its pipes, made before the fork so pid 1 inherits them
-        self.shim = Child(lambda channel: _shim(channel, self.stdio.child_fds))
+        self.shim = Child(lambda channel: _shim(channel, self.stdio.child_fds), keep=self.stdio.child_fds)
         container.record_process(self.scope, self.shim.pid)
         self.stdio.after_fork()
         mine, its = namespaces.namespaces_of("self", KINDS), namespaces.namespaces_of(self.shim.pid, KINDS)

@@ -104,7 +104,7 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
 
 def start_pid1(container: Container, stdio: "Stdio") -> None:
     """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
-    container.shim = Child(lambda channel: _shim(channel, container.plan, stdio))
+    container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
     container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
     # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
@@ -287,7 +287,7 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
         _, status = os.waitpid(pid, 0)
         os._exit(exit_code(status))
 
-    child = Child(join)
+    child = Child(join, keep=stdio.child_fds)
     stdio.after_fork()
     return child
 

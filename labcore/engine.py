@@ -36,7 +36,7 @@ from labcore import journal, lifecycle, paths
 from labcore.container import Spec
 from labcore.errors import InvalidTransition, LabError, NotFound
 from labcore.lifecycle import Record, State
-from labcore.process import Channel
+from labcore.process import Channel, close_inherited_fds
 
 LOG = "output.log"
 _FRAME = struct.Struct(">BxxxI")       # Docker's log frame header: stream, 3 zero bytes, payload length
@@ -73,7 +73,7 @@ def start(container_id: str) -> Record:
     ours, theirs = socket.socketpair()
     middle = os.fork()
     if middle == 0:                                   # the middle child: fork the monitor, then leave
-        ours.close()
+        close_inherited_fds(keep=(theirs.fileno(),))  # labd's other requests' fds are not the monitor's
         if os.fork() == 0:
             _monitor(spec, Channel(theirs))
         os._exit(0)

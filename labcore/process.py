@@ -69,11 +69,11 @@ class Child:
     in the child is sent instead and re-raised by the parent's ``recv``.
     """
 
-    def __init__(self, fn: Callable[[Channel], Any]):
+    def __init__(self, fn: Callable[[Channel], Any], keep: tuple[int, ...] = ()):
         parent_end, child_end = socket.socketpair()
         self.pid = os.fork()
         if self.pid == 0:                                        # in the child
-            parent_end.close()
+            close_inherited_fds(keep=(child_end.fileno(), *keep))
             _run_and_exit(fn, _ChildEnd(child_end))
         child_end.close()
         self.channel = Channel(parent_end)
@@ -100,6 +100,19 @@ class Child:
             self.status = exit_code(status)
             self.channel.close()
         return self.status
+
+
+def close_inherited_fds(keep: tuple[int, ...] = ()) -> None:
+    """In a fresh child, close every fd above 2 but ``keep``, as subprocess's close_fds does for exec.
+
+    A fork copies all of the parent's fds, including those another thread has just opened for *its* child:
+    a channel, the pipes of a container's output. A copy held here would keep that other parent from ever
+    seeing EOF (pipe(7)), and its container from ever being seen to start or end."""
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def exit_code(wait_status: int) -> int:
