@@ -134,10 +134,12 @@ def start(container: Container) -> None:
 
 
 def join_cgroup(container: Container, pid: int) -> None:
-    """As root, every container gets a cgroup of its own, as with Docker (accounting, OOM detection);
-    without root only when limits are asked for, and then the manager's error says what is missing."""
+    """A container with limits gets a cgroup of its own, holding them. Docker makes one for every container
+    (for `docker stats`); the lab skips it when nothing is limited: on cgroup v1 that is eight hierarchies
+    to mkdir, join and rmdir, a tenth of a second a container (bench/), for nothing to enforce. Without root
+    the manager's error says what is missing."""
     limits = container.plan.limits
-    if not container.plan.rootless or limits != type(limits)():
+    if limits != type(limits)():
         from labcore.cgroups import open_manager
         manager = open_manager()
         container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
@@ -146,12 +148,12 @@ def join_cgroup(container: Container, pid: int) -> None:
 
 def connect_network(container: Container) -> None:
     """Docker's bridge: a veth pair to lcbr0 and the published ports. A rootless container, or one with
-    --network none, gets loopback only: a veth to the host needs CAP_NET_ADMIN in the host's namespace."""
-    from labcore import network
+    --network none, keeps loopback only (the shim brought it up): a veth to the host needs CAP_NET_ADMIN
+    in the host's network namespace."""
     spec = container.spec
     if spec.network == "none" or container.plan.rootless:
-        network.loopback_up(container.pid)
         return
+    from labcore import network
     container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
     for text in spec.publish:
         mapping = network.parse_publish(text)
@@ -304,6 +306,7 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
     channel.recv()                                  # the parent's go-ahead (a cgroup is joined before it)
     userns.unshare(NAMESPACES)                      # as root; as a user, inside a new user namespace
+    syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
     hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:

@@ -11,6 +11,7 @@ read in this package is what you read in the man pages:
     chroot(2)       change where "/" resolves for this process               man 2 chroot
     sethostname(2)  set the UTS namespace's hostname                         man 2 sethostname
     mknod(2)        create a device node                                     man 2 mknod
+    ioctl(2)        SIOCSIFFLAGS: bring a network interface up               man 7 netdevice
 
 Python has ``os.unshare``/``os.setns`` from 3.12; on older versions they are called through ctypes. No other
 module in the package uses ctypes for privileged work: everything goes through the functions below, which
@@ -54,6 +55,11 @@ MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
 MNT_DETACH = 0x2
+
+# <linux/sockios.h>, <net/if.h>: interface flags.
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 NAMESPACE_FLAGS = {
     "mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "user": CLONE_NEWUSER,
@@ -150,6 +156,20 @@ class Kernel:
         except OSError as err:
             raise from_oserror(err, "mknod", path) from err
 
+    def set_interface_up(self, name: str) -> None:
+        """SIOCGIFFLAGS, add IFF_UP, SIOCSIFFLAGS, on any socket of the caller's network namespace (netdevice(7)):
+        what `ip link set NAME up` does, without a process of its own."""
+        import fcntl
+        import socket
+        import struct
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH14x", name.encode(), 0)
+            try:
+                flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+            except OSError as err:
+                raise from_oserror(err, f"ioctl(SIOCSIFFLAGS, {name} up)", name) from err
+
 
 class Recorder:
     """A fake kernel that records each call, for unit tests of step order without root.
@@ -176,7 +196,8 @@ class Recorder:
         return record
 
 
-_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod")
+_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod",
+             "set_interface_up")
 _backend: Kernel | Recorder | None = None
 
 
@@ -230,3 +251,7 @@ def sethostname(name: str) -> None:
 
 def mknod(path: str, mode: int, device: int) -> None:
     backend().mknod(path, mode, device)
+
+
+def set_interface_up(name: str) -> None:
+    backend().set_interface_up(name)

@@ -31,7 +31,7 @@ def test_cpus_quarter_holds_a_busy_loop_at_a_quarter_core(busybox_image):
     assert 0.15 <= (user + system) / elapsed <= 0.35
 
 
-def test_every_container_has_its_own_group_and_it_is_removed_at_exit(busybox_image):
-    result = run(Spec("busybox", ["cat", "/proc/self/cgroup"], rm=True))
+def test_a_limited_container_has_its_own_group_and_it_is_removed_at_exit(busybox_image):
+    result = run(Spec("busybox", ["cat", "/proc/self/cgroup"], rm=True, limits={"pids_limit": "64"}))
     assert b"memory:/\n" in result.stdout                      # the cgroup namespace's root is its group
     assert not [g for g in open_manager().groups() if result.id in g.name]
