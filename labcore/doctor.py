@@ -19,7 +19,6 @@ Next: ``labcore.userns`` — how a user who is not root can still do most of thi
 from __future__ import annotations
 
 import errno
-import fcntl
 import html
 import os
 import pwd
@@ -61,7 +60,6 @@ V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "n
 # Read only to explain a refusal, never to decide one.
 EXPLAINING_SYSCTLS = ("kernel.unprivileged_userns_clone", "kernel.apparmor_restrict_unprivileged_userns",
                       *(f"user.max_{ns}_namespaces" for ns in NAMESPACES))
-KVM_GET_API_VERSION = 0xAE00     # _IO(KVMIO 0xAE, 0x00), <linux/kvm.h>
 SCRATCH = "/tmp"            # covered by a tmpfs inside each probe's private mount namespace
 
 
@@ -424,16 +422,16 @@ def try_dot() -> str:
 
 
 def try_kvm() -> str:
-    """open(2) /dev/kvm read-write and ask KVM_GET_API_VERSION, as qemu does first (kernel Documentation
-    virt/kvm/api.rst)."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as err:
-        raise from_oserror(err, "open(O_RDWR)", "/dev/kvm") from err
-    try:
-        return f"/dev/kvm opened read-write; KVM_GET_API_VERSION = {fcntl.ioctl(fd, KVM_GET_API_VERSION)}"
-    finally:
-        os.close(fd)
+    """Can a VM here run on KVM? ``vm.accelerator()`` finds out as qemu would: open(2) /dev/kvm, then
+    KVM_GET_API_VERSION and KVM_CREATE_VM (kernel Documentation virt/kvm/api.rst), then which module serves
+    it. A /dev/kvm that opens is not enough: kvm_pvm serves one that boots only kernels built for it."""
+    from labcore import vm
+    accel, why = vm.accelerator()
+    if accel == "kvm":
+        return f"{why}: a guest's instructions run on the CPU itself"
+    stock = ", so it cannot boot a stock kernel" if "served by" in why else ""
+    raise NotSupportedHere(f"{why}{stock}: VMs run under TCG (qemu emulates each instruction, several times "
+                           "slower)", syscall="open /dev/kvm; KVM_CREATE_VM")
 
 
 # --- collecting answers, and explaining the "no"s -----------------------------------------------------------
@@ -524,7 +522,7 @@ def fix_for(name: str, err: BaseException, hints: dict) -> str | None:
     if name.startswith("cgroup.") and (refused or code == errno.EROFS):
         return cgroup_fix(hints, code)
     if name == "kvm":
-        return kvm_fix(code)
+        return kvm_fix(code, str(err))
     return None
 
 
@@ -561,8 +559,11 @@ def cgroup_fix(hints: dict, code: int | None) -> str:
     return "this cgroup directory is not writable even by root: in a container, run it with --privileged"
 
 
-def kvm_fix(code: int | None) -> str:
-    if code == errno.ENOENT:
+def kvm_fix(code: int | None, reason: str = "") -> str:
+    if code == errno.ENOENT or "No such file" in reason:
         return ("no /dev/kvm: enable VT-x/AMD-V in the firmware and sudo modprobe kvm_intel (or kvm_amd); "
                 "in a VM, turn on nested virtualization; the VM notebook needs it")
+    if "served by" in reason:
+        return ("this /dev/kvm has no VT-x/AMD-V behind it: use a machine (or a cloud instance with nested "
+                "virtualization) where kvm_intel or kvm_amd loads; until then the lab's VMs run under TCG")
     return "add yourself to the kvm group: sudo usermod -aG kvm $USER (then log in again), or run as root"

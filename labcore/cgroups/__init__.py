@@ -229,6 +229,14 @@ class Manager:
         for directory in dict.fromkeys(self.hierarchy_dirs(name).values()):   # cpu,cpuacct share one
             try:
                 os.mkdir(directory)
+            except FileNotFoundError as err:
+                if shared or directory.parent.name != PARENT:
+                    raise from_oserror(err, "mkdir", str(directory), fix=ROOT_FIX) from err
+                # Another run, ending, found the shared parent empty and removed it after we made sure it
+                # existed: make it again (journaled once more, so the last run out still removes it).
+                entries += self._make(PARENT, scope, shared=True)
+                self.prepare_parent(PARENT)
+                os.mkdir(directory)
             except FileExistsError as err:
                 if not shared:
                     raise LabError(f"a cgroup {directory} exists already", path=str(directory),

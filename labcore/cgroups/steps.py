@@ -431,7 +431,9 @@ def report_usage(seconds: float = 2.0, manager: Manager | None = None) -> Step:
     with Run(manager) as run:
         group = run.group("usage", limits)
         run.start(group, "hog")
-        run.start(group, "alloc", 48, seconds + 1)
+        # Sampling starts once the allocation reports it is done (and holds it for ``seconds`` + 1 s): how
+        # long touching 48 MiB takes depends on the machine, and under an emulated CPU it is seconds.
+        run.start(group, "alloc", 48, seconds + 1).result()
         samples = sample(run.manager, group, seconds)
     (t0, first), (t1, last) = samples[0], samples[-1]
     return Step("accounting: one group's usage across controllers",

@@ -6,12 +6,25 @@ from pathlib import Path
 import pytest
 
 from labcore import journal
-from labcore.cgroups import open_manager, steps
+from labcore.cgroups import detect, open_manager, steps
 from labcore.cgroups.limits import parse_run_limits
+from labcore.errors import NotSupportedHere
 from labcore.evidence import Mode
 from tests.conftest import privileged
 
 pytestmark = privileged
+# Decided at collection, not inside a test: a skipped test never reaches ``no_cgroup_left``, which would
+# otherwise fail it for making no cgroup.
+try:
+    LAYOUT = detect().kind
+except NotSupportedHere:
+    LAYOUT = "none"
+# The kernel charges memory to a cgroup MEMCG_CHARGE_BATCH (64) pages at a time (include/linux/memcontrol.h,
+# since Linux 6.0). page_counter_try_charge (mm/page_counter.c) adds a batch to the child's counter and its
+# high-water mark first, then to each parent; when a parent refuses, the batch is taken back but the child's
+# peak keeps it. So a child's peak may pass its parent's limit by up to one batch (62 pages, seen in the
+# cgroup v2 guest).
+CHARGE_BATCH = 64 * os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +85,7 @@ def test_freezer_stops_a_counter_and_thaw_restarts_it():
 def test_hierarchy_parent_limit_caps_the_child():
     step = steps.nest_groups("64m", "128m", allocate_mb=100)
     assert step.data["exit"] == 137
-    assert step.data["peak"] <= 64 << 20
+    assert step.data["peak"] <= (64 << 20) + CHARGE_BATCH          # see CHARGE_BATCH
     assert "labcore-inner" in step.data["dot"] and "->" in step.data["dot"]
 
 
@@ -84,13 +97,20 @@ def test_io_throttle_holds_direct_io_near_the_rate():
         assert 0.5 * step.data["bps"] <= rate <= 1.5 * step.data["bps"], step
 
 
-def test_device_rule_makes_open_fail_with_eperm_or_says_why_not():
+@pytest.mark.skipif(LAYOUT == "v2", reason="cgroup v2 has no devices.deny: its device rules are a BPF program")
+def test_device_rule_makes_open_fail_with_eperm():
     step = steps.deny_device("/dev/null")
-    if open_manager().version == "v2":
-        assert step.mode is Mode.NOT_PERMITTED and "BPF_PROG_TYPE_CGROUP_DEVICE" in step.reason
-        pytest.skip("cgroup v2 device rules need a BPF program: " + step.reason.splitlines()[0])
     assert step.data["before"]["opened"] and step.data["after"]["errno"] == "EPERM"
     assert step.data["host_opens"]
+
+
+@pytest.mark.skipif(LAYOUT != "v2", reason=f"this host is {LAYOUT}: it has devices.deny files (test above)")
+def test_device_rule_on_v2_is_refused_because_a_group_has_no_device_files():
+    step = steps.deny_device("/dev/null")
+    assert step.mode is Mode.NOT_PERMITTED and "BPF_PROG_TYPE_CGROUP_DEVICE" in step.reason
+    with steps.Run() as run:                  # the kernel's own answer: no file to write a rule to
+        group = run.group("devices")
+        assert (group.path / "cgroup.procs").exists() and not list(group.path.glob("devices.*"))
 
 
 def test_usage_report_accounts_cpu_memory_and_pids():
@@ -117,14 +137,13 @@ def test_container_group_is_made_limited_joined_and_removed():
     child.stop()
 
 
+@pytest.mark.skipif(LAYOUT != "hybrid", reason=f"this host is {LAYOUT}: the tests above drive its own backend")
 def test_v2_backend_core_files_on_a_hybrid_hosts_cgroup2_mount():
     """A hybrid host's cgroup2 tree has no controllers, but mkdir, cgroup.procs, cgroup.freeze and
     cgroup.events are real v2 interface files: the v2 backend freezes a group there for real."""
-    from labcore.cgroups import Layout, detect
+    from labcore.cgroups import Layout
     from labcore.cgroups.v2 import V2Manager
     layout = detect()
-    if layout.kind != "hybrid":
-        pytest.skip(f"this host is {layout.kind}: the tests above already drive its own backend")
     step = steps.freeze_group(0.3, manager=V2Manager(Layout("v2", {}, layout.v2)))
     _, at_freeze, later, resumed = step.data["counts"]
     assert step.data["frozen"] and later == at_freeze and resumed > later
@@ -146,4 +165,6 @@ def test_the_shared_parent_goes_with_the_last_group_and_frozen_groups_are_remove
         assert not b.path.exists() and parent.exists()       # second ended first: a still needs the parent
         assert child.proc.wait(5) == -9
         child.stop()
-    assert not a.path.exists() and not parent.exists()
+    # The last one out removes the parent, unless another run on this host still has a group in it.
+    others = [path.name for path in parent.iterdir() if path.is_dir()] if parent.exists() else []
+    assert not a.path.exists() and (not parent.exists() or others)

@@ -1,6 +1,7 @@
 """The v1 backend and the detector against fake cgroupfs trees: which files get which values, in order."""
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,21 @@ def test_create_makes_the_group_in_each_hierarchy_below_labcore_and_journals_it(
     assert recorded == [("cgroup", "rmdir_cgroup", p) for p in parents + children]
     assert recorded[-1][2].endswith("freezer/labcore/labcore-test")     # undone first: thawed first
     assert group.entries == scope.entries
+
+
+def test_create_makes_the_shared_parent_again_when_another_run_removed_it(fake, scope, monkeypatch):
+    """Another run, ending, may find `labcore` empty and rmdir it between our mkdir of it and of our group."""
+    freezer = fake.root / "sys/fs/cgroup/freezer/labcore"
+    removed = []
+
+    def another_run_ends(name):
+        if not removed:
+            shutil.rmtree(freezer)         # the fake tree's files; the kernel's rmdir needs none of this
+            removed.append(name)
+    monkeypatch.setattr(fake.manager, "prepare_parent", another_run_ends)
+    group = fake.manager.create("labcore-test", scope)
+    assert removed and group.dirs["freezer"].is_dir()
+    assert [entry.args["path"] for entry in group.entries].count(str(freezer)) == 2   # journaled again
 
 
 def test_cpu_and_cpuacct_mounted_together_make_one_directory(tmp_path, monkeypatch, scope):

@@ -229,3 +229,16 @@ def test_a_probe_that_hangs_is_killed_at_the_deadline_and_one_that_fails_is_expl
     assert children["slow"].status == 137
     assert not answers["kvm"].ok and "usermod -aG kvm" in answers["kvm"].detail
     assert answers["fine"] == Capability(True, "all good")
+
+
+def test_kvm_from_kvm_pvm_is_a_no_that_says_why_and_that_vms_use_tcg(monkeypatch):
+    from labcore import vm
+    why = "/dev/kvm is served by kvm_pvm, not kvm_intel or kvm_amd"
+    monkeypatch.setattr(vm, "accelerator", lambda: ("tcg", why))
+    with pytest.raises(NotSupportedHere) as refused:
+        doctor.try_kvm()
+    detail = doctor.explain("kvm", refused.value, HINTS)
+    assert detail.startswith(why + ", so it cannot boot a stock kernel") and "TCG" in detail
+    assert "nested virtualization" in detail
+    monkeypatch.setattr(vm, "accelerator", lambda: ("kvm", "/dev/kvm served by kvm_intel"))
+    assert doctor.try_kvm().startswith("/dev/kvm served by kvm_intel")
