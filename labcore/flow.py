@@ -1,6 +1,6 @@
 """The `docker run` flow, one step at a time: the bytes on the socket, then what the kernel did.
 
-`docker run IMAGE sh -c 'sleep 1; echo hi'` is a conversation between a client and a daemon over a Unix
+`docker run -m 64m IMAGE sh -c 'sleep 1; echo hi'` is a conversation between a client and a daemon over a Unix
 socket, in HTTP (docs.docker.com/reference/api/engine; the CLI's cli/command/container/run.go):
 
     step      the client sends                      the daemon answers      and the kernel...
@@ -333,7 +333,9 @@ def pull_image(stage: Stage) -> FlowStep:
 
 def create_container(stage: Stage) -> FlowStep:
     """Create writes down what to run. No namespace, no process yet: those come with start."""
-    body = {"Image": stage.reference, "Cmd": COMMAND, "HostConfig": {"NetworkMode": "none"}}
+    # `docker run -m 64m`: with a limit to hold, the container gets a cgroup of its own at start.
+    body = {"Image": stage.reference, "Cmd": COMMAND, "HostConfig": {"NetworkMode": "none",
+                                                                    "Memory": 64 * 1024 * 1024}}
     create = stage.wire.exchange("POST", api("/containers/create?name=labcore-flow"), body)
     if create.status != 201:
         return FlowStep("create", "POST /containers/create", after={"answer": create.body.decode()},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from labcore import archive, paths
+from labcore.container import Spec, run
 from labcore.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
 from labcore.images import Store, ensure_base_image
 from labcore.journal import Scope
@@ -216,3 +217,32 @@ def test_labcore_save_loads_into_docker_with_the_same_id(docker_built, docker, t
     docker.cli("rmi", "labcore-peer:v1")
     docker.cli("load", "-i", str(tmp_path / "saved.tar"))
     assert docker.cli("image", "inspect", "--format", "{{.Id}}", "labcore-peer:v1").stdout.strip() == image.id
+
+
+# The image's CMD; a file of the replaced directory; whether the file deleted in a later layer is gone.
+COMMANDS = [(), ("ls", "/data/old"), ("sh", "-c", "test -e /etc/removed.conf; echo $?")]
+
+
+def outputs_under_labcore(built: Built, ref: str) -> list[str]:
+    """Load the tool's archive into the store `labcore run` uses, run each command, then untag it again."""
+    store = Store()
+    archive.load(built.archive, store)
+    try:
+        return [run(Spec(ref, list(command) or None, rm=True, network="none")).stdout.decode()
+                for command in COMMANDS]
+    finally:
+        name, _, tag = ref.rpartition(":")
+        store.untag(name, tag)
+
+
+def test_a_docker_built_image_runs_under_labcore_with_dockers_output(docker_built, docker):
+    expected = [docker.run("labcore-peer:v1", *command) for command in COMMANDS]
+    assert expected == ["added\n", "new.txt\n", "1\n"]
+    assert outputs_under_labcore(docker_built, "labcore-peer:v1") == expected
+
+
+@needs_podman
+def test_a_podman_built_image_runs_under_labcore_with_podmans_output(podman_built, podman):
+    expected = [podman.run("localhost/labcore-peer:v1", *command) for command in COMMANDS]
+    assert expected == ["added\n", "new.txt\n", "1\n"]
+    assert outputs_under_labcore(podman_built, "localhost/labcore-peer:v1") == expected

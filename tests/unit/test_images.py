@@ -256,7 +256,9 @@ def test_hostile_layers_are_refused_and_nothing_outside_is_written(store, tmp_pa
 
 # --- the CLI ----------------------------------------------------------------------------------------------
 
-def test_images_prints_dockers_columns(busybox_image, capsys):
+def test_images_prints_dockers_columns(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LABCORE_HOME", str(tmp_path / "labcore-own"))   # not the session's shared store
+    busybox_image = images.ensure_base_image()
     assert main(["images"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.startswith("REPOSITORY   TAG       IMAGE ID       CREATED") and header.endswith("SIZE")
