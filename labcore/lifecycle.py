@@ -23,7 +23,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
@@ -93,7 +93,7 @@ class Record:
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.directory / f".state.json.{os.getpid()}.{threading.get_ident()}"
-        temporary.write_text(json.dumps({**asdict(self), "state": self.state.value}))
+        temporary.write_text(json.dumps({**vars(self), "state": self.state.value}))
         temporary.rename(self.directory / "state.json")       # readers never see half a record
 
 
