@@ -305,8 +305,12 @@ def make_veth(network: Network, host_ifname: str, peer: str, address: str, pid: 
     """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace."""
     ip("link", "add", host_ifname, "type", "veth", "peer", "name", peer)
     entry = scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
+    # The address may have been another container's a moment ago, with another MAC: forget the host's
+    # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
+    # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
     ip(batch=f"link set {host_ifname} alias {address} master {network.bridge} up\n"
-             f"link set {peer} netns {pid}\n")
+             f"link set {peer} netns {pid}\n"
+             f"neigh flush to {address} dev {network.bridge}\n")
     return entry
 
 

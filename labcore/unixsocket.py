@@ -113,11 +113,17 @@ def errno_name(err: OSError) -> str:
     return errno.errorcode.get(err.errno, str(err.errno))
 
 
+SERVE_HOSTNAME = "hostname | nc -l -p 80"
+
+
 def two_containers_on_port_80(stage: Stage) -> Step:
     """Two containers of one daemon, each listening on port 80 in its own network namespace, each reached
-    at its own address: `nc -l -p 80 -e hostname` answers one client with its hostname, then exits."""
+    at its own address: `hostname | nc -l -p 80` answers one client with its hostname, then exits.
+
+    Not `nc -l -p 80 -e hostname`: there nc, pid 1, forks `hostname` and exits at once, and pid 1's exit
+    kills everything in its pid namespace (pid_namespaces(7)), `hostname` too, often before it has written."""
     client = stage.client()
-    boxes = [client.containers.run("busybox", ["nc", "-l", "-p", "80", "-e", "hostname"], hostname=name,
+    boxes = [client.containers.run("busybox", ["sh", "-c", SERVE_HOSTNAME], hostname=name,
                                    name=f"labcore-{name}", detach=True) for name in ("box-a", "box-b")]
     try:
         seen = {box.name.removeprefix("labcore-"): listener_evidence(box) for box in boxes}
@@ -127,7 +133,7 @@ def two_containers_on_port_80(stage: Stage) -> Step:
     after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": os.readlink("/proc/self/ns/net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
-    return Step("two containers, both on port 80", "docker run -d --hostname box-a busybox nc -l -p 80 -e hostname"
+    return Step("two containers, both on port 80", f"docker run -d --hostname box-a busybox sh -c '{SERVE_HOSTNAME}'"
                 " (and box-b)", before=host, after=after, mode=current_mode(),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
