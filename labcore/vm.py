@@ -42,6 +42,7 @@ from labcore.evidence import Step
 QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"
 SHARE_TAG = "hostroot"
+PROJECT_TAG = "project"                     # the project itself, wherever it is checked out
 # The Debian kernel builds the virtio PCI transport and 9p as modules (CONFIG_VIRTIO_PCI=m, CONFIG_9P_FS=m);
 # their dependencies (virtio_ring, netfs, fscache, ...) come from modules.dep.
 SHARE_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
@@ -235,7 +236,7 @@ def marker_init() -> str:
 
 
 def command_init(command: list[str], cwd: str = "/", modules: list[str] = (), env: dict | None = None,
-                 disk: bool = False) -> str:
+                 disk: bool = False, project: str | None = None) -> str:
     """PID 1 that mounts the host's / (read-only, over 9p) with a pure cgroup v2 hierarchy, runs ``command``
     there and prints its exit status. /tmp is a tmpfs, or with ``disk`` the guest's ext4 disk /dev/vda."""
     variables = {"PATH": GUEST_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb",
@@ -248,6 +249,11 @@ def command_init(command: list[str], cwd: str = "/", modules: list[str] = (), en
                     shlex.quote(cwd), *map(shlex.quote, command)])
     tmp = "mount -t ext4 /dev/vda /host/tmp" if disk else "mount -t tmpfs tmpfs /host/tmp"
     mounts = _INIT_MOUNT_HOST.replace("{tag}", SHARE_TAG).replace("{tmp}", tmp)
+    if project:
+        # Last: a project under /tmp or /run (a CI checkout, say) would be hidden by the tmpfs mounted there.
+        target = shlex.quote(f"/host{project}")
+        mounts += (f"mkdir -p {target} 2>/dev/null; mount -t 9p -o ro,trans=virtio,version=9p2000.L,"
+                   f"cache=loose,msize=262144 {PROJECT_TAG} {target} || fail mount 9p {PROJECT_TAG}\n")
     return _INIT_START + loads + mounts + _INIT_UP + f'{run}\necho "{EXIT}$?"\npoweroff -f\n'
 
 
@@ -371,8 +377,8 @@ def accelerator() -> tuple[str, str]:
 
 
 def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = None, disk: Path | None = None,
-                 memory_mb: int = 2048, cpus: int = 2) -> list[str]:
-    """No screen, no network: a serial console on stdout and, if asked, one 9p share and one disk."""
+                 memory_mb: int = 2048, cpus: int = 2, project: str | None = None) -> list[str]:
+    """No screen, no network: a serial console on stdout and, if asked, 9p shares and one disk."""
     command = [QEMU, "-name", "labcore-vm,process=labcore-vm", "-nodefaults", "-no-user-config",
                "-display", "none", "-serial", "stdio", "-no-reboot",
                "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
@@ -385,6 +391,10 @@ def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = N
         command += ["-fsdev", f"local,id={SHARE_TAG},path={share},security_model=none,readonly=on,"
                               "multidevs=remap",
                     "-device", f"virtio-9p-pci,fsdev={SHARE_TAG},mount_tag={SHARE_TAG}"]
+    if project:
+        command += ["-fsdev", f"local,id={PROJECT_TAG},path={project},security_model=none,readonly=on,"
+                              "multidevs=remap",
+                    "-device", f"virtio-9p-pci,fsdev={PROJECT_TAG},mount_tag={PROJECT_TAG}"]
     if disk:     # cache=unsafe: the disk is thrown away after the run, so flushing it to the host is wasted
         command += ["-drive", f"file={disk},if=virtio,format=raw,cache=unsafe"]
     return command
@@ -392,7 +402,7 @@ def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = N
 
 def boot(kernel: Kernel, init: str, accel: str, *, files: dict[str, Path] | None = None,
          share: str | None = None, disk_mb: int = 0, timeout: float = 120, memory_mb: int = 2048,
-         cpus: int = 2) -> list[tuple[float, str]]:
+         cpus: int = 2, project: str | None = None) -> list[tuple[float, str]]:
     """Build the initramfs, run qemu until the guest powers off, and return its console lines with their
     arrival times (seconds since qemu started). qemu is killed on timeout, error and interrupt."""
     if not shutil.which(QEMU):
@@ -404,7 +414,7 @@ def boot(kernel: Kernel, init: str, accel: str, *, files: dict[str, Path] | None
         scope.record("directory", str(work), "rmtree", path=str(work))
         initrd = write_initramfs(initramfs_entries(init, files), work / "labcore-initrd.gz")
         disk = make_disk(work / "labcore-disk.img", disk_mb) if disk_mb else None
-        command = qemu_command(kernel, initrd, accel, share, disk, memory_mb, cpus)
+        command = qemu_command(kernel, initrd, accel, share, disk, memory_mb, cpus, project)
         started = time.monotonic()
         qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
@@ -502,10 +512,12 @@ def boot_marker(timeout: float = 120) -> Step:
 
 
 def run_in_guest(command: list[str], share: str = "/", cwd: str = "/", env: dict | None = None,
-                 disk_mb: int = 0, timeout: float = 600, memory_mb: int = 2048, cpus: int = 2) -> GuestResult:
+                 disk_mb: int = 0, timeout: float = 600, memory_mb: int = 2048, cpus: int = 2,
+                 project: str | None = None) -> GuestResult:
     """Run ``command`` as root in a guest that sees ``share`` (read-only) as / and has only cgroup v2.
 
     Its /tmp is a tmpfs, or with ``disk_mb`` a fresh ext4 disk of that size (for block-I/O limits).
+    ``project``, a directory of the host, is shared too, at the same path: visible even below /tmp.
     """
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
         raise BadInput(f"command must be a non-empty list of strings, like [\"cat\", \"/proc/mounts\"], "
@@ -514,10 +526,10 @@ def run_in_guest(command: list[str], share: str = "/", cwd: str = "/", env: dict
         raise BadInput(f"share must be a directory on this host, like \"/\", not {share!r}")
     kernel = ensure_kernel()
     files = module_files(kernel, SHARE_MODULES + (DISK_MODULES if disk_mb else ()))
-    init = command_init(command, cwd, list(files), env, disk=bool(disk_mb))
+    init = command_init(command, cwd, list(files), env, disk=bool(disk_mb), project=project)
     accel, why = accelerator()
     lines = boot(kernel, init, accel, files=files, share=share, disk_mb=disk_mb, timeout=timeout,
-                 memory_mb=memory_mb, cpus=cpus)
+                 memory_mb=memory_mb, cpus=cpus, project=project)
     guest = parse_console(lines)
     if guest["exit_code"] is None:
         raise LabError("the guest powered off without reporting the command's exit code",
