@@ -37,6 +37,19 @@ def labcore_home(tmp_path, monkeypatch, shared_images):
 
 
 @pytest.fixture
+def no_container_left(busybox_image):
+    """After a test that runs containers: none of its mounts, container directories or child processes."""
+    from pathlib import Path
+    from labcore import paths
+    yield
+    assert str(paths.home()) not in Path("/proc/self/mountinfo").read_text()    # no mount of this test's
+    containers = paths.containers_dir()
+    assert not containers.exists() or not any(containers.iterdir()), "a container directory was left"
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not children, f"child processes left running: {children}"
+
+
+@pytest.fixture
 def busybox_image():
     """The base image, built into the shared store the first time a test asks for it."""
     from labcore.images import ensure_base_image

@@ -14,18 +14,8 @@ from labcore import container, journal, paths
 from labcore.container import Spec
 from tests.conftest import has, privileged
 
-pytestmark = privileged
+pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind(busybox_image):
-    yield
-    assert str(paths.home()) not in Path("/proc/self/mountinfo").read_text()    # no mount of this test's
-    containers = paths.containers_dir()
-    assert not containers.exists() or not any(containers.iterdir()), "a container directory was left"
-    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-    assert not children, f"child processes left running: {children}"
 
 
 def sh(script: str, **options) -> container.Result:

@@ -15,16 +15,8 @@ from labcore.errors import BadInput
 from tests.conftest import has, privileged
 from tests.privileged.test_run import as_nobody, python_for_nobody, wait_for
 
-pytestmark = privileged
+pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind(busybox_image):
-    yield
-    assert str(paths.home()) not in Path("/proc/self/mountinfo").read_text()     # no mount of this test's
-    containers = paths.containers_dir()
-    assert not containers.exists() or not any(containers.iterdir()), "a container directory was left"
 
 
 @pytest.fixture
