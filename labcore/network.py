@@ -164,8 +164,8 @@ def check_loopback(host_ip: str) -> str:
     if address.version != 4 or not address.is_loopback:
         why = "all of the host's addresses" if address.is_unspecified else "an address other hosts can reach"
         raise BadInput(f"the lab does not publish on {host_ip} ({why}): it binds loopback only, so that no "
-                       f"other machine can reach a lab container", fix=f"use 127.0.0.1, or leave the address "
-                       f"out (`-p 8080:80` means 127.0.0.1:8080 here, 0.0.0.0:8080 in Docker)")
+                       "other machine can reach a lab container", fix="use 127.0.0.1, or leave the address "
+                       "out (`-p 8080:80` means 127.0.0.1:8080 here, 0.0.0.0:8080 in Docker)")
     return host_ip
 
 

@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from labcore import lifecycle, paths
+from labcore import paths
 from labcore.daemon import Labd
-from labcore.journal import Journal
 from tests.conftest import has, privileged
 
 docker = pytest.importorskip("docker", reason="the docker SDK is the client under test: pip install docker")

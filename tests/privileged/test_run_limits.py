@@ -1,8 +1,5 @@
 """`labcore run` with cgroup limits, enforced by the kernel and measured (the issue's "done when")."""
-import os
 import subprocess
-
-import pytest
 
 from labcore.cgroups import open_manager
 from labcore.container import Spec, run
