@@ -22,6 +22,7 @@ import platform
 import re
 import signal
 import struct
+import time
 from datetime import datetime, timezone
 
 from labcore import __version__, daemon, engine
@@ -29,6 +30,7 @@ from labcore.container import Spec
 from labcore.daemon import ApiError, Request, Stream, route
 from labcore.errors import BadInput, LabError
 from labcore.lifecycle import Record, State
+from labcore.units import human_duration
 
 
 def rfc3339(seconds: float) -> str:
@@ -168,11 +170,11 @@ def create_container(request: Request):
 def status_text(record: Record) -> str:
     """`docker ps`'s STATUS column: "Up 3 seconds", "Exited (0) 2 seconds ago", "Created"."""
     if record.state is State.RUNNING:
-        return f"Up {engine.ago(record.started)}"
+        return f"Up {human_duration(time.time() - record.started)}"
     if record.state is State.PAUSED:
-        return f"Up {engine.ago(record.started)} (Paused)"
+        return f"Up {human_duration(time.time() - record.started)} (Paused)"
     if record.state is State.EXITED:
-        return f"Exited ({record.exit_code}) {engine.ago(record.finished)} ago"
+        return f"Exited ({record.exit_code}) {human_duration(time.time() - record.finished)} ago"
     return "Created"
 
 

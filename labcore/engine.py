@@ -370,14 +370,3 @@ def limits_from_host_config(host: dict) -> dict:
     if host.get("PidsLimit"):
         limits["pids_limit"] = str(host["PidsLimit"])
     return limits
-
-
-def ago(moment: float) -> str:
-    """Docker's human durations: "3 seconds", "5 minutes", "2 hours", "3 days"."""
-    seconds = int(max(0, time.time() - moment))
-    if seconds < 1:
-        return "Less than a second"
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
-        if seconds >= size:
-            amount = seconds // size
-            return f"{amount} {unit}{'s' if amount != 1 else ''}"

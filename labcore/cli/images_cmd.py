@@ -10,6 +10,8 @@ import re
 import time
 from datetime import datetime
 
+from labcore.units import human_duration, human_size
+
 
 def configure(parser):
     parser.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]", help="only images of this name")
@@ -66,31 +68,3 @@ def created_at(text: str) -> float | None:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
-
-
-def human_duration(seconds: float) -> str:
-    """go-units HumanDuration: the words `docker images` puts before "ago"."""
-    hours = int(seconds / 3600 + 0.5)
-    if seconds < 1:
-        return "Less than a second"
-    if seconds < 60:
-        return "1 second" if int(seconds) == 1 else f"{int(seconds)} seconds"
-    if seconds < 3600:
-        return "About a minute" if int(seconds // 60) == 1 else f"{int(seconds // 60)} minutes"
-    if hours == 1:
-        return "About an hour"
-    for limit, unit, divisor in ((48, "hours", 1), (24 * 14, "days", 24), (24 * 60, "weeks", 24 * 7),
-                                 (24 * 730, "months", 24 * 30)):
-        if hours < limit:
-            return f"{hours // divisor} {unit}"
-    return f"{int(seconds // 3600) // 24 // 365} years"
-
-
-def human_size(size: float) -> str:
-    """go-units HumanSizeWithPrecision(size, 3): decimal units, three significant digits ("4.26MB")."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB"]
-    index = 0
-    while size >= 1000 and index < len(units) - 1:
-        size /= 1000
-        index += 1
-    return f"{size:.3g}{units[index]}"

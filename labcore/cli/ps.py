@@ -31,7 +31,7 @@ COLUMNS = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NA
 
 def row(summary: dict, no_trunc: bool = False, now: float | None = None) -> list[str]:
     """One container as `docker ps` writes it: short id, quoted and cut command, ages in words."""
-    from labcore.cli.images_cmd import human_duration
+    from labcore.units import human_duration
     created = human_duration((now or time.time()) - summary["Created"]) + " ago"
     return [summary["Id"] if no_trunc else summary["Id"][:12], summary["Image"],
             quote(summary["Command"] if no_trunc else ellipsis(summary["Command"], 20)), created,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from labcore import client
+from labcore.units import human_size
 from labcore.errors import LabError
 
 BAR = 50        # the docker CLI's progress bar is 50 characters on a terminal at least 110 wide
@@ -40,17 +41,7 @@ def line(event: dict) -> str:
 
 def bar(current: int, total: int) -> str:
     filled = min(BAR, int(current / total * 100) // 2)
-    return f"[{'=' * filled}>{' ' * (BAR - filled)}] {human_size(current):>8}/{human_size(total)}"
-
-
-def human_size(size: float) -> str:
-    """go-units HumanSize: decimal units, four significant digits ("1.2MB", "3MB", "816.1kB")."""
-    units = ["B", "kB", "MB", "GB", "TB"]
-    index = 0
-    while size >= 1000 and index < len(units) - 1:
-        size /= 1000
-        index += 1
-    return f"{size:.4g}{units[index]}"
+    return f"[{'=' * filled}>{' ' * (BAR - filled)}] {human_size(current, 4):>8}/{human_size(total, 4)}"
 
 
 class Screen:

@@ -14,7 +14,7 @@ import pytest
 
 from labcore import baseimage, images
 from labcore.cli import main
-from labcore.cli.images_cmd import human_duration, human_size
+from labcore.units import human_duration, human_size
 from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
 from labcore.images import Store
 
