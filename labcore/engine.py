@@ -303,20 +303,19 @@ def exec_start(exec_id: str, interactive: bool = False) -> Iterator[tuple[int, b
 
 def exec_inspect(exec_id: str) -> dict:
     import json
-    try:
-        return json.loads((_exec_dir() / f"{exec_id}.json").read_text())
-    except FileNotFoundError as err:
-        raise NotFound(f"No such exec instance: {exec_id}") from err
-
-
-def _exec_dir():
-    return paths.home() / "exec"
+    if not exec_id.isalnum():
+        raise NotFound(f"No such exec instance: {exec_id}")          # and no path made of it
+    for path in paths.containers_dir().glob(f"*/exec/{exec_id}.json"):
+        return json.loads(path.read_text())
+    raise NotFound(f"No such exec instance: {exec_id}")
 
 
 def _save_exec(exec_id: str, state: dict) -> None:
+    """An exec's record lives in its container's directory: removing the container forgets its execs."""
     import json
-    _exec_dir().mkdir(parents=True, exist_ok=True)
-    (_exec_dir() / f"{exec_id}.json").write_text(json.dumps(state))
+    directory = paths.containers_dir() / state["container"] / "exec"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{exec_id}.json").write_text(json.dumps(state))
 
 
 # --- what the daemon reports --------------------------------------------------------------------------------
