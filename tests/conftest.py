@@ -6,14 +6,16 @@ afterwards that its journal is empty: a test that leaks a kernel object fails ev
 """
 import os
 import shutil
+import tempfile
 
 import pytest
 
-from labcore.journal import Journal
+from labcore.journal import Journal, undo_rmtree
 
 ROOT_REASON = ("needs root to call the kernel for real (running as uid %d); run `sudo ./lab test`, "
                "or see `labcore doctor` for what this user may do" % os.geteuid())
 privileged = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]    # run what follows as user nobody
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +36,30 @@ def labcore_home(tmp_path, monkeypatch, shared_images):
     undone, failures = journal.undo_all()
     assert not failures, f"could not undo: {failures}"
     assert not left, "test left objects behind: " + ", ".join(e.describe() for e in left)
+
+
+@pytest.fixture
+def fake_tree_scope():
+    """A scope over a fake cgroupfs tree: its records are dropped, not undone, afterwards (rmdir cannot remove
+    a fake tree's plain files; the tree goes with tmp_path)."""
+    from labcore.journal import Scope
+    scope = Scope()
+    yield scope
+    for entry in scope.release():
+        scope.journal.forget(entry)
+
+
+@pytest.fixture
+def nobody_home():
+    """A directory user nobody owns, for a rootless run's LABCORE_HOME (nobody cannot enter root's pytest
+    tmp_path); removed afterwards by undo_rmtree, which detaches any mount left below it first."""
+    if not has("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to run as user nobody")
+    home = tempfile.mkdtemp(prefix="labcore-nobody-")
+    os.chown(home, 65534, 65534)
+    os.chmod(home, 0o755)
+    yield home
+    undo_rmtree(home)
 
 
 @pytest.fixture

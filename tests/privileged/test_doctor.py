@@ -2,17 +2,15 @@
 the root-owned cgroup v1 hierarchies are not. Each answer is checked against what /proc says."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from labcore import doctor
-from tests.conftest import has, privileged
+from tests.conftest import NOBODY, has, privileged
 
 pytestmark = privileged
 REPO = Path(__file__).resolve().parents[2]
@@ -76,19 +74,12 @@ def test_kvm_and_graphviz_as_the_host_has_them(report):
     assert report.capabilities["graphviz"].ok == has("dot")
 
 
-@pytest.mark.skipif(not has("setpriv"), reason="needs setpriv (util-linux) to run as user nobody")
-def test_as_nobody_the_user_namespace_works_and_cgroup_v1_is_refused_with_a_fix():
-    home = tempfile.mkdtemp(prefix="labcore-doctor-home-")   # nobody cannot enter root's pytest tmp_path
-    os.chmod(home, 0o777)
-    try:
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-m", "labcore", "doctor", "--json"],
-            cwd=REPO, env={**os.environ, "LABCORE_HOME": home}, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        assert not os.listdir(home) or os.listdir(f"{home}/journal") == []
-    finally:
-        shutil.rmtree(home)
+def test_as_nobody_the_user_namespace_works_and_cgroup_v1_is_refused_with_a_fix(nobody_home):
+    done = subprocess.run([*NOBODY, sys.executable, "-m", "labcore", "doctor", "--json"], cwd=REPO,
+                          env={**os.environ, "LABCORE_HOME": nobody_home}, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(f"{nobody_home}/journal") or os.listdir(f"{nobody_home}/journal") == []
     found = json.loads(done.stdout)
     caps = found["capabilities"]
     assert not caps["euid"]["ok"] and caps["euid"]["detail"].startswith("65534")

@@ -1,17 +1,15 @@
 """labcore.namespaces on the real kernel: each namespace's evidence, joining, and the same steps as nobody."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from labcore import namespaces
 from labcore.evidence import Mode
-from tests.conftest import has, privileged
+from tests.conftest import NOBODY, has, privileged
 
 pytestmark = privileged
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,19 +140,12 @@ print(json.dumps({name: [step.mode.name, step.data.get("pid_inside"), step.reaso
 """
 
 
-def test_every_step_runs_rootless_inside_a_user_namespace():
-    home = tempfile.mkdtemp(prefix="labcore-nobody-")
-    os.chmod(home, 0o755)
-    os.chown(home, 65534, 65534)
-    try:
-        result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", STEPS_AS_NOBODY],
-            env={**os.environ, "LABCORE_HOME": f"{home}/home"}, cwd=home, capture_output=True, text=True,
-            timeout=120)
-        assert result.returncode == 0, result.stderr
-        modes = json.loads(result.stdout)
-        assert {name: mode for name, (mode, _, _) in modes.items()} == dict.fromkeys(modes, "USERNS"), modes
-        assert modes["pid"][1] == 1
-        assert not os.listdir(f"{home}/home/journal")                # nobody's runs undid what they made
-    finally:
-        shutil.rmtree(home)
+def test_every_step_runs_rootless_inside_a_user_namespace(nobody_home):
+    result = subprocess.run([*NOBODY, sys.executable, "-c", STEPS_AS_NOBODY],
+                            env={**os.environ, "LABCORE_HOME": f"{nobody_home}/home"}, cwd=nobody_home,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    modes = json.loads(result.stdout)
+    assert {name: mode for name, (mode, _, _) in modes.items()} == dict.fromkeys(modes, "USERNS"), modes
+    assert modes["pid"][1] == 1
+    assert not os.listdir(f"{nobody_home}/home/journal")                # nobody's runs undid what they made

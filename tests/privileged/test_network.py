@@ -2,18 +2,16 @@
 two servers on port 80, published ports, the shared bridge's last one out, and the refusal as nobody."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 from labcore import journal, network
 from labcore.evidence import Mode
-from tests.conftest import privileged
+from tests.conftest import NOBODY, privileged
 
 pytestmark = privileged
 
@@ -148,21 +146,17 @@ print(json.dumps({"mode": step.mode.name, "reason": step.reason, "after": step.a
 """
 
 
-def test_as_nobody_the_veth_is_refused_and_loopback_still_works():
-    home = tempfile.mkdtemp(prefix="labcore-nobody-")
-    os.chmod(home, 0o755)
-    os.chown(home, 65534, 65534)
-    try:
-        result = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY],
-            env={**os.environ, "LABCORE_HOME": f"{home}/home"}, cwd=home, capture_output=True, text=True,
-            timeout=120)
-        assert result.returncode == 0, result.stderr
-        step = json.loads(result.stdout)
-        assert step["mode"] == "NOT_PERMITTED"
-        assert "Operation not permitted" in step["reason"] and "slirp4netns" in step["reason"]
-        assert step["after"]["connect 127.0.0.1:80"].startswith("loopback server in net:[")
-        assert step["after"]["lo after `ip link set lo up`"] == "UNKNOWN 127.0.0.1/8"
-        assert not os.listdir(f"{home}/home/journal")             # nobody's run undid what it recorded
-    finally:
-        shutil.rmtree(home)
+def test_as_nobody_the_veth_is_refused_and_loopback_still_works(nobody_home):
+    home = nobody_home
+    result = subprocess.run(
+        [*NOBODY, sys.executable, "-c", AS_NOBODY],
+        env={**os.environ, "LABCORE_HOME": f"{home}/home"}, cwd=home, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stderr
+    step = json.loads(result.stdout)
+    assert step["mode"] == "NOT_PERMITTED"
+    assert "Operation not permitted" in step["reason"] and "slirp4netns" in step["reason"]
+    assert step["after"]["connect 127.0.0.1:80"].startswith("loopback server in net:[")
+    assert step["after"]["lo after `ip link set lo up`"] == "UNKNOWN 127.0.0.1/8"
+    assert not os.listdir(f"{home}/home/journal")             # nobody's run undid what it recorded
+

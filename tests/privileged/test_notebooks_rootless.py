@@ -8,12 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import has, privileged
+from tests.conftest import NOBODY, privileged
 
 pytestmark = privileged
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,33 +36,32 @@ def as_nobody(home: str, *command: str) -> subprocess.CompletedProcess:
     site = next((ROOT / ".venv" / "lib").glob("python3*/site-packages"), None)
     env = {"HOME": home, "LABCORE_HOME": f"{home}/state", "PATH": "/usr/bin:/bin",
            "PYTHONPATH": f"{site}:{ROOT}", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "-i",
+    return subprocess.run([*NOBODY, "env", "-i",
                            *(f"{k}={v}" for k, v in env.items()), *command],
                           capture_output=True, text=True, timeout=600, cwd="/")
 
 
 @pytest.fixture
-def nobody_home():
-    if not (has("setpriv") and os.path.exists(SYSTEM_PYTHON)):
-        pytest.skip("needs setpriv and the system's python3")
+def notebook_home(nobody_home):
+    """nobody's home, once the system's python3 is known to run the lab for nobody."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip("needs the system's python3")
     version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True).stdout.strip()
     if version != str(sys.version_info[:2]):
         pytest.skip(f"the system's python3 is {version}, the .venv's {sys.version_info[:2]}: "
                     "their compiled packages differ")
-    with tempfile.TemporaryDirectory(prefix="labcore-nobody-") as home:
-        os.chmod(home, 0o777)
-        probe = as_nobody(home, SYSTEM_PYTHON, "-c", "import labcore, nbclient, ipykernel")
-        if probe.returncode != 0:
-            pytest.skip(f"nobody cannot import the lab from this checkout: {probe.stderr.strip()[-200:]}")
-        yield home
+    probe = as_nobody(nobody_home, SYSTEM_PYTHON, "-c", "import labcore, nbclient, ipykernel")
+    if probe.returncode != 0:
+        pytest.skip(f"nobody cannot import the lab from this checkout: {probe.stderr.strip()[-200:]}")
+    return nobody_home
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_the_notebook_runs_rootless_without_errors(nobody_home, name):
-    done = as_nobody(nobody_home, SYSTEM_PYTHON, "-c", EXECUTE, str(ROOT / "notebooks" / name),
+def test_the_notebook_runs_rootless_without_errors(notebook_home, name):
+    done = as_nobody(notebook_home, SYSTEM_PYTHON, "-c", EXECUTE, str(ROOT / "notebooks" / name),
                      str(ROOT / "notebooks"))
     assert done.returncode == 0, done.stderr[-2000:]
     modes = json.loads(done.stdout.strip().splitlines()[-1])      # each step's mode, counted
     assert set(modes) == {"real, inside a user namespace"} and sum(modes.values()) >= 5
-    assert not list(Path(nobody_home, "state", "journal").glob("*.json")), "the notebook left objects"
+    assert not list(Path(notebook_home, "state", "journal").glob("*.json")), "the notebook left objects"

@@ -1,10 +1,8 @@
 """Containers on the real kernel: pid 1, its own hostname and mounts, exit codes, and nothing left behind."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 
 from labcore import container, journal, paths
 from labcore.container import Spec
-from tests.conftest import has, privileged
+from tests.conftest import NOBODY, privileged
 
 pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,22 +98,13 @@ def test_cli_run_prints_pid_1_hostname_and_the_images_root():
     assert labcore("run", "--rm", "busybox", "nosuchcommand").returncode == 127
 
 
-@pytest.mark.skipif(not has("setpriv"), reason="needs setpriv (util-linux) to run as user nobody")
-def test_rootless_as_nobody_runs_as_root_inside():
+def test_rootless_as_nobody_runs_as_root_inside(nobody_home):
     python = python_for_nobody()
-    if python is None:
-        pytest.skip("no Python that user nobody may execute (the venv's lives under a private directory)")
-    home = tempfile.mkdtemp(prefix="labcore-nobody-")
-    os.chmod(home, 0o755)
-    os.chown(home, 65534, 65534)
-    try:
-        result = as_nobody(python, "-m", "labcore", "run", "--rm", "busybox", "sh", "-c", "id; echo $$",
-                           env={"LABCORE_HOME": f"{home}/home"})
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == "uid=0(root) gid=0(root)\n1\n"
-        assert not os.listdir(f"{home}/home/containers") and not os.listdir(f"{home}/home/journal")
-    finally:
-        shutil.rmtree(home)
+    result = as_nobody(python, "-m", "labcore", "run", "--rm", "busybox", "sh", "-c", "id; echo $$",
+                       env={"LABCORE_HOME": f"{nobody_home}/home"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "uid=0(root) gid=0(root)\n1\n"
+    assert not os.listdir(f"{nobody_home}/home/containers") and not os.listdir(f"{nobody_home}/home/journal")
 
 
 def labcore(*argv: str) -> subprocess.CompletedProcess:
@@ -124,17 +113,18 @@ def labcore(*argv: str) -> subprocess.CompletedProcess:
 
 
 def as_nobody(*argv: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+    return subprocess.run([*NOBODY, *argv],
                           env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd="/", capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
-def python_for_nobody() -> str | None:
+def python_for_nobody() -> str:
+    """A Python that user nobody may execute: the venv's may live under a private directory (/root)."""
     for candidate in (sys.executable, "/usr/bin/python3"):
         check = "import sys; sys.exit(sys.version_info < (3, 10))"
         if os.path.exists(candidate) and as_nobody(candidate, "-c", check, env={}).returncode == 0:
             return candidate
-    return None
+    pytest.skip("no Python that user nobody may execute (the venv's lives under a private directory)")
 
 
 def wait_for(condition, seconds: float = 5.0) -> bool:

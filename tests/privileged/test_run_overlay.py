@@ -2,7 +2,6 @@
 containers share the lower directories, volumes are the host's files, and nothing is left mounted."""
 import contextlib
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from labcore import container, journal, layers, paths
 from labcore.container import Spec
 from labcore.errors import BadInput
-from tests.conftest import has, privileged
+from tests.conftest import privileged
 from tests.privileged.test_run import as_nobody, python_for_nobody, wait_for
 
 pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
@@ -123,24 +122,16 @@ def test_the_cli_mounts_a_volume_and_removes_the_container(volume):
     assert refused.returncode == 125 and "HOST:CONTAINER[:ro]" in refused.stderr
 
 
-@pytest.mark.skipif(not has("setpriv"), reason="needs setpriv (util-linux) to run as user nobody")
-def test_rootless_runs_on_an_overlay_with_userxattr_and_a_volume():
+def test_rootless_runs_on_an_overlay_with_userxattr_and_a_volume(nobody_home):
     python = python_for_nobody()
-    if python is None:
-        pytest.skip("no Python that user nobody may execute")
-    home = tempfile.mkdtemp(prefix="labcore-nobody-")
-    os.chmod(home, 0o755)
-    os.chown(home, 65534, 65534)
+    home = nobody_home
     os.makedirs(f"{home}/vol")
     os.chown(f"{home}/vol", 65534, 65534)
-    try:
-        script = ("rm -r /usr; mkdir /usr; rm /etc/group; echo v > /v/out; cat /v/out; "
-                  "grep ' / ' /proc/self/mountinfo; touch /ro/x 2>&1")
-        result = as_nobody(python, "-m", "labcore", "run", "--rm", "-v", f"{home}/vol:/v", "-v", f"{home}:/ro:ro",
-                           "busybox", "sh", "-c", script, env={"LABCORE_HOME": f"{home}/home"})
-        assert result.returncode == 1, result.stderr                          # touch on :ro failed, last
-        assert result.stdout.startswith("v\n") and "userxattr" in result.stdout
-        assert "Read-only file system" in result.stdout
-        assert not os.listdir(f"{home}/home/containers") and not os.listdir(f"{home}/home/journal")
-    finally:
-        shutil.rmtree(home)
+    script = ("rm -r /usr; mkdir /usr; rm /etc/group; echo v > /v/out; cat /v/out; "
+              "grep ' / ' /proc/self/mountinfo; touch /ro/x 2>&1")
+    result = as_nobody(python, "-m", "labcore", "run", "--rm", "-v", f"{home}/vol:/v", "-v", f"{home}:/ro:ro",
+                       "busybox", "sh", "-c", script, env={"LABCORE_HOME": f"{home}/home"})
+    assert result.returncode == 1, result.stderr                          # touch on :ro failed, last
+    assert result.stdout.startswith("v\n") and "userxattr" in result.stdout
+    assert "Read-only file system" in result.stdout
+    assert not os.listdir(f"{home}/home/containers") and not os.listdir(f"{home}/home/journal")

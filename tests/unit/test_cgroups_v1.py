@@ -13,7 +13,6 @@ from labcore.cgroups.limits import Limits, parse_run_limits
 from labcore.cgroups.v1 import V1Manager
 from labcore.cgroups.v2 import V2Manager
 from labcore.errors import BadInput, NeedsPrivilege, NotSupportedHere
-from labcore.journal import Scope
 
 V1_MOUNTINFO = """\
 22 1 0:21 / /proc rw,nosuid - proc proc rw
@@ -88,15 +87,6 @@ class FakeV1:
 
 
 @pytest.fixture
-def scope():
-    """A scope whose records are dropped, not undone, afterwards: rmdir cannot remove a fake tree's files."""
-    scope = Scope()
-    yield scope
-    for entry in scope.release():
-        scope.journal.forget(entry)
-
-
-@pytest.fixture
 def fake(tmp_path, monkeypatch):
     return FakeV1(tmp_path, monkeypatch)
 
@@ -138,21 +128,21 @@ def test_no_cgroups_mounted_is_not_supported_here():
 
 # --- creating groups ---------------------------------------------------------------------------------------
 
-def test_create_makes_the_group_in_each_hierarchy_below_labcore_and_journals_it(fake, scope):
-    group = fake.manager.create("labcore-test", scope)
+def test_create_makes_the_group_in_each_hierarchy_below_labcore_and_journals_it(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-test", fake_tree_scope)
     assert group.name == "labcore/labcore-test"
     for controller in ("cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer"):
         assert group.dirs[controller] == fake.root / f"sys/fs/cgroup/{controller}/labcore/labcore-test"
         assert group.dirs[controller].is_dir()
-    recorded = [(e.kind, e.undo, e.args["path"]) for e in scope.entries]
+    recorded = [(e.kind, e.undo, e.args["path"]) for e in fake_tree_scope.entries]
     parents = [str(fake.root / f"sys/fs/cgroup/{c}/labcore") for c in cgroups.v1.CONTROLLERS]
     children = [f"{p}/labcore-test" for p in parents]
     assert recorded == [("cgroup", "rmdir_cgroup", p) for p in parents + children]
     assert recorded[-1][2].endswith("freezer/labcore/labcore-test")     # undone first: thawed first
-    assert group.entries == scope.entries
+    assert group.entries == fake_tree_scope.entries
 
 
-def test_create_makes_the_shared_parent_again_when_another_run_removed_it(fake, scope, monkeypatch):
+def test_create_makes_the_shared_parent_again_when_another_run_removed_it(fake, fake_tree_scope, monkeypatch):
     """Another run, ending, may find `labcore` empty and rmdir it between our mkdir of it and of our group."""
     freezer = fake.root / "sys/fs/cgroup/freezer/labcore"
     removed = []
@@ -162,41 +152,41 @@ def test_create_makes_the_shared_parent_again_when_another_run_removed_it(fake, 
             shutil.rmtree(freezer)         # the fake tree's files; the kernel's rmdir needs none of this
             removed.append(name)
     monkeypatch.setattr(fake.manager, "prepare_parent", another_run_ends)
-    group = fake.manager.create("labcore-test", scope)
+    group = fake.manager.create("labcore-test", fake_tree_scope)
     assert removed and group.dirs["freezer"].is_dir()
     assert [entry.args["path"] for entry in group.entries].count(str(freezer)) == 2   # journaled again
 
 
-def test_cpu_and_cpuacct_mounted_together_make_one_directory(tmp_path, monkeypatch, scope):
+def test_cpu_and_cpuacct_mounted_together_make_one_directory(tmp_path, monkeypatch, fake_tree_scope):
     fake = FakeV1(tmp_path, monkeypatch, V1_MOUNTINFO)
-    group = fake.manager.create("labcore-x", scope)
+    group = fake.manager.create("labcore-x", fake_tree_scope)
     assert group.dirs["cpu"] == group.dirs["cpuacct"]
-    assert len(scope.entries) == 2 * 6
+    assert len(fake_tree_scope.entries) == 2 * 6
 
 
-def test_nested_group_goes_below_its_parent(fake, scope):
-    outer = fake.manager.create("labcore-outer", scope)
-    inner = fake.manager.create("labcore-inner", scope, parent=outer)
+def test_nested_group_goes_below_its_parent(fake, fake_tree_scope):
+    outer = fake.manager.create("labcore-outer", fake_tree_scope)
+    inner = fake.manager.create("labcore-inner", fake_tree_scope, parent=outer)
     assert inner.name == "labcore/labcore-outer/labcore-inner"
     assert inner.dirs["memory"].parent == outer.dirs["memory"]
     assert [g.name for g in fake.manager.groups()] == [
         "labcore", "labcore/labcore-outer", "labcore/labcore-outer/labcore-inner"]
 
 
-def test_a_name_without_the_prefix_is_refused_before_mkdir(fake, scope):
+def test_a_name_without_the_prefix_is_refused_before_mkdir(fake, fake_tree_scope):
     with pytest.raises(BadInput):
-        fake.manager.create("mine", scope)
-    assert not scope.entries and not (fake.root / "sys/fs/cgroup/memory/labcore").exists()
+        fake.manager.create("mine", fake_tree_scope)
+    assert not fake_tree_scope.entries and not (fake.root / "sys/fs/cgroup/memory/labcore").exists()
 
 
 # --- limits, processes, stats ------------------------------------------------------------------------------
 
-def test_apply_writes_the_v1_files_in_order(fake, scope, monkeypatch):
+def test_apply_writes_the_v1_files_in_order(fake, fake_tree_scope, monkeypatch):
     monkeypatch.setattr(limits_module, "block_device_numbers", lambda path: (254, 0))
     limits = parse_run_limits(memory="64m", cpus="0.5", cpu_shares="512", pids_limit="10",
                               device_read_bps=["/dev/vda:1mb"], device_write_bps=["/dev/vda:2mb"],
                               device_cgroup_rule=["c 1:3 rwm"])
-    group = fake.manager.create("labcore-c1", scope)
+    group = fake.manager.create("labcore-c1", fake_tree_scope)
     fake.writes.clear()
     fake.manager.apply(group, limits)
     g = "sys/fs/cgroup/{}/labcore/labcore-c1/{}"
@@ -217,23 +207,23 @@ def test_apply_writes_the_v1_files_in_order(fake, scope, monkeypatch):
     assert (group.dirs["memory"] / "memory.limit_in_bytes").read_text() == "67108864"
 
 
-def test_memory_swap_sets_memsw(fake, scope):
-    group = fake.manager.create("labcore-s", scope)
+def test_memory_swap_sets_memsw(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-s", fake_tree_scope)
     writes = fake.manager.apply(group, parse_run_limits(memory="64m", memory_swap="128m"))
     assert [(p.name, v) for p, v in writes] == [("memory.limit_in_bytes", "67108864"),
                                                 ("memory.memsw.limit_in_bytes", "134217728")]
 
 
-def test_memory_swap_without_swap_accounting_is_not_supported(fake, scope):
-    group = fake.manager.create("labcore-s", scope)
+def test_memory_swap_without_swap_accounting_is_not_supported(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-s", fake_tree_scope)
     (group.dirs["memory"] / "memory.memsw.limit_in_bytes").unlink()
     assert [p.name for p, _ in fake.manager.apply(group, Limits(memory=64 << 20))] == ["memory.limit_in_bytes"]
     with pytest.raises(NotSupportedHere, match="swap"):
         fake.manager.apply(group, Limits(memory=64 << 20, memory_swap=128 << 20))
 
 
-def test_add_writes_the_pid_to_every_hierarchy(fake, scope):
-    group = fake.manager.create("labcore-p", scope)
+def test_add_writes_the_pid_to_every_hierarchy(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-p", fake_tree_scope)
     fake.writes.clear()
     fake.manager.add(group, 4242)
     assert sorted(path for path, _ in fake.writes) == sorted(
@@ -241,8 +231,8 @@ def test_add_writes_the_pid_to_every_hierarchy(fake, scope):
     assert {value for _, value in fake.writes} == {"4242"}
 
 
-def test_stats_read_the_v1_files(fake, scope):
-    group = fake.manager.create("labcore-st", scope)
+def test_stats_read_the_v1_files(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-st", fake_tree_scope)
     d = group.dirs
     (d["cpuacct"] / "cpuacct.usage").write_text("2500000000\n")
     (d["cpu"] / "cpu.stat").write_text("nr_periods 10\nnr_throttled 7\nthrottled_time 350000000\n")
@@ -260,8 +250,8 @@ def test_stats_read_the_v1_files(fake, scope):
                                   io_write_bytes=8192)
 
 
-def test_freeze_and_thaw_write_freezer_state(fake, scope):
-    group = fake.manager.create("labcore-f", scope)
+def test_freeze_and_thaw_write_freezer_state(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-f", fake_tree_scope)
     assert fake.manager.freeze(group) is True
     assert (group.dirs["freezer"] / "freezer.state").read_text() == "FROZEN"
     assert fake.manager.thaw(group) is True
@@ -270,8 +260,8 @@ def test_freeze_and_thaw_write_freezer_state(fake, scope):
 
 # --- errors that teach -------------------------------------------------------------------------------------
 
-def test_a_refused_write_is_needs_privilege_naming_the_file(fake, scope, monkeypatch):
-    group = fake.manager.create("labcore-e", scope)
+def test_a_refused_write_is_needs_privilege_naming_the_file(fake, fake_tree_scope, monkeypatch):
+    group = fake.manager.create("labcore-e", fake_tree_scope)
     refusal = PermissionError(errno.EACCES, "Permission denied")
 
     def refuse(*args):

@@ -10,7 +10,6 @@ from labcore.cgroups import open_manager
 from labcore.cgroups.limits import Limits, parse_run_limits
 from labcore.cgroups.v2 import V2Manager
 from labcore.errors import NotSupportedHere
-from labcore.journal import Scope
 
 V2_MOUNTINFO = "25 19 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 ROOT_CONTROLLERS = "cpuset cpu io memory hugetlb pids rdma misc"
@@ -75,15 +74,6 @@ class FakeV2:
 
 
 @pytest.fixture
-def scope():
-    """A scope whose records are dropped, not undone, afterwards: rmdir cannot remove a fake tree's files."""
-    scope = Scope()
-    yield scope
-    for entry in scope.release():
-        scope.journal.forget(entry)
-
-
-@pytest.fixture
 def fake(tmp_path, monkeypatch):
     return FakeV2(tmp_path, monkeypatch)
 
@@ -92,37 +82,37 @@ def test_open_manager_on_a_unified_host_is_v2(fake):
     assert isinstance(fake.manager, V2Manager) and fake.manager.version == "v2"
 
 
-def test_create_enables_controllers_top_down_and_journals_parent_and_group(fake, scope):
-    group = fake.manager.create("labcore-c1", scope)
+def test_create_enables_controllers_top_down_and_journals_parent_and_group(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-c1", fake_tree_scope)
     assert group.dirs == {"unified": fake.mount / "labcore/labcore-c1"}
     assert fake.writes == [("cgroup.subtree_control", f"+{c}") for c in ("cpu", "memory", "pids", "io")] + [
         ("labcore/cgroup.subtree_control", f"+{c}") for c in ("cpu", "memory", "pids", "io")]
     assert (group.path / "memory.max").exists() and (group.path / "io.max").exists()
-    assert [(e.kind, e.undo, e.args["path"]) for e in scope.entries] == [
+    assert [(e.kind, e.undo, e.args["path"]) for e in fake_tree_scope.entries] == [
         ("cgroup", "rmdir_cgroup", str(fake.mount / "labcore")),
         ("cgroup", "rmdir_cgroup", str(fake.mount / "labcore/labcore-c1"))]
 
 
-def test_controllers_already_enabled_are_not_written_again(tmp_path, monkeypatch, scope):
+def test_controllers_already_enabled_are_not_written_again(tmp_path, monkeypatch, fake_tree_scope):
     fake = FakeV2(tmp_path, monkeypatch, root_enabled="cpu io memory pids")
-    fake.manager.create("labcore-a", scope)
+    fake.manager.create("labcore-a", fake_tree_scope)
     fake.writes.clear()
-    fake.manager.create("labcore-b", scope)
+    fake.manager.create("labcore-b", fake_tree_scope)
     assert fake.writes == []            # the root and labcore already pass all four down
 
 
-def test_the_labcore_parent_holds_no_processes(fake, scope):
-    group = fake.manager.create("labcore-c1", scope)
+def test_the_labcore_parent_holds_no_processes(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-c1", fake_tree_scope)
     fake.manager.add(group, 4242)
     assert fake.writes[-1] == ("labcore/labcore-c1/cgroup.procs", "4242")
     assert (fake.mount / "labcore/cgroup.procs").read_text() == ""
 
 
-def test_apply_writes_the_v2_files(fake, scope, monkeypatch):
+def test_apply_writes_the_v2_files(fake, fake_tree_scope, monkeypatch):
     monkeypatch.setattr(limits_module, "block_device_numbers", lambda path: (254, 0))
     limits = parse_run_limits(memory="64m", cpus="0.5", cpu_shares="512", pids_limit="10",
                               device_read_bps=["/dev/vda:1mb"], device_write_bps=["/dev/vda:2mb"])
-    group = fake.manager.create("labcore-c1", scope)
+    group = fake.manager.create("labcore-c1", fake_tree_scope)
     fake.writes.clear()
     fake.manager.apply(group, limits)
     g = "labcore/labcore-c1/"
@@ -136,28 +126,28 @@ def test_apply_writes_the_v2_files(fake, scope, monkeypatch):
     ]
 
 
-def test_memory_swap_is_swap_max_on_v2(fake, scope):
-    group = fake.manager.create("labcore-s", scope)
+def test_memory_swap_is_swap_max_on_v2(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-s", fake_tree_scope)
     writes = fake.manager.apply(group, parse_run_limits(memory="64m", memory_swap="96m"))
     assert [(p.name, v) for p, v in writes] == [("memory.max", "67108864"), ("memory.swap.max", "33554432")]
 
 
-def test_device_rules_are_refused_before_anything_is_created(fake, scope):
+def test_device_rules_are_refused_before_anything_is_created(fake, fake_tree_scope):
     limits = parse_run_limits(device_cgroup_rule=["c 1:3 rwm"])
     with pytest.raises(NotSupportedHere, match="BPF_PROG_TYPE_CGROUP_DEVICE"):
-        fake.manager.create_for_container("abc123", limits, scope)
-    assert not scope.entries and not (fake.mount / "labcore").exists()
+        fake.manager.create_for_container("abc123", limits, fake_tree_scope)
+    assert not fake_tree_scope.entries and not (fake.mount / "labcore").exists()
 
 
-def test_create_for_container_names_limits_and_journals(fake, scope):
-    group = fake.manager.create_for_container("abc123", Limits(pids=5), scope)
+def test_create_for_container_names_limits_and_journals(fake, fake_tree_scope):
+    group = fake.manager.create_for_container("abc123", Limits(pids=5), fake_tree_scope)
     assert group.name == "labcore/labcore-abc123"
     assert (group.path / "pids.max").read_text() == "5"
-    assert len(scope.entries) == 2
+    assert len(fake_tree_scope.entries) == 2
 
 
-def test_stats_read_the_v2_files(fake, scope):
-    group = fake.manager.create("labcore-st", scope)
+def test_stats_read_the_v2_files(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-st", fake_tree_scope)
     d = group.path
     (d / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2400000\nsystem_usec 100000\n"
                                 "nr_periods 10\nnr_throttled 7\nthrottled_usec 350000\n")
@@ -174,8 +164,8 @@ def test_stats_read_the_v2_files(fake, scope):
         io_read_bytes=8192, io_write_bytes=8192)
 
 
-def test_freeze_writes_cgroup_freeze_and_reads_cgroup_events(fake, scope):
-    group = fake.manager.create("labcore-f", scope)
+def test_freeze_writes_cgroup_freeze_and_reads_cgroup_events(fake, fake_tree_scope):
+    group = fake.manager.create("labcore-f", fake_tree_scope)
     fake.manager.set_frozen(group, True)
     assert (group.path / "cgroup.freeze").read_text() == "1"
     assert fake.manager.is_frozen(group) is False         # until the kernel reports it in cgroup.events
@@ -186,10 +176,10 @@ def test_freeze_writes_cgroup_freeze_and_reads_cgroup_events(fake, scope):
     assert (group.path / "cgroup.freeze").read_text() == "0"
 
 
-def test_limits_of_and_tree_dot_read_the_live_tree(fake, scope):
+def test_limits_of_and_tree_dot_read_the_live_tree(fake, fake_tree_scope):
     from labcore.cgroups.steps import tree_dot
-    outer = fake.manager.create("labcore-outer", scope)
-    inner = fake.manager.create("labcore-inner", scope, parent=outer)
+    outer = fake.manager.create("labcore-outer", fake_tree_scope)
+    inner = fake.manager.create("labcore-inner", fake_tree_scope, parent=outer)
     fake.manager.apply(outer, Limits(memory=64 << 20))
     fake.manager.apply(inner, Limits(memory=128 << 20))
     assert fake.manager.limits_of(inner)["memory.max"] == "134217728"
