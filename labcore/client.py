@@ -215,10 +215,26 @@ def body_from_spec(spec) -> dict:
                        "PidsLimit only", fix="run without --host/LABCORE_HOST for the other limits")
     host = {"AutoRemove": spec.rm, "Memory": limits.memory or 0, "CpuShares": limits.cpu_shares or 0,
             "NanoCpus": int((limits.cpus or 0) * 1e9), "PidsLimit": limits.pids or 0,
-            "NetworkMode": spec.network, "Binds": spec.volumes, "PortBindings": port_bindings(spec.publish)}
+            "NetworkMode": spec.network, "Binds": spec.volumes, "PortBindings": port_bindings(spec.publish),
+            **security_host_config(spec)}
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
             "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host}
+
+
+def security_host_config(spec) -> dict:
+    """The confinement flags as Docker's HostConfig fields; --device as {PathOnHost, PathInContainer,
+    CgroupPermissions}, the docker CLI's shape."""
+    devices = []
+    for text in spec.devices:
+        host, _, rest = text.partition(":")
+        target, _, permissions = rest.partition(":")
+        if target and set(target) <= set("rwm"):
+            target, permissions = "", target
+        devices.append({"PathOnHost": host, "PathInContainer": target or host,
+                        "CgroupPermissions": permissions or "rwm"})
+    return {"Privileged": spec.privileged, "CapAdd": spec.cap_add, "CapDrop": spec.cap_drop,
+            "SecurityOpt": spec.security_opt, "ReadonlyRootfs": spec.read_only, "Devices": devices}
 
 
 def port_bindings(published: list[str]) -> dict:

@@ -4,8 +4,10 @@
 
     create   check the spec and find the image; its layers (unpacked once, ``labcore.layers``); the state dir
              fork the "shim", which unshares the namespaces and forks pid 1;
-             pid 1 mounts its root filesystem (``labcore.rootfs``), pivots into it, sets the hostname, waits
-    start    pid 1 drops to the user, enters the working directory and execve()s the command
+             pid 1 mounts its root filesystem (``labcore.rootfs``), pivots into it, sets the hostname,
+             makes /proc/sys read-only and masks /proc/keys (``labcore.confinement``), waits
+    start    pid 1 loads the seccomp filter, drops capabilities and becomes the user, enters the working
+             directory and execve()s the command
     wait     the shim reaps pid 1: its exit code, or 128+N when signal N killed it
 
 Why two processes: unshare(CLONE_NEWPID) does not move the caller, only its next child, which becomes pid 1
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import journal, layers, paths, rootfs, syscalls, userns
+from labcore import confinement, journal, layers, paths, rootfs, syscalls, userns, users
 from labcore.errors import from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
@@ -264,22 +266,27 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
     """`docker exec`: a new process that joins pid 1's namespaces with setns(2) and runs a command there.
 
     setns(CLONE_NEWPID) moves only the caller's future children (pid_namespaces(7)), so the joiner forks
-    once more; the command is that child. Joining the mount namespace also sets the root to the container's
+    once more; the command is that child. It joins pid 1's cgroups first, and gets the same capabilities,
+    seccomp filter and no_new_privs as pid 1: an exec is no way around the confinement. Joining the mount namespace also sets the root to the container's
     (setns(2)), so no chroot is needed."""
     config = record.config
     kinds = ["ipc", "uts", "net", "pid", "mnt", "cgroup"] + (["user"] if config.get("rootless") else [])
     env = _merge_env(config["env"], request.get("env") or [])
-    uid, gid = parse_user(request.get("user") or config["spec"].get("user") or "0")
+    user = request.get("user") or config["spec"].get("user") or "0"
     workdir = request.get("workdir") or config["workdir"]
+    confined = confinement.confinement_for(Spec(**config["spec"]))   # docker exec is confined as pid 1 is
 
     def join(channel: Channel) -> None:
         from labcore.namespaces import enter_namespaces
+        if not config.get("rootless"):
+            from labcore.cgroups import join_cgroups_of
+            join_cgroups_of(record.pid)             # its limits and device list, before its cgroup namespace
         enter_namespaces(record.pid, kinds)
         pid = os.fork()
         if pid == 0:
             try:
                 attach_stdio(stdio.child_fds)
-                become_user(uid, gid, config.get("rootless", False))
+                become_confined_user(confined, user, config.get("rootless", False))
                 enter_workdir(workdir)
                 reset_signals()
                 execute(request["cmd"], env)
@@ -326,19 +333,22 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
 
 
 def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
-    """In the new pid namespace as pid 1: build the root, wait for start, become the command."""
+    """In the new pid namespace as pid 1: build the root, confine it, wait for start, become the command."""
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
-        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes)
+        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes,
+                                    plan.confinement)
         syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
+        os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root, before --read-only
+        confinement.finalize_root(plan.confinement)           # on the container's own /proc and /sys
+        confinement.forbid_new_privileges(plan.confinement)   # runc: before it reports ready
         terminal = open_terminal() if stdio.mode == "tty" else None
         channel.send("ready")
         if terminal is not None:
             send_fd(channel, terminal)              # runc's "console socket": the parent gets the master
             os.close(terminal)
         channel.recv()                              # start
-        os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root
-        become_user(plan.uid, plan.gid, plan.rootless)
+        become_confined_user(plan.confinement, plan.user, plan.rootless)
         enter_workdir(plan.workdir)
         reset_signals()
         execute(plan.argv, plan.env)
@@ -349,16 +359,14 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             os._exit(127)
 
 
-def become_user(uid: int, gid: int, rootless: bool) -> None:
-    try:
-        if not rootless:           # a user namespace has setgroups "deny" (user_namespaces(7))
-            os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as err:
-        raise from_oserror(err, f"setgid({gid}); setuid({uid})",
-                           fix="a rootless container maps only uid 0 (your own uid): run without --user"
-                           if rootless else None) from err
+def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool) -> None:
+    """The user from the image's /etc/passwd and /etc/group, with the confinement's capabilities and
+    seccomp filter (``labcore.confinement.drop_privileges``): the last step before execve."""
+    identity = users.resolve(user)
+    if rootless and (identity.uid, identity.gid) != (0, 0):
+        raise from_oserror(OSError(errno.EINVAL, os.strerror(errno.EINVAL)), f"setresuid({identity.uid})",
+                           fix="a rootless container maps only uid 0 (your own uid): run without --user")
+    confinement.drop_privileges(confined, identity, rootless)
 
 
 def enter_workdir(workdir: str) -> None:

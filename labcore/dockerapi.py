@@ -148,7 +148,18 @@ def spec_from_body(body: dict, name: str) -> Spec:
                 rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host),
                 network="none" if host.get("NetworkMode") == "none" else "bridge",
                 publish=publish_from_bindings(host.get("PortBindings") or {}),
-                volumes=list(host.get("Binds") or []))        # `-v /:/host:ro` arrives as Binds
+                volumes=list(host.get("Binds") or []),        # `-v /:/host:ro` arrives as Binds
+                **security_from_host_config(host))
+
+
+def security_from_host_config(host: dict) -> dict:
+    """HostConfig's confinement fields as the Spec's: Privileged, CapAdd, CapDrop, SecurityOpt,
+    ReadonlyRootfs, and Devices ({PathOnHost, PathInContainer, CgroupPermissions}) as `--device` values."""
+    devices = [f"{d.get('PathOnHost', '')}:{d.get('PathInContainer') or d.get('PathOnHost', '')}:"
+               f"{d.get('CgroupPermissions') or 'rwm'}" for d in host.get("Devices") or []]
+    return {"privileged": bool(host.get("Privileged")), "cap_add": list(host.get("CapAdd") or []),
+            "cap_drop": list(host.get("CapDrop") or []), "security_opt": list(host.get("SecurityOpt") or []),
+            "read_only": bool(host.get("ReadonlyRootfs")), "devices": devices}
 
 
 def publish_from_bindings(bindings: dict) -> list[str]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import journal, syscalls, userns
+from labcore.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
 from labcore.errors import LabError, NotSupportedHere, from_oserror
 from labcore.process import Child, exit_code
 
@@ -43,17 +44,6 @@ MODE_ROOT = "root: everything real"
 MODE_ROOTLESS = "rootless: steps run inside a user namespace"
 MODE_READ_ONLY = "read-only: explanations only"
 
-# <linux/capability.h>, bit number = index. capabilities(7) documents each one.
-CAPABILITY_NAMES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
-    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-)
 # cgroups(7), "Cgroups version 1 controllers": the superblock options of a v1 mount that name one.
 V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio",
                   "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc"}
@@ -131,13 +121,6 @@ def check(timeout: float = TIMEOUT) -> Report:
 
 def status_fields(status_text: str) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in status_text.splitlines() if ":\t" in line)
-
-
-def decode_capabilities(hex_mask: str) -> list[str]:
-    """CapEff as names: bit N set means capability N (capabilities(7)); unknown bits as ``cap_N``."""
-    mask = int(hex_mask, 16)
-    return [CAPABILITY_NAMES[bit] if bit < len(CAPABILITY_NAMES) else f"cap_{bit}"
-            for bit in range(mask.bit_length()) if mask >> bit & 1]
 
 
 def identity(status_text: str) -> dict[str, Capability]:

@@ -14,6 +14,7 @@ prepareRoot, mountToRootfs, createDevices, setupDevSymlinks, pivotRoot), done by
     mount(NULL, "/", MS_REC|MS_PRIVATE)      in a new mount namespace: nothing propagates to the host
     mount(root, root, MS_BIND|MS_REC)        pivot_root needs the new root to be a mount point
     proc, a tmpfs /dev, sysfs, under root    while the host's /dev and /sys are still reachable
+    the cgroupfs, read-only                  runc mounts it as one of the spec's mounts (``mount_cgroupfs``)
     pivot_root(".", ".")                     the old root is now stacked on "/" ...
     mount(NULL, ".", MS_REC|MS_PRIVATE); umount2(".", MNT_DETACH)     ... and gone
 
@@ -213,17 +214,22 @@ def _pivot_then_escape(root: str, known: dict) -> tuple[dict, dict]:
 
 # --- the container's root, in runc's order ----------------------------------------------------------------
 
-def mount_container_root(root: str, rootless: bool, layers: str | None = None, volumes=()) -> None:
+def mount_container_root(root: str, rootless: bool, layers: str | None = None, volumes=(),
+                         confinement=None) -> None:
     """Build the container's mounts under ``root`` and pivot into it. Runs in pid 1, in new mnt+pid namespaces.
 
-    ``layers``: the overlay's options (``labcore.layers``); ``volumes``: (host, target, read_only) bind mounts."""
+    ``layers``: the overlay's options (``labcore.layers``); ``volumes``: (host, target, read_only) bind mounts;
+    ``confinement``: which devices it gets and whether /sys and the cgroupfs are read-only
+    (``labcore.confinement``; default: Docker's)."""
+    privileged = bool(confinement and confinement.privileged)
     make_mounts_private()          # first: a mount made before this would propagate to the host's namespace
     if layers:
         mount_layers(root, layers)  # the image's layers and the container's upperdir, merged at root
     bind_root(root)                # pivot_root(2) requires new_root to be a mount point
     mount_proc(root)               # proc shows the pid namespace of whoever mounts it: pid 1's, here
-    mount_dev(root, rootless)      # before the pivot: rootless binds the host's device nodes from /dev
-    mount_sys(root, rootless)      # likewise, a rootless fallback binds the host's /sys
+    mount_dev(root, rootless, confinement)   # before the pivot: rootless binds the host's device nodes
+    mount_sys(root, rootless, read_only=not privileged)   # a rootless fallback binds the host's /sys
+    mount_cgroupfs(root, rootless, read_only=not privileged)
     mount_volumes(root, volumes)   # after the defaults, as runc mounts the user's; binds need the host's tree
     pivot_to(root)                 # last: afterwards nothing of the host's tree is reachable
 
@@ -300,18 +306,22 @@ def mount_proc(root: str) -> None:
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def mount_dev(root: str, rootless: bool) -> None:
-    """A small tmpfs /dev with the default devices, its own ptys, shm and mqueue, and the usual symlinks."""
+def mount_dev(root: str, rootless: bool, confinement=None) -> None:
+    """A small tmpfs /dev with the default devices (all of the host's with --privileged, and those of
+    --device), its own ptys, shm and mqueue, and the usual symlinks."""
     dev = f"{root}/dev"
     _mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=65536k")
     make_device_nodes(dev, rootless)
+    if confinement is not None:
+        add_devices(dev, rootless, confinement)
     # newinstance: this /dev/pts numbers its own ptys; gid=5 (tty) exists only when root maps all gids.
     pts_options = "newinstance,ptmxmode=0666,mode=0620" + ("" if rootless else ",gid=5")
     _mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
     _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
     _mount("mqueue", f"{dev}/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for name, target in DEV_SYMLINKS.items():
-        os.symlink(target, f"{dev}/{name}")
+        if not os.path.lexists(f"{dev}/{name}"):
+            os.symlink(target, f"{dev}/{name}")
 
 
 def make_device_nodes(dev: str, rootless: bool) -> None:
@@ -329,14 +339,98 @@ def make_device_nodes(dev: str, rootless: bool) -> None:
         os.umask(umask)
 
 
-def mount_sys(root: str, rootless: bool) -> None:
-    """sysfs, read-only; rootless, where the kernel refuses sysfs, the host's /sys bound read-only (runc)."""
+# Not devices: the host's own /dev/pts, shm and mqueue are replaced by the container's (runc, HostDevices).
+_NOT_HOST_DEVICES = {"pts", "shm", "mqueue", "fd", "stdin", "stdout", "stderr", "ptmx", "console"}
+
+
+def host_devices() -> list:
+    """Every device node below the host's /dev, as ``labcore.confinement.Device`` (--privileged's list)."""
+    from labcore.confinement import Device
+    found = []
+    for here, subdirs, names in os.walk("/dev"):
+        subdirs[:] = [d for d in subdirs if not (here == "/dev" and d in _NOT_HOST_DEVICES)]
+        for name in names:
+            path = os.path.join(here, name)
+            info = os.lstat(path)
+            if (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)) and not \
+                    (here == "/dev" and name in _NOT_HOST_DEVICES | set(DEVICES)):
+                found.append(Device(path, path, "c" if stat.S_ISCHR(info.st_mode) else "b",
+                                    os.major(info.st_rdev), os.minor(info.st_rdev), "rwm", stat.S_IMODE(info.st_mode)))
+    return found
+
+
+def add_devices(dev: str, rootless: bool, confinement) -> None:
+    """--device nodes, and every host device with --privileged: mknod as root, a bind mount rootless."""
+    extra = [*confinement.devices, *(host_devices() if confinement.privileged else [])]
+    umask = os.umask(0)
+    try:
+        for device in extra:
+            inside = make_mountpoint(os.path.dirname(dev), device.target, directory=False) if rootless \
+                else _device_path(dev, device.target)
+            if rootless:
+                syscalls.mount(device.host, inside, None, MS_BIND)
+            elif not os.path.lexists(inside):
+                kind = stat.S_IFBLK if device.kind == "b" else stat.S_IFCHR
+                syscalls.mknod(inside, kind | device.mode, os.makedev(device.major, device.minor))
+    finally:
+        os.umask(umask)
+
+
+def _device_path(dev: str, target: str) -> str:
+    """Where a device node goes under the container's /dev tmpfs (a --device target outside /dev is made
+    there too, as Docker allows: /dev is the usual place)."""
+    relative = os.path.relpath(target, "/dev") if target.startswith("/dev/") else target.lstrip("/")
+    path = os.path.join(dev, relative) if target.startswith("/dev/") else os.path.join(os.path.dirname(dev),
+                                                                                        relative)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
+def mount_sys(root: str, rootless: bool, read_only: bool = True) -> None:
+    """sysfs, read-only unless privileged; rootless, where the kernel refuses sysfs, the host's /sys bound
+    read-only (runc)."""
     target = f"{root}/sys"
-    flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    flags = (MS_RDONLY if read_only else 0) | MS_NOSUID | MS_NODEV | MS_NOEXEC
     try:
         _mount("sysfs", target, "sysfs", flags)
     except NeedsPrivilege:
         if not rootless:
             raise
         syscalls.mount("/sys", target, None, MS_BIND | MS_REC)
-        syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+        syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def mount_cgroupfs(root: str, rootless: bool, read_only: bool = True) -> None:
+    """The container's own cgroups at /sys/fs/cgroup, read-only unless privileged, as Docker mounts them.
+
+    pid 1 is in a cgroup namespace (cgroup_namespaces(7)) whose root is the container's group: a cgroupfs
+    mounted here shows that group as its top, and nothing above. Read-only, its root cannot write the
+    limits it lives under. v2: one cgroup2 mount. v1: a tmpfs holding one mount per hierarchy, named as on
+    the host. A user namespace may mount cgroup2 but not v1 hierarchies (only the initial user namespace
+    may): rootless on v1 keeps sysfs's empty /sys/fs/cgroup."""
+    from labcore.cgroups import detect
+    target = f"{root}/sys/fs/cgroup"
+    flags = (MS_RDONLY if read_only else 0) | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    layout = detect()
+    if layout.kind == "v2":
+        syscalls.mount("cgroup2", target, "cgroup2", flags)
+        return
+    if rootless:
+        return
+    syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+    for name, options in v1_hierarchies():
+        _mount("cgroup", f"{target}/{name}", "cgroup", flags, options)
+
+
+def v1_hierarchies() -> list[tuple[str, str]]:
+    """(directory name under /sys/fs/cgroup, the controllers or name= as mount options) of each v1 hierarchy
+    mounted on the host, from /proc/self/mountinfo (proc(5))."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _source, options = (right.split() + ["", ""])[:3]
+        point = left.split()[4]
+        if fstype == "cgroup" and point.startswith("/sys/fs/cgroup/"):
+            wanted = [o for o in options.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent")]
+            found.append((os.path.basename(point), ",".join(wanted)))
+    return found

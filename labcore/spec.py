@@ -7,7 +7,10 @@ them against the image's config, following Docker's rules ("ENTRYPOINT and CMD" 
               Entrypoint and drops Cmd (it was written for the old entrypoint)
     env       PATH and HOSTNAME as Docker sets them, the image's Env, then -e (NAME alone passes yours on)
     workdir   -w, else the image's WorkingDir, else /
-    user      --user UID[:GID], else the image's User, else root
+    user      --user NAME|UID[:GROUP|GID], else the image's User, else root; resolved in the image's
+              /etc/passwd and /etc/group by pid 1 (``labcore.users``), with the supplementary groups
+    confined  Docker's default confinement, changed by --privileged, --cap-add/--cap-drop, --security-opt,
+              --read-only and --device (``labcore.confinement``)
 
 Every malformed value is refused here with ``BadInput`` naming the accepted form, so a bad `labcore run`
 changes nothing on the host. Next: ``labcore.container`` turns a plan into processes.
@@ -47,6 +50,12 @@ class Spec:
     network: str = "bridge"                   # Docker's default; "none": loopback only
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
     volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
+    privileged: bool = False                  # every capability and device, no seccomp, nothing masked
+    cap_add: list[str] = field(default_factory=list)      # capability names, or ALL
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)  # seccomp=unconfined|PATH, no-new-privileges
+    read_only: bool = False                   # the root filesystem mounted read-only
+    devices: list[str] = field(default_factory=list)  # --device HOST[:CONTAINER[:PERMISSIONS]]
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -66,6 +75,8 @@ class Plan:
     limits: object = None                     # labcore.cgroups.limits.Limits
     volumes: list = field(default_factory=list)   # (host, target, read_only), from parse_volume
     layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
+    user: str = "0"                           # NAME|UID[:GROUP|GID], resolved in the image by pid 1
+    confinement: object = None                # labcore.confinement.Confinement
 
 
 # --- checking and resolving, before anything exists ------------------------------------------------------
@@ -85,7 +96,8 @@ def check_spec(spec: Spec) -> None:
     if spec.workdir is not None and not spec.workdir.startswith("/"):
         raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
     if spec.user is not None:
-        parse_user(spec.user)
+        from labcore.users import check_user
+        check_user(spec.user)
     if spec.network not in ("bridge", "none"):
         raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
     if spec.publish and spec.network == "none":
@@ -114,7 +126,10 @@ def parse_volume(volume: str) -> tuple[str, str, bool]:
 
 
 def parse_user(user: str) -> tuple[int, int]:
-    """``UID`` or ``UID:GID`` -> (uid, gid); the gid is 0 when not given."""
+    """``UID`` or ``UID:GID`` -> (uid, gid); the gid is 0 when not given. A name counts as uid 0 here, where
+    only HOME depends on it; pid 1 looks it up in the image (``labcore.users``)."""
+    if re.match(r"^[A-Za-z_]", user):
+        return (0 if user.partition(":")[0] == "root" else -1), 0
     match = _USER.match(user)
     if not match:
         raise BadInput(f"invalid user {user!r}: labcore accepts a numeric UID or UID:GID",
@@ -151,7 +166,7 @@ def environment(config: dict, spec: Spec, hostname: str, uid: int) -> list[str]:
             env[name] = os.environ[name]
         else:
             env.pop(name, None)
-    env.setdefault("HOME", "/root" if uid == 0 else "/")
+    env.setdefault("HOME", "/root" if uid == 0 else "/")      # -1: a user name, looked up later
     return [f"{name}={value}" for name, value in env.items()]
 
 
@@ -179,13 +194,30 @@ def parse_limits(spec: Spec):
 
 def plan_for(spec: Spec) -> Plan:
     """Resolve ``spec`` against its image. Every refusal (BadInput, NotFound) happens here."""
+    from labcore.confinement import confinement_for
     check_spec(spec)
     limits = parse_limits(spec)
+    confinement = confinement_for(spec)
     image = find_image(spec.image)
-    uid, gid = parse_user(spec.user or image.config.get("User") or "0")
+    user = spec.user or image.config.get("User") or "0"
+    uid, gid = parse_user(user)
     hostname = spec.hostname or spec.id[:12]
+    rootless = os.geteuid() != 0
     return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
                 argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
-                hostname=hostname, rootless=os.geteuid() != 0, limits=limits,
-                volumes=[parse_volume(volume) for volume in spec.volumes])
+                hostname=hostname, rootless=rootless, limits=with_device_rules(limits, confinement, rootless),
+                volumes=[parse_volume(volume) for volume in spec.volumes], user=user, confinement=confinement)
+
+
+def with_device_rules(limits, confinement, rootless: bool):
+    """Docker's device allow-list joins the limits of every container it can be enforced on: as root (a
+    user namespace has no device cgroup, and refuses mknod of a device anyway) and not --privileged.
+    --device-cgroup-rule adds to it."""
+    from dataclasses import replace
+    from labcore.confinement import device_rules
+    rules = device_rules(confinement)
+    if rootless or not rules:
+        return limits
+    extra = tuple(rule for rule in limits.devices if rule not in rules)
+    return replace(limits, devices=rules + extra)

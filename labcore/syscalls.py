@@ -12,6 +12,11 @@ read in this package is what you read in the man pages:
     sethostname(2)  set the UTS namespace's hostname                         man 2 sethostname
     mknod(2)        create a device node                                     man 2 mknod
     ioctl(2)        SIOCSIFFLAGS: bring a network interface up               man 7 netdevice
+    prctl(2)        drop a capability from the bounding set, no_new_privs    man 2 prctl
+    capset(2)       set the effective, permitted, inheritable capabilities    man 2 capset
+    setgroups(2), setresgid(2), setresuid(2)   become the container's user   man 2 setresuid
+    seccomp(2)      load a syscall filter (built by libseccomp)              man 2 seccomp
+    bpf(2)          load and attach a cgroup v2 device program               man 2 bpf
 
 Python has ``os.unshare``/``os.setns`` from 3.12; on older versions they are called through ctypes. No other
 module in the package uses ctypes for privileged work: everything goes through the functions below, which
@@ -55,6 +60,24 @@ MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MS_SHARED = 0x100000
 MNT_DETACH = 0x2
+
+# <linux/prctl.h>: prctl(2) options; <linux/capability.h>: capset(2)'s header version (64-bit masks).
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_PRCTL_NAMES = {PR_SET_KEEPCAPS: "PR_SET_KEEPCAPS", PR_CAPBSET_DROP: "PR_CAPBSET_DROP",
+                PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS", PR_GET_NO_NEW_PRIVS: "PR_GET_NO_NEW_PRIVS",
+                PR_CAP_AMBIENT: "PR_CAP_AMBIENT"}
+# <asm/unistd_64.h>, <asm-generic/unistd.h>: calls glibc has no wrapper for.
+_SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321}, "aarch64": {"pivot_root": 41, "bpf": 280}}
+
+
+def syscall_number(name: str) -> int:
+    return _SYSCALL_NUMBERS.get(os.uname().machine, _SYSCALL_NUMBERS["x86_64"])[name]
 
 # <linux/sockios.h>, <net/if.h>: interface flags.
 SIOCGIFFLAGS = 0x8913
@@ -136,8 +159,8 @@ class Kernel:
 
     def pivot_root(self, new_root: str, put_old: str) -> None:
         # glibc has no wrapper for pivot_root(2); call it by number (155 on x86_64, 41 on aarch64).
-        number = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
-        result = self._libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode())
+        result = self._libc.syscall(ctypes.c_long(syscall_number("pivot_root")), new_root.encode(),
+                                    put_old.encode())
         self._check(result, f"pivot_root(new_root, put_old={put_old!r})", new_root)
 
     def chroot(self, path: str) -> None:
@@ -171,6 +194,57 @@ class Kernel:
                 raise from_oserror(err, f"ioctl(SIOCSIFFLAGS, {name} up)", name) from err
 
 
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int:
+        result = self._libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if result < 0:
+            self._check(result, f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2})")
+        return result
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        """capset(2) with version 3: two 32-bit words per set, low word first (capability.h)."""
+        header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)       # pid 0: this thread
+        data = (ctypes.c_uint32 * 6)(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF,
+                                     inheritable & 0xFFFFFFFF, effective >> 32, permitted >> 32,
+                                     inheritable >> 32)
+        self._check(self._libc.capset(header, data),
+                    f"capset(effective={effective:#x}, permitted={permitted:#x}, inheritable={inheritable:#x})")
+
+    def setgroups(self, groups: list[int]) -> None:
+        try:
+            os.setgroups(groups)
+        except OSError as err:
+            raise from_oserror(err, f"setgroups({groups})") from err
+
+    def setresgid(self, gid: int) -> None:
+        try:
+            os.setresgid(gid, gid, gid)
+        except OSError as err:
+            raise from_oserror(err, f"setresgid({gid})") from err
+
+    def setresuid(self, uid: int) -> None:
+        try:
+            os.setresuid(uid, uid, uid)
+        except OSError as err:
+            raise from_oserror(err, f"setresuid({uid})") from err
+
+    def load_seccomp(self, seccomp_filter) -> None:
+        """seccomp(SECCOMP_SET_MODE_FILTER) of a filter libseccomp compiled (``labcore.seccomp``)."""
+        try:
+            seccomp_filter.load()
+        except OSError as err:
+            raise from_oserror(err, "seccomp(SECCOMP_SET_MODE_FILTER)") from err
+
+    def bpf(self, command: int, attr: bytes, name: str) -> int:
+        """bpf(2): ``attr`` is the command's union bpf_attr, packed; returns what the call returns (an fd)."""
+        buffer = ctypes.create_string_buffer(attr, len(attr))
+        result = self._libc.syscall(ctypes.c_long(syscall_number("bpf")), ctypes.c_int(command), buffer,
+                                    ctypes.c_uint(len(attr)))
+        if result < 0:
+            self._check(result, name)
+        return result
+
+
 class Recorder:
     """A fake kernel that records each call, for unit tests of step order without root.
 
@@ -193,11 +267,12 @@ class Recorder:
             if name in self.fail:
                 code = self.fail[name]
                 raise from_oserror(OSError(code, os.strerror(code)), name)
+            return 0                  # what a successful call returns (bpf's fd, prctl's value)
         return record
 
 
 _SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod",
-             "set_interface_up")
+             "set_interface_up", "prctl", "capset", "setgroups", "setresgid", "setresuid", "load_seccomp", "bpf")
 _backend: Kernel | Recorder | None = None
 
 
@@ -255,3 +330,31 @@ def mknod(path: str, mode: int, device: int) -> None:
 
 def set_interface_up(name: str) -> None:
     backend().set_interface_up(name)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    return backend().prctl(option, arg2, arg3)
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    backend().capset(effective, permitted, inheritable)
+
+
+def setgroups(groups: list[int]) -> None:
+    backend().setgroups(groups)
+
+
+def setresgid(gid: int) -> None:
+    backend().setresgid(gid)
+
+
+def setresuid(uid: int) -> None:
+    backend().setresuid(uid)
+
+
+def load_seccomp(seccomp_filter) -> None:
+    backend().load_seccomp(seccomp_filter)
+
+
+def bpf(command: int, attr: bytes, name: str = "bpf") -> int:
+    return backend().bpf(command, attr, name)

@@ -178,8 +178,13 @@ class Manager:
         self.layout = layout
 
     # Backend hooks: where a group lives, and which files say what.
-    def hierarchy_dirs(self, name: str) -> dict[str, Path]:
+    def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
+        """The group's directory in each hierarchy (v1: only ``controllers``' when given)."""
         raise NotImplementedError
+
+    def controllers_for(self, limits):
+        """The hierarchies a container with ``limits`` needs; None: all of them."""
+        return None
 
     def prepare_parent(self, name: str) -> None:
         """Make the group ``name`` ready to hold child groups (v2: switch its controllers on)."""
@@ -204,7 +209,7 @@ class Manager:
         raise NotImplementedError
 
     # Shared steps.
-    def create(self, name: str, scope: Scope, parent: Group | None = None) -> Group:
+    def create(self, name: str, scope: Scope, parent: Group | None = None, controllers=None) -> Group:
         """mkdir(2) the group ``name`` below ``parent`` (default: the shared ``labcore`` group), journaled.
 
         Groups go below the root of each hierarchy, not below our own cgroup: this host puts the lab's
@@ -218,15 +223,15 @@ class Manager:
         if parent is None:
             # Each group journals the shared parent too: whichever run ends last finds it empty and
             # removes it; the others leave it, since it still holds their siblings (journal.undo_rmdir_cgroup).
-            entries += self._make(PARENT, scope, shared=True)
+            entries += self._make(PARENT, scope, shared=True, controllers=controllers)
         base = parent.name if parent else PARENT
         self.prepare_parent(base)
-        entries += self._make(f"{base}/{name}", scope)
-        return Group(f"{base}/{name}", self.hierarchy_dirs(f"{base}/{name}"), entries)
+        entries += self._make(f"{base}/{name}", scope, controllers=controllers)
+        return Group(f"{base}/{name}", self.hierarchy_dirs(f"{base}/{name}", controllers), entries)
 
-    def _make(self, name: str, scope: Scope, shared: bool = False) -> list[Entry]:
+    def _make(self, name: str, scope: Scope, shared: bool = False, controllers=None) -> list[Entry]:
         entries = []
-        for directory in dict.fromkeys(self.hierarchy_dirs(name).values()):   # cpu,cpuacct share one
+        for directory in dict.fromkeys(self.hierarchy_dirs(name, controllers).values()):   # cpu,cpuacct share one
             try:
                 os.mkdir(directory)
             except FileNotFoundError as err:
@@ -234,7 +239,7 @@ class Manager:
                     raise from_oserror(err, "mkdir", str(directory), fix=ROOT_FIX) from err
                 # Another run, ending, found the shared parent empty and removed it after we made sure it
                 # existed: make it again (journaled once more, so the last run out still removes it).
-                entries += self._make(PARENT, scope, shared=True)
+                entries += self._make(PARENT, scope, shared=True, controllers=controllers)
                 self.prepare_parent(PARENT)
                 os.mkdir(directory)
             except FileExistsError as err:
@@ -272,7 +277,7 @@ class Manager:
         """The group of one container, `labcore-<id>`, with its limits in force; add its pid next."""
         self.check(limits)
         name = container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
-        group = self.create(name, scope)
+        group = self.create(name, scope, controllers=self.controllers_for(limits))
         self.apply(group, limits)
         return group
 
@@ -300,6 +305,23 @@ class Manager:
                 name = str(Path(here, sub).relative_to(first.parent))
                 found.append(Group(name, self.hierarchy_dirs(name)))
         return found
+
+
+def join_cgroups_of(pid: int) -> None:
+    """Move the calling process into the lab's cgroups that ``pid`` is in, as `docker exec` puts its
+    process in the container's: it then counts against the container's limits and its device list.
+    /proc/PID/cgroup names each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
+    layout = detect()
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if f"/{PARENT}/" not in path + "/":
+            continue                                  # not a group the lab made
+        if not controllers:
+            base = layout.v2
+        else:
+            base = next((layout.v1[c] for c in controllers.split(",") if c in layout.v1), None)
+        if base is not None:
+            write(base / path.lstrip("/") / "cgroup.procs", os.getpid())
 
 
 def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None) -> Manager:

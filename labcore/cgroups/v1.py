@@ -30,8 +30,15 @@ CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "devices", "freezer"
 class V1Manager(Manager):
     version = "v1"
 
-    def hierarchy_dirs(self, name: str) -> dict[str, Path]:
-        return {c: self.layout.v1[c] / name for c in CONTROLLERS if c in self.layout.v1}
+    def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
+        return {c: self.layout.v1[c] / name for c in CONTROLLERS
+                if c in self.layout.v1 and (controllers is None or c in controllers)}
+
+    def controllers_for(self, limits):
+        """Only the devices hierarchy for a container that has nothing but Docker's device list: one mkdir
+        instead of seven per container start (bench/: a tenth of a second on this host)."""
+        from dataclasses import replace
+        return ("devices",) if limits.devices and replace(limits, devices=()) == type(limits)() else None
 
     def limit_writes(self, group: Group, limits) -> list[tuple[Path, str]]:
         return [*self._memory(group, limits), *self._cpu(group, limits), *self._pids(group, limits),
@@ -80,6 +87,8 @@ class V1Manager(Manager):
                 for rule in limits.devices]
 
     def stats(self, group: Group) -> Stats:
+        if "memory" not in group.dirs:
+            return Stats()                    # a group for the device list alone measures nothing
         cpu = read_keyed(group.dir("cpu") / "cpu.stat")
         usage_ns = read_int(group.dir("cpuacct") / "cpuacct.usage")
         io = self._io_bytes(group.dir("blkio") / "blkio.throttle.io_service_bytes")

@@ -10,7 +10,7 @@ so ``labcore`` stays empty and the processes live in its children.
     pids      pids.max, pids.current, pids.events
     io        io.max "MAJ:MIN rbps=N wbps=N", io.stat
     (core)    cgroup.freeze, cgroup.events "frozen 1"
-    devices   no files: a BPF_PROG_TYPE_CGROUP_DEVICE program decides (see ``check``)
+    devices   no files: a BPF_PROG_TYPE_CGROUP_DEVICE program decides (``labcore.cgroups.devices``)
 
 Next: ``labcore.cgroups.steps`` enforces each controller and measures it.
 """
@@ -27,7 +27,7 @@ WANTED = ("cpu", "memory", "pids", "io")
 class V2Manager(Manager):
     version = "v2"
 
-    def hierarchy_dirs(self, name: str) -> dict[str, Path]:
+    def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
         return {"unified": self.layout.v2 / name}
 
     def prepare_parent(self, name: str) -> None:
@@ -46,15 +46,21 @@ class V2Manager(Manager):
                     write(directory / "cgroup.subtree_control", f"+{controller}")
 
     def check(self, limits) -> None:
+        """Refuse, before any group exists, a device list a BPF program here cannot express."""
         if limits.devices:
-            raise NotSupportedHere(
-                "device rules need a BPF program on cgroup v2: there are no devices.allow/deny files; runc "
-                "compiles the rules to a BPF_PROG_TYPE_CGROUP_DEVICE program and attaches it with "
-                "bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE) (cgroup-v2.rst, 'Device controller'); the lab does "
-                "not load BPF programs", fix="leave out --device-cgroup-rule here, or use a cgroup v1 host")
+            from labcore.cgroups import devices
+            devices.program(limits.devices)
+
+    def apply(self, group: Group, limits) -> list[tuple[Path, str]]:
+        """The files, then the device list as a BPF program (``labcore.cgroups.devices``): v2 has no
+        devices.allow to write."""
+        writes = super().apply(group, limits)
+        if limits.devices:
+            from labcore.cgroups import devices
+            devices.attach(group.dir("unified"), limits.devices)
+        return writes
 
     def limit_writes(self, group: Group, limits) -> list[tuple[Path, str]]:
-        self.check(limits)
         here = group.dir("unified")
         writes = []
         if limits.memory is not None:

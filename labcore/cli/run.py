@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME[=VALUE]",
                         help="set an environment variable (NAME alone passes yours on)")
     parser.add_argument("-w", "--workdir", help="working directory inside the container")
-    parser.add_argument("-u", "--user", help="UID or UID:GID to run the command as")
+    parser.add_argument("-u", "--user", help="NAME|UID[:GROUP|GID] to run the command as (names from the image)")
     parser.add_argument("--entrypoint", help="overwrite the image's ENTRYPOINT (and drop its CMD)")
     parser.add_argument("--name", default="", help="assign a name to the container")
     parser.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
@@ -45,6 +45,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="limit write rate to a device, e.g. /dev/vda:1mb")
     limits.add_argument("--device-cgroup-rule", action="append", default=[], metavar="RULE",
                         help="allow a device, e.g. 'c 1:3 rwm' (others are denied once one is given)")
+    security = parser.add_argument_group("confinement (Docker's defaults unless changed here)")
+    security.add_argument("--privileged", action="store_true",
+                          help="every capability and host device, no seccomp, nothing masked or read-only")
+    security.add_argument("--cap-add", action="append", default=[], metavar="CAP",
+                          help="add a capability, e.g. NET_ADMIN, or ALL")
+    security.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
+                          help="drop a capability, e.g. CHOWN, or ALL")
+    security.add_argument("--security-opt", action="append", default=[], metavar="OPTION",
+                          help="seccomp=unconfined, seccomp=PROFILE.json (a Docker profile), no-new-privileges")
+    security.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
+    security.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER[:rwm]]",
+                          help="give the container a host device, e.g. /dev/fuse")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
@@ -60,7 +72,9 @@ def spec_from_args(args: argparse.Namespace) -> container.Spec:
                           workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
                           interactive=args.interactive, name=args.name, rm=args.rm,
                           limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
-                          network=args.network, publish=args.publish, volumes=args.volume)
+                          network=args.network, publish=args.publish, volumes=args.volume,
+                          privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
+                          security_opt=args.security_opt, read_only=args.read_only, devices=args.device)
 
 
 def run(args: argparse.Namespace) -> int:

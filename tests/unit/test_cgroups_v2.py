@@ -1,5 +1,6 @@
 """The v2 backend against a fake unified tree that follows the kernel's top-down rule for controllers."""
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -132,10 +133,25 @@ def test_memory_swap_is_swap_max_on_v2(fake, fake_tree_scope):
     assert [(p.name, v) for p, v in writes] == [("memory.max", "67108864"), ("memory.swap.max", "33554432")]
 
 
-def test_device_rules_are_refused_before_anything_is_created(fake, fake_tree_scope):
+def test_device_rules_become_a_bpf_program_loaded_and_attached_to_the_group(fake, fake_tree_scope):
+    from labcore import syscalls
+    from labcore.cgroups import devices
     limits = parse_run_limits(device_cgroup_rule=["c 1:3 rwm"])
-    with pytest.raises(NotSupportedHere, match="BPF_PROG_TYPE_CGROUP_DEVICE"):
+    with syscalls.use(syscalls.Recorder()) as kernel:
         fake.manager.create_for_container("abc123", limits, fake_tree_scope)
+    assert kernel.names() == ["bpf", "bpf"]
+    (load_command, load_attr, _), (attach_command, attach_attr, _) = (args for _, args in kernel.calls)
+    assert (load_command, attach_command) == (devices.BPF_PROG_LOAD, devices.BPF_PROG_ATTACH)
+    assert struct.unpack_from("<II", load_attr) == (devices.BPF_PROG_TYPE_CGROUP_DEVICE,
+                                                    len(devices.program(limits.devices)) // 8)
+    assert struct.unpack_from("<III", attach_attr)[2] == devices.BPF_CGROUP_DEVICE
+
+
+def test_a_device_list_not_starting_with_deny_all_is_refused_before_anything_is_created(fake, fake_tree_scope):
+    from labcore.cgroups.limits import DeviceRule
+    with pytest.raises(NotSupportedHere, match="deny all"):
+        fake.manager.create_for_container("abc123", Limits(devices=(DeviceRule("c", "1", "3", "rwm", False),)),
+                                          fake_tree_scope)
     assert not fake_tree_scope.entries and not (fake.mount / "labcore").exists()
 
 

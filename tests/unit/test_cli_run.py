@@ -35,7 +35,9 @@ def test_entrypoint_is_one_executable_and_empty_clears_it(value, entrypoint):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--user", "abc", "busybox", "id"], "numeric UID or UID:GID"),
+    (["--user", "a b", "busybox", "id"], "--user NAME|UID[:GROUP|GID]"),
+    (["--cap-add", "FLY", "busybox", "id"], "unknown capability: 'FLY' (--cap-add)"),
+    (["--security-opt", "label=disable", "busybox", "id"], "seccomp=unconfined, seccomp=PROFILE.json"),
     (["-e", "=x", "busybox", "id"], "use -e NAME=VALUE"),
     (["nosuch", "id"], "No such image: nosuch"),
 ])

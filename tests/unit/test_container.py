@@ -49,14 +49,34 @@ def test_user_is_uid_or_uid_and_gid(user, ids):
     assert parse_user(user) == ids
 
 
-@pytest.mark.parametrize("user", ["abc", "root", "1000:users", "-1", ""])
-def test_user_names_are_refused_naming_the_accepted_form(user):
-    with pytest.raises(BadInput, match="UID or UID:GID"):
-        parse_user(user)
+@pytest.mark.parametrize("user", ["-1", "", "a b", "1000:", ":5", "x:y:z"])
+def test_malformed_users_are_refused_naming_the_accepted_form(user):
+    from labcore.users import check_user
+    with pytest.raises(BadInput, match="NAME|UID"):
+        check_user(user)
+
+
+def test_user_names_and_supplementary_groups_come_from_the_images_files(tmp_path):
+    from labcore.users import Identity, resolve
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nwheel:x:10:root\nwww:x:33:\nlogs:x:4:web,root\n")
+    assert resolve("root", tmp_path) == Identity(0, 0, (0, 10, 4))
+    assert resolve("web", tmp_path) == Identity(33, 33, (33, 4))
+    assert resolve("1000", tmp_path) == Identity(1000, 0, (0,))          # docker: uid=1000 gid=0 groups=0
+    assert resolve("1000:1000", tmp_path) == Identity(1000, 1000, (1000,))
+    assert resolve("web:root", tmp_path).gid == 0
+    with pytest.raises(BadInput, match="no matching entries in passwd"):
+        resolve("nosuch", tmp_path)
 
 
 @pytest.mark.parametrize("spec, message", [
-    (Spec("busybox", user="abc"), "invalid user"),
+    (Spec("busybox", user="a b"), "invalid user"),
+    (Spec("busybox", cap_add=["NOPE"]), "unknown capability"),
+    (Spec("busybox", security_opt=["apparmor=unconfined"]), "invalid --security-opt"),
+    (Spec("busybox", security_opt=["seccomp=/nonexistent.json"]), "opening seccomp profile"),
+    (Spec("busybox", devices=["/etc/passwd"]), "not a device node"),
+    (Spec("busybox", devices=["relative"]), "invalid device specification"),
     (Spec("busybox", env=["=value"]), "invalid environment variable"),
     (Spec("busybox", workdir="relative"), "absolute path"),
     (Spec("busybox", hostname="no spaces"), "invalid hostname"),
