@@ -242,11 +242,20 @@ def bind_unix(path: str) -> UnixServer:
     return server
 
 
+# dockerd's own warnings for a TCP socket without --tlsverify (moby cmd/dockerd/daemon.go, loadListeners).
+TCP_WARNINGS = ("Binding to IP address without --tlsverify is insecure and gives root access on this machine to "
+                "everyone who has access to your network.",
+                "Binding to an IP address, even on localhost, can also give access to scripts run in a browser. "
+                "Be safe out there!")
+
+
 def bind_tcp(address: str) -> TcpServer:
     host, _, port = address.rpartition(":")
     if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
         raise BadInput(f"--tcp {address}: labd listens on loopback only",
                        fix="use --tcp 127.0.0.1:PORT; an open Docker API on a network is root for anyone")
+    for warning in TCP_WARNINGS:         # labd has no TLS at all: every TCP client is unauthenticated
+        print(f'labd: level=warning msg="{warning}" host="tcp://{address}"', file=sys.stderr, flush=True)
     return TcpServer((host.strip("[]"), int(port)), Handler)
 
 

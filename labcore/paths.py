@@ -13,13 +13,35 @@ PREFIX = "labcore"          # every object the lab creates carries this name...
 LINK_PREFIX = "lc"          # ...except network interfaces, whose names are limited to 15 bytes (IFNAMSIZ)
 
 
+HOME_MODE = 0o710             # Docker's for /var/lib/docker: the owner, and the group that may use the daemon
+_private: set[str] = set()
+
+
 def home() -> Path:
     if os.environ.get("LABCORE_HOME"):
-        return Path(os.environ["LABCORE_HOME"])
-    if os.geteuid() == 0:
-        return Path("/var/lib/labcore")
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(state) / "labcore"
+        path = Path(os.environ["LABCORE_HOME"])
+    elif os.geteuid() == 0:
+        path = Path("/var/lib/labcore")
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        path = Path(state) / "labcore"
+    if str(path) not in _private:
+        make_private(path)
+    return path
+
+
+def make_private(path: Path) -> None:
+    """The state directory closed to other users, made so the first time it is asked for: below it are the
+    image layers, whose setuid-root files and device nodes another local user must not reach, and each
+    container's output and environment (the class of Docker's CVE-2021-41091, fixed by a 0710 data root)."""
+    try:
+        path.mkdir(mode=HOME_MODE, parents=True, exist_ok=True)
+        info = path.stat()
+        if info.st_uid == os.geteuid() and info.st_mode & 0o007:
+            os.chmod(path, HOME_MODE)      # an older, open one: as Docker closes its data root at start
+    except OSError:
+        return                   # a read-only or foreign directory: the step that writes there will say so
+    _private.add(str(path))
 
 
 def journal_dir() -> Path:

@@ -123,18 +123,24 @@ def _action(pyseccomp, action: str, errno: int | None):
              "SCMP_ACT_KILL_PROCESS": "KILL_PROCESS", "SCMP_ACT_TRAP": "TRAP", "SCMP_ACT_LOG": "LOG"}
     if action not in names:
         raise BadInput(f"unknown seccomp action {action!r}", fix=f"use one of {sorted(names)}, SCMP_ACT_ERRNO")
-    return getattr(pyseccomp, names[action])
+    return getattr(pyseccomp, names[action], None) or pyseccomp.KILL      # Debian's binding lacks KILL_THREAD
 
 
 def binding():
-    """libseccomp's Python binding; where it or libseccomp2 is missing, say how to get them."""
+    """libseccomp's Python binding: pyseccomp (PyPI, ctypes), or Debian's python3-seccomp (the ``seccomp``
+    module libseccomp itself ships; the same API) for a system Python. Where neither is installed, say how."""
     try:
         import pyseccomp
+        return pyseccomp
+    except (ImportError, OSError):
+        pass
+    try:
+        import seccomp
+        return seccomp
     except (ImportError, OSError) as err:
-        raise NotSupportedHere(f"libseccomp is not available: {err}",
-                               fix="apt-get install libseccomp2 and pip install pyseccomp (./lab does both), "
-                                   "or run with --security-opt seccomp=unconfined") from err
-    return pyseccomp
+        raise NotSupportedHere(f"libseccomp's Python binding is not available: {err}",
+                               fix="pip install pyseccomp (./lab does), or apt-get install python3-seccomp; or "
+                                   "run with --security-opt seccomp=unconfined") from err
 
 
 def compile_filter(profile: Profile, rules: list[Rule], machine: str | None = None):
