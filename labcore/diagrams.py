@@ -131,6 +131,7 @@ COURSE = [
     ("06-root-filesystem", "which files it sees", ["chroot", "pivot_root"]),
     ("07-containers-vs-vms", "shared kernel vs guest OS", ["qemu/KVM"]),
     ("08-build-your-own-docker-run", "all of 03–06 together,\nplus a network", ["veth, netns", "ports"]),
+    ("09-security", "what root inside may still do", ["capabilities", "seccomp", "masked paths"]),
 ]
 
 

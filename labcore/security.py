@@ -221,15 +221,17 @@ def seccomp_filter() -> Step:
 
 PATH_PROBES = {"/proc/keys": "cat /proc/keys | wc -l", "/proc/timer_list": "cat /proc/timer_list | wc -l",
                "/proc/acpi": "ls /proc/acpi | wc -l", "/sys/firmware": "ls /sys/firmware | wc -l",
-               "/proc/sys (write)": "echo 1 > /proc/sys/vm/drop_caches && echo written",
+               "/proc/sys (write)": "v=$(cat /proc/sys/vm/overcommit_memory); echo $v > /proc/sys/vm/overcommit_memory "
+                                    "&& echo written",
                "/proc/sysrq-trigger (write)": "echo h > /proc/sysrq-trigger && echo written",
-               "/sys (write)": "echo 1 > /sys/kernel/profiling && echo written"}
+               "/sys (write)": "v=$(cat /sys/kernel/mm/ksm/run); echo $v > /sys/kernel/mm/ksm/run && echo written"}
 
 
 def masked_paths() -> Step:
     """What a container reads in the masked paths and may write in the read-only ones: --privileged (before)
-    and by default (after). Masked: /dev/null or an empty tmpfs on top; read-only: a read-only bind."""
-    script = "; ".join(f"echo \"$({command} 2>&1 | tail -1)\"" for command in PATH_PROBES.values())
+    and by default (after). Masked: /dev/null or an empty tmpfs on top; read-only: a read-only bind. A write
+    puts back the value it read: a host-wide setting, unchanged."""
+    script = "; ".join(f"echo \"$( ({command}) 2>&1 | tail -1)\"" for command in PATH_PROBES.values())
     action = "docker run [--privileged] busybox sh -c '<each path>'"
     try:
         privileged = run(script, privileged=True).stdout.decode().splitlines()
@@ -268,7 +270,7 @@ def no_new_privs() -> Step:
 def socket_is_root() -> Step:
     """What anyone who may talk to the daemon can ask for: `docker run -v /:/host`, the host's / in a container
     run by root. No escape is needed: the daemon does it on request."""
-    script = "ls /host | head -8 | tr '\\n' ' '; echo; ls -l /host/etc/shadow | cut -c1-10; wc -l < /host/etc/shadow"
+    script = "ls -ld /host/root | cut -c1-10; ls -l /host/etc/shadow | cut -c1-10; wc -l < /host/etc/shadow"
     action = f"docker run --rm -v /:/host busybox sh -c \"{script}\""
     try:
         result = run(script, volumes=["/:/host"])
@@ -278,7 +280,8 @@ def socket_is_root() -> Step:
     socket = paths.home() / "labd.sock"
     return Step("Why the daemon's socket is root", action,
                 {"who may ask": f"whoever may write {socket} (mode 0660) or /var/run/docker.sock"},
-                {"ls /host": lines[0], "/host/etc/shadow": f"{lines[1]}, {lines[2].strip()} lines readable"},
+                {"/host/root (root's home)": f"{lines[0]}: entered", "/host/etc/shadow (the password hashes)":
+                 f"{lines[1]}: {lines[2].strip()} lines read"},
                 current_mode(), note="a client of the socket gets root's files without any escape: treat the "
                                      "docker group as root (Docker's docs, 'Docker daemon attack surface')",
                 data={"read_shadow": result.exit_code == 0 and lines[2].strip().isdigit()})
@@ -349,7 +352,7 @@ def check_capabilities(flags: dict, wanted: set[str]) -> Step:
 def check_unshare(flags: dict) -> Step:
     """Exercise check: does `unshare -U true` (a user namespace) work with ``flags``, without --privileged and
     with Docker's 14 capabilities?"""
-    action = f"docker run --rm {flag_text(flags)} busybox unshare -U true"
+    action = " ".join(["docker run --rm", flag_text(flags), "busybox unshare -U true"]).replace("  ", " ")
     if flags.get("privileged") or flags.get("cap_add"):
         return Step("Exercise: not that way", action, mode=current_mode(),
                     note="keep the capabilities as they are: no --privileged, no --cap-add", data={"solved": False})
@@ -422,3 +425,17 @@ def defence_dot(pid: int, name: str) -> str:
     graph.node("pid 1", f"{name}: pid {pid} on the host", fillcolor="palegreen")
     graph.edge(previous, "pid 1")
     return graph.source()
+
+
+def start_container(name: str = "labcore-defence") -> object:
+    """`docker run -d --name NAME busybox sleep 600`, with Docker's defaults: a live container to look at."""
+    from labcore import engine
+    record = engine.create(container.Spec(IMAGE, ["sleep", "600"], name=name, network="none"))
+    return engine.start(record.id)
+
+
+def remove_container(record) -> str:
+    """`docker rm -f`: the container and everything it held."""
+    from labcore import engine
+    engine.remove(record.id, force=True)
+    return f"removed {record.name}"
