@@ -11,8 +11,8 @@ ptmx and the ptys (moby daemon/pkg/oci/defaults.go; runc libcontainer/specconv A
     v2   no files: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the group answers each access
          (cgroup-v2.rst, "Device controller"). ``program`` writes it as runc does
          (libcontainer/cgroups/ebpf/devicefilter/devicefilter.go): read the access type, major and minor
-         from the context, then one block per allow rule — the first block that matches returns 1 —
-         and 0 at the end. ``attach`` loads it with bpf(BPF_PROG_LOAD) and attaches it to the group with
+         from the context, then one block per rule — the first block that matches answers (1 allow,
+         0 deny) — and the default at the end. ``attach`` loads it with bpf(BPF_PROG_LOAD) and attaches it to the group with
          bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE).
 """
 from __future__ import annotations
@@ -72,10 +72,10 @@ def leave() -> bytes:
 
 
 def _rule_block(rule) -> list[bytes]:
-    """The checks of one allow rule, each jumping past the block when it fails, then "return 1"."""
+    """The checks of one rule, each jumping past the block when it fails, then "return 1" (allow) or 0."""
     checks: list[tuple] = [("jne", R2, BPF_DEVCG_DEV[rule.kind])]
     access = sum(BPF_DEVCG_ACC[letter] for letter in set(rule.access))
-    if access != 7:          # r1 = access & allowed; the asked access must lie within the allowed
+    if access != 7:          # r1 = access & allowed; the asked access must lie within the rule's
         checks += [("mov", R1, R3), ("and", R1, access), ("jne_reg", R1, R3)]
     if rule.major != "*":
         checks.append(("jne", R4, int(rule.major)))
@@ -92,25 +92,28 @@ def _rule_block(rule) -> list[bytes]:
             block.append(mov32_reg(check[1], check[2]))
         else:
             block.append(and32(check[1], check[2]))
-    return block + [mov32(R0, 1), leave()]
+    return block + [mov32(R0, int(rule.allow)), leave()]
 
 
 def program(rules) -> bytes:
-    """The BPF program for a rule list that starts by denying all and then allows (Docker's shape)."""
-    if not rules or rules[0].allow or rules[0].kind != "a":
-        raise NotSupportedHere("a cgroup v2 device program is built for 'deny all, then allow' lists",
-                               fix="start the list with 'a *:* rwm' denied, as Docker's does")
+    """The BPF program for a v1-style rule list. A group starts allowing everything; "deny all" first turns
+    that around (Docker's lists). After it, each rule is an exception to that default: a block that returns
+    its own answer when the access matches, as runc's emulator reduces a list (devicefilter.go)."""
+    default = True
+    if rules and rules[0].kind == "a":
+        default, rules = rules[0].allow, rules[1:]
     # struct bpf_cgroup_dev_ctx: u32 access_type (type in the low 16 bits, access in the high), major, minor.
     code = [load_word(R2, 0), and32(R2, 0xFFFF), load_word(R3, 0), rsh32(R3, 16), load_word(R4, 4),
             load_word(R5, 8)]
-    for rule in rules[1:]:
-        if not rule.allow:
-            raise NotSupportedHere(f"a deny rule after the first ({rule}) on cgroup v2",
-                                   fix="list only allow rules after 'deny all'")
+    for rule in rules:
+        if rule.allow == default:
+            raise NotSupportedHere(f"the device rule {rule} repeats the default ({'allow' if default else 'deny'} "
+                                   f"all) after an exception: runc's emulator would be needed on cgroup v2",
+                                   fix="list 'deny all' first, then only allow rules, as Docker does")
         if rule.kind == "a":
-            return b"".join(code + [mov32(R0, 1), leave()])      # everything allowed
+            return b"".join(code + [mov32(R0, int(rule.allow)), leave()])
         code += _rule_block(rule)
-    return b"".join(code + [mov32(R0, 0), leave()])
+    return b"".join(code + [mov32(R0, int(default)), leave()])
 
 
 def attach(directory, rules) -> None:

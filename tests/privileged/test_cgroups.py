@@ -9,7 +9,6 @@ from labcore import journal
 from labcore.cgroups import detect, open_manager, steps
 from labcore.cgroups.limits import parse_run_limits
 from labcore.errors import NotSupportedHere
-from labcore.evidence import Mode
 from tests.conftest import privileged
 
 pytestmark = privileged
@@ -97,20 +96,23 @@ def test_io_throttle_holds_direct_io_near_the_rate():
         assert 0.5 * step.data["bps"] <= rate <= 1.5 * step.data["bps"], step
 
 
-@pytest.mark.skipif(LAYOUT == "v2", reason="cgroup v2 has no devices.deny: its device rules are a BPF program")
 def test_device_rule_makes_open_fail_with_eperm():
+    """v1: a line in devices.deny; v2: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the group."""
     step = steps.deny_device("/dev/null")
     assert step.data["before"]["opened"] and step.data["after"]["errno"] == "EPERM"
     assert step.data["host_opens"]
 
 
 @pytest.mark.skipif(LAYOUT != "v2", reason=f"this host is {LAYOUT}: it has devices.deny files (test above)")
-def test_device_rule_on_v2_is_refused_because_a_group_has_no_device_files():
-    step = steps.deny_device("/dev/null")
-    assert step.mode is Mode.NOT_PERMITTED and "BPF_PROG_TYPE_CGROUP_DEVICE" in step.reason
+def test_on_v2_a_group_has_no_device_files_and_dockers_list_is_a_bpf_program():
+    from labcore.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, Limits
     with steps.Run() as run:                  # the kernel's own answer: no file to write a rule to
         group = run.group("devices")
         assert (group.path / "cgroup.procs").exists() and not list(group.path.glob("devices.*"))
+        run.manager.apply(group, Limits(devices=(DENY_ALL, *DEFAULT_ALLOWED)))
+        null = run.start(group, "open_device", "/dev/null").result() or {}
+        loop = run.start(group, "open_device", "/dev/loop-control").result() or {}
+    assert null.get("opened") and loop.get("errno") == "EPERM"
 
 
 def test_usage_report_accounts_cpu_memory_and_pids():

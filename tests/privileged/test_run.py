@@ -47,7 +47,9 @@ def test_pid_1_ignores_signals_it_has_no_handler_for():
 
 
 def test_a_mount_inside_is_absent_from_the_hosts_mount_table_and_sigkill_gives_137():
-    spec = Spec("busybox", ["sh", "-c", "mount -t tmpfs labcore-probe /tmp && sleep 100"], rm=True)
+    # Mounting needs CAP_SYS_ADMIN, which Docker's default set leaves out: --cap-add SYS_ADMIN, as with docker run.
+    spec = Spec("busybox", ["sh", "-c", "mount -t tmpfs labcore-probe /tmp && sleep 100"], rm=True,
+                cap_add=["SYS_ADMIN"])
     with journal.Scope() as scope, container.Stdio("capture") as io:
         box = container.create(spec, scope, io)
         try:

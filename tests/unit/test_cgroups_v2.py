@@ -147,11 +147,11 @@ def test_device_rules_become_a_bpf_program_loaded_and_attached_to_the_group(fake
     assert struct.unpack_from("<III", attach_attr)[2] == devices.BPF_CGROUP_DEVICE
 
 
-def test_a_device_list_not_starting_with_deny_all_is_refused_before_anything_is_created(fake, fake_tree_scope):
-    from labcore.cgroups.limits import DeviceRule
+def test_a_device_list_bpf_cannot_express_is_refused_before_anything_is_created(fake, fake_tree_scope):
+    from labcore.cgroups.limits import DENY_ALL, DeviceRule
+    rules = (DENY_ALL, DeviceRule("c", "1", "3", "rwm"), DeviceRule("c", "1", "3", "r", False))
     with pytest.raises(NotSupportedHere, match="deny all"):
-        fake.manager.create_for_container("abc123", Limits(devices=(DeviceRule("c", "1", "3", "rwm", False),)),
-                                          fake_tree_scope)
+        fake.manager.create_for_container("abc123", Limits(devices=rules), fake_tree_scope)
     assert not fake_tree_scope.entries and not (fake.mount / "labcore").exists()
 
 

@@ -245,6 +245,12 @@ def test_a_device_rule_grants_only_its_access():
     assert run_bpf(devices.program((DENY_ALL, DeviceRule("a", "*", "*", "rwm"))), access("b", "w"), 8, 0) == 1
 
 
-def test_a_list_without_deny_all_first_is_refused():
+def test_a_deny_rule_alone_denies_that_device_and_allows_the_rest():
+    code = devices.program((DeviceRule("c", "1", "3", "rwm", allow=False),))
+    assert run_bpf(code, access("c", "rw"), 1, 3) == 0
+    assert run_bpf(code, access("c", "rw"), 1, 5) == 1
+
+
+def test_a_rule_repeating_the_default_is_refused():
     with pytest.raises(NotSupportedHere, match="deny all"):
-        devices.program((DeviceRule("c", "1", "3", "rwm"),))
+        devices.program((DENY_ALL, DeviceRule("c", "1", "3", "rwm"), DeviceRule("c", "1", "3", "r", allow=False)))
