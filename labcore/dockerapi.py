@@ -162,6 +162,13 @@ def security_from_host_config(host: dict) -> dict:
             "read_only": bool(host.get("ReadonlyRootfs")), "devices": devices}
 
 
+def inspect_security(spec: dict) -> dict:
+    """The confinement part of `docker inspect`'s HostConfig, from the stored spec."""
+    return {"Privileged": spec.get("privileged", False), "CapAdd": spec.get("cap_add") or None,
+            "CapDrop": spec.get("cap_drop") or None, "SecurityOpt": spec.get("security_opt") or None,
+            "ReadonlyRootfs": spec.get("read_only", False)}
+
+
 def publish_from_bindings(bindings: dict) -> list[str]:
     """HostConfig.PortBindings, {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}, as `-p` values."""
     published = []
@@ -213,7 +220,7 @@ def container_inspect(record: Record) -> dict:
                    "WorkingDir": record.config.get("workdir", ""), "User": spec.get("user") or "",
                    "Tty": spec.get("tty", False), "OpenStdin": spec.get("interactive", False), "Labels": {}},
         "HostConfig": {"LogConfig": {"Type": "json-file", "Config": {}}, "AutoRemove": spec.get("rm", False),
-                       "NetworkMode": spec.get("network", "bridge")},
+                       "NetworkMode": spec.get("network", "bridge"), **inspect_security(spec)},
         "NetworkSettings": {"IPAddress": record.config.get("ip", ""), "Networks": {}, "Ports": {}},
         "Mounts": [],
     }
