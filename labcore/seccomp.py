@@ -31,7 +31,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import syscalls
 from labcore.errors import BadInput, NotSupportedHere
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "seccomp-default.json"

@@ -4,6 +4,7 @@ and the notebooks (run by nbval from `./lab test`).
 Every test runs with its own LABCORE_HOME, so its journal, images and containers are its own, and checks
 afterwards that its journal is empty: a test that leaks a kernel object fails even when its assertions pass.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,6 +23,20 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]    # ru
 def shared_images(tmp_path_factory):
     """One image store for the whole run: building the busybox image once is enough."""
     return tmp_path_factory.mktemp("labcore-images")
+
+
+@pytest.fixture(scope="module")
+def engines_home(tmp_path_factory, shared_images):
+    """One state directory for a module's daemons (starting dockerd per test would take minutes); it must be
+    empty of journal entries when they have stopped."""
+    home = tmp_path_factory.mktemp("labcore-engines")
+    os.symlink(shared_images, home / "images")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LABCORE_HOME", str(home))
+        yield home
+        left = Journal(home / "journal").entries()
+        Journal(home / "journal").undo_all()
+        assert not left, "the engines left: " + ", ".join(entry.describe() for entry in left)
 
 
 @pytest.fixture(autouse=True)
@@ -84,3 +99,20 @@ def busybox_image():
 
 def has(program: str) -> bool:
     return shutil.which(program) is not None
+
+
+@contextlib.contextmanager
+def dockerd_with_busybox():
+    """Debian's dockerd started for the test (labcore.dockerd), with the lab's busybox loaded; a skip naming why
+    when it cannot be."""
+    from labcore.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
+    from labcore.errors import LabError
+    reason = dockerd_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with Dockerd() as dockerd:
+        try:
+            import_busybox(dockerd)
+        except LabError as err:
+            pytest.skip(f"dockerd cannot load busybox: {err}")
+        yield dockerd

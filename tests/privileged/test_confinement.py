@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from labcore import paths, security
-from labcore.errors import LabError
-from labcore.journal import Journal
-from tests.conftest import NOBODY, has, privileged
+from tests.conftest import NOBODY, dockerd_with_busybox, has, privileged
 
 pytestmark = privileged
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,30 +28,8 @@ IDS = [" ".join(flags) or "default" for flags in FLAG_SETS]
 
 
 @pytest.fixture(scope="module")
-def engines_home(tmp_path_factory, shared_images):
-    home = tmp_path_factory.mktemp("labcore-confinement")
-    os.symlink(shared_images, home / "images")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LABCORE_HOME", str(home))
-        yield home
-        left = Journal(home / "journal").entries()
-        Journal(home / "journal").undo_all()
-        assert not left, "left behind: " + ", ".join(entry.describe() for entry in left)
-
-
-@pytest.fixture(scope="module")
 def dockerd(engines_home):
-    from labcore.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
-    from labcore.images import ensure_base_image
-    ensure_base_image()
-    reason = dockerd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with Dockerd() as docker:
-        try:
-            import_busybox(docker)
-        except LabError as err:
-            pytest.skip(f"dockerd cannot load busybox: {err}")
+    with dockerd_with_busybox() as docker:
         yield docker
 
 

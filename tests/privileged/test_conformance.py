@@ -9,27 +9,11 @@ import time
 
 import pytest
 
-from labcore.errors import LabError
-from labcore.journal import Journal
-from tests.conftest import privileged
+from tests.conftest import dockerd_with_busybox, privileged
 
 docker = pytest.importorskip("docker", reason="the docker SDK is the client under test: pip install docker")
 pytestmark = privileged
 ENGINES = ["labd", "dockerd"]
-
-
-@pytest.fixture(scope="module")
-def engines_home(tmp_path_factory, shared_images):
-    """One state directory for the module's two daemons (starting dockerd per test would take minutes); it
-    must be empty of journal entries when they have stopped."""
-    home = tmp_path_factory.mktemp("labcore-conformance")
-    os.symlink(shared_images, home / "images")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LABCORE_HOME", str(home))
-        yield home
-        left = Journal(home / "journal").entries()
-        Journal(home / "journal").undo_all()
-        assert not left, "the engines left: " + ", ".join(entry.describe() for entry in left)
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -41,15 +25,7 @@ def client(request, engines_home):
         with Labd(f"/run/labcore-conformance-{os.getpid()}.sock") as labd:
             yield labd.client()
         return
-    from labcore.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
-    reason = dockerd_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with Dockerd() as dockerd:
-        try:
-            import_busybox(dockerd)
-        except LabError as err:
-            pytest.skip(f"dockerd cannot load busybox: {err}")
+    with dockerd_with_busybox() as dockerd:
         yield dockerd.client()
 
 
