@@ -267,8 +267,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
 
     setns(CLONE_NEWPID) moves only the caller's future children (pid_namespaces(7)), so the joiner forks
     once more; the command is that child. It joins pid 1's cgroups first, and gets the same capabilities,
-    seccomp filter and no_new_privs as pid 1: an exec is no way around the confinement. Joining the mount namespace also sets the root to the container's
-    (setns(2)), so no chroot is needed."""
+    seccomp filter and no_new_privs as pid 1: an exec is no way around the confinement. Joining the mount
+    namespace also sets the root to the container's (setns(2)), so no chroot is needed."""
     config = record.config
     kinds = ["ipc", "uts", "net", "pid", "mnt", "cgroup"] + (["user"] if config.get("rootless") else [])
     env = _merge_env(config["env"], request.get("env") or [])

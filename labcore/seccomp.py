@@ -18,8 +18,8 @@ fails with ENOSYS so the C library falls back to clone.
 setupSeccomp): entries for another architecture, for capabilities the container lacks, or for a newer
 kernel are left out. ``compile_filter`` hands the result to libseccomp (through its Python binding,
 pyseccomp), which writes the BPF program for the host's architecture and its 32-bit siblings;
-``labcore.confinement`` loads it in pid 1. `--security-opt seccomp=unconfined` loads nothing; `seccomp=FILE.json` reads any
-Docker profile instead of the default.
+``labcore.confinement`` loads it in pid 1. `--security-opt seccomp=unconfined` loads nothing;
+`seccomp=FILE.json` reads any Docker profile instead of the default.
 
 Next: ``labcore.confinement`` puts capabilities, seccomp and the masked paths together in runc's order.
 """

@@ -85,7 +85,8 @@ def what_root_may_still_do() -> Step:
               "set the clock (CAP_SYS_TIME)": "! (date -s \"$(date +%T)\" 2>&1 | grep -q \"can't\")",
               "read the kernel log (CAP_SYSLOG)": "dmesg >/dev/null",
               "raise its priority (CAP_SYS_NICE)": "nice -n -5 true"}
-    script = "; ".join(f"if ({command}) 2>/dev/null; then echo 'yes'; else echo 'no'; fi" for command in checks.values())
+    script = "; ".join(f"if ({command}) 2>/dev/null; then echo 'yes'; else echo 'no'; fi"
+                       for command in checks.values())
     action = "docker run --rm busybox sh -c '<each check>'"
     try:
         answers = run(script).stdout.decode().split()

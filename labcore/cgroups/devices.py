@@ -12,8 +12,8 @@ ptmx and the ptys (moby daemon/pkg/oci/defaults.go; runc libcontainer/specconv A
          (cgroup-v2.rst, "Device controller"). ``program`` writes it as runc does
          (libcontainer/cgroups/ebpf/devicefilter/devicefilter.go): read the access type, major and minor
          from the context, then one block per rule — the first block that matches answers (1 allow,
-         0 deny) — and the default at the end. ``attach`` loads it with bpf(BPF_PROG_LOAD) and attaches it to the group with
-         bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE).
+         0 deny) — and the default at the end. ``attach`` loads it with bpf(BPF_PROG_LOAD) and attaches
+         it to the group with bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE).
 """
 from __future__ import annotations
 
