@@ -136,10 +136,10 @@ def start(container: Container) -> None:
 
 
 def join_cgroup(container: Container, pid: int) -> None:
-    """A container with limits gets a cgroup of its own, holding them. Docker makes one for every container
-    (for `docker stats`); the lab skips it when nothing is limited: on cgroup v1 that is eight hierarchies
-    to mkdir, join and rmdir, a tenth of a second a container (bench/), for nothing to enforce. Without root
-    the manager's error says what is missing."""
+    """A container gets a cgroup of its own holding its limits, and as root always Docker's device list
+    (``labcore.confinement.device_rules``). Docker makes one in every hierarchy; on cgroup v1 the lab makes
+    only the devices one when nothing else is limited: eight hierarchies to mkdir, join and rmdir are a tenth
+    of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace)."""
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.cgroups import open_manager
