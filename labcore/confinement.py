@@ -127,7 +127,7 @@ def confinement_for(spec) -> "Confinement":
     caps = capabilities.resolve(spec.cap_add, spec.cap_drop, spec.privileged)
     profile = None if spec.privileged or profile_path == "unconfined" else seccomp.load_profile(profile_path)
     # Compiled here, before pid 1 pivots into an image that has neither libseccomp nor its Python binding.
-    compiled = None if profile is None else seccomp.compile_filter(profile, seccomp.rules_for(profile, caps))
+    compiled = None if profile is None else seccomp.compiled_for(profile, caps)
     return Confinement(
         capabilities=caps, seccomp=profile, seccomp_filter=compiled,
         no_new_privileges=no_new_privs, privileged=spec.privileged, read_only=spec.read_only,
