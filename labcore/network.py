@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -92,10 +91,12 @@ class Endpoint:
     container_ifname: str = "eth0"    # inside, as Docker names it
     netns: int = 0                    # inode of /proc/PID/ns/net
     entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
+    via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.usernet)
 
     def __str__(self) -> str:
+        where = f" in the namespace of pid {self.via}" if self.via else ""
         return (f"{self.container_ifname} {self.ip}/{self.network.prefixlen} in net:[{self.netns}] (pid "
-                f"{self.pid}) <-> {self.host_ifname} on {self.network.bridge} {self.network.gateway}")
+                f"{self.pid}) <-> {self.host_ifname} on {self.network.bridge} {self.network.gateway}{where}")
 
 
 @dataclass(frozen=True)
@@ -237,18 +238,10 @@ def lock_path(network: Network) -> Path:
     return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock"
 
 
-@contextlib.contextmanager
 def locked(path: Path):
     """flock(2) the bridge's lock: one container at a time picks an address and plugs into the bridge."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Read-only is enough for flock(2), so a user who cannot write root's lock file still gets as far as
-    # the kernel's own answer (EPERM on the veth) instead of an error about a lock file.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)                                   # closing the file releases the lock
+    return journal.flocked(path)
 
 
 def ensure_bridge(network: Network, scope: journal.Scope) -> None:
@@ -300,18 +293,17 @@ def free_address(network: Network, taken: set[str]) -> str:
                    fix="stop some containers, or run `labcore cleanup`")
 
 
-def make_veth(network: Network, host_ifname: str, peer: str, address: str, pid: int,
-              scope: journal.Scope) -> journal.Entry:
-    """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace."""
+def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: int) -> None:
+    """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace.
+
+    The host end carries the container's address as its alias: that is the lease (``taken_addresses``)."""
     ip("link", "add", host_ifname, "type", "veth", "peer", "name", peer)
-    entry = scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
-    # The address may have been another container's a moment ago, with another MAC: forget the host's
+    # The address may have been another container's a moment ago, with another MAC: forget the bridge's
     # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
     # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
     ip(batch=f"link set {host_ifname} alias {address} master {network.bridge} up\n"
              f"link set {peer} netns {pid}\n"
              f"neigh flush to {address} dev {network.bridge}\n")
-    return entry
 
 
 def configure_inside(peer: str, ifname: str, address: str, network: Network) -> None:
@@ -336,7 +328,8 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
     with locked(lock_path(network)):       # from reading the aliases until the new alias is set
         ensure_bridge(network, scope)
         address = free_address(network, taken_addresses())
-        make_veth(network, host_ifname, peer, address, pid, scope)
+        scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
+        plug_in(network, host_ifname, peer, address, pid)
     in_netns(pid, configure_inside, peer, "eth0", address, network)
     return Endpoint(pid, address, network, host_ifname, "eth0", inode, entries=scope.entries[first:])
 
@@ -364,7 +357,7 @@ def publish(endpoint: Endpoint, host_port: int, container_port: int, scope: jour
         parse_port(str(host_port), f"{host_port}:{container_port}")
     listener = bind_host_port(host_ip, host_port)
     try:
-        process = portproxy.start(listener, (endpoint.ip, container_port))
+        process = portproxy.start(listener, (endpoint.ip, container_port), inside=endpoint.via)
         entry = scope.record("process", str(process.pid), "kill", pid=process.pid,
                              start=journal.process_start_time(process.pid))
         endpoint.entries.append(entry)
