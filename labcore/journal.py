@@ -64,14 +64,18 @@ def owner_of(pid: int | None = None) -> dict:
 
 
 def owner_alive(owner: dict) -> bool:
-    """The owner still runs: same pid, same start time, and not a zombie (field 3 of /proc/PID/stat is Z for
-    a process that has exited and waits only for its parent's wait(2); after a crash that may be a while)."""
+    """The owner still runs: the same pid with the same start time, and not exited."""
     pid = owner.get("pid")
-    if pid is None or process_start_time(pid) != owner.get("start"):
-        return False
-    with contextlib.suppress(OSError):
+    return pid is not None and process_start_time(pid) == owner.get("start") and running(pid)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is no zombie: field 3 of /proc/PID/stat is Z for one that has exited and waits
+    only for its parent's wait(2), which after a crash may take a while."""
+    try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
+    except OSError:
+        return False
 
 
 class Journal:
@@ -292,12 +296,27 @@ def undo_usernet(journal: str) -> None:
     _refuse_foreign(journal, paths.path_is_ours(journal))
     ledger = Journal(journal)
     with flocked(journal):
-        entries = ledger.entries()
-        if any(entry.undo == "usernet" and owner_alive(entry.owner) for entry in entries):
+        if any(entry.undo == "usernet" and owner_alive(entry.owner) for entry in ledger.entries()):
             return                                      # another container still uses it
-        failures = ledger.undo_many([entry for entry in entries if entry.kind == "usernet"])
+        failures = stop_usernet(ledger)
     if failures:
         raise LabError("could not stop the user-mode network: " + "; ".join(failures))
+
+
+def stop_usernet(ledger: Journal) -> list[str]:
+    """Undo the ``usernet`` records (kill slirp4netns, then the holder), and wait until both have exited."""
+    processes = [entry for entry in ledger.entries() if entry.kind == "usernet"]
+    failures = ledger.undo_many(processes)
+    wait_gone([entry.args["pid"] for entry in processes if entry.undo == "kill"])
+    return failures
+
+
+def wait_gone(pids: list[int], seconds: float = 5.0) -> None:
+    """Until the processes just sent SIGKILL have exited (a signal is delivered, not awaited, by kill(2)):
+    then their namespaces are gone too, and whoever looks next sees what is really left."""
+    deadline = time.monotonic() + seconds
+    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 @contextlib.contextmanager

@@ -265,6 +265,15 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
         raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
 
 
+def describe_link(name: str) -> str:
+    """"absent", or the state of link ``name`` and the bridge it is plugged into, as ip(8) reads them in this
+    process's network namespace (``in_netns`` to read another's)."""
+    link = next((link for link in ip("link", "show", as_json=True) if link["ifname"] == name), None)
+    if link is None:
+        return "absent"
+    return f"{link.get('operstate', '?')}, on {link['master']}" if "master" in link else "present"
+
+
 def link_exists(name: str, sys_class_net: str = "/sys/class/net") -> bool:
     # /sys/class/net shows the network namespace of whoever mounted /sys: here, the host's.
     return os.path.lexists(os.path.join(sys_class_net, name))
@@ -445,10 +454,12 @@ def reply(host: str, port: int) -> str:
 # --- two servers on port 80 ---------------------------------------------------------------------------------
 
 class Server:
-    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped."""
+    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped.
 
-    def __init__(self, name: str, scope: journal.Scope, port: int = 80):
-        self.child = Child(lambda channel: _serve(channel, name, port))
+    ``join``: the pid whose user namespace it joins first (rootless: the user-mode network's holder)."""
+
+    def __init__(self, name: str, scope: journal.Scope, port: int = 80, join: int | None = None):
+        self.child = Child(lambda channel: _serve(channel, name, port, join))
         scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
                      start=journal.process_start_time(self.child.pid))
         self.name, self.pid = name, self.child.pid
@@ -470,8 +481,10 @@ class Server:
         self.stop()
 
 
-def _serve(channel, name: str, port: int) -> None:
+def _serve(channel, name: str, port: int, join: int | None) -> None:
     """In the child: a new network namespace, a socket on 0.0.0.0:port, one line to each client."""
+    if join:
+        userns.join(join)
     userns.unshare(syscalls.CLONE_NEWNET)
     listener = socket.create_server(("0.0.0.0", port))
     identity = f"{name} in net:[{netns_inode('self')}] (pid {os.getpid()})"
@@ -499,26 +512,48 @@ def second_bind(port: int, address: str = "0.0.0.0") -> str:
 
 
 def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), network: Network = DEFAULT) -> Step:
-    """Two network namespaces, each with a server on port 80; reached by address and by published ports."""
+    """Two network namespaces, each with a server on port 80; reached by address, from each other, and by
+    published ports. Rootless, both are on the user-mode network's bridge (``labcore.usernet``)."""
     title = "two servers on port 80, in two network namespaces"
     action = ("unshare(CLONE_NEWNET); bind(0.0.0.0:80); listen()  [x2]; ip link add lc..h type veth peer name "
               "lc..c; ip link set lc..c netns PID; labcore.portproxy 127.0.0.1:PORT -> IP:80")
     try:
-        with journal.Scope() as scope, Server("server-a", scope) as a, Server("server-b", scope) as b:
-            endpoints = [connect(s.pid, scope, network) for s in (a, b)]
-            published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
-            step = _two_servers_evidence(title, action, (a, b), endpoints, published)
-    except NeedsPrivilege as err:
+        with journal.Scope() as scope:
+            router = _join_usernet(scope)              # first: the servers join its user namespace
+            join = router.holder if router else None
+            with Server("server-a", scope, join=join) as a, Server("server-b", scope, join=join) as b:
+                endpoints = [_connect_on(router, s.pid, scope, network) for s in (a, b)]
+                published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
+                step = _two_servers_evidence(title, action, (a, b), endpoints, published)
+    except (NeedsPrivilege, NotSupportedHere) as err:
         step = Step.refused(title, action, err)
         try:
             step.after = in_new_netns(loopback_server)       # what a user namespace does allow
         except LabError as why:
             step.after = {"loopback in a new netns": f"refused too: {why.message}"}
         return step
-    step.data["lc links left"] = [link["ifname"] for link in ip("link", "show", as_json=True)
-                                  if paths.is_ours(link["ifname"])]
-    step.after["lc links after teardown"] = step.data["lc links left"] or "none"
+    if router is None:
+        left = [link["ifname"] for link in ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
+    else:                                                # the router namespace went, with all links in it
+        left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
+    step.data["lc links left"] = left
+    step.after["lc links after teardown"] = left or "none"
     return step
+
+
+def _join_usernet(scope: journal.Scope):
+    """Rootless: the user-mode network (``labcore.usernet``, which builds on this module); None as root."""
+    if os.geteuid() == 0:
+        return None
+    from labcore import usernet
+    return usernet.join(scope)
+
+
+def _connect_on(router, pid: int, scope: journal.Scope, network: Network) -> Endpoint:
+    if router is None:
+        return connect(pid, scope, network)
+    from labcore import usernet
+    return usernet.connect(router, pid, scope)
 
 
 def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
@@ -530,18 +565,21 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
             f"second bind to {published[0].host_ip}:{published[0].host_port}":
                 second_bind(published[0].host_port, published[0].host_ip)}
     after, data = {}, {"servers": {}}
-    for server, endpoint, port in zip(servers, endpoints, published):
+    for server, other, endpoint, port in zip(servers, servers[::-1], endpoints, published):
+        via = "the host" if endpoint.via is None else "the router ns"
         seen = {"net ns": f"net:[{netns_inode(server.pid)}]", "listening": tcp_listeners(server.pid),
                 "second bind to :80": server.inside["second bind"],
-                f"connect {endpoint.ip}:80": reply(endpoint.ip, 80),
+                f"connect {endpoint.ip}:80 from {via}": in_netns(endpoint.via, reply, endpoint.ip, 80),
+                f"connect {endpoint.ip}:80 from {other.name}": in_netns(other.pid, reply, endpoint.ip, 80),
                 f"connect {port.host_ip}:{port.host_port}": reply(port.host_ip, port.host_port)}
         after.update({f"{server.name}: {key}": value for key, value in seen.items()})
         data["servers"][server.name] = {**seen, "ip": endpoint.ip, "host_port": port.host_port,
                                         "identity": server.inside["identity"], "pid": server.pid}
+    where = "the host" if endpoints[0].via is None else "the router namespace"
     return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
                 note="both servers hold port 80, each in its own namespace; a second bind in the same "
-                     "namespace fails with EADDRINUSE; the host reaches each by its veth address and by a "
-                     "published port on 127.0.0.1")
+                     f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
+                     "address, the host by a published port on 127.0.0.1")
 
 
 def in_new_netns(fn):

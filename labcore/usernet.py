@@ -108,17 +108,24 @@ def leave(usernet: Usernet, scope: journal.Scope) -> None:
 
 
 def find(ledger: journal.Journal) -> Usernet | None:
-    """The running network, from the journal's ``usernet`` records; a half-dead one is stopped first."""
+    """The running network; a half-dead one (slirp4netns or the holder killed) is stopped first."""
+    found = running(ledger)
+    if found is None:
+        stop(ledger)
+    return found
+
+
+def running(ledger: journal.Journal) -> Usernet | None:
+    """The network that the journal's ``usernet`` records name, if both its processes still run."""
     records = {entry.name: entry.args for entry in ledger.entries() if entry.kind == "usernet"}
     if set(records) == {"holder", "slirp4netns"} and all(map(journal.owner_alive, records.values())):
         return Usernet(records["holder"]["pid"], records["slirp4netns"]["pid"])
-    stop(ledger)
     return None
 
 
 def stop(ledger: journal.Journal) -> None:
     """Kill slirp4netns and the holder: the namespaces, and everything in them, go with them."""
-    failures = ledger.undo_many([entry for entry in ledger.entries() if entry.kind == "usernet"])
+    failures = journal.stop_usernet(ledger)
     if failures:
         raise LabError("could not stop the user-mode network: " + "; ".join(failures),
                        fix="run `labcore cleanup` to retry")
@@ -241,6 +248,13 @@ def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | No
                             via=usernet.holder)
 
 
+def reply(address: str, port: int) -> str:
+    """``network.reply`` from where containers' addresses are routed: the router namespace of this state
+    dir's user-mode network while it runs; otherwise the host, where root's lcbr0 is."""
+    router = running(journal.Journal())
+    return network.in_netns(router.holder if router else None, network.reply, address, port)
+
+
 def taken_addresses() -> set[str]:
     """Addresses in use in this network namespace: the aliases of our veth ends (``network.taken_addresses``
     reads the host's in /sys, which shows the namespace of whoever mounted it; here ip(8) asks netlink)."""
@@ -271,15 +285,6 @@ def cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
-
-
-def link_in_router(usernet: Usernet, name: str) -> str:
-    """"absent", or the link's state and its bridge, as ip(8) reads them in the router namespace."""
-    links = network.in_netns(usernet.holder, network.ip, "link", "show", as_json=True)
-    link = next((link for link in links if link["ifname"] == name), None)
-    if link is None:
-        return "absent"
-    return f"{link.get('operstate', '?')}, on {link['master']}" if "master" in link else "present"
 
 
 def probe() -> str:
