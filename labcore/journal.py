@@ -307,15 +307,16 @@ def stop_usernet(ledger: Journal) -> list[str]:
     """Undo the ``usernet`` records (kill slirp4netns, then the holder), and wait until both have exited."""
     processes = [entry for entry in ledger.entries() if entry.kind == "usernet"]
     failures = ledger.undo_many(processes)
-    wait_gone([entry.args["pid"] for entry in processes if entry.undo == "kill"])
+    wait_gone(processes)
     return failures
 
 
-def wait_gone(pids: list[int], seconds: float = 5.0) -> None:
-    """Until the processes just sent SIGKILL have exited (a signal is delivered, not awaited, by kill(2)):
-    then their namespaces are gone too, and whoever looks next sees what is really left."""
+def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
+    """Until the processes of these ``kill`` records have exited: kill(2) sends SIGKILL and returns before it
+    is delivered. Then their namespaces are gone too, and whoever looks next sees what is really left."""
     deadline = time.monotonic() + seconds
-    while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+    killed = [entry.args for entry in entries if entry.undo == "kill"]
+    while any(owner_alive(args) for args in killed) and time.monotonic() < deadline:
         time.sleep(0.005)
 
 
@@ -384,6 +385,7 @@ def cleanup(everything: bool = False) -> str:
     """
     journal = Journal()
     undone, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
+    wait_gone(undone)
     lines = [f"removed {entry.describe()}" for entry in undone]
     lines += [f"could not remove {failure}" for failure in failures]
     return "\n".join(lines) or "nothing left to clean up"

@@ -22,11 +22,11 @@ and DNAT rules, so that containers reach other hosts and other hosts reach publi
 routes off the machine: it sets net.ipv4.conf.lcbr0.forwarding=0, so the kernel drops whatever a container
 sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only.
 
-Rootless Docker and podman cannot do any of this: a veth into the host's namespace needs CAP_NET_ADMIN
-there. They run slirp4netns or pasta instead, a TCP/IP stack in a user process that relays the container's
-packets through ordinary sockets.
+Without root none of this is allowed: a veth into the host's namespace needs CAP_NET_ADMIN there.
+``labcore.usernet`` does what rootless Podman does instead: the same bridge and veth pairs inside a network
+namespace the user owns, with slirp4netns, a TCP/IP stack in a user process, as its way out.
 
-Next: ``labcore.portproxy``, the published port's relay.
+Next: ``labcore.portproxy``, the published port's relay; ``labcore.usernet``, the network without root.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ from labcore.process import Child, run_in_child
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
 ROOTLESS_FIX = ("run as root (sudo): a veth pair to the host needs CAP_NET_ADMIN in the host's network "
-                "namespace. Rootless Docker and podman use slirp4netns or pasta instead, a user-space TCP/IP "
-                "stack; inside a user namespace only `lo` works (shown below)")
+                "namespace. Without root, containers get their network from labcore.usernet instead: a bridge "
+                "in a namespace you own, with slirp4netns as its way out, as rootless Podman does")
 PUBLISH_FORMS = ("CONTAINER_PORT, HOST_PORT:CONTAINER_PORT, 127.0.0.1:HOST_PORT:CONTAINER_PORT or "
                  "127.0.0.1::CONTAINER_PORT, optionally with /tcp (e.g. -p 8080:80)")
 SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", the id, and "h" or "c"

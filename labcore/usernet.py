@@ -38,8 +38,6 @@ Next: ``labcore.portproxy``, the published port's relay.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import secrets
 import select
@@ -155,12 +153,15 @@ def check_host() -> None:
                                                         f"apt-get install {package}; `./lab up` does)")
     try:
         os.close(os.open(TUN, os.O_RDWR))      # makes nothing: a tap exists only after ioctl(TUNSETIFF)
-    except OSError as err:
-        fix = ("ask an administrator for `chmod 0666 /dev/net/tun`, the mode udev gives it on Debian, Ubuntu "
-               "and Fedora: creating a tap still takes CAP_NET_ADMIN, which you hold only in namespaces you own"
-               if err.errno in (errno.EACCES, errno.EPERM) else
-               "ask an administrator for `modprobe tun`; a container needs to be given --device /dev/net/tun")
-        raise from_oserror(err, "open", TUN, fix=fix) from err
+    except PermissionError as err:
+        raise from_oserror(err, "open", TUN, fix="ask an administrator for `chmod 0666 /dev/net/tun`, the mode "
+                           "udev gives it on Debian, Ubuntu and Fedora: making a tap still takes CAP_NET_ADMIN, "
+                           "which you hold only over namespaces you own") from err
+    except OSError as err:                     # ENOENT, ENODEV: no tun driver here
+        raise NotSupportedHere(f"open {TUN} failed: {err.strerror}: a rootless container gets loopback only",
+                               syscall="open", path=TUN, errno=err.errno,
+                               fix="ask an administrator for `modprobe tun`; a container must be given "
+                                   "--device /dev/net/tun") from err
 
 
 def start_holder(ledger: journal.Journal) -> int:
