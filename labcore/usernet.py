@@ -90,12 +90,18 @@ def join(scope: journal.Scope) -> Usernet:
     The use is recorded first and the check made under the journal's lock, the one ``undo_usernet`` takes:
     a user leaving at this moment counts this one and leaves the network running."""
     ledger = scope.journal
-    ledger.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     use = scope.record("network", "user-mode network", "usernet", journal=str(ledger.directory))
-    with journal.flocked(ledger.directory):
+    with locked(ledger):
         found = find(ledger) or start(ledger)
     found.use = use
     return found
+
+
+def locked(ledger: journal.Journal):
+    """flock(2) on the journal's directory: one process at a time starts or stops the network, or leases an
+    address on it. The journal is the state dir's, as the network is."""
+    ledger.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return journal.flocked(ledger.directory)
 
 
 def leave(usernet: Usernet, scope: journal.Scope) -> None:
@@ -239,7 +245,7 @@ def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | No
     host_ifname, peer = network.interface_names(short_id or secrets.token_hex(5))
     inode = network.check_own_netns(pid)
     first = len(scope.entries)
-    with journal.flocked(scope.journal.directory):    # from reading the leases until the new one is set
+    with locked(scope.journal):                        # from reading the leases until the new one is set
         address = network.free_address(net, network.in_netns(usernet.holder, taken_addresses))
         scope.record("link", host_ifname, "link_in", name=host_ifname, pid=usernet.holder,
                      start=journal.process_start_time(usernet.holder))
