@@ -292,14 +292,3 @@ def cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
-
-
-def probe() -> str:
-    """For `labcore doctor`: whether this user could start the user-mode network (nothing is started)."""
-    if os.geteuid() == 0:
-        return "not needed: root connects containers to lcbr0 on the host"
-    try:
-        check_host()
-    except (NeedsPrivilege, NotSupportedHere) as err:
-        return f"no: {err}"
-    return f"slirp4netns, nft and {TUN} usable: rootless containers get eth0, each other and -p"
