@@ -249,23 +249,27 @@ class Box:
             return Step.refused("veth: eth0 from the user-mode network", ORDER["connect_network"][0],
                                 self.network_refused)
         host_end = network.interface_names(self.id[:10])[0]
-        side = "host" if self.usernet is None else "router ns"
-        before = {**self._inside_interfaces(), f"{side}: {host_end}": self._link(host_end)}
+        before = self._wiring(host_end)
         if self.usernet is None:
             self.endpoint = network.connect(self.pid, self.scope, short_id=self.id[:10])
         else:
             self.endpoint = usernet.connect(self.usernet, self.pid, self.scope, short_id=self.id[:10])
-        inside = self._inside_interfaces()
-        after = {**inside, f"{side}: {host_end}": self._link(host_end),
-                 **(usernet.show(self.usernet) if self.usernet else {})}
-        names = sorted(name[len("inside: "):] for name in inside if name not in ("inside: net ns", "inside: default route"))
-        where = " in the user-mode network" if self.usernet else ""
-        return Step(f"veth: eth0 {self.endpoint.ip} inside, {host_end} on {self.endpoint.network.bridge}{where}",
+        after = {**self._wiring(host_end), **(usernet.show(self.usernet) if self.usernet else {})}
+        names = sorted(key.split(": ", 1)[1] for key in after if key.startswith("inside: ")
+                       and key not in ("inside: net ns", "inside: default route"))
+        where = f", in the router namespace, whose way out is slirp4netns pid {self.usernet.slirp}" \
+            if self.usernet else ""
+        return Step(f"veth: eth0 {self.endpoint.ip} inside, {host_end} on {self.endpoint.network.bridge}",
                     ORDER["connect_network"][0], before, after, current_mode(),
-                    note=f"inside: {names}; the other end is plugged into the bridge"
-                         + (f", in the router namespace, whose way out is slirp4netns pid {self.usernet.slirp}"
-                            if self.usernet else ""),
+                    note=f"inside: {names}; the other end is plugged into the bridge{where}",
                     data={"interfaces_inside": names, "ip": self.endpoint.ip, "host_ifname": host_end})
+
+    def _wiring(self, host_end: str) -> dict:
+        """pid 1's interfaces, read in its namespace, and the other end of its veth, where that is plugged in."""
+        inside = network.in_netns(self.pid, network.read_interfaces)
+        side = "host" if self.usernet is None else "router ns"
+        return {**{f"inside: {name}": value for name, value in inside.items()}, f"{side}: {host_end}":
+                self._link(host_end)}
 
     def _join_usernet(self) -> int | None:
         """Rootless: join the user-mode network, whose user namespace the shim joins before it unshares, so
@@ -279,9 +283,6 @@ class Box:
             self.network_refused = err
             return None
         return self.usernet.holder
-
-    def _inside_interfaces(self) -> dict:
-        return {f"inside: {name}": value for name, value in network.in_netns(self.pid, network.read_interfaces).items()}
 
     def _link(self, name: str) -> str:
         """The host end of the box's veth: on the host, or in the user-mode network's router namespace."""

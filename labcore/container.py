@@ -150,7 +150,7 @@ def join_cgroup(container: Container, pid: int) -> None:
 def prepare_network(container: Container) -> int | None:
     """Rootless on the bridge network: join the user-mode network (``labcore.usernet``) and return the pid
     whose user namespace the shim joins before it unshares, so that a veth end may later be moved into the
-    container's network namespace. Where the host refuses it (no pasta), a container that publishes no port
+    container's network namespace. Where the host refuses it (no slirp4netns), a container that publishes no port
     keeps loopback only, as before; one with -p fails with the host's answer."""
     if container.spec.network == "none" or not container.plan.rootless:
         return None
