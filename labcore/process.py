@@ -136,7 +136,7 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
 
 
 def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
-    """Start a program that outlives this step (a port proxy, pasta): in a session of its own, so a ^C at
+    """Start a program that outlives this step (a port proxy, slirp4netns): in a session of its own, so a ^C at
     the terminal is for labcore, which stops it itself; reaped by a thread of its own whoever kills it (the
     journal's undo, `labcore cleanup`), so no zombie stays behind."""
     import subprocess
