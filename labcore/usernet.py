@@ -54,7 +54,6 @@ from labcore.process import Child, spawn
 TAP = "lctap0"                        # slirp4netns's interface in the router namespace
 HOLDER = "labcore-usernet"            # the holder's argv[0], as ps(1) shows it
 TUN = "/dev/net/tun"                  # where a tap device is asked for (Documentation/networking/tuntap.rst)
-HOST_LOOPBACK = "10.0.2.2"            # slirp4netns(1): the gateway, which leads to the host's 127.0.0.1
 READY_SECONDS = 10.0
 # --configure: lctap0 up with 10.0.2.100/24 and the default route; the MTU of slirp4netns(1)'s example and
 # Podman's; the sandbox: slirp4netns pivots into a mount namespace with only /etc and /run, under seccomp.
