@@ -4,8 +4,8 @@ As root, a container's network is a veth pair from the host's bridge lcbr0 (``la
 root that is refused: creating a link in the host's network namespace, or moving one into it, needs
 CAP_NET_ADMIN over that namespace, and only root has it. In a user namespace of your own you hold every
 capability, but only over the namespaces it owns (user_namespaces(7)). Rootless Podman builds its bridge
-network out of such namespaces alone (podman: "rootless netns", containers/common libnetwork/internal/
-rootlessnetns), and so does the lab, once per state directory:
+network out of such namespaces alone, its "rootless netns" (containers/common:
+libnetwork/internal/rootlessnetns/netns_linux.go), and so does the lab, once per state directory:
 
     router namespace  a user namespace and a network namespace it owns, kept alive by a sleeping process
                       (``labcore-usernet``), as Podman's pause process keeps its own
@@ -21,8 +21,9 @@ rootlessnetns), and so does the lab, once per state directory:
                       replayed as an ordinary connect(2) of that process, so the world sees you, not a
                       container. QEMU's addresses: the namespace is 10.0.2.100, the gateway 10.0.2.2 leads to
                       the host's own 127.0.0.1, 10.0.2.3 is a DNS forwarder
-    NAT               slirp answers one address, 10.0.2.100: an nftables masquerade rule in the router
-                      namespace (as netavark adds) gives every container's outgoing packet that address
+    NAT               slirp4netns answers only inside its own network, 10.0.2.0/24 (a packet from 10.203.0.2
+                      gets no answer): an nftables masquerade rule in the router namespace, as netavark adds,
+                      gives every container's outgoing packet the namespace's own address, 10.0.2.100
     -p 8080:80        ``labcore.portproxy`` accepts on the host's 127.0.0.1:8080 and connects from inside the
                       router namespace to the container's address: rootlesskit's "builtin" port driver
 
@@ -30,9 +31,10 @@ pasta(1) (Debian's passt, Podman 5's default) does slirp4netns's job by mapping 
 TCP stack of its own. The lab measured Debian 12's pasta (2023-03) losing the server's FIN in 9 of 20 short
 connections that both ends closed at once, where slirp4netns 1.2 lost none: so slirp4netns it is.
 
-The first container of a state directory starts it; each records its use (the journal's ``usernet`` undo),
-and the last one out stops slirp4netns and the holder. Their namespaces go with them, and with those the
-bridge, every veth and the NAT rule: no record is needed for what dies with its namespace.
+The first container of a state directory starts it; each records its use (the journal's ``usernet`` undo,
+where Podman keeps a reference count in a file), and the last one out stops slirp4netns and the holder.
+Their namespaces go with them, and with those the bridge, every veth and the NAT rule: no record is needed
+for what dies with its namespace.
 
 Next: ``labcore.portproxy``, the published port's relay.
 """
