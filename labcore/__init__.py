@@ -11,6 +11,7 @@ Each module is one mechanism and reads as a short lesson. In the order a contain
         rootfs        which files it sees: chroot, its escape, pivot_root, /proc /dev /sys
         overlay       one copy of the image for many containers; overlay_model predicts it
         network       a bridge, a veth pair, an address; portproxy publishes a port
+        usernet       the same without root: a bridge in a namespace you own, slirp4netns its way out
     images
         images        layers kept by digest in an OCI layout; baseimage builds busybox offline
         layers        each layer unpacked once; archive loads and saves what Docker and Podman write

@@ -35,8 +35,9 @@ import threading
 import time
 from pathlib import Path
 
-from labcore import container, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls, userns
-from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
+from labcore import (container, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls, usernet,
+                     userns)
+from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.evidence import Step, current_mode
 from labcore.process import Child
 
@@ -109,6 +110,7 @@ class Box:
         self.done: list[str] = []
         self.stack = self.overlay = self.shim = self.pid = self.group = self.endpoint = self.published = None
         self.stdio = self.argv = self.result = self.reply = None
+        self.usernet = self.network_refused = None          # rootless: labcore.usernet, or why not
         self.limits: dict = {}
 
     # --- order -----------------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ class Box:
         """The shim unshares six namespaces and forks: its child is pid 1 of the new pid namespace."""
         before = {f"{kind} ns": f"{kind}:[{inode}]" for kind, inode in namespaces.namespaces_of(
             self.shim.pid, KINDS).items()}
-        self.shim.send("unshare")
+        self.shim.send(self._join_usernet())            # the go-ahead, with a user namespace to join or None
         self.pid = self.shim.recv(timeout=30)
         container.record_process(self.scope, self.pid)
         seen = self.shim.recv(timeout=30)                 # pid 1's first words: what it sees of itself
@@ -241,20 +243,52 @@ class Box:
 
     @step("connect_network")
     def connect_network(self) -> Step:
-        """Docker's bridge network: a veth pair from lcbr0 into pid 1's namespace, an address, a route."""
+        """Docker's bridge network: a veth pair from lcbr0 into pid 1's namespace, an address, a route.
+        Rootless, the lcbr0 is the user-mode network's, in a namespace of your own (``labcore.usernet``)."""
+        if self.usernet is None and os.geteuid() != 0:    # refused by this host: the box keeps lo only
+            return Step.refused("veth: eth0 from the user-mode network", ORDER["connect_network"][0],
+                                self.network_refused)
         host_end = network.interface_names(self.id[:10])[0]
-        inside = network.in_netns(self.pid, network.read_interfaces)
-        before = {**{f"inside: {name}": value for name, value in inside.items()},
-                  f"host: {host_end}": "present" if network.link_exists(host_end) else "absent"}
-        self.endpoint = network.connect(self.pid, self.scope, short_id=self.id[:10])
-        inside = network.in_netns(self.pid, network.read_interfaces)
-        after = {**{f"inside: {name}": value for name, value in inside.items()},
-                 f"host: {host_end}": _link_master(host_end)}
-        names = sorted(name for name in inside if name not in ("net ns", "default route"))
+        before = self._wiring(host_end)
+        if self.usernet is None:
+            self.endpoint = network.connect(self.pid, self.scope, short_id=self.id[:10])
+        else:
+            self.endpoint = usernet.connect(self.usernet, self.pid, self.scope, short_id=self.id[:10])
+        after = {**self._wiring(host_end), **(usernet.show(self.usernet) if self.usernet else {})}
+        names = sorted(key.split(": ", 1)[1] for key in after if key.startswith("inside: ")
+                       and key not in ("inside: net ns", "inside: default route"))
+        where = f", in the router namespace, whose way out is slirp4netns pid {self.usernet.slirp}" \
+            if self.usernet else ""
         return Step(f"veth: eth0 {self.endpoint.ip} inside, {host_end} on {self.endpoint.network.bridge}",
                     ORDER["connect_network"][0], before, after, current_mode(),
-                    note=f"inside: {names}; the host end is plugged into the bridge",
+                    note=f"inside: {names}; the other end is plugged into the bridge{where}",
                     data={"interfaces_inside": names, "ip": self.endpoint.ip, "host_ifname": host_end})
+
+    def _wiring(self, host_end: str) -> dict:
+        """pid 1's interfaces, read in its namespace, and the other end of its veth, where that is plugged in."""
+        inside = network.in_netns(self.pid, network.read_interfaces)
+        side = "host" if self.usernet is None else "router ns"
+        return {**{f"inside: {name}": value for name, value in inside.items()}, f"{side}: {host_end}":
+                self._link(host_end)}
+
+    def _join_usernet(self) -> int | None:
+        """Rootless: join the user-mode network, whose user namespace the shim joins before it unshares, so
+        that a veth end may be moved into pid 1's namespace (``labcore.usernet`` says why). None as root, or
+        where this host refuses it: then ``connect_network`` returns the refusal."""
+        if os.geteuid() == 0:
+            return None
+        try:
+            self.usernet = usernet.join(self.scope)
+        except (NeedsPrivilege, NotSupportedHere) as err:
+            self.network_refused = err
+            return None
+        return self.usernet.holder
+
+    def _link(self, name: str) -> str:
+        """The host end of the box's veth: on the host, or in the user-mode network's router namespace."""
+        if self.usernet is None:
+            return network.describe_link(name)
+        return network.in_netns(self.usernet.holder, network.describe_link, name)
 
     @step("pivot_root")
     def pivot_root(self) -> Step:
@@ -303,6 +337,10 @@ class Box:
     @step("publish")
     def publish(self, host_port: int, container_port: int) -> Step:
         """`-p 127.0.0.1:HOST_PORT:CONTAINER_PORT`: a proxy on the host's loopback; a request goes through."""
+        if self.endpoint is None:
+            return Step.refused(f"publish 127.0.0.1:{host_port}:{container_port}", ORDER["publish"][0], LabError(
+                f"the box has no address to publish from: connect_network was refused ({self.network_refused})",
+                fix="publishing needs the network of connect_network(); see its fix"))
         before = {"host listening": listening(os.getpid(), host_port),
                   "inside listening": listening(self.pid, container_port)}
         self.published = network.publish(self.endpoint, host_port, container_port, self.scope)  # EADDRINUSE: says so
@@ -311,7 +349,8 @@ class Box:
         url = f"http://{self.published.host_ip}:{self.published.host_port}/"
         after = {"host listening": listening(os.getpid(), self.published.host_port),
                  "inside listening": inside, f"GET {url}": reply,
-                 "proxy": f"pid {self.published.pid} -> {self.endpoint.ip}:{container_port}"}
+                 "proxy": f"pid {self.published.pid} -> {self.endpoint.ip}:{container_port}"
+                          + (" (connecting from the router namespace)" if self.endpoint.via else "")}
         return Step(f"publish {self.published}", ORDER["publish"][0], before, after, current_mode(),
                     note="the request went to the proxy on loopback, then to eth0's address in the box",
                     data={"reply": reply, "url": url, "host_port": self.published.host_port})
@@ -362,11 +401,14 @@ class Box:
         """What of the box the host still has: mounts, cgroup dirs, links, live processes, the state dir."""
         host_end = network.interface_names(self.id[:10])[0]
         proxy = self.published and self.published.pid
-        pids = [pid for pid in (self.pid, self.shim and self.shim.pid, proxy) if pid and _alive(pid)]
+        router = (self.usernet.holder, self.usernet.slirp) if self.usernet else ()
+        pids = [pid for pid in (self.pid, self.shim and self.shim.pid, proxy, *router) if pid and _alive(pid)]
         groups = [name for name, path in (self.group.dirs.items() if self.group else ()) if path.exists()]
+        linked = (network.link_exists(host_end) if not router else
+                  _alive(router[0]) and self._link(host_end) != "absent")
         return {"mounts (mountinfo)": journal.mounts_under(self.directory),
                 f"cgroup labcore-{self.id[:12]}... in": groups,
-                "links (ip link)": [host_end] if network.link_exists(host_end) else [], "processes": pids,
+                "links (ip link)": [host_end] if linked else [], "processes": pids,
                 "state dir": [str(self.directory)] if self.directory.exists() else []}
 
     # --- talking to pid 1 ------------------------------------------------------------------------------
@@ -402,7 +444,9 @@ def start(image: str = "busybox") -> Box:
 
 def _shim(channel, child_fds) -> None:
     """Wait for "unshare"; unshare; fork pid 1; then only wait for it, and exit as it did."""
-    channel.recv()
+    join = channel.recv()                  # rootless: the user-mode network's user namespace (labcore.usernet)
+    if join:
+        userns.join(join)
     userns.unshare(container.NAMESPACES)
     hold, release = os.pipe()
     pid = os.fork()
@@ -559,11 +603,6 @@ def listening(pid: int, port: int) -> list[str]:
     return [address for address in found if address.endswith(f":{port}")]
 
 
-def _link_master(name: str) -> str:
-    master = Path(f"/sys/class/net/{name}/master")
-    return f"up, on {os.path.basename(os.readlink(master))}" if master.exists() else "present"
-
-
 def _alive(pid: int) -> bool:
     return process_state(pid)[:1] not in ("g", "Z", "")
 
@@ -623,7 +662,7 @@ def _draw_cgroup(graph, box: Box) -> None:
 
 
 def _draw_network(graph, box: Box) -> None:
-    if box.endpoint is None or not network.link_exists(box.endpoint.host_ifname):
+    if box.endpoint is None or box._link(box.endpoint.host_ifname) == "absent":
         return
     bridge = box.endpoint.network
     graph.node("bridge", f"{bridge.bridge}\n{bridge.gateway}", shape="component", fillcolor="lightblue")
@@ -636,6 +675,18 @@ def _draw_network(graph, box: Box) -> None:
     if box.published is not None:
         graph.node("proxy", f"proxy pid {box.published.pid}\n{box.published.host_ip}:{box.published.host_port}")
         graph.edge("proxy", "eth0", label=f"connect :{box.published.container_port}", style="dashed")
+    if box.usernet is not None:
+        _draw_router(graph, box.usernet)
+
+
+def _draw_router(graph, router: usernet.Usernet) -> None:
+    """Rootless: the bridge and the host end are in the router namespace, whose way out is slirp4netns."""
+    graph.node("tap", f"{usernet.TAP}\n10.0.2.100", shape="component", fillcolor="lightblue")
+    graph.node("slirp", f"slirp4netns\nhost pid {router.slirp}")
+    graph.edge("slirp", "tap", label="tap fd", style="dashed", arrowhead="none")
+    graph.edge("bridge", "tap", label="routed, masqueraded", style="dotted", arrowhead="none")
+    graph.cluster("router", f"router namespace, held by pid {router.holder}", ["bridge", "veth", "tap"],
+                  style="dashed")
 
 
 # --- the same, in one call -----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import confinement, journal, layers, paths, rootfs, syscalls, userns, users
-from labcore.errors import from_oserror
+from labcore.errors import NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
 # (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
@@ -72,6 +72,7 @@ class Container:
     shim: Child | None = None
     cgroup: object = None               # labcore.cgroups.Group, when the container has one
     endpoint: object = None             # labcore.network.Endpoint, on the bridge network
+    usernet: object = None              # labcore.usernet.Usernet, when rootless on the bridge network
     published: list = field(default_factory=list)     # labcore.network.Published, one per -p
     oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
@@ -112,7 +113,7 @@ def start_pid1(container: Container, stdio: "Stdio") -> None:
     # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
     # namespace's root is the container's own group, and pid 1 (its child) is born inside the limits.
     join_cgroup(container, container.shim.pid)
-    container.shim.send("unshare")
+    container.shim.send(prepare_network(container))      # the go-ahead, with a user namespace to join or None
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
     # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
@@ -148,15 +149,36 @@ def join_cgroup(container: Container, pid: int) -> None:
         manager.add(container.cgroup, pid)
 
 
+def prepare_network(container: Container) -> int | None:
+    """Rootless on the bridge network: join the user-mode network (``labcore.usernet``) and return the pid
+    whose user namespace the shim joins before it unshares, so that a veth end may later be moved into the
+    container's network namespace. Where the host refuses it (no slirp4netns), a container that publishes no port
+    keeps loopback only, as before; one with -p fails with the host's answer."""
+    if container.spec.network == "none" or not container.plan.rootless:
+        return None
+    from labcore import usernet
+    try:
+        container.usernet = usernet.join(container.scope)
+    except (NeedsPrivilege, NotSupportedHere):
+        if container.spec.publish:
+            raise
+        return None
+    return container.usernet.holder
+
+
 def connect_network(container: Container) -> None:
-    """Docker's bridge: a veth pair to lcbr0 and the published ports. A rootless container, or one with
-    --network none, keeps loopback only (the shim brought it up): a veth to the host needs CAP_NET_ADMIN
-    in the host's network namespace."""
+    """Docker's bridge: a veth pair to lcbr0 and the published ports; rootless, to the lcbr0 of the user-mode
+    network. With --network none, or rootless where the host refused a user-mode network, only loopback
+    (the shim brought it up)."""
     spec = container.spec
-    if spec.network == "none" or container.plan.rootless:
+    if spec.network == "none" or (container.plan.rootless and container.usernet is None):
         return
-    from labcore import network
-    container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
+    from labcore import network, usernet
+    if container.usernet is not None:
+        container.endpoint = usernet.connect(container.usernet, container.pid, container.scope,
+                                             short_id=spec.id[:10])
+    else:
+        container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
     for text in spec.publish:
         mapping = network.parse_publish(text)
         container.published.append(network.publish(container.endpoint, mapping.host_port,
@@ -171,6 +193,10 @@ def release_network(container: Container) -> None:
         network.disconnect(container.endpoint, container.scope)
         container.endpoint = None
         container.published = []
+    if container.usernet is not None:
+        from labcore import usernet
+        usernet.leave(container.usernet, container.scope)      # the last one out stops it
+        container.usernet = None
 
 
 def release_cgroup(container: Container) -> None:
@@ -312,8 +338,10 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
 
 def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
-    channel.recv()                                  # the parent's go-ahead (a cgroup is joined before it)
-    userns.unshare(NAMESPACES)                      # as root; as a user, inside a new user namespace
+    join = channel.recv()                           # the parent's go-ahead (a cgroup is joined before it)
+    if join:
+        userns.join(join)                           # rootless: the user-mode network's (labcore.usernet)
+    userns.unshare(NAMESPACES)                      # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
     hold, release = os.pipe()
     pid = os.fork()

@@ -10,6 +10,7 @@ child process, and reads the answer back:
     mount(2) of an overlay on a tmpfs, chroot(2), pivot_root(2)                   man 2 pivot_root
     mkdir(2) of a cgroup under each controller, then rmdir(2)                     man 7 cgroups
     a veth pair in a new network namespace, open(2) of /dev/kvm, `dot -V`
+    what a rootless container's network needs: slirp4netns, nft, open(2) of /dev/net/tun
 
 Sysctls are read only to explain a "no". From the answers follows the lab's mode: everything real as root,
 rootless inside a user namespace, or read-only explanations.
@@ -259,6 +260,7 @@ def probes(hierarchies: list[Hierarchy], own: dict[str, str]) -> dict[str, tuple
             parent = group_parent(h, own.get(controller if h.version == 1 else "", "/"))
             table[f"cgroup.{controller}"] = (try_cgroup, parent, controller, h.version)
     table["veth"] = (try_veth,)
+    table["usernet"] = (try_usernet,)
     table["graphviz"] = (try_dot,)
     table["kvm"] = (try_kvm,)
     return table
@@ -393,6 +395,14 @@ def try_veth() -> str:
     # /proc/self/net/dev lists the interfaces of the network namespace of the reader (proc(5)).
     names = [line.split(":")[0].strip() for line in Path("/proc/self/net/dev").read_text().splitlines()[2:]]
     return f"ip link add lcdoc0 type veth peer name lcdoc1 in a new net namespace: it lists {names}" + _how()
+
+
+def try_usernet() -> str:
+    """What a rootless container's network needs (``labcore.usernet``): slirp4netns, nft, /dev/net/tun."""
+    from labcore import usernet
+    usernet.check_host()
+    return ("slirp4netns, nft and /dev/net/tun usable: without root, containers get eth0 on a bridge in a "
+            "namespace of yours, reach each other, and publish ports on 127.0.0.1")
 
 
 def try_dot() -> str:

@@ -64,7 +64,18 @@ def owner_of(pid: int | None = None) -> dict:
 
 
 def owner_alive(owner: dict) -> bool:
-    return owner.get("pid") is not None and process_start_time(owner["pid"]) == owner.get("start")
+    """The owner still runs: the same pid with the same start time, and not exited."""
+    pid = owner.get("pid")
+    return pid is not None and process_start_time(pid) == owner.get("start") and running(pid)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is no zombie: field 3 of /proc/PID/stat is Z for one that has exited and waits
+    only for its parent's wait(2), which after a crash may take a while."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class Journal:
@@ -269,6 +280,60 @@ def undo_link(name: str) -> None:
     subprocess.run(["ip", "link", "delete", name], capture_output=True)
 
 
+def undo_link_in(name: str, pid: int, start: int | None) -> None:
+    """Delete a link of ours inside the network namespace of process ``pid`` (a rootless one, where the host's
+    ``ip`` cannot see: ``labcore.usernet``), while that pid still names the process we started."""
+    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    if start is not None and process_start_time(pid) == start:
+        subprocess.run(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
+                        "ip", "link", "delete", name], capture_output=True)
+
+
+def undo_usernet(journal: str) -> None:
+    """Leave the user-mode network of a state dir (``labcore.usernet``): the last user out stops it, as the
+    last one out removes the bridge. Its processes are the journal's ``usernet`` records; each user holds a
+    ``usernet`` undo, taken under the same lock, so one that is just joining is counted."""
+    _refuse_foreign(journal, paths.path_is_ours(journal))
+    ledger = Journal(journal)
+    with flocked(journal):
+        if any(entry.undo == "usernet" and owner_alive(entry.owner) for entry in ledger.entries()):
+            return                                      # another container still uses it
+        failures = stop_usernet(ledger)
+    if failures:
+        raise LabError("could not stop the user-mode network: " + "; ".join(failures))
+
+
+def stop_usernet(ledger: Journal) -> list[str]:
+    """Undo the ``usernet`` records (kill slirp4netns, then the holder), and wait until both have exited."""
+    processes = [entry for entry in ledger.entries() if entry.kind == "usernet"]
+    failures = ledger.undo_many(processes)
+    wait_gone(processes)
+    return failures
+
+
+def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
+    """Until the processes of these ``kill`` records have exited: kill(2) sends SIGKILL and returns before it
+    is delivered. Then their namespaces are gone too, and whoever looks next sees what is really left."""
+    deadline = time.monotonic() + seconds
+    killed = [entry.args for entry in entries if entry.undo == "kill"]
+    while any(owner_alive(args) for args in killed) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def flocked(path: str | os.PathLike):
+    """flock(2) ``path`` until the block ends: a lock file (made if missing) or a directory."""
+    flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT
+    # Read-only is enough for flock(2), so a user who cannot write root's lock file still gets as far as
+    # the kernel's own answer to whatever the lock guards, instead of an error about a lock file.
+    fd = os.open(path, flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                                    # closing the file releases the lock
+
+
 def undo_bridge(name: str, lock: str) -> None:
     """Delete a bridge of ours once no interface is plugged into it: it is shared by every container on it,
     so the last one out removes it. Under the lock that ``labcore.network.connect`` holds while plugging in."""
@@ -304,6 +369,8 @@ UNDO = {
     "netns": undo_netns,
     "link": undo_link,
     "bridge": undo_bridge,
+    "link_in": undo_link_in,
+    "usernet": undo_usernet,
     "unlink": undo_unlink,
     "ipcrm": undo_ipcrm,
 }
@@ -318,6 +385,7 @@ def cleanup(everything: bool = False) -> str:
     """
     journal = Journal()
     undone, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
+    wait_gone(undone)
     lines = [f"removed {entry.describe()}" for entry in undone]
     lines += [f"could not remove {failure}" for failure in failures]
     return "\n".join(lines) or "nothing left to clean up"

@@ -22,17 +22,16 @@ and DNAT rules, so that containers reach other hosts and other hosts reach publi
 routes off the machine: it sets net.ipv4.conf.lcbr0.forwarding=0, so the kernel drops whatever a container
 sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only.
 
-Rootless Docker and podman cannot do any of this: a veth into the host's namespace needs CAP_NET_ADMIN
-there. They run slirp4netns or pasta instead, a TCP/IP stack in a user process that relays the container's
-packets through ordinary sockets.
+Without root none of this is allowed: a veth into the host's namespace needs CAP_NET_ADMIN there.
+``labcore.usernet`` does what rootless Podman does instead: the same bridge and veth pairs inside a network
+namespace the user owns, with slirp4netns, a TCP/IP stack in a user process, as its way out.
 
-Next: ``labcore.portproxy``, the published port's relay.
+Next: ``labcore.portproxy``, the published port's relay; ``labcore.usernet``, the network without root.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -54,8 +53,8 @@ from labcore.process import Child, run_in_child
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
 ROOTLESS_FIX = ("run as root (sudo): a veth pair to the host needs CAP_NET_ADMIN in the host's network "
-                "namespace. Rootless Docker and podman use slirp4netns or pasta instead, a user-space TCP/IP "
-                "stack; inside a user namespace only `lo` works (shown below)")
+                "namespace. Without root, containers get their network from labcore.usernet instead: a bridge "
+                "in a namespace you own, with slirp4netns as its way out, as rootless Podman does")
 PUBLISH_FORMS = ("CONTAINER_PORT, HOST_PORT:CONTAINER_PORT, 127.0.0.1:HOST_PORT:CONTAINER_PORT or "
                  "127.0.0.1::CONTAINER_PORT, optionally with /tcp (e.g. -p 8080:80)")
 SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", the id, and "h" or "c"
@@ -92,10 +91,12 @@ class Endpoint:
     container_ifname: str = "eth0"    # inside, as Docker names it
     netns: int = 0                    # inode of /proc/PID/ns/net
     entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
+    via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.usernet)
 
     def __str__(self) -> str:
+        where = f" in the namespace of pid {self.via}" if self.via else ""
         return (f"{self.container_ifname} {self.ip}/{self.network.prefixlen} in net:[{self.netns}] (pid "
-                f"{self.pid}) <-> {self.host_ifname} on {self.network.bridge} {self.network.gateway}")
+                f"{self.pid}) <-> {self.host_ifname} on {self.network.bridge} {self.network.gateway}{where}")
 
 
 @dataclass(frozen=True)
@@ -237,18 +238,10 @@ def lock_path(network: Network) -> Path:
     return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock"
 
 
-@contextlib.contextmanager
 def locked(path: Path):
     """flock(2) the bridge's lock: one container at a time picks an address and plugs into the bridge."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Read-only is enough for flock(2), so a user who cannot write root's lock file still gets as far as
-    # the kernel's own answer (EPERM on the veth) instead of an error about a lock file.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)                                   # closing the file releases the lock
+    return journal.flocked(path)
 
 
 def ensure_bridge(network: Network, scope: journal.Scope) -> None:
@@ -270,6 +263,15 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
         Path(sysctl).write_text("0")
     except OSError as err:
         raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
+
+
+def describe_link(name: str) -> str:
+    """"absent", or the state of link ``name`` and the bridge it is plugged into, as ip(8) reads them in this
+    process's network namespace (``in_netns`` to read another's)."""
+    link = next((link for link in ip("link", "show", as_json=True) if link["ifname"] == name), None)
+    if link is None:
+        return "absent"
+    return f"{link.get('operstate', '?')}, on {link['master']}" if "master" in link else "present"
 
 
 def link_exists(name: str, sys_class_net: str = "/sys/class/net") -> bool:
@@ -300,18 +302,17 @@ def free_address(network: Network, taken: set[str]) -> str:
                    fix="stop some containers, or run `labcore cleanup`")
 
 
-def make_veth(network: Network, host_ifname: str, peer: str, address: str, pid: int,
-              scope: journal.Scope) -> journal.Entry:
-    """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace."""
+def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: int) -> None:
+    """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace.
+
+    The host end carries the container's address as its alias: that is the lease (``taken_addresses``)."""
     ip("link", "add", host_ifname, "type", "veth", "peer", "name", peer)
-    entry = scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
-    # The address may have been another container's a moment ago, with another MAC: forget the host's
+    # The address may have been another container's a moment ago, with another MAC: forget the bridge's
     # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
     # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
     ip(batch=f"link set {host_ifname} alias {address} master {network.bridge} up\n"
              f"link set {peer} netns {pid}\n"
              f"neigh flush to {address} dev {network.bridge}\n")
-    return entry
 
 
 def configure_inside(peer: str, ifname: str, address: str, network: Network) -> None:
@@ -336,7 +337,8 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
     with locked(lock_path(network)):       # from reading the aliases until the new alias is set
         ensure_bridge(network, scope)
         address = free_address(network, taken_addresses())
-        make_veth(network, host_ifname, peer, address, pid, scope)
+        scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
+        plug_in(network, host_ifname, peer, address, pid)
     in_netns(pid, configure_inside, peer, "eth0", address, network)
     return Endpoint(pid, address, network, host_ifname, "eth0", inode, entries=scope.entries[first:])
 
@@ -364,7 +366,7 @@ def publish(endpoint: Endpoint, host_port: int, container_port: int, scope: jour
         parse_port(str(host_port), f"{host_port}:{container_port}")
     listener = bind_host_port(host_ip, host_port)
     try:
-        process = portproxy.start(listener, (endpoint.ip, container_port))
+        process = portproxy.start(listener, (endpoint.ip, container_port), inside=endpoint.via)
         entry = scope.record("process", str(process.pid), "kill", pid=process.pid,
                              start=journal.process_start_time(process.pid))
         endpoint.entries.append(entry)
@@ -452,10 +454,12 @@ def reply(host: str, port: int) -> str:
 # --- two servers on port 80 ---------------------------------------------------------------------------------
 
 class Server:
-    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped."""
+    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped.
 
-    def __init__(self, name: str, scope: journal.Scope, port: int = 80):
-        self.child = Child(lambda channel: _serve(channel, name, port))
+    ``join``: the pid whose user namespace it joins first (rootless: the user-mode network's holder)."""
+
+    def __init__(self, name: str, scope: journal.Scope, port: int = 80, join: int | None = None):
+        self.child = Child(lambda channel: _serve(channel, name, port, join))
         scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
                      start=journal.process_start_time(self.child.pid))
         self.name, self.pid = name, self.child.pid
@@ -477,8 +481,10 @@ class Server:
         self.stop()
 
 
-def _serve(channel, name: str, port: int) -> None:
+def _serve(channel, name: str, port: int, join: int | None) -> None:
     """In the child: a new network namespace, a socket on 0.0.0.0:port, one line to each client."""
+    if join:
+        userns.join(join)
     userns.unshare(syscalls.CLONE_NEWNET)
     listener = socket.create_server(("0.0.0.0", port))
     identity = f"{name} in net:[{netns_inode('self')}] (pid {os.getpid()})"
@@ -506,26 +512,48 @@ def second_bind(port: int, address: str = "0.0.0.0") -> str:
 
 
 def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), network: Network = DEFAULT) -> Step:
-    """Two network namespaces, each with a server on port 80; reached by address and by published ports."""
+    """Two network namespaces, each with a server on port 80; reached by address, from each other, and by
+    published ports. Rootless, both are on the user-mode network's bridge (``labcore.usernet``)."""
     title = "two servers on port 80, in two network namespaces"
     action = ("unshare(CLONE_NEWNET); bind(0.0.0.0:80); listen()  [x2]; ip link add lc..h type veth peer name "
               "lc..c; ip link set lc..c netns PID; labcore.portproxy 127.0.0.1:PORT -> IP:80")
     try:
-        with journal.Scope() as scope, Server("server-a", scope) as a, Server("server-b", scope) as b:
-            endpoints = [connect(s.pid, scope, network) for s in (a, b)]
-            published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
-            step = _two_servers_evidence(title, action, (a, b), endpoints, published)
-    except NeedsPrivilege as err:
+        with journal.Scope() as scope:
+            router = _join_usernet(scope)              # first: the servers join its user namespace
+            join = router.holder if router else None
+            with Server("server-a", scope, join=join) as a, Server("server-b", scope, join=join) as b:
+                endpoints = [_connect_on(router, s.pid, scope, network) for s in (a, b)]
+                published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
+                step = _two_servers_evidence(title, action, (a, b), endpoints, published)
+    except (NeedsPrivilege, NotSupportedHere) as err:
         step = Step.refused(title, action, err)
         try:
             step.after = in_new_netns(loopback_server)       # what a user namespace does allow
         except LabError as why:
             step.after = {"loopback in a new netns": f"refused too: {why.message}"}
         return step
-    step.data["lc links left"] = [link["ifname"] for link in ip("link", "show", as_json=True)
-                                  if paths.is_ours(link["ifname"])]
-    step.after["lc links after teardown"] = step.data["lc links left"] or "none"
+    if router is None:
+        left = [link["ifname"] for link in ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
+    else:                                                # the router namespace went, with all links in it
+        left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
+    step.data["lc links left"] = left
+    step.after["lc links after teardown"] = left or "none"
     return step
+
+
+def _join_usernet(scope: journal.Scope):
+    """Rootless: the user-mode network (``labcore.usernet``, which builds on this module); None as root."""
+    if os.geteuid() == 0:
+        return None
+    from labcore import usernet
+    return usernet.join(scope)
+
+
+def _connect_on(router, pid: int, scope: journal.Scope, network: Network) -> Endpoint:
+    if router is None:
+        return connect(pid, scope, network)
+    from labcore import usernet
+    return usernet.connect(router, pid, scope)
 
 
 def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
@@ -537,18 +565,21 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
             f"second bind to {published[0].host_ip}:{published[0].host_port}":
                 second_bind(published[0].host_port, published[0].host_ip)}
     after, data = {}, {"servers": {}}
-    for server, endpoint, port in zip(servers, endpoints, published):
+    for server, other, endpoint, port in zip(servers, servers[::-1], endpoints, published):
+        via = "the host" if endpoint.via is None else "the router ns"
         seen = {"net ns": f"net:[{netns_inode(server.pid)}]", "listening": tcp_listeners(server.pid),
                 "second bind to :80": server.inside["second bind"],
-                f"connect {endpoint.ip}:80": reply(endpoint.ip, 80),
+                f"connect {endpoint.ip}:80 from {via}": in_netns(endpoint.via, reply, endpoint.ip, 80),
+                f"connect {endpoint.ip}:80 from {other.name}": in_netns(other.pid, reply, endpoint.ip, 80),
                 f"connect {port.host_ip}:{port.host_port}": reply(port.host_ip, port.host_port)}
         after.update({f"{server.name}: {key}": value for key, value in seen.items()})
         data["servers"][server.name] = {**seen, "ip": endpoint.ip, "host_port": port.host_port,
                                         "identity": server.inside["identity"], "pid": server.pid}
+    where = "the host" if endpoints[0].via is None else "the router namespace"
     return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
                 note="both servers hold port 80, each in its own namespace; a second bind in the same "
-                     "namespace fails with EADDRINUSE; the host reaches each by its veth address and by a "
-                     "published port on 127.0.0.1")
+                     f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
+                     "address, the host by a published port on 127.0.0.1")
 
 
 def in_new_netns(fn):

@@ -11,6 +11,13 @@ The parent binds and listens on the host port itself and passes the socket down 
 moby pull request 48132), so a busy port fails with EADDRINUSE in the parent, and a client may connect
 before the proxy has even started: the kernel queues it in the listen backlog.
 
+A rootless container's address lives in a network namespace the host cannot route to (``labcore.usernet``).
+The proxy then starts inside that namespace, by `nsenter --user --net`, still holding the listening socket
+it was given: a socket belongs to the network namespace it was created in (network_namespaces(7)), so it
+keeps accepting on the host's 127.0.0.1 while every connection it opens starts from inside. One process in
+two namespaces: what rootlesskit's "builtin" port driver does with two (rootless-containers/rootlesskit:
+pkg/port/builtin), and Podman's rootlessport after it.
+
 Run as a program: ``python portproxy.py --fd FD IP:PORT``. It needs nothing but the standard library, so it
 starts quickly and runs from any directory.
 """
@@ -18,23 +25,20 @@ from __future__ import annotations
 
 import argparse
 import socket
-import subprocess
 import sys
 import threading
 
 CONNECT_TIMEOUT = 5.0          # seconds to reach the container before the client's connection is closed
 
 
-def start(listener: socket.socket, target: tuple[str, int]) -> subprocess.Popen:
-    """Start a proxy process that serves ``listener`` (bound and listening) and relays to ``target``."""
+def start(listener: socket.socket, target: tuple[str, int], inside: int | None = None):
+    """Start a proxy process that serves ``listener`` (bound and listening) and relays to ``target``; with
+    ``inside``, a pid, it connects from that process's network namespace (and joins its user namespace)."""
+    from labcore.process import spawn
     fd = listener.fileno()
-    process = subprocess.Popen(
-        [sys.executable, "-I", __file__, "--fd", str(fd), f"{target[0]}:{target[1]}"],
-        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)       # a ^C at the terminal is for labcore, which then stops the proxy itself
-    # Whoever kills it (the journal's undo, `labcore cleanup`), this thread reaps it: no zombie stays behind.
-    threading.Thread(target=process.wait, name=f"labcore-portproxy-{process.pid}", daemon=True).start()
-    return process
+    enter = ["nsenter", f"--target={inside}", "--user", "--net", "--preserve-credentials", "--"] if inside else []
+    return spawn([*enter, sys.executable, "-I", __file__, "--fd", str(fd), f"{target[0]}:{target[1]}"],
+                 pass_fds=(fd,))
 
 
 def serve(listener: socket.socket, target: tuple[str, int]) -> None:

@@ -135,6 +135,19 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
         os._exit(code)
 
 
+def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
+    """Start a program that outlives this step (a port proxy, slirp4netns): in a session of its own, so a ^C at
+    the terminal is for labcore, which stops it itself; reaped by a thread of its own whoever kills it (the
+    journal's undo, `labcore cleanup`), so no zombie stays behind."""
+    import subprocess
+    import threading
+    process = subprocess.Popen(argv, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=stderr if stderr is not None else subprocess.DEVNULL,
+                               start_new_session=True)
+    threading.Thread(target=process.wait, name=f"labcore-reap-{process.pid}", daemon=True).start()
+    return process
+
+
 def wait_until_ready(process, ready: Callable[[], bool], what: str, seconds: float,
                      explain: Callable[[], str] = lambda: "") -> None:
     """Poll ``ready()`` until it holds, for a service we started (labd, a registry, dockerd); a service

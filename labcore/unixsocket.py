@@ -142,12 +142,13 @@ def two_containers_on_port_80(stage: Stage) -> Step:
 
 
 def listener_evidence(box) -> dict:
-    from labcore import network
+    from labcore import usernet
     box.reload()
     pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
     evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
                 "address": address or "none"}
-    evidence["answer"] = network.reply(address, 80) if address else "no address to connect to"
+    # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
+    evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
     return evidence
 
 

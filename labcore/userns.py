@@ -13,6 +13,10 @@ containers (podman, `docker --rootless`, bubblewrap) work.
 gid_map may only be written after /proc/self/setgroups says "deny": otherwise the process could drop a
 supplementary group that was denying it access (CVE-2014-8989).
 
+A process may also *join* a user namespace that another process made, with setns(2), as `nsenter -U` does:
+the kernel lets it when its uid owns that namespace. That is how all of one user's rootless containers come
+to share one user namespace, as rootless Podman's do (``labcore.usernet`` says why the network needs it).
+
 Next: ``labcore.namespaces`` makes the other six kinds, inside this one when you are not root.
 """
 from __future__ import annotations
@@ -44,6 +48,23 @@ def enter(flags: int = 0) -> None:
     uid, gid = os.geteuid(), os.getegid()
     syscalls.unshare(syscalls.CLONE_NEWUSER | flags)
     write_id_maps("self", uid, gid)
+
+
+def join(pid: int) -> None:
+    """setns(2) into the user namespace of ``pid``; to be called in a single-threaded child.
+
+    Its owner (the uid that created it) may join without any capability outside. Afterwards this process is
+    uid 0 there, with every capability over the namespaces that user namespace owns, so ``unshare`` below
+    needs no user namespace of its own any more."""
+    path = f"/proc/{pid}/ns/user"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise from_oserror(err, "open", path) from err
+    try:
+        syscalls.setns(fd, syscalls.CLONE_NEWUSER)
+    finally:
+        os.close(fd)
 
 
 def isolating_flags(flags: int) -> int:

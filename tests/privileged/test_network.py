@@ -1,17 +1,17 @@
-"""labcore.network on the real kernel: eth0 in the child's namespace only, traffic both ways over the bridge,
-two servers on port 80, published ports, the shared bridge's last one out, and the refusal as nobody."""
+"""labcore.network on the real kernel, as root: eth0 in the child's namespace only, traffic both ways over the
+bridge, two servers on port 80, published ports, the shared bridge's last one out. Without root, the same
+steps run on the user-mode network: tests/privileged/test_usernet.py."""
 import json
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from labcore import journal, network
 from labcore.evidence import Mode
-from tests.conftest import NOBODY, privileged
+from tests.conftest import privileged
 
 pytestmark = privileged
 
@@ -96,8 +96,10 @@ def test_two_servers_on_port_80_answer_with_their_own_identity():
     for server in (a, b):
         assert "0.0.0.0:80" in server["listening"]
         assert server["second bind to :80"].startswith("EADDRINUSE")
-        assert server[f"connect {server['ip']}:80"] == server["identity"]
+        assert server[f"connect {server['ip']}:80 from the host"] == server["identity"]
         assert server[f"connect 127.0.0.1:{server['host_port']}"] == server["identity"]
+    assert a[f"connect {a['ip']}:80 from server-b"] == a["identity"]            # one reaches the other
+    assert b[f"connect {b['ip']}:80 from server-a"] == b["identity"]
     second_bind = next(value for key, value in step.before.items() if key.startswith("second bind"))
     assert second_bind.startswith("EADDRINUSE")                   # the host refuses a port already taken
     assert step.data["lc links left"] == []
@@ -136,27 +138,3 @@ def test_the_bridge_is_shared_and_removed_by_the_last_one_out():
             assert host_link("lcbr0") is not None                 # still in use by the second one
             assert network.ask(second.ip, 8000) == two.inside["identity"]
         assert host_link("lcbr0") is None                         # the last one out removed it
-
-
-AS_NOBODY = """
-import json
-from labcore import network
-step = network.two_servers_on_port_80()
-print(json.dumps({"mode": step.mode.name, "reason": step.reason, "after": step.after}))
-"""
-
-
-def test_as_nobody_the_veth_is_refused_and_loopback_still_works(nobody_home):
-    home = nobody_home
-    result = subprocess.run(
-        [*NOBODY, sys.executable, "-c", AS_NOBODY],
-        env={**os.environ, "LABCORE_HOME": f"{home}/home"}, cwd=home, capture_output=True, text=True,
-        timeout=120)
-    assert result.returncode == 0, result.stderr
-    step = json.loads(result.stdout)
-    assert step["mode"] == "NOT_PERMITTED"
-    assert "Operation not permitted" in step["reason"] and "slirp4netns" in step["reason"]
-    assert step["after"]["connect 127.0.0.1:80"].startswith("loopback server in net:[")
-    assert step["after"]["lo after `ip link set lo up`"] == "UNKNOWN 127.0.0.1/8"
-    assert not os.listdir(f"{home}/home/journal")             # nobody's run undid what it recorded
-

@@ -100,7 +100,7 @@ def test_connect_refuses_the_callers_own_namespace_before_making_anything():
 def test_ip_errors_become_lab_errors_with_the_errno():
     refused = network.ip_error("link add lcbr0 type bridge", "RTNETLINK answers: Operation not permitted\n")
     assert isinstance(refused, NeedsPrivilege) and refused.errno == errno.EPERM
-    assert "slirp4netns" in refused.fix and "pasta" in refused.fix
+    assert "slirp4netns" in refused.fix and "labcore.usernet" in refused.fix
     exists = network.ip_error("link add lcx type veth", "RTNETLINK answers: File exists")
     assert exists.errno == errno.EEXIST
     odd = network.ip_error("link frob", 'Command "frob" is unknown, try "ip link help".')
