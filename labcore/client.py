@@ -258,7 +258,7 @@ class Local:
         return self.engine.wait(self.id_of(ref)).exit_code
 
     def kill(self, ref: str, signal: str = "KILL") -> None:
-        from labcore.dockerapi import signal_number
+        from labcore.apischema import signal_number
         self.engine.kill(self.id_of(ref), signal_number(signal))
 
     def stop(self, ref: str, timeout: float = 10) -> None:

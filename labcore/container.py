@@ -269,8 +269,9 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
     config = record.config
     kinds = ["ipc", "uts", "net", "pid", "mnt", "cgroup"] + (["user"] if config.get("rootless") else [])
     env = _merge_env(config["env"], request.get("env") or [])
-    uid, gid = parse_user(request.get("user") or config["spec"].get("user") or "0")
+    user = request.get("user") or config["spec"].get("user") or "0"
     workdir = request.get("workdir") or config["workdir"]
+    from labcore.users import lookup_user     # imported here: after setns(mnt) the host's modules are gone
 
     def join(channel: Channel) -> None:
         from labcore.namespaces import enter_namespaces
@@ -279,7 +280,10 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
         if pid == 0:
             try:
                 attach_stdio(stdio.child_fds)
-                become_user(uid, gid, config.get("rootless", False))
+                if stdio.mode == "tty":         # a terminal of the container's own devpts, as pid 1's is
+                    send_fd(channel, open_terminal())
+                uid, gid, groups = lookup_user(user)    # names from the container's /etc/passwd, as runc does
+                become_user(uid, gid, config.get("rootless", False), groups)
                 enter_workdir(workdir)
                 reset_signals()
                 execute(request["cmd"], env)
@@ -292,6 +296,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
 
     child = Child(join, keep=stdio.child_fds)
     stdio.after_fork()
+    if stdio.mode == "tty":
+        stdio.take_terminal(receive_fd(child.channel))
     return child
 
 
@@ -329,7 +335,7 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """In the new pid namespace as pid 1: build the root, wait for start, become the command."""
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
-        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes)
+        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes, plan.tmpfs)
         syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
         terminal = open_terminal() if stdio.mode == "tty" else None
         channel.send("ready")
@@ -338,7 +344,7 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             os.close(terminal)
         channel.recv()                              # start
         os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root
-        become_user(plan.uid, plan.gid, plan.rootless)
+        become_user(plan.uid, plan.gid, plan.rootless, plan.groups)
         enter_workdir(plan.workdir)
         reset_signals()
         execute(plan.argv, plan.env)
@@ -349,10 +355,10 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             os._exit(127)
 
 
-def become_user(uid: int, gid: int, rootless: bool) -> None:
+def become_user(uid: int, gid: int, rootless: bool, groups: list[int] = ()) -> None:
     try:
         if not rootless:           # a user namespace has setgroups "deny" (user_namespaces(7))
-            os.setgroups([])
+            os.setgroups(list(groups))       # --group-add, and a named user's groups from /etc/group
         os.setgid(gid)
         os.setuid(uid)
     except OSError as err:

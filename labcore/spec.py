@@ -47,6 +47,9 @@ class Spec:
     network: str = "bridge"                   # Docker's default; "none": loopback only
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
     volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
+    group_add: list[str] = field(default_factory=list)  # --group-add GID: supplementary groups
+    tmpfs: list[str] = field(default_factory=list)    # --tmpfs PATH[:OPTIONS]: a tmpfs mounted at PATH
+    init: bool = False                        # --init: Docker's docker-init (tini) as pid 1, the command its child
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -66,6 +69,8 @@ class Plan:
     limits: object = None                     # labcore.cgroups.limits.Limits
     volumes: list = field(default_factory=list)   # (host, target, read_only), from parse_volume
     layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
+    groups: list = field(default_factory=list)    # supplementary gids (--group-add)
+    tmpfs: list = field(default_factory=list)     # (target, mount options), from parse_tmpfs
 
 
 # --- checking and resolving, before anything exists ------------------------------------------------------
@@ -184,8 +189,48 @@ def plan_for(spec: Spec) -> Plan:
     image = find_image(spec.image)
     uid, gid = parse_user(spec.user or image.config.get("User") or "0")
     hostname = spec.hostname or spec.id[:12]
+    argv, volumes = command_line(image.config, spec), [parse_volume(volume) for volume in spec.volumes]
+    if spec.init:
+        argv, volumes = [INIT_PATH, "--", *argv], [*volumes, (find_init(), INIT_PATH, True)]
     return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
-                argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
+                argv=argv, env=environment(image.config, spec, hostname, uid),
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
-                hostname=hostname, rootless=os.geteuid() != 0, limits=limits,
-                volumes=[parse_volume(volume) for volume in spec.volumes])
+                hostname=hostname, rootless=os.geteuid() != 0, limits=limits, volumes=volumes,
+                groups=[parse_group(group) for group in spec.group_add],
+                tmpfs=[parse_tmpfs(text) for text in spec.tmpfs])
+
+
+INIT_PATH = "/sbin/docker-init"       # where Docker puts its init in the container (daemon/oci_linux.go)
+
+
+def find_init() -> str:
+    """--init: Docker's docker-init, which is tini built static (it runs in any image), bind-mounted in."""
+    import shutil
+    found = shutil.which("docker-init") or shutil.which("tini-static")
+    if not found:
+        raise BadInput("--init needs docker-init (tini, static), which is not installed here",
+                       fix="apt-get install docker.io (it ships /usr/bin/docker-init), or run without --init")
+    return os.path.realpath(found)
+
+
+def parse_group(group: str) -> int:
+    """--group-add GID. Names would be the image's (/etc/group inside): labcore takes numbers here."""
+    if not str(group).isdigit():
+        raise BadInput(f"invalid --group-add {group!r}: labcore accepts a numeric GID",
+                       fix="e.g. --group-add 1000")
+    return int(group)
+
+
+def parse_tmpfs(text: str) -> tuple[str, str]:
+    """--tmpfs PATH[:OPTIONS], e.g. /run:size=64m,mode=1777 -> (PATH, mount(8) options for tmpfs)."""
+    target, _, options = text.partition(":")
+    if not os.path.isabs(target) or os.path.normpath(target) == "/":
+        raise BadInput(f"invalid tmpfs {text!r}: the path must be absolute and not /",
+                       fix="use --tmpfs /PATH[:size=64m,mode=1777]")
+    for option in filter(None, options.split(",")):
+        name = option.split("=", 1)[0]
+        if name not in ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "ro", "rw", "noexec",
+                        "exec", "nosuid", "suid", "nodev", "dev"):
+            raise BadInput(f"invalid tmpfs option {option!r} in {text!r}",
+                           fix="use size, mode, uid, gid, nr_inodes, ro, noexec, nosuid, nodev")
+    return os.path.normpath(target), options
