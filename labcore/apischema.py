@@ -131,7 +131,10 @@ class Struct(Type):
             return None
         if not isinstance(value, dict):
             raise self.refuse(value, where or self.go)
-        checked = dict(value)
+        # Go's encoding/json matches field names without regard to case: "detachKeys" is DetachKeys.
+        canonical = {name.lower(): name for name in self.fields}
+        checked = {canonical.get(key.lower(), key): item for key, item in value.items()}
+        value = checked
         for name, kind in self.fields.items():
             if name in value:
                 checked[name] = kind.check(value[name], f"{self.go}.{name}")

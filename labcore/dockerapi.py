@@ -289,7 +289,7 @@ def load_images(request: Request):
         tar = request.body_file(scope)
         try:
             loaded = archive.load(tar)
-            lines = [{"stream": f"Loaded image: {name}\n"} for name in loaded]
+            lines = [{"stream": f"{line}\n"} for line in loaded]
         except LabError as err:
             lines = [{"errorDetail": {"message": err.message}, "error": err.message}]
     return Stream(iter([json.dumps(line).encode() + b"\r\n" for line in lines]), "application/json")
@@ -336,8 +336,11 @@ def build_image(request: Request):
         context = unpack_context(request, scope)
         dockerfile = request.query.get("dockerfile") or "Dockerfile"
         labfile = os.path.normpath(os.path.join(context, dockerfile))
-        if not labfile.startswith(context + os.sep):
-            raise Invalid(f"the Dockerfile ({dockerfile}) must be within the build context")
+        if not labfile.startswith(context + os.sep) or not os.path.isfile(labfile):
+            raise Invalid(f"Cannot locate specified Dockerfile: {dockerfile}")
+        with open(labfile) as text:
+            if not text.read().strip():
+                raise Invalid(f"the Dockerfile ({dockerfile}) cannot be empty")
         try:
             result = build.build(context, labfile, tags[0] if tags else None)
             for tag in tags[1:]:
@@ -909,7 +912,8 @@ def create_exec(request: Request, ref: str):
     exec_id = engine.exec_create(engine.find(ref).id, cmd, env=body.get("Env") or [],
                                  workdir=body.get("WorkingDir") or None,
                                  user=str(body["User"]) if body.get("User") else None, tty=bool(body.get("Tty")),
-                                 stdin=bool(body.get("AttachStdin")))
+                                 stdin=bool(body.get("AttachStdin")), detach_keys=body.get("DetachKeys"))
+    detach_keys(body.get("DetachKeys"))                # refused now if malformed, not at start
     return 201, {"Id": exec_id}
 
 
@@ -920,13 +924,17 @@ def start_exec(request: Request, exec_id: str):
     import threading
     body = apischema.body(request, apischema.EXEC_START, required=False)
     session = engine.ExecSession(exec_id, console=tuple(body.get("ConsoleSize") or ()))
-    tty = session.state.get("tty")
+    keys = detach_keys(session.state.get("detach_keys"))
     if body.get("Detach"):
+        session.start()
         threading.Thread(target=lambda: [None for _ in session.output()], daemon=True).start()
         return 200, None
+    # The command starts after the 101, as Docker starts it: output written with the headers could be read
+    # into the client's HTTP buffer, and lost to the raw socket it reads the stream from afterwards.
     detached = threading.Event()
-    on_input = relay_input(session.write, session.close_input, detach_keys(None), detached) \
-        if session.input is not None else None
+    on_input = relay_input(session.write, session.close_input, keys, detached) \
+        if session.state.get("stdin") else None
+    tty = body.get("Tty")                     # framing follows the start's Tty, the terminal the create's
     chunks = (data if tty else frame(stream, data) for stream, data in session.output())
     return daemon.Hijack(chunks, on_input)
 

@@ -234,10 +234,10 @@ def wait_for(container_id: str, condition: str = "not-running") -> int:
         raise NotFound(f"No such container: {container_id}") from None
     with waiters:
         fcntl.flock(waiters, fcntl.LOCK_SH)
-        return _poll_exit(container_id, condition)
+        return _poll_exit(container_id, condition, release=lambda: fcntl.flock(waiters, fcntl.LOCK_UN))
 
 
-def _poll_exit(container_id: str, condition: str) -> int:
+def _poll_exit(container_id: str, condition: str, release) -> int:
     code, pause = None, 0.001
     while True:
         try:
@@ -247,8 +247,9 @@ def _poll_exit(container_id: str, condition: str) -> int:
                 return code
             raise LabError(f"container {container_id[:12]} was removed before its exit code was read")
         exited = record.state in (State.EXITED, State.RESTARTING)
-        if exited:
+        if exited and code is None:
             code = record.exit_code
+            release()                                 # read: the monitor may remove it now
         if exited and condition != "removed":
             return record.exit_code
         if record.state is State.CREATED and condition == "not-running":
@@ -532,12 +533,13 @@ def save_requested(container_id: str, values: dict) -> None:
 # --- exec -------------------------------------------------------------------------------------------------
 
 def exec_create(container_id: str, cmd: list[str], env=(), workdir=None, user=None, tty: bool = False,
-                stdin: bool = False) -> str:
+                stdin: bool = False, detach_keys: str | None = None) -> str:
     record = refresh(lifecycle.load(container_id))
     lifecycle.check("exec", record.state, container_id)
     exec_id = secrets.token_hex(32)
     _save_exec(exec_id, {"container": container_id, "cmd": list(cmd), "env": list(env), "workdir": workdir,
-                         "user": user, "tty": tty, "stdin": stdin, "running": False, "exit_code": None})
+                         "user": user, "tty": tty, "stdin": stdin, "detach_keys": detach_keys,
+                         "running": False, "exit_code": None})
     return exec_id
 
 
@@ -554,13 +556,19 @@ class ExecSession:
     upgrades the connection), its output read as it comes, its input written by whoever attached."""
 
     def __init__(self, exec_id: str, inherit: bool = False, console: tuple = ()):
-        from labcore import container
+        import threading
         self.exec_id, self.state = exec_id, exec_inspect(exec_id)
+        self.inherit, self.console, self.child = inherit, console, None
+        self.started = threading.Event()          # what the client types waits for the process
         if self.state["running"] or self.state["exit_code"] is not None:
             raise InvalidTransition(f"Exec command {exec_id} has already run")
-        record = refresh(lifecycle.load(self.state["container"]))
-        if record.state is not State.RUNNING:
-            raise InvalidTransition(f"Container {record.id} is not running")
+        self.record = refresh(lifecycle.load(self.state["container"]))
+        if self.record.state is not State.RUNNING:
+            raise InvalidTransition(f"Container {self.record.id} is not running")
+
+    def start(self) -> None:
+        from labcore import container
+        inherit, console, record = self.inherit, self.console, self.record
         self.input = None
         stdin = None
         if self.state.get("stdin") and not self.state.get("tty") and not inherit:
@@ -575,13 +583,16 @@ class ExecSession:
         if mode == "tty":
             self.input = os.dup(self.stdio._parent_ends[0])
             self.stdio.resize(*(console or (0, 0)))
-        _save_exec(exec_id, {**self.state, "running": True, "pid": self.child.pid})
+        _save_exec(self.exec_id, {**self.state, "running": True, "pid": self.child.pid})
+        self.started.set()
 
     def output(self) -> Iterator[tuple[int, bytes]]:
         """(stream, data) as the command writes; the exit code is recorded when it ends (or the reader
         leaves: the generator's close)."""
         import queue
         import threading
+        if self.child is None:
+            self.start()
         chunks: queue.Queue = queue.Queue()
         pump = threading.Thread(target=self._pump, args=(chunks,), daemon=True)
         pump.start()
@@ -598,12 +609,16 @@ class ExecSession:
         finally:
             chunks.put(None)
 
+    input = None
+
     def write(self, data: bytes) -> None:
+        self.started.wait(10)
         if self.input is not None:
             with contextlib.suppress(OSError):
                 os.write(self.input, data)
 
     def close_input(self) -> None:
+        self.started.wait(10)
         if self.input is not None:
             with contextlib.suppress(OSError):
                 os.close(self.input)
