@@ -175,20 +175,20 @@ HOST_CONFIG = Struct("HostConfig", {
     "PidsLimit": INT, "BlkioDeviceReadBps": THROTTLE, "BlkioDeviceWriteBps": THROTTLE,
     "DeviceCgroupRules": STRS, "GroupAdd": STRS, "Tmpfs": MapOf(STR), "Mounts": ListOf(MOUNT), "Init": BOOL,
     "CgroupnsMode": STR, "Isolation": STR, "ConsoleSize": ListOf(Int("uint", 0, (1 << 32) - 1)),
-    "VolumeDriver": STR,
+    "VolumeDriver": STR, "PidMode": STR, "UTSMode": STR, "MemorySwappiness": Int(low=-1, high=100),
     # security: checked for type here; what they do is branch 12-confine's (labcore.spec's security fields)
     "Privileged": BOOL, "CapAdd": StrSlice(), "CapDrop": StrSlice(), "SecurityOpt": STRS, "ReadonlyRootfs": BOOL,
     "Devices": ListOf(Struct("DeviceMapping", {"PathOnHost": STR, "PathInContainer": STR,
                                                "CgroupPermissions": STR})),
     # known to Docker, not implemented by labd: refused when set (UNIMPLEMENTED)
     "ContainerIDFile": STR, "Dns": STRS, "DnsOptions": STRS, "DnsSearch": STRS, "ExtraHosts": STRS,
-    "IpcMode": STR, "Cgroup": STR, "OomScoreAdj": Int("int"), "PidMode": STR, "PublishAllPorts": BOOL,
-    "StorageOpt": MapOf(STR), "UTSMode": STR, "UsernsMode": STR, "ShmSize": Int(low=0), "Sysctls": MapOf(STR),
+    "IpcMode": STR, "Cgroup": STR, "OomScoreAdj": Int("int"), "PublishAllPorts": BOOL,
+    "StorageOpt": MapOf(STR), "UsernsMode": STR, "ShmSize": Int(low=0), "Sysctls": MapOf(STR),
     "Runtime": STR, "CgroupParent": STR, "BlkioWeight": UINT16, "BlkioWeightDevice": ListOf(Any()),
     "BlkioDeviceReadIOps": ListOf(Any()), "BlkioDeviceWriteIOps": ListOf(Any()), "CpuPeriod": INT,
     "CpuQuota": INT, "CpuRealtimePeriod": INT, "CpuRealtimeRuntime": INT, "CpusetCpus": STR, "CpusetMems": STR,
     "DeviceRequests": ListOf(Any()), "KernelMemory": INT, "KernelMemoryTCP": INT, "MemoryReservation": INT,
-    "MemorySwappiness": INT, "OomKillDisable": BOOL, "Ulimits": ListOf(Any()), "CpuCount": INT,
+    "OomKillDisable": BOOL, "Ulimits": ListOf(Any()), "CpuCount": INT,
     "CpuPercent": INT, "IOMaximumIOps": INT, "IOMaximumBandwidth": INT, "MaskedPaths": STRS,
     "ReadonlyPaths": STRS, "Annotations": MapOf(STR),
 })
@@ -199,17 +199,16 @@ SECURITY_FIELDS = ("Privileged", "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRo
 
 UNIMPLEMENTED = tuple(name for name in HOST_CONFIG.fields if name in SECURITY_FIELDS or name in (
     "ContainerIDFile", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts", "IpcMode", "Cgroup", "OomScoreAdj",
-    "PidMode", "PublishAllPorts", "StorageOpt", "UTSMode", "UsernsMode", "ShmSize", "Sysctls", "Runtime",
+    "PublishAllPorts", "StorageOpt", "UsernsMode", "ShmSize", "Sysctls", "Runtime",
     "CgroupParent", "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps",
     "CpuPeriod", "CpuQuota", "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus", "CpusetMems",
-    "DeviceRequests", "KernelMemory", "KernelMemoryTCP", "MemoryReservation", "MemorySwappiness",
+    "DeviceRequests", "KernelMemory", "KernelMemoryTCP", "MemoryReservation",
     "OomKillDisable", "Ulimits", "CpuCount", "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth",
     "MaskedPaths", "ReadonlyPaths", "Annotations"))
 
 # Values that ask for nothing beyond the default, though not Go's zero value: what the docker CLI sends.
-DEFAULTS = {"IpcMode": ("", "private", "shareable"), "PidMode": ("", "private"), "UTSMode": ("", "private"),
-            "UsernsMode": ("", "private"), "Cgroup": ("", "private"), "Runtime": ("", "labcore"),
-            "ShmSize": (0, 64 << 20), "OomKillDisable": (False, None)}
+DEFAULTS = {"IpcMode": ("", "private", "shareable"), "UsernsMode": ("", "private"), "Cgroup": ("", "private"),
+            "Runtime": ("", "labcore"), "ShmSize": (0, 64 << 20), "OomKillDisable": (False, None)}
 
 CONFIG = Struct("ContainerConfigWrapper", {
     "Hostname": STR, "Domainname": STR, "User": STR, "AttachStdin": BOOL, "AttachStdout": BOOL,

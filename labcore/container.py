@@ -312,7 +312,7 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
 def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
     channel.recv()                                  # the parent's go-ahead (a cgroup is joined before it)
-    userns.unshare(NAMESPACES)                      # as root; as a user, inside a new user namespace
+    userns.unshare(NAMESPACES & ~plan.shared)       # as root; as a user, inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
     hold, release = os.pipe()
     pid = os.fork()
@@ -336,7 +336,8 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
         rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes, plan.tmpfs)
-        syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
+        if not plan.shared & syscalls.CLONE_NEWUTS:
+            syscalls.sethostname(plan.hostname)     # the UTS namespace is the container's own
         terminal = open_terminal() if stdio.mode == "tty" else None
         channel.send("ready")
         if terminal is not None:

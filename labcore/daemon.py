@@ -29,7 +29,7 @@ import urllib.parse
 from typing import Callable, Iterator
 
 from labcore import paths
-from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
+from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, NotSupportedHere
 
 API_VERSION = "1.45"
 MIN_API_VERSION = "1.24"
@@ -50,12 +50,13 @@ class ApiError(Exception):
 
 
 def status_for(error: LabError) -> int:
-    """Docker's status codes: 404 no such object, 409 conflict with the state, 400 bad parameter."""
+    """Docker's status codes: 404 no such object, 409 conflict with the state, 400 bad parameter (and a
+    request this host cannot honour: it is the request that has to change)."""
     if isinstance(error, NotFound):
         return 404
     if isinstance(error, InvalidTransition):
         return 409
-    if isinstance(error, BadInput):
+    if isinstance(error, (BadInput, NotSupportedHere)):
         return 400
     return 500
 

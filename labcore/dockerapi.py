@@ -403,10 +403,20 @@ def spec_from_body(body: dict, name: str) -> tuple[Spec, dict]:
                 network="none" if network == "none" else "bridge",
                 publish=publish_from_bindings(host.get("PortBindings") or {}), volumes=volumes,
                 group_add=[str(group) for group in host.get("GroupAdd") or []],
-                tmpfs=tmpfs_of(host), init=bool(host.get("Init")))
+                tmpfs=tmpfs_of(host), init=bool(host.get("Init")), pid=namespace_mode(host, "PidMode"),
+                uts=namespace_mode(host, "UTSMode"))
     spec.env = [*spec.env, *link_environment(host.get("Links") or [], spec.name)]
     config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
     return spec, {"Config": config, "HostConfig": host, "AnonymousVolumes": anonymous}
+
+
+def namespace_mode(host: dict, field: str) -> str:
+    """PidMode, UTSMode: "" or "private" for a namespace of its own, "host" to share the host's. Sharing
+    another container's (container:NAME) is not implemented."""
+    mode = host.get(field) or ""
+    if mode not in ("", "private", "host"):
+        raise Invalid(f"HostConfig.{field} {mode!r} is not supported by labd: use host, or leave it out")
+    return "host" if mode == "host" else ""
 
 
 def check_host_values(host: dict) -> None:

@@ -457,11 +457,14 @@ def unpause(container_id: str) -> None:
 
 
 def processes(pid1: int) -> list[int]:
-    """Every process in pid 1's pid namespace, as the host numbers them (same /proc/PID/ns/pid link)."""
+    """Every process of the container, as the host numbers them: those in pid 1's pid namespace (the same
+    /proc/PID/ns/pid link), or, for a `--pid host` container, which shares the host's, pid 1's descendants."""
     try:
         namespace = os.readlink(f"/proc/{pid1}/ns/pid")
     except OSError:
         return []
+    if namespace == os.readlink("/proc/self/ns/pid"):
+        return descendants(pid1)
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -469,6 +472,20 @@ def processes(pid1: int) -> list[int]:
                 if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
                     found.append(int(entry))
     return sorted(found)
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and its children's children..., from the parent pid in /proc/PID/stat (field 4, proc(5))."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return sorted(found) if pid in parents else []
 
 
 def _signal_all(pid1: int, signum: int) -> None:
@@ -704,6 +721,8 @@ def limits_from_host_config(host: dict) -> dict:
         limits["memory_swap"] = str(host["MemorySwap"])
     if host.get("NanoCpus"):
         limits["cpus"] = str(host["NanoCpus"] / 1e9)
+    if host.get("MemorySwappiness") is not None and host["MemorySwappiness"] >= 0:   # -1: the default
+        limits["memory_swappiness"] = str(host["MemorySwappiness"])
     for field, flag in (("BlkioDeviceReadBps", "device_read_bps"), ("BlkioDeviceWriteBps", "device_write_bps")):
         if host.get(field):
             limits[flag] = [f"{device['Path']}:{device['Rate']}" for device in host[field]]

@@ -50,6 +50,8 @@ class Spec:
     group_add: list[str] = field(default_factory=list)  # --group-add GID: supplementary groups
     tmpfs: list[str] = field(default_factory=list)    # --tmpfs PATH[:OPTIONS]: a tmpfs mounted at PATH
     init: bool = False                        # --init: Docker's docker-init (tini) as pid 1, the command its child
+    pid: str = ""                             # --pid host: the host's pid namespace instead of a new one
+    uts: str = ""                             # --uts host: the host's hostname (UTS namespace)
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -71,6 +73,7 @@ class Plan:
     layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
     groups: list = field(default_factory=list)    # supplementary gids (--group-add)
     tmpfs: list = field(default_factory=list)     # (target, mount options), from parse_tmpfs
+    shared: int = 0                           # CLONE_NEW* flags *not* to unshare: --pid host, --uts host
 
 
 # --- checking and resolving, before anything exists ------------------------------------------------------
@@ -91,6 +94,11 @@ def check_spec(spec: Spec) -> None:
         raise BadInput(f"the working directory {spec.workdir!r} is invalid", fix="it needs to be an absolute path")
     if spec.user is not None:
         parse_user(spec.user)
+    for flag, mode in (("--pid", spec.pid), ("--uts", spec.uts)):
+        if mode not in ("", "host"):
+            raise BadInput(f"invalid {flag} mode {mode!r}", fix=f"use {flag} host, or leave it out for a new namespace")
+    if spec.uts == "host" and spec.hostname:
+        raise BadInput("Conflicting options: hostname and the UTS mode", fix="drop --hostname, or --uts host")
     if spec.network not in ("bridge", "none"):
         raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
     if spec.publish and spec.network == "none":
@@ -188,7 +196,7 @@ def plan_for(spec: Spec) -> Plan:
     limits = parse_limits(spec)
     image = find_image(spec.image)
     uid, gid = parse_user(spec.user or image.config.get("User") or "0")
-    hostname = spec.hostname or spec.id[:12]
+    hostname = os.uname().nodename if spec.uts == "host" else spec.hostname or spec.id[:12]
     argv, volumes = command_line(image.config, spec), [parse_volume(volume) for volume in spec.volumes]
     if spec.init:
         argv, volumes = [INIT_PATH, "--", *argv], [*volumes, (find_init(), INIT_PATH, True)]
@@ -197,7 +205,14 @@ def plan_for(spec: Spec) -> Plan:
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
                 hostname=hostname, rootless=os.geteuid() != 0, limits=limits, volumes=volumes,
                 groups=[parse_group(group) for group in spec.group_add],
-                tmpfs=[parse_tmpfs(text) for text in spec.tmpfs])
+                tmpfs=[parse_tmpfs(text) for text in spec.tmpfs], shared=shared_namespaces(spec))
+
+
+def shared_namespaces(spec: Spec) -> int:
+    """--pid host, --uts host: the namespaces the container keeps sharing with the host (CLONE_NEW* flags)."""
+    from labcore import syscalls
+    return ((syscalls.CLONE_NEWPID if spec.pid == "host" else 0)
+            | (syscalls.CLONE_NEWUTS if spec.uts == "host" else 0))
 
 
 INIT_PATH = "/sbin/docker-init"       # where Docker puts its init in the container (daemon/oci_linux.go)

@@ -46,6 +46,9 @@ class V2Manager(Manager):
                     write(directory / "cgroup.subtree_control", f"+{controller}")
 
     def check(self, limits) -> None:
+        if limits.swappiness is not None:
+            raise NotSupportedHere("cgroup v2 has no per-group swappiness (memory.swappiness is a v1 file; v2 "
+                                   "keeps only the system-wide vm.swappiness)", fix="leave out --memory-swappiness")
         if limits.devices:
             raise NotSupportedHere(
                 "device rules need a BPF program on cgroup v2: there are no devices.allow/deny files; runc "
