@@ -26,36 +26,26 @@ MAX_LINE = 16 * 1024          # Docker's copier: a longer line is written in pie
 
 
 class Writer:
-    """Cut each stream's bytes into lines and append one JSON object per line, with the time it arrived."""
+    """Append each read's pieces (cut after each newline) as one JSON object each, with the time it arrived."""
 
     def __init__(self, path: str | os.PathLike):
         self.file = open(path, "ab", buffering=0)
-        self.pending: dict[int, bytes] = {}
+        self.reads = 0
 
     def write(self, stream: int, data: bytes) -> None:
-        data = self.pending.pop(stream, b"") + data
-        while data:
-            cut = data.find(b"\n")
-            if cut < 0 and len(data) < MAX_LINE:
-                self.pending[stream] = data           # the rest of the line has not come yet
-                return
-            end = cut + 1 if cut >= 0 else MAX_LINE
-            self.append(stream, data[:end])
-            data = data[end:]
-
-    def append(self, stream: int, line: bytes) -> None:
-        entry = {"log": line.decode("utf-8", "surrogateescape"), "stream": STREAMS[stream],
-                 "time": timestamp(time.time_ns())}
-        self.file.write(json.dumps(entry).encode() + b"\n")
+        self.reads += 1
+        now = timestamp(time.time_ns())
+        pieces = [piece + b"\n" for piece in data.split(b"\n")]
+        pieces[-1] = pieces[-1][:-1]
+        self.file.write(b"".join(json.dumps({
+            "log": piece.decode("utf-8", "surrogateescape"), "stream": STREAMS[stream], "time": now,
+            "c": self.reads, **({} if piece.endswith(b"\n") else {"partial": True})}).encode() + b"\n"
+            for piece in pieces if piece))
 
     def flush(self) -> None:
-        """The end of the output: a last line without a newline is written as it is."""
-        for stream, data in sorted(self.pending.items()):
-            self.append(stream, data)
-        self.pending = {}
+        """Every piece is written when it is read: nothing waits here (kept for the callers' ordering)."""
 
     def close(self) -> None:
-        self.flush()
         self.file.close()
 
     def __enter__(self) -> "Writer":
@@ -79,10 +69,10 @@ def nanoseconds(text: str) -> int:
 
 
 class Entry:
-    __slots__ = ("stream", "data", "time")
+    __slots__ = ("stream", "data", "time", "read", "partial")
 
-    def __init__(self, stream: int, data: bytes, time_ns: int):
-        self.stream, self.data, self.time = stream, data, time_ns
+    def __init__(self, stream: int, data: bytes, time_ns: int, read: int = 0, partial: bool = False):
+        self.stream, self.data, self.time, self.read, self.partial = stream, data, time_ns, read, partial
 
 
 def read_entries(log) -> Iterator[Entry]:
@@ -96,9 +86,40 @@ def read_entries(log) -> Iterator[Entry]:
         try:
             raw = json.loads(line)
             yield Entry(NUMBERS[raw["stream"]], raw["log"].encode("utf-8", "surrogateescape"),
-                        nanoseconds(raw["time"]))
+                        nanoseconds(raw["time"]), raw.get("c", 0), bool(raw.get("partial")))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue                                  # a damaged line is skipped, as Docker skips it
+
+
+def lines(entries, final: bool = True, pending: dict | None = None) -> Iterator[Entry]:
+    """Pieces joined into lines, per stream (`docker logs`). With ``final``, a line still without its newline
+    at the end is given as it is; otherwise it stays in ``pending`` for the rest to come (`logs -f`)."""
+    pending = {} if pending is None else pending
+    for entry in entries:
+        if entry.stream in pending:
+            first = pending.pop(entry.stream)
+            entry = Entry(entry.stream, first.data + entry.data, first.time, entry.read, entry.partial)
+        if entry.partial:
+            pending[entry.stream] = entry
+        else:
+            yield entry
+    if final:
+        yield from sorted(pending.values(), key=lambda e: e.time)
+        pending.clear()
+
+
+def reads(entries) -> Iterator[Entry]:
+    """Pieces joined back into the reads they came from (`docker attach`: one frame per read)."""
+    current = None
+    for entry in entries:
+        if current is not None and (entry.read, entry.stream) == (current.read, current.stream) and entry.read:
+            current = Entry(current.stream, current.data + entry.data, current.time, current.read)
+            continue
+        if current is not None:
+            yield current
+        current = entry
+    if current is not None:
+        yield current
 
 
 def select(entries: list[Entry], tail: int | None = None, since: float = 0, until: float = 0) -> list[Entry]:

@@ -467,8 +467,10 @@ def binds_of(body: dict, host: dict) -> tuple[list[str], list[str]]:
             source = os.path.join(source, subpath) if subpath else source
         binds.append(f"{source}:{target}" + (":ro" if mount.get("ReadOnly") else ""))
         targets.add(os.path.normpath(target or "/"))
-    for target in body.get("Volumes") or {}:
-        if os.path.normpath(target) not in targets:
+    for key in body.get("Volumes") or {}:
+        # Docker parses each key as a -v spec: the SDK turns `-v /:/host:ro` into the key "/:/host"
+        target = key.split(":")[1] if ":" in key else key
+        if target and os.path.normpath(target) not in targets:
             binds.append(f"{volumes.path_of(new_anonymous(anonymous))}:{target}")
     return binds, anonymous
 
@@ -696,6 +698,9 @@ def relay_input(write, close, keys: bytes, detached):
         held = b""
         try:
             while data := connection.recv(4096):
+                if not keys:
+                    write(data)
+                    continue
                 for byte in data:
                     held += bytes([byte])
                     if keys.startswith(held):
@@ -723,7 +728,10 @@ def attach_container(request: Request, ref: str):
     wanted = {1} if request.flag("stdout") else set()
     wanted |= {2} if request.flag("stderr") else set()
     tty = record.config.get("spec", {}).get("tty", False)
-    keys, detached = detach_keys(request.query.get("detachKeys")), threading.Event()
+    # Docker watches for the detach keys on a terminal only (container/stream/attach.go): without -t, every
+    # byte the client sends is the container's input.
+    keys = detach_keys(request.query.get("detachKeys")) if tty else b""
+    detached = threading.Event()
     on_input = None
     if request.flag("stdin"):
         fd = engine.write_stdin(record.id)
@@ -934,7 +942,7 @@ def start_exec(request: Request, exec_id: str):
     import threading
     body = apischema.body(request, apischema.EXEC_START, required=False)
     session = engine.ExecSession(exec_id, console=tuple(body.get("ConsoleSize") or ()))
-    keys = detach_keys(session.state.get("detach_keys"))
+    keys = detach_keys(session.state.get("detach_keys")) if session.state.get("tty") else b""
     if body.get("Detach"):
         session.start()
         threading.Thread(target=lambda: [None for _ in session.output()], daemon=True).start()

@@ -272,13 +272,14 @@ def logs(container_id: str, follow: bool = False, tail: int | None = None, since
         log = open(paths.containers_dir() / container_id / LOG, "rb")
     except FileNotFoundError:
         return                                        # it never started: no output yet
+    if follow and until and until < time.time():
+        follow = False
     with log:
-        chosen = containerlog.select(list(containerlog.read_entries(log)), tail, since, until)
-        if follow and until and until < time.time():
-            follow = False
-        entries = iter(chosen)
+        pending: dict = {}
+        past = list(containerlog.lines(containerlog.read_entries(log), final=not follow, pending=pending))
+        entries = iter(containerlog.select(past, tail, since, until))
         if follow:
-            entries = _chain(chosen, read_until_exit(log, container_id))
+            entries = _chain(entries, containerlog.lines(read_until_exit(log, container_id), pending=pending))
         for entry in entries:
             if until and entry.time > until * 1e9:
                 return
@@ -292,35 +293,50 @@ def _chain(first, then):
 
 
 def read_until_exit(log, container_id: str, stop=None) -> Iterator[containerlog.Entry]:
-    """The state is read *before* the file: the monitor writes all output before it records the exit, so
-    once a read of the state says "exited" (or the container is gone), the read after it gets everything."""
-    while True:
-        finished = gone_or_exited(container_id)
-        yield from containerlog.read_entries(log)
-        if finished or (stop is not None and stop.is_set()):
-            return
-        time.sleep(0.01)
+    for batch in _batches(log, container_id, stop):
+        yield from batch
 
 
 def attach(container_id: str, past: bool = False, follow: bool = True, stop=None) -> Iterator[tuple[int, bytes]]:
     """`docker attach`: the output from now on (with ``past``, from the start: `docker run` attaches before
     it starts); without ``follow``, only what is there already. ``stop`` (a threading.Event) ends it early:
-    the client detached."""
+    the client detached. "Now" is the call, not the first read: the log of a running container is opened
+    here, before the daemon answers 101 and the client starts typing."""
     path = paths.containers_dir() / container_id / LOG
-    while follow and not path.exists():
-        if gone_or_exited(container_id) or (stop is not None and stop.is_set()):
-            return                                    # it ran before, or was removed before it ran
-        time.sleep(0.005)
-    try:
+    log = None
+    with contextlib.suppress(FileNotFoundError):
         log = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with log:
         if not past:
             log.seek(0, os.SEEK_END)
-        entries = read_until_exit(log, container_id, stop) if follow else containerlog.read_entries(log)
-        for entry in entries:
-            yield entry.stream, entry.data
+    return _attached(log, path, container_id, follow, stop)
+
+
+def _attached(log, path, container_id: str, follow: bool, stop) -> Iterator[tuple[int, bytes]]:
+    while log is None and follow:                     # not started yet: `docker run` attaches first
+        if gone_or_exited(container_id) or (stop is not None and stop.is_set()):
+            return                                    # it ran before, or was removed before it ran
+        with contextlib.suppress(FileNotFoundError):
+            log = open(path, "rb")
+        time.sleep(0 if log else 0.005)
+    if log is None:
+        return
+    with log:
+        batches = _batches(log, container_id, stop) if follow else [list(containerlog.read_entries(log))]
+        for batch in batches:
+            for entry in containerlog.reads(batch):       # one frame per read(2) of the container's output
+                yield entry.stream, entry.data
+
+
+def _batches(log, container_id: str, stop) -> Iterator[list]:
+    """What the log holds from its position on, again every 10 ms, until the container exits (or ``stop``).
+    The state is read *before* the file: the monitor writes all output before it records the exit, so once
+    a read of the state says "exited" (or the container is gone), the read after it gets everything."""
+    while True:
+        finished = gone_or_exited(container_id)
+        yield list(containerlog.read_entries(log))
+        if finished or (stop is not None and stop.is_set()):
+            return
+        time.sleep(0.01)
 
 
 def gone_or_exited(container_id: str) -> bool:

@@ -57,8 +57,8 @@ _REFUSALS = {
     "unpause": "container {id} is not paused",
     "kill": "cannot kill container {id}: container {id} is not running",
     "exec": "container {id} is not running",
-    "remove": "cannot remove container {id}: container is {state}: stop the container before removing "
-              "or force remove",
+    "remove": "You cannot remove a {state} container {id}. Stop the container before attempting removal or "
+              "force remove",
     "rename": "cannot rename container {id}: it is {state}",
 }
 

@@ -24,7 +24,7 @@ def test_walk_through_the_lifecycle():
 
 @pytest.mark.parametrize("state,action,message", [
     (State.CREATED, "pause", "is not running"),
-    (State.RUNNING, "remove", "stop the container before removing or force remove"),
+    (State.RUNNING, "remove", "Stop the container before attempting removal or force remove"),
     (State.RUNNING, "start", "is already running"),
     (State.EXITED, "exec", "is not running"),
     (State.PAUSED, "kill", "is not running"),
