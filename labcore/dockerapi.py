@@ -587,7 +587,7 @@ def container_inspect(record: Record) -> dict:
         "State": {"Status": record.state.value, "Running": running or record.state is State.RESTARTING,
                   "Paused": record.state is State.PAUSED, "Restarting": record.state is State.RESTARTING,
                   "OOMKilled": record.oom_killed, "Dead": False, "Pid": record.pid if running else 0,
-                  "ExitCode": record.exit_code, "Error": "", "StartedAt": rfc3339(record.started),
+                  "ExitCode": record.exit_code, "Error": record.error, "StartedAt": rfc3339(record.started),
                   "FinishedAt": rfc3339(record.finished)},
         "Image": record.config.get("image_id", ""), "Name": f"/{record.name}", "RestartCount": 0,
         "Driver": "overlay", "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",

@@ -82,6 +82,11 @@ def start(container_id: str) -> Record:
     ours, theirs = socket.socketpair()
     middle = os.fork()
     if middle == 0:                                   # the middle child: fork the monitor, then leave
+        # The fork copied the Python objects of labd's other threads (their sockets, open logs). Freed later
+        # by the garbage collector, each would close its fd *number*, by then perhaps the monitor's log:
+        # collect them now, before the monitor opens anything; then close what is left at the OS level.
+        import gc
+        gc.collect()
         close_inherited_fds(keep=(theirs.fileno(),))  # labd's other requests' fds are not the monitor's
         if os.fork() == 0:
             _monitor(spec, Channel(theirs), options)
@@ -130,7 +135,16 @@ def _monitor(spec: Spec, channel: Channel, options: dict) -> None:
     except BaseException as err:
         with contextlib.suppress(OSError):
             channel.send(("error", err))
+        _record_failure(spec.id, err)
     os._exit(0)
+
+
+def _record_failure(container_id: str, err: BaseException) -> None:
+    """The monitor failed after the start: say so in the record (`inspect` shows State.Error), as an exit."""
+    import traceback
+    text = "".join(traceback.format_exception_only(type(err), err)).strip()
+    with contextlib.suppress(Exception):
+        lifecycle.transition(container_id, "exit", exit_code=255, finished=time.time(), error=text)
 
 
 def _run_once(spec: Spec, channel: Channel | None, options: dict) -> int:

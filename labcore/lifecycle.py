@@ -88,6 +88,7 @@ class Record:
     started: float = 0.0
     finished: float = 0.0
     monitor: dict = field(default_factory=dict)       # the process that will record the exit {pid, start}
+    error: str = ""                                   # why its monitor failed, when it did (State.Error)
 
     @property
     def directory(self) -> Path:
