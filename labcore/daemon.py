@@ -218,7 +218,7 @@ class BodyReader:
 def api_version(path: str) -> tuple[str, str | None]:
     """/v1.41/containers/json -> ("/containers/json", "1.41"); refuse a version outside what labd speaks,
     in the words of Docker's middleware (api/server/middleware/version.go)."""
-    match = re.match(r"^/v([0-9][^/]*)(/.*)$", path)
+    match = re.match(r"^/v([0-9.]+)(/.*)$", path)        # Docker's router: /v{version:[0-9.]+}/...
     if not match:
         return path, None
     version, rest = match[1], match[2]
@@ -259,13 +259,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         multi: dict[str, list[str]] = {}
         for name, value in pairs:
             multi.setdefault(name, []).append(value)
+        request = None
         try:
             request = Request(self.command, url.path, dict(pairs), reader=self.body_reader(), multi=multi)
             self.answer(dispatch(request))
-            if not request.reader.drain():
-                self.close_connection = True
         except ApiError as err:
-            self.close_connection = self.close_connection or err.status in (400, 413)
+            self.close_connection = self.close_connection or err.status == 413
             self.answer_json(err.status, {"message": str(err)})
         except LabError as err:
             self.answer_json(status_for(err), {"message": err.message})
@@ -277,6 +276,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 traceback.print_exc()
             self.close_connection = True
             self.answer_json(500, {"message": f"{type(err).__name__}: {err}"})
+        # What the handler left unread of the body is read now, so that the next request on this
+        # keep-alive connection starts where it starts; if that is too much, the connection ends instead.
+        if request is not None and not self.close_connection and not request.reader.drain():
+            self.close_connection = True
 
     def body_reader(self) -> BodyReader:
         """How long the body is, from the headers; a malformed Content-Length is answered 400, as Go's

@@ -1,6 +1,5 @@
 """Two daemons for the differential suite: labd and Debian's dockerd, started once for the whole directory, each
 with busybox (the same bytes, so the same IMAGE ID). Tests send both the same raw HTTP request and compare."""
-import http.client
 import json
 import os
 import socket

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import tarfile
-import time
 
 import pytest
 
