@@ -13,6 +13,11 @@ the fields the docker SDK and CLI use. What `docker run` sends, in order:
 
 Container output travels in Docker's multiplexed framing: one byte for the stream (1 stdout, 2 stderr),
 three zero bytes, the payload's length as a big-endian uint32, the payload.
+
+Beyond `docker run`: the lifecycle (restart, pause, rename, update, kill, stop, prune), what is inside
+(top, changes, stats, archive), images (tag, save, load, import, commit, build, prune), exec with a terminal
+and stdin, named volumes, legacy links. Every body is checked first (``labcore.apischema``); what labd does
+not do is answered in Docker's own shapes (the README lists it).
 """
 from __future__ import annotations
 

@@ -139,3 +139,28 @@ def test_ps_a_through_the_cli_after_the_fuzzing(labd):
             break
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].split()[:2] == ["CONTAINER", "ID"]
+
+
+def test_the_malformed_requests_of_issue_16_are_each_a_4xx(labd):
+    container = running(labd)
+    try:
+        bodies = [b"[]", b'"x"', b"null", b'{"Image": 123}', b'{"Image": "busybox", "Cmd": 123}',
+                  b'{"Image": "busybox", "Env": [1]}', b'{"Image": "busybox", "HostConfig": {"NanoCpus": "x"}}',
+                  b'{"Image": "busybox", "Cmd": [1, 2]}', b"[" * 100_000 + b"]" * 100_000]
+        for body in bodies:
+            status, data = call(labd, "POST", "/containers/create", raw=body)
+            assert 400 <= status < 500, (body[:40], data)
+            still_serving(labd)
+        for method, path, query in (("POST", "stop", {"t": "abc"}), ("POST", "kill", {"signal": "99999"}),
+                                    ("GET", "logs", {"stdout": "1", "tail": "x"}), ("POST", "wait", {"condition": "x"})):
+            status, data = call(labd, method, f"/containers/{container}/{path}", raw=b"", query=query)
+            assert 400 <= status < 500, (path, query, data)
+        for version in ("/v9.99", "/v1.0"):
+            from labcore.client import unix_connection
+            connection = unix_connection(labd.socket)
+            connection.request("GET", f"{version}/_ping")
+            assert connection.getresponse().status == 400
+            connection.close()
+    finally:
+        call(labd, "DELETE", f"/containers/{container}", raw=b"", query={"force": "1"})
+    still_serving(labd)
