@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import journal, layers, paths, rootfs, syscalls, userns
-from labcore.errors import from_oserror
+from labcore.errors import LabError, from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
 # (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
@@ -287,6 +287,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
                 enter_workdir(workdir)
                 reset_signals()
                 execute(request["cmd"], env)
+            except LabError as err:                     # on the exec's stderr, as Docker reports it there
+                os.write(2, f"{err.message}\n".encode(errors="replace"))
             finally:
                 os._exit(127)
         for fd in set(stdio.child_fds) - {0, 1, 2}:

@@ -176,13 +176,7 @@ class BodyReader:
         return self.data
 
     def _sized(self) -> Iterator[bytes]:
-        missing = self.length or 0
-        while missing:
-            chunk = self.rfile.read(min(missing, 1 << 16))
-            if not chunk:
-                raise ConnectionError("the client closed the connection in the middle of its body")
-            missing -= len(chunk)
-            yield chunk
+        yield from self._exactly(self.length or 0)
 
     def _chunked(self) -> Iterator[bytes]:
         while True:
@@ -195,14 +189,16 @@ class BodyReader:
                 while self.rfile.readline(1024).strip():
                     pass                             # trailer fields, if any, end with an empty line
                 return
-            missing = size
-            while missing:
-                chunk = self.rfile.read(min(missing, 1 << 16))
-                if not chunk:
-                    raise ConnectionError("the client closed the connection in the middle of a chunk")
-                missing -= len(chunk)
-                yield chunk
+            yield from self._exactly(size)
             self.rfile.readline(8)                   # the CRLF after each chunk
+
+    def _exactly(self, size: int) -> Iterator[bytes]:
+        while size:
+            chunk = self.rfile.read(min(size, 1 << 16))
+            if not chunk:
+                raise ConnectionError("the client closed the connection in the middle of its body")
+            size -= len(chunk)
+            yield chunk
 
     def drain(self) -> bool:
         """Read what the handler left unread, so the next request on the connection starts at its start.

@@ -375,7 +375,8 @@ def kill(container_id: str, signum: int = signal.SIGKILL) -> None:
     `docker kill` then `docker inspect` never shows a container still running."""
     record = refresh(lifecycle.load(container_id))
     lifecycle.check("kill", record.state, container_id)
-    mark_stopped(container_id)
+    if signum == signal.SIGKILL:
+        mark_stopped(container_id)                # `docker kill`; another signal is a message, not a stop
     with contextlib.suppress(ProcessLookupError):
         os.kill(record.pid, signum)
     if signum == signal.SIGKILL:
@@ -465,25 +466,23 @@ def pause(container_id: str) -> None:
     """`docker pause`: the freezer stops every task of the container where it stands (cgroup-v1/freezer,
     cgroup.freeze on v2). A container without a cgroup of its own is stopped with SIGSTOP instead, sent to
     every process of its pid namespace until no new one appears (a stopped process cannot fork)."""
-    record = refresh(lifecycle.load(container_id))
-    lifecycle.check("pause", record.state, container_id)
-    manager, group = cgroup_of(container_id)
-    if group is not None:
-        manager.freeze(group)
-    else:
-        _signal_all(record.pid, signal.SIGSTOP)
-    lifecycle.transition(container_id, "pause")
+    set_paused(container_id, True)
 
 
 def unpause(container_id: str) -> None:
+    set_paused(container_id, False)
+
+
+def set_paused(container_id: str, paused: bool) -> None:
+    action = "pause" if paused else "unpause"
     record = refresh(lifecycle.load(container_id))
-    lifecycle.check("unpause", record.state, container_id)
+    lifecycle.check(action, record.state, container_id)
     manager, group = cgroup_of(container_id)
     if group is not None:
-        manager.thaw(group)
+        manager.freeze(group, paused)
     else:
-        _signal_all(record.pid, signal.SIGCONT)
-    lifecycle.transition(container_id, "unpause")
+        _signal_all(record.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+    lifecycle.transition(container_id, action)
 
 
 def processes(pid1: int) -> list[int]:
@@ -676,8 +675,8 @@ class ExecSession:
             self.child.recv()                         # an error joining the namespaces arrives here...
         except EOFError:
             pass                                      # ...and silence means the command ran
-        except LabError as err:
-            self.error = err
+        except LabError:
+            pass                                      # it could not join: its exit code (127) says so
         finally:
             self.close_input()
             code = self.child.wait()

@@ -1,5 +1,6 @@
-"""Two daemons for the differential suite: labd and Debian's dockerd, started once for the whole directory, each
-with busybox (the same bytes, so the same IMAGE ID). Tests send both the same raw HTTP request and compare."""
+"""Two daemons for the differential suite: labd and Debian's dockerd, started once for the module (and stopped
+after it: later tests check that no child process of theirs is left), each with busybox (the same bytes, so
+the same IMAGE ID). Tests send both the same raw HTTP request and compare."""
 import json
 import os
 import socket
@@ -86,7 +87,7 @@ class Engine:
         self.request("DELETE", f"/containers/{container}?force=1&v=1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engines(tmp_path_factory, shared_images):
     """{"labd": Engine, "dockerd": Engine}; skipped with the reason when Docker cannot run here."""
     if os.geteuid() != 0:
