@@ -67,6 +67,60 @@ def commit(container_ref: str, reference: str, comment: str = "") -> Step:
                 data={"image": image, "entries": layer["entries"]})
 
 
+def commit_image(record, name: str | None, tag: str, comment: str = "", changes=(), author: str = ""):
+    """`docker commit` through the API: the upperdir as a layer, ``changes`` (Dockerfile lines: CMD, EXPOSE,
+    ENV...) applied to the config, and the image it came from recorded as its "parent"."""
+    from labcore import images
+    upper, xattr = record.directory / "upper", layers.xattr_namespace(record.config.get("rootless"))
+    store = images.Store()
+    base = store.resolve(record.config["image_id"])
+    layer_paths = [item.path for item in base.layers]
+    if upper.is_dir():
+        layer_paths.append(store_layer(store, layers.layer_tar(upper, xattr))["path"])
+    document = json.loads(store.read_blob(base.id))
+    document = {**document, "config": apply_changes(document.get("config") or {}, changes), "parent": base.id,
+                "container": record.id, **({"author": author} if author else {})}
+    document = _with_history(document, comment or " ".join(record.config["argv"]))
+    return store.add_image(layer_paths, document, name, tag)
+
+
+def tag_image(image, reference: str) -> None:
+    from labcore import images
+    store = images.Store()
+    store.point(store.descriptor(image), *images.split_reference(reference))
+
+
+CHANGES = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "USER", "VOLUME", "WORKDIR", "STOPSIGNAL")
+
+
+def apply_changes(config: dict, changes) -> dict:
+    """`docker commit --change` / `docker import --change`: Dockerfile instructions that set the config only."""
+    config = dict(config)
+    for line in changes:
+        keyword, _, argument = line.strip().partition(" ")
+        keyword, argument = keyword.upper(), argument.strip()
+        if keyword not in CHANGES:
+            raise BadInput(f"{keyword} is not a valid change command", fix=f"use one of {', '.join(CHANGES)}")
+        instruction = Instruction(0, keyword, argument)
+        if keyword in ("CMD", "ENTRYPOINT"):
+            config["Cmd" if keyword == "CMD" else "Entrypoint"] = command_argv(instruction)
+        elif keyword == "ENV":
+            env = dict(item.split("=", 1) for item in config.get("Env") or [])
+            env.update(env_pairs(instruction))
+            config["Env"] = [f"{name}={value}" for name, value in env.items()]
+        elif keyword in ("EXPOSE", "VOLUME"):
+            field_name = "ExposedPorts" if keyword == "EXPOSE" else "Volumes"
+            words = json.loads(argument) if argument.startswith("[") else argument.split()
+            config[field_name] = {**(config.get(field_name) or {}), **{
+                (w if "/" in w or keyword == "VOLUME" else f"{w}/tcp"): {} for w in words}}
+        elif keyword == "LABEL":
+            config["Labels"] = {**(config.get("Labels") or {}), **dict(env_pairs(instruction))}
+        else:
+            config[{"USER": "User", "WORKDIR": "WorkingDir", "STOPSIGNAL": "StopSignal",
+                    "ONBUILD": "OnBuild"}[keyword]] = [argument] if keyword == "ONBUILD" else argument
+    return config
+
+
 def store_layer(store, tar: bytes) -> dict:
     """Store a layer tar gzipped, as registries keep them (gzip without a timestamp: same tar, same digest)."""
     import gzip

@@ -210,13 +210,18 @@ def body_from_spec(spec) -> dict:
     """`labcore run`'s Spec as Docker's ContainerConfig: what `docker create` sends to the daemon."""
     from labcore.cgroups.limits import parse_run_limits
     limits = parse_run_limits(**spec.limits)
-    if (limits.memory_swap, limits.read_bps, limits.write_bps, limits.devices) != (None, (), (), ()):
-        raise BadInput("--memory-swap, --device-* through labd: labd reads Memory, NanoCpus, CpuShares and "
-                       "PidsLimit only", fix="run without --host/LABCORE_HOST for the other limits")
     host = {"AutoRemove": spec.rm, "Memory": limits.memory or 0, "CpuShares": limits.cpu_shares or 0,
             "NanoCpus": int((limits.cpus or 0) * 1e9), "PidsLimit": limits.pids or 0,
-            "NetworkMode": spec.network, "Binds": spec.volumes, "PortBindings": port_bindings(spec.publish),
+            "MemorySwap": limits.memory_swap or 0, "NetworkMode": spec.network, "Binds": spec.volumes,
+            "PortBindings": port_bindings(spec.publish), "GroupAdd": spec.group_add, "Init": spec.init,
+            "Tmpfs": dict((text.partition(":")[0], text.partition(":")[2]) for text in spec.tmpfs),
+            "PidMode": spec.pid, "UTSMode": spec.uts,
+            "BlkioDeviceReadBps": [{"Path": t.device, "Rate": t.bps} for t in limits.read_bps],
+            "BlkioDeviceWriteBps": [{"Path": t.device, "Rate": t.bps} for t in limits.write_bps],
+            "DeviceCgroupRules": list(spec.limits.get("device_cgroup_rule") or []),
             **security_host_config(spec)}
+    if limits.swappiness is not None:
+        host["MemorySwappiness"] = limits.swappiness
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
             "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host}
@@ -274,7 +279,7 @@ class Local:
         return self.engine.wait(self.id_of(ref)).exit_code
 
     def kill(self, ref: str, signal: str = "KILL") -> None:
-        from labcore.dockerapi import signal_number
+        from labcore.apischema import signal_number
         self.engine.kill(self.id_of(ref), signal_number(signal))
 
     def stop(self, ref: str, timeout: float = 10) -> None:

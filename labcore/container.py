@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import confinement, journal, layers, paths, rootfs, syscalls, userns, users
-from labcore.errors import NeedsPrivilege, NotSupportedHere, from_oserror
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
 # (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
@@ -300,7 +300,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
     env = _merge_env(config["env"], request.get("env") or [])
     user = request.get("user") or config["spec"].get("user") or "0"
     workdir = request.get("workdir") or config["workdir"]
-    confined = confinement.confinement_for(Spec(**config["spec"]))   # docker exec is confined as pid 1 is
+    spec = Spec(**config["spec"])
+    confined = confinement.confinement_for(spec)              # docker exec is confined as pid 1 is
 
     def join(channel: Channel) -> None:
         from labcore.namespaces import enter_namespaces
@@ -312,10 +313,14 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
         if pid == 0:
             try:
                 attach_stdio(stdio.child_fds)
-                become_confined_user(confined, user, config.get("rootless", False))
+                if stdio.mode == "tty":         # a terminal of the container's own devpts, as pid 1's is
+                    send_fd(channel, open_terminal())
+                become_confined_user(confined, user, config.get("rootless", False), spec.group_add)
                 enter_workdir(workdir)
                 reset_signals()
                 execute(request["cmd"], env)
+            except LabError as err:                     # on the exec's stderr, as Docker reports it there
+                os.write(2, f"{err.message}\n".encode(errors="replace"))
             finally:
                 os._exit(127)
         for fd in set(stdio.child_fds) - {0, 1, 2}:
@@ -325,6 +330,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
 
     child = Child(join, keep=stdio.child_fds)
     stdio.after_fork()
+    if stdio.mode == "tty":
+        stdio.take_terminal(receive_fd(child.channel))
     return child
 
 
@@ -341,7 +348,7 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     join = channel.recv()                           # the parent's go-ahead (a cgroup is joined before it)
     if join:
         userns.join(join)                           # rootless: the user-mode network's (labcore.usernet)
-    userns.unshare(NAMESPACES)                      # as root there or here; else inside a new user namespace
+    userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
     hold, release = os.pipe()
     pid = os.fork()
@@ -365,8 +372,9 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
         rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes,
-                                    plan.confinement)
-        syscalls.sethostname(plan.hostname)         # the UTS namespace is the container's own
+                                    plan.confinement, plan.tmpfs)
+        if not plan.shared & syscalls.CLONE_NEWUTS:
+            syscalls.sethostname(plan.hostname)     # the UTS namespace is the container's own
         os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root, before --read-only
         confinement.finalize_root(plan.confinement)           # on the container's own /proc and /sys
         confinement.forbid_new_privileges(plan.confinement)   # runc: before it reports ready
@@ -376,7 +384,7 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             send_fd(channel, terminal)              # runc's "console socket": the parent gets the master
             os.close(terminal)
         channel.recv()                              # start
-        become_confined_user(plan.confinement, plan.user, plan.rootless)
+        become_confined_user(plan.confinement, plan.user, plan.rootless, plan.groups)
         enter_workdir(plan.workdir)
         reset_signals()
         execute(plan.argv, plan.env)
@@ -387,10 +395,10 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             os._exit(127)
 
 
-def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool) -> None:
-    """The user from the image's /etc/passwd and /etc/group, with the confinement's capabilities and
-    seccomp filter (``labcore.confinement.drop_privileges``): the last step before execve."""
-    identity = users.resolve(user)
+def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool, groups=()) -> None:
+    """The user from the image's /etc/passwd and /etc/group (and --group-add's groups), with the confinement's
+    capabilities and seccomp filter (``labcore.confinement.drop_privileges``): the last step before execve."""
+    identity = users.resolve(user, extra_groups=groups)
     if rootless and (identity.uid, identity.gid) != (0, 0):
         raise from_oserror(OSError(errno.EINVAL, os.strerror(errno.EINVAL)), f"setresuid({identity.uid})",
                            fix="a rootless container maps only uid 0 (your own uid): run without --user")

@@ -29,10 +29,12 @@ import urllib.parse
 from typing import Callable, Iterator
 
 from labcore import paths
-from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
+from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, NotSupportedHere
 
 API_VERSION = "1.45"
 MIN_API_VERSION = "1.24"
+MAX_JSON_BODY = 4 << 20        # a ContainerConfig is a few kB; a JSON body beyond 4 MiB is refused unread
+MAX_STREAM_BODY = 16 << 30     # a tar upload (load, build, import, put archive) goes to disk, up to 16 GiB
 
 
 def socket_path() -> str:
@@ -48,12 +50,13 @@ class ApiError(Exception):
 
 
 def status_for(error: LabError) -> int:
-    """Docker's status codes: 404 no such object, 409 conflict with the state, 400 bad parameter."""
+    """Docker's status codes: 404 no such object, 409 conflict with the state, 400 bad parameter (and a
+    request this host cannot honour: it is the request that has to change)."""
     if isinstance(error, NotFound):
         return 404
     if isinstance(error, InvalidTransition):
         return 409
-    if isinstance(error, BadInput):
+    if isinstance(error, (BadInput, NotSupportedHere)):
         return 400
     return 500
 
@@ -61,9 +64,17 @@ def status_for(error: LabError) -> int:
 class Stream:
     """A streamed answer (pull progress, logs, exec output): chunks written as they are produced."""
 
-    def __init__(self, chunks: Iterator[bytes], content_type: str):
+    def __init__(self, chunks: Iterator[bytes], content_type: str, headers: dict | None = None):
         self.chunks = chunks
         self.content_type = content_type
+        self.headers = headers or {}
+
+
+class Headers:
+    """An answer of headers alone (HEAD /containers/{id}/archive)."""
+
+    def __init__(self, headers: dict):
+        self.headers = headers
 
 
 class Hijack:
@@ -71,8 +82,9 @@ class Hijack:
 
     The docker SDK reads these frames from the socket itself, not through HTTP, so they are not chunked."""
 
-    def __init__(self, chunks: Iterator[bytes]):
+    def __init__(self, chunks: Iterator[bytes], on_input: Callable | None = None):
         self.chunks = chunks
+        self.on_input = on_input      # on_input(rfile, socket): what the client sends after the 101 (stdin)
 
 
 ROUTES: list[tuple[str, re.Pattern, Callable]] = []
@@ -93,23 +105,134 @@ def route(method: str, pattern: str):
 
 
 class Request:
-    def __init__(self, method: str, path: str, query: dict[str, str], body: bytes):
-        self.method, self.path, self.query, self.body = method, path, query, body
+    """One request. The body is read only when a handler asks: ``json()`` reads at most MAX_JSON_BODY
+    bytes into memory; ``body_file()`` copies an upload (a tar) to a file, chunk by chunk, never all of it
+    into memory. Query values are checked where they are read, by ``labcore.apischema``."""
 
-    def json(self) -> dict:
+    def __init__(self, method: str, path: str, query: dict[str, str], body: bytes | None = None,
+                 reader: "BodyReader | None" = None, multi: dict[str, list[str]] | None = None):
+        self.method, self.path, self.query = method, path, query
+        self.multi = multi or {name: [value] for name, value in query.items()}   # ?t=a&t=b: every value
+        self.reader = reader or BodyReader.of_bytes(body or b"")
+
+    @property
+    def body(self) -> bytes:
+        return self.reader.read_all(MAX_JSON_BODY)
+
+    def json(self):
+        """The body as JSON, of any shape: ``labcore.apischema`` says whether the shape is the right one."""
+        data = self.body
         try:
-            return json.loads(self.body or b"{}")
+            return json.loads(data) if data.strip() else None
+        except RecursionError as err:
+            raise ApiError(400, "invalid JSON: nested too deeply") from err
         except ValueError as err:
             raise ApiError(400, f"invalid JSON: {err}") from err
 
+    def body_file(self, scope) -> str:
+        """The body, copied to a journaled file in the state dir's scratch space (an image tar may be GBs)."""
+        import tempfile
+        paths.scratch_dir().mkdir(parents=True, exist_ok=True)
+        descriptor, path = tempfile.mkstemp(prefix="labcore-upload-", dir=paths.scratch_dir())
+        scope.record("file", path, "unlink", path=path)
+        with os.fdopen(descriptor, "wb") as file:
+            for chunk in self.reader.chunks(MAX_STREAM_BODY):
+                file.write(chunk)
+        return path
+
     def flag(self, name: str, default: bool = False) -> bool:
-        value = self.query.get(name)
-        return default if value is None else value.lower() in ("1", "true", "yes")
+        from labcore.apischema import query_bool
+        return query_bool(self.query, name, default)
+
+
+class BodyReader:
+    """A request body as HTTP/1.1 frames it (RFC 9112 §6): ``Content-Length`` bytes, or chunked — the docker
+    CLI streams a build context or an image tar chunked, without knowing its length ahead."""
+
+    def __init__(self, rfile, length: int | None, chunked: bool):
+        self.rfile, self.length, self.chunked, self.consumed = rfile, length, chunked, False
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> "BodyReader":
+        import io
+        return cls(io.BytesIO(data), len(data), False)
+
+    def chunks(self, limit: int) -> Iterator[bytes]:
+        if self.consumed:
+            return
+        self.consumed = True
+        total = 0
+        for chunk in (self._chunked() if self.chunked else self._sized()):
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, f"request body too large: more than {limit} bytes")
+            yield chunk
+
+    def read_all(self, limit: int) -> bytes:
+        if self.length is not None and self.length > limit:
+            raise ApiError(413, f"request body too large: {self.length} bytes, at most {limit} are accepted")
+        if not hasattr(self, "data"):
+            self.data = b"".join(self.chunks(limit))
+        return self.data
+
+    def _sized(self) -> Iterator[bytes]:
+        yield from self._exactly(self.length or 0)
+
+    def _chunked(self) -> Iterator[bytes]:
+        while True:
+            line = self.rfile.readline(1024).split(b";")[0].strip()
+            try:
+                size = int(line, 16)
+            except ValueError as err:
+                raise ApiError(400, f"malformed chunked encoding: {line[:40]!r}") from err
+            if size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass                             # trailer fields, if any, end with an empty line
+                return
+            yield from self._exactly(size)
+            self.rfile.readline(8)                   # the CRLF after each chunk
+
+    def _exactly(self, size: int) -> Iterator[bytes]:
+        while size:
+            chunk = self.rfile.read(min(size, 1 << 16))
+            if not chunk:
+                raise ConnectionError("the client closed the connection in the middle of its body")
+            size -= len(chunk)
+            yield chunk
+
+    def drain(self) -> bool:
+        """Read what the handler left unread, so the next request on the connection starts at its start.
+        False when that is more than a JSON body may be: then the connection is closed instead."""
+        try:
+            for _ in self.chunks(MAX_JSON_BODY):
+                pass
+        except (ApiError, ConnectionError):
+            return False
+        return True
+
+
+def api_version(path: str) -> tuple[str, str | None]:
+    """/v1.41/containers/json -> ("/containers/json", "1.41"); refuse a version outside what labd speaks,
+    in the words of Docker's middleware (api/server/middleware/version.go)."""
+    match = re.match(r"^/v([0-9.]+)(/.*)$", path)        # Docker's router: /v{version:[0-9.]+}/...
+    if not match:
+        return path, None
+    version, rest = match[1], match[2]
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise ApiError(400, f"invalid API version: {version!r}: use MAJOR.MINOR, e.g. /v{API_VERSION}/")
+    number = tuple(map(int, version.split(".")))
+    if number > tuple(map(int, API_VERSION.split("."))):
+        raise ApiError(400, f"client version {version} is too new. Maximum supported API version is "
+                            f"{API_VERSION}")
+    if number < tuple(map(int, MIN_API_VERSION.split("."))):
+        raise ApiError(400, f"client version {version} is too old. Minimum supported API version is "
+                            f"{MIN_API_VERSION}, please upgrade your client to a newer version")
+    return rest, version
 
 
 def dispatch(request: Request):
-    """Find the route, strip the API version prefix (/v1.45/...), call the handler."""
-    path = re.sub(r"^/v\d+\.\d+(?=/)", "", request.path)
+    """Find the route, check and strip the API version prefix (/v1.45/...), call the handler."""
+    path, request.version = api_version(request.path)
     for method, regex, handler in ROUTES:
         match = regex.match(path)
         if match and method == request.method:
@@ -128,12 +251,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_api(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
-        length = int(self.headers.get("Content-Length") or 0)
-        request = Request(self.command, url.path, query, self.rfile.read(length) if length else b"")
+        pairs = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        multi: dict[str, list[str]] = {}
+        for name, value in pairs:
+            multi.setdefault(name, []).append(value)
+        request = None
         try:
+            request = Request(self.command, url.path, dict(pairs), reader=self.body_reader(), multi=multi)
             self.answer(dispatch(request))
         except ApiError as err:
+            self.close_connection = self.close_connection or err.status == 413
             self.answer_json(err.status, {"message": str(err)})
         except LabError as err:
             self.answer_json(status_for(err), {"message": err.message})
@@ -143,15 +270,39 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.server.verbose:
                 import traceback
                 traceback.print_exc()
+            self.close_connection = True
             self.answer_json(500, {"message": f"{type(err).__name__}: {err}"})
+        # What the handler left unread of the body is read now, so that the next request on this
+        # keep-alive connection starts where it starts; if that is too much, the connection ends instead.
+        if request is not None and not self.close_connection and not request.reader.drain():
+            self.close_connection = True
+
+    def body_reader(self) -> BodyReader:
+        """How long the body is, from the headers; a malformed Content-Length is answered 400, as Go's
+        net/http does, and the connection closed (where the next request would start is unknown)."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        text = self.headers.get("Content-Length")
+        length = None
+        if text is not None and not chunked:
+            if not text.strip().isdigit():
+                self.close_connection = True
+                raise ApiError(400, f"bad Content-Length: {text[:40]!r}: a number of bytes is expected")
+            length = int(text)
+        return BodyReader(self.rfile, length, chunked)
 
     def answer(self, result) -> None:
         if isinstance(result, Stream):
             self.answer_stream(result)
         elif isinstance(result, Hijack):
             self.answer_hijacked(result)
-        elif result is None:
-            self.send_response(204)
+        elif isinstance(result, Headers):
+            self.send_response(200)
+            for name, value in result.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif result is None or (isinstance(result, tuple) and result[1] is None):
+            self.send_response(204 if result is None else result[0])
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif isinstance(result, tuple):
@@ -177,6 +328,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """HTTP/1.1 chunked transfer: each chunk reaches the client as soon as it exists (live progress)."""
         self.send_response(200)
         self.send_header("Content-Type", stream.content_type)
+        for name, value in stream.headers.items():
+            self.send_header(name, value)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
@@ -187,18 +340,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except LabError as err:                    # after the 200 is sent, errors travel in the stream
             line = json.dumps({"errorDetail": {"message": err.message}, "error": err.message}) + "\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line.encode()))
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close:
+                close()                             # a generator's finally runs now, not at garbage collection
         self.wfile.write(b"0\r\n\r\n")
 
     def answer_hijacked(self, hijack: Hijack) -> None:
+        """101, then raw bytes both ways. The handler has checked everything it could before this: from here
+        on an error cannot be an HTTP answer any more, so it travels as text on the stream, as Docker writes
+        it (api/server/router/container/exec.go), and the connection ends."""
         self.send_response(101, "UPGRADED")
         self.send_header("Content-Type", "application/vnd.docker.raw-stream")
         self.send_header("Connection", "Upgrade")
         self.send_header("Upgrade", "tcp")
         self.end_headers()
-        for chunk in hijack.chunks:
-            self.wfile.write(chunk)
-            self.wfile.flush()
+        self.wfile.flush()
         self.close_connection = True          # the end of the stream is the end of the connection
+        if hijack.on_input is not None:
+            threading.Thread(target=hijack.on_input, args=(self.rfile, self.connection), daemon=True).start()
+        try:
+            for chunk in hijack.chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except LabError as err:
+            self.wfile.write(err.message.encode() + b"\r\n")
+        except ConnectionError:
+            pass
+        finally:
+            close = getattr(hijack.chunks, "close", None)
+            if close:
+                close()
 
     def address_string(self) -> str:
         return "unix"                         # a Unix socket peer has no address
@@ -232,6 +404,9 @@ class TcpServer(QuietAboutHangups, socketserver.ThreadingMixIn, http.server.HTTP
 def bind_unix(path: str) -> UnixServer:
     """Bind the socket with mode 0660: root and the socket's group may talk to the daemon, no one else."""
     if os.path.exists(path):
+        if ping(path):               # a live daemon answers on it: taking its name would orphan its clients
+            raise InvalidTransition(f"another daemon is listening on {path}",
+                                    fix="stop that daemon first, or start this one with --socket OTHER_PATH")
         os.unlink(path)              # a socket file left by a daemon that died; binding needs the name free
     os.makedirs(os.path.dirname(path), exist_ok=True)
     old_mask = os.umask(0o117)

@@ -34,16 +34,18 @@ class State(str, enum.Enum):
     CREATED = "created"
     RUNNING = "running"
     PAUSED = "paused"
+    RESTARTING = "restarting"
     EXITED = "exited"
 
 
 # action -> (states it may start from, state it leads to)
 TRANSITIONS: dict[str, tuple[set[State], State | None]] = {
-    "start": ({State.CREATED, State.EXITED}, State.RUNNING),
+    "start": ({State.CREATED, State.EXITED, State.RESTARTING}, State.RUNNING),
     "pause": ({State.RUNNING}, State.PAUSED),
     "unpause": ({State.PAUSED}, State.RUNNING),
     "kill": ({State.RUNNING}, State.RUNNING),            # the process's exit moves it to EXITED
-    "stop": ({State.RUNNING, State.EXITED, State.CREATED}, State.EXITED),
+    "stop": ({State.RUNNING, State.EXITED, State.CREATED, State.RESTARTING}, State.EXITED),
+    "restart": ({State.EXITED}, State.RESTARTING),         # the monitor, under a restart policy
     "exit": ({State.RUNNING, State.PAUSED}, State.EXITED),
     "exec": ({State.RUNNING}, State.RUNNING),
     "remove": ({State.CREATED, State.EXITED}, None),
@@ -55,8 +57,9 @@ _REFUSALS = {
     "unpause": "container {id} is not paused",
     "kill": "cannot kill container {id}: container {id} is not running",
     "exec": "container {id} is not running",
-    "remove": "cannot remove container {id}: container is {state}: stop the container before removing "
-              "or force remove",
+    "remove": "You cannot remove a {state} container {id}. Stop the container before attempting removal or "
+              "force remove",
+    "rename": "cannot rename container {id}: it is {state}",
 }
 
 
@@ -85,6 +88,7 @@ class Record:
     started: float = 0.0
     finished: float = 0.0
     monitor: dict = field(default_factory=dict)       # the process that will record the exit {pid, start}
+    error: str = ""                                   # why its monitor failed, when it did (State.Error)
 
     @property
     def directory(self) -> Path:
@@ -98,11 +102,28 @@ class Record:
 
 
 def load(container_id: str) -> Record:
+    """The record; a stored record that is not one (a hand-edited or half-migrated file) is NotFound, never a
+    TypeError that would break `docker ps -a` for every container."""
+    directory = paths.containers_dir() / container_id
     try:
-        raw = json.loads((paths.containers_dir() / container_id / "state.json").read_text())
+        raw = json.loads((directory / "state.json").read_text())
+        record = Record(**{**raw, "state": State(raw["state"])})
     except FileNotFoundError as err:
         raise NotFound(f"No such container: {container_id}") from err
-    return Record(**{**raw, "state": State(raw["state"])})
+    except (ValueError, TypeError, KeyError) as err:
+        raise NotFound(f"No such container: {container_id} (its record is damaged: {err})") from err
+    with contextlib.suppress(FileNotFoundError):
+        record.name = (directory / "name").read_text()      # `docker rename` writes it; it outlives saves
+    return record
+
+
+def rename(container_id: str, name: str) -> None:
+    """The name lives in a file of its own: the monitor rewrites state.json at each step from the spec it
+    started with, which still holds the old name."""
+    with locked(container_id):
+        temporary = paths.containers_dir() / container_id / f".name.{os.getpid()}.{threading.get_ident()}"
+        temporary.write_text(name)
+        temporary.rename(paths.containers_dir() / container_id / "name")
 
 
 def all_records() -> list[Record]:

@@ -67,6 +67,11 @@ def is_ours(name: str) -> bool:
 
 
 def path_is_ours(path: str | os.PathLike) -> bool:
-    """True when some component of an absolute path is named by the lab (``labcore...``)."""
-    parts = Path(os.path.abspath(path)).parts
-    return any(part.startswith(PREFIX) for part in parts)
+    """True for a path the lab could have made: one with a component it named (``labcore...``), or one below
+    its state directory, which is the lab's whatever it is called (``LABCORE_HOME=/srv/class`` works as well
+    as the default). The state directory itself is not: removing it is the user's call, not cleanup's."""
+    absolute = Path(os.path.abspath(path))
+    if any(part.startswith(PREFIX) for part in absolute.parts):
+        return True
+    state = Path(os.path.abspath(home()))
+    return absolute != state and state in absolute.parents

@@ -215,12 +215,12 @@ def _pivot_then_escape(root: str, known: dict) -> tuple[dict, dict]:
 # --- the container's root, in runc's order ----------------------------------------------------------------
 
 def mount_container_root(root: str, rootless: bool, layers: str | None = None, volumes=(),
-                         confinement=None) -> None:
+                         confinement=None, tmpfs=()) -> None:
     """Build the container's mounts under ``root`` and pivot into it. Runs in pid 1, in new mnt+pid namespaces.
 
     ``layers``: the overlay's options (``labcore.layers``); ``volumes``: (host, target, read_only) bind mounts;
     ``confinement``: which devices it gets and whether /sys and the cgroupfs are read-only
-    (``labcore.confinement``; default: Docker's)."""
+    (``labcore.confinement``; default: Docker's); ``tmpfs``: (target, options) memory filesystems (--tmpfs)."""
     privileged = bool(confinement and confinement.privileged)
     make_mounts_private()          # first: a mount made before this would propagate to the host's namespace
     if layers:
@@ -231,6 +231,7 @@ def mount_container_root(root: str, rootless: bool, layers: str | None = None, v
     mount_sys(root, rootless, read_only=not privileged)   # a rootless fallback binds the host's /sys
     mount_cgroupfs(root, rootless, read_only=not privileged)
     mount_volumes(root, volumes)   # after the defaults, as runc mounts the user's; binds need the host's tree
+    mount_tmpfs(root, tmpfs)
     pivot_to(root)                 # last: afterwards nothing of the host's tree is reachable
 
 
@@ -252,6 +253,20 @@ def mount_volumes(root: str, volumes) -> None:
             # statvfs's ST_NOSUID, ST_NODEV, ST_NOEXEC have the values of the MS_ flags (statvfs(3)).
             kept = os.statvfs(inside).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
             syscalls.mount(None, inside, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+
+
+def mount_tmpfs(root: str, tmpfs) -> None:
+    """--tmpfs PATH[:OPTIONS]: a filesystem in memory at PATH (tmpfs(5)), gone with the container. Docker's
+    defaults: nosuid, nodev, noexec."""
+    switches = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+    for target, options in tmpfs:
+        words = [word for word in options.split(",") if word]
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        for word in words:
+            flags = flags | switches.get(word, 0)
+            flags = flags & ~{"rw": MS_RDONLY, "suid": MS_NOSUID, "dev": MS_NODEV, "exec": MS_NOEXEC}.get(word, 0)
+        data = ",".join(word for word in words if "=" in word) or None     # size=, mode=, uid=, ...
+        syscalls.mount("tmpfs", make_mountpoint(root, target, True), "tmpfs", flags, data)
 
 
 def make_mountpoint(root: str, target: str, directory: bool) -> str:

@@ -56,6 +56,11 @@ class Spec:
     security_opt: list[str] = field(default_factory=list)  # seccomp=unconfined|PATH, no-new-privileges
     read_only: bool = False                   # the root filesystem mounted read-only
     devices: list[str] = field(default_factory=list)  # --device HOST[:CONTAINER[:PERMISSIONS]]
+    group_add: list[str] = field(default_factory=list)  # --group-add GID: supplementary groups
+    tmpfs: list[str] = field(default_factory=list)    # --tmpfs PATH[:OPTIONS]: a tmpfs mounted at PATH
+    init: bool = False                        # --init: Docker's docker-init (tini) as pid 1, the command its child
+    pid: str = ""                             # --pid host: the host's pid namespace instead of a new one
+    uts: str = ""                             # --uts host: the host's hostname (UTS namespace)
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -77,6 +82,9 @@ class Plan:
     layers: object = None                     # labcore.layers.RootLayers: what pid 1 mounts, made by create()
     user: str = "0"                           # NAME|UID[:GROUP|GID], resolved in the image by pid 1
     confinement: object = None                # labcore.confinement.Confinement
+    groups: list = field(default_factory=list)    # --group-add: more groups, resolved in the image by pid 1
+    tmpfs: list = field(default_factory=list)     # (target, mount options), from parse_tmpfs
+    shared: int = 0                           # CLONE_NEW* flags *not* to unshare: --pid host, --uts host
 
 
 # --- checking and resolving, before anything exists ------------------------------------------------------
@@ -98,6 +106,13 @@ def check_spec(spec: Spec) -> None:
     if spec.user is not None:
         from labcore.users import check_user
         check_user(spec.user)
+    for group in spec.group_add:
+        parse_group(group)
+    for flag, mode in (("--pid", spec.pid), ("--uts", spec.uts)):
+        if mode not in ("", "host"):
+            raise BadInput(f"invalid {flag} mode {mode!r}", fix=f"use {flag} host, or leave it out for a new namespace")
+    if spec.uts == "host" and spec.hostname:
+        raise BadInput("Conflicting options: hostname and the UTS mode", fix="drop --hostname, or --uts host")
     if spec.network not in ("bridge", "none"):
         raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
     if spec.publish and spec.network == "none":
@@ -201,13 +216,17 @@ def plan_for(spec: Spec) -> Plan:
     image = find_image(spec.image)
     user = spec.user or image.config.get("User") or "0"
     uid, gid = parse_user(user)
-    hostname = spec.hostname or spec.id[:12]
+    hostname = os.uname().nodename if spec.uts == "host" else spec.hostname or spec.id[:12]
     rootless = os.geteuid() != 0
+    argv, volumes = command_line(image.config, spec), [parse_volume(volume) for volume in spec.volumes]
+    if spec.init:
+        argv, volumes = [INIT_PATH, "--", *argv], [*volumes, (find_init(), INIT_PATH, True)]
     return Plan(id=spec.id, image=image, root=str(paths.containers_dir() / spec.id / "rootfs"),
-                argv=command_line(image.config, spec), env=environment(image.config, spec, hostname, uid),
+                argv=argv, env=environment(image.config, spec, hostname, uid),
                 workdir=spec.workdir or image.config.get("WorkingDir") or "/", uid=uid, gid=gid,
                 hostname=hostname, rootless=rootless, limits=with_device_rules(limits, confinement, rootless),
-                volumes=[parse_volume(volume) for volume in spec.volumes], user=user, confinement=confinement)
+                volumes=volumes, user=user, confinement=confinement, groups=list(spec.group_add),
+                tmpfs=[parse_tmpfs(text) for text in spec.tmpfs], shared=shared_namespaces(spec))
 
 
 def with_device_rules(limits, confinement, rootless: bool):
@@ -221,3 +240,46 @@ def with_device_rules(limits, confinement, rootless: bool):
         return limits
     extra = tuple(rule for rule in limits.devices if rule not in rules)
     return replace(limits, devices=rules + extra)
+
+
+def shared_namespaces(spec: Spec) -> int:
+    """--pid host, --uts host: the namespaces the container keeps sharing with the host (CLONE_NEW* flags)."""
+    from labcore import syscalls
+    return ((syscalls.CLONE_NEWPID if spec.pid == "host" else 0)
+            | (syscalls.CLONE_NEWUTS if spec.uts == "host" else 0))
+
+
+INIT_PATH = "/sbin/docker-init"       # where Docker puts its init in the container (daemon/oci_linux.go)
+
+
+def find_init() -> str:
+    """--init: Docker's docker-init, which is tini built static (it runs in any image), bind-mounted in."""
+    import shutil
+    found = shutil.which("docker-init") or shutil.which("tini-static")
+    if not found:
+        raise BadInput("--init needs docker-init (tini, static), which is not installed here",
+                       fix="apt-get install docker.io (it ships /usr/bin/docker-init), or run without --init")
+    return os.path.realpath(found)
+
+
+def parse_group(group: str) -> str:
+    """--group-add GID or NAME; a name is the image's (/etc/group inside), looked up by pid 1."""
+    from labcore.users import USER_FORM
+    if not USER_FORM.match(str(group)) or ":" in str(group):
+        raise BadInput(f"invalid --group-add {group!r}", fix="a GID or a group name, e.g. --group-add 1000")
+    return str(group)
+
+
+def parse_tmpfs(text: str) -> tuple[str, str]:
+    """--tmpfs PATH[:OPTIONS], e.g. /run:size=64m,mode=1777 -> (PATH, mount(8) options for tmpfs)."""
+    target, _, options = text.partition(":")
+    if not os.path.isabs(target) or os.path.normpath(target) == "/":
+        raise BadInput(f"invalid tmpfs {text!r}: the path must be absolute and not /",
+                       fix="use --tmpfs /PATH[:size=64m,mode=1777]")
+    for option in filter(None, options.split(",")):
+        name = option.split("=", 1)[0]
+        if name not in ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "ro", "rw", "noexec",
+                        "exec", "nosuid", "suid", "nodev", "dev"):
+            raise BadInput(f"invalid tmpfs option {option!r} in {text!r}",
+                           fix="use size, mode, uid, gid, nr_inodes, ro, noexec, nosuid, nodev")
+    return os.path.normpath(target), options

@@ -57,18 +57,21 @@ class Stdio:
     inherit   the caller's own fds (the CLI); stdin is /dev/null unless interactive, as with `docker run`
     capture   pipes the parent reads to the end: in a Jupyter kernel fd 1 is not the notebook
     tty       a pseudo-terminal (-t); the parent copies between it and the user's terminal
+
+    ``stdin``: an fd to give the container as its input instead of /dev/null (capture mode: a detached
+    container's `-i`, labd's exec with stdin), or, in tty mode, an fd whose bytes are relayed to the terminal.
     """
 
-    def __init__(self, mode: str = "capture", interactive: bool = False):
+    def __init__(self, mode: str = "capture", interactive: bool = False, stdin: int | None = None):
         if mode not in ("inherit", "capture", "tty"):
             raise BadInput(f"unknown stdio mode {mode!r}", fix="use inherit, capture or tty")
-        self.mode, self.interactive = mode, interactive
+        self.mode, self.interactive, self.stdin = mode, interactive, stdin
         self._child_ends: list[int] = []
         self._parent_ends: list[int] = []
         null = os.open(os.devnull, os.O_RDWR)
         if mode == "capture":
             (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
-            self.child_fds = (null, out_w, err_w)
+            self.child_fds = (null if stdin is None else stdin, out_w, err_w)
             self._child_ends, self._parent_ends = [out_w, err_w], [out_r, err_r]
         elif mode == "tty":
             self.child_fds = (null, null, null)        # until pid 1 has its terminal (take_terminal)
@@ -94,9 +97,16 @@ class Stdio:
         Docker's log frames) instead of being collected: how a detached container's log is written."""
         if self.mode == "capture":
             return _read_all(*self._parent_ends, sink=sink)
-        if self.mode == "tty":
+        if self.mode == "tty" and (sink or self.stdin is not None):
+            _relay_terminal_to(self._parent_ends[0], sink, self.stdin)
+        elif self.mode == "tty":
             _relay_terminal(self._parent_ends[0], self.interactive)
         return None, None
+
+    def resize(self, rows: int, columns: int) -> None:
+        """The terminal's window size (TIOCSWINSZ, tty_ioctl(4)): what `docker run -t` sends as ConsoleSize."""
+        if self.mode == "tty" and self._parent_ends and rows and columns:
+            termios.tcsetwinsize(self._parent_ends[0], (rows, columns))
 
     def __enter__(self) -> "Stdio":
         return self
@@ -152,6 +162,26 @@ def _relay_terminal(master: int, interactive: bool) -> None:
     finally:
         if saved:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _relay_terminal_to(master: int, sink, source: int | None) -> None:
+    """A detached container's terminal: its output to ``sink(1, data)`` (a terminal has one stream), the
+    bytes of ``source`` (a FIFO labd's attach writes into) to its input."""
+    sources = [master] + ([source] if source is not None else [])
+    while True:
+        for fd in select.select(sources, [], [])[0]:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:        # EIO on the master: the last holder of the other end has gone
+                data = b""
+            if fd == master and not data:
+                return
+            if fd == master:
+                sink(1, data) if sink else _write_all(1, data)
+            elif data:
+                _write_all(master, data)
+            else:
+                sources.remove(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

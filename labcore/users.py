@@ -5,6 +5,7 @@ the image. Docker reads them from the container's root filesystem (moby daemon/o
 runc's libcontainer/user): the uid and primary gid from passwd (a number is taken as it is), then the
 supplementary groups: the primary gid itself, and every group of /etc/group that lists the user's name.
 That is why `id` in a busybox container says ``groups=0(root),10(wheel)`` where wheel lists root.
+`--group-add` (HostConfig.GroupAdd) appends more groups, by number or by the image's group name.
 
 Read in pid 1 after pivot_root, so the files are the image's (a symlink cannot lead to the host's).
 """
@@ -41,8 +42,9 @@ def _entries(path: Path) -> list[list[str]]:
     return [line.split(":") for line in lines if line and not line.startswith("#")]
 
 
-def resolve(text: str, root: str | Path = "/") -> Identity:
-    """The identity ``text`` names in the image whose root is ``root``, as runc's GetExecUser finds it."""
+def resolve(text: str, root: str | Path = "/", extra_groups=()) -> Identity:
+    """The identity ``text`` names in the image whose root is ``root``, as runc's GetExecUser finds it;
+    ``extra_groups`` (--group-add) are added after the user's own."""
     name, _, group = text.partition(":")
     passwd, groups = _entries(Path(root, "etc/passwd")), _entries(Path(root, "etc/group"))
     entry = next((e for e in passwd if len(e) >= 4 and (e[0] == name or e[2] == name)), None)
@@ -52,12 +54,18 @@ def resolve(text: str, root: str | Path = "/") -> Identity:
     uid = int(entry[2]) if entry else int(name)
     gid = int(entry[3]) if entry else 0
     if group:
-        found = next((g for g in groups if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
-        if found is None and not group.isdigit():
-            raise BadInput(f"unable to find group {group}: no matching entries in group file",
-                           fix="use a numeric gid, or a group of the image's /etc/group")
-        gid = int(found[2]) if found else int(group)
+        gid = find_group(group, groups)
     member_of = () if entry is None else tuple(
         int(g[2]) for g in groups if len(g) >= 4 and g[2].isdigit() and entry[0] in g[3].split(","))
+    added = tuple(find_group(str(extra), groups) for extra in extra_groups)
     # Docker: the primary gid first, then the groups that list the user (daemon/oci_linux.go getUser).
-    return Identity(uid, gid, tuple(dict.fromkeys((gid, *member_of))))
+    return Identity(uid, gid, tuple(dict.fromkeys((gid, *member_of, *added))))
+
+
+def find_group(group: str, groups: list[list[str]]) -> int:
+    """A group by name or number in the image's /etc/group; a number needs no entry."""
+    found = next((g for g in groups if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
+    if found is None and not group.isdigit():
+        raise BadInput(f"unable to find group {group}: no matching entries in group file",
+                       fix="use a numeric gid, or a group of the image's /etc/group")
+    return int(found[2]) if found else int(group)

@@ -75,6 +75,7 @@ class Limits:
     read_bps: tuple[Throttle, ...] = ()
     write_bps: tuple[Throttle, ...] = ()
     devices: tuple[DeviceRule, ...] = ()      # applied in order, as the kernel applies writes in order
+    swappiness: int | None = None             # 0..100: how readily the group's pages go to swap (v1 only)
 
     @property
     def cpu_period_us(self) -> int:
@@ -172,7 +173,8 @@ def parse_device_rule(text: str) -> DeviceRule:
 
 
 def parse_run_limits(memory=None, cpus=None, cpu_shares=None, pids_limit=None, device_read_bps=(),
-                     device_write_bps=(), device_cgroup_rule=(), memory_swap=None) -> Limits:
+                     device_write_bps=(), device_cgroup_rule=(), memory_swap=None,
+                     memory_swappiness=None) -> Limits:
     """The Limits for `labcore run`'s flags (strings as typed, or None); BadInput before anything exists.
 
     Device rules follow Docker: given any, the container gets "deny all", the default devices, then yours.
@@ -192,4 +194,6 @@ def parse_run_limits(memory=None, cpus=None, cpu_shares=None, pids_limit=None, d
         read_bps=tuple(parse_throttle(t, "--device-read-bps") for t in device_read_bps),
         write_bps=tuple(parse_throttle(t, "--device-write-bps") for t in device_write_bps),
         devices=(DENY_ALL, *DEFAULT_ALLOWED, *rules) if rules else (),
+        swappiness=parse_int(memory_swappiness, "--memory-swappiness", 0, 100, "60")
+        if memory_swappiness is not None else None,
     )

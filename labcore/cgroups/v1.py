@@ -6,7 +6,8 @@ is several directories with the same name: /sys/fs/cgroup/memory/labcore/labcore
 
     cpu       cpu.cfs_quota_us / cfs_period_us (a share of a core), cpu.shares   scheduler/sched-bwc.rst
     cpuacct   cpuacct.usage: CPU time used, in ns                               cgroup-v1/cpuacct.rst
-    memory    memory.limit_in_bytes, memory.memsw.limit_in_bytes (+ swap)       cgroup-v1/memory.rst
+    memory    memory.limit_in_bytes, memory.memsw.limit_in_bytes (+ swap),      cgroup-v1/memory.rst
+              memory.swappiness
     pids      pids.max, pids.current, pids.events                               cgroup-v1/pids.rst
     blkio     blkio.throttle.read_bps_device / write_bps_device                 cgroup-v1/blkio-controller.rst
     devices   devices.allow / devices.deny: "c 1:3 rwm"                         cgroup-v1/devices.rst
@@ -45,8 +46,10 @@ class V1Manager(Manager):
                 *self._blkio(group, limits), *self._devices(group, limits)]
 
     def _memory(self, group, limits):
+        swappiness = [] if limits.swappiness is None else [
+            (group.dir("memory") / "memory.swappiness", str(limits.swappiness))]   # cgroup-v1/memory.rst 5.3
         if limits.memory is None:
-            return []
+            return swappiness
         memory = group.dir("memory")
         # memory.limit_in_bytes first: the kernel keeps memsw >= memory, so the lower one cannot go first.
         writes = [(memory / "memory.limit_in_bytes", str(limits.memory))]
@@ -59,7 +62,7 @@ class V1Manager(Manager):
         elif limits.memory_swap is not None:
             raise NotSupportedHere("this kernel does not account swap per cgroup (no memory.memsw.*)",
                                    path=str(memsw), fix="boot with swapaccount=1, or drop --memory-swap")
-        return writes
+        return writes + swappiness
 
     def _cpu(self, group, limits):
         writes = []

@@ -46,7 +46,11 @@ class V2Manager(Manager):
                     write(directory / "cgroup.subtree_control", f"+{controller}")
 
     def check(self, limits) -> None:
-        """Refuse, before any group exists, a device list a BPF program here cannot express."""
+        """Refuse, before any group exists, what v2 cannot do: a per-group swappiness, or a device list a BPF
+        program here cannot express."""
+        if limits.swappiness is not None:
+            raise NotSupportedHere("cgroup v2 has no per-group swappiness (memory.swappiness is a v1 file; v2 "
+                                   "keeps only the system-wide vm.swappiness)", fix="leave out --memory-swappiness")
         if limits.devices:
             from labcore.cgroups import devices
             devices.program(limits.devices)

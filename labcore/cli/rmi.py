@@ -3,10 +3,11 @@
 As in Docker: ``rmi busybox:latest`` removes that name (``Untagged: busybox:latest``); when it was the last,
 the image goes too (``Deleted: sha256:<image id>``), then each layer blob that no other image shares. Docker
 names its layers by chain ID in those lines; the lab names the blobs it deletes. An image ID with several
-names, or an image a container was created from, is refused unless ``-f``.
+names, or an image a container was created from, is refused unless ``-f``; and even with ``-f`` an image a
+container still uses only loses its names (it stays, as ``<none>``): its blobs are that container's files.
 
-The container check is only as good as it is cheap: a container's state.json keeps the reference that was
-typed (``busybox``), which is resolved again now; a container whose reference has since moved is not seen.
+A container is using an image when its state.json records that image's ID (``config.image_id``), or a
+reference (``image``) that resolves to it now.
 """
 from __future__ import annotations
 
@@ -50,7 +51,17 @@ def remove(store, ref: str, force: bool = False) -> list[str]:
         raise LabError(f'conflict: unable to remove repository reference "{ref}" (must force) - container '
                        f"{users[0][:12]} is using its referenced image {image.short_id}",
                        fix=f"remove the container first (`labcore rm {users[0][:12]}`), or `labcore rmi -f {ref}`")
+    if users:
+        return untag_only(store, image, named if not by_name else [o for o in named if ref_matches(ref, o)])
     return delete(store, image, named)
+
+
+def untag_only(store, image, names: list) -> list[str]:
+    """`rmi -f` of an image a container uses: the names go, the image stays untagged (Docker's <none>)."""
+    descriptor = store.descriptor(image)
+    lines = [f"Untagged: {other.ref}" for other in names if store.untag(other.name, other.tag)]
+    store.point(descriptor)                   # an unnamed index entry keeps its blobs reachable
+    return lines
 
 
 def delete(store, image, named: list) -> list[str]:
@@ -66,14 +77,16 @@ def delete(store, image, named: list) -> list[str]:
 
 
 def containers_using(store, image) -> list[str]:
-    """Ids of containers whose state.json names a reference that resolves to this image now."""
+    """Ids of containers whose state.json records this image's ID, or a reference that resolves to it now."""
     from labcore import paths
     found = []
     for state in sorted(paths.containers_dir().glob("*/state.json")):
         try:
-            if store.resolve(json.loads(state.read_text())["image"]).id == image.id:
+            record = json.loads(state.read_text())
+            if record.get("config", {}).get("image_id") == image.id or \
+                    store.resolve(record["image"]).id == image.id:
                 found.append(state.parent.name)
-        except (OSError, ValueError, KeyError, TypeError, LabError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, LabError):
             continue                            # a record being written, or a name that no longer resolves
     return found
 

@@ -62,8 +62,8 @@ def test_detached_container_through_its_whole_life(where):
 
         refused = labcore("rm", "labcore-web", check=False)
         assert refused.returncode == 1
-        assert refused.stderr.startswith("Error response from daemon: cannot remove container")
-        assert "container is running: stop the container before removing or force remove" in refused.stderr
+        assert refused.stderr.startswith("Error response from daemon: You cannot remove a running container")
+        assert "Stop the container before attempting removal or force remove" in refused.stderr
 
         # pid 1 is `sleep`, which has no SIGTERM handler: stop waits -t 1 s, then SIGKILLs it.
         assert labcore("stop", "-t", "1", "labcore-web").stdout == "labcore-web\n"

@@ -244,7 +244,14 @@ def test_rmi_by_id_with_two_names_and_an_image_in_use_are_refused(tmp_path, own_
     (labcore_home / "containers" / "c0ffee" / "state.json").write_text(json.dumps({"image": "used"}))
     with pytest.raises(LabError, match="container c0ffee is using"):
         remove(own_images, "used")
-    assert remove(own_images, "used", force=True)[0] == "Untagged: used:latest"
+    blobs = sorted(os.listdir(own_images.root / "blobs" / "sha256"))
+    assert remove(own_images, "used", force=True) == ["Untagged: used:latest"]     # Docker: only untagged
+    assert sorted(os.listdir(own_images.root / "blobs" / "sha256")) == blobs       # the container's files stay
+    assert [(i.name, i.id) for i in own_images.list()] == [("<none>", image.id)]
+    (labcore_home / "containers" / "c0ffee" / "state.json").write_text(json.dumps(
+        {"image": "gone", "config": {"image_id": image.id}}))                      # by ID, once the name is gone
+    with pytest.raises(LabError, match="container c0ffee is using"):
+        remove(own_images, image.short_id)
 
 
 def write_layer(tmp_path, name: str, data: bytes):

@@ -118,16 +118,21 @@ def test_run_flags_become_dockers_container_config():
     assert client.port_bindings(["127.0.0.1:8080:80", "53"]) == {
         "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
         "53/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
-    with pytest.raises(BadInput, match="labd reads"):
-        client.body_from_spec(Spec(image="busybox", limits={"device_cgroup_rule": ["c 1:3 rwm"]}))
+    assert client.body_from_spec(Spec(image="busybox", limits={"device_cgroup_rule": ["c 1:3 rwm"]}))[
+        "HostConfig"]["DeviceCgroupRules"] == ["c 1:3 rwm"]
 
 
 def test_what_the_client_sends_labd_reads_back_as_the_same_spec():
     from labcore.container import Spec
     from labcore.dockerapi import spec_from_body
     spec = Spec(image="busybox", cmd=["echo", "hi"], env=["A=1"], workdir="/tmp", hostname="box1", tty=True,
-                name="web", network="bridge", publish=["127.0.0.1:8080:80/tcp"], limits={"pids_limit": "10"})
-    again = spec_from_body(client.body_from_spec(spec), spec.name)
-    for field in ("image", "cmd", "entrypoint", "env", "workdir", "hostname", "tty", "name", "network", "publish"):
+                name="web", network="bridge", publish=["127.0.0.1:8080:80/tcp"], group_add=["1000"],
+                tmpfs=["/run:size=1m"], limits={"pids_limit": "10", "memory": "64m", "memory_swap": "128m",
+                                                "device_cgroup_rule": ["c 1:3 rwm"]})
+    again, asked = spec_from_body(client.body_from_spec(spec), spec.name)
+    for field in ("image", "cmd", "entrypoint", "env", "workdir", "hostname", "tty", "name", "network", "publish",
+                  "group_add", "tmpfs", "init", "pid", "uts"):
         assert getattr(again, field) == getattr(spec, field), field
-    assert again.limits == {"pids_limit": "10"}
+    assert again.limits == {"pids_limit": "10", "memory": str(64 << 20), "memory_swap": str(128 << 20),
+                            "device_cgroup_rule": ["c 1:3 rwm"]}
+    assert asked["HostConfig"]["GroupAdd"] == ["1000"]        # kept as sent, for inspect

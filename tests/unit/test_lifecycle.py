@@ -24,7 +24,7 @@ def test_walk_through_the_lifecycle():
 
 @pytest.mark.parametrize("state,action,message", [
     (State.CREATED, "pause", "is not running"),
-    (State.RUNNING, "remove", "stop the container before removing or force remove"),
+    (State.RUNNING, "remove", "Stop the container before attempting removal or force remove"),
     (State.RUNNING, "start", "is already running"),
     (State.EXITED, "exec", "is not running"),
     (State.PAUSED, "kill", "is not running"),
@@ -46,3 +46,23 @@ def test_find_by_name_prefix_and_unknown():
         lifecycle.find("a")
     with pytest.raises(NotFound, match="No such container: zzz"):
         lifecycle.find("zzz")
+
+
+def test_a_damaged_record_is_no_container_and_never_breaks_the_list(labcore_home):
+    good = Record("a" * 64, "good", "busybox")
+    good.save()
+    for name, text in (("b" * 64, '{"id": 1, "state": "exited", "bogus": true}'), ("c" * 64, "{not json"),
+                       ("d" * 64, '{"id": "d", "name": "x", "image": "y", "state": "weird"}')):
+        (labcore_home / "containers" / name).mkdir(parents=True)
+        (labcore_home / "containers" / name / "state.json").write_text(text)
+        with pytest.raises(NotFound, match="record is damaged"):
+            lifecycle.load(name)
+    assert [record.name for record in lifecycle.all_records()] == ["good"]
+
+
+def test_a_rename_outlives_the_monitors_next_save(labcore_home):
+    record = Record("e" * 64, "before", "busybox")
+    record.save()
+    lifecycle.rename(record.id, "after")
+    record.save()                                   # the monitor saves with the name it started with
+    assert lifecycle.load(record.id).name == "after"
