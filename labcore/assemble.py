@@ -35,7 +35,8 @@ import threading
 import time
 from pathlib import Path
 
-from labcore import container, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls, userns
+from labcore import (container, hosts, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls,
+                     userns)
 from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
 from labcore.evidence import Step, current_mode
 from labcore.process import Child
@@ -86,7 +87,7 @@ def step(name: str):
             try:
                 result = method(self, *args, **kwargs)
             except NeedsPrivilege as err:                 # the host forbids it: say so, change nothing more
-                return Step.refused(name, ORDER[name][0], err)
+                return hosts.refuse(name, ORDER[name][0], err)
             except KeyboardInterrupt:                     # ^C mid-step: the whole box goes, nothing half-made
                 self.undo()
                 self.done.append("remove")

@@ -277,15 +277,8 @@ class FlowStep(Step):
     """A Step with the HTTP exchanges that caused it, shown first, as `curl -v` shows them."""
     exchanges: list[Exchange] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        return "\n\n".join([*(str(e) for e in self.exchanges), Step.__str__(self)])
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        import html
-        wire = "".join(f"<pre>{html.escape(str(e))}</pre>" for e in self.exchanges)
-        return wire + Step._repr_html_(self)
+    def wire(self) -> list[str]:
+        return [str(exchange) for exchange in self.exchanges]
 
 
 def connect(stage: Stage) -> FlowStep:

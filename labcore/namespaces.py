@@ -33,7 +33,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from labcore import journal, paths, syscalls, userns
+from labcore import hosts, journal, paths, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.evidence import Step, current_mode
 from labcore.process import Child
@@ -397,7 +397,7 @@ def isolate(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME, *, title: str | None 
             extra = while_alive(box) if while_alive else {}
             dot = membership_dot([os.getpid(), box.pid])
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     differ = [kind for kind in kinds if box.inside["inodes"][kind] != host["inodes"][kind]]
     return Step(title, action, before=host["rows"], after=box.inside["rows"], mode=current_mode(),
                 note=f"inside is in new {', '.join(differ)} namespaces: other inode numbers, other views",
@@ -470,7 +470,7 @@ def isolate_ipc() -> Step:
         try:
             key = make_message_queue(scope)
         except _REFUSED as err:
-            return Step.refused("IPC namespace", "ipcmk -Q; unshare(CLONE_NEWIPC)", err)
+            return hosts.refuse("IPC namespace", "ipcmk -Q; unshare(CLONE_NEWIPC)", err)
         step = isolate({"ipc"}, title="IPC namespace: System V objects of its own")
     step.action = "ipcmk -Q (on the host); " + step.action
     if step.permitted:
@@ -522,7 +522,7 @@ def isolate_user(outside_uid: int | None = None) -> Step:
     try:
         inside = _as_mapped_root(uid, gid)
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     host = look(["user"])
     host["rows"].update({"CapEff": status_field("CapEff"), SHADOW: try_open("/etc/shadow")})
     rows = inside["rows"]
@@ -581,7 +581,7 @@ def join(pid: int, kinds=None) -> Step:
     try:
         target, mine = namespaces_of(pid, wanted), namespaces_of("self", wanted)
     except NeedsPrivilege as err:
-        return Step.refused(title, f"open(/proc/{pid}/ns/*)", err)
+        return hosts.refuse(title, f"open(/proc/{pid}/ns/*)", err)
     kinds = [kind for kind in JOIN_ORDER if kind in wanted and target[kind] != mine[kind]]
     if not kinds:          # and setns into the user namespace you are already in fails with EINVAL
         raise BadInput(f"pid {pid} is in this process's own {', '.join(wanted)} namespaces: nothing to join; "
@@ -591,7 +591,7 @@ def join(pid: int, kinds=None) -> Step:
         seen, (host, dot) = _observe(lambda channel: _joined(channel, pid, kinds),
                                      lambda seen: _look_beside(pid, seen["host_pid"], kinds))
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     same = all(seen["inodes"][kind] == target[kind] for kind in kinds)
     return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(),
                 note=f"after setns the child's {', '.join(kinds)} inodes {'equal' if same else 'differ from'} "

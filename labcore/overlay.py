@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import paths, syscalls, userns
+from labcore import hosts, paths, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, from_oserror
 from labcore.evidence import Mode, Step
 from labcore.journal import Entry, Scope
@@ -476,7 +476,7 @@ def rootless_overlay(lowers: list, file: str, directory: str) -> Step:
             before, after = run_in_child(_rootless_child, [Path(p).resolve() for p in lowers], base,
                                          file, directory)
         except LabError as err:
-            return Step.refused(title, action, err)
+            return hosts.refuse(title, action, err)
     opaque = after["user.overlay.opaque"] == "y"
     return Step(title, action, before, after, mode=Mode.USERNS, data={"opaque": opaque},
                 note=f"root only inside the namespace; the whiteout is a 0/0 device as before, and the "

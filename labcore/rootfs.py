@@ -27,7 +27,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from labcore import journal, paths, process, syscalls, userns
+from labcore import hosts, journal, paths, process, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege
 from labcore.evidence import Step, current_mode
 from labcore.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
@@ -140,7 +140,7 @@ def chroot_into(root: str | os.PathLike) -> Step:
     try:
         after = process.run_in_child(_chrooted_view, str(root), known)
     except LabError as err:
-        return Step.refused("chroot into the image", action, err)
+        return hosts.refuse("chroot into the image", action, err)
     return Step("chroot into the image", action, view_of_root(known), after, current_mode(),
                 note='the child\'s "/" is the image\'s directory; the mounts are still the host\'s',
                 data={"inside": after["/ is"] == IMAGE_ROOT})
@@ -188,7 +188,7 @@ def _escape_step(title: str, action: str, attempt, root, note: str) -> Step:
     try:
         before, after = process.run_in_child(attempt, str(root), _landmarks(root))
     except LabError as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(Path(root, ESCAPE_DIR))

@@ -71,7 +71,7 @@ def count_steps(text: str) -> collections.Counter:
     found = collections.Counter()
     lines = text.splitlines()
     for number, line in enumerate(lines):
-        mode = line.partition("   mode: ")[2].strip()
+        mode = line[len("   mode: "):].strip() if line.startswith("   mode: ") else ""   # not "   |" (recorded)
         if mode in MODES:
             kind = MODES[mode]
             if kind == "refused":
