@@ -121,9 +121,10 @@ def explain(error: Exception, host: Host | None = None) -> str:
     return "\n".join(lines + ([f"fix: {fix}"] if fix else []))
 
 
-def refuse(title: str, action: str, error: Exception) -> Step:
-    """The step this host forbids, as a ``Step``: the refusal explained, the reference host's recording."""
-    return Step.refused(title, action, explain(error))
+def refuse(title: str, action: str, error: Exception, kind: type[Step] = Step) -> Step:
+    """The step this host forbids, as a ``Step`` (or the subclass ``kind``): the refusal explained, and the
+    reference host's recording of it."""
+    return kind.refused(title, action, explain(error))
 
 
 def summary(host: Host | None = None) -> str:
