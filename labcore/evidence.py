@@ -91,10 +91,17 @@ NOT_RUN = NotRun()
 
 
 class NotMeasured(dict):
-    """The before, after and data of a refused step: empty, and ``NOT_RUN`` for any key a cell asks for."""
+    """The before, after and data of a refused step: empty, and ``NOT_RUN`` for any key a cell asks for, or
+    for any comparison (two empty dicts would otherwise be "equal", a fact nobody measured)."""
 
     def __missing__(self, key) -> NotRun:
         return NOT_RUN
+
+    def __eq__(self, other) -> NotRun:
+        return NOT_RUN
+
+    __ne__ = __eq__
+    __hash__ = None
 
 
 @dataclass

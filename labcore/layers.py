@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from labcore import journal, paths, syscalls
 from labcore.errors import BadInput, LabError, NotFound, from_oserror
-from labcore.evidence import Step, current_mode
+from labcore.evidence import Step, current_mode, user_mode
 
 OPAQUE = "overlay.opaque"            # after "trusted." (root) or "user." (rootless, mounted with userxattr)
 MAX_OPTIONS = 4095                   # mount(2) copies at most one page of options
@@ -149,7 +149,7 @@ def image_stack(image) -> Step:
         after[f"layer {number}"] = f"{directory} ({sum(1 for _ in walk(directory))} entries)"
     return Step(f"{image.ref}: a stack of {len(lowers)} read-only layer(s)",
                 "read the manifest; unpack each layer once, into <images>/layers/<diff_id hex>",
-                before, after, current_mode(), data={"digests": [layer.digest for layer in image.layers],
+                before, after, user_mode(), data={"digests": [layer.digest for layer in image.layers],
                                                      "directories": lowers},
                 note="a container mounts these directories as its lowerdirs (the top layer first) and writes "
                      "only to an upperdir of its own")
