@@ -115,17 +115,19 @@ class Step:
     note: str = ""                      # one sentence: what the evidence shows
     data: dict[str, Any] = field(default_factory=dict)   # raw values, for tests and later steps
     recording: "Recording | None" = None   # for NOT_PERMITTED: the step as it ran on the reference host
+    key: str = ""                       # what its recording is kept under; by default its title
 
     @property
     def permitted(self) -> bool:
         return self.mode is not Mode.NOT_PERMITTED
 
     @classmethod
-    def refused(cls, title: str, action: str, error: Exception | str) -> "Step":
-        """The honest result of a step this host forbids: the refusal, and the reference host's recording.
-        ``labcore.hosts.refuse`` adds why on this kind of host and the fix this user can act on."""
+    def refused(cls, title: str, action: str, error: Exception | str, key: str = "") -> "Step":
+        """The honest result of a step this host forbids: the refusal, and the reference host's recording
+        (found by ``key``, else by the title). ``labcore.hosts.refuse`` adds why on this kind of host and the
+        fix this user can act on."""
         return cls(title, action, NotMeasured(), NotMeasured(), mode=Mode.NOT_PERMITTED, reason=str(error),
-                   data=NotMeasured(), recording=find_recording(title))
+                   data=NotMeasured(), recording=find_recording(key or title), key=key)
 
     def rows(self) -> list[tuple[str, str, str]]:
         keys = list(dict.fromkeys([*self.before, *self.after]))
@@ -191,6 +193,7 @@ def _text(value: Any) -> str:
 @dataclass
 class Recording:
     """A step as it really ran on the reference host (``host``: who, kernel, cgroups, date), kept as data."""
+    key: str
     title: str
     action: str
     mode: str
@@ -234,12 +237,12 @@ def recordings() -> dict[str, Recording]:
     for file in sorted(RECORDINGS.glob("*.json")):
         kept = json.loads(file.read_text())
         for entry in kept["steps"]:
-            found[recording_key(entry["title"])] = Recording(**entry, host=kept["host"])
+            found[entry["key"]] = Recording(**entry, host=kept["host"])
     return found
 
 
-def find_recording(title: str) -> Recording | None:
-    return recordings().get(recording_key(title))
+def find_recording(key_or_title: str) -> Recording | None:
+    return recordings().get(recording_key(key_or_title))
 
 
 def record(step: Step) -> None:
@@ -247,7 +250,8 @@ def record(step: Step) -> None:
     target = os.environ.get(RECORD_TO)
     if not target or not step.permitted:
         return
-    entry = {"title": step.title, "action": step.action, "mode": step.mode.value,
+    entry = {"key": recording_key(step.key or step.title), "title": step.title, "action": step.action,
+             "mode": step.mode.value,
              "rows": [list(row) for row in step.rows()], "note": step.note, "wire": step.wire(),
              "date": datetime.date.today().isoformat()}
     with open(target, "a") as file:

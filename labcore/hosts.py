@@ -121,10 +121,10 @@ def explain(error: Exception, host: Host | None = None) -> str:
     return "\n".join(lines + ([f"fix: {fix}"] if fix else []))
 
 
-def refuse(title: str, action: str, error: Exception, kind: type[Step] = Step) -> Step:
+def refuse(title: str, action: str, error: Exception, kind: type[Step] = Step, key: str = "") -> Step:
     """The step this host forbids, as a ``Step`` (or the subclass ``kind``): the refusal explained, and the
-    reference host's recording of it."""
-    return kind.refused(title, action, explain(error))
+    reference host's recording of it (kept under ``key``, else under the title)."""
+    return kind.refused(title, action, explain(error), key)
 
 
 def summary(host: Host | None = None) -> str:

@@ -93,9 +93,14 @@ class MountKeeper:
         return f"/proc/{self.pid}/root{os.path.abspath(inside)}"
 
     def join(self) -> None:
-        """setns(2) the calling process (a child) into the keeper's user and mount namespaces. Its euid owns
-        that user namespace, which gives it the CAP_SYS_ADMIN there that setns asks for (user_namespaces(7))."""
-        fds = [os.open(f"/proc/{self.pid}/ns/{kind}", os.O_RDONLY) for kind in ("user", "mnt")]
+        self.join_pid(self.pid)
+
+    @staticmethod
+    def join_pid(pid: int) -> None:
+        """setns(2) the calling process (a child) into keeper ``pid``'s user and mount namespaces. Its euid
+        owns that user namespace, which gives it the CAP_SYS_ADMIN there that setns asks for
+        (user_namespaces(7)); the process must have one thread (setns(2))."""
+        fds = [os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY) for kind in ("user", "mnt")]
         try:           # both opened first: after the first setns, /proc/PID may name another process
             syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
             syscalls.setns(fds[1], syscalls.CLONE_NEWNS)
