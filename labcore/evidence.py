@@ -10,13 +10,14 @@ ever shown as if it had happened here.
 
 A refused step has no measurements, but the notebook cell after it still reads ``step.data["..."]``: every
 such value is ``NOT_RUN``, which prints as what it is and absorbs whatever the cell does with it, so the cell
-runs and says "not run here" instead of failing.
+runs and says "not run here" instead of failing. A refused step also stands in for the object its step would
+have made (``box = overlay.create_overlay(...)``): any attribute of it is ``NOT_RUN``, and a step given it
+(or ``NOT_RUN``) is refused in turn, naming what it lacked (``labcore.hosts.lacking``).
 
 A ``Step`` renders as an HTML table in Jupyter and as aligned text in a terminal.
 """
 from __future__ import annotations
 
-import datetime
 import enum
 import functools
 import html
@@ -121,6 +122,13 @@ class Step:
     def permitted(self) -> bool:
         return self.mode is not Mode.NOT_PERMITTED
 
+    def __getattr__(self, name: str):
+        # Called only for an attribute a Step does not have: a refused step stands in for the object its
+        # step would have made (a container, an overlay, a build), and every attribute of that is NOT_RUN.
+        if not name.startswith("_") and self.__dict__.get("mode") is Mode.NOT_PERMITTED:
+            return NOT_RUN
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @classmethod
     def refused(cls, title: str, action: str, error: Exception | str, key: str = "") -> "Step":
         """The honest result of a step this host forbids: the refusal, and the reference host's recording
@@ -151,9 +159,10 @@ class Step:
         rows = self.rows()
         if rows:
             width = max(len(k) for k, _, _ in rows)
-            left = max(len("before"), *(len(b) for _, b, _ in rows))
+            left = max(len("before"), *(len(b) for _, b, _ in rows if "\n" not in b))
             lines.append(f"   {'':{width}}  {'before':{left}}  after")
-            lines += [f"   {k:{width}}  {b:{left}}  {a}" for k, b, a in rows]
+            indent = "\n" + " " * (width + left + 7)      # a value of several lines stays in its column
+            lines += [f"   {k:{width}}  {b:{left}}  {a.replace(chr(10), indent)}" for k, b, a in rows]
         if self.note:
             lines.append(f"   => {self.note}")
         return "\n".join(lines)
@@ -201,6 +210,7 @@ class Recording:
     note: str
     wire: list[str]
     host: dict
+    output: str = ""                     # what a step that is not a Step printed (a build's log), verbatim
 
     def label(self) -> str:
         host = self.host
@@ -215,13 +225,14 @@ class Recording:
         return step
 
     def text(self) -> str:
-        body = "\n\n".join([*self.wire, self.as_step()._text()])
+        body = self.output or "\n\n".join([*self.wire, self.as_step()._text()])
         return f"   --- {self.label()} ---\n" + "\n".join("   | " + line for line in body.splitlines())
 
     def html(self) -> str:
         wire = "".join(f"<pre>{html.escape(text)}</pre>" for text in self.wire)
+        body = f"<pre>{html.escape(self.output)}</pre>" if self.output else wire + self.as_step()._html()
         return (f"<div style='border-left:4px solid #bbb;padding-left:8px;margin-top:6px;opacity:0.85'>"
-                f"<i>{html.escape(self.label())}</i>{wire}{self.as_step()._html()}</div>")
+                f"<i>{html.escape(self.label())}</i>{body}</div>")
 
 
 def recording_key(title: str) -> str:
@@ -245,14 +256,14 @@ def find_recording(key_or_title: str) -> Recording | None:
     return recordings().get(recording_key(key_or_title))
 
 
-def record(step: Step) -> None:
-    """While ``tools/record_reference.py`` runs the notebooks, append each real step shown to its file."""
+def record(step: Step, output: str = "") -> None:
+    """While ``tools/record_reference.py`` runs the notebooks, append each real step shown to its file
+    (``output``: the text of a result that prints itself rather than as a Step, such as a build's log)."""
     target = os.environ.get(RECORD_TO)
     if not target or not step.permitted:
         return
     entry = {"key": recording_key(step.key or step.title), "title": step.title, "action": step.action,
-             "mode": step.mode.value,
-             "rows": [list(row) for row in step.rows()], "note": step.note, "wire": step.wire(),
-             "date": datetime.date.today().isoformat()}
+             "mode": step.mode.value, "rows": [] if output else [list(row) for row in step.rows()],
+             "note": step.note, "wire": step.wire(), "output": output}
     with open(target, "a") as file:
         file.write(json.dumps(entry) + "\n")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labcore import syscalls
-from labcore.errors import LabError
-from labcore.evidence import Step
+from labcore.errors import LabError, NeedsPrivilege
+from labcore.evidence import NotRun, Step
 
 CAP_SYS_ADMIN = 21                      # <linux/capability.h>
 ROOT, ROOTLESS, CONFINED = "root", "rootless", "confined"
@@ -125,6 +125,21 @@ def refuse(title: str, action: str, error: Exception, kind: type[Step] = Step, k
     """The step this host forbids, as a ``Step`` (or the subclass ``kind``): the refusal explained, and the
     reference host's recording of it (kept under ``key``, else under the title)."""
     return kind.refused(title, action, explain(error), key)
+
+
+def was_refused(value) -> bool:
+    """Whether ``value`` is what a refused step left: the refused Step itself, or one of its NOT_RUN values."""
+    return isinstance(value, NotRun) or (isinstance(value, Step) and not value.permitted)
+
+
+def lacking(what: str, title: str, action: str, *inputs, key: str = "") -> Step | None:
+    """The refused Step for a step whose input (``what``) a refused step was to make; None if all is there."""
+    refused = next((value for value in inputs if was_refused(value)), None)
+    if refused is None:
+        return None
+    cause = refused.reason.splitlines()[0].removeprefix("refused: ") if isinstance(refused, Step) else ""
+    return refuse(title, action, NeedsPrivilege(f"this step needs {what}, which this host refused above",
+                                                why=cause or None), key=key)
 
 
 def summary(host: Host | None = None) -> str:

@@ -337,8 +337,14 @@ class Sleeper:
         return f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
 
 
-def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper:
-    return Sleeper(kinds, hostname)
+def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper | Step:
+    """A ``Sleeper``; where this host refuses its namespaces, the refused Step, which stands in for it."""
+    kinds = check_kinds(kinds)
+    try:
+        return Sleeper(kinds, hostname)
+    except _REFUSED as err:
+        return hosts.refuse(f"a process left running in new {', '.join(kinds)} namespaces",
+                            isolate_action(kinds, hostname), err, key="namespaces.start_sleeper")
 
 
 def _make_mountpoint(scope: journal.Scope) -> str:
@@ -437,6 +443,8 @@ def isolate_pid() -> Step:
         step.before["NSpid of that process"] = " ".join(map(str, step.data["nspid"]))
         step.data["pid_inside"] = step.data["inside"]["pid (os.getpid())"]
         step.data["ps_inside"] = step.data["inside"]["ps"]
+        step.data["pid levels"] = len(step.data["nspid"])          # one pid per pid namespace, host first
+        step.data["processes inside"] = len(step.data["ps_inside"])
         step.note = (f"one process, two pids: {step.data['nspid'][0]} on the host, {step.data['pid_inside']} "
                      f"inside, where ps shows {len(step.data['ps_inside'])} process once /proc is remounted")
     return step
@@ -448,6 +456,7 @@ def isolate_mnt() -> Step:
     if step.permitted:
         step.data["mounts_inside"] = step.data["inside"]["labcore tmpfs mounts"]
         step.data["mounts_host"] = step.data["host"]["labcore tmpfs mounts"]
+        step.data["tmpfs mounts inside"] = len(step.data["mounts_inside"])
         step.note = (f"inside, /proc/self/mountinfo lists the tmpfs at {step.data['mounts_inside']}; "
                      f"the host's lists {step.data['mounts_host'] or 'no such mount'}")
     return step
@@ -578,6 +587,10 @@ def join(pid: int, kinds=None) -> Step:
     """setns(2) a child into the namespaces of process ``pid``, as `docker exec` does."""
     wanted = check_kinds(kinds if kinds is not None else KINDS)
     title = f"setns: join the namespaces of pid {pid}, as docker exec does"
+    missing = hosts.lacking("a process to join", title, "setns(open(/proc/PID/ns/KIND), ...)", pid,
+                            key="namespaces.join")
+    if missing:
+        return missing
     try:
         target, mine = namespaces_of(pid, wanted), namespaces_of("self", wanted)
     except NeedsPrivilege as err:
@@ -593,7 +606,7 @@ def join(pid: int, kinds=None) -> Step:
     except _REFUSED as err:
         return hosts.refuse(title, action, err)
     same = all(seen["inodes"][kind] == target[kind] for kind in kinds)
-    return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(),
+    return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(), key="namespaces.join",
                 note=f"after setns the child's {', '.join(kinds)} inodes {'equal' if same else 'differ from'} "
                      f"those of pid {pid}: it sees what that process sees",
                 data={"target": target, "joined": kinds, "same_as_target": same, "inside": seen["rows"],

@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import hosts, paths, syscalls, userns
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, from_oserror
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
 from labcore.evidence import Mode, Step, user_mode
 from labcore.journal import Entry, Scope
 from labcore.overlay_model import WHITEOUT, Dir, File, Layer, Model, Symlink
 from labcore.process import run_in_child
 
 OPAQUE = "overlay.opaque"         # after the "trusted." or "user." namespace
+_REFUSED = (NeedsPrivilege, NotSupportedHere)
 MAX_OPTIONS = 4095                # mount(2) copies at most one page of options
 
 
@@ -176,16 +177,20 @@ def make_scratch_dir(prefix: str, scope: Scope) -> tuple[Path, Entry]:
     return directory, scope.record("directory", str(directory), "rmtree", path=str(directory))
 
 
-def create_overlay(lowers: list, scope: Scope | None = None, name: str = "overlay") -> Overlay:
-    """A container's layer: a new labcore-NAME-XXXX/{upper,work,merged} over ``lowers`` (top first)."""
+def create_overlay(lowers: list, scope: Scope | None = None, name: str = "overlay") -> Overlay | Step:
+    """A container's layer: a new labcore-NAME-XXXX/{upper,work,merged} over ``lowers`` (top first). Where
+    this host refuses the mount, the refused Step, which stands in for the overlay in the steps after it."""
     scope = scope or Scope()
     check_lowers(lowers)
     base, entry = make_scratch_dir(name, scope)
     try:
         overlay = mount_overlay(lowers, base / "upper", base / "work", base / "merged", scope)
-    except BaseException:
+    except BaseException as err:
         scope.entries.remove(entry)
         scope.journal.undo(entry)
+        if isinstance(err, _REFUSED):
+            return hosts.refuse("mount an overlay: a container's layer", f"mount -t overlay -o lowerdir=... "
+                                f"{base}/merged", err, key="overlay.create_overlay")
         raise
     overlay.entries.insert(0, entry)          # undone last: the mount goes first
     return overlay
@@ -316,6 +321,9 @@ def top_lower_with(overlay: Overlay, path: str) -> Path:
 
 def read_from_lower(overlay: Overlay, path: str) -> Step:
     """cat MERGED/path: the lower layer's file answers; nothing is copied."""
+    missing = hosts.lacking("an overlay", f"read {path}: served from the lower layer", f"cat MERGED/{path}", overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path) / path
     before = {"lower file": describe(lower), "upperdir": listing(overlay.upper, overlay.xattr)}
     content = (overlay.view / path).read_bytes()
@@ -341,6 +349,9 @@ def _three_views(overlay: Overlay, path: str, lower: Path) -> dict:
 
 def write_copies_up(overlay: Overlay, path: str, data: bytes = b"written by the container\n") -> Step:
     """echo >> MERGED/path: the first write copies the whole file into upperdir."""
+    missing = hosts.lacking("an overlay", f"write {path}: copy-up", f"open({path!r}, O_WRONLY|O_APPEND)", overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     before = _three_views(overlay, path, lower)
     with open(overlay.view / path, "ab") as file:
@@ -357,6 +368,9 @@ def write_copies_up(overlay: Overlay, path: str, data: bytes = b"written by the 
 
 def delete_leaves_whiteout(overlay: Overlay, path: str) -> Step:
     """rm MERGED/path: upperdir gets a character device 0/0 with that name; the lower file stays."""
+    missing = hosts.lacking("an overlay", f"delete {path}: a whiteout", f"unlink({path!r})", overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     before = _three_views(overlay, path, lower)
     if (overlay.view / path).is_dir():
@@ -374,6 +388,10 @@ def delete_leaves_whiteout(overlay: Overlay, path: str) -> Step:
 
 def replace_dir_makes_opaque(overlay: Overlay, path: str) -> Step:
     """rm -r MERGED/path; mkdir MERGED/path: the new directory is opaque, the old files stay hidden."""
+    missing = hosts.lacking("an overlay", f"replace directory {path}: opaque", f"rm -r {path}; mkdir {path}",
+                            overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     name = f"{overlay.xattr}.{OPAQUE}"
     before = {"lower dir": listing(lower / path), "merged dir": listing(overlay.view / path, None),
@@ -423,12 +441,16 @@ def share_lower_layers(lower, containers: int = 10) -> Step:
     check_lowers([lower])
     if not 1 <= containers <= 100:
         raise BadInput(f"containers must be 1..100, got {containers}")
+    title = f"{containers} containers from one image"
     with Scope() as scope:
         base, _ = make_scratch_dir("share", scope)
         before = {"containers": 0, "lower layer": _size(disk_usage(lower))}
         # Without root, every overlay is mounted in one user namespace, as rootless podman mounts them all in
         # its pause process's: one keeper, made before the clock starts.
-        keeper = userns.MountKeeper(scope) if os.geteuid() != 0 else None
+        try:
+            keeper = userns.MountKeeper(scope) if os.geteuid() != 0 else None
+        except _REFUSED as err:
+            return hosts.refuse(title, "mount -t overlay (x N)  vs  cp -a (x N)", err)
         # The same work for both: make the container's root, then write its hostname in it.
         copy_seconds, copies = _timed(lambda i: _copy_root(lower, base / f"copy{i}"), containers)
         overlay_seconds, overlays = _timed(
@@ -442,7 +464,7 @@ def share_lower_layers(lower, containers: int = 10) -> Step:
     note = (f"{containers} overlays share one lower layer: their upperdirs take "
             f"{copy_disk / max(upper_disk, 1):.0f}x less disk than {containers} copies, and were ready "
             f"{copy_seconds / max(overlay_seconds, 1e-9):.1f}x faster")
-    return Step(f"{containers} containers from one image", "mount -t overlay (x N)  vs  cp -a (x N)",
+    return Step(title, "mount -t overlay (x N)  vs  cp -a (x N)",
                 before, after, note=note, mode=Mode.USERNS if keeper else user_mode(),
                 data={"copy_bytes": copy_disk, "upper_bytes": upper_disk,
                       "copy_seconds": copy_seconds, "overlay_seconds": overlay_seconds})
@@ -470,6 +492,8 @@ def volume_outlives_container(lowers: list, target: str = "data") -> Step:
     with Scope() as scope:
         volume, _ = make_scratch_dir("volume", scope)
         overlay = create_overlay(lowers, scope, "container")
+        if not isinstance(overlay, Overlay):
+            return overlay                  # refused: the step that says why
         mountpoint = overlay.merged / target
         (overlay.view / target).mkdir(exist_ok=True)
         if overlay.keeper:                  # rootless: in the keeper's namespace, gone with it
@@ -536,6 +560,10 @@ def _rootless_child(lowers: list[Path], base: Path, file: str, directory: str) -
 def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     """``overlay_model`` predicts, then the kernel does: the same operations on paper (before) and on the
     mount (after), compared by errno, upperdir (whiteouts and opaque marks included) and merged view."""
+    missing = hosts.lacking("an overlay", "the model predicts, the kernel agrees", "the same system calls on the "
+                            "mount", overlay, key="overlay.model_agrees")
+    if missing:
+        return missing
     model = Model([read_layer(lower, overlay.xattr) for lower in overlay.lowers],
                   read_layer(overlay.upper, overlay.xattr))
     predicted = [errno_name(model.apply(op)) for op in ops]
@@ -547,7 +575,7 @@ def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
     return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
                 "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
-                before, after, mode=overlay_mode(overlay), note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees", note=f"before = the model's prediction, after = the kernel's; they agree on the "
                                     f"results, the upperdir and all {len(merged)} merged paths: {agree}",
                 data={"agree": agree, "predicted": predicted, "actual": actual})
 

@@ -54,9 +54,9 @@ def execute(path: Path) -> dict:
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT, allow_errors=True, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
-    cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     errors, steps = [], collections.Counter()
-    for index, cell in enumerate(cells):
+    for index, cell in cells:                   # numbered as in the notebook, markdown cells counted
         for output in cell.outputs:
             if output.output_type == "error":
                 errors.append(f"cell {index}: {output.ename}: {output.evalue[:300]}")
