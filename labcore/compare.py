@@ -80,6 +80,10 @@ class Comparison:
         a, b = self.rows[slower].median, self.rows[faster].median
         return a / b if a and b else NOT_RUN
 
+    def timed(self) -> list[str]:
+        """The rows measured on this host; the others say why not."""
+        return [key for key, row in self.rows.items() if row.seconds]
+
     def ratios(self) -> dict[str, float | NotRun]:
         return {"VM boot ÷ labcore container": self.ratio("vm", "container"),
                 "VM boot ÷ docker run": self.ratio("vm", "docker"),

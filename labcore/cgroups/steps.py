@@ -206,7 +206,8 @@ def limit_cpu(cpus: float | str = 0.25, seconds: float = 1.0, manager: Manager |
                        "share of one core": f"{share:.2f}"},
                 note=f"over {elapsed:.2f} s the busy loop used {share:.2f} of a core; the limit is "
                      f"{limits.cpus}. It spent the rest of each period throttled.",
-                data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after)})
+                data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after),
+                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled})
 
 
 def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
@@ -233,7 +234,9 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
                 after={**{f"group {i + 1} share of CPU {cpu}": f"{u:.2f}" for i, u in enumerate(used)},
                        "ratio": f"{ratio:.2f}"},
                 note=f"asked for {shares[0] / shares[1]:.2f} : 1, measured {ratio:.2f} : 1 over {elapsed:.2f} s",
-                data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1]})
+                data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1], "cpu": cpu,
+                      "weights": [int(next(v for k, v in w.items() if "shares" in k or "weight" in k))
+                                  for w in weights]})
 
 
 # --- memory ------------------------------------------------------------------------------------------------
@@ -362,7 +365,8 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
                 note="before: no limit; after: held near the limit. O_DIRECT bypasses the page cache, so "
                      "each byte goes to the disk while the group is charged for it (buffered writes would "
                      "be written back later by the kernel, outside the group on v1)",
-                data={"free": free, "held": held, "bps": bps,
+                data={"free": free, "held": held, "bps": bps, "writes": [(str(f), v) for f, v in writes],
+                      "read_bytes": stats.io_read_bytes, "write_bytes": stats.io_write_bytes,
                       "read_rate": held["bytes"] / held["read_seconds"],
                       "write_rate": held["bytes"] / held["write_seconds"]})
 

@@ -74,7 +74,7 @@ def test_stacks_render_and_the_stored_diagram_is_a_measured_one():
 
 def test_first_output_times_a_real_program_and_refuses_a_failure():
     seconds, rss = compare.first_output([sys.executable, "-c", "print('hi')"])
-    assert 0 < seconds < 30 and rss > 0
+    assert seconds > 0 and rss > 0
     with pytest.raises(LabError, match="exited 3"):
         compare.first_output([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"])
 
