@@ -55,29 +55,32 @@ def execute(path: Path) -> dict:
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
-    errors, steps = [], collections.Counter()
+    errors, steps, refused = [], collections.Counter(), []
     for index, cell in cells:                   # numbered as in the notebook, markdown cells counted
         for output in cell.outputs:
             if output.output_type == "error":
                 errors.append(f"cell {index}: {output.ename}: {output.evalue[:300]}")
             text = output.get("text", "") + output.get("data", {}).get("text/plain", "")
-            steps.update(count_steps(text))
+            for title, kind in shown_steps(text):
+                steps[kind] += 1
+                refused += [title] if kind != "real" else []
     return {"cells": len(cells), "error cells": len({e.split(":")[0] for e in errors}), "errors": errors,
-            "steps": dict(steps)}
+            "steps": dict(steps), "refused": refused}
 
 
-def count_steps(text: str) -> collections.Counter:
-    """The steps in a cell's text output, by how they ran: each Step prints a "mode:" line (evidence.Step)."""
-    found = collections.Counter()
-    lines = text.splitlines()
+def shown_steps(text: str) -> list[tuple[str, str]]:
+    """(title, how it ran) of each step in a cell's text output: a Step prints "== TITLE", then a "mode:"
+    line (evidence.Step); a recording's lines start with "   |" and are not counted."""
+    found, lines = [], text.splitlines()
     for number, line in enumerate(lines):
-        mode = line[len("   mode: "):].strip() if line.startswith("   mode: ") else ""   # not "   |" (recorded)
+        mode = line[len("   mode: "):].strip() if line.startswith("   mode: ") else ""
         if mode in MODES:
+            title = lines[number - 2][3:] if number >= 2 and lines[number - 2].startswith("== ") else "?"
             kind = MODES[mode]
             if kind == "refused":
                 kind = "refused, recording shown" if any(RECORDED in later for later in lines[number:]) \
                     else "refused, no recording"
-            found[kind] += 1
+            found.append((title, kind))
     return found
 
 

@@ -413,4 +413,7 @@ def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | N
 
 def can_limit() -> bool:
     """Whether this process may hold a container to limits here: as root, or in a delegated subtree."""
-    return find_delegation(detect()).allowed
+    try:
+        return find_delegation(detect()).allowed
+    except NotSupportedHere:                     # no cgroup filesystem at all
+        return False
