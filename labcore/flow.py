@@ -512,20 +512,23 @@ def run_with_docker_cli(stage: Stage, *command: str) -> Step:
     labd's socket, so that the requests it sent are shown next to its output and exit status."""
     title = "the docker CLI against labd"
     action = f"DOCKER_HOST=unix://TAP docker run --rm --network none {stage.reference} {shlex.join(command)}"
+    key = f"docker run {shlex.join(command)}"
     if not shutil.which("docker"):
         return hosts.refuse(title, action, NotFound("the docker CLI is not installed",
-                                                    fix="apt-get install docker.io"))
+                                                    fix="apt-get install docker.io"), key=key)
     with Tap(stage.labd.socket) as tap:
         environment = {**os.environ, "DOCKER_HOST": f"unix://{tap.path}",
                        "DOCKER_CONFIG": os.path.join(stage.home, "docker-cli")}    # not ~/.docker
         result = subprocess.run(["docker", "run", "--rm", "--network", "none", stage.reference, *command],
                                 env=environment, capture_output=True, text=True, timeout=120)
     requests = tap.requests()
-    if result.returncode == DOCKER_DAEMON_ERROR:        # the daemon failed to run it: here, the kernel refused
-        return hosts.refuse(title, action, NeedsPrivilege(f"docker: {result.stderr.strip()}"))
+    if result.returncode == DOCKER_DAEMON_ERROR and hosts.current().kind == hosts.CONFINED:
+        # the daemon could not run it because the kernel refuses it namespaces here; elsewhere a 125 is
+        # Docker's own answer, shown as it came
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker: {result.stderr.strip()}"), key=key)
     shown = {f"request {n}": re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", r"\1…", line)     # ids cut, for reading
              for n, line in enumerate(requests, 1)}
-    return Step(title, action, mode=current_mode(),
+    return Step(title, action, mode=current_mode(), key=key,
                 after={**shown, "stdout": result.stdout, "stderr": result.stderr.strip() or "(none)",
                        "exit status": result.returncode},
                 note="Docker's own client, unchanged: labd answered every request it sent",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from labcore import hosts, journal, paths, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.evidence import Step, current_mode
+from labcore.evidence import Step, current_mode, record
 from labcore.process import Child
 
 KINDS = ("uts", "pid", "mnt", "net", "ipc", "user", "cgroup")
@@ -334,7 +334,10 @@ class Sleeper:
 
     def __repr__(self) -> str:
         state = "stopped" if self._child is None or self._child.status is not None else "running"
-        return f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
+        text = f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
+        record(Step(f"a process left running in new {', '.join(self.kinds)} namespaces", "fork; unshare",
+                    key="namespaces.start_sleeper"), output=text)       # the reference run's, for refusals
+        return text
 
 
 def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper | Step:

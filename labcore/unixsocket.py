@@ -195,13 +195,14 @@ def read_host_file(stage: Stage) -> Step:
             "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
             network_mode="none", remove=True)
     except docker.errors.APIError as err:
-        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"))
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"),
+                            key="unixsocket.read_host_file")
     user = output.decode().strip() or "(nothing: head could not open it)"
     note = ("the client never had the right to read it; it asked the daemon, which runs as root"
             if os.geteuid() == 0 else
             "the daemon runs as you, so its container is you on the host: the kernel refused it the file")
     return Step(title, action, before=before, after={"the container read /host/etc/shadow, first user": user},
-                mode=current_mode(), note=note, data={"first user": user})
+                mode=current_mode(), note=note, data={"first user": user}, key="unixsocket.read_host_file")
 
 
 def open_as(path: str, uid: int, gid: int) -> str:

@@ -215,6 +215,7 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
     """Two busy loops pinned to one CPU, in groups weighted ``shares``: the CPU is split in that ratio."""
     cpu = max(os.sched_getaffinity(0))
     title = f"cpu: shares {shares[0]} vs {shares[1]} on CPU {cpu}"
+    key = f"cpu: shares {shares[0]} vs {shares[1]}"        # which CPU is this machine's business
     try:
         with Run(manager) as run:
             groups = [run.group("share", parse_run_limits(cpu_shares=s)) for s in shares]
@@ -224,7 +225,7 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
             time.sleep(0.2)
             before, after, elapsed = measure(run.manager, groups, seconds)
     except _REFUSED as err:
-        return hosts.refuse(title, "cpu.shares / cpu.weight; two busy loops on one CPU", err)
+        return hosts.refuse(title, "cpu.shares / cpu.weight; two busy loops on one CPU", err, key=key)
     used = [cpu_share(b, a, elapsed) for b, a in zip(before, after)]
     ratio = used[0] / used[1] if used[1] else float("inf")
     return Step(title,
@@ -234,7 +235,7 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
                 after={**{f"group {i + 1} share of CPU {cpu}": f"{u:.2f}" for i, u in enumerate(used)},
                        "ratio": f"{ratio:.2f}"},
                 note=f"asked for {shares[0] / shares[1]:.2f} : 1, measured {ratio:.2f} : 1 over {elapsed:.2f} s",
-                data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1], "cpu": cpu,
+                key=key, data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1], "cpu": cpu,
                       "weights": [int(next(v for k, v in w.items() if "shares" in k or "weight" in k))
                                   for w in weights]})
 
