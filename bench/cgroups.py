@@ -40,7 +40,8 @@ def main(args) -> int:
         checks.append(time.monotonic() - started)
     rows.append(("labcore doctor: the whole check, seconds", "< 2", spread(checks)))
     measured = compare.measure(runs=5, vm_runs=1, docker_runs=0)
-    rows.append(("VM boot ÷ labcore container (medians)", "-", compare.ratio_text(measured.ratio("vm", "container"))))
+    rows.append(("VM boot ÷ labcore container (medians)", "-",
+                 compare.ratio_text(measured.ratio("vm", "container"))))
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')}, load average {load:.1f} before, "
              f"{os.getloadavg()[0]:.1f} after.", "", "| what | asked | measured |", "|---|---:|---|"]
     lines += [f"| {what} | {asked} | {found} |" for what, asked, found in rows]

@@ -128,7 +128,9 @@ def seconds_text(seconds: float | None) -> str:
 
 
 def ratio_text(ratio: float | NotRun | None) -> str:
-    return "not measured" if ratio is None or isinstance(ratio, NotRun) else f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
+    if ratio is None or isinstance(ratio, NotRun):
+        return "not measured"
+    return f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
 
 
 # --- the kernel: shared or not ------------------------------------------------------------------------------
@@ -151,7 +153,8 @@ def container_kernel(image: str = "busybox") -> Step:
         raise LabError(f"the container exited {result.exit_code}: {result}", fix="run `labcore doctor`")
     release, boot_id = result.stdout.decode().split()
     host, inside = host_kernel(), {"kernel release": release, "boot_id": boot_id}
-    return Step(title, action, before=host, after=inside, mode=current_mode(), data={"same_kernel": inside == host, "host": host, "inside": inside},
+    return Step(title, action, before=host, after=inside, mode=current_mode(),
+                data={"same_kernel": inside == host, "host": host, "inside": inside},
                 note="same kernel release and same boot id as the host: the container is the host's processes"
                 if inside == host else "the container reported another kernel: read the values above")
 

@@ -609,7 +609,8 @@ def join(pid: int, kinds=None) -> Step:
     except _REFUSED as err:
         return hosts.refuse(title, action, err)
     same = all(seen["inodes"][kind] == target[kind] for kind in kinds)
-    return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(), key="namespaces.join",
+    return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(),
+                key="namespaces.join",
                 note=f"after setns the child's {', '.join(kinds)} inodes {'equal' if same else 'differ from'} "
                      f"those of pid {pid}: it sees what that process sees",
                 data={"target": target, "joined": kinds, "same_as_target": same, "inside": seen["rows"],

@@ -321,7 +321,8 @@ def top_lower_with(overlay: Overlay, path: str) -> Path:
 
 def read_from_lower(overlay: Overlay, path: str) -> Step:
     """cat MERGED/path: the lower layer's file answers; nothing is copied."""
-    missing = hosts.lacking("an overlay", f"read {path}: served from the lower layer", f"cat MERGED/{path}", overlay)
+    missing = hosts.lacking("an overlay", f"read {path}: served from the lower layer", f"cat MERGED/{path}",
+                            overlay)
     if missing:
         return missing
     lower = top_lower_with(overlay, path) / path
@@ -338,7 +339,8 @@ def read_from_lower(overlay: Overlay, path: str) -> Step:
             f"({os.major(seen.st_dev)}:{os.minor(seen.st_dev)}); upperdir "
             f"{'is unchanged' if before['upperdir'] == after['upperdir'] else 'changed'}")
     return Step(f"read {path}: served from the lower layer", f"cat {overlay.merged / path}",
-                before, after, note=note, mode=overlay_mode(overlay), data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino,
+                before, after, note=note, mode=overlay_mode(overlay),
+                data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino,
                                                 "merged_dev": seen.st_dev, "lower_dev": low.st_dev})
 
 
@@ -401,7 +403,8 @@ def replace_dir_makes_opaque(overlay: Overlay, path: str) -> Step:
     after = {"lower dir": listing(lower / path), "merged dir": listing(overlay.view / path, None),
              f"upper {name}": _xattr(overlay.upper / path, name)}
     return Step(f"replace directory {path}: opaque", f"rm -r {path}; mkdir {path}", before, after,
-                mode=overlay_mode(overlay), note=f"{name} = {after[f'upper {name}']!r} on the new upper directory: lookups stop there, "
+                mode=overlay_mode(overlay),
+                note=f"{name} = {after[f'upper {name}']!r} on the new upper directory: lookups stop there, "
                      f"so the {len(after['lower dir'])} lower entries stay hidden",
                 data={"opaque": is_opaque(overlay.upper / path, overlay.xattr)})
 
@@ -575,7 +578,8 @@ def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
     return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
                 "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
-                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees", note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees",
+                note=f"before = the model's prediction, after = the kernel's; they agree on the "
                                     f"results, the upperdir and all {len(merged)} merged paths: {agree}",
                 data={"agree": agree, "predicted": predicted, "actual": actual})
 
