@@ -77,10 +77,16 @@ class MountKeeper:
 
     def __init__(self, scope):
         self.child = Child(_keep_mounts)
-        scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
-                     start=process_start_time(self.child.pid))
+        entry = scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
+                             start=process_start_time(self.child.pid))
         self.pid = self.child.pid
-        self.child.recv()                    # "ready": its namespaces exist, its id maps are written
+        try:
+            self.child.recv()                # "ready": its namespaces exist, its id maps are written
+        except BaseException:                # refused: the child has exited, with nothing to undo
+            self.child.wait()
+            scope.entries.remove(entry)
+            scope.journal.forget(entry)
+            raise
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
               data: str | None = None) -> None:
