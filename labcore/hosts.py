@@ -105,8 +105,9 @@ def explain(error: Exception, host: Host | None = None) -> str:
     fix = getattr(error, "fix", None)
     cause = getattr(error, "data", {}).get("why")        # what the step found out about this host, if anything
     if host.kind == CONFINED:
-        why = (f"this host: {host.describe()}. That is how JupyterHub, Binder and Docker run a notebook "
-               f"server, and the kernel lets nothing in here make namespaces, mount or pivot_root.")
+        why = (f"this host: {host.describe()}" + (f"; {cause}" if cause else "") + ". That is how JupyterHub, "
+               f"Binder and Docker run a notebook server, and the kernel lets nothing in here make namespaces, "
+               f"mount or pivot_root.")
         fix = ("nothing run in here can change it. To do this step yourself, run the lab on a machine or VM "
                "where you are root or may make user namespaces (`./lab up`), or ask the hub's administrator "
                "for such a server. Below, the step as it ran on the reference host.")
@@ -140,15 +141,3 @@ def lacking(what: str, title: str, action: str, *inputs, key: str = "") -> Step 
     cause = refused.reason.splitlines()[0].removeprefix("refused: ") if isinstance(refused, Step) else ""
     return refuse(title, action, NeedsPrivilege(f"this step needs {what}, which this host refused above",
                                                 why=cause or None), key=key)
-
-
-def summary(host: Host | None = None) -> str:
-    """One line for a student: what this host gives them."""
-    host = host or current()
-    if host.kind == ROOT:
-        return "You are root here: every step of the course runs for real on this kernel."
-    if host.kind == ROOTLESS:
-        return (f"You are an ordinary user ({host.describe()}): every step runs for real inside a user namespace, "
-                f"except those that need root on the host itself, which show the reference host's recording.")
-    return (f"You are in a confined container ({host.describe()}): the steps that isolate are refused here "
-            f"and show the reference host's recording; the daemon, the socket, images and diagrams are real.")
