@@ -189,8 +189,6 @@ def write(path: Path, value) -> None:
         raise from_oserror(err, f"write({str(value)!r})", str(path), fix=fix) from err
 
 
-# --- the interface both backends share ---------------------------------------------------------------------
-
 # --- who may make groups: root, or the owner of a delegated subtree -------------------------------------
 
 @dataclass
