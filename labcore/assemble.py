@@ -20,6 +20,13 @@ and each step names what must come before it (``InvalidTransition`` otherwise):
 Every object is recorded in the box's own ``journal.Scope`` the moment it exists: ``remove()``, an interrupt
 (^C) during a step, and ``journal.cleanup()`` all undo it. ``Box.diagram()`` draws the box from live state.
 
+Without root the same steps run inside a user namespace, as rootless podman runs them: ``mount_overlay``
+mounts in the user and mount namespace of a ``userns.MountKeeper`` (the host's mount table never shows it),
+and the shim joins that namespace before it unshares the others, so pid 1's mount namespace, a copy of the
+keeper's, holds the overlay to pivot into. A step the host refuses returns a refused ``Step``; the box goes
+on without it where it can (no limits, no network, as ``docker run`` without -m, or with --network none),
+and a step that needs a refused one is refused in turn, naming it.
+
 Next: ``compare_with_run`` does all of it again in one call, ``labcore.container.run``.
 """
 from __future__ import annotations
@@ -30,20 +37,22 @@ import http.client
 import os
 import secrets
 import shlex
+import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
-from labcore import (container, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls, usernet,
-                     userns)
+from labcore import (container, hosts, journal, layers, namespaces, network, overlay, paths, rootfs, syscalls,
+                     usernet, userns)
 from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
-from labcore.evidence import Step, current_mode
+from labcore.evidence import Step, current_mode, user_mode
 from labcore.process import Child
 
 KINDS = ("mnt", "uts", "ipc", "pid", "net", "cgroup")     # container.NAMESPACES: all but user, as root
 OVERLAY_ROOT = "the overlay's merged dir"
 REQUEST_TIMEOUT = 10.0                                     # seconds for a server inside to start listening
+_REFUSED = (NeedsPrivilege, NotSupportedHere)
 
 # Each step, what it calls, and what must come before it, with the reason. This table is the design.
 ORDER = {
@@ -76,23 +85,32 @@ ORDER = {
         ("exec", "until execve, pid 1 waits for orders: there is no command to wait for")]),
 }
 INSIDE = ("pivot_root", "set_hostname")     # done by pid 1 itself, so only possible before exec
+# (step, a step it can do without): refused the latter, the box goes on without limits, or without a network.
+OPTIONAL = {("unshare", "join_cgroup"), ("exec", "connect_network")}
 
 
 def step(name: str):
-    """A Box method that is one step: refused out of order, and undone on ^C (the box goes with it)."""
+    """A Box method that is one step: refused out of order, and undone on ^C (the box goes with it). Where
+    the host refuses it, or a step it needs was refused, it returns the refused Step (kept as ``box.NAME``
+    among the reference recordings) and the box remembers why."""
     def wrap(method):
         @functools.wraps(method)
         def run(self: "Box", *args, **kwargs):
+            needed = self.refused_before(name)
+            if needed:
+                return self.refuse(name, NeedsPrivilege(f"{name}() needs {needed}(), which this host refused",
+                                                        why=self.refused[needed]))
             self.check_order(name)
             try:
                 result = method(self, *args, **kwargs)
-            except NeedsPrivilege as err:                 # the host forbids it: say so, change nothing more
-                return Step.refused(name, ORDER[name][0], err)
+            except _REFUSED as err:                       # the host forbids it: say so, change nothing more
+                return self.refuse(name, err)
             except KeyboardInterrupt:                     # ^C mid-step: the whole box goes, nothing half-made
                 self.undo()
                 self.done.append("remove")
                 raise
             self.done.append(name)
+            result.key = f"box.{name}"
             return result
         return run
     return wrap
@@ -112,8 +130,24 @@ class Box:
         self.stdio = self.argv = self.result = self.reply = None
         self.usernet = self.network_refused = None          # rootless: labcore.usernet, or why not
         self.limits: dict = {}
+        self.refused: dict[str, str] = {}                  # step -> what the host answered
+        self.rootless = os.geteuid() != 0
+
+    @property
+    def keeper(self):
+        """Rootless: the process whose user and mount namespaces hold the overlay (``userns.MountKeeper``)."""
+        return self.overlay.keeper if self.overlay is not None else None
 
     # --- order -----------------------------------------------------------------------------------------
+
+    def refused_before(self, name: str) -> str | None:
+        """A step that ``name`` needs and that this host refused (a box does without the OPTIONAL ones)."""
+        return next((before for before, _ in ORDER[name][1]
+                     if before in self.refused and (name, before) not in OPTIONAL), None)
+
+    def refuse(self, name: str, error: LabError) -> Step:
+        self.refused[name] = error.message
+        return hosts.refuse(f"box.{name}()", ORDER[name][0], error, key=f"box.{name}")
 
     def check_order(self, name: str) -> None:
         """Refuse a step whose prerequisites are not done, that was done, or that pid 1 can no longer do."""
@@ -134,7 +168,7 @@ class Box:
             return (f"{name}() needs pid 1 to take orders, but it has become the command (exec): set up "
                     f"everything before exec", None)
         for before, why in ORDER[name][1]:
-            if before not in self.done:
+            if before not in self.done and not (before in self.refused and (name, before) in OPTIONAL):
                 return f"{name}() needs {before}() first: {why}", f"call box.{before}()"
         return None
 
@@ -163,29 +197,39 @@ class Box:
     def layers(self) -> Step:
         """The image's layers as read-only lowerdirs (top first), the box's init layer, upper and work dirs."""
         before = {"state dir": overlay.listing(self.directory)}
-        self.stack = layers.prepare_root(self.image, self.directory, rootless=False)
+        self.stack = layers.prepare_root(self.image, self.directory, rootless=self.rootless)
         rootfs.write_etc_files(self.stack.init, self.hostname)    # Docker's "-init" layer: hostname, hosts
         after = {f"lowerdir {number}": f"{path} ({sum(1 for _ in layers.walk(path))} entries)"
                  for number, path in enumerate(self.stack.lowers, start=1)}
         after.update({"upperdir": overlay.listing(self.stack.upper), "workdir": overlay.listing(self.stack.work),
                       "state dir": overlay.listing(self.directory)})
         return Step(f"{self.image.ref}: {len(self.stack.lowers) - 1} image layer(s) and an init layer",
-                    ORDER["layers"][0], before, after, current_mode(),
+                    ORDER["layers"][0], before, after, user_mode(),
                     note="the image's layers are shared by every container of it; upperdir is this box's alone",
                     data={"lowers": self.stack.lowers, "upper": self.stack.upper})
 
     @step("mount_overlay")
     def mount_overlay(self) -> Step:
-        """mount -t overlay on the host: the merged root, before any namespace exists (dockerd does the same)."""
+        """mount -t overlay on the host: the merged root, before any namespace exists (dockerd does the same).
+        Without root: in the user and mount namespace of a keeper process, where a user may mount."""
         merged = self.stack.merged
         before = {"mountinfo": mountinfo_lines(merged) or "no mount at the merged dir",
                   "ls merged": overlay.listing(merged)}
+        # Rootless, the keeper's user namespace is the user-mode network's, joined first: pid 1 will join the
+        # keeper to find the overlay, and its net namespace must belong to the network's user namespace too.
+        self._join_usernet()
+        keeper = userns.MountKeeper(self.scope, userns_of=self.usernet.holder) if self.usernet else None
         self.overlay = overlay.mount_overlay(self.stack.lowers, self.stack.upper, self.stack.work, merged,
-                                             self.scope)
-        after = {"mountinfo": mountinfo_lines(merged), "ls merged": sorted(os.listdir(merged))}
+                                             self.scope, keeper=keeper)
+        after = {"mountinfo": mountinfo_lines(merged), "ls merged": sorted(os.listdir(self.overlay.view))}
+        note = "the image's files appear at the merged dir; writes will go to upperdir"
+        if self.keeper:
+            after["mountinfo"] = mountinfo_lines(merged, self.keeper.pid)
+            after["the host's own mountinfo"] = mountinfo_lines(merged) or "no mount at the merged dir"
+            note += (f"; the mount is in the mount namespace of keeper pid {self.keeper.pid} (a user namespace "
+                     f"of yours), which this notebook reaches as /proc/{self.keeper.pid}/root")
         return Step("the merged root: an overlay of the layers", ORDER["mount_overlay"][0], before, after,
-                    current_mode(), note="the image's files appear at the merged dir; writes will go to upperdir",
-                    data={"merged": merged, "names": after["ls merged"]})
+                    current_mode(), note=note, data={"merged": merged, "names": after["ls merged"]})
 
     # --- the processes -----------------------------------------------------------------------------------
 
@@ -201,7 +245,7 @@ class Box:
         before = {"this notebook": f"pid {os.getpid()}", "cgroup (memory)": cgroup_of(os.getpid())}
         after = {"the shim": f"pid {self.shim.pid}, parent {namespaces.status_field('PPid', self.shim.pid)}",
                  "namespaces shared with this notebook": same, "cgroup (memory)": cgroup_of(self.shim.pid)}
-        return Step("fork: the shim", ORDER["fork_child"][0], before, after, current_mode(),
+        return Step("fork: the shim", ORDER["fork_child"][0], before, after, user_mode(),
                     note="the shim is an ordinary child: same namespaces, same cgroup as this notebook",
                     data={"pid": self.shim.pid, "shared": same})
 
@@ -219,7 +263,7 @@ class Box:
         self.limits = flags
         after = {"cgroup of the shim (memory)": cgroup_of(self.shim.pid), "directory": str(self.group.path),
                  **manager.limits_of(self.group), "cgroup.procs": manager.procs(self.group)}
-        return Step(f"cgroup {self.group.name}", ORDER["join_cgroup"][0], before, after, current_mode(),
+        return Step(f"cgroup {self.group.name}", ORDER["join_cgroup"][0], before, after, user_mode(),
                     note="the limits are files of the group; the shim, and every child it forks, counts against them",
                     data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group)})
 
@@ -228,7 +272,7 @@ class Box:
         """The shim unshares six namespaces and forks: its child is pid 1 of the new pid namespace."""
         before = {f"{kind} ns": f"{kind}:[{inode}]" for kind, inode in namespaces.namespaces_of(
             self.shim.pid, KINDS).items()}
-        self.shim.send(self._join_usernet())            # the go-ahead, with a user namespace to join or None
+        self.shim.send((self.keeper.pid if self.keeper else None, self._join_usernet()))   # the go-ahead
         self.pid = self.shim.recv(timeout=30)
         container.record_process(self.scope, self.pid)
         seen = self.shim.recv(timeout=30)                 # pid 1's first words: what it sees of itself
@@ -277,6 +321,8 @@ class Box:
         where this host refuses it: then ``connect_network`` returns the refusal."""
         if os.geteuid() == 0:
             return None
+        if self.usernet is not None:
+            return self.usernet.holder
         try:
             self.usernet = usernet.join(self.scope)
         except (NeedsPrivilege, NotSupportedHere) as err:
@@ -294,8 +340,8 @@ class Box:
     def pivot_root(self) -> Step:
         """pid 1 mounts /proc, /dev and /sys on the overlay and pivots into it; the host's / is gone for it."""
         merged = str(self.stack.merged)
-        known = {identity("/"): rootfs.HOST_ROOT, identity(merged): OVERLAY_ROOT}
-        before, after = self._ask("pivot_root", merged, known)
+        known = {identity("/"): rootfs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
+        before, after = self._ask("pivot_root", merged, known, self.rootless)
         after["host: mounts in the state dir"] = [os.path.relpath(point, self.directory)
                                                   for point in journal.mounts_under(self.directory)]
         return Step("pivot_root into the overlay", ORDER["pivot_root"][0], before, after, current_mode(),
@@ -359,14 +405,25 @@ class Box:
     def wait(self) -> Step:
         """Read the command's output to its end, and reap the shim, which exits as pid 1 did."""
         before = {"pid 1": process_state(self.pid)}
+        # A command that serves one request (the notebook's) waits for ever when its port could not be
+        # published: it is stopped as `docker stop` would, SIGKILL from the host, and the step says so.
+        stop = threading.Timer(REQUEST_TIMEOUT, os.kill, (self.pid, signal.SIGKILL)) if "publish" in \
+            self.refused else None
+        if stop:
+            stop.start()
         stdout, stderr = self.stdio.pump()
         code = self.shim.wait()
+        if stop:
+            stop.cancel()
         self.result = container.Result(self.id, self.argv, code, stdout, stderr)
         after = {"pid 1": process_state(self.pid),
                  "exit code": code, "stdout": stdout.decode(errors="replace").splitlines(),
                  "stderr": stderr.decode(errors="replace").splitlines()}
-        return Step(f"exit code {code}", ORDER["wait"][0], before, after, current_mode(),
-                    note="its namespaces went with it: the veth pair too; the overlay, cgroup and dir remain",
+        note = "its namespaces went with it: the veth pair too; the overlay, cgroup and dir remain"
+        if stop and code == 128 + signal.SIGKILL:
+            note = (f"stopped after {REQUEST_TIMEOUT:.0f} s with SIGKILL from the host, as `docker stop` does: "
+                    f"it waited for a request that could not reach it (publish was refused)")
+        return Step(f"exit code {code}", ORDER["wait"][0], before, after, user_mode(), note=note,
                     data={"exit_code": code, "stdout": after["stdout"], "stderr": after["stderr"]})
 
     # --- the end ---------------------------------------------------------------------------------------
@@ -380,7 +437,7 @@ class Box:
         after = self.leftovers()
         self.done.append("remove")
         return Step(f"remove box {self.id[:12]}", "kill; ip link delete; rmdir cgroups; umount2; rm -r",
-                    before, after, current_mode(), note="nothing of the box is left on the host",
+                    before, after, user_mode(), note="nothing of the box is left on the host",
                     data={"left": {key: value for key, value in after.items() if value}})
 
     def undo(self) -> None:
@@ -393,6 +450,8 @@ class Box:
         if self.stdio is not None:
             self.stdio.__exit__()
             self.stdio = None
+        if self.keeper is not None:
+            self.keeper.close()            # its mount namespace, and the overlay in it, go with it
         failures = self.scope.close()
         if failures:
             raise LabError("could not undo: " + "; ".join(failures), fix="run `labcore cleanup`")
@@ -402,7 +461,9 @@ class Box:
         host_end = network.interface_names(self.id[:10])[0]
         proxy = self.published and self.published.pid
         router = (self.usernet.holder, self.usernet.slirp) if self.usernet else ()
-        pids = [pid for pid in (self.pid, self.shim and self.shim.pid, proxy, *router) if pid and _alive(pid)]
+        keeper = self.keeper and self.keeper.pid
+        pids = [pid for pid in (self.pid, self.shim and self.shim.pid, proxy, keeper, *router)
+                if pid and _alive(pid)]
         groups = [name for name, path in (self.group.dirs.items() if self.group else ()) if path.exists()]
         linked = (network.link_exists(host_end) if not router else
                   _alive(router[0]) and self._link(host_end) != "absent")
@@ -443,11 +504,19 @@ def start(image: str = "busybox") -> Box:
 # --- inside: the shim and pid 1. They never print, and leave by os._exit. ----------------------------------
 
 def _shim(channel, child_fds) -> None:
-    """Wait for "unshare"; unshare; fork pid 1; then only wait for it, and exit as it did."""
-    join = channel.recv()                  # rootless: the user-mode network's user namespace (labcore.usernet)
-    if join:
-        userns.join(join)
-    userns.unshare(container.NAMESPACES)
+    """Wait for the go-ahead; unshare; fork pid 1; then only wait for it, and exit as it did. Rootless, it
+    first joins the keeper's user and mount namespaces (root there, it may unshare the rest, and pid 1's mount
+    namespace is born a copy of the keeper's, overlay included) — the keeper lives in the user-mode network's
+    user namespace (``Box.mount_overlay``) — or, without a keeper, the network's user namespace alone."""
+    keeper, router = channel.recv()
+    if keeper is not None:
+        userns.MountKeeper.join_pid(keeper)
+        syscalls.unshare(container.NAMESPACES)
+    elif router is not None:
+        userns.join(router)
+        syscalls.unshare(container.NAMESPACES)
+    else:
+        userns.unshare(container.NAMESPACES)
     hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -481,14 +550,14 @@ def _pid1(channel, child_fds) -> None:
         os._exit(127)                      # the parent went away (EOFError), or exec failed fatally
 
 
-def _pivot(root: str, known: dict) -> tuple[dict, dict]:
+def _pivot(root: str, known: dict, rootless: bool) -> tuple[dict, dict]:
     # Private before any mount: pid 1's mount table is a copy of the host's, where systemd makes / shared; its copy
     # of the merged dir is then a peer of the host's, and a /proc mounted on it would appear on the host too.
     # pivot_root, not chroot: chroot moves where one process's "/" starts and leaves every host mount in the
     # namespace, which the escape below climbs back to; pivot_root replaces the namespace's root mount and the
     # old one is detached, so nothing leads back (rootfs.py explains both).
     before = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
-    rootfs.mount_container_root(root, rootless=False)    # private, bind, proc, dev, sys, pivot_root, detach
+    rootfs.mount_container_root(root, rootless)        # private, bind, proc, dev, sys, pivot_root, detach
     after = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
     after["chroot escape ends at"] = rootfs.try_escape(known)["/ is"]
     os.rmdir(f"/{rootfs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
@@ -519,9 +588,10 @@ def identity(path: str) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def mountinfo_lines(point) -> list[str]:
-    """The host's /proc/self/mountinfo lines for mounts at ``point``, from the mount point on (proc(5))."""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+def mountinfo_lines(point, pid: int | str = "self") -> list[str]:
+    """/proc/PID/mountinfo lines for mounts at ``point``, from the mount point on (proc(5)): this notebook's
+    mount namespace, or that of process ``pid``."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
     return [" ".join(line.split()[4:]) for line in lines if line.split()[4] == str(point)]
 
 
@@ -638,7 +708,7 @@ def _draw_overlay(graph, box: Box) -> None:
     for index, path in enumerate(box.stack.lowers):         # top first, as lowerdir= lists them
         name = "init (/etc/hostname, hosts)" if index == 0 else f"layer {path.name[:12]}"
         graph.node(f"lower {index}", f"lowerdir {index + 1}: {name}", fillcolor="lightblue")
-    if box.overlay is not None and os.path.ismount(box.stack.merged):
+    if box.overlay is not None and os.path.ismount(box.overlay.view):
         graph.node("merged", "merged (overlay)" + ("\n= / of pid 1" if "pivot_root" in box.done else ""),
                    fillcolor="khaki")
         nodes.append("merged")
@@ -696,6 +766,14 @@ def compare_with_run(box: Box, host_port: int | None = None) -> Step:
     by default the box's port + 1): before = the hand-built box's evidence, after = the same from one call.
 
     The command may serve one request, as the notebook's does: it runs in a thread while this one sends it."""
+    title = "by hand (before) and with `labcore run` (after)"
+    # Refused: a box that never ran its command has no result to compare, and a command that serves one
+    # request would wait for ever under `labcore run` where no port can be published.
+    refused = [name for name in ("wait", "publish") if name in box.refused]
+    if refused:
+        return hosts.refuse(title, "labcore run ...", NeedsPrivilege(
+            f"the box was refused {', '.join(f'{name}()' for name in refused)} here: nothing to compare",
+            why=box.refused[refused[0]]), key="assemble.compare_with_run")
     if "wait" not in box.done:
         raise InvalidTransition("compare_with_run() needs box.wait() first: the box's evidence is its result",
                                 fix=box.next_hint())
@@ -713,8 +791,8 @@ def compare_with_run(box: Box, host_port: int | None = None) -> Step:
     if "error" in outcome:
         raise outcome["error"]
     hand, run = evidence_of(box.result, box.reply), evidence_of(outcome["result"], reply)
-    return Step("by hand (before) and with `labcore run` (after)", run_command_line(spec), hand, run,
-                current_mode(), note="the same evidence: twelve steps by hand, or one call",
+    return Step(title, run_command_line(spec), hand, run, current_mode(), key="assemble.compare_with_run",
+                note="the same evidence: twelve steps by hand, or one call",
                 data={"same": hand == run, "hand": hand, "run": run})
 
 

@@ -23,6 +23,7 @@ Next: `labcore images` lists what was built; `labcore run NAME` runs it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -33,9 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from labcore import layers, paths
-from labcore.errors import BadInput, LabError, NotFound
-from labcore.evidence import Step
+from labcore import hosts, layers, paths
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
+from labcore.evidence import Step, record, user_mode
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ENV", "WORKDIR", "CMD", "ENTRYPOINT")
 ACCEPTED = (f"one instruction per line: {', '.join(INSTRUCTIONS)}, then its arguments "
@@ -48,6 +49,10 @@ def commit(container_ref: str, reference: str, comment: str = "") -> Step:
     """docker commit CONTAINER IMAGE[:TAG]: the container's upperdir as a new layer on its image's layers."""
     from labcore import images, lifecycle
     name, tag = images.split_reference(reference)     # refused before anything is written
+    missing = hosts.lacking("a container that ran", f"commit as {name}:{tag}", f"tar UPPERDIR -> a layer of "
+                            f"{name}:{tag}", container_ref, key="build.commit")
+    if missing:
+        return missing
     record = lifecycle.find(container_ref)
     upper, xattr = record.directory / "upper", layers.xattr_namespace(record.config.get("rootless"))
     if not upper.is_dir():
@@ -64,7 +69,7 @@ def commit(container_ref: str, reference: str, comment: str = "") -> Step:
                 {"image": image.ref, "layers": len(image.layers), "new layer": layer["entries"]},
                 note=f"the upperdir is now layer {len(image.layers)} of {name}:{tag} ({image.short_id}); "
                      f"its whiteouts are .wh. files again, as OCI layers spell them",
-                data={"image": image, "entries": layer["entries"]})
+                data={"image": image, "entries": layer["entries"]}, key="build.commit")
 
 
 def commit_image(record, name: str | None, tag: str, comment: str = "", changes=(), author: str = ""):
@@ -258,16 +263,26 @@ class Build:
     log: list[str] = field(default_factory=list)
     image: object = None
     cached: int = 0            # steps whose result came from the cache
+    key: str = ""              # its reference recording: "build TAG #N", the Nth build of TAG in this process
 
     def say(self, line: str) -> None:
         self.log.append(line)
         if self.echo:
             print(line, flush=True)
 
+    @property
+    def layers(self) -> int:
+        return len(self.image.layers)
+
     def __str__(self) -> str:
-        return "\n".join(self.log)
+        text = "\n".join(self.log)
+        record(Step(self.key, "labcore build", mode=user_mode(), key=self.key), output=text)
+        return text
 
     __repr__ = __str__
+
+
+_BUILDS: collections.Counter = collections.Counter()       # builds of each tag so far, for their keys
 
 
 def build(context, labfile=None, tag: str | None = None, echo: bool = False) -> Build:
@@ -282,10 +297,16 @@ def build(context, labfile=None, tag: str | None = None, echo: bool = False) -> 
     except FileNotFoundError as err:
         raise BadInput(f"no Labfile at {labfile}", fix="pass -f LABFILE, or put a Labfile in the context") from err
     name, version = images.split_reference(tag) if tag else (None, "latest")
-    result, store, stage = Build(echo=echo), images.Store(), None
+    _BUILDS[tag] += 1
+    result = Build(echo=echo, key=f"build {tag} #{_BUILDS[tag]}")
+    store, stage = images.Store(), None
     for number, instruction in enumerate(instructions, start=1):
         result.say(f"Step {number}/{len(instructions)} : {instruction}")
-        stage = run_step(store, stage, instruction, context, result)
+        try:
+            stage = run_step(store, stage, instruction, context, result)
+        except (NeedsPrivilege, NotSupportedHere) as err:      # a RUN step needs a container: refused here
+            return hosts.refuse(f"labcore build -t {tag} {context}", f"labcore build -t {tag} {context}", err,
+                                key=result.key)
         result.say(f" ---> {stage.image_id()[7:19]}")
     result.image = store.add_image([store.blob_path(layer["digest"]) for layer in stage.layers], stage.config,
                                    name, version)

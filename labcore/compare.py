@@ -32,10 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import container, dockerd, journal, paths, vm
+from labcore import container, dockerd, hosts, journal, paths, vm
 from labcore.diagrams import Graph
-from labcore.errors import LabError, NotSupportedHere
-from labcore.evidence import Step
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
+from labcore.evidence import NOT_RUN, NotRun, Step, current_mode
+
+_REFUSED = (NeedsPrivilege, NotSupportedHere)
 
 BUSYBOX = "/bin/busybox"
 ECHO = ["echo", "hello from the first output"]
@@ -72,12 +74,17 @@ class Row:
 class Comparison:
     rows: dict[str, Row]
 
-    def ratio(self, slower: str, faster: str) -> float | None:
-        """How many times longer ``slower`` took to its first output than ``faster`` (medians)."""
+    def ratio(self, slower: str, faster: str) -> float | NotRun:
+        """How many times longer ``slower`` took to its first output than ``faster`` (medians); ``NOT_RUN``
+        where either was not measured here (it prints as such, and compares as such)."""
         a, b = self.rows[slower].median, self.rows[faster].median
-        return a / b if a and b else None
+        return a / b if a and b else NOT_RUN
 
-    def ratios(self) -> dict[str, float | None]:
+    def timed(self) -> list[str]:
+        """The rows measured on this host; the others say why not."""
+        return [key for key, row in self.rows.items() if row.seconds]
+
+    def ratios(self) -> dict[str, float | NotRun]:
         return {"VM boot ÷ labcore container": self.ratio("vm", "container"),
                 "VM boot ÷ docker run": self.ratio("vm", "docker"),
                 "docker run ÷ labcore container": self.ratio("docker", "container"),
@@ -120,8 +127,10 @@ def seconds_text(seconds: float | None) -> str:
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.1f} ms"
 
 
-def ratio_text(ratio: float | None) -> str:
-    return "not measured" if ratio is None else f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
+def ratio_text(ratio: float | NotRun | None) -> str:
+    if ratio is None or isinstance(ratio, NotRun):
+        return "not measured"
+    return f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.1f}×"
 
 
 # --- the kernel: shared or not ------------------------------------------------------------------------------
@@ -134,14 +143,18 @@ def container_kernel(image: str = "busybox") -> Step:
     """`uname -r` and the boot id, read inside a labcore container: the host's own, because no other kernel
     runs. (The UTS namespace gives a container its own hostname, not its own kernel release.)"""
     command = ["sh", "-c", f"uname -r; cat {BOOT_ID}"]
-    result = container.run(container.Spec(image, command, network="none", rm=True), stdio="capture")
+    title = "A container runs on the host's kernel"
+    action = f"labcore run --rm --network none {image} sh -c 'uname -r; cat {BOOT_ID}'"
+    try:
+        result = container.run(container.Spec(image, command, network="none", rm=True), stdio="capture")
+    except _REFUSED as err:
+        return hosts.refuse(title, action, err)
     if result.exit_code != 0:
         raise LabError(f"the container exited {result.exit_code}: {result}", fix="run `labcore doctor`")
     release, boot_id = result.stdout.decode().split()
     host, inside = host_kernel(), {"kernel release": release, "boot_id": boot_id}
-    return Step(title="A container runs on the host's kernel",
-                action=f"labcore run --rm --network none {image} sh -c 'uname -r; cat {BOOT_ID}'",
-                before=host, after=inside, data={"same_kernel": inside == host, "host": host, "inside": inside},
+    return Step(title, action, before=host, after=inside, mode=current_mode(),
+                data={"same_kernel": inside == host, "host": host, "inside": inside},
                 note="same kernel release and same boot id as the host: the container is the host's processes"
                 if inside == host else "the container reported another kernel: read the values above")
 
@@ -247,8 +260,19 @@ def time_process(runs: int = 20) -> Row:
               "fork+exec of /bin/busybox echo to the first byte on its stdout pipe",
               memory_how="cgroup memory peak of one more run, inside a group of its own (not timed)")
     row.seconds = [first_output([BUSYBOX, *ECHO])[0] for _ in range(runs)]
-    row.memory = [process_memory()] if runs else []
+    row.memory, row.memory_how = memory_or_why(row.memory_how, process_memory, runs)
     return row
+
+
+def memory_or_why(how: str, peak, runs: int) -> tuple[list[int], str]:
+    """The memory peak from ``peak()``, which needs a cgroup of the lab's: or, where this user may make no
+    cgroup (nothing delegated), no figure and why."""
+    from labcore.cgroups import detect, find_delegation
+    delegation = find_delegation(detect())
+    if not delegation.allowed:
+        return [], f"not measured: it needs a cgroup, and {delegation.why_not}"
+    found = peak() if runs else None
+    return ([found] if found else []), how
 
 
 def process_memory() -> int:
@@ -275,10 +299,14 @@ def time_container(runs: int = 20, image: str = "busybox") -> Row:
               "--network none; no cgroup, since nothing is limited), to the first byte of echo's output",
               memory_how=f"cgroup memory peak of one more run with --memory {ACCOUNTED['memory']}, which gives "
                          "it a cgroup (not timed): shim, pid 1 and echo")
-    container_once(image)                         # warm-up, not counted: the first run may build the image
+    try:
+        container_once(image)                     # warm-up, not counted: the first run may build the image
+    except _REFUSED as err:                        # no namespaces here: the other rows still stand
+        row.missing = f"refused here: {err.message}"
+        return row
     row.seconds = [container_once(image)[0] for _ in range(runs)]
-    peak = container_once(image, ACCOUNTED)[1] if runs else None
-    row.memory = [peak] if peak else []
+    row.memory, row.memory_how = memory_or_why(row.memory_how, lambda: container_once(image, ACCOUNTED)[1],
+                                               runs)
     return row
 
 
@@ -307,7 +335,7 @@ def time_vm(runs: int = 5, boots: list[Step] = ()) -> Row:
     row = Row("vm", f"(d) virtual machine: qemu -accel {accel}, Debian's kernel, /init prints",
               f"qemu started → /init's marker line on the serial console (vm.boot_marker); {accel}: {why}",
               memory_how="qemu's peak RSS (VmHWM, sampled every 20 ms): the guest RAM it touched plus qemu")
-    row.seconds = [step.data["seconds"] for step in boots]
+    row.seconds = [step.data["seconds"] for step in boots if step.permitted]
     try:
         for _ in range(runs - len(boots)):
             with PeakRss("labcore-vm") as rss:

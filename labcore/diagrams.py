@@ -63,8 +63,24 @@ class Diagram:
         return f"{MISSING_DOT}\n{self.source}"
 
 
-def show(dot_source: str) -> Diagram:
-    """Draw a diagram as the result of a notebook cell (``Diagram``'s text in a terminal)."""
+class NotDrawn:
+    """What a cell shows instead of a picture of a step that was refused here: nothing live to draw."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"(no {self.what}: the step it shows was not run here; see its recording above)"
+
+    def _repr_html_(self) -> str:
+        return f"<p><i>{html.escape(repr(self))}</i></p>"
+
+
+def show(dot_source: str) -> Diagram | NotDrawn:
+    """Draw a diagram as the result of a notebook cell (``Diagram``'s text in a terminal). A refused step's
+    diagram is ``evidence.NOT_RUN``, not DOT: then there is nothing to draw, and the cell says so."""
+    if not isinstance(dot_source, str):
+        return NotDrawn("diagram")
     return Diagram(dot_source)
 
 

@@ -42,7 +42,7 @@ COMPILED_IN = ("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/
 def dockerd_unavailable_reason() -> str | None:
     """Why a real Docker cannot be started here (for pytest's skip), or None when it can."""
     if os.geteuid() != 0:
-        return "dockerd runs as root here (rootless Docker is not set up); run the tests with sudo"
+        return "dockerd needs root here (rootless Docker is not set up): this is measured where you are root"
     for program, package in (("dockerd", "docker.io"), ("docker", "docker.io"), ("containerd", "containerd")):
         if not shutil.which(program):
             return f"{program} is not installed: apt-get install {package}"

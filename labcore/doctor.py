@@ -74,8 +74,30 @@ class Report:
             return MODE_ROOTLESS
         return MODE_READ_ONLY
 
+    def in_one_line(self) -> str:
+        """What this host gives you, in one line: the kind of host (``labcore.hosts``) and the cgroup limits."""
+        from labcore import hosts
+        from labcore.cgroups import detect, find_delegation
+        host = hosts.current()
+        if host.kind == hosts.ROOT:
+            return "You are root here: every step of the course runs for real on this kernel."
+        if host.kind == hosts.CONFINED:
+            return (f"You are in a confined container ({host.describe()}): the daemon, its socket, images and "
+                    f"diagrams are real here; every step that isolates says why not and shows the reference "
+                    f"VM's recording of it.")
+        try:
+            delegation = find_delegation(detect())
+        except NotSupportedHere as err:
+            limits = f"no cgroup limits ({err.message})"
+        else:
+            limits = (f"cgroup limits too, in the subtree delegated to you (/{delegation.base})"
+                      if delegation.allowed else f"but no cgroup limits: {delegation.why_not}")
+        return (f"You are uid {host.euid}, not root, with user namespaces: every step runs for real inside one, "
+                f"{limits}; a step that needs root on the host itself says why and shows the reference VM's "
+                f"recording.")
+
     def to_json(self) -> dict:
-        return {"mode": self.mode(),
+        return {"mode": self.mode(), "in one line": self.in_one_line(),
                 "capabilities": {name: {"ok": c.ok, "detail": c.detail}
                                  for name, c in self.capabilities.items()}}
 

@@ -70,7 +70,8 @@ class BadInput(LabError):
     """A malformed value from the user; nothing has been changed."""
 
 
-_PRIVILEGE_ERRNOS = {_errno.EPERM, _errno.EACCES}
+# EROFS too: a read-only mount is how a container runtime keeps /sys/fs/cgroup from its unprivileged processes.
+_PRIVILEGE_ERRNOS = {_errno.EPERM, _errno.EACCES, _errno.EROFS}
 _UNSUPPORTED_ERRNOS = {_errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP, _errno.ENODEV}
 
 

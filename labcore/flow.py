@@ -38,16 +38,18 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import paths
+from labcore import hosts, paths
 from labcore.daemon import API_VERSION
-from labcore.errors import LabError, NotFound
-from labcore.evidence import Step, current_mode
+from labcore.errors import LabError, NeedsPrivilege, NotFound
+from labcore.evidence import Step, current_mode, user_mode
 from labcore.unixsocket import group_name, owner_name, socket_listener
 
 IMAGE = "lab/hello:v1"                              # the repository and tag pushed to the loopback registry
 COMMAND = ["sh", "-c", "sleep 1; echo hi"]          # long enough to read pid 1 from /proc while it runs
 KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "uts")
 MAX_BODY_LINES = 12
+DOCKER_DAEMON_ERROR = 125          # the docker CLI's exit status when the daemon failed, not the command
+SUN_PATH_MAX = 107                  # sockaddr_un.sun_path: 108 bytes with the terminating NUL (unix(7))
 
 
 # --- the wire: HTTP/1.1 on a Unix socket, every byte kept -------------------------------------------------
@@ -155,6 +157,7 @@ class Stage:
         self.registry = self.labd = self.wire = None
         self.pushed: list[dict] = []
         self.container_id, self.pid = "", 0
+        self.start_refused = ""             # the daemon's answer when the kernel refused it the container
 
     def open(self) -> "Stage":
         from labcore.daemon import Labd
@@ -163,7 +166,7 @@ class Stage:
         self.registry = self.stack.enter_context(LocalRegistry())
         self.reference = f"{self.registry.address}/{IMAGE}"
         self.pushed = push_base_image(self.reference)
-        self.labd = self.stack.enter_context(Labd(f"/run/labcore-labd-{secrets.token_hex(4)}.sock", self.home))
+        self.labd = self.stack.enter_context(Labd(socket_in(self.home, "labd.sock", self.scope), self.home))
         self.wire = Wire(self.labd.socket)
         return self
 
@@ -211,6 +214,18 @@ def make_daemon_home(scope) -> str:
     scope.record("directory", home, "rmtree", path=home)
     os.symlink(paths.journal_dir(), os.path.join(home, "journal"))
     return home
+
+
+def socket_in(directory: str, name: str, scope) -> str:
+    """Where a socket of the lab goes: in the state directory of the process that listens on it, as rootless
+    Docker puts docker.sock in the user's runtime directory, so that any user may make it (only root may
+    write /run). A path too long for sun_path gets a short labcore-sock-* directory in /tmp of its own."""
+    path = os.path.join(directory, name)
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    short = tempfile.mkdtemp(prefix=f"{paths.PREFIX}-sock-")
+    scope.record("directory", short, "rmtree", path=short)
+    return os.path.join(short, name)
 
 
 def push_base_image(reference: str) -> list[dict]:
@@ -272,20 +287,13 @@ def short_command(pid: int | str) -> str:
 
 # --- the flow, step by step -----------------------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)          # Step.__repr__, which shows the exchanges first
 class FlowStep(Step):
     """A Step with the HTTP exchanges that caused it, shown first, as `curl -v` shows them."""
     exchanges: list[Exchange] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        return "\n\n".join([*(str(e) for e in self.exchanges), Step.__str__(self)])
-
-    __repr__ = __str__
-
-    def _repr_html_(self) -> str:
-        import html
-        wire = "".join(f"<pre>{html.escape(str(e))}</pre>" for e in self.exchanges)
-        return wire + Step._repr_html_(self)
+    def wire(self) -> list[str]:
+        return [str(exchange) for exchange in self.exchanges]
 
 
 def connect(stage: Stage) -> FlowStep:
@@ -297,7 +305,7 @@ def connect(stage: Stage) -> FlowStep:
              "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
              "listened on by": f"pid {listener['pid']}: {listener['command']}", "answer": ping.body.decode()}
     return FlowStep("client → socket → daemon", "connect(AF_UNIX, socket); send GET /_ping", after=after,
-                    mode=current_mode(), exchanges=[ping],
+                    mode=user_mode(), exchanges=[ping],
                     note="the socket is a file; the daemon is the process that listens on it",
                     data={"status": ping.status, "body": ping.body.decode(), **listener})
 
@@ -308,7 +316,7 @@ def look_up_image(stage: Stage) -> FlowStep:
     message = lookup.json().get("message", "") if lookup.status != 200 else ""
     return FlowStep("is the image local?", f"GET /images/{stage.reference}/json",
                     before={"images in labd's store": stored_images(stage) or "none"},
-                    after={"answer": f"{lookup.status} {message}".strip()}, mode=current_mode(),
+                    after={"answer": f"{lookup.status} {message}".strip()}, mode=user_mode(),
                     exchanges=[lookup], note="not here: the client must ask the daemon to pull it",
                     data={"status": lookup.status, "message": message})
 
@@ -325,7 +333,7 @@ def pull_image(stage: Stage) -> FlowStep:
                     before={"images in labd's store": before or "none"},
                     after={"images in labd's store": stored_images(stage),
                            "progress": statuses, "progress lines": len(events)},
-                    mode=current_mode(), exchanges=[pull],
+                    mode=user_mode(), exchanges=[pull],
                     note="manifest, config and layer fetched by digest, checked, stored; one line per event",
                     data={"status": pull.status, "events": events, "statuses": statuses,
                           "errors": [e["error"] for e in events if "error" in e]})
@@ -333,31 +341,38 @@ def pull_image(stage: Stage) -> FlowStep:
 
 def create_container(stage: Stage) -> FlowStep:
     """Create writes down what to run. No namespace, no process yet: those come with start."""
-    # `docker run -m 64m`: with a limit to hold, the container gets a cgroup of its own at start.
-    body = {"Image": stage.reference, "Cmd": COMMAND, "HostConfig": {"NetworkMode": "none",
-                                                                    "Memory": 64 * 1024 * 1024}}
+    # `docker run -m 64m`: with a limit to hold, the container gets a cgroup of its own at start. A user to
+    # whom no cgroup is delegated could not hold it, and a limit is never accepted and ignored: without one.
+    from labcore.cgroups import can_limit
+    host_config = {"NetworkMode": "none", **({"Memory": 64 * 1024 * 1024} if can_limit() else {})}
+    body = {"Image": stage.reference, "Cmd": COMMAND, "HostConfig": host_config}
     create = stage.wire.exchange("POST", api("/containers/create?name=labcore-flow"), body)
     if create.status != 201:
         return FlowStep("create", "POST /containers/create", after={"answer": create.body.decode()},
                         exchanges=[create], data={"status": create.status})
     stage.container_id = create.json()["Id"]
     record = state_file(stage)
-    return FlowStep("create", "POST /containers/create", mode=current_mode(), exchanges=[create],
+    limit = "-m 64m: a cgroup at start" if "Memory" in host_config else "no -m: no cgroup is delegated to you"
+    return FlowStep("create", "POST /containers/create", mode=user_mode(), exchanges=[create],
                     after={"state.json": str(record.relative_to(stage.home)),
                            "state": json.loads(record.read_text())["state"],
-                           "pid": json.loads(record.read_text())["pid"] or "none yet"},
+                           "pid": json.loads(record.read_text())["pid"] or "none yet", "limit": limit},
                     note="a record on disk and nothing in the kernel: `docker create` does no more",
                     data={"status": create.status, "id": stage.container_id})
 
 
 def start_container(stage: Stage) -> FlowStep:
     """Start: the daemon's engine unshares the namespaces, joins a cgroup, pivots into the image, execs pid 1."""
+    title, action = "start: pid 1 in new namespaces", "POST /containers/ID/start; then read /proc/PID"
     start = stage.wire.exchange("POST", api(f"/containers/{stage.container_id}/start"))
+    if start.status >= 300:                         # the daemon's engine was refused by the kernel
+        stage.start_refused = answer_of(start)
+        return refused(title, action, stage, [start])
     inspect = stage.wire.exchange("GET", api(f"/containers/{stage.container_id}/json"))
     stage.pid = inspect.json()["State"]["Pid"] if inspect.status == 200 else 0
     host, inside = process_view("self"), process_view(stage.pid)
     differ = [kind for kind in KINDS if host[f"{kind} ns"] != inside[f"{kind} ns"]]
-    return FlowStep("start: pid 1 in new namespaces", f"POST /containers/ID/start; then read /proc/{stage.pid}",
+    return FlowStep(title, action.replace("PID", str(stage.pid)),
                     before=host, after=inside, mode=current_mode(), exchanges=[start, inspect],
                     note=f"before: this notebook; after: the container's pid 1. New: {', '.join(differ)}",
                     data={"status": start.status, "pid": stage.pid, "host": host, "inside": inside,
@@ -365,14 +380,31 @@ def start_container(stage: Stage) -> FlowStep:
                           .split()[-1]})
 
 
+def answer_of(exchange: Exchange) -> str:
+    """The daemon's words for a failed request: Docker's {"message": ...}."""
+    try:
+        return f"{exchange.status}: {exchange.json()['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{exchange.status}: {exchange.body.decode(errors='replace')}"
+
+
+def refused(title: str, action: str, stage: Stage, exchanges: list[Exchange]) -> FlowStep:
+    """A step of the flow this host refused: the daemon's answer, explained; the requests that got it."""
+    step = hosts.refuse(title, action, NeedsPrivilege(f"the daemon answered {stage.start_refused}"), FlowStep)
+    step.exchanges = exchanges
+    return step
+
+
 def read_output(stage: Stage) -> FlowStep:
     """The output, as Docker frames it: stream (1 stdout, 2 stderr), 3 zero bytes, a length, the bytes."""
+    if stage.start_refused:
+        return refused("output", "GET /containers/ID/logs?follow=1", stage, [])
     logs = stage.wire.exchange("GET", api(f"/containers/{stage.container_id}/logs?stdout=1&stderr=1&follow=1"))
     frames = split_frames(logs.body)
     after = {f"frame {n} ({'stdout' if stream == 1 else 'stderr'})": repr(data.decode())
              for n, (stream, data) in enumerate(frames, 1)}
     return FlowStep("output", "GET /containers/ID/logs?follow=1", after=after or {"frames": "none"},
-                    mode=current_mode(), exchanges=[logs], note="pid 1 wrote into a pipe; the daemon kept it",
+                    mode=user_mode(), exchanges=[logs], note="pid 1 wrote into a pipe; the daemon kept it",
                     data={"status": logs.status, "stdout": b"".join(d for s, d in frames if s == 1).decode(),
                           "frames": frames})
 
@@ -388,6 +420,9 @@ def split_frames(body: bytes) -> list[tuple[int, bytes]]:
 
 def wait_for_exit(stage: Stage) -> FlowStep:
     """The exit code, then `--rm`: the daemon removes what it kept of the container."""
+    if stage.start_refused:
+        remove = stage.wire.exchange("DELETE", api(f"/containers/{stage.container_id}"))
+        return refused("exit code", "POST /containers/ID/wait; DELETE /containers/ID", stage, [remove])
     directory = Path(state_file(stage)).parent
     wait = stage.wire.exchange("POST", api(f"/containers/{stage.container_id}/wait"))
     alive = os.path.exists(f"/proc/{stage.pid}")
@@ -397,7 +432,7 @@ def wait_for_exit(stage: Stage) -> FlowStep:
                     after={"exit code": code,
                            f"/proc/{stage.pid}": "still there" if alive else "gone: pid 1 exited and was reaped",
                            "container directory": "still there" if directory.exists() else "removed"},
-                    mode=current_mode(), exchanges=[wait, remove],
+                    mode=user_mode(), exchanges=[wait, remove],
                     note="the shim reaped pid 1 and kept its status; the CLI exits with it",
                     data={"status": wait.status, "exit_code": code, "remove_status": remove.status})
 
@@ -465,7 +500,7 @@ def stepper(stage: Stage):
 
 def remove_image(stage: Stage) -> FlowStep:
     remove = stage.wire.exchange("DELETE", api(f"/images/{stage.reference}"))
-    return FlowStep("forget the image", f"DELETE /images/{stage.reference}", mode=current_mode(),
+    return FlowStep("forget the image", f"DELETE /images/{stage.reference}", mode=user_mode(),
                     after={"images in labd's store": stored_images(stage) or "none"}, exchanges=[remove],
                     data={"status": remove.status})
 
@@ -475,26 +510,43 @@ def remove_image(stage: Stage) -> FlowStep:
 def run_with_docker_cli(stage: Stage, *command: str) -> Step:
     """`docker run --rm --network none IMAGE COMMAND` by the real docker CLI, through a ``Tap`` in front of
     labd's socket, so that the requests it sent are shown next to its output and exit status."""
+    title = "the docker CLI against labd"
     action = f"DOCKER_HOST=unix://TAP docker run --rm --network none {stage.reference} {shlex.join(command)}"
+    key = f"docker run {shlex.join(command)}"
     if not shutil.which("docker"):
-        step = Step.refused("the docker CLI against labd", action,
-                            NotFound("the docker CLI is not installed", fix="apt-get install docker.io"))
-        step.data = {"stdout": "", "stderr": step.reason, "exit_code": None, "requests": []}
-        return step
+        return hosts.refuse(title, action, NotFound("the docker CLI is not installed",
+                                                    fix="apt-get install docker.io"), key=key)
     with Tap(stage.labd.socket) as tap:
         environment = {**os.environ, "DOCKER_HOST": f"unix://{tap.path}",
                        "DOCKER_CONFIG": os.path.join(stage.home, "docker-cli")}    # not ~/.docker
         result = subprocess.run(["docker", "run", "--rm", "--network", "none", stage.reference, *command],
                                 env=environment, capture_output=True, text=True, timeout=120)
     requests = tap.requests()
+    if result.returncode == DOCKER_DAEMON_ERROR and hosts.current().kind == hosts.CONFINED:
+        # the daemon could not run it because the kernel refuses it namespaces here; elsewhere a 125 is
+        # Docker's own answer, shown as it came
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker: {result.stderr.strip()}"), key=key)
     shown = {f"request {n}": re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", r"\1…", line)     # ids cut, for reading
              for n, line in enumerate(requests, 1)}
-    return Step("the docker CLI against labd", action, mode=current_mode(),
+    return Step(title, action, mode=current_mode(), key=key,
                 after={**shown, "stdout": result.stdout, "stderr": result.stderr.strip() or "(none)",
                        "exit status": result.returncode},
                 note="Docker's own client, unchanged: labd answered every request it sent",
                 data={"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.returncode,
                       "requests": requests})
+
+
+def run_with_docker_sdk(stage: Stage, *command: str) -> Step:
+    """The docker SDK's `containers.run` against labd: Docker's Python client, unchanged, and what it got."""
+    import docker
+    call = f"client.containers.run({stage.reference!r}, {list(command)!r}, remove=True, network_mode='none')"
+    try:
+        output = stage.client().containers.run(stage.reference, list(command), remove=True, network_mode="none")
+    except docker.errors.APIError as err:               # a 500 from labd: the kernel refused it the container
+        return hosts.refuse("the docker SDK against labd", call, NeedsPrivilege(f"docker SDK: {err.explanation}"))
+    return Step("the docker SDK against labd", call, mode=current_mode(), after={"returned": output},
+                note="the SDK created, started, waited for and removed the container, as `docker run --rm` does",
+                data={"output": output})
 
 
 class Tap:
@@ -506,8 +558,9 @@ class Tap:
 
     def __init__(self, target: str):
         from labcore.journal import Scope
-        self.target, self.path = target, f"/run/labcore-tap-{secrets.token_hex(4)}.sock"
         self.scope, self.seen = Scope(), []         # (connection, "request" | "status", text), in order
+        self.target = target                        # the tap goes beside the daemon's socket
+        self.path = socket_in(os.path.dirname(target), f"labcore-tap-{secrets.token_hex(4)}.sock", self.scope)
         self.scope.record("file", self.path, "unlink", path=self.path)
         self.server = socket.socket(socket.AF_UNIX)
         self.server.bind(self.path)

@@ -33,9 +33,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from labcore import journal, paths, syscalls, userns
+from labcore import hosts, journal, paths, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.evidence import Step, current_mode
+from labcore.evidence import Step, current_mode, record
 from labcore.process import Child
 
 KINDS = ("uts", "pid", "mnt", "net", "ipc", "user", "cgroup")
@@ -334,11 +334,20 @@ class Sleeper:
 
     def __repr__(self) -> str:
         state = "stopped" if self._child is None or self._child.status is not None else "running"
-        return f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
+        text = f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
+        record(Step(f"a process left running in new {', '.join(self.kinds)} namespaces", "fork; unshare",
+                    key="namespaces.start_sleeper"), output=text)       # the reference run's, for refusals
+        return text
 
 
-def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper:
-    return Sleeper(kinds, hostname)
+def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper | Step:
+    """A ``Sleeper``; where this host refuses its namespaces, the refused Step, which stands in for it."""
+    kinds = check_kinds(kinds)
+    try:
+        return Sleeper(kinds, hostname)
+    except _REFUSED as err:
+        return hosts.refuse(f"a process left running in new {', '.join(kinds)} namespaces",
+                            isolate_action(kinds, hostname), err, key="namespaces.start_sleeper")
 
 
 def _make_mountpoint(scope: journal.Scope) -> str:
@@ -397,7 +406,7 @@ def isolate(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME, *, title: str | None 
             extra = while_alive(box) if while_alive else {}
             dot = membership_dot([os.getpid(), box.pid])
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     differ = [kind for kind in kinds if box.inside["inodes"][kind] != host["inodes"][kind]]
     return Step(title, action, before=host["rows"], after=box.inside["rows"], mode=current_mode(),
                 note=f"inside is in new {', '.join(differ)} namespaces: other inode numbers, other views",
@@ -437,6 +446,8 @@ def isolate_pid() -> Step:
         step.before["NSpid of that process"] = " ".join(map(str, step.data["nspid"]))
         step.data["pid_inside"] = step.data["inside"]["pid (os.getpid())"]
         step.data["ps_inside"] = step.data["inside"]["ps"]
+        step.data["pid levels"] = len(step.data["nspid"])          # one pid per pid namespace, host first
+        step.data["processes inside"] = len(step.data["ps_inside"])
         step.note = (f"one process, two pids: {step.data['nspid'][0]} on the host, {step.data['pid_inside']} "
                      f"inside, where ps shows {len(step.data['ps_inside'])} process once /proc is remounted")
     return step
@@ -448,6 +459,7 @@ def isolate_mnt() -> Step:
     if step.permitted:
         step.data["mounts_inside"] = step.data["inside"]["labcore tmpfs mounts"]
         step.data["mounts_host"] = step.data["host"]["labcore tmpfs mounts"]
+        step.data["tmpfs mounts inside"] = len(step.data["mounts_inside"])
         step.note = (f"inside, /proc/self/mountinfo lists the tmpfs at {step.data['mounts_inside']}; "
                      f"the host's lists {step.data['mounts_host'] or 'no such mount'}")
     return step
@@ -470,7 +482,7 @@ def isolate_ipc() -> Step:
         try:
             key = make_message_queue(scope)
         except _REFUSED as err:
-            return Step.refused("IPC namespace", "ipcmk -Q; unshare(CLONE_NEWIPC)", err)
+            return hosts.refuse("IPC namespace", "ipcmk -Q; unshare(CLONE_NEWIPC)", err)
         step = isolate({"ipc"}, title="IPC namespace: System V objects of its own")
     step.action = "ipcmk -Q (on the host); " + step.action
     if step.permitted:
@@ -522,7 +534,7 @@ def isolate_user(outside_uid: int | None = None) -> Step:
     try:
         inside = _as_mapped_root(uid, gid)
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     host = look(["user"])
     host["rows"].update({"CapEff": status_field("CapEff"), SHADOW: try_open("/etc/shadow")})
     rows = inside["rows"]
@@ -578,10 +590,14 @@ def join(pid: int, kinds=None) -> Step:
     """setns(2) a child into the namespaces of process ``pid``, as `docker exec` does."""
     wanted = check_kinds(kinds if kinds is not None else KINDS)
     title = f"setns: join the namespaces of pid {pid}, as docker exec does"
+    missing = hosts.lacking("a process to join", title, "setns(open(/proc/PID/ns/KIND), ...)", pid,
+                            key="namespaces.join")
+    if missing:
+        return missing
     try:
         target, mine = namespaces_of(pid, wanted), namespaces_of("self", wanted)
     except NeedsPrivilege as err:
-        return Step.refused(title, f"open(/proc/{pid}/ns/*)", err)
+        return hosts.refuse(title, f"open(/proc/{pid}/ns/*)", err)
     kinds = [kind for kind in JOIN_ORDER if kind in wanted and target[kind] != mine[kind]]
     if not kinds:          # and setns into the user namespace you are already in fails with EINVAL
         raise BadInput(f"pid {pid} is in this process's own {', '.join(wanted)} namespaces: nothing to join; "
@@ -591,9 +607,10 @@ def join(pid: int, kinds=None) -> Step:
         seen, (host, dot) = _observe(lambda channel: _joined(channel, pid, kinds),
                                      lambda seen: _look_beside(pid, seen["host_pid"], kinds))
     except _REFUSED as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     same = all(seen["inodes"][kind] == target[kind] for kind in kinds)
     return Step(title, action, before=host["rows"], after=seen["rows"], mode=current_mode(),
+                key="namespaces.join",
                 note=f"after setns the child's {', '.join(kinds)} inodes {'equal' if same else 'differ from'} "
                      f"those of pid {pid}: it sees what that process sees",
                 data={"target": target, "joined": kinds, "same_as_target": same, "inside": seen["rows"],

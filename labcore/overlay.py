@@ -20,7 +20,10 @@ What the container does, and what it leaves in upperdir:
     rename a lower dir    EXDEV unless redirect_dir=on (mv then falls back to copying)
 
 Without root, a user namespace may mount overlayfs (kernel >= 5.11) with the ``userxattr`` option: the
-markers become ``user.overlay.*`` xattrs, which a user may set. That is how rootless podman does it.
+markers become ``user.overlay.*`` xattrs, which a user may set. That is how rootless podman does it, and how
+this module does it for a user: the mount is made by a ``userns.MountKeeper``, a child in a user and mount
+namespace of its own, and the steps reach the merged tree from outside as /proc/PID/root/MERGED
+(``Overlay.view``). The host's mount table never shows it: it lives, and dies, with the keeper's namespace.
 
 Next: ``labcore.overlay_model`` predicts all of this on paper; ``labcore.rootfs`` pivots into MERGED.
 """
@@ -35,14 +38,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import paths, syscalls, userns
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, from_oserror
-from labcore.evidence import Mode, Step
+from labcore import hosts, paths, syscalls, userns
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
+from labcore.evidence import Mode, Step, user_mode
 from labcore.journal import Entry, Scope
 from labcore.overlay_model import WHITEOUT, Dir, File, Layer, Model, Symlink
 from labcore.process import run_in_child
 
 OPAQUE = "overlay.opaque"         # after the "trusted." or "user." namespace
+_REFUSED = (NeedsPrivilege, NotSupportedHere)
 MAX_OPTIONS = 4095                # mount(2) copies at most one page of options
 
 
@@ -59,8 +63,17 @@ class Overlay:
     scope: Scope
     entries: list[Entry] = field(default_factory=list)
     xattr: str = "trusted"
+    keeper: userns.MountKeeper | None = None      # rootless: the process whose mount namespace holds it
+    owns_keeper: bool = False
+
+    @property
+    def view(self) -> Path:
+        """Where this process reaches the merged tree: MERGED itself, or through the keeper's /proc/PID/root."""
+        return Path(self.keeper.path(self.merged)) if self.keeper else self.merged
 
     def close(self) -> None:
+        if self.keeper is not None and self.owns_keeper:
+            self.keeper.close()                  # first: its mount namespace, and the overlay with it
         entries, self.entries = self.entries, []
         self.scope.entries = [e for e in self.scope.entries if e not in entries]
         failures = self.scope.journal.undo_many(entries)
@@ -113,32 +126,39 @@ def _check_option_safe(path) -> None:
 
 
 def mount_overlay(lowers: list, upper, work, merged, scope: Scope | None = None, *,
-                  userxattr: bool = False) -> Overlay:
-    """mount -t overlay: make upper, work and merged if missing (journaled), then mount (journaled)."""
+                  userxattr: bool = False, keeper: userns.MountKeeper | None = None) -> Overlay:
+    """mount -t overlay: make upper, work and merged if missing (journaled), then mount (journaled).
+
+    As root, on the host. Anyone else mounts in a user namespace, with userxattr: in ``keeper``'s mount
+    namespace, or in that of a new keeper that the overlay owns and closes."""
     check_lowers(lowers)
     check_own_dirs(upper=upper, work=work, merged=merged)
     lowers = [Path(lower).resolve() for lower in lowers]
     upper, work, merged = (Path(p).resolve() for p in (upper, work, merged))
-    options = overlay_options(lowers, upper, work, userxattr)
+    rootless = os.geteuid() != 0
+    options = overlay_options(lowers, upper, work, userxattr or rootless)
     if len(options) > MAX_OPTIONS:
         raise BadInput(f"{len(lowers)} layers make {len(options)} bytes of options; mount(2) takes "
                        f"{MAX_OPTIONS}", fix="use shorter paths or fewer layers")
     overlay = Overlay(lowers, upper, work, merged, options, scope or Scope(),
-                      xattr="user" if userxattr else "trusted")
+                      xattr="user" if userxattr or rootless else "trusted")
     try:
         for directory in (upper, work, merged):
             if not directory.exists():
                 _make_dir(directory, overlay)
-        syscalls.mount("overlay", str(merged), "overlay", 0, options)
+        if rootless:
+            overlay.owns_keeper = keeper is None
+            overlay.keeper = keeper or userns.MountKeeper(overlay.scope)
+            overlay.keeper.mount("overlay", str(merged), "overlay", 0, options)
+        else:
+            syscalls.mount("overlay", str(merged), "overlay", 0, options)
     except BaseException as err:            # LabError, or Ctrl-C between mkdir and mount
         overlay.close()
-        if isinstance(err, NeedsPrivilege):
-            err.fix = ("mount as root; as a user, overlay.rootless_overlay() mounts inside a user namespace "
-                       "with the userxattr option")
-        elif isinstance(err, LabError):
+        if isinstance(err, LabError):
             err.fix = err.fix or "the kernel says why in `dmesg | grep overlayfs`"
         raise
-    overlay.entries.append(overlay.scope.record("mount", str(merged), "umount", target=str(merged)))
+    if not rootless:                        # a rootless mount goes with its keeper's namespace
+        overlay.entries.append(overlay.scope.record("mount", str(merged), "umount", target=str(merged)))
     return overlay
 
 
@@ -157,16 +177,20 @@ def make_scratch_dir(prefix: str, scope: Scope) -> tuple[Path, Entry]:
     return directory, scope.record("directory", str(directory), "rmtree", path=str(directory))
 
 
-def create_overlay(lowers: list, scope: Scope | None = None, name: str = "overlay") -> Overlay:
-    """A container's layer: a new labcore-NAME-XXXX/{upper,work,merged} over ``lowers`` (top first)."""
+def create_overlay(lowers: list, scope: Scope | None = None, name: str = "overlay") -> Overlay | Step:
+    """A container's layer: a new labcore-NAME-XXXX/{upper,work,merged} over ``lowers`` (top first). Where
+    this host refuses the mount, the refused Step, which stands in for the overlay in the steps after it."""
     scope = scope or Scope()
     check_lowers(lowers)
     base, entry = make_scratch_dir(name, scope)
     try:
         overlay = mount_overlay(lowers, base / "upper", base / "work", base / "merged", scope)
-    except BaseException:
+    except BaseException as err:
         scope.entries.remove(entry)
         scope.journal.undo(entry)
+        if isinstance(err, _REFUSED):
+            return hosts.refuse("mount an overlay: a container's layer", f"mount -t overlay -o lowerdir=... "
+                                f"{base}/merged", err, key="overlay.create_overlay")
         raise
     overlay.entries.insert(0, entry)          # undone last: the mount goes first
     return overlay
@@ -247,7 +271,12 @@ def apply_op(root, op: tuple) -> int:
 
 
 def run_ops(overlay: Overlay, ops: list[tuple]) -> list[int]:
-    return [apply_op(overlay.merged, op) for op in ops]
+    return [apply_op(overlay.view, op) for op in ops]
+
+
+def overlay_mode(overlay: Overlay) -> Mode:
+    """Steps on a rootless overlay work on a mount made inside a user namespace."""
+    return Mode.USERNS if overlay.keeper else user_mode()
 
 
 # --- evidence ---------------------------------------------------------------------------------------------
@@ -292,11 +321,15 @@ def top_lower_with(overlay: Overlay, path: str) -> Path:
 
 def read_from_lower(overlay: Overlay, path: str) -> Step:
     """cat MERGED/path: the lower layer's file answers; nothing is copied."""
+    missing = hosts.lacking("an overlay", f"read {path}: served from the lower layer", f"cat MERGED/{path}",
+                            overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path) / path
     before = {"lower file": describe(lower), "upperdir": listing(overlay.upper, overlay.xattr)}
-    content = (overlay.merged / path).read_bytes()
-    low, seen = os.lstat(lower), os.lstat(overlay.merged / path)
-    after = {"merged file": describe(overlay.merged / path), "content": content[:60],
+    content = (overlay.view / path).read_bytes()
+    low, seen = os.lstat(lower), os.lstat(overlay.view / path)
+    after = {"merged file": describe(overlay.view / path), "content": content[:60],
              "upperdir": listing(overlay.upper, overlay.xattr)}
     # overlayfs.rst, "Inode properties": with every layer on one filesystem, st_ino is the real file's,
     # st_dev the overlay's, the same for every file in the mount ("uniform st_dev").
@@ -306,20 +339,24 @@ def read_from_lower(overlay: Overlay, path: str) -> Step:
             f"({os.major(seen.st_dev)}:{os.minor(seen.st_dev)}); upperdir "
             f"{'is unchanged' if before['upperdir'] == after['upperdir'] else 'changed'}")
     return Step(f"read {path}: served from the lower layer", f"cat {overlay.merged / path}",
-                before, after, note=note, data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino,
+                before, after, note=note, mode=overlay_mode(overlay),
+                data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino,
                                                 "merged_dev": seen.st_dev, "lower_dev": low.st_dev})
 
 
 def _three_views(overlay: Overlay, path: str, lower: Path) -> dict:
     return {"lower": describe(lower / path), "upper": describe(overlay.upper / path),
-            "merged": describe(overlay.merged / path)}
+            "merged": describe(overlay.view / path)}
 
 
 def write_copies_up(overlay: Overlay, path: str, data: bytes = b"written by the container\n") -> Step:
     """echo >> MERGED/path: the first write copies the whole file into upperdir."""
+    missing = hosts.lacking("an overlay", f"write {path}: copy-up", f"open({path!r}, O_WRONLY|O_APPEND)", overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     before = _three_views(overlay, path, lower)
-    with open(overlay.merged / path, "ab") as file:
+    with open(overlay.view / path, "ab") as file:
         file.write(data)
     after = _three_views(overlay, path, lower)
     up, low = os.lstat(overlay.upper / path), os.lstat(lower / path)
@@ -327,38 +364,46 @@ def write_copies_up(overlay: Overlay, path: str, data: bytes = b"written by the 
             f"the lower file is {'unchanged' if before['lower'] == after['lower'] else 'CHANGED'} "
             f"(inode {low.st_ino}, {low.st_size} bytes)")
     return Step(f"write {path}: copy-up", f"open({path!r}, O_WRONLY|O_APPEND); write(...)", before, after,
-                note=note, data={"upper_size": up.st_size, "lower_size": low.st_size,
+                note=note, mode=overlay_mode(overlay), data={"upper_size": up.st_size, "lower_size": low.st_size,
                                  "upper_ino": up.st_ino, "lower_ino": low.st_ino})
 
 
 def delete_leaves_whiteout(overlay: Overlay, path: str) -> Step:
     """rm MERGED/path: upperdir gets a character device 0/0 with that name; the lower file stays."""
+    missing = hosts.lacking("an overlay", f"delete {path}: a whiteout", f"unlink({path!r})", overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     before = _three_views(overlay, path, lower)
-    if (overlay.merged / path).is_dir():
-        shutil.rmtree(overlay.merged / path)
+    if (overlay.view / path).is_dir():
+        shutil.rmtree(overlay.view / path)
     else:
-        os.unlink(overlay.merged / path)
+        os.unlink(overlay.view / path)
     after = _three_views(overlay, path, lower)
     mark = os.lstat(overlay.upper / path)
     whiteout = stat.S_ISCHR(mark.st_mode) and mark.st_rdev == 0
     note = (f"upperdir/{path} is {'a whiteout: S_ISCHR with rdev 0' if whiteout else 'not a whiteout'}; "
             f"the lower file is still there, hidden")
     return Step(f"delete {path}: a whiteout", f"unlink({path!r})", before, after, note=note,
-                data={"whiteout": whiteout, "rdev": mark.st_rdev})
+                mode=overlay_mode(overlay), data={"whiteout": whiteout, "rdev": mark.st_rdev})
 
 
 def replace_dir_makes_opaque(overlay: Overlay, path: str) -> Step:
     """rm -r MERGED/path; mkdir MERGED/path: the new directory is opaque, the old files stay hidden."""
+    missing = hosts.lacking("an overlay", f"replace directory {path}: opaque", f"rm -r {path}; mkdir {path}",
+                            overlay)
+    if missing:
+        return missing
     lower = top_lower_with(overlay, path)
     name = f"{overlay.xattr}.{OPAQUE}"
-    before = {"lower dir": listing(lower / path), "merged dir": listing(overlay.merged / path, None),
+    before = {"lower dir": listing(lower / path), "merged dir": listing(overlay.view / path, None),
               f"upper {name}": _xattr(overlay.upper / path, name)}
-    shutil.rmtree(overlay.merged / path)
-    os.mkdir(overlay.merged / path)
-    after = {"lower dir": listing(lower / path), "merged dir": listing(overlay.merged / path, None),
+    shutil.rmtree(overlay.view / path)
+    os.mkdir(overlay.view / path)
+    after = {"lower dir": listing(lower / path), "merged dir": listing(overlay.view / path, None),
              f"upper {name}": _xattr(overlay.upper / path, name)}
     return Step(f"replace directory {path}: opaque", f"rm -r {path}; mkdir {path}", before, after,
+                mode=overlay_mode(overlay),
                 note=f"{name} = {after[f'upper {name}']!r} on the new upper directory: lookups stop there, "
                      f"so the {len(after['lower dir'])} lower entries stay hidden",
                 data={"opaque": is_opaque(overlay.upper / path, overlay.xattr)})
@@ -399,13 +444,20 @@ def share_lower_layers(lower, containers: int = 10) -> Step:
     check_lowers([lower])
     if not 1 <= containers <= 100:
         raise BadInput(f"containers must be 1..100, got {containers}")
+    title = f"{containers} containers from one image"
     with Scope() as scope:
         base, _ = make_scratch_dir("share", scope)
         before = {"containers": 0, "lower layer": _size(disk_usage(lower))}
+        # Without root, every overlay is mounted in one user namespace, as rootless podman mounts them all in
+        # its pause process's: one keeper, made before the clock starts.
+        try:
+            keeper = userns.MountKeeper(scope) if os.geteuid() != 0 else None
+        except _REFUSED as err:
+            return hosts.refuse(title, "mount -t overlay (x N)  vs  cp -a (x N)", err)
         # The same work for both: make the container's root, then write its hostname in it.
         copy_seconds, copies = _timed(lambda i: _copy_root(lower, base / f"copy{i}"), containers)
-        overlay_seconds, overlays = _timed(lambda i: _overlay_root(lower, base / f"labcore-c{i}", scope),
-                                           containers)
+        overlay_seconds, overlays = _timed(
+            lambda i: _overlay_root(lower, base / f"labcore-c{i}", scope, keeper), containers)
         copy_disk = sum(disk_usage(root) for root in copies)
         upper_disk = sum(disk_usage(overlay.upper) for overlay in overlays)
     after = {"containers": containers,
@@ -415,8 +467,8 @@ def share_lower_layers(lower, containers: int = 10) -> Step:
     note = (f"{containers} overlays share one lower layer: their upperdirs take "
             f"{copy_disk / max(upper_disk, 1):.0f}x less disk than {containers} copies, and were ready "
             f"{copy_seconds / max(overlay_seconds, 1e-9):.1f}x faster")
-    return Step(f"{containers} containers from one image", "mount -t overlay (x N)  vs  cp -a (x N)",
-                before, after, note=note,
+    return Step(title, "mount -t overlay (x N)  vs  cp -a (x N)",
+                before, after, note=note, mode=Mode.USERNS if keeper else user_mode(),
                 data={"copy_bytes": copy_disk, "upper_bytes": upper_disk,
                       "copy_seconds": copy_seconds, "overlay_seconds": overlay_seconds})
 
@@ -427,10 +479,11 @@ def _copy_root(lower, root: Path) -> Path:
     return root
 
 
-def _overlay_root(lower, directory: Path, scope: Scope) -> Overlay:
+def _overlay_root(lower, directory: Path, scope: Scope, keeper: userns.MountKeeper | None) -> Overlay:
     directory.mkdir()                    # inside the journaled scratch directory, removed with it
-    overlay = mount_overlay([lower], directory / "upper", directory / "work", directory / "merged", scope)
-    (overlay.merged / "labcore-hostname").write_text(directory.name + "\n")
+    overlay = mount_overlay([lower], directory / "upper", directory / "work", directory / "merged", scope,
+                            keeper=keeper)
+    (overlay.view / "labcore-hostname").write_text(directory.name + "\n")
     return overlay
 
 
@@ -442,21 +495,27 @@ def volume_outlives_container(lowers: list, target: str = "data") -> Step:
     with Scope() as scope:
         volume, _ = make_scratch_dir("volume", scope)
         overlay = create_overlay(lowers, scope, "container")
+        if not isinstance(overlay, Overlay):
+            return overlay                  # refused: the step that says why
         mountpoint = overlay.merged / target
-        mountpoint.mkdir(exist_ok=True)
-        syscalls.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
-        bind = scope.record("mount", str(mountpoint), "umount", target=str(mountpoint))
-        (mountpoint / "kept.txt").write_text("written to the volume\n")
-        (overlay.merged / "lost.txt").write_text("written to the container's layer\n")
-        before = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper)}
+        (overlay.view / target).mkdir(exist_ok=True)
+        if overlay.keeper:                  # rootless: in the keeper's namespace, gone with it
+            overlay.keeper.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
+        else:
+            syscalls.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
+            bind = scope.record("mount", str(mountpoint), "umount", target=str(mountpoint))
+        (overlay.view / target / "kept.txt").write_text("written to the volume\n")
+        (overlay.view / "lost.txt").write_text("written to the container's layer\n")
+        before = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
         # docker rm: the volume's bind mount goes first (it sits on the overlay), then the container.
-        scope.entries.remove(bind)
-        scope.journal.undo(bind)
+        if not overlay.keeper:
+            scope.entries.remove(bind)
+            scope.journal.undo(bind)
         overlay.close()
-        after = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper)}
+        after = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
         kept = (volume / "kept.txt").read_text()
     return Step("a volume outlives its container", f"mount --bind {volume} {mountpoint}; ...; docker rm",
-                before, after, data={"kept": kept},
+                before, after, data={"kept": kept}, mode=overlay_mode(overlay),
                 note=f"kept.txt went straight to the host directory, never into upperdir, and is still "
                      f"there; the container's upperdir is {' '.join(after['upperdir'])} after docker rm")
 
@@ -476,7 +535,7 @@ def rootless_overlay(lowers: list, file: str, directory: str) -> Step:
             before, after = run_in_child(_rootless_child, [Path(p).resolve() for p in lowers], base,
                                          file, directory)
         except LabError as err:
-            return Step.refused(title, action, err)
+            return hosts.refuse(title, action, err)
     opaque = after["user.overlay.opaque"] == "y"
     return Step(title, action, before, after, mode=Mode.USERNS, data={"opaque": opaque},
                 note=f"root only inside the namespace; the whiteout is a 0/0 device as before, and the "
@@ -504,18 +563,23 @@ def _rootless_child(lowers: list[Path], base: Path, file: str, directory: str) -
 def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     """``overlay_model`` predicts, then the kernel does: the same operations on paper (before) and on the
     mount (after), compared by errno, upperdir (whiteouts and opaque marks included) and merged view."""
+    missing = hosts.lacking("an overlay", "the model predicts, the kernel agrees", "the same system calls on the "
+                            "mount", overlay, key="overlay.model_agrees")
+    if missing:
+        return missing
     model = Model([read_layer(lower, overlay.xattr) for lower in overlay.lowers],
                   read_layer(overlay.upper, overlay.xattr))
     predicted = [errno_name(model.apply(op)) for op in ops]
     actual = [errno_name(code) for code in run_ops(overlay, ops)]
-    upper, merged = read_layer(overlay.upper, overlay.xattr), read_layer(overlay.merged, None)
+    upper, merged = read_layer(overlay.upper, overlay.xattr), read_layer(overlay.view, None)
     agree = predicted == actual and model.upper == upper and model.merged() == merged
     operations = [" ".join(map(str, op[:2])) for op in ops]
     before = {"operations": operations, "results": predicted, "upperdir": _names(model.upper)}
     after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
     return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
                 "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
-                before, after, note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees",
+                note=f"before = the model's prediction, after = the kernel's; they agree on the "
                                     f"results, the upperdir and all {len(merged)} merged paths: {agree}",
                 data={"agree": agree, "predicted": predicted, "actual": actual})
 
@@ -538,7 +602,7 @@ def layer_stack_dot(overlay: Overlay, max_paths: int = 30, names: list[str] | No
     from labcore.diagrams import Graph
     upper = read_layer(overlay.upper, overlay.xattr, contents=False)
     model = Model([read_layer(lower, overlay.xattr, contents=False) for lower in overlay.lowers], upper)
-    visible = read_layer(overlay.merged, None, contents=False)
+    visible = read_layer(overlay.view, None, contents=False)
     shown = _paths_to_show(upper, visible, max_paths)
     names = ["upperdir", *(f"lowerdir {i + 1}{' (top)' if i == 0 else ''}: {name}"
                            for i, name in enumerate(names or [lower.name for lower in overlay.lowers]))]

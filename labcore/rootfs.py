@@ -28,13 +28,14 @@ import secrets
 import stat
 from pathlib import Path
 
-from labcore import journal, paths, process, syscalls, userns
-from labcore.errors import BadInput, LabError, NeedsPrivilege
+from labcore import hosts, journal, paths, process, syscalls, userns
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.evidence import Step, current_mode
 from labcore.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                               MS_REC, MS_REMOUNT)
 
 ESCAPE_DIR = "labcore-escape"
+_REFUSED = (NeedsPrivilege, NotSupportedHere)      # the host forbids it: the step says so
 HOST_ROOT, IMAGE_ROOT = "the host's /", "the image's root"
 # The device nodes every OCI container gets (runtime-spec config-linux.md, "Default Devices").
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
@@ -111,7 +112,10 @@ def look_inside(root: str | os.PathLike) -> Step:
     """The host's "/" beside the image's root filesystem: what a container will see instead."""
     known = _landmarks(root)
     before = view_of_root(known)
-    after = process.run_in_child(_chrooted_view, str(root), known)
+    try:
+        after = process.run_in_child(_chrooted_view, str(root), known)
+    except _REFUSED as err:
+        return hosts.refuse("What is in the image", f"ls {root}", err)
     files = sum(len(names) for _, _, names in os.walk(root))
     after["files"] = files
     return Step("What is in the image", f"ls {root}", before, after, current_mode(),
@@ -141,7 +145,7 @@ def chroot_into(root: str | os.PathLike) -> Step:
     try:
         after = process.run_in_child(_chrooted_view, str(root), known)
     except LabError as err:
-        return Step.refused("chroot into the image", action, err)
+        return hosts.refuse("chroot into the image", action, err)
     return Step("chroot into the image", action, view_of_root(known), after, current_mode(),
                 note='the child\'s "/" is the image\'s directory; the mounts are still the host\'s',
                 data={"inside": after["/ is"] == IMAGE_ROOT})
@@ -176,10 +180,11 @@ def escape_pivot_root(root: str | os.PathLike) -> Step:
 def compare_escapes(root: str | os.PathLike) -> Step:
     """The escape side by side: before = after chroot, after = after pivot_root."""
     chrooted, pivoted = escape_chroot(root), escape_pivot_root(root)
+    title, action = "The escape: chroot vs pivot_root", "try_escape() after chroot / after pivot_root"
     for step in (chrooted, pivoted):
         if not step.permitted:
-            return step
-    return Step("The escape: chroot vs pivot_root", "try_escape() after chroot / after pivot_root",
+            return Step.refused(title, action, step.reason)     # its reason, already explained
+    return Step(title, action,
                 chrooted.after, pivoted.after, current_mode(),
                 note="chroot is a change of directory; pivot_root changes the mount namespace's root",
                 data={"escaped_chroot": chrooted.data["escaped"], "escaped_pivot_root": pivoted.data["escaped"]})
@@ -189,7 +194,7 @@ def _escape_step(title: str, action: str, attempt, root, note: str) -> Step:
     try:
         before, after = process.run_in_child(attempt, str(root), _landmarks(root))
     except LabError as err:
-        return Step.refused(title, action, err)
+        return hosts.refuse(title, action, err)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.rmdir(Path(root, ESCAPE_DIR))

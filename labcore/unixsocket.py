@@ -20,8 +20,9 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labcore.errors import NotFound
-from labcore.evidence import Step, current_mode
+from labcore import hosts
+from labcore.errors import NeedsPrivilege, NotFound
+from labcore.evidence import Step, current_mode, user_mode
 
 if TYPE_CHECKING:
     from labcore.flow import Stage      # the stage (labd + registry) is set up by the flow
@@ -76,22 +77,33 @@ def daemon_process(stage: Stage) -> Step:
              f"/proc/{labd.pid}/fd/{listener['fd']}": os.readlink(f"/proc/{labd.pid}/fd/{listener['fd']}"),
              "/proc/net/unix": f"inode {listener['inode']}, path {stage.labd.socket}, state LISTEN"}
     return Step("the daemon: a process holding a socket", "psutil.Process(PID).net_connections('unix'); "
-                "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=current_mode(),
+                "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=user_mode(),
                 note="the socket's inode in /proc/net/unix is the one behind the daemon's fd: it owns the socket",
                 data={**listener, "sockets": sockets, "parent": labd.ppid(), "user": labd.username()})
 
 
 def socket_permissions(stage: Stage) -> Step:
-    """Who may talk to the daemon: the socket file's mode decides, checked by connect(2) (unix(7))."""
+    """Who may talk to the daemon: connect(2) needs search (x) permission on each directory of the socket's
+    path and write permission on the socket file itself (unix(7)). As root the step also tries as nobody;
+    anyone else cannot become another user to try (setuid(2) needs CAP_SETUID)."""
     from labcore.process import run_in_child
-    info = os.stat(stage.labd.socket)
+    info, folder = os.stat(stage.labd.socket), os.stat(os.path.dirname(stage.labd.socket))
+    me = f"connect as you (uid {os.geteuid()})"
     after = {"mode": f"{stat.filemode(info.st_mode)} ({stat.S_IMODE(info.st_mode):04o})",
              "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
-             "connect as root": connect_as(stage.labd.socket, 0, 0),
-             "connect as nobody (uid 65534)": run_in_child(connect_as, stage.labd.socket, 65534, 65534)}
-    return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as root and as nobody",
-                after=after, mode=current_mode(), data=after,
-                note="write permission on the socket file is what connect() needs: root and the group only")
+             "its directory": f"{stat.filemode(folder.st_mode)} {owner_name(folder.st_uid)}",
+             me: connect_as(stage.labd.socket, os.getuid(), os.getgid())}
+    if os.geteuid() == 0:
+        after["connect as another user (nobody, uid 65534)"] = run_in_child(connect_as, stage.labd.socket,
+                                                                            65534, 65534)
+    else:
+        after["connect as another user"] = ("not tried: only root may become another user (setuid(2)); "
+                                            "the socket's mode and its directory's decide for them")
+    return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as you and as another user",
+                after=after, mode=user_mode(), data={**after, "connect as you": after[me],
+                                                     "connect as another user": list(after.values())[-1]},
+                note="write permission on the socket file, and search permission on its directories, are what "
+                     "connect() checks: the owner and the group only")
 
 
 def connect_as(path: str, uid: int, gid: int) -> str:
@@ -121,20 +133,33 @@ def two_containers_on_port_80(stage: Stage) -> Step:
     at its own address: `hostname | nc -l -p 80` answers one client with its hostname, then exits.
 
     Not `nc -l -p 80 -e hostname`: there nc, pid 1, forks `hostname` and exits at once, and pid 1's exit
-    kills everything in its pid namespace (pid_namespaces(7)), `hostname` too, often before it has written."""
-    client = stage.client()
-    boxes = [client.containers.run("busybox", ["sh", "-c", SERVE_HOSTNAME], hostname=name,
-                                   name=f"labcore-{name}", detach=True) for name in ("box-a", "box-b")]
+    kills everything in its pid namespace (pid_namespaces(7)), `hostname` too, often before it has written.
+    A container with no address to reach (a rootless one, which has only loopback) makes the step refused."""
+    import docker
+    title = "two containers, both on port 80"
+    action = f"docker run -d --hostname box-a busybox sh -c '{SERVE_HOSTNAME}' (and box-b)"
+    client, boxes = stage.client(), []
     try:
+        for name in ("box-a", "box-b"):
+            boxes.append(client.containers.run("busybox", ["sh", "-c", SERVE_HOSTNAME], hostname=name,
+                                               name=f"labcore-{name}", detach=True))
         seen = {box.name.removeprefix("labcore-"): listener_evidence(box) for box in boxes}
+    except docker.errors.APIError as err:
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"))
     finally:
         for box in boxes:
             box.remove(force=True)
+    if not all(values["address"] != "none" for values in seen.values()):
+        return hosts.refuse(title, action, NeedsPrivilege(
+            "the containers listen, but have no address to reach them at",
+            why="a container of a daemon without root has its loopback only: a veth pair to the host needs "
+                "CAP_NET_ADMIN in the host's network namespace",
+            fix="a user-mode network (pasta, slirp4netns) gives rootless containers one; until the lab has "
+                "it, run this step where you are root"))
     after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": os.readlink("/proc/self/ns/net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
-    return Step("two containers, both on port 80", f"docker run -d --hostname box-a busybox sh -c '{SERVE_HOSTNAME}'"
-                " (and box-b)", before=host, after=after, mode=current_mode(),
+    return Step(title, action, before=host, after=after, mode=current_mode(),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
@@ -155,27 +180,38 @@ def listener_evidence(box) -> dict:
 def read_host_file(stage: Stage) -> Step:
     """Whoever may connect to the socket may ask for anything the daemon can do, and the daemon is root: here,
     a container with the host's / mounted at /host (`-v /:/host`), reading a file only root may read.
-    Only the first field of /etc/shadow's first line (a user name) leaves the container, never a hash."""
+    Only the first field of /etc/shadow's first line (a user name) leaves the container, never a hash.
+    A rootless daemon is you, not root: its container is refused the file, which is the point of rootless."""
+    import docker
     from labcore.process import run_in_child
+    title = "the socket is root on the host" if os.geteuid() == 0 else "a rootless daemon is only you"
+    action = "docker run --rm -v /:/host:ro busybox sh -c 'head -n 1 /host/etc/shadow | cut -d: -f1'"
     info = os.stat("/etc/shadow")
     before = {"/etc/shadow": f"{stat.filemode(info.st_mode)} {owner_name(info.st_uid)}:{group_name(info.st_gid)}",
-              "open() as nobody (uid 65534)": run_in_child(open_as, "/etc/shadow", 65534, 65534)}
-    output = stage.client().containers.run(
-        "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
-        network_mode="none", remove=True)
-    user = output.decode().strip()
-    return Step("the socket is root on the host", "docker run --rm -v /:/host:ro busybox sh -c "
-                "'head -n 1 /host/etc/shadow | cut -d: -f1'", before=before,
-                after={"the container read /host/etc/shadow, first user": user}, mode=current_mode(),
-                note="the client never had the right to read it; it asked the daemon, which runs as root",
-                data={"first user": user})
+              f"open() as you (uid {os.geteuid()})": open_as("/etc/shadow", os.getuid(), os.getgid())}
+    if os.geteuid() == 0:
+        before["open() as nobody (uid 65534)"] = run_in_child(open_as, "/etc/shadow", 65534, 65534)
+    try:
+        output = stage.client().containers.run(
+            "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
+            network_mode="none", remove=True)
+    except docker.errors.APIError as err:
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"),
+                            key="unixsocket.read_host_file")
+    user = output.decode().strip() or "(nothing: head could not open it)"
+    note = ("the client never had the right to read it; it asked the daemon, which runs as root"
+            if os.geteuid() == 0 else
+            "the daemon runs as you, so its container is you on the host: the kernel refused it the file")
+    return Step(title, action, before=before, after={"the container read /host/etc/shadow, first user": user},
+                mode=current_mode(), note=note, data={"first user": user}, key="unixsocket.read_host_file")
 
 
 def open_as(path: str, uid: int, gid: int) -> str:
-    """open(2) ``path`` for reading as uid:gid (in a child): "allowed" or the errno."""
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
+    """open(2) ``path`` for reading as uid:gid (in a child for another uid): "allowed" or the errno."""
+    if (os.getuid(), os.getgid()) != (uid, gid):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
     try:
         os.close(os.open(path, os.O_RDONLY))
     except OSError as err:

@@ -25,6 +25,8 @@ import os
 
 from labcore import syscalls
 from labcore.errors import from_oserror
+from labcore.journal import process_start_time
+from labcore.process import Child
 
 
 def write_id_maps(pid: str | int = "self", uid: int | None = None, gid: int | None = None) -> None:
@@ -80,3 +82,86 @@ def unshare(flags: int) -> None:
         enter(flags & ~syscalls.CLONE_NEWUSER)
     else:
         syscalls.unshare(flags)
+
+
+class MountKeeper:
+    """A child that keeps a user namespace and a mount namespace of its own, and mounts in them on request:
+    rootless podman's "pause process" is the same idea. A user may not mount on the host, but may inside
+    these (overlay with ``userxattr``, tmpfs, bind mounts of what it can read), and
+
+      * the notebook reaches the mounted files from outside, as /proc/PID/root/PATH (proc(5)): the kernel
+        resolves the rest of the path in that process's mount namespace, with the caller's own permissions;
+      * a container started later joins these namespaces (``join``) and finds the mounts there;
+      * every mount goes when the keeper exits: a namespace's mounts die with its last process, so only the
+        process is journaled (``scope``), not each mount.
+
+    ``userns_of``: keep the mount namespace inside the user namespace of that process instead of a new one —
+    the user-mode network's (``labcore.usernet``), so that a container joining the keeper may also be given
+    a veth from the network's router namespace: both namespaces then belong to one user namespace.
+    """
+
+    def __init__(self, scope, userns_of: int | None = None):
+        self.child = Child(lambda channel: _keep_mounts(channel, userns_of))
+        entry = scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
+                             start=process_start_time(self.child.pid))
+        self.pid = self.child.pid
+        try:
+            self.child.recv()                # "ready": its namespaces exist, its id maps are written
+        except BaseException:                # refused: the child has exited, with nothing to undo
+            self.child.wait()
+            scope.entries.remove(entry)
+            scope.journal.forget(entry)
+            raise
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        """mount(2) in the keeper's mount namespace; the kernel's refusal is raised here."""
+        self.child.send(("mount", (source, str(target), fstype, flags, data)))
+        self.child.recv(timeout=30)
+
+    def path(self, inside) -> str:
+        """Where this process reaches ``inside`` (an absolute path in the keeper's namespace)."""
+        return f"/proc/{self.pid}/root{os.path.abspath(inside)}"
+
+    def join(self) -> None:
+        self.join_pid(self.pid)
+
+    @staticmethod
+    def join_pid(pid: int) -> None:
+        """setns(2) the calling process (a child) into keeper ``pid``'s user and mount namespaces. Its euid
+        owns that user namespace, which gives it the CAP_SYS_ADMIN there that setns asks for
+        (user_namespaces(7)); the process must have one thread (setns(2))."""
+        fds = [os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY) for kind in ("user", "mnt")]
+        try:           # both opened first: after the first setns, /proc/PID may name another process
+            syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
+            syscalls.setns(fds[1], syscalls.CLONE_NEWNS)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> None:
+        if self.child.status is None:
+            self.child.channel.close()       # EOF: the keeper leaves, and its mounts with it
+            self.child.wait()
+
+
+def _keep_mounts(channel, userns_of: int | None) -> None:
+    if userns_of is None:
+        enter(syscalls.CLONE_NEWNS)
+    else:
+        join(userns_of)                      # root there: it may make a mount namespace of its own
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+    # Private first: no mount made here may propagate anywhere (mount_namespaces(7), "Shared subtrees").
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    channel.send("ready")
+    while True:
+        try:
+            request, args = channel.recv()
+        except EOFError:
+            return
+        try:
+            if request == "mount":
+                syscalls.mount(*args)
+            channel.send("done")
+        except Exception as err:             # noqa: BLE001 - the parent raises it; the keeper goes on
+            channel.send_error(err)

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labcore import journal, paths
+from labcore import hosts, journal, paths
 from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.evidence import Step
 
@@ -80,8 +80,15 @@ class CpioEntry:
 
 # --- the kernel: Debian's package, unpacked into a cache --------------------------------------------------
 
+SHARED_CACHE = Path("/var/cache/labcore-vm")     # root's downloads, which every user of the machine reads
+
+
 def cache_dir() -> Path:
-    """Outside LABCORE_HOME on purpose: every test has its own home, but one download serves them all."""
+    """Where this user's download goes: root's to /var/cache/labcore-vm (FHS), so that on a shared lab VM one
+    download serves every student; anyone else's to ~/.cache/labcore-vm. Outside LABCORE_HOME on purpose:
+    every test has its own home, but one download serves them all."""
+    if os.geteuid() == 0 and not os.environ.get("XDG_CACHE_HOME"):
+        return SHARED_CACHE
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return Path(base) / "labcore-vm"
 
@@ -105,7 +112,9 @@ def ensure_kernel() -> Kernel:
     The cache wins even when apt knows a newer kernel: asking apt costs a second, and any kernel will do.
     To refresh, remove the cache directory.
     """
-    cached = sorted(cache_dir().glob("linux-image-*"), key=lambda tree: tree.stat().st_mtime)
+    places = dict.fromkeys([cache_dir(), SHARED_CACHE])            # this user's, then root's for everyone
+    cached = sorted((tree for place in places for tree in place.glob("linux-image-*")),
+                    key=lambda tree: tree.stat().st_mtime)
     if cached:
         return kernel_in(cached[-1])
     package = kernel_package()
@@ -493,14 +502,18 @@ def parse_console(lines: list[tuple[float, str]]) -> dict:
 
 def boot_marker(timeout: float = 120) -> Step:
     """Boot a kernel that prints a marker and powers off; show that it is not the host's kernel."""
-    kernel = ensure_kernel()
-    accel, why = accelerator()
-    lines = boot(kernel, marker_init(), accel, timeout=timeout, memory_mb=256, cpus=1)
+    title = "Boot a virtual machine: a kernel of its own"
+    try:
+        kernel = ensure_kernel()
+        accel, why = accelerator()
+        lines = boot(kernel, marker_init(), accel, timeout=timeout, memory_mb=256, cpus=1)
+    except NotSupportedHere as err:                # no qemu, no kernel to boot, no way to download one
+        return hosts.refuse(title, f"{QEMU} -accel ACCEL -kernel vmlinuz -initrd busybox+/init", err)
     guest = parse_console(lines)
     host = {"kernel release": os.uname().release,
             "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
     return Step(
-        title="Boot a virtual machine: a kernel of its own",
+        title=title,
         action=f"{QEMU} -accel {accel} -kernel {kernel.image.name} -initrd busybox+/init",
         before=host,
         after={"kernel release": guest["release"], "boot_id": guest["boot_id"]},

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from labcore import diagrams
 from labcore.errors import BadInput, LabError
-from labcore.evidence import Step, current_mode
+from labcore.evidence import Step, user_mode
 
 
 @dataclass
@@ -207,7 +207,7 @@ def _status_fields(*names: str) -> dict:
 
 def look_at_process() -> Step:
     return Step("this notebook's kernel is a process", "read /proc/self/status  (proc(5))",
-                before=_status_fields("Name", "Pid", "PPid", "Uid", "CapEff", "NSpid"), mode=current_mode(),
+                before=_status_fields("Name", "Pid", "PPid", "Uid", "CapEff", "NSpid"), mode=user_mode(),
                 note="a container is a process too: the same fields, with other values")
 
 
@@ -215,14 +215,14 @@ def look_at_namespaces() -> Step:
     kinds = sorted(os.listdir("/proc/self/ns"))
     links = {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in kinds}
     return Step("the namespaces it is in", "readlink /proc/self/ns/*  (namespaces(7))", before=links,
-                mode=current_mode(), note="a container gets new ones of these: new inode numbers (03-namespaces)")
+                mode=user_mode(), note="a container gets new ones of these: new inode numbers (03-namespaces)")
 
 
 def look_at_cgroup() -> Step:
     lines = Path("/proc/self/cgroup").read_text().splitlines()
     groups = {line.split(":", 2)[1] or "v2 (unified)": line.split(":", 2)[2] for line in lines}
     return Step("the control group it is in", "read /proc/self/cgroup  (cgroups(7))", before=groups,
-                mode=current_mode(), note="a container gets its own group, with limits (04-control-groups)")
+                mode=user_mode(), note="a container gets its own group, with limits (04-control-groups)")
 
 
 def _arrows_from_kernel(*targets: str) -> str:

@@ -19,6 +19,17 @@ Two interfaces exist, and a host mounts one of three ways (Documentation/admin-g
 parent named ``labcore`` and is journaled the moment it exists. ``labcore.cgroups.limits`` parses Docker's
 flags; ``labcore.cgroups.steps`` enforces each controller for real and measures it.
 
+Who may make groups: cgroupfs belongs to root, and root's ``labcore`` parent sits at the top of each
+hierarchy. On cgroup v2 an administrator may *delegate* a subtree to a user (cgroup-v2.rst, "Delegation
+Containment"): the directory and its ``cgroup.procs``, ``cgroup.subtree_control`` and ``cgroup.threads``
+chowned to the user, as systemd does for user@UID.service and for a unit with ``Delegate=yes``. A user may then
+make groups below it, switch controllers on for them and move its own processes in, which is how rootless
+podman limits containers. ``find_delegation()`` finds the lowest ancestor of this process's own cgroup that
+is delegated (not the own cgroup itself: it holds this process, and by the "no internal process" rule could
+not pass controllers down); the user's ``labcore`` parent goes there. Moving a process between two groups
+needs write access to ``cgroup.procs`` of their common ancestor, which that delegated ancestor is. On v1 the
+lab, like rootless podman, delegates nothing.
+
 Next: ``labcore.rootfs`` decides which files the container sees.
 """
 from __future__ import annotations
@@ -38,6 +49,17 @@ V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "n
                   "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc"}
 ROOT_FIX = ("cgroupfs files belong to root: run as root (sudo), or get a delegated cgroup "
             "(cgroup-v2.rst, 'Delegation')")
+WANTED_CONTROLLERS = ("cpu", "memory", "pids")
+DELEGATE_FIX = (
+    "an administrator delegates a cgroup v2 subtree to you (cgroup-v2.rst, 'Delegation'). With systemd, "
+    "user@UID.service is delegated already: start the lab in a unit of its own, `systemd-run --user --scope "
+    "-p Delegate=yes ./lab up`. Without systemd, as root: `mkdir -p /sys/fs/cgroup/USER/session; echo '+cpu "
+    "+memory +pids' > /sys/fs/cgroup/cgroup.subtree_control; chown USER /sys/fs/cgroup/USER "
+    "/sys/fs/cgroup/USER/cgroup.{procs,subtree_control,threads}; chown -R USER /sys/fs/cgroup/USER/session`, "
+    "then start the lab from /sys/fs/cgroup/USER/session (`echo $$ > .../session/cgroup.procs`)")
+V1_FIX = ("this host mounts cgroup v1 (or hybrid), where cgroups are not delegated to users: rootless podman and "
+          "Docker refuse limits there too. Use a cgroup v2 host (boot with systemd.unified_cgroup_hierarchy=1), "
+          "where an administrator can delegate a subtree to you, or a machine where you are root")
 
 
 # --- which cgroups does this host have? -------------------------------------------------------------------
@@ -167,15 +189,85 @@ def write(path: Path, value) -> None:
         raise from_oserror(err, f"write({str(value)!r})", str(path), fix=fix) from err
 
 
+# --- who may make groups: root, or the owner of a delegated subtree -------------------------------------
+
+@dataclass
+class Delegation:
+    """Where this process may make cgroups: ``base`` (a path below the cgroup2 mount) or, as root, the top."""
+    base: str | None                    # "" is the root of the hierarchy; None: nowhere
+    own: str                            # this process's cgroup, as /proc/self/cgroup says
+    why_not: str = ""                   # when base is None: why, from what the files show...
+    fix: str = ROOT_FIX                 # ...and what to do about it
+
+    @property
+    def allowed(self) -> bool:
+        return self.base is not None
+
+
+def own_cgroup(proc_cgroup: str) -> str:
+    """The v2 line of /proc/self/cgroup ("0::/PATH"), else the memory hierarchy's (cgroups(7))."""
+    lines = [line.split(":", 2) for line in proc_cgroup.splitlines() if line.count(":") >= 2]
+    return next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers),
+                next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "/"))
+
+
+def may_delegate(directory: Path) -> bool:
+    """The files a delegating administrator (or systemd) hands over: the directory, cgroup.procs and
+    cgroup.subtree_control, all writable by us (access(2) with our uid)."""
+    return all(os.access(path, os.W_OK) for path in
+               (directory, directory / "cgroup.procs", directory / "cgroup.subtree_control"))
+
+
+def find_delegation(layout: Layout, proc_cgroup: str | None = None, euid: int | None = None) -> Delegation:
+    """Root makes groups at the top; anyone else below the lowest delegated ancestor of its own cgroup."""
+    proc_cgroup = Path("/proc/self/cgroup").read_text() if proc_cgroup is None else proc_cgroup
+    own = own_cgroup(proc_cgroup)
+    if (os.geteuid() if euid is None else euid) == 0:
+        return Delegation("", own)
+    if layout.kind != "v2":
+        return Delegation(None, own, f"no cgroup is delegated to you on a {layout.kind} host", V1_FIX)
+    parts = Path(own).parts[1:]
+    for depth in range(len(parts) - 1, 0, -1):          # own's parent first, up to the top (never the root)
+        relative = "/".join(parts[:depth])
+        if may_delegate(layout.v2 / relative):
+            return check_controllers(layout, Delegation(relative, own))
+    return Delegation(None, own, f"your cgroup {own} and every group above it belong to root: nothing is "
+                                 f"delegated to uid {os.geteuid() if euid is None else euid}", DELEGATE_FIX)
+
+
+def check_controllers(layout: Layout, delegation: Delegation) -> Delegation:
+    """A delegated subtree is only useful with controllers: its parent must have passed them down."""
+    offered = set((read_text(layout.v2 / delegation.base / "cgroup.controllers") or "").split())
+    missing = [name for name in WANTED_CONTROLLERS if name not in offered]
+    if not missing:
+        return delegation
+    return Delegation(None, delegation.own,
+                      f"/{delegation.base} is delegated to you, but its parent does not pass down "
+                      f"{', '.join(missing)}",
+                      f"as root, echo '{' '.join('+' + name for name in missing)}' > "
+                      f"{layout.v2 / Path(delegation.base).parent}/cgroup.subtree_control")
+
+
 # --- the interface both backends share ---------------------------------------------------------------------
 
 class Manager:
-    """Create, limit, watch, freeze and remove cgroups under ``labcore``; v1 and v2 fill in the files."""
+    """Create, limit, watch, freeze and remove cgroups under ``labcore``; v1 and v2 fill in the files.
+
+    ``delegation`` says where: root's groups go at the top of each hierarchy, a user's below its delegated
+    subtree; where nothing is delegated, making a group is refused with the fix."""
 
     version = ""
 
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, delegation: Delegation | None = None):
         self.layout = layout
+        self.delegation = delegation or Delegation("", "/")
+        self.base = self.delegation.base or ""
+
+    def refusal(self) -> dict:
+        """Why a mkdir here is refused and the fix (``from_oserror``'s why and fix): nothing delegated."""
+        if self.delegation.allowed:
+            return {"fix": ROOT_FIX}
+        return {"why": self.delegation.why_not, "fix": self.delegation.fix}
 
     # Backend hooks: where a group lives, and which files say what.
     def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
@@ -236,7 +328,7 @@ class Manager:
                 os.mkdir(directory)
             except FileNotFoundError as err:
                 if shared or directory.parent.name != PARENT:
-                    raise from_oserror(err, "mkdir", str(directory), fix=ROOT_FIX) from err
+                    raise from_oserror(err, "mkdir", str(directory), **self.refusal()) from err
                 # Another run, ending, found the shared parent empty and removed it after we made sure it
                 # existed: make it again (journaled once more, so the last run out still removes it).
                 entries += self._make(PARENT, scope, shared=True, controllers=controllers)
@@ -247,7 +339,7 @@ class Manager:
                     raise LabError(f"a cgroup {directory} exists already", path=str(directory),
                                    fix="pick another name, or run `labcore cleanup`") from err
             except OSError as err:
-                raise from_oserror(err, "mkdir", str(directory), fix=ROOT_FIX) from err
+                raise from_oserror(err, "mkdir", str(directory), **self.refusal()) from err
             entries.append(scope.record("cgroup", str(directory), "rmdir_cgroup", path=str(directory)))
         return entries
 
@@ -324,12 +416,24 @@ def join_cgroups_of(pid: int) -> None:
             write(base / path.lstrip("/") / "cgroup.procs", os.getpid())
 
 
-def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None) -> Manager:
-    """The backend for this host (or for the fake tree at ``root`` described by ``mountinfo``)."""
+def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None,
+                 delegation: Delegation | None = None) -> Manager:
+    """The backend for this host (or for the fake tree at ``root`` described by ``mountinfo``), making its
+    groups where this user may (``find_delegation``; a fake tree is the caller's to delegate)."""
     layout = detect(mountinfo, root)
+    if delegation is None:
+        delegation = find_delegation(layout) if Path(root) == Path("/") else Delegation("", "/")
     if layout.kind == "v2":
         from labcore.cgroups.v2 import V2Manager
-        return V2Manager(layout)
+        return V2Manager(layout, delegation)
     # Hybrid hosts bind the controllers to the v1 hierarchies; their cgroup2 tree has none to offer.
     from labcore.cgroups.v1 import V1Manager
-    return V1Manager(layout)
+    return V1Manager(layout, delegation)
+
+
+def can_limit() -> bool:
+    """Whether this process may hold a container to limits here: as root, or in a delegated subtree."""
+    try:
+        return find_delegation(detect()).allowed
+    except NotSupportedHere:                     # no cgroup filesystem at all
+        return False

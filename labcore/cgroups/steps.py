@@ -29,14 +29,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from labcore import paths
+from labcore import hosts, paths
 from labcore.cgroups import PARENT, Group, Manager, Stats, detect, open_manager, read_text
 from labcore.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
-from labcore.errors import NotSupportedHere
+from labcore.errors import NeedsPrivilege, NotSupportedHere
 from labcore.evidence import Step
 from labcore.journal import Scope, process_start_time
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
+_REFUSED = (NeedsPrivilege, NotSupportedHere)      # the host forbids it: the step says so, with the fix
 MiB = 1 << 20
 
 
@@ -146,18 +147,26 @@ def proc_state(pid: int) -> str:
 # --- where are the cgroups? --------------------------------------------------------------------------------
 
 def detect_cgroups(manager: Manager | None = None) -> Step:
-    """Which cgroup interface this host mounts, and where the lab will put its groups."""
+    """Which cgroup interface this host mounts, and where the lab will put its groups: as root at the top of
+    each hierarchy, as a user below the subtree delegated to it, or nowhere (and how to delegate one)."""
     layout = manager.layout if manager else detect()
     manager = manager or open_manager()
     mounts = {c: str(p) for c, p in sorted(layout.v1.items())}
     if layout.v2:
         mounts["cgroup2"] = str(layout.v2)
+    delegation = manager.delegation
+    where = ", ".join(map(str, dict.fromkeys(manager.hierarchy_dirs(PARENT).values())))
     after = {"layout": layout.kind, "backend": manager.version, **mounts,
-             "labcore groups go in": ", ".join(map(str, dict.fromkeys(manager.hierarchy_dirs(PARENT).values())))}
+             "labcore groups go in": where if delegation.allowed else f"nowhere: {delegation.why_not}"}
+    if delegation.base:
+        after["delegated to you"] = str(layout.v2 / delegation.base)
     return Step("cgroups: which interface this host has", "read /proc/self/mountinfo, /proc/self/cgroup",
                 before={"this process's cgroups": Path("/proc/self/cgroup").read_text().split()},
-                after=after, data={"layout": layout.kind, "version": manager.version},
-                note=f"{layout.kind} layout: the lab drives the {manager.version} interface")
+                after=after, data={"layout": layout.kind, "version": manager.version,
+                                   "may_limit": delegation.allowed, "delegated": delegation.base},
+                note=f"{layout.kind} layout: the lab drives the {manager.version} interface" + (
+                    "" if delegation.allowed else "; no group may be made here by you, so the steps below "
+                                                  "show the reference host's recordings"))
 
 
 # --- cpu ---------------------------------------------------------------------------------------------------
@@ -178,14 +187,18 @@ def measure(manager: Manager, groups: list[Group], seconds: float) -> tuple[list
 def limit_cpu(cpus: float | str = 0.25, seconds: float = 1.0, manager: Manager | None = None) -> Step:
     """A busy loop under --cpus: CFS lets it run ``quota`` us per ``period`` us, then throttles it."""
     limits = parse_run_limits(cpus=cpus)
-    with Run(manager) as run:
-        group = run.group("cpu")
-        writes = run.manager.apply(group, limits)
-        run.start(group, "hog")
-        time.sleep(0.2)                          # past the interpreter's start-up
-        (before,), (after,), elapsed = measure(run.manager, [group], seconds)
+    title = f"cpu: --cpus {limits.cpus} holds a busy loop"
+    try:
+        with Run(manager) as run:
+            group = run.group("cpu")
+            writes = run.manager.apply(group, limits)
+            run.start(group, "hog")
+            time.sleep(0.2)                          # past the interpreter's start-up
+            (before,), (after,), elapsed = measure(run.manager, [group], seconds)
+    except _REFUSED as err:
+        return hosts.refuse(title, "cpu.cfs_quota_us / cpu.max; spin", err)
     share = cpu_share(before, after, elapsed)
-    return Step(f"cpu: --cpus {limits.cpus} holds a busy loop", f"write {limit_file(writes)}; spin",
+    return Step(title, f"write {limit_file(writes)}; spin",
                 before={"cpu time used (us)": before.cpu_usage_us, "periods": before.cpu_periods,
                         "throttled periods": before.cpu_throttled, "throttled time (us)": before.cpu_throttled_us},
                 after={"cpu time used (us)": after.cpu_usage_us, "periods": after.cpu_periods,
@@ -193,30 +206,38 @@ def limit_cpu(cpus: float | str = 0.25, seconds: float = 1.0, manager: Manager |
                        "share of one core": f"{share:.2f}"},
                 note=f"over {elapsed:.2f} s the busy loop used {share:.2f} of a core; the limit is "
                      f"{limits.cpus}. It spent the rest of each period throttled.",
-                data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after)})
+                data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after),
+                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled})
 
 
 def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
               manager: Manager | None = None) -> Step:
     """Two busy loops pinned to one CPU, in groups weighted ``shares``: the CPU is split in that ratio."""
     cpu = max(os.sched_getaffinity(0))
-    with Run(manager) as run:
-        groups = [run.group("share", parse_run_limits(cpu_shares=s)) for s in shares]
-        weights = [run.manager.limits_of(g) for g in groups]
-        for group in groups:
-            run.start(group, "hog", cpu=cpu)
-        time.sleep(0.2)
-        before, after, elapsed = measure(run.manager, groups, seconds)
+    title = f"cpu: shares {shares[0]} vs {shares[1]} on CPU {cpu}"
+    key = f"cpu: shares {shares[0]} vs {shares[1]}"        # which CPU is this machine's business
+    try:
+        with Run(manager) as run:
+            groups = [run.group("share", parse_run_limits(cpu_shares=s)) for s in shares]
+            weights = [run.manager.limits_of(g) for g in groups]
+            for group in groups:
+                run.start(group, "hog", cpu=cpu)
+            time.sleep(0.2)
+            before, after, elapsed = measure(run.manager, groups, seconds)
+    except _REFUSED as err:
+        return hosts.refuse(title, "cpu.shares / cpu.weight; two busy loops on one CPU", err, key=key)
     used = [cpu_share(b, a, elapsed) for b, a in zip(before, after)]
     ratio = used[0] / used[1] if used[1] else float("inf")
-    return Step(f"cpu: shares {shares[0]} vs {shares[1]} on CPU {cpu}",
+    return Step(title,
                 "write cpu.shares (v1) or cpu.weight (v2); two busy loops, sched_setaffinity to one CPU",
                 before={f"group {i + 1} weight": ", ".join(f"{k}={v}" for k, v in w.items() if "shares" in k
                                                            or "weight" in k) for i, w in enumerate(weights)},
                 after={**{f"group {i + 1} share of CPU {cpu}": f"{u:.2f}" for i, u in enumerate(used)},
                        "ratio": f"{ratio:.2f}"},
                 note=f"asked for {shares[0] / shares[1]:.2f} : 1, measured {ratio:.2f} : 1 over {elapsed:.2f} s",
-                data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1]})
+                key=key, data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1], "cpu": cpu,
+                      "weights": [int(next(v for k, v in w.items() if "shares" in k or "weight" in k))
+                                  for w in weights]})
 
 
 # --- memory ------------------------------------------------------------------------------------------------
@@ -224,15 +245,19 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
 def limit_memory(limit: str = "32m", allocate_mb: int = 100, manager: Manager | None = None) -> Step:
     """Allocate ``allocate_mb`` MiB under --memory ``limit``: past it, the OOM killer sends SIGKILL."""
     limits = parse_run_limits(memory=limit)
-    with Run(manager) as run:
-        group = run.group("memory")
-        host_before, before = mem_available(), run.manager.stats(group)
-        writes = run.manager.apply(group, limits)
-        worker = run.start(group, "alloc", allocate_mb)
-        code, report = worker.wait(), worker.result(0)
-        after, host_after = run.manager.stats(group), mem_available()
+    title = f"memory: --memory {limit}, then allocate {allocate_mb} MiB"
+    try:
+        with Run(manager) as run:
+            group = run.group("memory")
+            host_before, before = mem_available(), run.manager.stats(group)
+            writes = run.manager.apply(group, limits)
+            worker = run.start(group, "alloc", allocate_mb)
+            code, report = worker.wait(), worker.result(0)
+            after, host_after = run.manager.stats(group), mem_available()
+    except _REFUSED as err:
+        return hosts.refuse(title, "memory.limit_in_bytes / memory.max; allocate", err)
     killed = code == 137
-    return Step(f"memory: --memory {limit}, then allocate {allocate_mb} MiB",
+    return Step(title,
                 f"write {limit_file(writes)}; allocate and touch 1 MiB at a time",
                 before={"usage (bytes)": before.memory_current, "peak (bytes)": before.memory_peak,
                         "oom_kill": before.oom_kills, "child exit status": "-",
@@ -261,15 +286,19 @@ def host_can_fork() -> bool:
 def limit_pids(limit: int = 10, manager: Manager | None = None) -> Step:
     """A process forks until refused: at pids.max the kernel's fork(2) returns EAGAIN, in that group only."""
     limits = parse_run_limits(pids_limit=limit)
-    with Run(manager) as run:
-        group = run.group("pids")
-        before = run.manager.stats(group)
-        writes = run.manager.apply(group, limits)
-        report = run.start(group, "forks").result() or {}
-        after, host = run.manager.stats(group), host_can_fork()
+    title = f"pids: --pids-limit {limit} against a fork bomb"
+    try:
+        with Run(manager) as run:
+            group = run.group("pids")
+            before = run.manager.stats(group)
+            writes = run.manager.apply(group, limits)
+            report = run.start(group, "forks").result() or {}
+            after, host = run.manager.stats(group), host_can_fork()
+    except _REFUSED as err:
+        return hosts.refuse(title, "pids.max; fork until refused", err)
     failed = report.get("errno") == "EAGAIN"
     refused = "forks refused (pids.events max)"
-    return Step(f"pids: --pids-limit {limit} against a fork bomb",
+    return Step(title,
                 f"write {limit_file(writes)}; fork until refused",
                 before={"pids.current": before.pids_current, refused: before.pids_refused},
                 after={"pids.current": after.pids_current, refused: after.pids_refused,
@@ -313,7 +342,7 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
     try:
         major, minor = disk_of(directory)
     except NotSupportedHere as err:
-        return Step.refused(title, "blkio.throttle.*_bps_device / io.max", err)
+        return hosts.refuse(title, "blkio.throttle.*_bps_device / io.max", err)
     bps = parse_size(rate, "--device-read-bps")          # as the flag is read: BadInput on "10XB"
     throttle = Throttle(f"{major}:{minor}", major, minor, bps)
     file = directory / f"{PARENT}-io-{secrets.token_hex(3)}"
@@ -325,8 +354,8 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
             writes = run.manager.apply(group, Limits(read_bps=(throttle,), write_bps=(throttle,)))
             held = run_direct_io(run, group, file, megabytes)
             stats = run.manager.stats(group)
-    except NotSupportedHere as err:
-        return Step.refused(title, "open(O_DIRECT)", err)
+    except _REFUSED as err:
+        return hosts.refuse(title, "open(O_DIRECT)", err)
     rate_of = lambda r, mode: r["bytes"] / r[f"{mode}_seconds"] / MiB      # noqa: E731 - MiB/s
     measured = {f"{mode} MiB/s": (f"{rate_of(free, mode):.1f}", f"{rate_of(held, mode):.2f}")
                 for mode in ("write", "read")}
@@ -337,7 +366,8 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
                 note="before: no limit; after: held near the limit. O_DIRECT bypasses the page cache, so "
                      "each byte goes to the disk while the group is charged for it (buffered writes would "
                      "be written back later by the kernel, outside the group on v1)",
-                data={"free": free, "held": held, "bps": bps,
+                data={"free": free, "held": held, "bps": bps, "writes": [(str(f), v) for f, v in writes],
+                      "read_bytes": stats.io_read_bytes, "write_bytes": stats.io_write_bytes,
                       "read_rate": held["bytes"] / held["read_seconds"],
                       "write_rate": held["bytes"] / held["write_seconds"]})
 
@@ -360,12 +390,15 @@ def deny_device(device: str = "/dev/null", manager: Manager | None = None) -> St
     try:
         manager.check(limits)
     except NotSupportedHere as err:
-        return Step.refused(title, action, err)
-    with Run(manager) as run:
-        group = run.group("devices")
-        first, host_first = run.start(group, "open_device", device).result() or {}, _opens(device)
-        run.manager.apply(group, limits)
-        second, host = run.start(group, "open_device", device).result() or {}, _opens(device)
+        return hosts.refuse(title, action, err)
+    try:
+        with Run(manager) as run:
+            group = run.group("devices")
+            first, host_first = run.start(group, "open_device", device).result() or {}, _opens(device)
+            run.manager.apply(group, limits)
+            second, host = run.start(group, "open_device", device).result() or {}, _opens(device)
+    except _REFUSED as err:
+        return hosts.refuse(title, action, err)
     said = lambda opened: "ok" if opened else "failed"      # noqa: E731
     return Step(title, action,
                 before={"open inside": first.get("errno") or "ok", "open on the host": said(host_first)},
@@ -386,20 +419,24 @@ def _opens(device: str) -> bool:
 
 def freeze_group(seconds: float = 0.5, manager: Manager | None = None) -> Step:
     """Freeze a group running a counter: the count stands still, then goes on after the thaw."""
-    with Run(manager) as run:
-        group = run.group("freezer")
-        worker = run.start(group, "counter")
-        running, was_frozen = int(worker.read(10.0)[-1]), run.manager.is_frozen(group)   # its first count
-        running_state = proc_state(worker.pid)
-        frozen = run.manager.freeze(group)
-        at_freeze, state = int(worker.read(0.05)[-1]), proc_state(worker.pid)
-        time.sleep(seconds)
-        later = int(worker.read(0.0)[-1])
-        thawed = run.manager.thaw(group)
-        time.sleep(seconds)
-        resumed = int(worker.read(0.1)[-1])
+    title = f"freezer: freeze a counting process for {seconds} s"
+    try:
+        with Run(manager) as run:
+            group = run.group("freezer")
+            worker = run.start(group, "counter")
+            running, was_frozen = int(worker.read(10.0)[-1]), run.manager.is_frozen(group)   # its first count
+            running_state = proc_state(worker.pid)
+            frozen = run.manager.freeze(group)
+            at_freeze, state = int(worker.read(0.05)[-1]), proc_state(worker.pid)
+            time.sleep(seconds)
+            later = int(worker.read(0.0)[-1])
+            thawed = run.manager.thaw(group)
+            time.sleep(seconds)
+            resumed = int(worker.read(0.1)[-1])
+    except _REFUSED as err:
+        return hosts.refuse(title, "freezer.state FROZEN / cgroup.freeze 1", err)
     stood_still = later == at_freeze and resumed > later
-    return Step(f"freezer: freeze a counting process for {seconds} s",
+    return Step(title,
                 f"write {'freezer.state FROZEN' if run.manager.version == 'v1' else 'cgroup.freeze 1'}, "
                 f"wait {seconds} s, then thaw",
                 before={"group frozen": was_frozen, "counter": running, "/proc/PID/stat state": running_state},
@@ -428,15 +465,19 @@ def report_usage(seconds: float = 2.0, manager: Manager | None = None) -> Step:
     """A container-like group (--cpus 0.5 --memory 128m --pids-limit 32) running a busy loop and a 48 MiB
     allocation: what every controller accounted, at the start and at the end."""
     limits = parse_run_limits(memory="128m", cpus="0.5", pids_limit="32")
-    with Run(manager) as run:
-        group = run.group("usage", limits)
-        run.start(group, "hog")
-        # Sampling starts once the allocation reports it is done (and holds it for ``seconds`` + 1 s): how
-        # long touching 48 MiB takes depends on the machine, and under an emulated CPU it is seconds.
-        run.start(group, "alloc", 48, seconds + 1).result()
-        samples = sample(run.manager, group, seconds)
+    title = "accounting: one group's usage across controllers"
+    try:
+        with Run(manager) as run:
+            group = run.group("usage", limits)
+            run.start(group, "hog")
+            # Sampling starts once the allocation reports it is done (and holds it for ``seconds`` + 1 s): how
+            # long touching 48 MiB takes depends on the machine, and under an emulated CPU it is seconds.
+            run.start(group, "alloc", 48, seconds + 1).result()
+            samples = sample(run.manager, group, seconds)
+    except _REFUSED as err:
+        return hosts.refuse(title, "read cpu, memory, pids, io stats every 0.1 s", err)
     (t0, first), (t1, last) = samples[0], samples[-1]
-    return Step("accounting: one group's usage across controllers",
+    return Step(title,
                 "read cpu.stat/cpuacct.usage, memory.*, pids.current, io stats every 0.1 s",
                 before={k: v for k, v in asdict(first).items()}, after={k: v for k, v in asdict(last).items()},
                 note=f"{len(samples)} samples over {t1 - t0:.1f} s; draw them with plot_usage(step)",
@@ -446,6 +487,9 @@ def report_usage(seconds: float = 2.0, manager: Manager | None = None) -> Step:
 
 def plot_usage(step: Step):
     """CPU share and memory over time from ``report_usage``, each against its limit (a matplotlib figure)."""
+    if not step.permitted:
+        from labcore.diagrams import NotDrawn
+        return NotDrawn("plot")
     import matplotlib.pyplot as plt
     samples = step.data["samples"]
     times = [t for t, _ in samples]
@@ -470,17 +514,21 @@ def plot_usage(step: Step):
 def nest_groups(parent_memory: str = "64m", child_memory: str = "128m", allocate_mb: int = 100,
                 manager: Manager | None = None) -> Step:
     """A child group with a higher memory limit than its parent: the parent's limit is the one that holds."""
-    with Run(manager) as run:
-        outer = run.group("outer", parse_run_limits(memory=parent_memory))
-        inner = run.group("inner", parse_run_limits(memory=child_memory), parent=outer)
-        worker = run.start(inner, "alloc", allocate_mb, go=False)
-        dot, files = tree_dot(run.manager), run.manager.limits_of(inner)      # the child is in, waiting
-        before = run.manager.stats(inner)
-        worker.go()
-        code = worker.wait()
-        after, outer_after = run.manager.stats(inner), run.manager.stats(outer)
+    title = f"hierarchy: parent --memory {parent_memory}, child --memory {child_memory}"
+    try:
+        with Run(manager) as run:
+            outer = run.group("outer", parse_run_limits(memory=parent_memory))
+            inner = run.group("inner", parse_run_limits(memory=child_memory), parent=outer)
+            worker = run.start(inner, "alloc", allocate_mb, go=False)
+            dot, files = tree_dot(run.manager), run.manager.limits_of(inner)      # the child is in, waiting
+            before = run.manager.stats(inner)
+            worker.go()
+            code = worker.wait()
+            after, outer_after = run.manager.stats(inner), run.manager.stats(outer)
+    except _REFUSED as err:
+        return hosts.refuse(title, "mkdir a group in a group; allocate in the child", err)
     limit_name = next(name for name in files if name.startswith("memory"))
-    return Step(f"hierarchy: parent --memory {parent_memory}, child --memory {child_memory}",
+    return Step(title,
                 f"mkdir {outer.name}, {inner.name}; allocate {allocate_mb} MiB in the child",
                 before={f"child {limit_name}": files[limit_name], "child peak": before.memory_peak,
                         "child exit status": "-"},

@@ -28,15 +28,16 @@ class V2Manager(Manager):
     version = "v2"
 
     def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
-        return {"unified": self.layout.v2 / name}
+        return {"unified": self.layout.v2 / self.base / name}
 
     def prepare_parent(self, name: str) -> None:
-        """Enable the controllers in ``cgroup.subtree_control`` of every group from the root down to ``name``.
+        """Enable the controllers in ``cgroup.subtree_control`` of every group from the top down to ``name``.
 
         Like runc (libcontainer/cgroups/fs2), the root's subtree_control is written only when a controller is
         missing there, as on a host without systemd; the root is exempt from the no-internal-process rule.
+        A user starts at its delegated subtree, whose subtree_control is its own to write.
         """
-        directory = self.layout.v2
+        directory = self.layout.v2 / self.base
         for part in ["", *name.split("/")]:
             directory = directory / part if part else directory
             available = set((read_text(directory / "cgroup.controllers") or "").split())

@@ -10,5 +10,5 @@ def configure(parser):
 
 def run(args) -> int:
     report = doctor.check()
-    print(json.dumps(report.to_json(), indent=2) if args.json else report)
+    print(json.dumps(report.to_json(), indent=2) if args.json else f"{report}\n\n{report.in_one_line()}")
     return 0

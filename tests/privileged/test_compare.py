@@ -9,6 +9,7 @@ import pytest
 from labcore import compare, vm
 from labcore.dockerd import dockerd_unavailable_reason
 from labcore.errors import NotSupportedHere
+from labcore.evidence import NOT_RUN
 from tests.conftest import has, privileged
 
 pytestmark = privileged
@@ -36,7 +37,7 @@ def test_docker_row_is_measured_with_a_private_dockerd(busybox_image):
 
 @pytest.mark.vm
 @pytest.mark.skipif(bool(os.environ.get("LABCORE_IN_GUEST")), reason="already inside a guest")
-def test_a_vm_boots_a_kernel_of_its_own_and_starts_far_slower(busybox_image):
+def test_a_vm_boots_a_kernel_of_its_own_and_both_starts_are_measured(busybox_image):
     if not has(vm.QEMU):
         pytest.skip(f"{vm.QEMU} not found: apt-get install qemu-system-x86")
     try:
@@ -46,5 +47,6 @@ def test_a_vm_boots_a_kernel_of_its_own_and_starts_far_slower(busybox_image):
     assert guest.before == HOST
     assert guest.after["boot_id"] != HOST["boot_id"] and guest.data["kernel_release"]
     measured = compare.measure(runs=3, vm_runs=1, docker_runs=0, boots=[guest])   # no second boot
-    assert measured.rows["docker"].missing and measured.ratio("vm", "docker") is None
-    assert measured.ratio("vm", "container") > 10, measured                    # ~100× when the host is idle
+    assert measured.rows["docker"].missing and measured.ratio("vm", "docker") is NOT_RUN
+    # How much slower is a measurement, not a test (bench/; README, "Performance"): here, that both were timed.
+    assert measured.rows["vm"].seconds and measured.rows["container"].seconds and measured.ratio("vm", "container")

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def report():
-    started = time.monotonic()
-    found = doctor.check()
-    found.wall = time.monotonic() - started
-    return found
+    return doctor.check()
 
 
-def test_check_runs_in_under_two_seconds(report):
-    assert report.wall < 2, str(report)
+def test_check_leaves_no_probe_running(report):
+    """Every probe child answered or was killed at the deadline, and reaped: how long that took is for
+    bench/, not for a test on a busy machine."""
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert not children and report.seconds > 0, str(report)
 
 
 def test_root_may_create_all_seven_namespaces_with_a_new_inode_each(report):

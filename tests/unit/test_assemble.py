@@ -111,3 +111,26 @@ def test_why_not_explains_without_raising(box):
     box.done = ["start"]
     assert box.why_not("pivot_root").startswith("pivot_root() needs mount_overlay() first")
     assert box.why_not("layers") == "allowed"
+
+
+# --- steps the host refuses (issue 11): the box goes on without what it can do without, and says so --------
+
+def test_a_refused_cgroup_lets_the_box_go_on_and_a_refused_overlay_refuses_what_needs_it(box):
+    from labcore.evidence import Mode
+    box.done += ["fork_child", "layers"]
+    box.refused["join_cgroup"] = "mkdir /sys/fs/cgroup/labcore was refused: EACCES"
+    box.refused["mount_overlay"] = "unshare(CLONE_NEWUSER) was refused: EPERM"
+    assert box.refused_before("unshare") == "mount_overlay"           # join_cgroup it can do without
+    with syscalls.use(syscalls.Recorder()) as kernel:
+        step = box.unshare()
+    assert step.mode is Mode.NOT_PERMITTED and kernel.calls == []
+    assert "unshare() needs mount_overlay(), which this host refused" in step.reason
+    assert "EPERM" in step.reason and "unshare" in box.refused
+    assert box.pivot_root().mode is Mode.NOT_PERMITTED                   # and so on, down the order
+
+
+def test_a_box_without_a_network_may_still_exec_but_not_publish(box):
+    box.done += ["layers", "mount_overlay", "fork_child", "join_cgroup", "unshare", "pivot_root"]
+    box.refused["connect_network"] = "ip link add was refused: EPERM"
+    assert box.refusal("exec") is None and box.refused_before("exec") is None
+    assert box.refused_before("publish") == "connect_network"

@@ -202,3 +202,50 @@ def test_limits_of_and_tree_dot_read_the_live_tree(fake, fake_tree_scope):
     dot = tree_dot(fake.manager)
     assert '"labcore/labcore-outer" -> "labcore/labcore-outer/labcore-inner"' in dot
     assert "memory.max = 67108864" in dot and "cpu.max" not in dot       # unlimited values are not drawn
+
+
+# --- a user's groups: below the subtree an administrator delegated (cgroup-v2.rst, "Delegation") ----------
+
+def delegated_tree(fake, monkeypatch, passed_down: str = "cpu io memory pids"):
+    """/lab-student, delegated to the user (its files theirs), the user's shell in /lab-student/session."""
+    (fake.mount / "cgroup.subtree_control").write_text(passed_down)
+    for path in (fake.mount / "lab-student", fake.mount / "lab-student/session"):
+        os.mkdir(path)
+    monkeypatch.setattr(cgroups, "may_delegate", lambda directory: directory.name in ("lab-student", "session"))
+    return cgroups.detect(V2_MOUNTINFO, fake.root)
+
+
+def test_a_user_gets_the_delegated_parent_of_its_own_cgroup_and_makes_groups_there(fake, monkeypatch,
+                                                                                 fake_tree_scope):
+    layout = delegated_tree(fake, monkeypatch)
+    delegation = cgroups.find_delegation(layout, "0::/lab-student/session\n", euid=1001)
+    assert delegation.allowed and delegation.base == "lab-student"       # not session: it holds the shell
+    manager = open_manager(root=fake.root, mountinfo=V2_MOUNTINFO, delegation=delegation)
+    fake.writes.clear()
+    group = manager.create("labcore-c1", fake_tree_scope)
+    assert group.path == fake.mount / "lab-student/labcore/labcore-c1"
+    assert all(path.startswith("lab-student/") for path, _ in fake.writes)   # never the root's files
+
+
+def test_nothing_delegated_says_so_and_how_an_administrator_delegates(fake, monkeypatch):
+    layout = cgroups.detect(V2_MOUNTINFO, fake.root)
+    monkeypatch.setattr(cgroups, "may_delegate", lambda directory: False)
+    found = cgroups.find_delegation(layout, "0::/user.slice/session-3.scope\n", euid=1001)
+    assert not found.allowed and "belong to root" in found.why_not
+    assert "systemd-run --user --scope -p Delegate=yes" in found.fix and "cgroup.subtree_control" in found.fix
+    manager = open_manager(root=fake.root, mountinfo=V2_MOUNTINFO, delegation=found)
+    assert manager.refusal() == {"why": found.why_not, "fix": found.fix}
+
+
+def test_a_delegated_subtree_without_controllers_is_no_use_and_says_which_are_missing(fake, monkeypatch):
+    layout = delegated_tree(fake, monkeypatch)
+    (fake.mount / "lab-student/cgroup.controllers").write_text("pids\n")
+    found = cgroups.find_delegation(layout, "0::/lab-student/session\n", euid=1001)
+    assert not found.allowed and "cpu, memory" in found.why_not and "+cpu +memory" in found.fix
+
+
+def test_root_makes_its_groups_at_the_top_and_v1_delegates_nothing():
+    v1 = cgroups.Layout("v1", {"memory": cgroups.Path("/sys/fs/cgroup/memory")}, None)
+    assert cgroups.find_delegation(v1, "4:memory:/user.slice\n", euid=0).base == ""
+    found = cgroups.find_delegation(v1, "4:memory:/user.slice\n", euid=1001)
+    assert not found.allowed and "cgroup v1" in found.fix

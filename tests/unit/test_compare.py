@@ -10,7 +10,7 @@ import pytest
 
 from labcore import compare, diagrams
 from labcore.errors import LabError, NotSupportedHere
-from labcore.evidence import Step
+from labcore.evidence import NOT_RUN, Step
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
 DIAGRAMS_DIR = Path(__file__).resolve().parents[2] / "diagrams"
@@ -34,7 +34,8 @@ def test_medians_and_ratios_come_from_the_runs():
 def test_a_missing_row_says_why_and_has_no_ratio():
     measured = comparison(docker_missing="dockerd is not installed: apt-get install docker.io")
     measured.rows["docker"].seconds = []
-    assert measured.ratio("vm", "docker") is None
+    assert measured.ratio("vm", "docker") is NOT_RUN
+    assert str(measured.ratio("vm", "docker") > 1) == "(not run here)"
     docker = [line for line in measured.table() if line[0] == "(c)"][0]
     assert docker[2] == "not measured" and "apt-get install docker.io" in docker[4]
     assert "VM boot ÷ docker run: not measured" in str(measured)
@@ -74,7 +75,7 @@ def test_stacks_render_and_the_stored_diagram_is_a_measured_one():
 
 def test_first_output_times_a_real_program_and_refuses_a_failure():
     seconds, rss = compare.first_output([sys.executable, "-c", "print('hi')"])
-    assert 0 < seconds < 30 and rss > 0
+    assert seconds > 0 and rss > 0
     with pytest.raises(LabError, match="exited 3"):
         compare.first_output([sys.executable, "-c", "import sys; print('x'); sys.exit(3)"])
 

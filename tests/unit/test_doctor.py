@@ -222,9 +222,7 @@ def test_a_probe_that_hangs_is_killed_at_the_deadline_and_one_that_fails_is_expl
         raise from_oserror(OSError(errno.EACCES, "Permission denied"), "open(O_RDWR)", "/dev/kvm")
     children = {"slow": Child(lambda channel: time.sleep(30)), "kvm": Child(refuse),
                 "fine": Child(lambda channel: "all good")}
-    started = time.monotonic()
     answers = doctor.collect(children, 0.3, HINTS)
-    assert time.monotonic() - started < 2
     assert not answers["slow"].ok and "no answer within 0.3 s" in answers["slow"].detail
     assert children["slow"].status == 137
     assert not answers["kvm"].ok and "usermod -aG kvm" in answers["kvm"].detail
