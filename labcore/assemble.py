@@ -406,9 +406,10 @@ class Box:
         """Read the command's output to its end, and reap the shim, which exits as pid 1 did."""
         before = {"pid 1": process_state(self.pid)}
         # A command that serves one request (the notebook's) waits for ever when its port could not be
-        # published: it is stopped as `docker stop` would, SIGKILL from the host, and the step says so.
-        stop = threading.Timer(REQUEST_TIMEOUT, os.kill, (self.pid, signal.SIGKILL)) if "publish" in \
-            self.refused else None
+        # published, or the request did not reach it: it is stopped as `docker stop` would, SIGKILL from the
+        # host, and the step says so.
+        unserved = "publish" in self.refused or (self.reply or "").startswith("failed")
+        stop = threading.Timer(REQUEST_TIMEOUT, os.kill, (self.pid, signal.SIGKILL)) if unserved else None
         if stop:
             stop.start()
         stdout, stderr = self.stdio.pump()
@@ -422,7 +423,7 @@ class Box:
         note = "its namespaces went with it: the veth pair too; the overlay, cgroup and dir remain"
         if stop and code == 128 + signal.SIGKILL:
             note = (f"stopped after {REQUEST_TIMEOUT:.0f} s with SIGKILL from the host, as `docker stop` does: "
-                    f"it waited for a request that could not reach it (publish was refused)")
+                    f"it waited for a request that did not reach it ({self.refused.get('publish') or self.reply})")
         return Step(f"exit code {code}", ORDER["wait"][0], before, after, user_mode(), note=note,
                     data={"exit_code": code, "stdout": after["stdout"], "stderr": after["stderr"]})
 

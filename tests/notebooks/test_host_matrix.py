@@ -16,15 +16,10 @@ from labcore.dockerd import dockerd_unavailable_reason
 
 pytestmark = pytest.mark.matrix
 # As an ordinary user everything runs for real but what needs root on the host itself: limits on a cgroup v1
-# host (nothing is delegated there), and the network to the host (a user-mode network is issue 11's other half).
+# host (nothing is delegated there). The network is the user-mode one (labcore.usernet): real.
 NEEDS_THE_HOST = {"04-control-groups.ipynb": None,                  # None: any step may be refused
-                  "02-client-server.ipynb": {"two containers, both on port 80",
-                                             "two servers on port 80, in two network namespaces"},
                   "07-containers-vs-vms.ipynb": set(),
-                  "08-build-your-own-docker-run.ipynb": {"box.join_cgroup()", "box.connect_network()",
-                                                         "box.publish()", "by hand (before) and with `labcore "
-                                                         "run` (after)", "two servers on port 80, in two "
-                                                         "network namespaces"}}
+                  "08-build-your-own-docker-run.ipynb": {"box.join_cgroup()"}}
 
 
 def has_student() -> bool:
