@@ -26,6 +26,7 @@ inside a container's private mount namespace) need no record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -280,7 +281,16 @@ def undo_rmtree(path: str) -> None:
         os.unlink(path)                   # the link itself, never what it points to
     elif os.path.lexists(path):
         _make_writable(path)
-        shutil.rmtree(path)
+        for attempt in range(3):
+            try:
+                shutil.rmtree(path)
+                return
+            except OSError as err:
+                # ENOTEMPTY: a process still writing into it (a detached container's monitor saving its last
+                # state as `cleanup --all` removes the dir) put a file back between rmtree's unlinks and rmdir.
+                if err.errno != errno.ENOTEMPTY or attempt == 2:
+                    raise
+                time.sleep(0.05)
 
 
 def _make_writable(path: str) -> None:
