@@ -290,8 +290,7 @@ class Box:
         """Docker's bridge network: a veth pair from lcbr0 into pid 1's namespace, an address, a route.
         Rootless, the lcbr0 is the user-mode network's, in a namespace of your own (``labcore.usernet``)."""
         if self.usernet is None and os.geteuid() != 0:    # refused by this host: the box keeps lo only
-            return Step.refused("veth: eth0 from the user-mode network", ORDER["connect_network"][0],
-                                self.network_refused)
+            raise self.network_refused                     # recorded by @step: publish() is refused after it
         host_end = network.interface_names(self.id[:10])[0]
         before = self._wiring(host_end)
         if self.usernet is None:
@@ -383,10 +382,6 @@ class Box:
     @step("publish")
     def publish(self, host_port: int, container_port: int) -> Step:
         """`-p 127.0.0.1:HOST_PORT:CONTAINER_PORT`: a proxy on the host's loopback; a request goes through."""
-        if self.endpoint is None:
-            return Step.refused(f"publish 127.0.0.1:{host_port}:{container_port}", ORDER["publish"][0], LabError(
-                f"the box has no address to publish from: connect_network was refused ({self.network_refused})",
-                fix="publishing needs the network of connect_network(); see its fix"))
         before = {"host listening": listening(os.getpid(), host_port),
                   "inside listening": listening(self.pid, container_port)}
         self.published = network.publish(self.endpoint, host_port, container_port, self.scope)  # EADDRINUSE: says so

@@ -106,8 +106,8 @@ def explain(error: Exception, host: Host | None = None) -> str:
     cause = getattr(error, "data", {}).get("why")        # what the step found out about this host, if anything
     if host.kind == CONFINED:
         why = (f"this host: {host.describe()}" + (f"; {cause}" if cause else "") + ". That is how JupyterHub, "
-               f"Binder and Docker run a notebook server, and the kernel lets nothing in here make namespaces, "
-               f"mount or pivot_root.")
+               "Binder and Docker run a notebook server, and the kernel lets nothing in here make namespaces, "
+               "mount or pivot_root.")
         fix = ("nothing run in here can change it. To do this step yourself, run the lab on a machine or VM "
                "where you are root or may make user namespaces (`./lab up`), or ask the hub's administrator "
                "for such a server. Below, the step as it ran on the reference host.")

@@ -38,7 +38,6 @@ import os
 import re
 import secrets
 import selectors
-import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from labcore import journal, paths, portproxy, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.evidence import Step, current_mode
 from labcore.namespaces import enter_namespaces
-from labcore.process import Child, run_in_child
+from labcore.process import Child, find_program, run_in_child
 
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
@@ -183,7 +182,7 @@ def check_own_netns(pid: int) -> int:
 
 def ip(*args: str, batch: str | None = None, as_json: bool = False):
     """Run ip(8) (``batch``: one command a line, on stdin); its refusals become LabErrors with the errno."""
-    command = [shutil.which("ip") or "/sbin/ip", *(["-j"] if as_json else []),
+    command = [find_program("ip") or "/sbin/ip", *(["-j"] if as_json else []),
                *(["-batch", "-"] if batch else []), *args]
     try:
         done = subprocess.run(command, input=batch, capture_output=True, text=True)

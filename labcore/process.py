@@ -135,6 +135,17 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
         os._exit(code)
 
 
+# Debian puts ip(8) and nft(8) in /usr/sbin, which is not on an ordinary user's PATH (/etc/profile); a user
+# may still run them, inside namespaces of their own.
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def find_program(name: str) -> str | None:
+    """The path of program ``name``: on PATH, else in the sbin directories an ordinary user's PATH lacks."""
+    import shutil
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
 def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
     """Start a program that outlives this step (a port proxy, slirp4netns): in a session of its own, so a ^C at
     the terminal is for labcore, which stops it itself; reaped by a thread of its own whoever kills it (the

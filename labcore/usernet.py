@@ -50,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import journal, network, paths, syscalls, userns
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.process import Child, spawn
+from labcore.errors import LabError, NotSupportedHere, from_oserror
+from labcore.process import Child, find_program, spawn
 
 TAP = "lctap0"                        # slirp4netns's interface in the router namespace
 HOLDER = "labcore-usernet"            # the holder's argv[0], as ps(1) shows it
@@ -154,7 +154,7 @@ def start(ledger: journal.Journal) -> Usernet:
 def check_host() -> None:
     """What the user-mode network needs from the host, asked before anything is made."""
     for program, package in PROGRAMS:
-        if shutil.which(program) is None:
+        if find_program(program) is None:
             raise NotSupportedHere(f"{program} is not installed: a rootless container gets loopback only",
                                    syscall=program, fix=f"ask an administrator to install it (Debian, Ubuntu: "
                                                         f"apt-get install {package}; `./lab up` does)")
@@ -210,7 +210,7 @@ def start_slirp(ledger: journal.Journal, holder: int) -> int:
     ready, ready_end = os.pipe()
     with tempfile.TemporaryFile() as log, os.fdopen(ready, "rb") as readiness:   # its words; a nameless file
         try:
-            process = spawn([shutil.which("slirp4netns"), *SLIRP_OPTIONS, f"--ready-fd={ready_end}", str(holder),
+            process = spawn([find_program("slirp4netns"), *SLIRP_OPTIONS, f"--ready-fd={ready_end}", str(holder),
                              TAP], pass_fds=(ready_end,), stderr=log)
         finally:
             os.close(ready_end)                    # its copy is the only one: EOF once it is gone
@@ -231,7 +231,7 @@ def make_router(net: network.Network) -> None:
                      f"link set {net.bridge} up\n")
     # /proc/sys/net shows the reader's own network namespace: this is the router's switch, not the host's.
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    done = subprocess.run(["nft", "-f", "-"], input=NAT.format(subnet=net.subnet, bridge=net.bridge),
+    done = subprocess.run([find_program("nft") or "nft", "-f", "-"], input=NAT.format(subnet=net.subnet, bridge=net.bridge),
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise LabError(f"nft could not add the masquerade rule: {done.stderr.strip()}", syscall="nft -f -")
@@ -275,7 +275,7 @@ def taken_addresses() -> set[str]:
 def read_router() -> dict:
     """In the router namespace: its interfaces, default route and NAT rule, read back from the kernel."""
     seen = network.read_interfaces()
-    nat = subprocess.run(["nft", "list", "table", "ip", "labcore"], capture_output=True, text=True).stdout
+    nat = subprocess.run([find_program("nft") or "nft", "list", "table", "ip", "labcore"], capture_output=True, text=True).stdout
     seen["nat"] = next((line.strip() for line in nat.splitlines() if "masquerade" in line), "none")
     return seen
 

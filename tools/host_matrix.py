@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import json
 import os
 import pwd
@@ -114,7 +113,7 @@ def run_in_pod(notebooks: list[Path], work: Path) -> dict:
     from labcore.dockerd import Dockerd
     with Dockerd() as docker:
         image = make_pod_image(docker, work)
-        home = f"/home/jovyan"
+        home = "/home/jovyan"
         command = ["run", "--rm", "--network", "none", "--user", f"{POD_UID}:{POD_UID}", "--cap-drop", "ALL",
                    "--security-opt", "no-new-privileges", "--workdir", home,
                    "--tmpfs", f"{home}:uid={POD_UID},gid={POD_UID},mode=0755,exec",

@@ -9,7 +9,6 @@ from labcore import journal
 from labcore.cgroups import can_limit, detect, open_manager, steps
 from labcore.cgroups.limits import parse_run_limits
 from labcore.errors import NotSupportedHere
-from labcore.evidence import Mode
 
 # Root, or a user owning a delegated cgroup v2 subtree (tests/vm runs these as such a user in the guest).
 pytestmark = pytest.mark.skipif(not can_limit(), reason=(

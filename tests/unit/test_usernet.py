@@ -6,7 +6,6 @@ owner counting as dead, a rootless container falling back to loopback only where
 import errno
 import fcntl
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -170,7 +169,7 @@ def test_slirp4netns_is_ready_when_it_writes_to_its_ready_fd(tmp_path, monkeypat
                     "os.write(int(sys.argv[5].split('=')[1]), b'1')\n"
                     "time.sleep(60)\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(usernet, "shutil", types.SimpleNamespace(which=lambda name: str(fake)))
+    monkeypatch.setattr(usernet, "find_program", lambda name: str(fake))
     ledger = Journal()
     pid = usernet.start_slirp(ledger, os.getpid())
     args = (tmp_path / "slirp4netns.args").read_text().split()
@@ -187,7 +186,7 @@ def test_slirp4netns_that_dies_first_is_refused_with_its_own_words(tmp_path, mon
     fake = tmp_path / "slirp4netns"
     fake.write_text("#!/bin/sh\necho 'open(\"/dev/net/tun\"): Permission denied' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(usernet, "shutil", types.SimpleNamespace(which=lambda name: str(fake)))
+    monkeypatch.setattr(usernet, "find_program", lambda name: str(fake))
     ledger = Journal()
     with pytest.raises(NotSupportedHere, match="slirp4netns did not start: open.*Permission denied"):
         usernet.start_slirp(ledger, os.getpid())
@@ -195,14 +194,13 @@ def test_slirp4netns_that_dies_first_is_refused_with_its_own_words(tmp_path, mon
 
 
 def test_the_host_is_checked_before_anything_is_made(monkeypatch, tmp_path):
-    real_which = shutil.which
-    monkeypatch.setattr(usernet, "shutil", types.SimpleNamespace(
-        which=lambda name: None if name == "slirp4netns" else real_which(name)))
+    real_find = usernet.find_program
+    monkeypatch.setattr(usernet, "find_program", lambda name: None if name == "slirp4netns" else real_find(name))
     with pytest.raises(NotSupportedHere) as missing:
         usernet.check_host()
     assert "slirp4netns is not installed" in missing.value.message and "apt-get install slirp4netns" in \
         missing.value.fix
-    monkeypatch.setattr(usernet, "shutil", types.SimpleNamespace(which=lambda name: f"/usr/bin/{name}"))
+    monkeypatch.setattr(usernet, "find_program", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(usernet, "TUN", str(tmp_path / "no-tun"))
     with pytest.raises(NotSupportedHere) as no_driver:
         usernet.check_host()
@@ -296,6 +294,7 @@ def test_a_refused_network_is_a_refused_step_and_publish_says_why(monkeypatch):
         wired = box.connect_network()
         web = box.publish(18808, 80)
     assert wired.mode is Mode.NOT_PERMITTED and "slirp4netns is not installed" in wired.reason
-    assert "connect_network" in box.done                    # the box goes on, with loopback only
-    assert web.mode is Mode.NOT_PERMITTED and "connect_network was refused" in web.reason
+    assert "connect_network" in box.refused                 # the box goes on, with loopback only
+    assert web.mode is Mode.NOT_PERMITTED and "needs connect_network(), which this host refused" in web.reason
+    assert "publish" in box.refused                         # so wait() stops a server nobody can reach
     assert kernel.calls == []
