@@ -22,8 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from labcore import capabilities, confinement, container, journal, paths, seccomp
-from labcore.errors import LabError, NotSupportedHere
+from labcore import capabilities, confinement, container, hosts, journal, paths, seccomp
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.evidence import Step, current_mode
 
 IMAGE = "busybox"
@@ -59,7 +59,7 @@ def capabilities_of(**flags) -> Step:
     try:
         result = run(STATUS, **flags)
     except LabError as err:
-        return Step.refused("Capabilities, decoded", action, err)
+        return hosts.refuse("Capabilities, decoded", action, err)
     inside = dict(line.split(":\t") for line in result.stdout.decode().splitlines() if ":\t" in line)
     here = capabilities.read_status()
     before, after = {}, {}
@@ -91,7 +91,7 @@ def what_root_may_still_do() -> Step:
     try:
         answers = run(script).stdout.decode().split()
     except LabError as err:
-        return Step.refused("What root in a container may still do", action, err)
+        return hosts.refuse("What root in a container may still do", action, err)
     after = dict(zip(checks, answers))
     return Step("What root in a container may still do", action, {}, after, current_mode(),
                 note="uid 0 inside, with 14 of root's ~40 capabilities: enough to own and change its files, not "
@@ -166,12 +166,12 @@ def escape(name: str) -> Step:
     try:
         title, script, flags = escape_script(name)
     except LabError as err:
-        return Step.refused(f"Escape: {name}", name, err)
+        return hosts.refuse(f"Escape: {name}", name, err)
     action = f"docker run [--privileged] busybox sh -c '{script}'"
     try:
         privileged, default = run(script, privileged=True, **flags), run(script, **flags)
     except LabError as err:
-        return Step.refused(f"Escape: {title}", action, err)
+        return hosts.refuse(f"Escape: {title}", action, err)
     worked = lambda result: result.exit_code == 0        # noqa: E731 - the script's last command succeeded
     note = ("works with --privileged, refused by default" if worked(privileged) and not worked(default) else
             "refused both times: see what the kernel answered in each column")
@@ -206,7 +206,7 @@ def seccomp_filter() -> Step:
         unconfined = run(script, security_opt=["seccomp=unconfined"]).stdout.decode().split()
         default = run(script).stdout.decode().split()
     except LabError as err:
-        return Step.refused("seccomp: which calls are refused, and why", action, err)
+        return hosts.refuse("seccomp: which calls are refused, and why", action, err)
     profile = seccomp.load_profile()
     before = dict(zip(SECCOMP_PROBES, unconfined))
     after = {name: f"{answer}: the profile says {seccomp.verdict(profile, capabilities.DEFAULT, call)}"
@@ -239,7 +239,7 @@ def masked_paths() -> Step:
         default = run(script).stdout.decode().splitlines()
         mounts = run("grep -E ' /(proc|sys)/' /proc/self/mountinfo | cut -d' ' -f4,5,6").stdout.decode()
     except LabError as err:
-        return Step.refused("Masked and read-only paths", action, err)
+        return hosts.refuse("Masked and read-only paths", action, err)
     return Step("Masked and read-only paths", action, dict(zip(PATH_PROBES, privileged)),
                 dict(zip(PATH_PROBES, default)), current_mode(),
                 note="lines counted: 0 where the file is masked; 'Read-only file system' where a bind is read-only",
@@ -259,7 +259,7 @@ def no_new_privs() -> Step:
     try:
         default, nnp = run(SETUID_SCRIPT), run(SETUID_SCRIPT, security_opt=["no-new-privileges"])
     except LabError as err:
-        return Step.refused("no_new_privs and setuid", action, err)
+        return hosts.refuse("no_new_privs and setuid", action, err)
     return Step("no_new_privs and setuid", action, {"default": said(default)},
                 {"--security-opt no-new-privileges": said(nnp)}, current_mode(),
                 note="no_new_privs: execve(2) never raises privileges again, not even for a setuid-root file",
@@ -276,7 +276,7 @@ def socket_is_root() -> Step:
     try:
         result = run(script, volumes=["/:/host"])
     except LabError as err:
-        return Step.refused("Why the daemon's socket is root", action, err)
+        return hosts.refuse("Why the daemon's socket is root", action, err)
     lines = result.stdout.decode().splitlines() + ["", "", ""]
     socket = paths.home() / "labd.sock"
     return Step("Why the daemon's socket is root", action,
@@ -302,7 +302,7 @@ def user_namespace() -> Step:
         as_root = run(USERNS_SCRIPT, privileged=True) if os.geteuid() == 0 else None
         rootless = run_as_nobody(USERNS_SCRIPT) if os.geteuid() == 0 else run(USERNS_SCRIPT, privileged=True)
     except LabError as err:
-        return Step.refused("User namespaces: root inside, nobody outside", action, err)
+        return hosts.refuse("User namespaces: root inside, nobody outside", action, err)
     before = {"as root": said(as_root) if as_root else "(you are not root: only the rootless run is possible)"}
     return Step("User namespaces: root inside, nobody outside", action, before, {"rootless": rootless},
                 current_mode(), note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
@@ -360,7 +360,7 @@ def check_unshare(flags: dict) -> Step:
     try:
         result = run("unshare -U true && echo 'a user namespace'", **flags)
     except LabError as err:
-        return Step.refused("Exercise: unshare -U", action, err)
+        return hosts.refuse("Exercise: unshare -U", action, err)
     solved = result.exit_code == 0
     return Step("Exercise: " + ("solved" if solved else "not yet"), action, {}, {"said": said(result)},
                 current_mode(), note="only seccomp stood in the way" if solved else "the filter still refuses it",
@@ -373,6 +373,10 @@ def defence_layers(container_ref: str):
     """A diagram of the layers around a RUNNING container's pid 1, each labelled with its live state read
     from /proc/PID (status, ns, mountinfo, cgroup) and the device cgroup."""
     from labcore import diagrams, engine
+    missing = hosts.lacking("a running container", "the layers of defence", "cat /proc/PID/status ...",
+                            container_ref)
+    if missing is not None:
+        return missing
     record = engine.find(container_ref)
     if record.state.value != "running":
         raise LabError(f"container {record.id[:12]} is {record.state.value}, not running", fix="start it first")
@@ -431,12 +435,17 @@ def defence_dot(pid: int, name: str) -> str:
 def start_container(name: str = "labcore-defence") -> object:
     """`docker run -d --name NAME busybox sleep 600`, with Docker's defaults: a live container to look at."""
     from labcore import engine
-    record = engine.create(container.Spec(IMAGE, ["sleep", "600"], name=name, network="none"))
-    return engine.start(record.id)
+    try:
+        record = engine.create(container.Spec(IMAGE, ["sleep", "600"], name=name, network="none"))
+        return engine.start(record.id)
+    except (NeedsPrivilege, NotSupportedHere) as err:      # it stands in for the container: see hosts.lacking
+        return hosts.refuse("a container to look at", f"docker run -d --name {name} busybox sleep 600", err)
 
 
 def remove_container(record) -> str:
     """`docker rm -f`: the container and everything it held."""
     from labcore import engine
+    if hosts.was_refused(record):
+        return "nothing to remove: this host refused the container"
     engine.remove(record.id, force=True)
     return f"removed {record.name}"
