@@ -59,7 +59,7 @@ def capabilities_of(**flags) -> Step:
     try:
         result = run(STATUS, **flags)
     except LabError as err:
-        return hosts.refuse("Capabilities, decoded", action, err)
+        return hosts.refuse("Capabilities, decoded", action, err, key=f"security.capabilities_of({flag_text(flags)})")
     inside = dict(line.split(":\t") for line in result.stdout.decode().splitlines() if ":\t" in line)
     here = capabilities.read_status()
     before, after = {}, {}
@@ -70,7 +70,7 @@ def capabilities_of(**flags) -> Step:
     before["Seccomp, NoNewPrivs"] = f"{here['Seccomp']}, {here['NoNewPrivs']}"
     after["Seccomp, NoNewPrivs"] = f"{inside['Seccomp']}, {inside['NoNewPrivs']}"
     return Step("Capabilities, decoded: this process (before) and the container's pid 1 (after)", action,
-                before, after, current_mode(),
+                before, after, current_mode(), key=f"security.capabilities_of({flag_text(flags)})",
                 note="bit N of a mask is capability N of capabilities(7); CapEff is what the kernel checks",
                 data={"inside": inside, "names": capabilities.decode(inside["CapEff"])})
 
@@ -91,9 +91,9 @@ def what_root_may_still_do() -> Step:
     try:
         answers = run(script).stdout.decode().split()
     except LabError as err:
-        return hosts.refuse("What root in a container may still do", action, err)
+        return hosts.refuse("What root in a container may still do", action, err, key="security.what_root_may_still_do")
     after = dict(zip(checks, answers))
-    return Step("What root in a container may still do", action, {}, after, current_mode(),
+    return Step("What root in a container may still do", action, {}, after, current_mode(), key="security.what_root_may_still_do",
                 note="uid 0 inside, with 14 of root's ~40 capabilities: enough to own and change its files, not "
                      "to mount, set the clock or read the host kernel's log",
                 data={"allowed": [name for name, answer in after.items() if answer == "yes"]})
@@ -166,12 +166,12 @@ def escape(name: str) -> Step:
     try:
         title, script, flags = escape_script(name)
     except LabError as err:
-        return hosts.refuse(f"Escape: {name}", name, err)
+        return hosts.refuse(f"Escape: {name}", name, err, key=f"security.escape({name})")
     action = f"docker run [--privileged] busybox sh -c '{script}'"
     try:
         privileged, default = run(script, privileged=True, **flags), run(script, **flags)
     except LabError as err:
-        return hosts.refuse(f"Escape: {title}", action, err)
+        return hosts.refuse(f"Escape: {title}", action, err, key=f"security.escape({name})")
     worked = lambda result: result.exit_code == 0        # noqa: E731 - the script's last command succeeded
     note = ("works with --privileged, refused by default" if worked(privileged) and not worked(default) else
             "refused both times: see what the kernel answered in each column")
@@ -180,7 +180,7 @@ def escape(name: str) -> Step:
                 "own root to open its disk (a device filter of the machine under this one): on an ordinary VM "
                 "--privileged mounts it")
     return Step(f"Escape: {title}", action, {"--privileged": said(privileged)}, {"default": said(default)},
-                current_mode(), note=note,
+                current_mode(), key=f"security.escape({name})", note=note,
                 data={"privileged_worked": worked(privileged), "default_worked": worked(default),
                       "default_said": said(default)})
 
@@ -206,14 +206,14 @@ def seccomp_filter() -> Step:
         unconfined = run(script, security_opt=["seccomp=unconfined"]).stdout.decode().split()
         default = run(script).stdout.decode().split()
     except LabError as err:
-        return hosts.refuse("seccomp: which calls are refused, and why", action, err)
+        return hosts.refuse("seccomp: which calls are refused, and why", action, err, key="security.seccomp_filter")
     profile = seccomp.load_profile()
     before = dict(zip(SECCOMP_PROBES, unconfined))
     after = {name: f"{answer}: the profile says {seccomp.verdict(profile, capabilities.DEFAULT, call)}"
              for (name, (call, _)), answer in zip(SECCOMP_PROBES.items(), default)}
     for call in ("keyctl", "add_key", "kexec_load", "open_by_handle_at", "bpf", "clone3", "io_uring_setup"):
         after[call] = f"the profile says {seccomp.verdict(profile, capabilities.DEFAULT, call)}"
-    return Step("seccomp: which calls are refused, and why", action, before, after, current_mode(),
+    return Step("seccomp: which calls are refused, and why", action, before, after, current_mode(), key="security.seccomp_filter",
                 note="unshare -U needs no capability at all: only the filter refuses it by default",
                 data={"unconfined": before, "default": dict(zip(SECCOMP_PROBES, default))})
 
@@ -239,9 +239,9 @@ def masked_paths() -> Step:
         default = run(script).stdout.decode().splitlines()
         mounts = run("grep -E ' /(proc|sys)/' /proc/self/mountinfo | cut -d' ' -f4,5,6").stdout.decode()
     except LabError as err:
-        return hosts.refuse("Masked and read-only paths", action, err)
+        return hosts.refuse("Masked and read-only paths", action, err, key="security.masked_paths")
     return Step("Masked and read-only paths", action, dict(zip(PATH_PROBES, privileged)),
-                dict(zip(PATH_PROBES, default)), current_mode(),
+                dict(zip(PATH_PROBES, default)), current_mode(), key="security.masked_paths",
                 note="lines counted: 0 where the file is masked; 'Read-only file system' where a bind is read-only",
                 data={"mounts": mounts.splitlines(), "masked": list(confinement.MASKED_PATHS),
                       "read_only": list(confinement.READONLY_PATHS)})
@@ -259,9 +259,9 @@ def no_new_privs() -> Step:
     try:
         default, nnp = run(SETUID_SCRIPT), run(SETUID_SCRIPT, security_opt=["no-new-privileges"])
     except LabError as err:
-        return hosts.refuse("no_new_privs and setuid", action, err)
+        return hosts.refuse("no_new_privs and setuid", action, err, key="security.no_new_privs")
     return Step("no_new_privs and setuid", action, {"default": said(default)},
-                {"--security-opt no-new-privileges": said(nnp)}, current_mode(),
+                {"--security-opt no-new-privileges": said(nnp)}, current_mode(), key="security.no_new_privs",
                 note="no_new_privs: execve(2) never raises privileges again, not even for a setuid-root file",
                 data={"default": said(default), "no_new_privs": said(nnp)})
 
@@ -276,14 +276,14 @@ def socket_is_root() -> Step:
     try:
         result = run(script, volumes=["/:/host"])
     except LabError as err:
-        return hosts.refuse("Why the daemon's socket is root", action, err)
+        return hosts.refuse("Why the daemon's socket is root", action, err, key="security.socket_is_root")
     lines = result.stdout.decode().splitlines() + ["", "", ""]
     socket = paths.home() / "labd.sock"
     return Step("Why the daemon's socket is root", action,
                 {"who may ask": f"whoever may write {socket} (mode 0660) or /var/run/docker.sock"},
                 {"/host/root (root's home)": f"{lines[0]}: entered", "/host/etc/shadow (the password hashes)":
                  f"{lines[1]}: {lines[2].strip()} lines read"},
-                current_mode(), note="a client of the socket gets root's files without any escape: treat the "
+                current_mode(), key="security.socket_is_root", note="a client of the socket gets root's files without any escape: treat the "
                                      "docker group as root (Docker's docs, 'Docker daemon attack surface')",
                 data={"read_shadow": result.exit_code == 0 and lines[2].strip().isdigit()})
 
@@ -302,10 +302,10 @@ def user_namespace() -> Step:
         as_root = run(USERNS_SCRIPT, privileged=True) if os.geteuid() == 0 else None
         rootless = run_as_nobody(USERNS_SCRIPT) if os.geteuid() == 0 else run(USERNS_SCRIPT, privileged=True)
     except LabError as err:
-        return hosts.refuse("User namespaces: root inside, nobody outside", action, err)
+        return hosts.refuse("User namespaces: root inside, nobody outside", action, err, key="security.user_namespace")
     before = {"as root": said(as_root) if as_root else "(you are not root: only the rootless run is possible)"}
     return Step("User namespaces: root inside, nobody outside", action, before, {"rootless": rootless},
-                current_mode(), note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
+                current_mode(), key="security.user_namespace", note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
                                      "host's sysctls and devices against the outside uid (user_namespaces(7))",
                 data={"rootless": rootless})
 
@@ -360,27 +360,31 @@ def check_unshare(flags: dict) -> Step:
     try:
         result = run("unshare -U true && echo 'a user namespace'", **flags)
     except LabError as err:
-        return hosts.refuse("Exercise: unshare -U", action, err)
+        return hosts.refuse("Exercise: unshare -U", action, err, key=f"security.check_unshare({flag_text(flags)})")
     solved = result.exit_code == 0
     return Step("Exercise: " + ("solved" if solved else "not yet"), action, {}, {"said": said(result)},
-                current_mode(), note="only seccomp stood in the way" if solved else "the filter still refuses it",
+                current_mode(), key=f"security.check_unshare({flag_text(flags)})", note="only seccomp stood in the way" if solved else "the filter still refuses it",
                 data={"solved": solved})
 
 
 # --- the layers of defence, drawn from a running container -----------------------------------------------------------
 
-def defence_layers(container_ref: str):
-    """A diagram of the layers around a RUNNING container's pid 1, each labelled with its live state read
-    from /proc/PID (status, ns, mountinfo, cgroup) and the device cgroup."""
-    from labcore import diagrams, engine
-    missing = hosts.lacking("a running container", "the layers of defence", "cat /proc/PID/status ...",
-                            container_ref)
+def defence_layers(container_ref: str) -> Step:
+    """The layers around a RUNNING container's pid 1, each with its live state read from /proc/PID (status,
+    ns, mountinfo, cgroup) and the device cgroup; ``data["dot"]`` draws them, outermost first."""
+    from labcore import engine
+    title, action = "the layers of defence", "cat /proc/PID/{status,uid_map,mountinfo,cgroup}; ls -l /proc/PID/ns"
+    missing = hosts.lacking("a running container", title, action, container_ref, key="security.defence_layers")
     if missing is not None:
         return missing
     record = engine.find(container_ref)
     if record.state.value != "running":
         raise LabError(f"container {record.id[:12]} is {record.state.value}, not running", fix="start it first")
-    return diagrams.show(defence_dot(record.pid, record.name))
+    layers = live_layers(record.pid)
+    return Step(f"{title} around {record.name}", action, {}, dict(layers), current_mode(),
+                key="security.defence_layers", note="from the host's kernel inwards: what stands between the "
+                                                    "container's root and the host, read live",
+                data={"layers": layers, "dot": defence_dot(record.pid, record.name, layers)})
 
 
 def live_layers(pid: int) -> list[tuple[str, str]]:
@@ -416,14 +420,14 @@ def devices_of(pid: int) -> str:
     return "v2: a BPF_CGROUP_DEVICE program" if layout.kind == "v2" else "none"
 
 
-def defence_dot(pid: int, name: str) -> str:
+def defence_dot(pid: int, name: str, layers: list[tuple[str, str]]) -> str:
     from labcore.diagrams import Graph
     graph = Graph("layers of defence", rankdir="TB", fontname="Helvetica")
     graph.defaults("node", fontname="Helvetica", fontsize="10", shape="box", style="rounded,filled",
                    fillcolor="lightyellow")
     previous = "host kernel"
     graph.node(previous, "the host's kernel (shared)", fillcolor="lightblue")
-    for layer, state in live_layers(pid):
+    for layer, state in layers:
         graph.node(layer, f"{layer}\n{state[:90]}")
         graph.edge(previous, layer)
         previous = layer
@@ -439,7 +443,7 @@ def start_container(name: str = "labcore-defence") -> object:
         record = engine.create(container.Spec(IMAGE, ["sleep", "600"], name=name, network="none"))
         return engine.start(record.id)
     except (NeedsPrivilege, NotSupportedHere) as err:      # it stands in for the container: see hosts.lacking
-        return hosts.refuse("a container to look at", f"docker run -d --name {name} busybox sleep 600", err)
+        return hosts.refuse("a container to look at", f"docker run -d --name {name} busybox sleep 600", err, key="security.start_container")
 
 
 def remove_container(record) -> str:
