@@ -31,9 +31,9 @@ _PROLOG = re.compile(r"\A.*?(?=<svg\b)", re.DOTALL)
 _SIZE = re.compile(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"')
 _RANKDIR = re.compile(r'^\s*rankdir\s*=\s*"?(\w+)', re.MULTILINE)
 
-# A reader's page is 1000 CSS pixels wide; JupyterLab's prompt column and margins leave about 880 of it to
+# A reader's page is 1000 CSS pixels wide; JupyterLab's prompt column and margins leave 820 of it to
 # an output. dot measures in points (1/72 in), a browser in CSS pixels (1/96 in).
-MAX_WIDTH_PX = 840
+MAX_WIDTH_PX = 800
 PX_PER_PT = 96 / 72
 # Too wide drawn across, a flow fits drawn down the page (and a wide row of siblings fits drawn across).
 # Bottom-up and right-to-left drawings (a stack of layers) mean their direction: those are only scaled.
