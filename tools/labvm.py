@@ -107,12 +107,19 @@ def ensure_image(log=print) -> Path:
     """The cached image for today's recipe, else a new one (several minutes: packages are downloaded)."""
     kernel = vm.ensure_kernel()
     image = image_path(image_key(kernel, constraints()))
-    if image.exists():
-        return image
-    for stale in vm.cache_dir().glob("labcore-lab-*.ext4"):   # one image at a time: each is about 2 GB
-        stale.unlink()
-    build_image(kernel, image, log)
+    if not image.exists():
+        build_image(kernel, image, log)
+    os.utime(image)                         # its last use: what forget_stale_images() goes by
+    forget_stale_images(keep=image)
     return image
+
+
+def forget_stale_images(keep: Path, days: float = 2) -> None:
+    """Remove other recipes' images unused for ``days`` (about 2 GB each). Not at once: checkouts of
+    other branches on this machine may use theirs."""
+    for stale in vm.cache_dir().glob("labcore-lab-*.ext4"):
+        if stale != keep and time.time() - stale.stat().st_mtime > days * 86400:
+            stale.unlink(missing_ok=True)
 
 
 def build_image(kernel: vm.Kernel, image: Path, log=print) -> None:
