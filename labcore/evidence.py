@@ -79,7 +79,9 @@ class Step:
                            f"<td><code>{esc(a)}</code></td></tr>" for k, b, a in self.rows())
             table = f"<table><tr><th></th><th>before</th><th>after</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
-        return f"<div>{head}{table}{note}</div>"
+        # A long action (unshare(CLONE_NEWNS|CLONE_NEWUTS|...)) breaks at the page's edge, not past it.
+        # word-wrap, not overflow-wrap: JupyterLab's sanitizer keeps only the older name in untrusted HTML.
+        return f"<div style='word-wrap:break-word'>{head}{table}{note}</div>"
 
 
 def _text(value: Any) -> str:

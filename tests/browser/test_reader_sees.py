@@ -142,7 +142,8 @@ LOOK = f"""() => {{
   return {{
     text: outputs.map(o => o.innerText).join('\\n'),
     images: images.map(i => ({{natural: i.naturalWidth, shown: i.getBoundingClientRect().width,
-                              loaded: i.complete && i.naturalWidth > 0, alt: i.alt}})),
+                              loaded: i.complete && i.naturalWidth > 0, alt: i.alt,
+                              diagram: i.hasAttribute('width') || i.alt !== ''}})),
     svgs: notebook.querySelectorAll('.jp-OutputArea-output svg').length,
     overflowing: outputs.filter(o => o.scrollWidth > o.clientWidth + 1)
                         .map(o => o.innerText.slice(0, 100) || o.innerHTML.slice(0, 100)),
@@ -176,8 +177,10 @@ def problems(seen: dict, diagrams: int) -> list[str]:
     if seen["pageWidth"] > seen["viewport"]:
         found.append(f"the page is {seen['pageWidth']} px wide in a {seen['viewport']} px window")
     found += [f"an output overflows its area: {text!r}" for text in seen["overflowing"]]
+    # A diagram's PNG carries its width (labcore.diagrams): shown at it, not shrunk to fit. Other images (a
+    # matplotlib plot) may be scaled to the page by JupyterLab's max-width.
     found += [f"diagram {image['alt']!r} is {image['natural']} px, shrunk to {image['shown']:.0f} px"
-              for image in shown if image["shown"] + 1 < image["natural"]]
+              for image in shown if image["diagram"] and image["shown"] + 1 < image["natural"]]
     return found
 
 

@@ -64,8 +64,9 @@ def particulars() -> dict[str, re.Pattern]:
     upstream = uname.release.split("-")[0]       # 6.18.44 of 6.18.44-fc-v1300: other builds of it too
     patterns["kernel release"] = re.compile(re.escape(upstream) + r"(?![\d.])")
     own = sorted(set(os.listdir("/")) - FHS)
-    if own:             # an item of a listing: after a space, quote, [ or >; before a comma, quote, ] or <
-        patterns["entry of /"] = re.compile(r"(?<=[ '\[>])(" + "|".join(map(re.escape, own)) + r")(?=[,'\]<])")
+    if own:             # an item of a listing: "a, NAME, b" or "['NAME', ...]"
+        patterns["entry of /"] = re.compile(r"(?:(?<=, )|(?<=\[')|(?<=<code>))(" + "|".join(map(re.escape, own))
+                                            + r")(?=, |',|'\])")
     hostname = socket.gethostname()
     patterns["hostname"] = re.compile(rf"(?<![\w.-]){re.escape(hostname)}(?![\w.-])")
     return patterns
@@ -103,7 +104,7 @@ def test_the_patterns_find_this_hosts_particulars_and_nothing_of_the_lab_vm():
     assert {"venv", "another .venv", "kernel release", "hostname"} <= {hit.split(": ")[1] for hit in
                                                                      found_in("x", host, patterns)}
     lab_vm = [(0, "/lab/.venv/bin/python on 6.1.0-57-amd64 (lab), 0::/labcore/labcore-1148741f969b, "
-                  "root:x:0:0:root:/root:/bin/sh")]
+                  "root:x:0:0:root:/root:/bin/sh, setuid helpers work")]
     assert found_in("x", lab_vm, patterns) == []
 
 
