@@ -53,6 +53,8 @@ MIRRORS = ["deb http://deb.debian.org/debian bookworm main",
 # lessons, fonts so that graphviz measures text as it does on a desktop.
 BASE_PACKAGES = ["python3", "python3-venv", "kmod", "procps", "e2fsprogs", "fonts-dejavu-core",
                  "ca-certificates", "busybox-static", "iproute2"]
+# What ./lab installs for the build machine's own tests (the browser test, building this image), not the lab's.
+BUILD_HOST_ONLY = {"chromium", "mmdebstrap"}
 EXTRAS = "test"                    # what `./lab execute` installs: nbclient, ipykernel, the peers' SDKs
 HOSTNAME = "lab"
 GUEST_PROJECT = "/lab"             # where the checkout is in the guest, and the only path its outputs show
@@ -82,7 +84,7 @@ def lab_packages(lab_script: Path = ROOT / "lab") -> list[str]:
 
 
 def packages() -> list[str]:
-    return sorted(set(BASE_PACKAGES + lab_packages()))
+    return sorted(set(BASE_PACKAGES + lab_packages()) - BUILD_HOST_ONLY)
 
 
 def constraints() -> str:

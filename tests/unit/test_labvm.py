@@ -16,6 +16,7 @@ def test_the_image_has_the_packages_lab_installs(tmp_path):
                       'TEST_PACKAGES=(\n  "docker.io:/usr/sbin/dockerd"\n  "chromium:/usr/bin/chromium"\n)\n')
     assert labvm.lab_packages(script) == ["graphviz", "busybox-static", "docker.io", "chromium"]
     assert {"graphviz", "qemu-system-x86", "python3", "python3-venv", "kmod"} <= set(labvm.packages())
+    assert not {"chromium", "mmdebstrap"} & set(labvm.packages())       # the build machine's, not the lab's
 
 
 def test_the_image_name_changes_with_its_recipe_only(monkeypatch):
