@@ -50,10 +50,20 @@ def stage(src: Path) -> Path:
     shutil.copytree(BOOK, src)
     (src / "notebooks").mkdir()
     for path in notebooks():
-        shutil.copyfile(path, src / "notebooks" / path.name)
+        nbformat.write(fold_hidden_code(nbformat.read(path, as_version=4)), src / "notebooks" / path.name)
     shutil.copytree(ROOT / "diagrams", src / "diagrams")
     (src / "_toc.yml").write_text(toc([path.stem for path in notebooks()]))
     return src
+
+
+def fold_hidden_code(notebook):
+    """Code that JupyterLab shows collapsed (source_hidden) is folded in the book too: MyST-NB's hide-input."""
+    for cell in notebook.cells:
+        if cell.get("metadata", {}).get("jupyter", {}).get("source_hidden"):
+            tags = cell.metadata.setdefault("tags", [])
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+    return notebook
 
 
 def build(out: Path) -> Path:

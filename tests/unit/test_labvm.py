@@ -77,3 +77,4 @@ def test_stale_images_go_after_two_days_unused(tmp_path, monkeypatch):
     os.utime(keep, (time.time() - 3 * 86400,) * 2)
     labvm.forget_stale_images(keep)
     assert keep.exists() and recent.exists() and not old.exists()
+
