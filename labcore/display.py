@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-# As labcore.evidence's steps: JupyterLab's sanitizer keeps word-wrap (not overflow-wrap) in untrusted HTML.
-WRAP = "word-wrap:break-word"
+from labcore.evidence import PRE, WRAP, html_cell
+
 MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options")
 
 
@@ -38,8 +38,7 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'><code>{html.escape(str(v))}</code></td>"
-                                        for v in row) + "</tr>" for row in self.rows)
+        body = "".join("<tr>" + "".join(html_cell(str(value)) for value in row) + "</tr>" for row in self.rows)
         title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
         return f"<div style='{WRAP}'>{title}<table><tr>{head}</tr>{body}</table></div>"
 
@@ -83,7 +82,7 @@ class Folded:
 
     def _repr_html_(self) -> str:
         inner = (self.details._repr_html_() if hasattr(self.details, "_repr_html_")
-                 else f"<pre>{html.escape(str(self.details))}</pre>")
+                 else f"{PRE}{html.escape(str(self.details))}</pre>")
         return (f"<details><summary>{html.escape(self.summary)}</summary>"
                 f"<div style='{WRAP}'>{inner}</div></details>")
 

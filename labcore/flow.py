@@ -41,7 +41,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.daemon import API_VERSION
 from labcore.errors import LabError, NotFound
-from labcore.evidence import Step, current_mode
+from labcore.evidence import PRE, Step, current_mode
 from labcore.unixsocket import group_name, owner_name, socket_listener
 
 IMAGE = "lab/hello:v1"                              # the repository and tag pushed to the loopback registry
@@ -284,7 +284,7 @@ class FlowStep(Step):
 
     def _repr_html_(self) -> str:
         import html
-        wire = "".join(f"<pre>{html.escape(str(e))}</pre>" for e in self.exchanges)
+        wire = "".join(f"{PRE}{html.escape(str(e))}</pre>" for e in self.exchanges)
         return wire + Step._repr_html_(self)
 
 

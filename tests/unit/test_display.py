@@ -37,7 +37,7 @@ def test_folded_shows_the_summary_and_folds_the_details():
     assert folded._repr_html_().startswith("<details><summary>12 checks: 10 ok, 2 refused</summary>")
     assert "<table>" in folded._repr_html_()
     assert str(folded) == "12 checks: 10 ok, 2 refused\n   check\n   userns"
-    assert "<pre>plain &amp; text</pre>" in display.Folded("s", "plain & text")._repr_html_()
+    assert "plain &amp; text</pre>" in display.Folded("s", "plain & text")._repr_html_()
 
 
 def test_trimmed_json_is_indented_and_says_what_it_cut():
@@ -48,3 +48,9 @@ def test_trimmed_json_is_indented_and_says_what_it_cut():
     assert parsed["Env"] == ["V0=1", "V1=1", "V2=1", "… 7 more"]
     assert parsed["…"] == "9 more keys" and list(parsed)[:3] == ["Id", "Env", "k0"]
     assert text.startswith('{\n  "Id"')
+
+
+def test_a_long_unbroken_value_may_break_anywhere_in_a_table_cell():
+    from labcore.evidence import html_cell
+    assert html_cell("sha256:" + "a" * 64).startswith("<td style='word-break:break-all'>")
+    assert html_cell("a short value") == "<td><code>a short value</code></td>"
