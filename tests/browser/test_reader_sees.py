@@ -233,10 +233,10 @@ def test_notebook_00_runs_in_the_browser_and_its_stepper_steps(browser, jupyterl
         before = stepper_text(page)
         assert re.match(r"step 1/\d+: ", before["heading"]), before
         page.locator(".widget-vbox button", has_text="Next").first.click()
-        # The heading changes first, then the output: wait for the next step's evidence.
-        page.wait_for_function(f"before => {{ const s = {STEPPER}; "
-                               f"return s && s.querySelector('.widget-output').innerText.trim() !== before; }}",
-                               arg=before["output"], timeout=60_000)
+        # The heading changes first, then the output is emptied and refilled: wait for the next step's evidence.
+        page.wait_for_function(f"before => {{ const s = {STEPPER}; if (!s) return false; "
+                               f"const now = s.querySelector('.widget-output').innerText.trim(); "
+                               f"return now !== '' && now !== before; }}", arg=before["output"], timeout=60_000)
         after = stepper_text(page)
         assert re.match(r"step 2/\d+: ", after["heading"]), after
         assert after["output"] and after["output"] != before["output"]
