@@ -244,7 +244,7 @@ def guest_init(command: str, modules: list[str]) -> str:
     inner = f"""set -u
 /bin/busybox hostname {HOSTNAME}
 ip link set lo up
-rm -rf {GUEST_PROJECT}/* && (cd /mnt/project && tar {excludes} -cf - .) | (cd {GUEST_PROJECT} && tar -xf -) \
+rm -rf {GUEST_PROJECT}/* && (cd /mnt/project && tar {excludes} -cf - .) | (cd {GUEST_PROJECT} && tar -xf -) \\
   || echo "{vm.ERROR} copy /lab"
 cd {GUEST_PROJECT}
 read -r uptime idle < /proc/uptime

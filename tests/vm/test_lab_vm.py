@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.vm, privileged,
 
 PROBE = "; ".join([
     "uname -r", "hostname", "cat /proc/self/cgroup", "stat -f -c %T /sys/fs/cgroup",
-    "grep -c ' cgroup ' /proc/mounts", "pwd", "readlink -f .venv/bin/python",
+    "grep -c ' cgroup ' /proc/mounts", "pwd", ".venv/bin/python -c 'import sys; print(sys.prefix)'",
     ".venv/bin/python -c 'import labcore; print(labcore.__file__)'", "ls /", "modprobe -n veth && echo modprobe ok",
     "test -e .venv/pyvenv.cfg && test ! -e .git && echo fresh copy"])
 
@@ -33,11 +33,11 @@ def test_the_lab_vm_is_a_plain_cgroup_v2_debian_host(tmp_path):
     result = labvm.run(PROBE, tmp_path, timeout=1800, log=lambda text: None)
     lines = result.output.splitlines()
     assert result.exit_code == 0, result.console[-3000:]
-    release, hostname, cgroup, fstype, v1_mounts, cwd, python, package, *rest = lines
+    release, hostname, cgroup, fstype, v1_mounts, cwd, venv, package, *rest = lines
     assert release == vm.ensure_kernel().release != os.uname().release      # Debian's kernel, not this one
     assert hostname == labvm.HOSTNAME
     assert cgroup == "0::/" and fstype == "cgroup2fs" and v1_mounts == "0"  # cgroup v2 alone
-    assert cwd == "/lab" and python.startswith("/lab/.venv/") and package == "/lab/labcore/__init__.py"
+    assert cwd == "/lab" and venv == "/lab/.venv" and package == "/lab/labcore/__init__.py"
     assert "modprobe ok" in rest and "fresh copy" in rest
     guest_root = set(" ".join(rest).split())
     assert "lab" in guest_root and not (set(os.listdir("/")) - FHS) & guest_root   # none of this host's own
