@@ -9,7 +9,8 @@ directories of its own: no notebook is trusted, as in a fresh clone. For every n
 * no output shows a Python traceback or a ``<diagram: ...>`` placeholder;
 * nothing is wider than the page, and no diagram is shrunk to fit.
 
-Then notebook 00 runs in the browser (Run > Run All Cells) and its step-by-step widget is clicked once.
+The same in Notebook 7 (the /notebooks/ view of the same server) and in nbconvert's static HTML. Then
+notebook 00 runs in the browser (Run > Run All Cells) and its step-by-step widget is clicked once.
 Screenshots of each notebook go to test-artifacts/browser/ (gitignored).
 """
 import json
@@ -113,11 +114,15 @@ def browser(tmp_path_factory):
         context.close()
 
 
-def open_notebook(browser, jupyterlab, name: str):
+# The front ends a reader may open a notebook in, by the URL JupyterLab's server gives each.
+# ?reset: a workspace with this notebook only (JupyterLab would reopen the notebooks of earlier pages).
+FRONT_ENDS = {"JupyterLab": "/lab/tree/{name}?reset&", "Notebook 7": "/notebooks/{name}?"}
+
+
+def open_notebook(browser, jupyterlab, name: str, front_end: str = "JupyterLab"):
     """A new page with the notebook open, the file browser folded away, every cell rendered."""
     page = browser.new_page()
-    # ?reset: a workspace with this notebook only (JupyterLab would reopen the notebooks of earlier pages).
-    page.goto(f"{jupyterlab['url']}/lab/tree/{name}?reset&token={jupyterlab['token']}")
+    page.goto(jupyterlab["url"] + FRONT_ENDS[front_end].format(name=name) + f"token={jupyterlab['token']}")
     cells = len(nbformat.read(jupyterlab["home"] / "notebooks" / name, as_version=4).cells)
     page.wait_for_function(f"n => {{ const notebook = {NOTEBOOK}; "
                            f"return notebook && notebook.querySelectorAll('.jp-Cell').length >= n; }}",
@@ -150,6 +155,21 @@ LOOK = f"""() => {{
     pageWidth: document.documentElement.scrollWidth, viewport: window.innerWidth,
   }};
 }}"""
+
+
+# nbconvert's HTML page: outputs are .jp-OutputArea-output too; SVG is shown inline, so images are <svg> too.
+STATIC_LOOK = """() => {
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  const images = [...document.querySelectorAll('.jp-OutputArea-output img, .jp-OutputArea-output svg')];
+  return {
+    text: outputs.map(o => o.innerText).join('\\n'),
+    images: images.map(i => ({natural: i.getBoundingClientRect().width, shown: i.getBoundingClientRect().width,
+                              loaded: i.getBoundingClientRect().width > 0, alt: '', diagram: false})),
+    overflowing: outputs.filter(o => o.scrollWidth > o.clientWidth + 1)
+                        .map(o => o.innerText.slice(0, 100) || o.innerHTML.slice(0, 100)),
+    pageWidth: document.documentElement.scrollWidth, viewport: window.innerWidth,
+  };
+}"""
 
 
 def stored_diagrams(path: Path) -> tuple[int, int]:
@@ -203,17 +223,43 @@ def screenshots(page, name: str) -> list[Path]:
 
 # --- the tests --------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
-def test_a_fresh_clone_shows_every_stored_diagram_without_running_a_cell(path, browser, jupyterlab):
-    page = open_notebook(browser, jupyterlab, path.name)
+def test_a_fresh_clone_shows_every_stored_diagram_without_running_a_cell(path, front_end, browser, jupyterlab):
+    page = open_notebook(browser, jupyterlab, path.name, front_end)
     try:
         seen = page.evaluate(LOOK)
-        taken = screenshots(page, path.stem)
+        taken = screenshots(page, path.stem + ("" if front_end == "JupyterLab" else "-notebook7"))
     finally:
         page.close()
     print(f"{path.name}: {len(taken)} screenshots in {ARTIFACTS.relative_to(ROOT)}")
+    judge(path, problems(seen, stored_diagrams(path)[0]))
+
+
+@pytest.fixture(scope="module")
+def static_export(tmp_path_factory):
+    """nbconvert's HTML of every notebook, as a reader gets it without any Jupyter (the book: tests/book)."""
+    out = tmp_path_factory.mktemp("nbconvert")
+    nbconvert = Path(sys.executable).parent / "jupyter-nbconvert"
+    subprocess.run([str(nbconvert), "--to", "html", "--output-dir", str(out), *map(str, NOTEBOOKS)],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_a_static_html_export_shows_every_stored_diagram(path, browser, static_export):
+    page = browser.new_page()
+    try:
+        page.goto((static_export / f"{path.stem}.html").as_uri())
+        seen = page.evaluate(STATIC_LOOK)
+    finally:
+        page.close()
+    judge(path, problems(seen, stored_diagrams(path)[0]))
+
+
+def judge(path: Path, found: list[str]) -> None:
+    """Fail with what was found; a notebook stored before this machinery existed is expected to fail."""
     diagrams, without_png = stored_diagrams(path)
-    found = problems(seen, diagrams)
     if found and without_png:       # outputs older than the PNGs, and than the evidence that wraps
         pytest.xfail(f"{without_png} of {diagrams} diagrams {STALE}; seen: " + "; ".join(found)[:300])
     assert not found, f"{path.name}:\n" + "\n".join(found)
