@@ -29,6 +29,8 @@ Each module is one mechanism and reads as a short lesson. In the order a contain
         doctor        what this host lets the lab do, and why not
         flow, unixsocket, assemble, compare, vm       the notebooks' steps: the `docker run` flow, the
                       daemon's socket, a container built by hand, containers beside a virtual machine
+        diagrams, display, widgets                     what a reader sees: pictures that fit the page,
+                      tables of parsed evidence, folded details, steps behind buttons
 
 Importing the package is cheap on purpose (nothing heavy at import time): a container start should cost
 about as much as the kernel work it does.

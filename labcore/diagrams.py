@@ -12,11 +12,14 @@ Next: ``labcore.widgets`` steps through a sequence of diagrams and evidence.
 """
 from __future__ import annotations
 
+import base64
 import html
 import re
 import shutil
+import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 MISSING_DOT = ("graphviz's dot is not installed: apt-get install graphviz "
@@ -25,36 +28,118 @@ MISSING_DOT = ("graphviz's dot is not installed: apt-get install graphviz "
 # Everything before <svg is the XML prolog and comments; one of them names the graphviz version, which
 # would make a stored notebook change whenever the host's graphviz does.
 _PROLOG = re.compile(r"\A.*?(?=<svg\b)", re.DOTALL)
+_SIZE = re.compile(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"')
+_RANKDIR = re.compile(r'^\s*rankdir\s*=\s*"?(\w+)', re.MULTILINE)
+
+# A reader's page is 1000 CSS pixels wide; JupyterLab's prompt column and margins leave 820 of it to
+# an output. dot measures in points (1/72 in), a browser in CSS pixels (1/96 in).
+MAX_WIDTH_PX = 800
+PX_PER_PT = 96 / 72
+# Too wide drawn across, a flow fits drawn down the page (and a wide row of siblings fits drawn across).
+# Bottom-up and right-to-left drawings (a stack of layers) mean their direction: those are only scaled.
+TURNED = {"LR": "TB", "TB": "LR"}
+
+
+@dataclass
+class Rendered:
+    """One diagram laid out to fit the page: its SVG, and the dot options that made it fit (for the PNG)."""
+    svg: str
+    options: list[str]
+    width_px: int
+    height_px: int
+
+
+def render(dot_source: str) -> Rendered | None:
+    """Lay out ``dot_source`` so that it fits a page; None where dot is not installed.
+
+    Drawn as written where it fits; else turned (LR <-> TB) where that fits; else the narrower of the two,
+    scaled down by graphviz's ``size`` attribute (https://graphviz.org/docs/attrs/size/) to the page.
+    """
+    if shutil.which("dot") is None:
+        return None
+    rankdir = (_RANKDIR.findall(dot_source) or ["TB"])[0].upper()
+    tries = [[]] + ([[f"-Grankdir={TURNED[rankdir]}"]] if rankdir in TURNED else [])
+    drawn = []
+    for options in tries:
+        svg = _dot(dot_source, "svg", options).decode()
+        drawn.append((svg, options))
+        if _width_px(svg) <= MAX_WIDTH_PX:
+            return _rendered(svg, options)
+    svg, options = min(drawn, key=lambda item: _width_px(item[0]))
+    options = [*options, f"-Gsize={MAX_WIDTH_PX / 96:.2f},1000"]     # inches; only ever scales down
+    return _rendered(_dot(dot_source, "svg", options).decode(), options)
 
 
 def render_svg(dot_source: str) -> str | None:
-    """Lay out ``dot_source`` with ``dot -Tsvg``; None where dot is not installed.
+    """The SVG of ``render``: starts at ``<svg``, the same text for the same source on the same graphviz."""
+    rendered = render(dot_source)
+    return rendered and rendered.svg
 
-    The result starts at ``<svg``: the same source gives the same text on the same graphviz.
-    """
-    dot = shutil.which("dot")
-    if dot is None:
-        return None
-    result = subprocess.run([dot, "-Tsvg"], input=dot_source, capture_output=True, text=True, timeout=60)
+
+def render_png(dot_source: str, rendered: Rendered) -> bytes:
+    """The same layout as a PNG at 96 dpi, one pixel per CSS pixel: an image every front end shows, where
+    JupyterLab and Notebook 7 show no SVG of an untrusted notebook (a freshly cloned one)."""
+    return _dot(dot_source, "png", [*rendered.options, "-Gdpi=96"])
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, from the IHDR chunk that follows the PNG signature."""
+    return struct.unpack(">II", data[16:24])
+
+
+def _dot(dot_source: str, kind: str, options: list[str]) -> bytes:
+    result = subprocess.run([shutil.which("dot") or "dot", f"-T{kind}", *options], input=dot_source.encode(),
+                            capture_output=True, timeout=60)
     if result.returncode != 0:
         # A syntax error in a diagram is a bug in the lab: say where, as dot does.
-        raise ValueError(f"dot rejected the diagram: {result.stderr.strip()}")
-    return _PROLOG.sub("", result.stdout, count=1)
+        raise ValueError(f"dot rejected the diagram: {result.stderr.decode().strip()}")
+    return result.stdout
+
+
+def _width_px(svg: str) -> float:
+    return float(_SIZE.search(svg).group(1)) * PX_PER_PT
+
+
+def _rendered(svg: str, options: list[str]) -> Rendered:
+    svg = _PROLOG.sub("", svg, count=1)
+    width, height = (round(float(number) * PX_PER_PT) for number in _SIZE.search(svg).groups())
+    return Rendered(svg, options, width, height)
 
 
 class Diagram:
-    """A cell result: the rendered SVG in Jupyter, or the DOT source with the install hint."""
+    """A cell result: the SVG and a PNG of it in Jupyter, or the DOT source with the install hint.
+
+    Both images, because a front end picks: JupyterLab and Notebook 7 render SVG only in a trusted notebook
+    and fall back to the PNG otherwise; nbconvert's HTML and Jupyter Book take the SVG.
+    """
 
     def __init__(self, source: str):
         self.source = source
-        self.svg = render_svg(source)
+        self.rendered = render(source)
+        self.svg = self.rendered and self.rendered.svg
+        self.png = self.rendered and render_png(source, self.rendered)
 
     def _repr_svg_(self) -> str | None:
         return self.svg
 
+    def _repr_png_(self):
+        if self.png is None:
+            return None
+        width, height = png_size(self.png)      # shown at one image pixel per CSS pixel, also on HiDPI
+        return self.png, {"width": width, "height": height}
+
+    def img_html(self) -> str:
+        """An <img> of the PNG, for HTML that embeds a diagram (a widget's stored copy): HTML sanitizers
+        keep a data: image, where they drop inline SVG."""
+        if self.png is None:
+            return ""
+        data = base64.b64encode(self.png).decode()
+        return (f'<img src="data:image/png;base64,{data}" width="{png_size(self.png)[0]}" '
+                f'alt="{html.escape(_title(self.source))}"/>')
+
     def _repr_html_(self) -> str | None:
         if self.svg is not None:
-            return None             # Jupyter then uses the SVG
+            return None             # Jupyter then uses the SVG or the PNG
         return f"<p><i>{html.escape(MISSING_DOT)}</i></p><pre>{html.escape(self.source)}</pre>"
 
     def __repr__(self) -> str:

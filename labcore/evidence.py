@@ -172,7 +172,7 @@ class Step:
 
     def _repr_html_(self) -> str:
         record(self)
-        wire = "".join(f"<pre>{html.escape(text)}</pre>" for text in self.wire())
+        wire = "".join(f"{PRE}{html.escape(text)}</pre>" for text in self.wire())
         recorded = self.recording.html() if self.recording is not None else ""
         return wire + self._html() + recorded
 
@@ -181,14 +181,28 @@ class Step:
         head = (f"<b>{esc(self.title)}</b><br><code>{esc(self.action)}</code> "
                 f"<i>({esc(self.mode.value)})</i>")
         if self.reason:
-            head += f"<pre>{esc(self.reason)}</pre>"
+            head += f"{PRE}{esc(self.reason)}</pre>"
         table = ""
         if self.rows():
-            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th><td><code>{esc(b)}</code></td>"
-                           f"<td><code>{esc(a)}</code></td></tr>" for k, b, a in self.rows())
+            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{html_cell(b)}{html_cell(a)}</tr>"
+                           for k, b, a in self.rows())
             table = f"<table><tr><th></th><th>before</th><th>after</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
-        return f"<div>{head}{table}{note}</div>"
+        return f"<div style='{WRAP}'>{head}{table}{note}</div>"
+
+
+# Evidence is often one long line: a request, an unshare() with every flag, a digest, a path. In HTML it
+# wraps at the page's edge instead of widening it. Only these spellings survive JupyterLab's sanitizer in an
+# untrusted notebook (word-wrap, not overflow-wrap; tests/browser checks that nothing overflows).
+WRAP = "word-wrap:break-word"
+PRE = f"<pre style='white-space:pre-wrap;{WRAP}'>"
+
+
+def html_cell(value: str) -> str:
+    """A table cell; a value with a long unbroken run (a digest, a path) may break anywhere: a table grows to
+    its widest word, and word-wrap does not shrink a table."""
+    style = " style='word-break:break-all'" if re.search(r"\S{40,}", value) else ""
+    return f"<td{style}><code>{html.escape(value)}</code></td>"
 
 
 def _text(value: Any) -> str:

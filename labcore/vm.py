@@ -411,9 +411,10 @@ def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = N
 
 def boot(kernel: Kernel, init: str, accel: str, *, files: dict[str, Path] | None = None,
          share: str | None = None, disk_mb: int = 0, timeout: float = 120, memory_mb: int = 2048,
-         cpus: int = 2, project: str | None = None) -> list[tuple[float, str]]:
+         cpus: int = 2, project: str | None = None, extra: list[str] = ()) -> list[tuple[float, str]]:
     """Build the initramfs, run qemu until the guest powers off, and return its console lines with their
-    arrival times (seconds since qemu started). qemu is killed on timeout, error and interrupt."""
+    arrival times (seconds since qemu started). qemu is killed on timeout, error and interrupt. ``extra``
+    is more qemu arguments (the lab VM's disk and shares: tools/labvm.py)."""
     if not shutil.which(QEMU):
         raise NotSupportedHere(f"{QEMU} not found", fix="apt-get install qemu-system-x86")
     scratch = paths.scratch_dir()
@@ -423,7 +424,7 @@ def boot(kernel: Kernel, init: str, accel: str, *, files: dict[str, Path] | None
         scope.record("directory", str(work), "rmtree", path=str(work))
         initrd = write_initramfs(initramfs_entries(init, files), work / "labcore-initrd.gz")
         disk = make_disk(work / "labcore-disk.img", disk_mb) if disk_mb else None
-        command = qemu_command(kernel, initrd, accel, share, disk, memory_mb, cpus, project)
+        command = qemu_command(kernel, initrd, accel, share, disk, memory_mb, cpus, project) + list(extra)
         started = time.monotonic()
         qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)

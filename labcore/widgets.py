@@ -135,10 +135,10 @@ class Stepper:
 
     def _html(self) -> str:
         picture, result = self.picture(self.index), self.result(self.index)
-        svg = (picture and picture.svg) or ""
+        image = picture.img_html() if picture else ""     # a PNG: sanitized HTML drops inline SVG
         body = (result._repr_html_() if hasattr(result, "_repr_html_")
                 else f"<pre>{html.escape(str(result))}</pre>")
-        return f"<div><b>{html.escape(self.label(self.index))}</b>{svg}{body}</div>"
+        return f"<div><b>{html.escape(self.label(self.index))}</b>{image}{body}</div>"
 
 
 # --- try it yourself ----------------------------------------------------------------------------------------

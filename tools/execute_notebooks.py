@@ -7,7 +7,9 @@ whatever `python3` kernelspec a user installed), with up to 300 s per cell. What
 
 * outputs and execution counts, as the kernel produced them;
 * not the volatile parts: run timings, widget models (their ids are random; a widget's text/HTML copy
-  stays), the exact Python version; kernelspec and language_info are fixed values.
+  stays), the exact Python version; kernelspec and language_info are fixed values;
+* the code of a cell that only prints facts for nbval (``# NBVAL_CHECK_OUTPUT`` and print calls) folded
+  (``"jupyter": {"source_hidden": true}``): its output stays in the lesson, its code does not interrupt it.
 
 A cell that fails stops its notebook, which is then left as it was; the exit status is 1 and the message
 names the notebook and the cell.
@@ -15,6 +17,7 @@ names the notebook and the cell.
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -70,7 +73,22 @@ def make_stable(notebook):
         for output in cell.get("outputs", []):
             # A widget view names a model that dies with the kernel: keep its text/HTML copy only.
             output.get("data", {}).pop(WIDGET_VIEW, None)
+        if only_checks(cell):
+            cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     return notebook
+
+
+def only_checks(cell) -> bool:
+    """A code cell marked for nbval whose statements are all print(...) calls: it repeats facts for the
+    tests, and the reader needs its output, not its code."""
+    if cell.cell_type != "code" or "# NBVAL_CHECK_OUTPUT" not in cell.source:
+        return False
+    try:
+        body = ast.parse(cell.source).body
+    except SyntaxError:                 # IPython syntax (%magic): not a plain print cell
+        return False
+    return bool(body) and all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+                              and getattr(node.value.func, "id", None) == "print" for node in body)
 
 
 def main(argv: list[str] | None = None) -> int:

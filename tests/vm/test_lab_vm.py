@@ -1,0 +1,44 @@
+"""The lab VM (tools/labvm.py) is a plain cgroup v2 Debian host that shows nothing of the machine that runs it.
+
+The first run builds its image (Debian's packages by mmdebstrap, a few minutes) into ~/.cache/labcore-vm;
+later runs boot the cached one, about 10 s under TCG.
+"""
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from labcore import vm
+from tests.conftest import privileged
+from tests.notebooks.test_no_build_host_particulars import FHS
+from tools import labvm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.vm, privileged,
+              pytest.mark.skipif(bool(os.environ.get("LABCORE_IN_GUEST")), reason="already inside a guest"),
+              pytest.mark.skipif(not shutil.which(vm.QEMU), reason="apt-get install qemu-system-x86"),
+              pytest.mark.skipif(not shutil.which("mmdebstrap"), reason="apt-get install mmdebstrap")]
+
+PROBE = "; ".join([
+    "uname -r", "hostname", "cat /proc/self/cgroup", "stat -f -c %T /sys/fs/cgroup",
+    "grep -c ' cgroup ' /proc/mounts", "pwd", ".venv/bin/python -c 'import sys; print(sys.prefix)'",
+    ".venv/bin/python -c 'import labcore; print(labcore.__file__)'", "ls /", "modprobe -n veth && echo modprobe ok",
+    "test -e .venv/pyvenv.cfg && test ! -e .git && echo fresh copy"])
+
+
+def test_the_lab_vm_is_a_plain_cgroup_v2_debian_host(tmp_path):
+    result = labvm.run(PROBE, tmp_path, timeout=1800, log=lambda text: None)
+    lines = result.output.splitlines()
+    assert result.exit_code == 0, result.console[-3000:]
+    release, hostname, cgroup, fstype, v1_mounts, cwd, venv, package, *rest = lines
+    assert release == vm.ensure_kernel().release != os.uname().release      # Debian's kernel, not this one
+    assert hostname == labvm.HOSTNAME
+    assert cgroup == "0::/" and fstype == "cgroup2fs" and v1_mounts == "0"  # cgroup v2 alone
+    assert cwd == "/lab" and venv == "/lab/.venv" and package == "/lab/labcore/__init__.py"
+    assert "modprobe ok" in rest and "fresh copy" in rest
+    guest_root = set(" ".join(rest).split())
+    assert "lab" in guest_root and not (set(os.listdir("/")) - FHS) & guest_root   # none of this host's own
+    assert str(ROOT) not in result.output and socket.gethostname() != hostname
