@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from labcore import assemble, compare, diagrams, flow, namespaces, overlay, widgets
+from labcore import assemble, compare, diagrams, flow, namespaces, overlay, security, widgets
 from labcore.cgroups.limits import Limits
 from labcore.cgroups.steps import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
@@ -100,11 +100,23 @@ def box(monkeypatch, tmp_path):
         shim=SimpleNamespace(pid=os.getppid(), status=None), directory=tmp_path / "labcore-box-1148741f969b",
         stack=SimpleNamespace(upper=upper, lowers=[tmp_path / "init", tmp_path / ("a" * 64)],
                               merged=tmp_path / "merged"),
-        overlay=object(), group=SimpleNamespace(path=tmp_path),
+        overlay=SimpleNamespace(view=tmp_path / "merged", keeper=None), group=SimpleNamespace(path=tmp_path),
         endpoint=SimpleNamespace(network=SimpleNamespace(bridge="lcbr0", gateway="10.88.0.1/16"),
                                  host_ifname="lc1148741f96", ip="10.88.0.2/16"),
-        published=SimpleNamespace(pid=os.getpid(), host_ip="127.0.0.1", host_port=8080, container_port=80))
+        published=SimpleNamespace(pid=os.getpid(), host_ip="127.0.0.1", host_port=8080, container_port=80),
+        usernet=None, _link=lambda name: "UP, on lcbr0")
     return assemble.Box.diagram(sample)
+
+
+def defence(monkeypatch, tmp_path):
+    """The layers of defence around a default container's pid 1 (09)."""
+    layers = [("user namespace", "uid_map 0 0 4294967295 (root is root)"),
+              ("namespaces", "mnt, uts, ipc, pid, net, cgroup"),
+              ("device cgroup", "9 rules: c 1:3 rwm, c 1:5 rwm, c 1:7 rwm, c 1:8 rwm, ..."),
+              ("capabilities", "CapEff 00000000a80425fb: 14 of 41"), ("seccomp", "filter, NoNewPrivs 0"),
+              ("masked paths", "12: /proc/acpi, /proc/asound, /proc/interrupts, /proc/kcore, /proc/keys, ..."),
+              ("read-only paths", "5: /proc/bus, /proc/fs, /proc/irq, /proc/sys, /proc/sysrq-trigger")]
+    return security.defence_dot(4242, "labcore-defence", layers)
 
 
 SAMPLES = {
@@ -116,6 +128,7 @@ SAMPLES = {
     "labcore.cgroups.steps:tree_dot": cgroup_tree,
     "labcore.overlay:layer_stack_dot": layer_stack,
     "labcore.assemble:diagram": box,
+    "labcore.security:defence_dot": defence,
     "labcore.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(
         "cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"),
 }
