@@ -22,6 +22,7 @@ inside a container's private mount namespace) need no record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -318,6 +319,33 @@ def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
     killed = [entry.args for entry in entries if entry.undo == "kill"]
     while any(owner_alive(args) for args in killed) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def write_whole(path: str | os.PathLike, text: str) -> None:
+    """Create the file ``path`` whole or not at all, leaving nothing if this process dies half-way: the data
+    goes into a file with no name yet (open(2) O_TMPFILE, in the directory it will live in), which gets its
+    name only once it is complete (linkat(2) of /proc/self/fd/N, open(2)'s own example). Killed before that,
+    the kernel frees the nameless file with the process. A filesystem without O_TMPFILE gets a temporary
+    name renamed into place (rename(2) is atomic), which a crash at that instant may leave."""
+    path = Path(path)
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        temporary.rename(path)
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with os.fdopen(fd, "w", closefd=False) as file:
+            file.write(text)
+        # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory)
+    finally:
+        os.close(fd)
+        os.close(directory)
 
 
 @contextlib.contextmanager

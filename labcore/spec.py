@@ -47,7 +47,9 @@ class Spec:
     name: str = ""
     rm: bool = False
     limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
-    network: str = "bridge"                   # Docker's default; "none": loopback only
+    network: str = "bridge"                   # Docker's default; "none": loopback only; or a network's name
+    endpoints: dict | None = None             # every network it joins, when not just ``network``:
+                                              # {name: {"Aliases": [...], "DriverOpts": {...}}}
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
     volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
     privileged: bool = False                  # every capability and device, no seccomp, nothing masked
@@ -113,8 +115,7 @@ def check_spec(spec: Spec) -> None:
             raise BadInput(f"invalid {flag} mode {mode!r}", fix=f"use {flag} host, or leave it out for a new namespace")
     if spec.uts == "host" and spec.hostname:
         raise BadInput("Conflicting options: hostname and the UTS mode", fix="drop --hostname, or --uts host")
-    if spec.network not in ("bridge", "none"):
-        raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
+    check_networks(spec)
     if spec.publish and spec.network == "none":
         raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
     if spec.publish:
@@ -123,6 +124,19 @@ def check_spec(spec: Spec) -> None:
             network.parse_publish(mapping)
     for volume in spec.volumes:
         parse_volume(volume)
+
+
+def check_networks(spec: Spec) -> None:
+    """The network and every one of ``endpoints`` must exist (``labcore.networks``); host and container:ID
+    networking are not the lab's."""
+    if spec.network in ("host",) or spec.network.startswith("container:"):
+        raise BadInput(f"--network {spec.network} is not supported by the lab",
+                       fix="use bridge (the default), none, or a network of `labcore network create`")
+    if spec.network in ("bridge", "none") and not spec.endpoints:
+        return                                # the common case, without importing the network modules
+    from labcore import networks
+    networks.check_endpoints(spec.network, spec.endpoints)
+    networks.wanted(spec)                     # NotFound: "network NAME not found"
 
 
 def parse_volume(volume: str) -> tuple[str, str, bool]:

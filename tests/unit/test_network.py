@@ -21,6 +21,8 @@ from labcore.network import DEFAULT, PortMapping
     ("80", PortMapping("127.0.0.1", 0, 80)),
     ("80/tcp", PortMapping("127.0.0.1", 0, 80)),
     ("127.0.0.1::80", PortMapping("127.0.0.1", 0, 80)),
+    ("0:80", PortMapping("127.0.0.1", 0, 80)),                      # HostPort "0": the kernel's choice
+    ("5353:53/udp", PortMapping("127.0.0.1", 5353, 53, "udp")),
 ])
 def test_publish_accepts_dockers_forms_on_loopback(text, expected):
     assert network.parse_publish(text) == expected
@@ -28,8 +30,9 @@ def test_publish_accepts_dockers_forms_on_loopback(text, expected):
 
 @pytest.mark.parametrize("text, says", [
     ("0.0.0.0:8080:80", "loopback"), ("192.0.2.2:8080:80", "loopback"), ("[::1]:8080:80", "127.0.0.1 only"),
-    ("8080:80/udp", "TCP only"), ("8000-8010:80", "ranges"), ("80:http", "invalid port"), ("70000", "invalid port"),
-    ("0:80", "invalid port"), ("1:2:3:4", "invalid port mapping"), ("", "invalid port"), ("localhost:80:80", "invalid"),
+    ("8080:80/sctp", "TCP and UDP only"), ("8000-8010:80", "ranges"), ("80:http", "invalid port"),
+    ("70000", "invalid port"), ("80:0", "invalid port"), ("1:2:3:4", "invalid port mapping"), ("", "invalid port"),
+    ("localhost:80:80", "invalid"),
 ])
 def test_publish_refuses_other_forms_naming_the_accepted_ones(text, says):
     with pytest.raises(BadInput) as caught:
