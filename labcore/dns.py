@@ -113,14 +113,14 @@ def failure(query: bytes) -> bytes | None:
     return reply.to_wire()
 
 
-def forward(query: bytes, servers: list[str]) -> bytes | None:
+def forward(query: bytes, servers: list[str], port: int = 53) -> bytes | None:
     """Ask the host's nameservers in turn, as they are (the reply carries the query's id); SERVFAIL when
     none answers."""
     for server in servers:
         with socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM) as upstream:
             upstream.settimeout(UPSTREAM_TIMEOUT)
             try:
-                upstream.sendto(query, (server, 53))
+                upstream.sendto(query, (server, port))
                 return upstream.recv(65535)
             except OSError:
                 continue
@@ -176,8 +176,8 @@ class Resolver:
         self.thread = threading.Thread(target=self.serve, name="labcore-dns", daemon=True)
 
     def __str__(self) -> str:
-        return (f"{ADDRESS}:53 -> udp {ADDRESS}:{self.udp.getsockname()[1]}, "
-                f"tcp {ADDRESS}:{self.tcp.getsockname()[1]}")
+        (host, udp), (_, tcp) = self.udp.getsockname(), self.tcp.getsockname()
+        return f"{ADDRESS}:53 -> udp {host}:{udp}, tcp {host}:{tcp}"
 
     def serve(self) -> None:
         with selectors.DefaultSelector() as selector:

@@ -404,7 +404,11 @@ def publish(endpoint: Endpoint, host_port: int, container_port: int, scope: jour
         entry = scope.record("process", str(process.pid), "kill", pid=process.pid,
                              start=journal.process_start_time(process.pid))
         endpoint.entries.append(entry)
-        os.write(go_ahead, b"1")
+        try:
+            os.write(go_ahead, b"1")
+        except BrokenPipeError as err:
+            raise LabError(f"the port proxy (pid {process.pid}) exited before it could serve",
+                           fix="run with -p again; `labcore doctor` checks that Python can run here") from err
         return Published(host_ip, listener.getsockname()[1], endpoint.ip, container_port, process.pid, protocol)
     finally:
         listener.close()                  # the proxy holds its own copy of the socket now
