@@ -283,10 +283,8 @@ def connect(container_id: str, record: NetworkRecord, settings: dict | None = No
             raise BadInput("container cannot be connected to multiple networks with one of the networks in "
                            "private (none) mode", fix="create it with --network NAME instead")
         joined = listed(spec)
-        if record.name in joined:
-            raise Forbidden(f"endpoint with name {container_name(container_id)} already exists in network "
-                            f"{record.name}")
-        spec["endpoints"] = {**joined, record.name: settings}
+        if record.name not in joined:     # connected already: Docker 20.10 says yes and changes nothing
+            spec["endpoints"] = {**joined, record.name: settings}
     change_stopped(container_id, change)
 
 
@@ -315,10 +313,6 @@ def change_stopped(container_id: str, change) -> None:
         container.save()
 
 
-def container_name(container_id: str) -> str:
-    from labcore import lifecycle
-    return lifecycle.load(container_id).name
-
 
 def for_lookup(reader_id: str) -> dict[str, list[str]]:
     """What the DNS server of container ``reader_id`` may answer: every name of every other running container
@@ -327,7 +321,7 @@ def for_lookup(reader_id: str) -> dict[str, list[str]]:
     records = [c for c in lifecycle.all_records() if c.state.value in ("running", "paused")]
     mine = next((c for c in records if c.id == reader_id), None)
     answers: dict[str, list[str]] = {}
-    for name, settings in (attached(mine) if mine else {}).items():
+    for name in attached(mine) if mine else {}:
         if name in BUILTIN:
             continue                          # the default bridge resolves no names (Docker's rule too)
         for other in records:
@@ -337,4 +331,3 @@ def for_lookup(reader_id: str) -> dict[str, list[str]]:
                 for alias in aliases:
                     answers.setdefault(alias.lower(), []).append(endpoint["IPAddress"])
     return answers
-
