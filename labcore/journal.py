@@ -7,7 +7,11 @@ the lab follows one rule, the way a database uses a write-ahead log:
 
     create the object  ->  immediately record {kind, name, how to undo it, who owns it}
 
-Each record is one small JSON file in ``<state dir>/journal``. Three ways to undo:
+Each record is one small JSON file in ``<state dir>/journal``, written as ``.ID.tmp`` and renamed to
+``ID.json`` (rename(2) is atomic); an undo first claims it by renaming it to ``.ID.undoing.PID.START``, so
+two cleanups never undo one object twice. A process may die at any of those instants: ``recover()`` puts a
+claim whose claimant is dead back, and a temporary record whose writer is dead forward (or drops it, with a
+report, when it is not whole). Three ways to undo:
 
 * ``with Scope() as scope:`` undoes what was recorded inside the block, in reverse order, on normal exit, on
   an exception and on KeyboardInterrupt (the CLI turns SIGTERM and SIGHUP into the same exit path);
@@ -103,17 +107,26 @@ class Journal:
             (self.directory / f"{entry.id}.json").unlink()
 
     def entries(self) -> list[Entry]:
+        return self.read_entries()[0]
+
+    def read_entries(self) -> tuple[list[Entry], list[str]]:
+        """The records, and what could not be read of them (a damaged file is reported, never fatal)."""
         if not self.directory.is_dir():
-            return []
-        found = []
+            return [], []
+        found, unreadable = [], []
         for file in sorted(self.directory.glob("*.json")):
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                found.append(Entry(**json.loads(file.read_text())))
-        return found
+            try:
+                found.append(read_entry(file))
+            except FileNotFoundError:
+                continue                                     # undone by another process meanwhile
+            except (OSError, ValueError, TypeError) as err:
+                unreadable.append(f"record {file.name}: cannot be read ({err}); it stays for you to look at")
+        return found, unreadable
 
     def undo(self, entry: Entry) -> bool:
         """Run the inverse of ``entry`` once, then drop the record. False if another process took it."""
-        claimed = self.directory / f".{entry.id}.undoing"
+        me = owner_of()
+        claimed = self.directory / f".{entry.id}.undoing.{me['pid']}.{me['start']}"
         try:
             (self.directory / f"{entry.id}.json").rename(claimed)   # claim it: two cleanups never race
         except FileNotFoundError:
@@ -126,30 +139,77 @@ class Journal:
         claimed.unlink()
         return True
 
+    def recover(self) -> list[str]:
+        """Finish what processes that died mid-write or mid-undo left in the journal; report what it could not.
+
+        ``.ID.undoing.PID.START``: the claimant died during the undo, so the object may still exist: the
+        record goes back to ``ID.json``, to be undone again (every undo treats "already gone" as done).
+        ``.ID.tmp``: the writer died between writing and renaming, after the object existed: a whole record
+        is renamed into place; a partial one names no object that can be found, so it is dropped, and said."""
+        if not self.directory.is_dir():
+            return []
+        notes = []
+        for claim in self.directory.glob(".*.undoing*"):
+            identifier, _, claimant = claim.name[1:].partition(".undoing")
+            pid, _, start = claimant.lstrip(".").partition(".")
+            if pid.isdigit() and start.isdigit() and owner_alive({"pid": int(pid), "start": int(start)}):
+                continue                                     # a live cleanup is undoing it right now
+            with contextlib.suppress(FileNotFoundError):
+                claim.rename(self.directory / f"{identifier}.json")
+        for temporary in self.directory.glob(".*.tmp"):
+            identifier = temporary.name[1:-len(".tmp")]
+            writer = identifier.split("-")[1] if identifier.count("-") >= 2 else ""
+            if writer.isdigit() and process_start_time(int(writer)) is not None and int(writer) != os.getpid():
+                continue                                     # its writer may still rename it
+            try:
+                temporary.rename(self.directory / f"{read_entry(temporary).id or identifier}.json")
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError):
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+                notes.append(f"record {identifier}: half-written when its process died, so it names no "
+                             f"object to undo; dropped")
+        return notes
+
     def set_owner(self, entry: Entry, owner: dict) -> None:
         """Hand an object to another process (a detached container's monitor), so it is not an orphan."""
         entry.owner = owner
         (self.directory / f"{entry.id}.json").write_text(json.dumps(asdict(entry)))
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
-        """Undo in reverse creation order (children before parents); report what could not be undone."""
+        """Undo in reverse creation order (children before parents); report what could not be undone.
+
+        Any error of one undo is reported and the next is tried: a record whose undo fails stays in the
+        journal, and cleanup itself never stops half-way."""
         failures = []
         for entry in reversed(entries):
             try:
                 self.undo(entry)
-            except (OSError, LabError, subprocess.SubprocessError) as err:
-                failures.append(f"{entry.describe()}: {err}")
+            except Exception as err:                 # noqa: BLE001 - one bad record must not stop the rest
+                failures.append(f"{entry.describe()}: {type(err).__name__}: {err}" if not isinstance(
+                    err, (OSError, LabError, subprocess.SubprocessError)) else f"{entry.describe()}: {err}")
         return failures
 
     def undo_orphans(self, also_mine: bool = False) -> tuple[list[Entry], list[str]]:
         """Undo what dead processes left; with ``also_mine``, what this process made too."""
+        notes = self.recover()
         me = owner_of()
-        chosen = [e for e in self.entries() if not owner_alive(e.owner) or (also_mine and e.owner == me)]
-        return chosen, self.undo_many(chosen)
+        entries, unreadable = self.read_entries()
+        chosen = [e for e in entries if not owner_alive(e.owner) or (also_mine and e.owner == me)]
+        return chosen, notes + unreadable + self.undo_many(chosen)
 
     def undo_all(self) -> tuple[list[Entry], list[str]]:
-        everything = self.entries()
-        return everything, self.undo_many(everything)
+        notes = self.recover()
+        everything, unreadable = self.read_entries()
+        return everything, notes + unreadable + self.undo_many(everything)
+
+
+def read_entry(file: Path) -> Entry:
+    fields = json.loads(file.read_text())
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    return Entry(**fields)
 
 
 class Scope:
@@ -217,18 +277,24 @@ def undo_rmtree(path: str) -> None:
         syscalls.umount2(point, syscalls.MNT_DETACH)
     if mounts_under(path):
         raise LabError(f"mounts remain below {path}; not deleting it", path=path)
-    if os.path.lexists(path):
+    if os.path.islink(path):
+        os.unlink(path)                   # the link itself, never what it points to
+    elif os.path.lexists(path):
         _make_writable(path)
         shutil.rmtree(path)
 
 
 def _make_writable(path: str) -> None:
     # Image layers hold read-only directories (e.g. /proc mode 0555): unwritable as a non-root user.
+    # os.walk lists a symlink to a directory among the directories; a link has no mode of its own to change
+    # (chmod(2) follows it, and Linux has no lchmod: Python raises NotImplementedError), so it is skipped.
     if os.geteuid() != 0:
         for root, dirs, _ in os.walk(path):
             for name in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+                child = os.path.join(root, name)
+                if not os.path.islink(child):
+                    with contextlib.suppress(OSError):
+                        os.chmod(child, 0o700)
 
 
 def undo_rmdir_cgroup(path: str) -> None:
@@ -412,8 +478,9 @@ def cleanup(everything: bool = False) -> str:
     Idempotent: a second call finds nothing and says so.
     """
     journal = Journal()
-    undone, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
-    wait_gone(undone)
-    lines = [f"removed {entry.describe()}" for entry in undone]
+    tried, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
+    wait_gone(tried)
+    kept = {entry.id for entry in journal.entries()}         # a record whose undo failed stays
+    lines = [f"removed {entry.describe()}" for entry in tried if entry.id not in kept]
     lines += [f"could not remove {failure}" for failure in failures]
     return "\n".join(lines) or "nothing left to clean up"

@@ -100,3 +100,111 @@ def test_a_notebooks_cleanup_leaves_other_live_processes_objects_alone(tmp_path)
     finally:
         other.communicate("")
     assert journal.cleanup() == f"removed directory {theirs}"            # an orphan now
+
+
+# --- every state a crash can leave the journal in (issue 11): cleanup reports, and never crashes ----------
+
+def dead_owner() -> dict:
+    """The owner fields of a process that has exited: its records are orphans."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return {"pid": child.pid, "start": 1}
+
+
+def test_rmtree_of_a_tree_with_symlinks_as_a_user_removes_the_links_not_their_targets(tmp_path, monkeypatch):
+    target = tmp_path / "outside"
+    target.mkdir()
+    (target / "keep.txt").write_text("not ours\n")
+    tree = tmp_path / "labcore-tree"
+    (tree / "sub").mkdir(parents=True)
+    os.symlink(target, tree / "sub" / "link-to-dir")           # os.walk lists it among the directories
+    os.symlink(tree / "missing", tree / "dangling")
+    monkeypatch.setattr(os, "geteuid", lambda: 1001)          # _make_writable's path for a user
+    journal.undo_rmtree(str(tree))
+    assert not tree.exists() and (target / "keep.txt").exists()
+
+
+def test_rmtree_of_a_recorded_path_that_is_now_a_symlink_removes_only_the_link(tmp_path):
+    target = tmp_path / "outside"
+    target.mkdir()
+    link = tmp_path / "labcore-link"
+    os.symlink(target, link)
+    journal.undo_rmtree(str(link))
+    assert not os.path.lexists(link) and target.is_dir()
+
+
+def test_an_interrupted_undo_is_tried_again(tmp_path):
+    log = Journal(tmp_path / "journal")
+    path = tmp_path / "labcore-half-undone"
+    path.mkdir()
+    entry = log.record("directory", path, "rmtree", owner=dead_owner(), path=str(path))
+    (log.directory / f"{entry.id}.json").rename(log.directory / f".{entry.id}.undoing.{dead_owner()['pid']}.1")
+    tried, failures = log.undo_orphans()
+    assert failures == [] and [e.id for e in tried] == [entry.id]
+    assert not path.exists() and list(log.directory.iterdir()) == []
+
+
+def test_a_claim_from_the_old_format_or_a_live_cleanup(tmp_path):
+    log = Journal(tmp_path / "journal")
+    path = tmp_path / "labcore-claimed"
+    path.mkdir()
+    old = log.record("directory", path, "rmtree", owner=dead_owner(), path=str(path))
+    (log.directory / f"{old.id}.json").rename(log.directory / f".{old.id}.undoing")    # no claimant named
+    me = journal.owner_of()
+    live = log.record("directory", tmp_path / "labcore-live", "rmtree", owner=dead_owner(),
+                      path=str(tmp_path / "labcore-live"))
+    claim = log.directory / f".{live.id}.undoing.{me['pid']}.{me['start']}"
+    (log.directory / f"{live.id}.json").rename(claim)
+    tried, failures = log.undo_all()
+    assert [e.id for e in tried] == [old.id] and failures == [] and not path.exists()
+    assert claim.exists()                                     # a live claimant's: left to it
+
+
+def test_a_whole_temporary_record_is_kept_and_a_half_written_one_reported(tmp_path):
+    log = Journal(tmp_path / "journal")
+    path = tmp_path / "labcore-unrenamed"
+    path.mkdir()
+    entry = log.record("directory", path, "rmtree", owner=dead_owner(), path=str(path))
+    dead = dead_owner()["pid"]
+    whole = log.directory / f".{entry.id.replace(f'-{os.getpid()}-', f'-{dead}-')}.tmp"
+    (log.directory / f"{entry.id}.json").rename(whole)
+    (log.directory / f".1-{dead}-mount.tmp").write_text('{"kind": "mou')
+    tried, failures = log.undo_all()
+    assert [str(path)] == [e.name for e in tried] and not path.exists()
+    assert len(failures) == 1 and "half-written" in failures[0]
+    assert list(log.directory.iterdir()) == []
+
+
+def test_a_temporary_record_of_a_live_writer_is_left_alone(tmp_path):
+    log = Journal(tmp_path / "journal")
+    log.directory.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                             text=True)
+    try:
+        pending = log.directory / f".1-{other.pid}-mount.tmp"
+        pending.write_text('{"kind": "mou')
+        assert log.undo_all() == ([], []) and pending.exists()
+    finally:
+        other.communicate("")
+
+
+def test_an_undo_that_raises_anything_is_reported_and_the_rest_still_undone(tmp_path, monkeypatch):
+    log = Journal()                                           # the one `labcore cleanup` reads
+    first = tmp_path / "labcore-first"
+    first.mkdir()
+    log.record("directory", first, "rmtree", owner=dead_owner(), path=str(first))
+    broken = log.record("directory", tmp_path / "labcore-x", "rmtree", owner=dead_owner(), path=str(tmp_path))
+    (log.directory / f"{broken.id}.json").write_text(
+        '{"kind": "directory", "name": "x", "undo": "no-such-op", "args": {}, "owner": {}, "id": "%s"}' % broken.id)
+    odd = log.record("directory", tmp_path / "labcore-y", "rmtree", owner=dead_owner(), path=str(tmp_path))
+    (log.directory / f"{odd.id}.json").write_text('{"kind": "directory", "surprise": 1}')
+    monkeypatch.setitem(journal.UNDO, "boom", lambda: (_ for _ in ()).throw(NotImplementedError("lchmod")))
+    log.record("thing", "labcore-boom", "boom", owner=dead_owner())
+    report = journal.cleanup(everything=True)
+    assert f"removed directory {first}" in report and not first.exists()
+    assert "could not remove thing labcore-boom: NotImplementedError: lchmod" in report
+    assert "could not remove directory x: KeyError" in report
+    assert f"record {odd.id}.json: cannot be read" in report
+    assert "removed thing" not in report and "removed directory x" not in report
+    for record in log.directory.iterdir():                     # what could not be undone stays, as it should
+        record.unlink()
