@@ -280,12 +280,14 @@ def run(spec: Spec, stdio: str = "capture") -> Result:
 
 
 def make_state_dir(container: Container) -> None:
+    """The container's directory, journaled before it exists: a crash between the two leaves a record of
+    nothing, never a directory nobody knows about."""
     directory = container.directory
-    try:
-        directory.mkdir(parents=True)
-    except FileExistsError:
+    if directory.is_dir():
         return                    # made by `create` (labcore.engine), which journaled it already
     container.scope.record("directory", str(directory), "rmtree", path=str(directory))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()
 
 
 def record_process(scope: journal.Scope, pid: int) -> journal.Entry:

@@ -585,6 +585,8 @@ def status_text(record: Record) -> str:
         return f"Restarting ({record.exit_code}) {human_duration(time.time() - record.finished)} ago"
     if record.state is State.EXITED:
         return f"Exited ({record.exit_code}) {human_duration(time.time() - record.finished)} ago"
+    if record.state is State.DEAD:
+        return "Dead"
     return "Created"
 
 
@@ -633,7 +635,7 @@ def container_inspect(record: Record) -> dict:
         "Id": record.id, "Created": rfc3339(record.created), "Path": argv[0], "Args": argv[1:],
         "State": {"Status": record.state.value, "Running": running or record.state is State.RESTARTING,
                   "Paused": record.state is State.PAUSED, "Restarting": record.state is State.RESTARTING,
-                  "OOMKilled": record.oom_killed, "Dead": False, "Pid": record.pid if running else 0,
+                  "OOMKilled": record.oom_killed, "Dead": record.state is State.DEAD, "Pid": record.pid if running else 0,
                   "ExitCode": record.exit_code, "Error": record.error, "StartedAt": rfc3339(record.started),
                   "FinishedAt": rfc3339(record.finished)},
         "Image": record.config.get("image_id", ""), "Name": f"/{record.name}", "RestartCount": 0,

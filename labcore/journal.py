@@ -175,7 +175,10 @@ class Journal:
     def set_owner(self, entry: Entry, owner: dict) -> None:
         """Hand an object to another process (a detached container's monitor), so it is not an orphan."""
         entry.owner = owner
-        (self.directory / f"{entry.id}.json").write_text(json.dumps(asdict(entry)))
+        # Whole or not at all, as ``record`` writes: killed half-way, a .tmp that ``recover`` puts in place.
+        temporary = self.directory / f".{entry.id}.tmp"
+        temporary.write_text(json.dumps(asdict(entry)))
+        temporary.rename(self.directory / f"{entry.id}.json")
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
         """Undo in reverse creation order (children before parents); report what could not be undone.
