@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -388,6 +389,19 @@ def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
     killed = [entry.args for entry in entries if entry.undo == "kill"]
     while any(owner_alive(args) for args in killed) and time.monotonic() < deadline:
         time.sleep(0.005)
+
+
+def make_scratch(scope: "Scope", prefix: str, directory: bool = True) -> str:
+    """A new directory (or empty file) in the state dir's scratch space: named first, journaled, then made,
+    so a crash at any instant leaves a record of it or nothing (``tempfile.mkdtemp`` would make it first)."""
+    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
+    path = str(paths.scratch_dir() / f"{prefix}{secrets.token_hex(8)}")
+    scope.record("directory" if directory else "file", path, "rmtree" if directory else "unlink", path=path)
+    if directory:
+        os.mkdir(path, 0o700)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return path
 
 
 def write_whole(path: str | os.PathLike, text: str) -> None:

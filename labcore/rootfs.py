@@ -48,8 +48,11 @@ def unpack(image, destination: str | os.PathLike, undo: journal.Scope | journal.
     """Extract ``image``'s layers into a new directory, recorded for removal before the first file lands."""
     from labcore import images        # only when a root filesystem is needed: `labcore --help` stays light
     destination = Path(destination)
+    if os.path.lexists(destination):              # not ours: never journaled for removal
+        raise LabError(f"{destination} exists already: the image is unpacked into a new directory",
+                       syscall="mkdir", path=str(destination), fix="give a path that does not exist yet")
+    undo.record("directory", str(destination), "rmtree", path=str(destination))      # before it exists
     destination.mkdir(parents=True)
-    undo.record("directory", str(destination), "rmtree", path=str(destination))
     images.Store().unpack(image, destination)
     return destination
 

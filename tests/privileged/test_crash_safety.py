@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from labcore.journal import Journal
 from tests.conftest import privileged
 
