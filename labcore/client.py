@@ -248,7 +248,7 @@ def body_from_spec(spec) -> dict:
         host["MemorySwappiness"] = limits.swappiness
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
-            "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host,
+            "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host, "MacAddress": spec.mac_address or "",
             **({"NetworkingConfig": {"EndpointsConfig": spec.endpoints}} if spec.endpoints else {})}
 
 

@@ -203,7 +203,7 @@ def connect_to(container: Container, net, index: int):
     lc<id>h, lc<id>1h, ... (at most 15 bytes, IFNAMSIZ)."""
     from labcore import network, usernet
     options = {"short_id": container.spec.id[:10] + (str(index) if index else ""), "ifname": f"eth{index}",
-               "default_route": index == 0}
+               "default_route": index == 0, "mac": container.spec.mac_address if index == 0 else None}
     if container.usernet is not None:
         return usernet.connect(container.usernet, container.pid, container.scope, net=net, **options)
     return network.connect(container.pid, container.scope, net, **options)
@@ -312,6 +312,7 @@ def save_state(container: Container) -> None:
                             "Type": p.protocol} for p in container.published]     # Docker's `Ports` entries
         config["networks"] = {name: {"IPAddress": endpoint.ip, "IPPrefixLen": endpoint.network.prefixlen,
                                      "Gateway": endpoint.network.gateway, "Interface": endpoint.container_ifname,
+                                     "MacAddress": endpoint.mac,
                                      "Aliases": ((container.spec.endpoints or {}).get(name) or {}).get("Aliases")}
                               for name, endpoint in container.endpoints.items()}
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,

@@ -404,7 +404,7 @@ def spec_from_body(body: dict, name: str, version: str | None = None) -> tuple[S
                 hostname=body.get("Hostname") or None, tty=bool(body.get("Tty")),
                 interactive=bool(body.get("OpenStdin")), name=name.lstrip("/"),
                 rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host),
-                network=network, endpoints=endpoints,
+                network=network, endpoints=endpoints, mac_address=body.get("MacAddress") or None,
                 publish=publish_from_bindings(host.get("PortBindings") or {}), volumes=volumes,
                 group_add=[str(group) for group in host.get("GroupAdd") or []],
                 tmpfs=tmpfs_of(host), init=bool(host.get("Init")), pid=namespace_mode(host, "PidMode"),
@@ -673,8 +673,8 @@ def network_settings(record: Record, running: bool) -> dict:
             "LinkLocalIPv6PrefixLen": 0, "SandboxKey": f"/proc/{record.pid}/ns/net" if running else "",
             "EndpointID": first.get("EndpointID", ""), "Gateway": first.get("Gateway", ""),
             "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
-            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-            "Ports": ports, "Networks": joined}
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+            "MacAddress": first.get("MacAddress", ""), "Ports": ports, "Networks": joined}
 
 
 def endpoint_settings(record: Record, name: str, settings: dict, live: dict) -> dict:
@@ -689,8 +689,8 @@ def endpoint_settings(record: Record, name: str, settings: dict, live: dict) -> 
     return {"IPAMConfig": settings.get("IPAMConfig"), "Links": None, "Aliases": settings.get("Aliases") or None,
             "NetworkID": network_id, "EndpointID": endpoint, "Gateway": live.get("Gateway", ""),
             "IPAddress": live.get("IPAddress", ""), "IPPrefixLen": live.get("IPPrefixLen", 0),
-            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "MacAddress": "",
-            "DriverOpts": settings.get("DriverOpts") or None}
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "MacAddress": live.get("MacAddress", ""), "DriverOpts": settings.get("DriverOpts") or None}
 
 
 @route("GET", "/containers/json")
@@ -1098,7 +1098,7 @@ def network_inspect(record, containers: bool = True) -> dict:
         endpoint = networks.attached(container).get(record.name)
         if endpoint and container.state in (State.RUNNING, State.PAUSED):
             members[container.id] = {
-                "Name": container.name, "MacAddress": "", "IPv6Address": "",
+                "Name": container.name, "MacAddress": endpoint.get("MacAddress", ""), "IPv6Address": "",
                 "EndpointID": endpoint_settings(container, record.name, {}, endpoint)["EndpointID"],
                 "IPv4Address": f"{endpoint['IPAddress']}/{endpoint['IPPrefixLen']}"}
     subnets = [{"Subnet": record.subnet, "Gateway": record.gateway}] if record.subnet else []

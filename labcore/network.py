@@ -8,7 +8,9 @@ driver"); the lab does the same, naming what it makes ``lc...``:
     veth     two interfaces that are the two ends of one cable (veth(4)): the host end is plugged into the
              bridge, the other end moves into the container's namespace (`ip link set lcXc netns PID`)
              and is renamed eth0 there
-    address  the next free address of the subnet (Docker's IPAM), a default route via the bridge's address
+    address  the next free address of the subnet (Docker's IPAM), a default route via the bridge's address,
+             and a MAC address made of it, 02:42 and the address's four bytes, as Docker makes one
+             (libnetwork/netutils: GenerateMACFromIP), unless `--mac-address` says otherwise
     publish  `docker run -p 127.0.0.1:8080:80`: docker-proxy, a process that accepts on the host's port
              and connects to the container's address and port (``labcore.portproxy``)
 
@@ -95,6 +97,7 @@ class Endpoint:
     container_ifname: str = "eth0"    # inside, as Docker names it
     netns: int = 0                    # inode of /proc/PID/ns/net
     entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
+    mac: str = ""                     # of the container's end
     via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.usernet)
 
     def __str__(self) -> str:
@@ -339,18 +342,24 @@ def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: in
              f"neigh flush to {address} dev {network.bridge}\n")
 
 
-def configure_inside(peer: str, ifname: str, address: str, network: Network, default_route: bool = True) -> None:
-    """Inside the container's namespace: lo up, the veth end renamed and addressed, a default route (through
-    the first network only: a container on several has one way out, and a route to each subnet)."""
+def mac_for(address: str) -> str:
+    """Docker's MAC address for a container's IPv4 address: 02:42 (locally administered) and its four bytes."""
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(address).packed)
+
+
+def configure_inside(peer: str, ifname: str, address: str, network: Network, default_route: bool = True,
+                     mac: str | None = None) -> None:
+    """Inside the container's namespace: lo up, the veth end renamed, given its MAC and address, a default
+    route (through the first network only: a container on several has one way out, and a route to each)."""
     route = f"route add default via {network.gateway} dev {ifname}\n" if default_route else ""
     ip(batch=f"link set lo up\n"
-             f"link set {peer} name {ifname}\n"
+             f"link set {peer} name {ifname} address {mac or mac_for(address)}\n"
              f"addr add {address}/{network.prefixlen} dev {ifname}\n"
              f"link set {ifname} up\n" + route)
 
 
 def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id: str | None = None,
-            ifname: str = "eth0", default_route: bool = True) -> Endpoint:
+            ifname: str = "eth0", default_route: bool = True, mac: str | None = None) -> Endpoint:
     """Give the network namespace of ``pid`` an eth0 on the bridge, as Docker's bridge driver does (eth1 on
     its second network, and so on: ``ifname``).
 
@@ -366,8 +375,9 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
         address = free_address(network, taken_addresses())
         scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
         plug_in(network, host_ifname, peer, address, pid)
-    in_netns(pid, configure_inside, peer, ifname, address, network, default_route)
-    return Endpoint(pid, address, network, host_ifname, ifname, inode, entries=scope.entries[first:])
+    in_netns(pid, configure_inside, peer, ifname, address, network, default_route, mac)
+    return Endpoint(pid, address, network, host_ifname, ifname, inode, entries=scope.entries[first:],
+                    mac=mac or mac_for(address))
 
 
 def loopback_up(pid: int) -> None:

@@ -30,6 +30,7 @@ _USER = re.compile(r"^(\d+)(?::(\d+))?$")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")                                # docker's container names
 _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
 _ENV_NAME = re.compile(r"^[^=\s]+$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Spec:
     rm: bool = False
     limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
     network: str = "bridge"                   # Docker's default; "none": loopback only; or a network's name
+    mac_address: str | None = None            # --mac-address, of eth0 (default: made of its address)
     endpoints: dict | None = None             # every network it joins, when not just ``network``:
                                               # {name: {"Aliases": [...], "DriverOpts": {...}}}
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
@@ -116,6 +118,8 @@ def check_spec(spec: Spec) -> None:
     if spec.uts == "host" and spec.hostname:
         raise BadInput("Conflicting options: hostname and the UTS mode", fix="drop --hostname, or --uts host")
     check_networks(spec)
+    if spec.mac_address is not None and not _MAC.match(spec.mac_address):
+        raise BadInput(f"invalid MAC address {spec.mac_address!r}", fix="six hex bytes, e.g. 02:42:ac:11:00:0a")
     if spec.publish and spec.network == "none":
         raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
     if spec.publish:

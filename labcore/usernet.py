@@ -260,7 +260,8 @@ def nft(rules: str) -> None:
 # --- a container on it --------------------------------------------------------------------------------------
 
 def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | None = None,
-            net: network.Network | None = None, ifname: str = "eth0", default_route: bool = True) -> network.Endpoint:
+            net: network.Network | None = None, ifname: str = "eth0", default_route: bool = True,
+            mac: str | None = None) -> network.Endpoint:
     """eth0 for ``pid``: ``network.connect``, one namespace further in; on a user-defined network ``net``,
     whose bridge the router gets when the first container joins. ``pid`` must be in the router's user
     namespace already (joined before its unshare): otherwise moving the veth end is refused with EPERM."""
@@ -275,9 +276,9 @@ def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | No
         scope.record("link", host_ifname, "link_in", name=host_ifname, pid=usernet.holder,
                      start=journal.process_start_time(usernet.holder))
         network.in_netns(usernet.holder, network.plug_in, net, host_ifname, peer, address, pid)
-    network.in_netns(pid, network.configure_inside, peer, ifname, address, net, default_route)
+    network.in_netns(pid, network.configure_inside, peer, ifname, address, net, default_route, mac)
     return network.Endpoint(pid, address, net, host_ifname, ifname, inode, entries=scope.entries[first:],
-                            via=usernet.holder)
+                            via=usernet.holder, mac=mac or network.mac_for(address))
 
 
 def reply(address: str, port: int) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from labcore import network
 from tests.conftest import has, privileged
 
 pytestmark = [privileged, pytest.mark.skipif(not has("nft"), reason="needs nft (nftables): `./lab test` installs it")]
@@ -85,8 +86,9 @@ def test_two_networks_cannot_reach_each_other(front):
 def test_a_container_on_two_networks_has_eth0_and_eth1_and_one_default_route(front):
     labcore("network", "create", "back")
     try:
-        box = labcore("create", "--network", "front", "busybox", "sh", "-c",
-                      "ip -o -4 addr show; ip route").stdout.strip()
+        box = labcore("create", "--network", "front", "--mac-address", "02:42:00:00:00:2a", "busybox", "sh", "-c",
+                      "ip -o -4 addr show; ip route; cat /sys/class/net/eth0/address /sys/class/net/eth1/address"
+                      ).stdout.strip()
         labcore("network", "connect", "back", box)
         labcore("start", box)
         assert labcore("wait", box).stdout.strip() == "0"
@@ -95,6 +97,8 @@ def test_a_container_on_two_networks_has_eth0_and_eth1_and_one_default_route(fro
         assert [line for line in out.splitlines() if line.startswith("default")] == [
             line for line in out.splitlines() if line.startswith("default via") and line.endswith("dev eth0 ")]
         assert len([line for line in out.splitlines() if line.startswith("default")]) == 1
+        eth1 = next(line.split()[3].split("/")[0] for line in out.splitlines() if " eth1 " in line)
+        assert out.splitlines()[-2:] == ["02:42:00:00:00:2a", network.mac_for(eth1)]      # asked for; Docker's
     finally:
         labcore("rm", "-f", box, check=False)
         labcore("network", "rm", "back")

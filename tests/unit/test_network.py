@@ -240,3 +240,14 @@ def test_publish_journals_the_proxy_before_it_serves(monkeypatch):
     assert published.protocol == "udp" and published.host_port > 0 and str(published).startswith("53/udp -> ")
     scope.close()
     assert proxy.wait(5) == -9
+
+
+def test_a_containers_mac_address_is_made_of_its_ip_address_as_dockers_is():
+    assert network.mac_for("10.203.0.2") == "02:42:0a:cb:00:02"
+    assert network.mac_for("172.17.0.10") == "02:42:ac:11:00:0a"        # what docker-py's test expects of Docker
+
+
+def test_a_bad_mac_address_is_refused_before_anything_exists():
+    from labcore.spec import Spec, check_spec
+    with pytest.raises(BadInput, match="MAC"):
+        check_spec(Spec("busybox", mac_address="02:42:zz:00:00:01"))
