@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import confinement, journal, layers, paths, rootfs, syscalls, userns, users
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere, from_oserror
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
 # (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
@@ -188,6 +188,11 @@ def connect_network(container: Container) -> None:
     from labcore import network, networks
     for index, name in enumerate(networks.wanted(spec)):
         container.endpoints[name] = connect_to(container, networks.find(name).bridge, index)
+    if not container.endpoints:                   # disconnected from every network before it started
+        if spec.publish:
+            raise BadInput("published ports need a network: the container was disconnected from all of them",
+                           fix="`labcore network connect NETWORK CONTAINER`, then start it")
+        return
     container.endpoint = next(iter(container.endpoints.values()))
     for text in spec.publish:
         mapping = network.parse_publish(text)

@@ -1,17 +1,21 @@
-"""The undo journal: every object the lab creates is written down with its inverse, at creation.
+"""The undo journal: every object the lab creates is written down with its inverse, before it exists.
 
 Containers are made of kernel objects that outlive the process that made them: a mount in the host's mount
 namespace, a cgroup directory, a named network namespace, a veth pair, a background process, a directory of
 layers. If the notebook kernel is restarted half-way through a step, nothing else would remember them. So
 the lab follows one rule, the way a database uses a write-ahead log:
 
-    create the object  ->  immediately record {kind, name, how to undo it, who owns it}
+    record {kind, name, how to undo it, who owns it}  ->  then create the object
 
-Each record is one small JSON file in ``<state dir>/journal``, written as ``.ID.tmp`` and renamed to
-``ID.json`` (rename(2) is atomic); an undo first claims it by renaming it to ``.ID.undoing.PID.START``, so
-two cleanups never undo one object twice. A process may die at any of those instants: ``recover()`` puts a
-claim whose claimant is dead back, and a temporary record whose writer is dead forward (or drops it, with a
-report, when it is not whole). Three ways to undo:
+A process killed between the two leaves a record of nothing, which an undo treats as done; killed the other
+way round it would leave an object nobody knows about. So an object's name is chosen before it exists, and a
+process that cannot be named ahead (a port proxy) waits until it is recorded before it does anything.
+
+Each record is one small JSON file in ``<state dir>/journal``, ``ID.json``, written whole before it has a
+name (``write_whole``; where the filesystem cannot, as ``.ID.tmp`` renamed into place); an undo first claims
+it by renaming it to ``.ID.undoing.PID.START``, so two cleanups never undo one object twice. A process may
+die at any of those instants: ``recover()`` puts a claim whose claimant is dead back, and a temporary record
+whose writer is dead forward (or drops it, with a report, when it is not whole). Three ways to undo:
 
 * ``with Scope() as scope:`` undoes what was recorded inside the block, in reverse order, on normal exit, on
   an exception and on KeyboardInterrupt (the CLI turns SIGTERM and SIGHUP into the same exit path);
@@ -40,6 +44,7 @@ from pathlib import Path
 
 from labcore import paths, syscalls
 from labcore.errors import LabError
+from labcore.process import tied
 
 
 @dataclass
@@ -97,9 +102,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
-        temporary = self.directory / f".{entry.id}.tmp"
-        temporary.write_text(json.dumps(asdict(entry)))
-        temporary.rename(self.directory / f"{entry.id}.json")    # rename is atomic: no half records
+        write_whole(self.directory / f"{entry.id}.json", json.dumps(asdict(entry)))     # never half a record
         return entry
 
     def forget(self, entry: Entry) -> None:
@@ -176,9 +179,10 @@ class Journal:
     def set_owner(self, entry: Entry, owner: dict) -> None:
         """Hand an object to another process (a detached container's monitor), so it is not an orphan."""
         entry.owner = owner
-        # Whole or not at all, as ``record`` writes: killed half-way, a .tmp that ``recover`` puts in place.
+        # A whole temporary record renamed over the old one: killed in between, ``recover`` puts it in place.
         temporary = self.directory / f".{entry.id}.tmp"
-        temporary.write_text(json.dumps(asdict(entry)))
+        temporary.unlink(missing_ok=True)
+        write_whole(temporary, json.dumps(asdict(entry)))
         temporary.rename(self.directory / f"{entry.id}.json")
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
@@ -343,12 +347,12 @@ def undo_kill(pid: int, start: int | None) -> None:
 
 def undo_netns(name: str) -> None:
     _refuse_foreign(name, name.startswith(paths.PREFIX))
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    subprocess.run(tied(["ip", "netns", "delete", name]), capture_output=True)
 
 
 def undo_link(name: str) -> None:
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    subprocess.run(["ip", "link", "delete", name], capture_output=True)
+    subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True)
 
 
 def undo_link_in(name: str, pid: int, start: int | None) -> None:
@@ -356,8 +360,8 @@ def undo_link_in(name: str, pid: int, start: int | None) -> None:
     ``ip`` cannot see: ``labcore.usernet``), while that pid still names the process we started."""
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
     if start is not None and process_start_time(pid) == start:
-        subprocess.run(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
-                        "ip", "link", "delete", name], capture_output=True)
+        subprocess.run(tied(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
+                             "ip", "link", "delete", name]), capture_output=True)
 
 
 def undo_usernet(journal: str) -> None:
@@ -450,11 +454,15 @@ def undo_bridge(name: str, lock: str) -> None:
     so the last one out removes it. Under the lock that ``labcore.network.connect`` holds while plugging in."""
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
     with contextlib.ExitStack() as stack:
+        held = ()
         with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
-            fcntl.flock(stack.enter_context(open(lock)), fcntl.LOCK_EX)
+            held = (stack.enter_context(open(lock)).fileno(),)
+            fcntl.flock(held[0], fcntl.LOCK_EX)
         ports = Path(f"/sys/class/net/{name}/brif")   # one entry per plugged-in interface (sysfs-class-net)
         if ports.is_dir() and not any(ports.iterdir()):
-            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+            # ip(8) holds the lock too (flock(2) belongs to the open file, which it inherits): were we killed
+            # now, nobody could plug into the bridge before it is gone.
+            subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True, pass_fds=held)
 
 
 def undo_unlink(path: str) -> None:
@@ -469,7 +477,7 @@ def undo_ipcrm(msqid: int, key: int) -> None:
     for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]:
         fields = row.split()
         if int(fields[1]) == msqid and int(fields[0]) == key:
-            subprocess.run(["ipcrm", "-q", str(msqid)], capture_output=True, check=True)
+            subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
 
 
 UNDO = {

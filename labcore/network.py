@@ -50,7 +50,7 @@ from labcore import journal, paths, portproxy, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.evidence import Step, current_mode
 from labcore.namespaces import enter_namespaces
-from labcore.process import Child, run_in_child
+from labcore.process import Child, run_in_child, tied
 
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
@@ -196,7 +196,7 @@ def ip(*args: str, batch: str | None = None, as_json: bool = False):
     command = [shutil.which("ip") or "/sbin/ip", *(["-j"] if as_json else []),
                *(["-batch", "-"] if batch else []), *args]
     try:
-        done = subprocess.run(command, input=batch, capture_output=True, text=True)
+        done = subprocess.run(tied(command), input=batch, capture_output=True, text=True)
     except FileNotFoundError as err:
         raise NotSupportedHere("ip(8) is not installed", fix="apt-get install iproute2") from err
     if done.returncode != 0:

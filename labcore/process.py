@@ -135,6 +135,16 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
         os._exit(code)
 
 
+def tied(argv: list[str]) -> list[str]:
+    """``argv`` made to die with this process: util-linux's setpriv sets PR_SET_PDEATHSIG (prctl(2)) to
+    SIGKILL and execs it. For the short helpers that make or remove objects (ip(8)): killed with us, a helper
+    can never finish making an object after `labcore cleanup` has removed its record, nor delete one that
+    another process has taken over since. (Not for what must outlive us: a proxy, a container.)"""
+    import shutil
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
+
+
 def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
     """Start a program that outlives this step (a port proxy, slirp4netns): in a session of its own, so a ^C at
     the terminal is for labcore, which stops it itself; reaped by a thread of its own whoever kills it (the
