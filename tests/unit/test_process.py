@@ -58,6 +58,8 @@ def test_a_tied_helper_dies_with_the_process_that_started_it():
                                "print(p.pid, flush=True); p.wait()", *process.tied(["sleep", "60"])],
                               stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
+    while open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")[0] != b"sleep":
+        time.sleep(0.001)                             # setpriv has set the signal once it has become sleep
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
