@@ -206,8 +206,9 @@ class Remote:
         return self.call("GET", "/images/json")
 
     def network_create(self, name: str, subnet=None, labels=None, options=None, driver="bridge") -> str:
+        pools = [{"Subnet": subnet}] if subnet else []
         body = {"Name": name, "CheckDuplicate": True, "Driver": driver, "Labels": labels or {},
-                "Options": options or {}, "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet}] if subnet else []}}
+                "Options": options or {}, "IPAM": {"Driver": "default", "Config": pools}}
         return self.call("POST", "/networks/create", body)["Id"]
 
     def networks(self) -> list[dict]:
@@ -248,7 +249,7 @@ def body_from_spec(spec) -> dict:
         host["MemorySwappiness"] = limits.swappiness
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
-            "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host, "MacAddress": spec.mac_address or "",
+            "Tty": spec.tty, "OpenStdin": spec.interactive, "MacAddress": spec.mac_address or "", "HostConfig": host,
             **({"NetworkingConfig": {"EndpointsConfig": spec.endpoints}} if spec.endpoints else {})}
 
 
