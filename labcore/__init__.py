@@ -12,6 +12,7 @@ Each module is one mechanism and reads as a short lesson. In the order a contain
         overlay       one copy of the image for many containers; overlay_model predicts it
         network       a bridge, a veth pair, an address; portproxy publishes a port
         usernet       the same without root: a bridge in a namespace you own, slirp4netns its way out
+        networks      user-defined networks: a bridge and a subnet each; dns: names at 127.0.0.11
     images
         images        layers kept by digest in an OCI layout; baseimage builds busybox offline
         layers        each layer unpacked once; archive loads and saves what Docker and Podman write
@@ -20,7 +21,7 @@ Each module is one mechanism and reads as a short lesson. In the order a contain
     the runtime
         spec          what `docker run` is asked, refused before anything exists
         container     a command as pid 1 on an image's root: create, start, wait; stdio: its fds 0-2
-        lifecycle     created, running, paused, exited: a state machine on disk
+        lifecycle     created, running, paused, exited, dead: a state machine on disk
         engine        containers that outlive their caller; daemon and dockerapi serve Docker's API
         client        the CLI's way to the engine, in this process or over labd's socket
     around it

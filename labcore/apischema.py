@@ -206,13 +206,30 @@ UNIMPLEMENTED = tuple(name for name in HOST_CONFIG.fields if name in (
 DEFAULTS = {"IpcMode": ("", "private", "shareable"), "UsernsMode": ("", "private"), "Cgroup": ("", "private"),
             "Runtime": ("", "labcore"), "ShmSize": (0, 64 << 20), "OomKillDisable": (False, None)}
 
+ENDPOINT_SETTINGS = Struct("EndpointSettings", {
+    "IPAMConfig": Struct("EndpointIPAMConfig", {"IPv4Address": STR, "IPv6Address": STR, "LinkLocalIPs": STRS}),
+    "Links": STRS, "Aliases": STRS, "MacAddress": STR, "DriverOpts": MapOf(STR), "NetworkID": STR,
+    "EndpointID": STR, "Gateway": STR, "IPAddress": STR, "IPPrefixLen": Int("int"), "IPv6Gateway": STR,
+    "GlobalIPv6Address": STR, "GlobalIPv6PrefixLen": Int("int"), "DNSNames": STRS,
+})
+NETWORKING_CONFIG = Struct("NetworkingConfig", {"EndpointsConfig": MapOf(ENDPOINT_SETTINGS)})
+
+NETWORK_CREATE = Struct("NetworkCreateRequest", {
+    "Name": STR, "CheckDuplicate": BOOL, "Driver": STR, "Scope": STR, "EnableIPv6": BOOL, "Internal": BOOL,
+    "Attachable": BOOL, "Ingress": BOOL, "ConfigOnly": BOOL, "Options": MapOf(STR), "Labels": MapOf(STR),
+    "IPAM": Struct("IPAM", {"Driver": STR, "Options": MapOf(STR), "Config": ListOf(Struct("IPAMConfig", {
+        "Subnet": STR, "IPRange": STR, "Gateway": STR, "AuxiliaryAddresses": MapOf(STR)}))}),
+})
+NETWORK_CONNECT = Struct("NetworkConnect", {"Container": STR, "EndpointConfig": ENDPOINT_SETTINGS})
+NETWORK_DISCONNECT = Struct("NetworkDisconnect", {"Container": STR, "Force": BOOL})
+
 CONFIG = Struct("ContainerConfigWrapper", {
     "Hostname": STR, "Domainname": STR, "User": STR, "AttachStdin": BOOL, "AttachStdout": BOOL,
     "AttachStderr": BOOL, "ExposedPorts": MapOf(None), "Tty": BOOL, "OpenStdin": BOOL, "StdinOnce": BOOL,
     "Env": STRS, "Cmd": StrSlice(), "Healthcheck": Any(), "ArgsEscaped": BOOL, "Image": STR,
     "Volumes": MapOf(None), "WorkingDir": STR, "Entrypoint": StrSlice(), "NetworkDisabled": BOOL,
     "MacAddress": STR, "OnBuild": STRS, "Labels": MapOf(STR), "StopSignal": STR, "StopTimeout": Int("int"),
-    "Shell": StrSlice(), "HostConfig": HOST_CONFIG, "NetworkingConfig": Any(),
+    "Shell": StrSlice(), "HostConfig": HOST_CONFIG, "NetworkingConfig": NETWORKING_CONFIG,
 })
 
 EXEC_CONFIG = Struct("ExecConfig", {

@@ -35,7 +35,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labcore import paths
 from labcore.errors import BadInput, LabError, from_oserror
 from labcore.images import (CONFIG, IMAGE_NAME, INDEX, LAYER_GZIP, LAYER_TAR, MANIFEST, REF_NAME, Image, Store,
                             host_architecture, split_reference)
@@ -257,10 +256,8 @@ def inside(root: Path, name: str) -> Path:
 
 
 def make_directory(scope: Scope, prefix: str) -> str:
-    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    directory = tempfile.mkdtemp(prefix=prefix, dir=paths.scratch_dir())
-    scope.record("directory", directory, "rmtree", path=directory)
-    return directory
+    from labcore.journal import make_scratch
+    return make_scratch(scope, prefix)
 
 
 # --- save ------------------------------------------------------------------------------------------------

@@ -205,6 +205,31 @@ class Remote:
     def images(self) -> list[dict]:
         return self.call("GET", "/images/json")
 
+    def network_create(self, name: str, subnet=None, labels=None, options=None, driver="bridge") -> str:
+        pools = [{"Subnet": subnet}] if subnet else []
+        body = {"Name": name, "CheckDuplicate": True, "Driver": driver, "Labels": labels or {},
+                "Options": options or {}, "IPAM": {"Driver": "default", "Config": pools}}
+        return self.call("POST", "/networks/create", body)["Id"]
+
+    def networks(self) -> list[dict]:
+        return self.call("GET", "/networks")
+
+    def network_inspect(self, ref: str) -> dict:
+        return self.call("GET", f"/networks/{ref}")
+
+    def network_remove(self, ref: str) -> None:
+        self.call("DELETE", f"/networks/{ref}")
+
+    def network_connect(self, ref: str, container: str, aliases=()) -> None:
+        self.call("POST", f"/networks/{ref}/connect", {"Container": container,
+                                                       "EndpointConfig": {"Aliases": list(aliases) or None}})
+
+    def network_disconnect(self, ref: str, container: str) -> None:
+        self.call("POST", f"/networks/{ref}/disconnect", {"Container": container})
+
+    def network_prune(self) -> list[str]:
+        return self.call("POST", "/networks/prune")["NetworksDeleted"] or []
+
 
 def body_from_spec(spec) -> dict:
     """`labcore run`'s Spec as Docker's ContainerConfig: what `docker create` sends to the daemon."""
@@ -224,7 +249,8 @@ def body_from_spec(spec) -> dict:
         host["MemorySwappiness"] = limits.swappiness
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
-            "Tty": spec.tty, "OpenStdin": spec.interactive, "HostConfig": host}
+            "Tty": spec.tty, "OpenStdin": spec.interactive, "MacAddress": spec.mac_address or "", "HostConfig": host,
+            **({"NetworkingConfig": {"EndpointsConfig": spec.endpoints}} if spec.endpoints else {})}
 
 
 def security_host_config(spec) -> dict:
@@ -316,6 +342,36 @@ class Local:
     def images(self) -> list[dict]:
         from labcore.dockerapi import image_summary
         return [image_summary(image) for image in self.engine.images()]
+
+    def network_create(self, name: str, subnet=None, labels=None, options=None, driver="bridge") -> str:
+        from labcore import networks
+        return networks.create(name, labels, options, subnet, driver=driver).id
+
+    def networks(self) -> list[dict]:
+        from labcore import networks
+        from labcore.dockerapi import network_inspect
+        return [network_inspect(record, containers=False) for record in networks.all_networks()]
+
+    def network_inspect(self, ref: str) -> dict:
+        from labcore import networks
+        from labcore.dockerapi import network_inspect
+        return network_inspect(networks.find(ref))
+
+    def network_remove(self, ref: str) -> None:
+        from labcore import networks
+        networks.remove(ref)
+
+    def network_connect(self, ref: str, container: str, aliases=()) -> None:
+        from labcore import networks
+        networks.connect(self.id_of(container), networks.find(ref), {"Aliases": list(aliases)})
+
+    def network_disconnect(self, ref: str, container: str) -> None:
+        from labcore import networks
+        networks.disconnect(self.id_of(container), networks.find(ref))
+
+    def network_prune(self) -> list[str]:
+        from labcore import networks
+        return networks.prune()
 
 
 # --- what the verbs print ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import confinement, journal, layers, paths, rootfs, syscalls, userns, users
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere, from_oserror
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.process import Channel, Child, exit_code
 # The vocabulary of `docker run`, resolved and checked (labcore.spec), and the container's stdio
 # (labcore.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
@@ -71,7 +71,9 @@ class Container:
     scope: journal.Scope
     shim: Child | None = None
     cgroup: object = None               # labcore.cgroups.Group, when the container has one
-    endpoint: object = None             # labcore.network.Endpoint, on the bridge network
+    endpoint: object = None             # labcore.network.Endpoint, on its first network
+    endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
+    resolver: object = None             # labcore.dns.Resolver, on a user-defined network
     usernet: object = None              # labcore.usernet.Usernet, when rootless on the bridge network
     published: list = field(default_factory=list)     # labcore.network.Published, one per -p
     oom_killed: bool = False
@@ -96,7 +98,7 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
         # The image's layers, each unpacked once and shared; this container's upperdir; pid 1 mounts them.
         container.plan.layers = layers.prepare_root(container.plan.image, container.directory,
                                                     container.plan.rootless)
-        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname)
+        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(spec))
         start_pid1(container, stdio)          # last: the processes, once everything they need exists
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
@@ -166,33 +168,62 @@ def prepare_network(container: Container) -> int | None:
     return container.usernet.holder
 
 
+def resolv_conf(spec: Spec) -> str | None:
+    """On a user-defined network, the embedded DNS server's resolv.conf (``labcore.dns``); else the host's."""
+    if spec.network in ("bridge", "none") and not spec.endpoints:
+        return None                               # without importing the network modules
+    from labcore import dns, networks
+    return dns.resolv_conf() if networks.resolves_names(spec) else None
+
+
 def connect_network(container: Container) -> None:
     """Docker's bridge: a veth pair to lcbr0 and the published ports; rootless, to the lcbr0 of the user-mode
-    network. With --network none, or rootless where the host refused a user-mode network, only loopback
-    (the shim brought it up)."""
+    network. A user-defined network has a bridge of its own (``labcore.networks``), and the DNS server that
+    answers the names of the containers on it (``labcore.dns``), started last: it answers for the
+    addresses just given. With --network none, or rootless where the host refused a user-mode network,
+    only loopback (the shim brought it up)."""
     spec = container.spec
     if spec.network == "none" or (container.plan.rootless and container.usernet is None):
         return
-    from labcore import network, usernet
-    if container.usernet is not None:
-        container.endpoint = usernet.connect(container.usernet, container.pid, container.scope,
-                                             short_id=spec.id[:10])
-    else:
-        container.endpoint = network.connect(container.pid, container.scope, short_id=spec.id[:10])
+    from labcore import network, networks
+    for index, name in enumerate(networks.wanted(spec)):
+        container.endpoints[name] = connect_to(container, networks.find(name).bridge, index)
+    if not container.endpoints:                   # disconnected from every network before it started
+        if spec.publish:
+            raise BadInput("published ports need a network: the container was disconnected from all of them",
+                           fix="`labcore network connect NETWORK CONTAINER`, then start it")
+        return
+    container.endpoint = next(iter(container.endpoints.values()))
     for text in spec.publish:
         mapping = network.parse_publish(text)
-        container.published.append(network.publish(container.endpoint, mapping.host_port,
-                                                   mapping.container_port, container.scope,
-                                                   host_ip=mapping.host_ip))
+        container.published.append(network.publish(container.endpoint, mapping.host_port, mapping.container_port,
+                                                   container.scope, mapping.host_ip, mapping.protocol))
+    if networks.resolves_names(spec):
+        from labcore import dns
+        container.resolver = dns.start(container.pid, lambda: networks.for_lookup(spec.id))
+
+
+def connect_to(container: Container, net, index: int):
+    """eth<index> on the bridge of ``net``; only the first carries the default route. The pair is named
+    lc<id>h, lc<id>1h, ... (at most 15 bytes, IFNAMSIZ)."""
+    from labcore import network, usernet
+    options = {"short_id": container.spec.id[:10] + (str(index) if index else ""), "ifname": f"eth{index}",
+               "default_route": index == 0, "mac": container.spec.mac_address if index == 0 else None}
+    if container.usernet is not None:
+        return usernet.connect(container.usernet, container.pid, container.scope, net=net, **options)
+    return network.connect(container.pid, container.scope, net, **options)
 
 
 def release_network(container: Container) -> None:
     """A stopped container keeps no network, even when its files are kept for `labcore rm`."""
-    if container.endpoint is not None:
+    if container.resolver is not None:
+        container.resolver.stop()
+        container.resolver = None
+    if container.endpoints:
         from labcore import network
-        network.disconnect(container.endpoint, container.scope)
-        container.endpoint = None
-        container.published = []
+        for endpoint in reversed(container.endpoints.values()):
+            network.disconnect(endpoint, container.scope)
+        container.endpoints, container.endpoint, container.published = {}, None, []
     if container.usernet is not None:
         from labcore import usernet
         usernet.leave(container.usernet, container.scope)      # the last one out stops it
@@ -278,12 +309,14 @@ def run_step(spec: Spec) -> "Step":
 
 
 def make_state_dir(container: Container) -> None:
+    """The container's directory, journaled before it exists: a crash between the two leaves a record of
+    nothing, never a directory nobody knows about."""
     directory = container.directory
-    try:
-        directory.mkdir(parents=True)
-    except FileExistsError:
+    if directory.is_dir():
         return                    # made by `create` (labcore.engine), which journaled it already
     container.scope.record("directory", str(directory), "rmtree", path=str(directory))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()
 
 
 def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
@@ -305,7 +338,12 @@ def save_state(container: Container) -> None:
     if container.endpoint is not None:
         config["ip"] = container.endpoint.ip
         config["ports"] = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
-                            "Type": "tcp"} for p in container.published]     # Docker's `Ports` entries
+                            "Type": p.protocol} for p in container.published]     # Docker's `Ports` entries
+        config["networks"] = {name: {"IPAddress": endpoint.ip, "IPPrefixLen": endpoint.network.prefixlen,
+                                     "Gateway": endpoint.network.gateway, "Interface": endpoint.container_ifname,
+                                     "MacAddress": endpoint.mac,
+                                     "Aliases": ((container.spec.endpoints or {}).get(name) or {}).get("Aliases")}
+                              for name, endpoint in container.endpoints.items()}
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
            state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
            oom_killed=container.oom_killed, created=container.created, started=container.started,

@@ -131,11 +131,9 @@ class Request:
 
     def body_file(self, scope) -> str:
         """The body, copied to a journaled file in the state dir's scratch space (an image tar may be GBs)."""
-        import tempfile
-        paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-        descriptor, path = tempfile.mkstemp(prefix="labcore-upload-", dir=paths.scratch_dir())
-        scope.record("file", path, "unlink", path=path)
-        with os.fdopen(descriptor, "wb") as file:
+        from labcore.journal import make_scratch
+        path = make_scratch(scope, "labcore-upload-", directory=False)
+        with open(path, "wb") as file:
             for chunk in self.reader.chunks(MAX_STREAM_BODY):
                 file.write(chunk)
         return path

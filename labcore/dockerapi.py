@@ -22,6 +22,7 @@ not do is answered in Docker's own shapes (the README lists it).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -120,8 +121,6 @@ route("GET", "/plugins")(lambda request: [])
 route("POST", "/session")(not_implemented("BuildKit sessions", "labd builds with the classic builder"))
 route("POST", "/containers/{ref}/checkpoints")(not_implemented("checkpoints", "CRIU is beyond this course"))
 route("GET", "/containers/{ref}/export")(not_implemented("export", "commit, then save, gives the same files"))
-route("POST", "/networks/create")(not_implemented("user-defined networks yet", "containers join the default "
-                                                  "bridge or none"))
 
 
 # --- images -----------------------------------------------------------------------------------------------
@@ -384,7 +383,7 @@ DOCKER_LOG_DRIVERS = ("local", "journald", "syslog", "gelf", "fluentd", "awslogs
                       "gcplogs", "logentries")
 
 
-def spec_from_body(body: dict, name: str) -> tuple[Spec, dict]:
+def spec_from_body(body: dict, name: str, version: str | None = None) -> tuple[Spec, dict]:
     """Docker's ContainerConfig (with its HostConfig) as the lab's Spec, and what to keep for inspect.
     The body's types are checked already (labcore.apischema); here, what its values mean."""
     def as_list(value):
@@ -396,8 +395,8 @@ def spec_from_body(body: dict, name: str) -> tuple[Spec, dict]:
     apischema.refuse_unimplemented(host)
     check_host_values(host)
     network = host.get("NetworkMode") or "default"
-    if network not in ("default", "bridge", "none"):
-        raise NotFound(f"network {network} not found", fix="labd has the networks bridge (the default) and none")
+    network = "bridge" if network == "default" else network
+    endpoints = endpoints_of(body.get("NetworkingConfig") or {}, network, version)
     volumes, anonymous = binds_of(body, host)
     spec = Spec(image=body["Image"], cmd=as_list(body.get("Cmd")) or None,
                 entrypoint=as_list(body.get("Entrypoint")), env=body.get("Env") or [],
@@ -405,7 +404,7 @@ def spec_from_body(body: dict, name: str) -> tuple[Spec, dict]:
                 hostname=body.get("Hostname") or None, tty=bool(body.get("Tty")),
                 interactive=bool(body.get("OpenStdin")), name=name.lstrip("/"),
                 rm=bool(host.get("AutoRemove")), limits=engine.limits_from_host_config(host),
-                network="none" if network == "none" else "bridge",
+                network=network, endpoints=endpoints, mac_address=body.get("MacAddress") or None,
                 publish=publish_from_bindings(host.get("PortBindings") or {}), volumes=volumes,
                 group_add=[str(group) for group in host.get("GroupAdd") or []],
                 tmpfs=tmpfs_of(host), init=bool(host.get("Init")), pid=namespace_mode(host, "PidMode"),
@@ -413,6 +412,31 @@ def spec_from_body(body: dict, name: str) -> tuple[Spec, dict]:
     spec.env = [*spec.env, *link_environment(host.get("Links") or [], spec.name)]
     config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
     return spec, {"Config": config, "HostConfig": host, "AnonymousVolumes": anonymous}
+
+
+def endpoints_of(networking: dict, network: str, version: str | None) -> dict | None:
+    """NetworkingConfig.EndpointsConfig as the Spec's endpoints (None: NetworkMode alone). Before API 1.44 a
+    container is created on one network: more than one entry is refused, and a single entry for another
+    network than NetworkMode is ignored, as Docker 20.10 does (daemon/create.go, verifyNetworkingConfig);
+    from 1.44 on, it joins every network listed, each of which must exist."""
+    from labcore import networks
+    config = networking.get("EndpointsConfig") or {}
+    if not config or network == "none":
+        return None
+    if len(config) > 1 and version_before(version, "1.44"):
+        raise Invalid(f"Container cannot be connected to network endpoints: {', '.join(config)}")
+    first = networks.find(network)
+    named = {networks.find(ref).name if len(config) > 1 or ref in (first.name, first.id) else ref: settings
+             for ref, settings in config.items()}
+    if len(config) == 1 and first.name not in named:
+        return None
+    return {name: {key: settings[key] for key in ("Aliases", "DriverOpts", "IPAMConfig")
+                   if (settings or {}).get(key)} for name, settings in named.items()}
+
+
+def version_before(version: str | None, than: str) -> bool:
+    """A request's API version (None: unversioned, the newest) older than ``than``."""
+    return version is not None and tuple(map(int, version.split("."))) < tuple(map(int, than.split(".")))
 
 
 def namespace_mode(host: dict, field: str) -> str:
@@ -544,7 +568,7 @@ def create_container(request: Request):
     from labcore.spec import check_spec
     body = apischema.body(request, apischema.CONFIG)
     name = request.query.get("name", "")
-    spec, asked = spec_from_body(body, name)
+    spec, asked = spec_from_body(body, name, request.version)
     if spec.name:
         check_spec(spec)                              # a bad name is 400 before a volume is made for it
     record = engine.create(spec, asked)
@@ -561,6 +585,8 @@ def status_text(record: Record) -> str:
         return f"Restarting ({record.exit_code}) {human_duration(time.time() - record.finished)} ago"
     if record.state is State.EXITED:
         return f"Exited ({record.exit_code}) {human_duration(time.time() - record.finished)} ago"
+    if record.state is State.DEAD:
+        return "Dead"
     return "Created"
 
 
@@ -577,6 +603,7 @@ def container_summary(record: Record) -> dict:
             "Ports": record.config.get("ports", []) if record.state is State.RUNNING else [],
             "Labels": asked.get("Config", {}).get("Labels") or {},
             "HostConfig": {"NetworkMode": record.config.get("spec", {}).get("network", "bridge")},
+            "NetworkSettings": {"Networks": network_settings(record, record.state is State.RUNNING)["Networks"]},
             "Mounts": mounts_of(record, asked)}
 
 
@@ -608,7 +635,8 @@ def container_inspect(record: Record) -> dict:
         "Id": record.id, "Created": rfc3339(record.created), "Path": argv[0], "Args": argv[1:],
         "State": {"Status": record.state.value, "Running": running or record.state is State.RESTARTING,
                   "Paused": record.state is State.PAUSED, "Restarting": record.state is State.RESTARTING,
-                  "OOMKilled": record.oom_killed, "Dead": False, "Pid": record.pid if running else 0,
+                  "OOMKilled": record.oom_killed, "Dead": record.state is State.DEAD,
+                  "Pid": record.pid if running else 0,
                   "ExitCode": record.exit_code, "Error": record.error, "StartedAt": rfc3339(record.started),
                   "FinishedAt": rfc3339(record.finished)},
         "Image": record.config.get("image_id", ""), "Name": f"/{record.name}", "RestartCount": 0,
@@ -631,15 +659,39 @@ def container_inspect(record: Record) -> dict:
 
 
 def network_settings(record: Record, running: bool) -> dict:
-    """The published ports as Docker shows them: {"80/tcp": [{"HostIp", "HostPort"}]} while running."""
+    """The published ports as Docker shows them, {"80/tcp": [{"HostIp", "HostPort"}]} while running, and an
+    endpoint for each network it joins: its address there while it runs, its aliases always."""
+    from labcore import networks
     ports: dict = {}
     for port in record.config.get("ports", []) if running else []:
         ports.setdefault(f"{port['PrivatePort']}/{port['Type']}", []).append(
             {"HostIp": port["IP"], "HostPort": str(port["PublicPort"])})
-    network = record.config.get("spec", {}).get("network", "bridge")
-    ip = record.config.get("ip", "") if running else ""
-    return {"IPAddress": ip, "Ports": ports, "MacAddress": "",
-            "Networks": {network: {"IPAddress": ip, "Aliases": None, "DriverOpts": None}}}
+    live = record.config.get("networks", {}) if running else {}
+    joined = {name: endpoint_settings(record, name, settings, live.get(name) or {})
+              for name, settings in networks.listed(record.config.get("spec", {})).items()}
+    first = next(iter(joined.values()), {})
+    return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0, "SandboxKey": f"/proc/{record.pid}/ns/net" if running else "",
+            "EndpointID": first.get("EndpointID", ""), "Gateway": first.get("Gateway", ""),
+            "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",
+            "MacAddress": first.get("MacAddress", ""), "Ports": ports, "Networks": joined}
+
+
+def endpoint_settings(record: Record, name: str, settings: dict, live: dict) -> dict:
+    """Docker's EndpointSettings for one network: what was asked (aliases, driver options), and, while the
+    container runs, what it got."""
+    from labcore import networks
+    try:
+        network_id = networks.find(name).id
+    except NotFound:
+        network_id = ""                          # removed since the container was created
+    endpoint = hashlib.sha256(f"{record.id}/{name}/{record.started}".encode()).hexdigest() if live else ""
+    return {"IPAMConfig": settings.get("IPAMConfig"), "Links": None, "Aliases": settings.get("Aliases") or None,
+            "NetworkID": network_id, "EndpointID": endpoint, "Gateway": live.get("Gateway", ""),
+            "IPAddress": live.get("IPAddress", ""), "IPPrefixLen": live.get("IPPrefixLen", 0),
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "MacAddress": live.get("MacAddress", ""), "DriverOpts": settings.get("DriverOpts") or None}
 
 
 @route("GET", "/containers/json")
@@ -1028,21 +1080,114 @@ def prune_volumes(request: Request):
     return {"VolumesDeleted": removed or None, "SpaceReclaimed": space}
 
 
-# --- networks: the two every container can join (user-defined networks come with the new networking) ------
+# --- networks: bridge, none, and user-defined bridges (labcore.networks) ------------------------------------
 
-def network_summary(name: str) -> dict:
-    return {"Name": name, "Id": name, "Driver": {"bridge": "bridge", "none": "null"}[name], "Scope": "local",
-            "EnableIPv6": False, "Internal": False, "Attachable": False, "Labels": {}, "Options": {},
-            "IPAM": {"Driver": "default", "Config": []}, "Containers": {}}
+def forbidden(call, *args):
+    """Docker answers 403 to an operation a network does not permit (removing a predefined one, ...)."""
+    from labcore.networks import Forbidden
+    try:
+        return call(*args)
+    except Forbidden as err:
+        raise ApiError(403, err.message) from err
+
+
+def network_inspect(record, containers: bool = True) -> dict:
+    """`docker network inspect`: the record, and each running container on it with its address there."""
+    from labcore import networks
+    members = {}
+    for container in networks.members(record) if containers else []:
+        endpoint = networks.attached(container).get(record.name)
+        if endpoint and container.state in (State.RUNNING, State.PAUSED):
+            members[container.id] = {
+                "Name": container.name, "MacAddress": endpoint.get("MacAddress", ""), "IPv6Address": "",
+                "EndpointID": endpoint_settings(container, record.name, {}, endpoint)["EndpointID"],
+                "IPv4Address": f"{endpoint['IPAddress']}/{endpoint['IPPrefixLen']}"}
+    subnets = [{"Subnet": record.subnet, "Gateway": record.gateway}] if record.subnet else []
+    return {"Name": record.name, "Id": record.id, "Created": rfc3339(record.created), "Scope": "local",
+            "Driver": record.driver, "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
+                                                                  "Config": subnets},
+            "Internal": record.internal, "Attachable": record.attachable, "Ingress": False,
+            "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": members,
+            "Options": record.options, "Labels": record.labels}
 
 
 @route("GET", "/networks")
 def list_networks(request: Request):
-    return [network_summary(name) for name in ("bridge", "none")]
+    from labcore import networks
+    wanted = filters(request)
+    for key in wanted:
+        if key not in ("name", "id", "label", "driver", "type", "scope"):
+            raise Invalid(f"invalid filter '{key}'")
+    return [network_inspect(record, containers=False) for record in networks.all_networks()
+            if network_matches(record, wanted)]
 
 
-@route("GET", "/networks/{name}")
-def inspect_network(request: Request, name: str):
-    if name not in ("bridge", "none"):
-        raise NotFound(f"network {name} not found")
-    return network_summary(name)
+def network_matches(record, wanted: dict) -> bool:
+    """Docker's network filters: name (a part of it), id (a prefix), label, driver, type custom|builtin."""
+    kinds = {"builtin" if record.builtin else "custom"}
+    return all((key != "name" or any(value in record.name for value in values)) and
+               (key != "id" or any(record.id.startswith(value) for value in values)) and
+               (key != "driver" or record.driver in values) and (key != "type" or kinds & set(values)) and
+               (key != "scope" or "local" in values) and
+               (key != "label" or all(record.labels.get(v.partition("=")[0]) == v.partition("=")[2] if "=" in v
+                                      else v in record.labels for v in values))
+               for key, values in wanted.items())
+
+
+@route("GET", "/networks/{ref}")
+def inspect_network(request: Request, ref: str):
+    from labcore import networks
+    return network_inspect(networks.find(ref))
+
+
+@route("POST", "/networks/create")
+def create_network(request: Request):
+    """`docker network create`: 201 {"Id"}; a name taken is 409, as Docker's CheckDuplicate says."""
+    from labcore import networks
+    body = apischema.body(request, apischema.NETWORK_CREATE)
+    if not body.get("Name"):
+        raise Invalid("network name must not be empty")
+    if body.get("EnableIPv6"):
+        raise Invalid("IPv6 networks are not supported by labd: the lab's networks are IPv4")
+    ipam = body.get("IPAM") or {}
+    if (ipam.get("Driver") or "default") != "default":
+        raise Invalid(f"IPAM driver {ipam['Driver']!r} is not supported by labd: use the default")
+    pools = ipam.get("Config") or []
+    if len(pools) > 1 or any(pool.get("Gateway") or pool.get("IPRange") or pool.get("AuxiliaryAddresses")
+                             for pool in pools):
+        raise Invalid("labd takes one IPAM pool with a Subnet alone: the gateway is its first address")
+    record = forbidden(networks.create, body["Name"], body.get("Labels"), body.get("Options"),
+                       pools[0].get("Subnet") if pools else None, bool(body.get("Internal")),
+                       bool(body.get("Attachable")), body.get("Driver") or "bridge")
+    return 201, {"Id": record.id, "Warning": ""}
+
+
+@route("DELETE", "/networks/{ref}")
+def remove_network(request: Request, ref: str):
+    from labcore import networks
+    forbidden(networks.remove, ref)
+    return 204, None
+
+
+@route("POST", "/networks/{ref}/connect")
+def connect_network(request: Request, ref: str):
+    from labcore import networks
+    body = apischema.body(request, apischema.NETWORK_CONNECT)
+    record, container = networks.find(ref), engine.find(body.get("Container") or "")
+    forbidden(networks.connect, container.id, record, body.get("EndpointConfig") or {})
+    return 200, None
+
+
+@route("POST", "/networks/{ref}/disconnect")
+def disconnect_network(request: Request, ref: str):
+    from labcore import networks
+    body = apischema.body(request, apischema.NETWORK_DISCONNECT)
+    record, container = networks.find(ref), engine.find(body.get("Container") or "")
+    forbidden(networks.disconnect, container.id, record)
+    return 200, None
+
+
+@route("POST", "/networks/prune")
+def prune_networks(request: Request):
+    from labcore import networks
+    return {"NetworksDeleted": networks.prune() or None}

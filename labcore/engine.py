@@ -100,17 +100,17 @@ def start(container_id: str) -> Record:
         channel.close()
     if kind == "error":
         raise value
-    hand_over_directory(container_id, owner=value)
     return lifecycle.load(container_id)
 
 
-def hand_over_directory(container_id: str, owner: dict) -> None:
-    """The container's directory now belongs to its monitor: it is no orphan while the monitor lives."""
+def take_over_directory(container_id: str) -> None:
+    """The monitor's first step: the container's directory belongs to it from now on, so it is no orphan
+    while the monitor lives, whatever becomes of the process that asked for the start."""
     directory = str(paths.containers_dir() / container_id)
     ledger = journal.Journal()
     for entry in ledger.entries():
         if entry.args.get("path") == directory:
-            ledger.set_owner(entry, owner)
+            ledger.set_owner(entry, journal.owner_of())
 
 
 def _monitor(spec: Spec, channel: Channel, options: dict) -> None:
@@ -120,6 +120,7 @@ def _monitor(spec: Spec, channel: Channel, options: dict) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)                             # hold no terminal or pipe of the caller's
     try:
+        take_over_directory(spec.id)
         runs = 0
         while True:
             code = _run_once(spec, channel if runs == 0 else None, options)
@@ -212,10 +213,13 @@ def _remove_when_waiters_done(container_id: str) -> None:
 # --- watching ---------------------------------------------------------------------------------------------
 
 def refresh(record: Record) -> Record:
-    """A record that says running while its monitor is gone will never be updated: it has exited."""
-    if record.state in (State.RUNNING, State.PAUSED) and not lifecycle.monitor_alive(record):
+    """A record that says running while its monitor is gone will never be updated: the container is dead,
+    as Docker calls one it lost (its processes may still run; `rm` removes them and all it had)."""
+    if record.state in (State.RUNNING, State.PAUSED, State.RESTARTING) and not lifecycle.monitor_alive(record):
+        why = (f"its monitor (pid {record.monitor.get('pid')}) died, so nothing records how it ends; its "
+               "processes may still run: `labcore rm` removes them and everything it had")
         try:
-            record = lifecycle.transition(record.id, "exit", exit_code=255, finished=time.time())
+            record = lifecycle.transition(record.id, "die", exit_code=255, finished=time.time(), error=why)
         except InvalidTransition:
             record = lifecycle.load(record.id)        # the monitor recorded the exit just now
     return record
@@ -227,7 +231,7 @@ def wait(container_id: str, timeout: float | None = None) -> Record:
     pause = 0.001
     while True:
         record = refresh(lifecycle.load(container_id))
-        if record.state in (State.EXITED, State.CREATED):
+        if record.state in (State.EXITED, State.CREATED, State.DEAD):
             return record
         if deadline is not None and time.monotonic() > deadline:
             raise LabError(f"container {container_id[:12]} still running after {timeout} s")
@@ -260,7 +264,7 @@ def _poll_exit(container_id: str, condition: str, release) -> int:
             if code is not None:
                 return code
             raise LabError(f"container {container_id[:12]} was removed before its exit code was read")
-        exited = record.state in (State.EXITED, State.RESTARTING)
+        exited = record.state in (State.EXITED, State.RESTARTING, State.DEAD)
         if exited and code is None:
             code = record.exit_code
             release()                                 # read: the monitor may remove it now
@@ -355,7 +359,7 @@ def _batches(log, container_id: str, stop) -> Iterator[list]:
 
 def gone_or_exited(container_id: str) -> bool:
     try:
-        return refresh(lifecycle.load(container_id)).state in (State.EXITED, State.RESTARTING)
+        return refresh(lifecycle.load(container_id)).state in (State.EXITED, State.RESTARTING, State.DEAD)
     except NotFound:
         return True
 
@@ -435,7 +439,11 @@ def remove(container_id: str, force: bool = False) -> None:
     lifecycle.check("remove", record.state, container_id)
     directory = str(record.directory)
     ledger = journal.Journal()
-    mine = [e for e in ledger.entries() if str(e.args.get("path", "")).startswith(directory)]
+    # Its files; and when it is dead, everything its monitor made and could not undo: pid 1 and the shim,
+    # the port proxies, the veth, the cgroup (journal entries are owned by the process that made them).
+    dead = record.monitor if record.state is State.DEAD else None
+    mine = [e for e in ledger.entries() if str(e.args.get("path", "")).startswith(directory)
+            or (dead and e.owner == dead)]
     failures = ledger.undo_many(mine)
     if failures:
         raise LabError(f"could not remove container {container_id[:12]}: " + "; ".join(failures),
@@ -854,7 +862,7 @@ def prune() -> tuple[list[str], int]:
     """`docker container prune`: remove every stopped container; the ids, and the bytes their files held."""
     removed, reclaimed = [], 0
     for record in containers(everything=True):
-        if record.state in (State.EXITED, State.CREATED):
+        if record.state in (State.EXITED, State.CREATED, State.DEAD):
             size = disk_usage(record.directory / "upper")
             with contextlib.suppress(LabError):
                 remove(record.id)

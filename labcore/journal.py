@@ -1,17 +1,21 @@
-"""The undo journal: every object the lab creates is written down with its inverse, at creation.
+"""The undo journal: every object the lab creates is written down with its inverse, before it exists.
 
 Containers are made of kernel objects that outlive the process that made them: a mount in the host's mount
 namespace, a cgroup directory, a named network namespace, a veth pair, a background process, a directory of
 layers. If the notebook kernel is restarted half-way through a step, nothing else would remember them. So
 the lab follows one rule, the way a database uses a write-ahead log:
 
-    create the object  ->  immediately record {kind, name, how to undo it, who owns it}
+    record {kind, name, how to undo it, who owns it}  ->  then create the object
 
-Each record is one small JSON file in ``<state dir>/journal``, written as ``.ID.tmp`` and renamed to
-``ID.json`` (rename(2) is atomic); an undo first claims it by renaming it to ``.ID.undoing.PID.START``, so
-two cleanups never undo one object twice. A process may die at any of those instants: ``recover()`` puts a
-claim whose claimant is dead back, and a temporary record whose writer is dead forward (or drops it, with a
-report, when it is not whole). Three ways to undo:
+A process killed between the two leaves a record of nothing, which an undo treats as done; killed the other
+way round it would leave an object nobody knows about. So an object's name is chosen before it exists, and a
+process that cannot be named ahead (a port proxy) waits until it is recorded before it does anything.
+
+Each record is one small JSON file in ``<state dir>/journal``, ``ID.json``, written whole before it has a
+name (``write_whole``; where the filesystem cannot, as ``.ID.tmp`` renamed into place); an undo first claims
+it by renaming it to ``.ID.undoing.PID.START``, so two cleanups never undo one object twice. A process may
+die at any of those instants: ``recover()`` puts a claim whose claimant is dead back, and a temporary record
+whose writer is dead forward (or drops it, with a report, when it is not whole). Three ways to undo:
 
 * ``with Scope() as scope:`` undoes what was recorded inside the block, in reverse order, on normal exit, on
   an exception and on KeyboardInterrupt (the CLI turns SIGTERM and SIGHUP into the same exit path);
@@ -30,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -39,6 +44,7 @@ from pathlib import Path
 
 from labcore import paths, syscalls
 from labcore.errors import LabError
+from labcore.process import tied
 
 
 @dataclass
@@ -96,9 +102,7 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
-        temporary = self.directory / f".{entry.id}.tmp"
-        temporary.write_text(json.dumps(asdict(entry)))
-        temporary.rename(self.directory / f"{entry.id}.json")    # rename is atomic: no half records
+        write_whole(self.directory / f"{entry.id}.json", json.dumps(asdict(entry)))     # never half a record
         return entry
 
     def forget(self, entry: Entry) -> None:
@@ -175,7 +179,11 @@ class Journal:
     def set_owner(self, entry: Entry, owner: dict) -> None:
         """Hand an object to another process (a detached container's monitor), so it is not an orphan."""
         entry.owner = owner
-        (self.directory / f"{entry.id}.json").write_text(json.dumps(asdict(entry)))
+        # A whole temporary record renamed over the old one: killed in between, ``recover`` puts it in place.
+        temporary = self.directory / f".{entry.id}.tmp"
+        temporary.unlink(missing_ok=True)
+        write_whole(temporary, json.dumps(asdict(entry)))
+        temporary.rename(self.directory / f"{entry.id}.json")
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
         """Undo in reverse creation order (children before parents); report what could not be undone.
@@ -348,12 +356,12 @@ def undo_kill(pid: int, start: int | None) -> None:
 
 def undo_netns(name: str) -> None:
     _refuse_foreign(name, name.startswith(paths.PREFIX))
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    subprocess.run(tied(["ip", "netns", "delete", name]), capture_output=True)
 
 
 def undo_link(name: str) -> None:
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    subprocess.run(["ip", "link", "delete", name], capture_output=True)
+    subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True)
 
 
 def undo_link_in(name: str, pid: int, start: int | None) -> None:
@@ -361,8 +369,8 @@ def undo_link_in(name: str, pid: int, start: int | None) -> None:
     ``ip`` cannot see: ``labcore.usernet``), while that pid still names the process we started."""
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
     if start is not None and process_start_time(pid) == start:
-        subprocess.run(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
-                        "ip", "link", "delete", name], capture_output=True)
+        subprocess.run(tied(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
+                             "ip", "link", "delete", name]), capture_output=True)
 
 
 def undo_usernet(journal: str) -> None:
@@ -396,6 +404,46 @@ def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def make_scratch(scope: "Scope", prefix: str, directory: bool = True) -> str:
+    """A new directory (or empty file) in the state dir's scratch space: named first, journaled, then made,
+    so a crash at any instant leaves a record of it or nothing (``tempfile.mkdtemp`` would make it first)."""
+    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
+    path = str(paths.scratch_dir() / f"{prefix}{secrets.token_hex(8)}")
+    scope.record("directory" if directory else "file", path, "rmtree" if directory else "unlink", path=path)
+    if directory:
+        os.mkdir(path, 0o700)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return path
+
+
+def write_whole(path: str | os.PathLike, text: str) -> None:
+    """Create the file ``path`` whole or not at all, leaving nothing if this process dies half-way: the data
+    goes into a file with no name yet (open(2) O_TMPFILE, in the directory it will live in), which gets its
+    name only once it is complete (linkat(2) of /proc/self/fd/N, open(2)'s own example). Killed before that,
+    the kernel frees the nameless file with the process. A filesystem without O_TMPFILE gets a temporary
+    name renamed into place (rename(2) is atomic), which a crash at that instant may leave."""
+    path = Path(path)
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        temporary.rename(path)
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with os.fdopen(fd, "w", closefd=False) as file:
+            file.write(text)
+        # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory)
+    finally:
+        os.close(fd)
+        os.close(directory)
+
+
 @contextlib.contextmanager
 def flocked(path: str | os.PathLike):
     """flock(2) ``path`` until the block ends: a lock file (made if missing) or a directory."""
@@ -415,11 +463,15 @@ def undo_bridge(name: str, lock: str) -> None:
     so the last one out removes it. Under the lock that ``labcore.network.connect`` holds while plugging in."""
     _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
     with contextlib.ExitStack() as stack:
+        held = ()
         with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
-            fcntl.flock(stack.enter_context(open(lock)), fcntl.LOCK_EX)
+            held = (stack.enter_context(open(lock)).fileno(),)
+            fcntl.flock(held[0], fcntl.LOCK_EX)
         ports = Path(f"/sys/class/net/{name}/brif")   # one entry per plugged-in interface (sysfs-class-net)
         if ports.is_dir() and not any(ports.iterdir()):
-            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+            # ip(8) holds the lock too (flock(2) belongs to the open file, which it inherits): were we killed
+            # now, nobody could plug into the bridge before it is gone.
+            subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True, pass_fds=held)
 
 
 def undo_unlink(path: str) -> None:
@@ -434,7 +486,7 @@ def undo_ipcrm(msqid: int, key: int) -> None:
     for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]:
         fields = row.split()
         if int(fields[1]) == msqid and int(fields[0]) == key:
-            subprocess.run(["ipcrm", "-q", str(msqid)], capture_output=True, check=True)
+            subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
 
 
 UNDO = {
@@ -461,9 +513,8 @@ def cleanup(everything: bool = False) -> str:
     """
     journal = Journal()
     tried, failures = journal.undo_all() if everything else journal.undo_orphans(also_mine=True)
+    wait_gone(tried)
     kept = {entry.id for entry in journal.entries()}         # a record whose undo failed stays
-    undone = [entry for entry in tried if entry.id not in kept]
-    wait_gone(undone)
-    lines = [f"removed {entry.describe()}" for entry in undone]
+    lines = [f"removed {entry.describe()}" for entry in tried if entry.id not in kept]
     lines += [f"could not remove {failure}" for failure in failures]
     return "\n".join(lines) or "nothing left to clean up"

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -72,9 +72,10 @@ def ensure_layer(store, layer) -> Path:
         return target
     layers_dir().mkdir(parents=True, exist_ok=True)
     with journal.Scope() as scope:            # only the half-unpacked directory is journaled, never the cache
-        temporary = Path(tempfile.mkdtemp(prefix=f"{paths.PREFIX}-unpacking-", dir=layers_dir()))
-        scope.record("directory", str(temporary), "rmtree", path=str(temporary))
-        os.chmod(temporary, 0o755)
+        temporary = layers_dir() / f"{paths.PREFIX}-unpacking-{secrets.token_hex(8)}"
+        scope.record("directory", str(temporary), "rmtree", path=str(temporary))     # before it exists
+        temporary.mkdir(mode=0o755)
+        os.chmod(temporary, 0o755)                # whatever the umask
         unpack_layer(store.verify_blob(layer.digest), temporary, layer.media_type)
         try:
             os.rename(temporary, target)      # atomic; it fails when another process got there first

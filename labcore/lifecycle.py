@@ -4,10 +4,14 @@ A container is not a process; it is a record that outlives its processes. runc a
 through the same states (OCI runtime-spec "Lifecycle"; Docker adds `paused` and names `stopped` `exited`):
 
     create ──► created ──start──► running ──(process exits / stop / kill)──► exited ──rm──► (gone)
-                  │                 │  ▲                                       │
+                  │                 │  ▲  │                                    │
                   rm              pause│unpause                             start
-                  ▼                 ▼  │                                       ▼
+                  ▼                 ▼  │  └──(its monitor died)──► dead ──rm──► (gone)
                 (gone)             paused                                   running
+
+"dead" is Docker's word for a container the daemon lost track of. Here: the process that was to record its
+exit (its monitor, or `labcore run`) was killed, so nothing will; its processes may still run. It can only be
+removed, and `rm` removes everything its monitor had made (``labcore.engine.remove``).
 
 Every action checks the current state first and refuses a move the table does not allow with
 ``InvalidTransition`` (the daemon answers 409 Conflict, as Docker does). The record lives in
@@ -36,6 +40,7 @@ class State(str, enum.Enum):
     PAUSED = "paused"
     RESTARTING = "restarting"
     EXITED = "exited"
+    DEAD = "dead"
 
 
 # action -> (states it may start from, state it leads to)
@@ -47,8 +52,9 @@ TRANSITIONS: dict[str, tuple[set[State], State | None]] = {
     "stop": ({State.RUNNING, State.EXITED, State.CREATED, State.RESTARTING}, State.EXITED),
     "restart": ({State.EXITED}, State.RESTARTING),         # the monitor, under a restart policy
     "exit": ({State.RUNNING, State.PAUSED}, State.EXITED),
+    "die": ({State.RUNNING, State.PAUSED, State.RESTARTING}, State.DEAD),   # its monitor is gone
     "exec": ({State.RUNNING}, State.RUNNING),
-    "remove": ({State.CREATED, State.EXITED}, None),
+    "remove": ({State.CREATED, State.EXITED, State.DEAD}, None),
 }
 
 _REFUSALS = {
@@ -68,6 +74,8 @@ def check(action: str, state: State, container_id: str) -> State | None:
     allowed, target = TRANSITIONS[action]
     if state not in allowed:
         message = _REFUSALS.get(action, "cannot {action} container {id}: it is {state}")
+        if state is State.DEAD:
+            message = "cannot {action} container {id}: it is dead (its monitor died); it can only be removed"
         raise InvalidTransition(message.format(id=container_id[:12], state=state.value, action=action),
                                 state=state.value, action=action)
     return target

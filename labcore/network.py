@@ -8,7 +8,9 @@ driver"); the lab does the same, naming what it makes ``lc...``:
     veth     two interfaces that are the two ends of one cable (veth(4)): the host end is plugged into the
              bridge, the other end moves into the container's namespace (`ip link set lcXc netns PID`)
              and is renamed eth0 there
-    address  the next free address of the subnet (Docker's IPAM), a default route via the bridge's address
+    address  the next free address of the subnet (Docker's IPAM), a default route via the bridge's address,
+             and a MAC address made of it, 02:42 and the address's four bytes, as Docker makes one
+             (libnetwork/netutils: GenerateMACFromIP), unless `--mac-address` says otherwise
     publish  `docker run -p 127.0.0.1:8080:80`: docker-proxy, a process that accepts on the host's port
              and connects to the container's address and port (``labcore.portproxy``)
 
@@ -47,7 +49,7 @@ from labcore import journal, paths, portproxy, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.evidence import Step, current_mode
 from labcore.namespaces import enter_namespaces
-from labcore.process import Child, find_program, run_in_child
+from labcore.process import Child, find_program, run_in_child, tied
 
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
@@ -55,18 +57,22 @@ ROOTLESS_FIX = ("run as root (sudo): a veth pair to the host needs CAP_NET_ADMIN
                 "namespace. Without root, containers get their network from labcore.usernet instead: a bridge "
                 "in a namespace you own, with slirp4netns as its way out, as rootless Podman does")
 PUBLISH_FORMS = ("CONTAINER_PORT, HOST_PORT:CONTAINER_PORT, 127.0.0.1:HOST_PORT:CONTAINER_PORT or "
-                 "127.0.0.1::CONTAINER_PORT, optionally with /tcp (e.g. -p 8080:80)")
+                 "127.0.0.1::CONTAINER_PORT, optionally with /tcp or /udp (e.g. -p 8080:80, -p 5353:53/udp); "
+                 "HOST_PORT 0 or left out: one the kernel picks")
 SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", the id, and "h" or "c"
 _SHORT_ID = re.compile(r"[0-9a-z]{1,%d}" % SHORT_ID_MAX)
 _PORT = re.compile(r"[0-9]{1,5}")
+NETWORKS_LOCK = Path("/run/lock") / f"{paths.PREFIX}-networks.lock"   # user-defined bridges and their subnets
 TCP_LISTEN = "0A"                     # the st column of /proc/net/tcp: TCP_LISTEN in include/net/tcp_states.h
 
 
 @dataclass(frozen=True)
 class Network:
-    """One bridge and its subnet; the bridge holds the first address, the gateway of every container."""
+    """One bridge and its subnet; the bridge holds the first address, the gateway of every container.
+    ``name`` is Docker's: "bridge" for the default, or a user-defined network's (``labcore.networks``)."""
     bridge: str = "lcbr0"
     subnet: str = "10.203.0.0/24"
+    name: str = "bridge"
 
     @property
     def gateway(self) -> str:
@@ -90,6 +96,7 @@ class Endpoint:
     container_ifname: str = "eth0"    # inside, as Docker names it
     netns: int = 0                    # inode of /proc/PID/ns/net
     entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
+    mac: str = ""                     # of the container's end
     via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.usernet)
 
     def __str__(self) -> str:
@@ -114,9 +121,11 @@ class Published:
     container_ip: str
     container_port: int
     pid: int                          # of the proxy
+    protocol: str = "tcp"
 
     def __str__(self) -> str:         # as `docker port` prints it
-        return f"{self.container_port}/tcp -> {self.host_ip}:{self.host_port} (to {self.container_ip})"
+        return (f"{self.container_port}/{self.protocol} -> {self.host_ip}:{self.host_port} "
+                f"(to {self.container_ip})")
 
 
 # --- checking input, before anything is made ----------------------------------------------------------------
@@ -131,23 +140,24 @@ def interface_names(short_id: str) -> tuple[str, str]:
 
 
 def parse_publish(text: str) -> PortMapping:
-    """Docker's `-p [IP:][HOST_PORT:]CONTAINER_PORT[/tcp]`; the host side is always on loopback here."""
+    """Docker's `-p [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]`; the host side is always on loopback here."""
     spec, _, protocol = text.partition("/")
-    if protocol not in ("", "tcp"):
-        raise BadInput(f"cannot publish {text!r}: the lab's proxy relays TCP only", fix=f"use {PUBLISH_FORMS}")
+    if protocol not in ("", "tcp", "udp"):
+        raise BadInput(f"cannot publish {text!r}: the lab's proxy relays TCP and UDP only",
+                       fix=f"use {PUBLISH_FORMS}")
     if spec.startswith("["):
         raise BadInput(f"cannot publish {text!r}: the lab publishes on 127.0.0.1 only", fix=f"use {PUBLISH_FORMS}")
     parts = spec.split(":")
     if len(parts) > 3:
         raise BadInput(f"invalid port mapping {text!r}", fix=f"use {PUBLISH_FORMS}")
     host_ip = check_loopback(parts[0]) if len(parts) == 3 else LOOPBACK
-    host_port = parse_port(parts[-2], text, allow_empty=True) if len(parts) > 1 else 0
-    return PortMapping(host_ip, host_port, parse_port(parts[-1], text))
+    host_port = parse_port(parts[-2], text, host=True) if len(parts) > 1 else 0
+    return PortMapping(host_ip, host_port, parse_port(parts[-1], text), protocol or "tcp")
 
 
-def parse_port(value: str, text: str, allow_empty: bool = False) -> int:
-    if allow_empty and value == "":
-        return 0                     # `127.0.0.1::80`: a port of the kernel's choosing
+def parse_port(value: str, text: str, host: bool = False) -> int:
+    if host and value in ("", "0"):
+        return 0                     # `127.0.0.1::80`, HostPort "0": a port of the kernel's choosing
     if not _PORT.fullmatch(value) or not 1 <= int(value) <= 65535:
         hint = " (port ranges are not supported)" if "-" in value else ""
         raise BadInput(f"invalid port {value!r} in {text!r}{hint}",
@@ -185,12 +195,23 @@ def ip(*args: str, batch: str | None = None, as_json: bool = False):
     command = [find_program("ip") or "/sbin/ip", *(["-j"] if as_json else []),
                *(["-batch", "-"] if batch else []), *args]
     try:
-        done = subprocess.run(command, input=batch, capture_output=True, text=True)
+        done = subprocess.run(tied(command), input=batch, capture_output=True, text=True)
     except FileNotFoundError as err:
         raise NotSupportedHere("ip(8) is not installed", fix="apt-get install iproute2") from err
     if done.returncode != 0:
         raise ip_error(" ".join(command[1:]) + (f" <<< {batch!r}" if batch else ""), done.stderr)
     return json.loads(done.stdout or "[]") if as_json else done.stdout
+
+
+def nft(rules: str, what: str) -> None:
+    """Load nftables ``rules`` (nft(8) -f -) into this process's network namespace; ``what`` they are for."""
+    program = find_program("nft")
+    if program is None:
+        raise NotSupportedHere(f"nft is not installed: {what} needs it", syscall="nft",
+                               fix="apt-get install nftables (`./lab up` does)")
+    done = subprocess.run(tied([program, "-f", "-"]), input=rules, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LabError(f"nft could not add {what}: {done.stderr.strip()}", syscall="nft -f -")
 
 
 def ip_error(command: str, stderr: str) -> LabError:
@@ -231,10 +252,12 @@ def in_netns(pid: int | None, fn, *args):
 # --- the bridge, the address, the veth pair -------------------------------------------------------------------
 
 def lock_path(network: Network) -> Path:
-    """One lock per bridge for the whole host, as the bridge itself is: every state directory (a user's lab,
-    the test suite beside it) plugs into the same lcbr0. /run/lock is where host-wide lock files live (FHS);
-    the empty file stays, as lock files do, since unlinking a lock others may hold would break it."""
-    return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock"
+    """One lock for the whole host, as the bridge itself is: every state directory (a user's lab, the test
+    suite beside it) plugs into the same lcbr0. /run/lock is where host-wide lock files live (FHS); the empty
+    file stays, as lock files do, since unlinking a lock others may hold would break it. So user-defined
+    bridges, which come and go, share one lock file between them rather than leave one each behind."""
+    return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock" if network.bridge == DEFAULT.bridge \
+        else NETWORKS_LOCK
 
 
 def locked(path: Path):
@@ -249,6 +272,7 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
     # veth is plugged in any more (journal.undo_bridge), under the same lock as this function.
     scope.record("bridge", network.bridge, "bridge", name=network.bridge, lock=str(lock_path(network)))
     if not link_exists(network.bridge):
+        check_subnet_free(network)
         ip("link", "add", network.bridge, "type", "bridge")
     gateway = f"{network.gateway}/{network.prefixlen}"
     shown = ipv4_addresses(ip("addr", "show", "dev", network.bridge, as_json=True))[network.bridge]
@@ -262,6 +286,20 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
         Path(sysctl).write_text("0")
     except OSError as err:
         raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
+
+
+def check_subnet_free(network: Network) -> None:
+    """Refuse a subnet that an interface of this namespace holds already: two bridges with one subnet would
+    each claim its addresses, and which one a packet reaches would depend on the route the kernel met first.
+    (Another state directory's network may hold it: each lab picks its subnets from the same pool.)"""
+    subnet = ipaddress.ip_network(network.subnet)
+    for link in ip("-4", "addr", "show", as_json=True):
+        for address in link.get("addr_info", []):
+            if ipaddress.ip_address(address["local"]) in subnet and link["ifname"] != network.bridge:
+                raise LabError(f"the subnet {network.subnet} of network {network.name} is in use on this host: "
+                               f"{link['ifname']} holds {address['local']}",
+                               fix="remove the network and create it again (it picks a free subnet), or give "
+                                   "it another with --subnet")
 
 
 def describe_link(name: str) -> str:
@@ -314,17 +352,26 @@ def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: in
              f"neigh flush to {address} dev {network.bridge}\n")
 
 
-def configure_inside(peer: str, ifname: str, address: str, network: Network) -> None:
-    """Inside the container's namespace: lo up, the veth end renamed and addressed, a default route."""
+def mac_for(address: str) -> str:
+    """Docker's MAC address for a container's IPv4 address: 02:42 (locally administered) and its four bytes."""
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(address).packed)
+
+
+def configure_inside(peer: str, ifname: str, address: str, network: Network, default_route: bool = True,
+                     mac: str | None = None) -> None:
+    """Inside the container's namespace: lo up, the veth end renamed, given its MAC and address, a default
+    route (through the first network only: a container on several has one way out, and a route to each)."""
+    route = f"route add default via {network.gateway} dev {ifname}\n" if default_route else ""
     ip(batch=f"link set lo up\n"
-             f"link set {peer} name {ifname}\n"
+             f"link set {peer} name {ifname} address {mac or mac_for(address)}\n"
              f"addr add {address}/{network.prefixlen} dev {ifname}\n"
-             f"link set {ifname} up\n"
-             f"route add default via {network.gateway} dev {ifname}\n")
+             f"link set {ifname} up\n" + route)
 
 
-def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id: str | None = None) -> Endpoint:
-    """Give the network namespace of ``pid`` an eth0 on the bridge, as Docker's bridge driver does.
+def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id: str | None = None,
+            ifname: str = "eth0", default_route: bool = True, mac: str | None = None) -> Endpoint:
+    """Give the network namespace of ``pid`` an eth0 on the bridge, as Docker's bridge driver does (eth1 on
+    its second network, and so on: ``ifname``).
 
     ``pid`` has already called unshare(CLONE_NEWNET), so its namespace, and the veth end in it, die with it.
     ``short_id`` names the pair (lc<short_id>h, at most 12 characters): a container id's first ten digits.
@@ -338,8 +385,9 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
         address = free_address(network, taken_addresses())
         scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
         plug_in(network, host_ifname, peer, address, pid)
-    in_netns(pid, configure_inside, peer, "eth0", address, network)
-    return Endpoint(pid, address, network, host_ifname, "eth0", inode, entries=scope.entries[first:])
+    in_netns(pid, configure_inside, peer, ifname, address, network, default_route, mac)
+    return Endpoint(pid, address, network, host_ifname, ifname, inode, entries=scope.entries[first:],
+                    mac=mac or mac_for(address))
 
 
 def loopback_up(pid: int) -> None:
@@ -357,34 +405,50 @@ def disconnect(endpoint: Endpoint, scope: journal.Scope) -> None:
 
 
 def publish(endpoint: Endpoint, host_port: int, container_port: int, scope: journal.Scope,
-            host_ip: str = LOOPBACK) -> Published:
-    """`-p host_ip:host_port:container_port`: a proxy process on the host port relays to the container."""
+            host_ip: str = LOOPBACK, protocol: str = "tcp") -> Published:
+    """`-p host_ip:host_port:container_port[/udp]`: a proxy process on the host port relays to the container.
+
+    The proxy is journaled before it may do anything: it holds the port from its start, but serves only
+    once it reads the go-ahead, written after its record; if this process dies first, it reads EOF and
+    exits, so no proxy ever holds a port that `labcore cleanup` cannot find."""
     check_loopback(host_ip)
     parse_port(str(container_port), f"{host_port}:{container_port}")
-    if host_port != 0:
-        parse_port(str(host_port), f"{host_port}:{container_port}")
-    listener = bind_host_port(host_ip, host_port)
+    parse_port(str(host_port), f"{host_port}:{container_port}", host=True)
+    listener = bind_host_port(host_ip, host_port, protocol)
+    go, go_ahead = os.pipe()
     try:
-        process = portproxy.start(listener, (endpoint.ip, container_port), inside=endpoint.via)
+        try:
+            process = portproxy.start(listener, (endpoint.ip, container_port), inside=endpoint.via, go=go)
+        finally:
+            os.close(go)                  # the proxy's copy is the only one: EOF for it once we are gone
         entry = scope.record("process", str(process.pid), "kill", pid=process.pid,
                              start=journal.process_start_time(process.pid))
         endpoint.entries.append(entry)
-        return Published(host_ip, listener.getsockname()[1], endpoint.ip, container_port, process.pid)
+        try:
+            os.write(go_ahead, b"1")
+        except BrokenPipeError as err:
+            raise LabError(f"the port proxy (pid {process.pid}) exited before it could serve",
+                           fix="run with -p again; `labcore doctor` checks that Python can run here") from err
+        return Published(host_ip, listener.getsockname()[1], endpoint.ip, container_port, process.pid, protocol)
     finally:
         listener.close()                  # the proxy holds its own copy of the socket now
+        os.close(go_ahead)
 
 
-def bind_host_port(host_ip: str, host_port: int) -> socket.socket:
-    """Bind and listen here, so a busy port fails in this process with EADDRINUSE, before any proxy runs."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def bind_host_port(host_ip: str, host_port: int, protocol: str = "tcp") -> socket.socket:
+    """Bind (and listen, for TCP) here, so a busy port fails in this process with EADDRINUSE, before any
+    proxy runs."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM)
     try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # rebind while old TIME_WAITs linger
+        if protocol == "tcp":
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # rebind while old TIME_WAITs linger
         listener.bind((host_ip, host_port))
-        listener.listen(128)
+        if protocol == "tcp":
+            listener.listen(128)
     except OSError as err:
         listener.close()
-        raise from_oserror(err, f"bind({host_ip}:{host_port})", fix="publish on another host port, or leave it "
-                           "out for a free one (-p 80)" if err.errno == errno.EADDRINUSE else None) from err
+        raise from_oserror(err, f"bind({host_ip}:{host_port}/{protocol})", fix="publish on another host port, "
+                           "or leave it out for a free one (-p 80)" if err.errno == errno.EADDRINUSE else None) from err
     return listener
 
 

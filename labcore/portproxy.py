@@ -18,27 +18,41 @@ keeps accepting on the host's 127.0.0.1 while every connection it opens starts f
 two namespaces: what rootlesskit's "builtin" port driver does with two (rootless-containers/rootlesskit:
 pkg/port/builtin), and Podman's rootlessport after it.
 
-Run as a program: ``python portproxy.py --fd FD IP:PORT``. It needs nothing but the standard library, so it
-starts quickly and runs from any directory.
+A published UDP port (`-p 5353:53/udp`) has no connections to accept: the proxy reads each datagram on the
+host's port and sends it on from a socket of its own for that client, so the container's replies come back
+to that socket and go out to the client they belong to; a client silent for 90 seconds is forgotten
+(docker-proxy's UDPConnTrackTimeout).
+
+Crash safety: the proxy holds the port from its first instant, so it must never outlive an unjournaled
+start. It waits on ``--go`` (a pipe) until its parent has journaled it; if the parent dies first, the pipe
+reads end-of-file and the proxy exits (``labcore.network.publish``).
+
+Run as a program: ``python portproxy.py --fd FD --go FD [--udp] IP:PORT``. It needs nothing but the standard
+library, so it starts quickly and runs from any directory.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import threading
 
 CONNECT_TIMEOUT = 5.0          # seconds to reach the container before the client's connection is closed
+UDP_IDLE = 90.0                # seconds a UDP client may stay silent before its relay is dropped (docker-proxy)
 
 
-def start(listener: socket.socket, target: tuple[str, int], inside: int | None = None):
-    """Start a proxy process that serves ``listener`` (bound and listening) and relays to ``target``; with
-    ``inside``, a pid, it connects from that process's network namespace (and joins its user namespace)."""
+def start(listener: socket.socket, target: tuple[str, int], inside: int | None = None, go: int | None = None):
+    """Start a proxy process that serves ``listener`` (bound, and listening if TCP) and relays to ``target``;
+    with ``inside``, a pid, it connects from that process's network namespace (and joins its user namespace).
+    ``go``: the read end of a pipe; the proxy serves once it reads a byte there, and exits on end-of-file."""
     from labcore.process import spawn
     fd = listener.fileno()
     enter = ["nsenter", f"--target={inside}", "--user", "--net", "--preserve-credentials", "--"] if inside else []
-    return spawn([*enter, sys.executable, "-I", __file__, "--fd", str(fd), f"{target[0]}:{target[1]}"],
-                 pass_fds=(fd,))
+    udp = ["--udp"] if listener.type == socket.SOCK_DGRAM else []
+    wait = ["--go", str(go)] if go is not None else []
+    return spawn([*enter, sys.executable, "-I", __file__, "--fd", str(fd), *wait, *udp, f"{target[0]}:{target[1]}"],
+                 pass_fds=(fd, *([go] if go is not None else [])))
 
 
 def serve(listener: socket.socket, target: tuple[str, int]) -> None:
@@ -77,6 +91,49 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
                 pass
 
 
+def serve_udp(listener: socket.socket, target: tuple[str, int]) -> None:
+    """Datagrams from each client go to the target from a socket of that client's; replies go back."""
+    clients: dict = {}
+    lock = threading.Lock()
+    while True:
+        data, client = listener.recvfrom(65535)
+        with lock:
+            upstream = clients.get(client)
+            if upstream is None:
+                upstream = clients[client] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                upstream.connect(target)
+                threading.Thread(target=answer_udp, args=(listener, upstream, client, clients, lock),
+                                 daemon=True).start()
+        try:
+            upstream.send(data)
+        except OSError:
+            pass                       # ECONNREFUSED from an earlier datagram: nothing listens there yet
+
+
+def answer_udp(listener: socket.socket, upstream: socket.socket, client, clients: dict, lock) -> None:
+    """The target's replies to one client, until it has been silent for UDP_IDLE seconds."""
+    upstream.settimeout(UDP_IDLE)
+    try:
+        while True:
+            try:
+                listener.sendto(upstream.recv(65535), client)
+            except ConnectionRefusedError:
+                continue               # an ICMP port unreachable, reported on the next call: keep relaying
+    except OSError:
+        pass                           # idle for too long
+    finally:
+        with lock:
+            clients.pop(client, None)
+        upstream.close()
+
+
+def wait_for_go(fd: int) -> None:
+    """Block until the parent says it has journaled us; leave quietly if it died instead."""
+    if os.read(fd, 1) != b"1":
+        sys.exit(0)
+    os.close(fd)
+
+
 def parse_target(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -84,10 +141,14 @@ def parse_target(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="labcore-portproxy", description=__doc__.splitlines()[0])
-    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket, inherited")
+    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket (or a bound UDP one), inherited")
+    parser.add_argument("--go", type=int, help="a pipe to read one byte from before serving; EOF: exit")
+    parser.add_argument("--udp", action="store_true", help="relay datagrams: --fd is a UDP socket")
     parser.add_argument("target", type=parse_target, metavar="IP:PORT", help="where to relay each connection")
     args = parser.parse_args(argv)
-    serve(socket.socket(fileno=args.fd), args.target)
+    if args.go is not None:
+        wait_for_go(args.go)
+    (serve_udp if args.udp else serve)(socket.socket(fileno=args.fd), args.target)
 
 
 if __name__ == "__main__":

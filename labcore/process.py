@@ -146,6 +146,17 @@ def find_program(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
 
 
+def tied(argv: list[str]) -> list[str]:
+    """``argv`` made to die with this process: util-linux's setpriv sets PR_SET_PDEATHSIG (prctl(2)) to
+    SIGKILL and execs it. For the short helpers that make or remove objects (ip(8)): killed with us, a helper
+    can never finish making an object after `labcore cleanup` has removed its record, nor delete one that
+    another process has taken over since. (Not for what must outlive us: a proxy, a container.) It narrows
+    the window to setpriv's first instants: a parent killed before setpriv's prctl leaves it running."""
+    import shutil
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
+
+
 def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
     """Start a program that outlives this step (a port proxy, slirp4netns): in a session of its own, so a ^C at
     the terminal is for labcore, which stops it itself; reaped by a thread of its own whoever kills it (the

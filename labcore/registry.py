@@ -26,14 +26,12 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generator, Iterator
 
-from labcore import paths
 from labcore.errors import BadInput, LabError, NotFound
 from labcore.journal import Scope
 
@@ -249,7 +247,5 @@ def pull_image(text: str, store=None, on_progress=lambda event: None) -> "Image"
 
 def make_download_dir(scope: Scope) -> str:
     """A journaled scratch directory: a pull killed half-way leaves nothing `labcore cleanup` misses."""
-    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    directory = tempfile.mkdtemp(prefix="labcore-pull-", dir=paths.scratch_dir())
-    scope.record("directory", directory, "rmtree", path=directory)
-    return directory
+    from labcore.journal import make_scratch
+    return make_scratch(scope, "labcore-pull-")

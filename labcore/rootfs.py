@@ -49,8 +49,11 @@ def unpack(image, destination: str | os.PathLike, undo: journal.Scope | journal.
     """Extract ``image``'s layers into a new directory, recorded for removal before the first file lands."""
     from labcore import images        # only when a root filesystem is needed: `labcore --help` stays light
     destination = Path(destination)
+    if os.path.lexists(destination):              # not ours: never journaled for removal
+        raise LabError(f"{destination} exists already: the image is unpacked into a new directory",
+                       syscall="mkdir", path=str(destination), fix="give a path that does not exist yet")
+    undo.record("directory", str(destination), "rmtree", path=str(destination))      # before it exists
     destination.mkdir(parents=True)
-    undo.record("directory", str(destination), "rmtree", path=str(destination))
     images.Store().unpack(image, destination)
     return destination
 
@@ -64,12 +67,14 @@ def make_rootfs(image=None) -> Path:
     return unpack(image, directory, journal.Journal())
 
 
-def write_etc_files(root: str | os.PathLike, hostname: str) -> None:
-    """/etc/hostname, /etc/hosts and /etc/resolv.conf for this container (Docker bind-mounts its copies)."""
+def write_etc_files(root: str | os.PathLike, hostname: str, resolv_conf: str | None = None) -> None:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf for this container (Docker bind-mounts its copies).
+    ``resolv_conf``: the file's text when not the host's (a user-defined network's, ``labcore.dns``)."""
     etc = Path(root, "etc")
     etc.mkdir(exist_ok=True)
     hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    for name, text in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", _host_resolv_conf())):
+    resolv = _host_resolv_conf() if resolv_conf is None else resolv_conf
+    for name, text in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
         target = etc / name
         if target.is_symlink():      # an image's symlink must not make us write a file of the host's
             target.unlink()

@@ -30,6 +30,7 @@ _USER = re.compile(r"^(\d+)(?::(\d+))?$")
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")                                # docker's container names
 _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
 _ENV_NAME = re.compile(r"^[^=\s]+$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 @dataclass
@@ -47,7 +48,10 @@ class Spec:
     name: str = ""
     rm: bool = False
     limits: dict = field(default_factory=dict)   # Docker's flag values: {"memory": "64m", "cpus": "0.5", ...}
-    network: str = "bridge"                   # Docker's default; "none": loopback only
+    network: str = "bridge"                   # Docker's default; "none": loopback only; or a network's name
+    mac_address: str | None = None            # --mac-address, of eth0 (default: made of its address)
+    endpoints: dict | None = None             # every network it joins, when not just ``network``:
+                                              # {name: {"Aliases": [...], "DriverOpts": {...}}}
     publish: list[str] = field(default_factory=list)  # -p [127.0.0.1:]HOST:CONTAINER
     volumes: list[str] = field(default_factory=list)  # -v HOST:CONTAINER[:ro], Docker's HostConfig.Binds
     privileged: bool = False                  # every capability and device, no seccomp, nothing masked
@@ -113,8 +117,9 @@ def check_spec(spec: Spec) -> None:
             raise BadInput(f"invalid {flag} mode {mode!r}", fix=f"use {flag} host, or leave it out for a new namespace")
     if spec.uts == "host" and spec.hostname:
         raise BadInput("Conflicting options: hostname and the UTS mode", fix="drop --hostname, or --uts host")
-    if spec.network not in ("bridge", "none"):
-        raise BadInput(f"network {spec.network!r} not found", fix="use --network bridge (the default) or none")
+    check_networks(spec)
+    if spec.mac_address is not None and not _MAC.match(spec.mac_address):
+        raise BadInput(f"invalid MAC address {spec.mac_address!r}", fix="six hex bytes, e.g. 02:42:ac:11:00:0a")
     if spec.publish and spec.network == "none":
         raise BadInput("published ports need a network", fix="drop --network none, or drop -p")
     if spec.publish:
@@ -123,6 +128,19 @@ def check_spec(spec: Spec) -> None:
             network.parse_publish(mapping)
     for volume in spec.volumes:
         parse_volume(volume)
+
+
+def check_networks(spec: Spec) -> None:
+    """The network and every one of ``endpoints`` must exist (``labcore.networks``); host and container:ID
+    networking are not the lab's."""
+    if spec.network in ("host",) or spec.network.startswith("container:"):
+        raise BadInput(f"--network {spec.network} is not supported by the lab",
+                       fix="use bridge (the default), none, or a network of `labcore network create`")
+    if spec.network in ("bridge", "none") and not spec.endpoints:
+        return                                # the common case, without importing the network modules
+    from labcore import networks
+    networks.check_endpoints(spec.network, spec.endpoints)
+    networks.wanted(spec)                     # NotFound: "network NAME not found"
 
 
 def parse_volume(volume: str) -> tuple[str, str, bool]:

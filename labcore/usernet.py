@@ -10,7 +10,9 @@ libnetwork/internal/rootlessnetns/netns_linux.go), and so does the lab, once per
     router namespace  a user namespace and a network namespace it owns, kept alive by a sleeping process
                       (``labcore-usernet``), as Podman's pause process keeps its own
     lcbr0, veth       root's bridge and subnet, 10.203.0.0/24, inside the router namespace, where the host never
-                      sees them; lc<id>h on the bridge, eth0 in the container, as ``network.connect`` does
+                      sees them; lc<id>h on the bridge, eth0 in the container, as ``network.connect`` does.
+                      A user-defined network (``labcore.networks``) gets a bridge of its own there, lcbr-<id>,
+                      when its first container joins; the router passes no packet from one bridge to another
     one user ns       to move a veth end into a container's network namespace, the kernel wants
                       CAP_NET_ADMIN over the user namespace owning *that* namespace too. So each rootless
                       container joins the router's user namespace (``userns.join``, `nsenter -U`) before it
@@ -60,12 +62,15 @@ READY_SECONDS = 10.0
 # --configure: lctap0 up with 10.0.2.100/24 and the default route; the MTU of slirp4netns(1)'s example and
 # Podman's; the sandbox: slirp4netns pivots into a mount namespace with only /etc and /run, under seccomp.
 SLIRP_OPTIONS = ("--configure", "--mtu=65520", "--enable-sandbox", "--enable-seccomp")
-NAT = """table ip labcore {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {subnet} oifname != "{bridge}" masquerade
-  }}
-}}
+ROUTER = """table ip labcore {
+  chain postrouting { type nat hook postrouting priority srcnat; policy accept; }
+  chain forward { type filter hook forward priority filter; policy accept; }
+}
+"""
+# Per bridge: its containers' packets leave with the router's address; none goes on to another bridge, as
+# Docker isolates its networks from each other (its DOCKER-ISOLATION chains).
+BRIDGE_RULES = """add rule ip labcore postrouting ip saddr {subnet} oifname != "{bridge}" masquerade
+add rule ip labcore forward iifname "{bridge}" oifname "lcbr*" oifname != "{bridge}" drop
 """
 PROGRAMS = (("slirp4netns", "slirp4netns"), ("nft", "nftables"))      # program, Debian package
 
@@ -224,36 +229,50 @@ def start_slirp(ledger: journal.Journal, holder: int) -> int:
 
 
 def make_router(net: network.Network) -> None:
-    """In the router namespace (a child that entered it): the bridge with the gateway address, forwarding
-    from the bridge to lctap0, and the masquerade rule. All three die with the namespace."""
+    """In the router namespace (a child that entered it): forwarding to lctap0, the NAT table, and the
+    default network's bridge. All of it dies with the namespace."""
+    # /proc/sys/net shows the reader's own network namespace: this is the router's switch, not the host's.
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    network.nft(ROUTER, "the router's rules")
+    add_bridge(net)
+
+
+def add_bridge(net: network.Network) -> None:
+    """In the router namespace: a bridge with its gateway address, its masquerade and isolation rules; a
+    user-defined network's is added when its first container joins, and goes with the namespace."""
     network.ip(batch=f"link add {net.bridge} type bridge\n"
                      f"addr add {net.gateway}/{net.prefixlen} dev {net.bridge}\n"
                      f"link set {net.bridge} up\n")
-    # /proc/sys/net shows the reader's own network namespace: this is the router's switch, not the host's.
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    done = subprocess.run([find_program("nft") or "nft", "-f", "-"], input=NAT.format(subnet=net.subnet, bridge=net.bridge),
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise LabError(f"nft could not add the masquerade rule: {done.stderr.strip()}", syscall="nft -f -")
+    network.nft(BRIDGE_RULES.format(subnet=net.subnet, bridge=net.bridge), f"the rules of {net.bridge}")
+
+
+def ensure_bridge(net: network.Network) -> None:
+    if not any(link["ifname"] == net.bridge for link in network.ip("link", "show", as_json=True)):
+        add_bridge(net)
 
 
 # --- a container on it --------------------------------------------------------------------------------------
 
-def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | None = None) -> network.Endpoint:
-    """eth0 for ``pid``: ``network.connect``, one namespace further in. ``pid`` must be in the router's user
+def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | None = None,
+            net: network.Network | None = None, ifname: str = "eth0", default_route: bool = True,
+            mac: str | None = None) -> network.Endpoint:
+    """eth0 for ``pid``: ``network.connect``, one namespace further in; on a user-defined network ``net``,
+    whose bridge the router gets when the first container joins. ``pid`` must be in the router's user
     namespace already (joined before its unshare): otherwise moving the veth end is refused with EPERM."""
-    net = usernet.network
+    net = net or usernet.network
     host_ifname, peer = network.interface_names(short_id or secrets.token_hex(5))
     inode = network.check_own_netns(pid)
     first = len(scope.entries)
     with locked(scope.journal):                        # from reading the leases until the new one is set
+        if net.bridge != usernet.network.bridge:
+            network.in_netns(usernet.holder, ensure_bridge, net)
         address = network.free_address(net, network.in_netns(usernet.holder, taken_addresses))
         scope.record("link", host_ifname, "link_in", name=host_ifname, pid=usernet.holder,
                      start=journal.process_start_time(usernet.holder))
         network.in_netns(usernet.holder, network.plug_in, net, host_ifname, peer, address, pid)
-    network.in_netns(pid, network.configure_inside, peer, "eth0", address, net)
-    return network.Endpoint(pid, address, net, host_ifname, "eth0", inode, entries=scope.entries[first:],
-                            via=usernet.holder)
+    network.in_netns(pid, network.configure_inside, peer, ifname, address, net, default_route, mac)
+    return network.Endpoint(pid, address, net, host_ifname, ifname, inode, entries=scope.entries[first:],
+                            via=usernet.holder, mac=mac or network.mac_for(address))
 
 
 def reply(address: str, port: int) -> str:

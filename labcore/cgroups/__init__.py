@@ -324,6 +324,8 @@ class Manager:
     def _make(self, name: str, scope: Scope, shared: bool = False, controllers=None) -> list[Entry]:
         entries = []
         for directory in dict.fromkeys(self.hierarchy_dirs(name, controllers).values()):   # cpu,cpuacct share one
+            # Journaled before mkdir: a crash in between leaves a record of nothing, never a stray group.
+            entry = scope.record("cgroup", str(directory), "rmdir_cgroup", path=str(directory))
             try:
                 os.mkdir(directory)
             except FileNotFoundError as err:
@@ -336,11 +338,13 @@ class Manager:
                 os.mkdir(directory)
             except FileExistsError as err:
                 if not shared:
+                    scope.entries.remove(entry)
+                    scope.journal.forget(entry)          # not ours to remove
                     raise LabError(f"a cgroup {directory} exists already", path=str(directory),
                                    fix="pick another name, or run `labcore cleanup`") from err
             except OSError as err:
                 raise from_oserror(err, "mkdir", str(directory), **self.refusal()) from err
-            entries.append(scope.record("cgroup", str(directory), "rmdir_cgroup", path=str(directory)))
+            entries.append(entry)
         return entries
 
     def remove(self, group: Group, scope: Scope) -> None:

@@ -37,6 +37,7 @@ VERBS = {
     "rm": "Remove one or more containers",
     "inspect": "Return low-level information on containers, as JSON",
     "pull": "Download an image from a registry",
+    "network": "Manage networks (create, ls, inspect, rm, connect, disconnect, prune)",
 }
 _MODULES = {"images": "images_cmd"}
 

@@ -29,8 +29,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="", help="assign a name to the container")
     parser.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
                         help="bind-mount an existing host directory or file (absolute paths; :ro read-only)")
-    parser.add_argument("--network", default="bridge", choices=("bridge", "none"),
-                        help="bridge: a veth pair on lcbr0 (default, as root); none: loopback only")
+    parser.add_argument("--network", default="bridge", metavar="NETWORK",
+                        help="bridge: a veth pair on lcbr0 (the default); none: loopback only; or a network of "
+                             "`labcore network create`, where containers find each other by name")
+    parser.add_argument("--mac-address", metavar="MAC", help="eth0's MAC address (default: 02:42 and its IPv4 "
+                                                             "address, as Docker makes it)")
+    parser.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
+                        help="another name for the container on its (user-defined) network")
     parser.add_argument("-p", "--publish", action="append", default=[], metavar="[127.0.0.1:]HOST:CONTAINER",
                         help="publish a container's port on the host's loopback")
     limits = parser.add_argument_group("resource limits (control groups), in Docker's syntax")
@@ -73,6 +78,8 @@ def spec_from_args(args: argparse.Namespace) -> container.Spec:
                           interactive=args.interactive, name=args.name, rm=args.rm,
                           limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
                           network=args.network, publish=args.publish, volumes=args.volume,
+                          mac_address=args.mac_address,
+                          endpoints={args.network: {"Aliases": args.network_alias}} if args.network_alias else None,
                           privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
                           security_opt=args.security_opt, read_only=args.read_only, devices=args.device)
 

@@ -392,6 +392,41 @@ def test_the_none_network_is_listed(both):
     assert on_both(both, scenario) == (True, "null")
 
 
+def test_a_user_defined_network_through_its_life(both):
+    """create (a name taken twice is 409), inspect and list with a label filter, a created container on it with
+    an alias, connect and disconnect as docker-compose does them (a second connect before the start is a yes
+    that changes nothing), remove (204, then 404); a predefined network cannot be removed (403)."""
+    def scenario(engine):
+        made = engine.request("POST", "/networks/create", {"Name": "labcore-diff-net", "CheckDuplicate": True,
+                                                           "Labels": {"course": "08"}})
+        again = engine.request("POST", "/networks/create", {"Name": "labcore-diff-net", "CheckDuplicate": True})
+        shown = engine.request("GET", "/networks/labcore-diff-net").json()
+        listed = engine.request("GET", '/networks?filters={"label":["course=08"]}').json()
+        box = engine.create(["true"], HostConfig={"NetworkMode": "labcore-diff-net"},
+                            NetworkingConfig={"EndpointsConfig": {"labcore-diff-net": {"Aliases": ["hello"]}}})
+        first = engine.request("GET", f"/containers/{box}/json").json()["NetworkSettings"]["Networks"]
+        out = engine.request("POST", "/networks/labcore-diff-net/disconnect", {"Container": box}).status
+        back = engine.request("POST", "/networks/labcore-diff-net/connect",
+                              {"Container": box, "EndpointConfig": {"Aliases": ["hello", box[:12]]}}).status
+        then = engine.request("GET", f"/containers/{box}/json").json()["NetworkSettings"]["Networks"]
+        twice = engine.request("POST", "/networks/labcore-diff-net/connect",     # again: a yes, no change
+                               {"Container": box, "EndpointConfig": {"Aliases": ["other"]}}).status
+        last = engine.request("GET", f"/containers/{box}/json").json()["NetworkSettings"]["Networks"]
+        engine.remove(box)
+        predefined = engine.request("DELETE", "/networks/none").status
+        removed = engine.request("DELETE", "/networks/labcore-diff-net").status
+        return (made.status, sorted(made.json()), again.status, shown["Id"] == made.json()["Id"],
+                (shown["Driver"], shown["Scope"], shown["Labels"], shown["Internal"], shown["EnableIPv6"],
+                 shown["Attachable"], shown["IPAM"]["Driver"], len(shown["IPAM"]["Config"])),
+                [n["Name"] for n in listed], {name: e["Aliases"] for name, e in first.items()}, out, back, twice,
+                {name: e["Aliases"] for name, e in then.items()} == {"labcore-diff-net": ["hello", box[:12]]},
+                last == then, predefined, removed, engine.request("GET", "/networks/labcore-diff-net").status)
+    assert on_both(both, scenario) == (201, ["Id", "Warning"], 409, True,
+                                       ("bridge", "local", {"course": "08"}, False, False, False, "default", 1),
+                                       ["labcore-diff-net"], {"labcore-diff-net": ["hello"]}, 200, 200, 200,
+                                       True, True, 403, 204, 404)
+
+
 # --- what labd deliberately does not do, in Docker's own shapes ----------------------------------------------
 
 def test_swarm_endpoints_answer_as_a_node_outside_a_swarm(both):

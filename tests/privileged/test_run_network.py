@@ -51,7 +51,7 @@ def test_published_port_reaches_the_container_from_the_hosts_loopback(busybox_im
     assert f"lc{spec.id[:10]}h" not in lab_links()
 
 
-@pytest.mark.parametrize("value", ["0.0.0.0:80:80", "80:80/udp", "high:80"])
+@pytest.mark.parametrize("value", ["0.0.0.0:80:80", "80:80/sctp", "high:80"])
 def test_bad_publish_values_are_refused_before_anything_exists(value, labcore_home):
     from labcore.container import plan_for
     with pytest.raises(BadInput):

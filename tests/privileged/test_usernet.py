@@ -313,3 +313,31 @@ def test_where_the_host_refuses_the_network_the_step_says_why_and_loopback_still
     assert found["after"]["connect 127.0.0.1:80"].startswith("loopback server in net:[")
     assert found["lo only"] == ["lo"]                     # no -p: the container runs, with loopback only
     assert "labcore-no-such-tun" in found["published"]   # -p cannot be honoured: refused, with the reason
+
+
+NAMES = """
+import json, subprocess, sys
+def labcore(*argv):
+    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=120)
+    return done.stdout + done.stderr
+for name in ("front", "back"):
+    labcore("network", "create", name)
+labcore("run", "-d", "--name", "web", "--network", "front", "--network-alias", "www", "busybox", "sh", "-c",
+        "mkdir /www; echo I am web > /www/index.html; exec httpd -f -p 80 -h /www")
+same = labcore("run", "--rm", "--network", "front", "busybox", "sh", "-c",
+               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://www/ && break; sleep 0.2; done")
+other = labcore("run", "--rm", "--network", "back", "busybox", "sh", "-c",
+                "nslookup web; ping -c1 -W2 10.203.1.2; echo ping $?")         # web: the first on front
+labcore("rm", "-f", "web")
+removed = labcore("network", "rm", "front", "back")
+print(json.dumps({"same": same, "other": other, "removed": removed}))
+"""
+
+
+def test_rootless_containers_find_each_other_by_name_on_their_own_network_only(lab_dir, state):
+    """The router namespace holds a bridge per network; the DNS server answers inside each container's
+    namespace; the router forwards nothing from one bridge to another."""
+    found = as_user_json(lab_dir, state, NAMES)
+    assert found["same"].strip() == "I am web"
+    assert "can't find web" in found["other"] and "ping 1" in found["other"]
+    assert found["removed"].split() == ["front", "back"]

@@ -28,6 +28,9 @@ def test_walk_through_the_lifecycle():
     (State.RUNNING, "start", "is already running"),
     (State.EXITED, "exec", "is not running"),
     (State.PAUSED, "kill", "is not running"),
+    (State.DEAD, "start", "it is dead"),
+    (State.DEAD, "exec", "can only be removed"),
+    (State.EXITED, "die", "cannot die"),
 ])
 def test_forbidden_moves_raise_and_leave_the_record_unchanged(state, action, message):
     record = new()
@@ -66,3 +69,14 @@ def test_a_rename_outlives_the_monitors_next_save(labcore_home):
     lifecycle.rename(record.id, "after")
     record.save()                                   # the monitor saves with the name it started with
     assert lifecycle.load(record.id).name == "after"
+
+
+def test_a_running_container_whose_monitor_is_gone_is_dead_and_may_be_removed(labcore_home):
+    """engine.refresh: the process that was to record the exit has gone (a pid that is no one now)."""
+    from labcore import engine
+    record = new()
+    lifecycle.transition(record.id, "start", pid=42, monitor={"pid": 2 ** 22 + 1, "start": 1})
+    found = engine.refresh(lifecycle.load(record.id))
+    assert (found.state, found.exit_code) == (State.DEAD, 255) and "monitor" in found.error
+    assert engine.wait(record.id).state is State.DEAD                 # waiting ends, as for an exit
+    assert lifecycle.check("remove", State.DEAD, record.id) is None

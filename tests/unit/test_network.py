@@ -3,6 +3,7 @@ order of syscalls, and the port proxy relaying between two loopback sockets (whi
 import errno
 import os
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -21,6 +22,8 @@ from labcore.network import DEFAULT, PortMapping
     ("80", PortMapping("127.0.0.1", 0, 80)),
     ("80/tcp", PortMapping("127.0.0.1", 0, 80)),
     ("127.0.0.1::80", PortMapping("127.0.0.1", 0, 80)),
+    ("0:80", PortMapping("127.0.0.1", 0, 80)),                      # HostPort "0": the kernel's choice
+    ("5353:53/udp", PortMapping("127.0.0.1", 5353, 53, "udp")),
 ])
 def test_publish_accepts_dockers_forms_on_loopback(text, expected):
     assert network.parse_publish(text) == expected
@@ -28,8 +31,9 @@ def test_publish_accepts_dockers_forms_on_loopback(text, expected):
 
 @pytest.mark.parametrize("text, says", [
     ("0.0.0.0:8080:80", "loopback"), ("192.0.2.2:8080:80", "loopback"), ("[::1]:8080:80", "127.0.0.1 only"),
-    ("8080:80/udp", "TCP only"), ("8000-8010:80", "ranges"), ("80:http", "invalid port"), ("70000", "invalid port"),
-    ("0:80", "invalid port"), ("1:2:3:4", "invalid port mapping"), ("", "invalid port"), ("localhost:80:80", "invalid"),
+    ("8080:80/sctp", "TCP and UDP only"), ("8000-8010:80", "ranges"), ("80:http", "invalid port"),
+    ("70000", "invalid port"), ("80:0", "invalid port"), ("1:2:3:4", "invalid port mapping"), ("", "invalid port"),
+    ("localhost:80:80", "invalid"),
 ])
 def test_publish_refuses_other_forms_naming_the_accepted_ones(text, says):
     with pytest.raises(BadInput) as caught:
@@ -169,3 +173,81 @@ def test_the_proxy_relays_both_ways_and_passes_the_eof_on():
             journal.undo_kill(process.pid, journal.process_start_time(process.pid))
             server.join(5)
         assert process.wait(5) == -9                     # killed, and reaped by its waiter thread
+
+
+@pytest.mark.skipif(not os.access(os.path.realpath(sys.executable), os.X_OK),
+                    reason=f"this user may not execute {sys.executable}, which runs the proxy")
+def test_the_proxy_relays_udp_datagrams_back_to_the_client_that_sent_them():
+    """`-p 5353:53/udp`: each client's datagrams leave from a socket of its own, the replies come back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as front:
+        upstream.bind(("127.0.0.1", 0))
+        front.bind(("127.0.0.1", 0))
+
+        def echo(times):
+            for _ in range(times):
+                data, sender = upstream.recvfrom(512)
+                upstream.sendto(data.upper(), sender)
+        server = threading.Thread(target=echo, args=(2,))
+        server.start()
+        process = portproxy.start(front, upstream.getsockname())
+        try:
+            clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+            for number, client in enumerate(clients):
+                client.settimeout(5)
+                client.sendto(f"datagram {number}".encode(), front.getsockname())
+                assert client.recvfrom(512) == (f"DATAGRAM {number}".encode(), front.getsockname())
+                client.close()
+        finally:
+            journal.undo_kill(process.pid, journal.process_start_time(process.pid))
+            server.join(5)
+
+
+@pytest.mark.skipif(not os.access(os.path.realpath(sys.executable), os.X_OK),
+                    reason=f"this user may not execute {sys.executable}, which runs the proxy")
+def test_a_proxy_whose_parent_dies_before_journaling_it_exits_and_frees_the_port():
+    """The go-ahead pipe: end-of-file instead of the byte, and the proxy leaves with the port it held."""
+    front = socket.create_server(("127.0.0.1", 0))
+    port = front.getsockname()[1]
+    go, go_ahead = os.pipe()
+    process = portproxy.start(front, ("127.0.0.1", 9), go=go)
+    os.close(go)
+    front.close()
+    os.close(go_ahead)                                   # as the parent's death would close it
+    assert process.wait(10) == 0
+    with socket.create_server(("127.0.0.1", port)):      # free again: nothing holds it
+        pass
+
+
+def test_publish_journals_the_proxy_before_it_serves(monkeypatch):
+    """The record exists before the go-ahead byte is written: a crash in between leaves nothing unrecorded."""
+    order = []
+    proxy = subprocess.Popen(["sleep", "60"])          # stands in for the proxy: the journal's undo kills it
+
+    kept = []
+
+    def start(listener, target, inside=None, go=None):
+        order.append(("start", listener.type, target, len(journal.Journal().entries())))
+        kept.append(os.dup(go))                        # the proxy's end of the go-ahead pipe
+        return proxy
+    monkeypatch.setattr(portproxy, "start", start)
+    endpoint = network.Endpoint(pid=1, ip="10.203.0.2", network=DEFAULT, host_ifname="lcxh")
+    scope = journal.Scope()
+    published = network.publish(endpoint, 0, 53, scope, protocol="udp")
+    assert order == [("start", socket.SOCK_DGRAM, ("10.203.0.2", 53), 0)]
+    assert len(scope.entries) == 1 and os.read(kept[0], 2) == b"1"   # recorded, then told to serve; then EOF
+    os.close(kept[0])
+    assert published.protocol == "udp" and published.host_port > 0 and str(published).startswith("53/udp -> ")
+    scope.close()
+    assert proxy.wait(5) == -9
+
+
+def test_a_containers_mac_address_is_made_of_its_ip_address_as_dockers_is():
+    assert network.mac_for("10.203.0.2") == "02:42:0a:cb:00:02"
+    assert network.mac_for("172.17.0.10") == "02:42:ac:11:00:0a"        # what docker-py's test expects of Docker
+
+
+def test_a_bad_mac_address_is_refused_before_anything_exists():
+    from labcore.spec import Spec, check_spec
+    with pytest.raises(BadInput, match="MAC"):
+        check_spec(Spec("busybox", mac_address="02:42:zz:00:00:01"))

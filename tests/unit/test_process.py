@@ -43,3 +43,29 @@ def test_child_can_send_progress_before_its_result():
     child = Child(count)
     assert [child.recv(), child.recv(), child.recv()] == ["first", "second", "done"]
     child.wait()
+
+
+def test_a_tied_helper_dies_with_the_process_that_started_it():
+    """process.tied: SIGKILL the parent of `sleep`, and the kernel kills the sleep too (PR_SET_PDEATHSIG)."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from labcore import process
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "
+                               "print(p.pid, flush=True); p.wait()", *process.tied(["sleep", "60"])],
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    while open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")[0] != b"sleep":
+        time.sleep(0.001)                             # setpriv has set the signal once it has become sleep
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        if open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            break                                     # killed; waiting only for init to reap it
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{child}") or \
+        open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"

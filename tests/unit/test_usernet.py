@@ -258,8 +258,8 @@ def test_a_link_in_a_namespace_is_deleted_there_only_while_its_holder_runs(monke
     journal.undo_link_in("lcab12h", dead_pid(), None)
     assert runs == []                                       # gone with its namespace: nothing to do
     journal.undo_link_in("lcab12h", os.getpid(), journal.process_start_time(os.getpid()))
-    assert runs == [["nsenter", f"--target={os.getpid()}", "--user", "--net", "--preserve-credentials",
-                     "ip", "link", "delete", "lcab12h"]]
+    assert runs == [journal.tied(["nsenter", f"--target={os.getpid()}", "--user", "--net",
+                                  "--preserve-credentials", "ip", "link", "delete", "lcab12h"])]
 
 
 def rootless_container(publish=(), network_name="bridge"):
