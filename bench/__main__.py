@@ -30,13 +30,14 @@ ROWS = [
     ("runc", "(e) runc run", peers.runc),
     ("docker", "(f) docker run --rm --network none busybox", peers.docker_run),
     ("cli", "(g) labcore run --rm --network none busybox (whole process)", peers.labcore_cli),
-    ("api", "(h) labcore.container.run(Spec(..., network=\"none\")), warm process", peers.labcore_api),
+    ("api", "(h) labcore.runtime.container.run(Spec(..., network=\"none\")), warm process", peers.labcore_api),
     ("sdk", "(i) docker SDK containers.run(network_mode=\"none\") → labd", peers.labd_sdk),
 ]
 
 
 def side_by_side(args: argparse.Namespace) -> int:
-    from labcore import journal, paths
+    from labcore import paths
+    from labcore.kernel import journal
     before = {p.name for p in paths.containers_dir().iterdir()} if paths.containers_dir().is_dir() else set()
     rows = [{"key": key, "label": label, "times": []} for key, label, _ in ROWS]
     load = os.getloadavg()[0]       # other work on the machine adds noise; interleaving spreads it evenly

@@ -2,9 +2,9 @@
 mechanism (issue 11: a cpu.shares ratio of 1.69 against an asserted 2 failed a test under qemu's TCG).
 
 Each measurement repeats the notebook's step ``--runs`` times and reports the median and the spread, beside
-what was asked: the share of a core under --cpus 0.25 (``steps.limit_cpu``), the split of one CPU between
-cpu.shares 1024 and 256 (``steps.share_cpu``), the O_DIRECT rates under --device-read/write-bps 2mb
-(``steps.throttle_io``), the doctor's whole check, and the VM-to-container start ratio (``compare``).
+what was asked: the share of a core under --cpus 0.25 (``control_groups.limit_cpu``), the split of one CPU between
+cpu.shares 1024 and 256 (``control_groups.share_cpu``), the O_DIRECT rates under --device-read/write-bps 2mb
+(``control_groups.throttle_io``), the doctor's whole check, and the VM-to-container start ratio (``compare``).
 Run as root; results go to bench/results/ (gitignored) with the machine's load, like every bench.
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ def spread(values: list[float]) -> str:
 
 
 def main(args) -> int:
-    from labcore import compare, doctor
-    from labcore.cgroups import steps
+    from labcore.lessons import doctor, vs_vms
+    from labcore.lessons import control_groups
     load, rows = os.getloadavg()[0], []
-    quota = [steps.limit_cpu(0.25, seconds=1.0).data["share"] for _ in range(args.runs)]
+    quota = [control_groups.limit_cpu(0.25, seconds=1.0).data["share"] for _ in range(args.runs)]
     rows.append(("--cpus 0.25: share of one core", "0.25", spread(quota)))
-    shares = [steps.share_cpu((1024, 256), seconds=1.0).data["ratio"] for _ in range(args.runs)]
+    shares = [control_groups.share_cpu((1024, 256), seconds=1.0).data["ratio"] for _ in range(args.runs)]
     rows.append(("cpu.shares 1024 : 256 on one CPU", "4.00", spread(shares)))
-    io = steps.throttle_io("2mb", megabytes=2)
+    io = control_groups.throttle_io("2mb", megabytes=2)
     rows.append(("O_DIRECT read / write MiB/s under 2mb", "2.00",
                  f"{io.data['read_rate'] / 2**20:.2f} / {io.data['write_rate'] / 2**20:.2f}" if io.permitted
                  else io.reason.splitlines()[0]))
@@ -39,9 +39,9 @@ def main(args) -> int:
         doctor.check()
         checks.append(time.monotonic() - started)
     rows.append(("labcore doctor: the whole check, seconds", "< 2", spread(checks)))
-    measured = compare.measure(runs=5, vm_runs=1, docker_runs=0)
+    measured = vs_vms.measure(runs=5, vm_runs=1, docker_runs=0)
     rows.append(("VM boot ÷ labcore container (medians)", "-",
-                 compare.ratio_text(measured.ratio("vm", "container"))))
+                 vs_vms.ratio_text(measured.ratio("vm", "container"))))
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')}, load average {load:.1f} before, "
              f"{os.getloadavg()[0]:.1f} after.", "", "| what | asked | measured |", "|---|---:|---|"]
     lines += [f"| {what} | {asked} | {found} |" for what, asked, found in rows]

@@ -22,7 +22,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from labcore import journal, paths
+from labcore import paths
+from labcore.kernel import journal
 
 VENV_BIN = Path(sys.executable).parent          # the .venv's python and its `labcore` console script
 
@@ -35,13 +36,13 @@ class Workspace:
     """What the rows share, made once, under one journaled ``labcore-bench-<hex>`` directory."""
 
     def __init__(self, scope: journal.Scope, stack: ExitStack):
-        from labcore import images
+        from labcore.image import oci
         self.scope, self.stack = scope, stack
         self.dir = paths.scratch_dir() / f"{paths.PREFIX}-bench-{secrets.token_hex(4)}"
         self.dir.mkdir(parents=True)
         scope.record("directory", str(self.dir), "rmtree", path=str(self.dir))
         self.rootfs = self.dir / "rootfs"
-        images.Store().unpack(images.ensure_base_image(), self.rootfs)
+        oci.Store().unpack(oci.ensure_base_image(), self.rootfs)
         self.bundle = write_bundle(self.dir / "bundle", self.rootfs)
         self._runs = itertools.count()
         self.made = [self.dir]          # directories (and cgroup names) that must be gone afterwards
@@ -178,7 +179,7 @@ def labcore_cli(ws: Workspace) -> Callable[[], None]:
 
 def labcore_api(ws: Workspace) -> Callable[[], None]:
     """As a notebook cell does: a warm Python process calls the package; timed in-process."""
-    from labcore import container
+    from labcore.runtime import container
 
     def once() -> None:
         spec = container.Spec("busybox", ["/bin/true"], rm=True, network="none")
@@ -234,11 +235,11 @@ def wait_for_socket(sock: Path, process: subprocess.Popen, log: Path, what: str,
 
 
 def start_dockerd(stack: ExitStack):
-    """Debian's dockerd with its own data-root and socket, busybox imported offline (labcore.dockerd)."""
+    """Debian's dockerd with its own data-root and socket, busybox imported offline (labcore.lessons.dockerd)."""
     try:
-        from labcore import dockerd as module
+        from labcore.lessons import dockerd as module
     except ImportError as err:
-        raise Missing(f"labcore.dockerd is not there yet ({err})") from err
+        raise Missing(f"labcore.lessons.dockerd is not there yet ({err})") from err
     reason = module.dockerd_unavailable_reason()
     if reason:
         raise Missing(reason)

@@ -23,7 +23,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench import peers, report
-from labcore import journal, paths
+from labcore import paths
+from labcore.kernel import journal
 
 
 def main(args) -> int:
@@ -42,7 +43,7 @@ def main(args) -> int:
 
 
 def lab_containers(count: int, psutil) -> dict:
-    from labcore import container
+    from labcore.runtime import container
     ids = [secrets.token_hex(32) for _ in range(count)]
     errors: list[str] = []
 

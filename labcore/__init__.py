@@ -1,37 +1,29 @@
 """labcore: what `docker run` really does, done step by step on the Linux kernel.
 
-Each module is one mechanism and reads as a short lesson. In the order a container is made:
+The package is built in layers, low to high; a module imports only from its own layer or the ones below
+(``tests/unit/test_layers.py`` keeps it so). Each module is one mechanism and reads as a short lesson.
 
-    the kernel's side
-        syscalls      the narrow door to unshare, setns, mount, pivot_root, ...      (start here)
-        process       children: where each isolating step happens
-        userns        root inside, an ordinary user outside
-        namespaces    what a container can see: pid, uts, mnt, net, ipc, user, cgroup
-        cgroups/      how much it can use: cpu, memory, pids, io, devices, freezer (v1 and v2)
-        rootfs        which files it sees: chroot, its escape, pivot_root, /proc /dev /sys
-        overlay       one copy of the image for many containers; overlay_model predicts it
-        network       a bridge, a veth pair, an address; portproxy publishes a port
-        usernet       the same without root: a bridge in a namespace you own, slirp4netns its way out
-        networks      user-defined networks: a bridge and a subnet each; dns: names at 127.0.0.11
-    images
-        images        layers kept by digest in an OCI layout; baseimage builds busybox offline
-        layers        each layer unpacked once; archive loads and saves what Docker and Podman write
-        registry      pulling by digest; localregistry runs a real one on loopback
-        build         commit and build, with Docker's layer cache
-    the runtime
-        spec          what `docker run` is asked, refused before anything exists
-        container     a command as pid 1 on an image's root: create, start, wait; stdio: its fds 0-2
-        lifecycle     created, running, paused, exited, dead: a state machine on disk
-        engine        containers that outlive their caller; daemon and dockerapi serve Docker's API
-        client        the CLI's way to the engine, in this process or over labd's socket
-    around it
-        journal       every object created is written down with its undo
-        evidence      what a step returns: before, after, and the mode it ran in
-        doctor        what this host lets the lab do, and why not
-        flow, unixsocket, assemble, compare, vm       the notebooks' steps: the `docker run` flow, the
-                      daemon's socket, a container built by hand, containers beside a virtual machine
-        diagrams, display, widgets                     what a reader sees: pictures that fit the page,
-                      tables of parsed evidence, folded details, steps behind buttons
+    labcore.errors, paths, units   the ground: errors that teach, where state lives, Docker's units
+    labcore.kernel     the mechanisms, and the one door to the kernel
+                       syscalls (the seam), process (children), journal (every object with its undo),
+                       userns, namespaces, cgroups/ (v1, v2, limits, devices), overlay, rootfs (pivot_root,
+                       /proc /dev /sys), network (veth, bridge), usernet (rootless), portproxy,
+                       capabilities, seccomp, confinement (Docker's defaults, in runc's order)
+    labcore.image      images: oci (layers by digest), baseimage (busybox, offline), layers (unpacked
+                       once), archive (docker save/load), registry (pulling by digest)
+    labcore.runtime    a container's life: spec (what is asked, refused before anything exists),
+                       container (create, start, wait), stdio, users, lifecycle (a state machine on disk),
+                       engine (containers that outlive their caller), networks + dns, volumes, build
+    labcore.api        Docker's Engine API: schema (every request checked), routes (Docker's JSON to and
+                       from the engine), labd (the daemon's HTTP server), client (the CLI's way to either)
+    labcore.lessons    one module per notebook: doctor (00), run_flow (01), client_server (02),
+                       namespaces (03), control_groups (04), union_fs (05), root_fs (06), vs_vms (07),
+                       build_your_own (08), security (09); and evidence (the Step), hosts (refusals
+                       explained), diagrams, display, widgets
+    labcore.cli        one `labcore` verb per module, with `docker`'s names and flags
+
+Where is...   pivot_root: kernel.rootfs.pivot_to   the memory limit: kernel.cgroups (v1.py, v2.py)
+              POST /containers/create: api.routes   `docker run`'s flags: runtime.spec and cli.run
 
 Importing the package is cheap on purpose (nothing heavy at import time): a container start should cost
 about as much as the kernel work it does.

@@ -11,7 +11,7 @@ it. Errors from the kernel are raised ``from`` the original ``OSError`` so the e
     ├── NotFound            an image, container or object by that name does not exist
     └── BadInput            a value from the user is malformed; raised before anything is changed
 
-Next: ``labcore.syscalls`` turns each failing syscall into one of these.
+Next: ``labcore.kernel.syscalls`` turns each failing syscall into one of these.
 """
 from __future__ import annotations
 

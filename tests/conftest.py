@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from labcore.journal import Journal, undo_rmtree
+from labcore.kernel.journal import Journal, undo_rmtree
 
 ROOT_REASON = ("needs root to call the kernel for real (running as uid %d); run `sudo ./lab test`, "
                "or see `labcore doctor` for what this user may do" % os.geteuid())
@@ -57,7 +57,7 @@ def labcore_home(tmp_path, monkeypatch, shared_images):
 def fake_tree_scope():
     """A scope over a fake cgroupfs tree: its records are dropped, not undone, afterwards (rmdir cannot remove
     a fake tree's plain files; the tree goes with tmp_path)."""
-    from labcore.journal import Scope
+    from labcore.kernel.journal import Scope
     scope = Scope()
     yield scope
     for entry in scope.release():
@@ -93,7 +93,7 @@ def no_container_left(busybox_image):
 @pytest.fixture
 def busybox_image():
     """The base image, built into the shared store the first time a test asks for it."""
-    from labcore.images import ensure_base_image
+    from labcore.image.oci import ensure_base_image
     return ensure_base_image()
 
 
@@ -103,9 +103,9 @@ def has(program: str) -> bool:
 
 @contextlib.contextmanager
 def dockerd_with_busybox():
-    """Debian's dockerd started for the test (labcore.dockerd), with the lab's busybox loaded; a skip naming why
+    """Debian's dockerd started for the test (labcore.lessons.dockerd), with the lab's busybox loaded; a skip naming why
     when it cannot be."""
-    from labcore.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
+    from labcore.lessons.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
     from labcore.errors import LabError
     reason = dockerd_unavailable_reason()
     if reason:

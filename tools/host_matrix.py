@@ -10,7 +10,7 @@ The hosts (issue 11; README, "What runs where"):
               HOME and LABCORE_HOME of its own
     pod       a container made like a JupyterHub or Binder pod: uid 1000, no capabilities, no_new_privs,
               Docker's own default seccomp profile (which refuses unshare, mount and user namespaces), run
-              by a private dockerd (``labcore.dockerd``) on an image of nothing but the host's /usr and /etc
+              by a private dockerd (``labcore.lessons.dockerd``) on an image of nothing but the host's /usr and /etc
               bound read-only, with this checkout at the same path
 
 Each notebook runs top to bottom in a fresh kernel of the .venv's Python, every cell even after an error
@@ -110,7 +110,7 @@ def run_as_student(notebooks: list[Path], work: Path) -> dict:
 
 def run_in_pod(notebooks: list[Path], work: Path) -> dict:
     """In a container of Docker's own making with Binder's restrictions (see the module's docstring)."""
-    from labcore.dockerd import Dockerd
+    from labcore.lessons.dockerd import Dockerd
     with Dockerd() as docker:
         image = make_pod_image(docker, work)
         home = "/home/jovyan"
@@ -158,7 +158,7 @@ def run_host(host: str, notebooks: list[Path]) -> dict:
         if os.geteuid() != 0:
             raise SystemExit("the root row needs root")
         return run_here(notebooks)
-    from labcore.journal import undo_rmtree
+    from labcore.kernel.journal import undo_rmtree
     work = Path(tempfile.mkdtemp(prefix="labcore-matrix-"))
     os.chmod(work, 0o755)
     try:

@@ -7,7 +7,7 @@
 
 Stored outputs are what a reader sees first, so they must not show the machine that made them (its paths,
 its cgroup v1 tree, its kernel build, its root directory). The VM is Debian's own kernel (the one
-``labcore.vm`` downloads and caches) booting a root filesystem built by mmdebstrap(1) from Debian's packages:
+``labcore.lessons.vm`` downloads and caches) booting a root filesystem built by mmdebstrap(1) from Debian's packages:
 
 * the packages ``./lab`` installs (read from its RUN_PACKAGES and TEST_PACKAGES), Python, fonts for graphviz;
 * /lab/.venv with the Python packages of pyproject.toml at the versions of tools/labvm-constraints.txt
@@ -20,7 +20,7 @@ The kernel command line carries ``cgroup_no_v1=all`` (a pure cgroup v2 host), th
 its loopback, and it sees this checkout read-only over 9p; /init copies it to /lab (without .git and .venv),
 and the notebooks it executed come back through a second, writable 9p share.
 
-See mmdebstrap(1), qemu-system-x86_64(1), mkfs.ext4(8) (-d), switch_root(8), and ``labcore.vm`` for the
+See mmdebstrap(1), qemu-system-x86_64(1), mkfs.ext4(8) (-d), switch_root(8), and ``labcore.lessons.vm`` for the
 initramfs and qemu.
 """
 from __future__ import annotations
@@ -41,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labcore import journal, vm  # noqa: E402  (the checkout's labcore, also when run as a script)
+from labcore.kernel import journal
+from labcore.lessons import vm# noqa: E402  (the checkout's labcore, also when run as a script)
 from labcore.errors import LabError, NotSupportedHere  # noqa: E402
 
 RECIPE = 1                         # raise it when a change to build_image() should give a new image
@@ -58,7 +59,7 @@ BUILD_HOST_ONLY = {"chromium", "mmdebstrap"}
 EXTRAS = "test"                    # what `./lab execute` installs: nbclient, ipykernel, the peers' SDKs
 HOSTNAME = "lab"
 GUEST_PROJECT = "/lab"             # where the checkout is in the guest, and the only path its outputs show
-GUEST_KERNEL_CACHE = "/var/cache"   # XDG_CACHE_HOME: labcore.vm's cache, so 07 boots the same kernel offline
+GUEST_KERNEL_CACHE = "/var/cache"   # XDG_CACHE_HOME: labcore.lessons.vm's cache, so 07 boots the same kernel offline
 OUT_TAG = "out"
 # Debian 12's Python is 3.11.2: some releases on PyPI want a newer 3.11.x, so the image has its own lock.
 GUEST_PYTHON = "3.11.2"
@@ -184,7 +185,7 @@ def make_rootfs(kernel: vm.Kernel, work: Path, rootfs: Path) -> None:
     tree = kernel.modules.parents[2]                 # ~/.cache/labcore-vm/linux-image-...
     cached = f"{GUEST_KERNEL_CACHE}/labcore-vm/{tree.name}"
     hooks = {
-        # The kernel once, in the guest's own labcore.vm cache, and its modules hard-linked from there.
+        # The kernel once, in the guest's own labcore.lessons.vm cache, and its modules hard-linked from there.
         "kernel": f'mkdir -p "$1{GUEST_KERNEL_CACHE}/labcore-vm" && cp -a {shlex.quote(str(tree))} '
                   f'"$1{GUEST_KERNEL_CACHE}/labcore-vm/"',
         "modules": f'mkdir -p "$1/lib/modules" && cp -al "$1{cached}/lib/modules/{kernel.release}" '
@@ -311,7 +312,7 @@ def execute(notebooks: list[Path], log=print) -> int:
         out = Path(tempfile.mkdtemp(prefix="labcore-labvm-out-", dir=scratch))
         scope.record("directory", str(out), "rmtree", path=str(out))
         # The notebooks and diagrams/ go back (07 redraws diagrams/stacks.* with what it measured).
-        command = (f"{{ .venv/bin/python -c 'from labcore.images import ensure_base_image; ensure_base_image()' "
+        command = (f"{{ .venv/bin/python -c 'from labcore.image.oci import ensure_base_image; ensure_base_image()' "
                    f"&& .venv/bin/python tools/execute_notebooks.py {shlex.join(names)}; }} >/mnt/out/log 2>&1; "
                    f"status=$?; cp --parents {shlex.join(names)} diagrams/* /mnt/out/; exit $status")
         started = time.monotonic()

@@ -4,7 +4,7 @@
 
 Where a student's host refuses a step (no root, no user namespaces, no delegated cgroup), the refused Step
 shows the same step from these recordings, labelled with the reference host's kernel, cgroup layout and date
-(``labcore.evidence.Recording``), never as if it had just happened there.
+(``labcore.lessons.evidence.Recording``), never as if it had just happened there.
 
 How they are made: each notebook runs top to bottom in a fresh kernel of the .venv's Python, in a state
 directory of its own, with ``LABCORE_RECORD`` naming a scratch file. Every real Step that a cell shows
@@ -33,7 +33,7 @@ FIELDS = ("key", "title", "action", "mode", "rows", "note", "wire", "output")
 
 def reference_host() -> dict:
     """Who ran the steps and where: what a recording's label says."""
-    from labcore.cgroups import detect
+    from labcore.kernel.cgroups import detect
     release = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
     return {"who": "root", "machine": f"{release.get('PRETTY_NAME', 'Linux').strip(chr(34))} VM",
             "kernel": platform.release(), "cgroup": detect().kind, "date": datetime.date.today().isoformat(),
@@ -60,7 +60,7 @@ def collect(log: Path) -> list[dict]:
 
 
 def record(path: Path, host: dict) -> Path:
-    from labcore.journal import undo_rmtree
+    from labcore.kernel.journal import undo_rmtree
     work = Path(tempfile.mkdtemp(prefix="labcore-record-"))
     try:
         run_notebook(path, work / "steps.jsonl", work / "home")

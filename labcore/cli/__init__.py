@@ -39,7 +39,6 @@ VERBS = {
     "pull": "Download an image from a registry",
     "network": "Manage networks (create, ls, inspect, rm, connect, disconnect, prune)",
 }
-_MODULES = {"images": "images_cmd"}
 
 
 def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
@@ -57,7 +56,7 @@ def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
 
 
 def _verb_module(verb: str):
-    return importlib.import_module(f"labcore.cli.{_MODULES.get(verb, verb)}")
+    return importlib.import_module(f"labcore.cli.{verb}")
 
 
 def verb_in(argv: list[str]) -> str | None:

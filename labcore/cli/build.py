@@ -1,5 +1,5 @@
 """`labcore build [-f LABFILE] [-t NAME[:TAG]] DIR`: `docker build`, for a Labfile (a Dockerfile subset: FROM,
-RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT), done by ``labcore.build.build``. Prints each step as Docker's
+RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT), done by ``labcore.runtime.build.build``. Prints each step as Docker's
 classic builder does, with "---> Using cache" for a step whose result the build cache already holds.
 """
 from __future__ import annotations
@@ -12,6 +12,6 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore import build
+    from labcore.runtime import build
     build.build(args.context, args.file, args.tag, echo=True)
     return 0

@@ -1,5 +1,5 @@
 """`labcore cleanup`: replay the undo journal for objects whose creator is gone (all of them with --all)."""
-from labcore import journal
+from labcore.kernel import journal
 
 
 def configure(parser):

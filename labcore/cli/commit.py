@@ -1,4 +1,4 @@
-"""`labcore commit CONTAINER IMAGE[:TAG]`: `docker commit`, done by ``labcore.build.commit``.
+"""`labcore commit CONTAINER IMAGE[:TAG]`: `docker commit`, done by ``labcore.runtime.build.commit``.
 
 The container's upperdir — everything it wrote, and a whiteout for everything it deleted — becomes one more
 layer on top of its image's layers. A container kept after it exited (run without --rm) still has its
@@ -14,7 +14,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore import build
+    from labcore.runtime import build
     step = build.commit(args.container, args.image, comment=args.message)
     print(step.data["image"].id)
     return 0

@@ -4,7 +4,7 @@ The container's record is written (state "created") and its id printed; `labcore
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 from labcore.cli import run as run_verb
 
 

@@ -11,8 +11,8 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore import daemon
-    daemon.serve(args.socket, args.tcp, verbose=args.debug)
+    from labcore.api import labd
+    labd.serve(args.socket, args.tcp, verbose=args.debug)
     return 0
 
 

@@ -1,7 +1,7 @@
 """`labcore doctor`: what this host lets the lab do, each answer found by trying it (`--json` for scripts)."""
 import json
 
-from labcore import doctor
+from labcore.lessons import doctor
 
 
 def configure(parser):

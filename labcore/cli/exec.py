@@ -1,6 +1,6 @@
 """`labcore exec [-i] [-e] [-w] [-u] CONTAINER COMMAND [ARG...]`: another process in a running container.
 
-No new container: the command joins pid 1's namespaces with setns(2) (``labcore.container.exec_in``), in
+No new container: the command joins pid 1's namespaces with setns(2) (``labcore.runtime.container.exec_in``), in
 three requests as Docker makes them: create the exec, start it (output comes back as frames), inspect it
 for the exit code, which becomes ours. -i hands the command this terminal's stdin (in-process only).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from labcore import client
+from labcore.api import client
 from labcore.errors import BadInput, LabError
 
 

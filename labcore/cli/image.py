@@ -20,7 +20,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.images import Store
+    from labcore.image.oci import Store
     store, found, status = Store(), [], 0
     for ref in args.images:
         try:

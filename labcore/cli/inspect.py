@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

@@ -4,7 +4,7 @@ From the host SIGKILL always works; any other signal reaches pid 1 only if it in
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

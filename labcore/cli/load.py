@@ -1,7 +1,7 @@
 """`labcore load`: store the images in an archive that `docker save`, `podman save` or skopeo wrote.
 
 Prints what Docker prints: ``Loaded image: busybox:latest`` per name, ``Loaded image ID: sha256:...`` for an
-image without one. The formats, and the checks on the way in, are in ``labcore.archive``.
+image without one. The formats, and the checks on the way in, are in ``labcore.image.archive``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore import archive
+    from labcore.image import archive
     if args.input is None and sys.stdin.isatty():
         raise BadInput("requested load from stdin, but stdin is empty",
                        fix="labcore load -i FILE, or labcore load < FILE")

@@ -1,11 +1,11 @@
 """`labcore logs [-f] CONTAINER`: what the container wrote, stdout to stdout and stderr to stderr.
 
-The engine's monitor kept the output in Docker's frames (``labcore.engine``); with -f the reading goes on
+The engine's monitor kept the output in Docker's frames (``labcore.runtime.engine``); with -f the reading goes on
 until the container exits, as `docker logs -f` does.
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 from labcore.errors import LabError
 
 

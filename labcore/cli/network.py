@@ -1,14 +1,14 @@
 """`labcore network create|ls|inspect|rm|connect|disconnect|prune`: user-defined networks, as `docker network`.
 
 A network is a record until its first container starts: then it gets a bridge of its own and an address
-range, and its containers find each other by name (``labcore.networks``, ``labcore.dns``). Like every verb,
+range, and its containers find each other by name (``labcore.runtime.networks``, ``labcore.runtime.dns``). Like every verb,
 it calls the engine in this process, or labd's ``/networks`` routes with --host.
 """
 from __future__ import annotations
 
 import json
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

@@ -1,4 +1,4 @@
-"""`labcore pull NAME[:TAG]`: download an image from a registry (``labcore.registry``), showing progress.
+"""`labcore pull NAME[:TAG]`: download an image from a registry (``labcore.image.registry``), showing progress.
 
 The registry module yields the same progress events Docker's daemon streams from ``POST /images/create``,
 and this is how the docker CLI draws them (moby's pkg/jsonmessage): one line per layer, rewritten in place
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from labcore import client
+from labcore.api import client
 from labcore.units import human_size
 from labcore.errors import LabError
 

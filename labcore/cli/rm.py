@@ -4,7 +4,7 @@ A running container is refused, in Docker's words, unless -f: then it is killed 
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

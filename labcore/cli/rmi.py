@@ -24,7 +24,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.images import Store
+    from labcore.image.oci import Store
     store, status = Store(), 0
     for ref in args.images:                     # Docker goes on after a failure and exits 1 at the end
         try:
@@ -92,7 +92,7 @@ def containers_using(store, image) -> list[str]:
 
 
 def split(ref: str) -> tuple[str, str]:
-    from labcore.images import split_reference
+    from labcore.image.oci import split_reference
     return split_reference(ref)
 
 

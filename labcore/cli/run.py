@@ -1,4 +1,4 @@
-"""`labcore run [OPTIONS] IMAGE [COMMAND] [ARG...]`: `docker run`, done by ``labcore.container``.
+"""`labcore run [OPTIONS] IMAGE [COMMAND] [ARG...]`: `docker run`, done by ``labcore.runtime.container``.
 
 The exit status is the command's (128+N when signal N killed it); as with Docker, 127 when the command is
 not found in the image, 126 when it cannot be executed, 125 when labcore itself refuses or fails. Bad input
@@ -10,7 +10,8 @@ import argparse
 import errno
 import sys
 
-from labcore import client, container
+from labcore.api import client
+from labcore.runtime import container
 from labcore.errors import BadInput, LabError
 
 

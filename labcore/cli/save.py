@@ -1,6 +1,6 @@
 """`labcore save`: one or more images as a tar archive that podman, skopeo, containerd and Docker load.
 
-The archive is an OCI image layout with Docker's manifest.json beside it (see ``labcore.archive``). As
+The archive is an OCI image layout with Docker's manifest.json beside it (see ``labcore.image.archive``). As
 `docker save` does, it goes to STDOUT unless ``-o`` names a file, and never to a terminal.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore import archive
+    from labcore.image import archive
     if args.output is None and sys.stdout.isatty():
         raise BadInput("cowardly refusing to save to a terminal", fix="use the -o flag or redirect")
     archive.save(args.images, args.output if args.output is not None else sys.stdout.buffer)

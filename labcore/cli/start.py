@@ -1,10 +1,10 @@
-"""`labcore start [-a] CONTAINER...`: run created or exited containers (``labcore.engine.start``).
+"""`labcore start [-a] CONTAINER...`: run created or exited containers (``labcore.runtime.engine.start``).
 
 With -a the output follows until the container exits, and the exit code is the container's.
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 from labcore.errors import BadInput, LabError
 
 

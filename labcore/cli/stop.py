@@ -1,11 +1,11 @@
 """`labcore stop [-t N] CONTAINER...`: SIGTERM to pid 1, then SIGKILL after N seconds (default 10).
 
 pid 1 ignores a SIGTERM it has no handler for (pid_namespaces(7)), so `stop` on a bare `sleep` takes the
-whole grace period: see ``labcore.engine.stop``. A container that is not running is left as it is.
+whole grace period: see ``labcore.runtime.engine.stop``. A container that is not running is left as it is.
 """
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

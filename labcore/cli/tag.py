@@ -11,7 +11,7 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.images import Store
+    from labcore.image.oci import Store
     name, tag = split_target(args.target)
     store = Store()
     image = store.resolve(args.source)
@@ -21,7 +21,7 @@ def run(args) -> int:
 
 def split_target(target: str) -> tuple[str, str]:
     """The new name, refused before anything changes; in Docker's words for the commonest mistake."""
-    from labcore.images import split_reference
+    from labcore.image.oci import split_reference
     name = target.rpartition(":")[0] if ":" in target.rpartition("/")[2] else target
     first, _, rest = name.partition("/")
     repository = rest if rest and ("." in first or ":" in first or first == "localhost") else name

@@ -1,7 +1,7 @@
 """`labcore wait CONTAINER...`: block until each container stops, then print its exit code."""
 from __future__ import annotations
 
-from labcore import client
+from labcore.api import client
 
 
 def configure(parser):

@@ -5,7 +5,7 @@ JupyterLab runs on a free loopback port with a token, on a fresh copy of noteboo
 directories of its own: no notebook is trusted, as in a fresh clone. For every notebook:
 
 * every stored diagram is shown as an image (JupyterLab shows no SVG of an untrusted notebook: the PNG
-  that ``labcore.diagrams`` stores beside it is what the reader sees);
+  that ``labcore.lessons.diagrams`` stores beside it is what the reader sees);
 * no output shows a Python traceback or a ``<diagram: ...>`` placeholder;
 * nothing is wider than the page, and no diagram is shrunk to fit.
 
@@ -197,7 +197,7 @@ def problems(seen: dict, diagrams: int) -> list[str]:
     if seen["pageWidth"] > seen["viewport"]:
         found.append(f"the page is {seen['pageWidth']} px wide in a {seen['viewport']} px window")
     found += [f"an output overflows its area: {text!r}" for text in seen["overflowing"]]
-    # A diagram's PNG carries its width (labcore.diagrams): shown at it, not shrunk to fit. Other images (a
+    # A diagram's PNG carries its width (labcore.lessons.diagrams): shown at it, not shrunk to fit. Other images (a
     # matplotlib plot) may be scaled to the page by JupyterLab's max-width.
     found += [f"diagram {image['alt']!r} is {image['natural']} px, shrunk to {image['shown']:.0f} px"
               for image in shown if image["diagram"] and image["shown"] + 1 < image["natural"]]

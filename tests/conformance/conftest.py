@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labcore.errors import LabError
-from labcore.journal import Journal
+from labcore.kernel.journal import Journal
 
 API = "/v1.41"          # Debian's Docker 20.10 speaks 1.41; labd speaks it too
 
@@ -33,7 +33,7 @@ class Engine:
 
     def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers=None,
                 version: str = API) -> Answer:
-        from labcore.client import unix_connection
+        from labcore.api.client import unix_connection
         connection = unix_connection(self.socket)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         try:
@@ -92,7 +92,7 @@ def engines(tmp_path_factory, shared_images):
     """{"labd": Engine, "dockerd": Engine}; skipped with the reason when Docker cannot run here."""
     if os.geteuid() != 0:
         pytest.skip("the differential suite starts dockerd and labd as root")
-    from labcore.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
+    from labcore.lessons.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
     reason = dockerd_unavailable_reason()
     if reason:
         pytest.skip(reason)
@@ -100,8 +100,8 @@ def engines(tmp_path_factory, shared_images):
     os.symlink(shared_images, home / "images")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LABCORE_HOME", str(home))
-        from labcore.daemon import Labd
-        from labcore.images import ensure_base_image
+        from labcore.api.labd import Labd
+        from labcore.image.oci import ensure_base_image
         ensure_base_image()
         with Dockerd() as dockerd, Labd(f"/run/labcore-differential-{os.getpid()}.sock") as labd:
             try:

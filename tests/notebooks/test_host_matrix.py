@@ -12,11 +12,11 @@ import pwd
 import pytest
 
 from tools import host_matrix
-from labcore.dockerd import dockerd_unavailable_reason
+from labcore.lessons.dockerd import dockerd_unavailable_reason
 
 pytestmark = pytest.mark.matrix
 # As an ordinary user everything runs for real but what needs root on the host itself: limits on a cgroup v1
-# host (nothing is delegated there). The network is the user-mode one (labcore.usernet): real.
+# host (nothing is delegated there). The network is the user-mode one (labcore.kernel.usernet): real.
 NEEDS_THE_HOST = {"04-control-groups.ipynb": None,                  # None: any step may be refused
                   "07-containers-vs-vms.ipynb": set(),
                   "08-build-your-own-docker-run.ipynb": {"box.join_cgroup()"},

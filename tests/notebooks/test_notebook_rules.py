@@ -64,7 +64,7 @@ def test_notebook_ends_with_questions_then_cleanup(notebook):
                                                            re.MULTILINE), \
         "the next-to-last cell is the markdown '## Check your understanding' with the questions"
     assert cleanup.cell_type == "code" and re.search(r"\bjournal\.cleanup\(", cleanup.source), \
-        "the last cell calls labcore.journal.cleanup(), so a notebook leaves nothing behind"
+        "the last cell calls labcore.kernel.journal.cleanup(), so a notebook leaves nothing behind"
 
 
 def test_some_output_is_compared_by_nbval(notebook):

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from labcore import archive, paths
-from labcore.container import Spec, run
-from labcore.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
-from labcore.images import Store, ensure_base_image
-from labcore.journal import Scope
+from labcore import paths
+from labcore.image import archive
+from labcore.runtime.container import Spec, run
+from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
+from labcore.image.oci import Store, ensure_base_image
+from labcore.kernel.journal import Scope
 from tests.conftest import has, privileged
 
 REASON = dockerd_unavailable_reason()

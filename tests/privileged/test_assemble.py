@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from labcore import assemble, journal, network
+from labcore.kernel import journal, network
+from labcore.lessons import build_your_own
 from labcore.errors import InvalidTransition, LabError, NotFound
 from tests.conftest import has, privileged
 
@@ -21,7 +22,7 @@ def assert_nothing_left(box):
 
 
 def test_the_whole_sequence_by_hand(busybox_image):
-    with assemble.start("busybox") as box:
+    with build_your_own.start("busybox") as box:
         assert os.listdir(box.directory) == []
 
         stack = box.layers()
@@ -31,14 +32,14 @@ def test_the_whole_sequence_by_hand(busybox_image):
         assert " - overlay overlay " in mounted.after["mountinfo"][0] and "bin" in mounted.data["names"]
 
         shim = box.fork_child()
-        assert shim.data["shared"] == list(assemble.KINDS)
+        assert shim.data["shared"] == list(build_your_own.KINDS)
 
         group = box.join_cgroup(memory="64m", cpus="0.5", pids="64")
         assert group.data["procs"] == [box.shim.pid]
         assert group.after["memory.limit_in_bytes"] == str(64 << 20) and group.after["pids.max"] == "64"
 
         isolated = box.unshare()
-        assert isolated.data["new"] == list(assemble.KINDS)
+        assert isolated.data["new"] == list(build_your_own.KINDS)
         assert isolated.data["inside"]["pid inside (getpid)"] == 1
         assert isolated.data["inside"]["cgroup inside (/proc/self/cgroup)"] == ["/"]
 
@@ -48,7 +49,7 @@ def test_the_whole_sequence_by_hand(busybox_image):
 
         pivoted = box.pivot_root()
         assert pivoted.before["/ is"] == "the host's /"
-        assert pivoted.data["root"] == pivoted.data["escape"] == assemble.OVERLAY_ROOT
+        assert pivoted.data["root"] == pivoted.data["escape"] == build_your_own.OVERLAY_ROOT
         assert pivoted.data["host_mounts"] == ["rootfs"], "pid 1's /proc, /dev, /sys leaked to the host"
 
         named = box.set_hostname("box8")
@@ -67,7 +68,7 @@ def test_the_whole_sequence_by_hand(busybox_image):
         assert ended.data["stdout"] == ["pid 1 on box8", "eth0", "lo"]
         assert "digraph" in box.diagram()
 
-        same = assemble.compare_with_run(box)
+        same = build_your_own.compare_with_run(box)
         assert same.data["same"], (same.before, same.after)
 
         removed = box.remove()
@@ -77,7 +78,7 @@ def test_the_whole_sequence_by_hand(busybox_image):
 
 
 def test_out_of_order_is_refused_and_changes_nothing(busybox_image):
-    with assemble.start("busybox") as box:
+    with build_your_own.start("busybox") as box:
         box.layers()
         with pytest.raises(InvalidTransition, match=r"pivot_root\(\) needs mount_overlay\(\) first"):
             box.pivot_root()
@@ -88,12 +89,12 @@ def test_out_of_order_is_refused_and_changes_nothing(busybox_image):
         box.fork_child()
         with pytest.raises(InvalidTransition, match=r"unshare\(\) needs join_cgroup\(\) first"):
             box.unshare()
-        assert box.pid is None and assemble.process_state(box.shim.pid)[:1] in ("R", "S")   # alive, waiting
+        assert box.pid is None and build_your_own.process_state(box.shim.pid)[:1] in ("R", "S")   # alive, waiting
     assert_nothing_left(box)
 
 
 def test_an_interrupt_mid_step_undoes_the_whole_box(busybox_image, monkeypatch):
-    box = assemble.start("busybox")
+    box = build_your_own.start("busybox")
     for name in ("layers", "mount_overlay", "fork_child", "join_cgroup", "unshare"):
         getattr(box, name)()
 
@@ -109,7 +110,7 @@ def test_an_interrupt_mid_step_undoes_the_whole_box(busybox_image, monkeypatch):
 
 
 def test_a_busy_host_port_is_a_clear_error(busybox_image):
-    with socket.create_server(("127.0.0.1", 0)) as taken, assemble.start("busybox") as box:
+    with socket.create_server(("127.0.0.1", 0)) as taken, build_your_own.start("busybox") as box:
         for name in ("layers", "mount_overlay", "fork_child", "join_cgroup", "unshare", "connect_network"):
             getattr(box, name)()
         with pytest.raises(LabError, match="Address already in use") as busy:
@@ -119,7 +120,7 @@ def test_a_busy_host_port_is_a_clear_error(busybox_image):
 
 
 def test_a_failed_exec_is_the_kernels_error_and_pid1_takes_the_next_order(busybox_image):
-    with assemble.start("busybox") as box:
+    with build_your_own.start("busybox") as box:
         for name in ("layers", "mount_overlay", "fork_child", "join_cgroup", "unshare", "connect_network",
                      "pivot_root"):
             getattr(box, name)()

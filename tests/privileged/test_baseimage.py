@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from labcore.images import Store
+from labcore.image.oci import Store
 from tests.conftest import has, privileged
 
 pytestmark = privileged

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from labcore import journal
-from labcore.cgroups import can_limit, detect, open_manager, steps
-from labcore.cgroups.limits import parse_run_limits
+from labcore.kernel import journal
+from labcore.kernel.cgroups import can_limit, detect, open_manager
+from labcore.lessons import control_groups
+from labcore.kernel.cgroups.limits import parse_run_limits
 from labcore.errors import NotSupportedHere
 
 # Root, or a user owning a delegated cgroup v2 subtree (tests/vm runs these as such a user in the guest).
@@ -46,7 +47,7 @@ def no_cgroup_left(monkeypatch):
 
 
 def test_memory_limit_oom_kills_the_allocation_and_nothing_else():
-    step = steps.limit_memory("32m", allocate_mb=100)
+    step = control_groups.limit_memory("32m", allocate_mb=100)
     assert step.data["exit"] == 137 and step.data["killed"]
     assert step.data["oom_kills"] >= 1
     assert step.data["peak"] <= 32 << 20
@@ -54,12 +55,12 @@ def test_memory_limit_oom_kills_the_allocation_and_nothing_else():
 
 
 def test_memory_under_the_limit_is_left_alone():
-    step = steps.limit_memory("64m", allocate_mb=16)
+    step = control_groups.limit_memory("64m", allocate_mb=16)
     assert step.data["exit"] == 0 and step.data["oom_kills"] == 0 and step.data["allocated_mb"] == 16
 
 
 def test_pids_limit_makes_fork_fail_inside_but_not_on_the_host():
-    step = steps.limit_pids(10)
+    step = control_groups.limit_pids(10)
     assert step.data["fork_failed"] and step.data["errno"] == "EAGAIN"
     assert step.data["pids_current"] == 10 and step.data["forked"] == 9     # 9 children + the forker
     assert step.data["host_can_fork"]
@@ -69,7 +70,7 @@ def test_pids_limit_makes_fork_fail_inside_but_not_on_the_host():
 # counters and files. How much CPU each group got is measured by `python -m bench cgroups`.
 
 def test_cpu_quota_throttles_a_busy_loop():
-    step = steps.limit_cpu(0.25, seconds=1.0)
+    step = control_groups.limit_cpu(0.25, seconds=1.0)
     before, after = step.data["before"], step.data["after"]
     assert step.data["quota"] == "25000 100000" or step.data["quota"] == "25000", step   # cpu.max / cfs_quota_us
     assert after["cpu_periods"] > before["cpu_periods"] and after["cpu_throttled"] > before["cpu_throttled"]
@@ -77,27 +78,27 @@ def test_cpu_quota_throttles_a_busy_loop():
 
 
 def test_cpu_shares_are_written_and_both_groups_run_on_one_cpu():
-    step = steps.share_cpu((1024, 256), seconds=1.0)
+    step = control_groups.share_cpu((1024, 256), seconds=1.0)
     heavier, lighter = step.data["weights"]                  # cpu.shares 1024 and 256, or cpu.weight on v2
     assert heavier > lighter and all(used > 0 for used in step.data["used"])
 
 
 def test_freezer_stops_a_counter_and_thaw_restarts_it():
-    step = steps.freeze_group(0.5)
+    step = control_groups.freeze_group(0.5)
     running, at_freeze, later, resumed = step.data["counts"]
     assert step.data["frozen"] and step.data["thawed"]
     assert later == at_freeze and resumed > later
 
 
 def test_hierarchy_parent_limit_caps_the_child():
-    step = steps.nest_groups("64m", "128m", allocate_mb=100)
+    step = control_groups.nest_groups("64m", "128m", allocate_mb=100)
     assert step.data["exit"] == 137
     assert step.data["peak"] <= (64 << 20) + CHARGE_BATCH          # see CHARGE_BATCH
     assert "labcore-inner" in step.data["dot"] and "->" in step.data["dot"]
 
 
 def test_io_throttle_is_written_and_the_group_is_charged_for_the_bytes():
-    step = steps.throttle_io("2mb", megabytes=2)
+    step = control_groups.throttle_io("2mb", megabytes=2)
     if not step.permitted:
         pytest.skip(step.reason)
     assert all(f"{step.data['bps']}" in value for _, value in step.data["writes"]), step
@@ -106,7 +107,7 @@ def test_io_throttle_is_written_and_the_group_is_charged_for_the_bytes():
 
 def test_device_rule_makes_open_fail_with_eperm():
     """v1: a line in devices.deny; v2: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the group."""
-    step = steps.deny_device("/dev/null")
+    step = control_groups.deny_device("/dev/null")
     if not step.permitted:          # v2 as a user: bpf(BPF_PROG_LOAD) of a device program needs root (bpf(2))
         pytest.skip(step.reason)
     assert step.data["before"]["opened"] and step.data["after"]["errno"] == "EPERM"
@@ -116,8 +117,8 @@ def test_device_rule_makes_open_fail_with_eperm():
 @pytest.mark.skipif(LAYOUT != "v2", reason=f"this host is {LAYOUT}: it has devices.deny files (test above)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="loading a BPF_PROG_TYPE_CGROUP_DEVICE program needs root (bpf(2))")
 def test_on_v2_a_group_has_no_device_files_and_dockers_list_is_a_bpf_program():
-    from labcore.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, Limits
-    with steps.Run() as run:                  # the kernel's own answer: no file to write a rule to
+    from labcore.kernel.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, Limits
+    with control_groups.Run() as run:                  # the kernel's own answer: no file to write a rule to
         group = run.group("devices")
         assert (group.path / "cgroup.procs").exists() and not list(group.path.glob("devices.*"))
         run.manager.apply(group, Limits(devices=(DENY_ALL, *DEFAULT_ALLOWED)))
@@ -128,7 +129,7 @@ def test_on_v2_a_group_has_no_device_files_and_dockers_list_is_a_bpf_program():
 
 
 def test_usage_report_accounts_cpu_memory_and_pids():
-    step = steps.report_usage(seconds=1.0)
+    step = control_groups.report_usage(seconds=1.0)
     last = step.data["samples"][-1][1]
     assert last["cpu_usage_us"] > 0 and last["pids_current"] == 2
     assert 40 << 20 <= last["memory_current"] <= 128 << 20
@@ -140,7 +141,7 @@ def test_container_group_is_made_limited_joined_and_removed():
     with journal.Scope() as scope:
         group = manager.create_for_container("labcore-test-run", parse_run_limits(memory="64m", pids_limit="20"),
                                              scope)
-        child = steps.Workload(scope, "alloc", 0, 30)
+        child = control_groups.Workload(scope, "alloc", 0, 30)
         manager.add(group, child.pid)
         assert manager.procs(group) == [child.pid]
         assert "/labcore/labcore-test-run" in Path(f"/proc/{child.pid}/cgroup").read_text()
@@ -155,10 +156,10 @@ def test_container_group_is_made_limited_joined_and_removed():
 def test_v2_backend_core_files_on_a_hybrid_hosts_cgroup2_mount():
     """A hybrid host's cgroup2 tree has no controllers, but mkdir, cgroup.procs, cgroup.freeze and
     cgroup.events are real v2 interface files: the v2 backend freezes a group there for real."""
-    from labcore.cgroups import Layout
-    from labcore.cgroups.v2 import V2Manager
+    from labcore.kernel.cgroups import Layout
+    from labcore.kernel.cgroups.v2 import V2Manager
     layout = detect()
-    step = steps.freeze_group(0.3, manager=V2Manager(Layout("v2", {}, layout.v2)))
+    step = control_groups.freeze_group(0.3, manager=V2Manager(Layout("v2", {}, layout.v2)))
     _, at_freeze, later, resumed = step.data["counts"]
     assert step.data["frozen"] and later == at_freeze and resumed > later
 
@@ -171,7 +172,7 @@ def test_the_shared_parent_goes_with_the_last_group_and_frozen_groups_are_remove
         with journal.Scope() as second:
             a = manager.create("labcore-test-a", first)
             b = manager.create("labcore-test-b", second)
-            child = steps.Workload(second, "counter")
+            child = control_groups.Workload(second, "counter")
             manager.add(b, child.pid)
             child.go()
             assert manager.freeze(b)

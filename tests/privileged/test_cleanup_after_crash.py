@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from labcore.journal import Journal
+from labcore.kernel.journal import Journal
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from labcore import paths
-from labcore.daemon import Labd
+from labcore.api.labd import Labd
 from tests.conftest import has, privileged
 
 pytestmark = privileged
@@ -102,8 +102,8 @@ def test_an_unknown_container_is_named_and_exits_1(where):
 
 @pytest.mark.skipif(not (has("docker-registry") and has("skopeo")), reason="needs docker-registry and skopeo")
 def test_pull_shows_dockers_progress_lines_and_the_image_is_then_local(where, tmp_path):
-    from labcore.images import Store, ensure_base_image
-    from labcore.localregistry import LocalRegistry
+    from labcore.image.oci import Store, ensure_base_image
+    from labcore.lessons.localregistry import LocalRegistry
     source = Store(tmp_path / "labcore-source")
     ensure_base_image(source)
     with LocalRegistry() as registry:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from labcore import build, container, journal, paths
-from labcore.container import Spec
+from labcore import paths
+from labcore.kernel import journal
+from labcore.runtime import build, container
+from labcore.runtime.container import Spec
 from labcore.errors import LabError, NotFound
-from labcore.images import Store
+from labcore.image.oci import Store
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labcore import paths, security
+from labcore import paths
+from labcore.lessons import security
 from tests.conftest import NOBODY, dockerd_with_busybox, has, privileged
 
 pytestmark = privileged
@@ -35,7 +36,7 @@ def dockerd(engines_home):
 
 @pytest.fixture(scope="module")
 def labd(engines_home):
-    from labcore.daemon import Labd
+    from labcore.api.labd import Labd
     with Labd(f"/run/labcore-confinement-{os.getpid()}.sock") as daemon:
         yield daemon
 
@@ -136,7 +137,7 @@ def test_the_host_disk_is_refused_by_default(engines_home):
 
 
 def test_exec_is_confined_as_pid_1_and_counts_against_its_device_cgroup(engines_home):
-    from labcore import engine
+    from labcore.runtime import engine
     box = security.start_container("labcore-exec-test")
     try:
         exec_id = engine.exec_create(box.id, ["sh", "-c", "grep -E '^(CapEff|Seccomp):' /proc/self/status; "
@@ -156,7 +157,7 @@ def as_nobody(*argv) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(not has("setpriv"), reason="needs setpriv (util-linux) to act as user nobody")
 def test_another_user_reaches_neither_logs_nor_layers(engines_home):
-    from labcore import engine
+    from labcore.runtime import engine
     box = security.start_container("labcore-host-side")
     try:
         log = paths.containers_dir() / box.id / "output.log"

@@ -18,10 +18,10 @@ ENGINES = ["labd", "dockerd"]
 
 @pytest.fixture(scope="module", params=ENGINES)
 def client(request, engines_home):
-    from labcore.images import ensure_base_image
+    from labcore.image.oci import ensure_base_image
     ensure_base_image()
     if request.param == "labd":
-        from labcore.daemon import Labd
+        from labcore.api.labd import Labd
         with Labd(f"/run/labcore-conformance-{os.getpid()}.sock") as labd:
             yield labd.client()
         return

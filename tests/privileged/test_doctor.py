@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore import doctor
+from labcore.lessons import doctor
 from tests.conftest import NOBODY, has, privileged
 
 pytestmark = privileged
@@ -68,7 +68,7 @@ def test_mounts_and_links_stay_in_the_probes_namespaces(report):
 
 
 def test_kvm_and_graphviz_as_the_host_has_them(report):
-    from labcore.vm import accelerator
+    from labcore.lessons.vm import accelerator
     assert report.capabilities["kvm"].ok == (accelerator()[0] == "kvm")     # /dev/kvm alone may be kvm_pvm's
     assert report.capabilities["graphviz"].ok == has("dot")
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from labcore import flow, unixsocket
-from labcore.journal import process_start_time
+from labcore.lessons import client_server, run_flow
+from labcore.kernel.journal import process_start_time
 from tests.conftest import has, privileged
 
 pytest.importorskip("docker", reason="the stage's client() is the docker SDK: pip install docker")
@@ -15,12 +15,12 @@ pytestmark = [privileged, pytest.mark.skipif(not has("docker-registry"), reason=
 
 @pytest.fixture
 def stage(busybox_image):
-    with flow.setup() as stage:
+    with run_flow.setup() as stage:
         yield stage
 
 
 def test_the_flow_shows_404_then_the_pull_then_pid_1_in_new_namespaces_then_exit_0(stage):
-    connect, lookup, pull, create, start, output, exit_ = flow.run_all(stage)
+    connect, lookup, pull, create, start, output, exit_ = run_flow.run_all(stage)
     assert connect.data["status"] == 200 and connect.data["pid"] == stage.labd.process.pid
     assert (lookup.data["status"], lookup.data["message"]) == (404, f"No such image: {stage.reference}")
     assert lookup.exchanges[0].request.startswith(f"GET /v1.45/images/{stage.reference}/json HTTP/1.1".encode())
@@ -30,7 +30,7 @@ def test_the_flow_shows_404_then_the_pull_then_pid_1_in_new_namespaces_then_exit
     assert stage.reference in pull.after["images in labd's store"]
     assert create.data["status"] == 201 and create.after["state"] == "created"
     assert start.data["status"] == 204 and start.data["pid inside"] == "1"
-    assert start.data["new namespaces"] == list(flow.KINDS)          # every inode differs from the host's
+    assert start.data["new namespaces"] == list(run_flow.KINDS)          # every inode differs from the host's
     assert start.data["inside"]["cgroup"].endswith(stage.container_id)
     assert (output.data["status"], output.data["stdout"]) == (200, "hi\n")
     assert output.exchanges[0].body == b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n"
@@ -39,8 +39,8 @@ def test_the_flow_shows_404_then_the_pull_then_pid_1_in_new_namespaces_then_exit
 
 
 def test_the_stepper_forgets_the_image_so_the_flow_pulls_again(stage):
-    flow.run_all(stage)
-    stepper = flow.stepper(stage)
+    run_flow.run_all(stage)
+    stepper = run_flow.stepper(stage)
     stepper.run_all()
     forget, _, lookup, pull = (stepper.results[index] for index in range(4))
     assert forget.data["status"] == 200 and forget.after["images in labd's store"] == "none"
@@ -50,39 +50,39 @@ def test_the_stepper_forgets_the_image_so_the_flow_pulls_again(stage):
 
 @pytest.mark.skipif(not shutil.which("docker"), reason="needs the docker CLI (docker.io)")
 def test_the_docker_cli_runs_against_labd_with_its_exit_codes(stage):
-    pulled_by_cli = flow.run_with_docker_cli(stage, "echo", "hi")
+    pulled_by_cli = run_flow.run_with_docker_cli(stage, "echo", "hi")
     assert (pulled_by_cli.data["stdout"], pulled_by_cli.data["exit_code"]) == ("hi\n", 0)
     assert "Pull complete" in pulled_by_cli.data["stderr"]          # not local: the CLI pulled through labd
     sent = [re.sub(r"\?\S*", "", line) for line in pulled_by_cli.data["requests"]]     # queries dropped
     assert sent[:4] == ["HEAD /_ping → 200", "POST /v1.45/containers/create → 404",
                         "POST /v1.45/images/create → 200", "POST /v1.45/containers/create → 201"]
     assert [line.rsplit("/", 1)[1] for line in sent[4:]] == ["attach → 101", "wait → 200", "start → 204"]
-    assert flow.run_with_docker_cli(stage, "sh", "-c", "echo err >&2; exit 42").data["exit_code"] == 42
+    assert run_flow.run_with_docker_cli(stage, "sh", "-c", "echo err >&2; exit 42").data["exit_code"] == 42
 
 
 def test_the_socket_is_0660_root_and_refuses_nobody(stage):
-    permissions = unixsocket.socket_permissions(stage)
+    permissions = client_server.socket_permissions(stage)
     assert permissions.data["mode"] == "srw-rw---- (0660)" and permissions.data["owner"] == "root:root"
     assert permissions.data["connect as you"] == "connected"
     assert permissions.data["connect as another user"].startswith("EACCES")         # nobody, uid 65534
-    labd = unixsocket.daemon_process(stage)
+    labd = client_server.daemon_process(stage)
     assert labd.data["pid"] == stage.labd.process.pid and labd.data["parent"] == os.getpid()
 
 
 def test_a_client_of_the_socket_reads_a_root_only_host_file(stage):
-    shadow = unixsocket.read_host_file(stage)
+    shadow = client_server.read_host_file(stage)
     assert shadow.before["open() as nobody (uid 65534)"].startswith("EACCES")
     assert shadow.data["first user"] == "root"
 
 
 def test_two_containers_of_one_daemon_both_listen_on_port_80(stage):
-    ports = unixsocket.two_containers_on_port_80(stage)
+    ports = client_server.two_containers_on_port_80(stage)
     assert ports.data["listening"] == [["*:80"], ["*:80"]] and ports.data["distinct net ns"]
     assert ports.data["answers"] == ["box-a", "box-b"]
 
 
 def test_closing_the_stage_leaves_no_daemon_registry_socket_or_directory(busybox_image):
-    with flow.setup() as stage:
+    with run_flow.setup() as stage:
         stage.client().containers.run("busybox", "sleep 60", network_mode="none", detach=True)  # for close()
         pids = [stage.labd.process.pid, stage.registry.process.pid]
         made = [stage.home, stage.labd.socket]

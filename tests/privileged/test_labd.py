@@ -8,7 +8,7 @@ import time
 import pytest
 
 from labcore import paths
-from labcore.daemon import Labd
+from labcore.api.labd import Labd
 from tests.conftest import has, privileged
 
 docker = pytest.importorskip("docker", reason="the docker SDK is the client under test: pip install docker")
@@ -107,8 +107,8 @@ def test_killing_the_daemon_loses_no_container(busybox_image):
 
 @pytest.mark.skipif(not (has("docker-registry") and has("skopeo")), reason="needs docker-registry and skopeo")
 def test_an_image_absent_locally_is_pulled_from_the_registry_during_run(labd, tmp_path):
-    from labcore.images import Store, ensure_base_image
-    from labcore.localregistry import LocalRegistry
+    from labcore.image.oci import Store, ensure_base_image
+    from labcore.lessons.localregistry import LocalRegistry
     source = Store(tmp_path / "labcore-source")
     ensure_base_image(source)
     with LocalRegistry() as registry:

@@ -1,4 +1,4 @@
-"""labcore.namespaces on the real kernel: each namespace's evidence, joining, and the same steps as nobody."""
+"""labcore.kernel.namespaces on the real kernel: each namespace's evidence, joining, and the same steps as nobody."""
 import json
 import os
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labcore import namespaces
-from labcore.evidence import Mode
+from labcore.kernel import namespaces
+from labcore.lessons.evidence import Mode
 from tests.conftest import NOBODY, has, privileged
 
 pytestmark = privileged
@@ -75,7 +75,7 @@ def message_queues_by_id() -> dict[int, int]:
 
 @pytest.mark.skipif(not has("ipcmk"), reason="ipcmk (util-linux) is not installed")
 def test_ipcrm_undo_leaves_a_queue_whose_key_is_not_the_recorded_one():
-    from labcore import journal
+    from labcore.kernel import journal
     msqid = int(subprocess.run(["ipcmk", "-Q"], capture_output=True, text=True, check=True).stdout.split(":")[-1])
     try:
         key = message_queues_by_id()[msqid]
@@ -120,7 +120,7 @@ def test_join_sees_what_the_target_sees():
 
 
 def test_a_sleeper_left_running_is_killed_by_its_journal():
-    from labcore import journal
+    from labcore.kernel import journal
     box = namespaces.start_sleeper({"pid", "uts"})
     kills = [entry for entry in journal.Journal().entries() if entry.undo == "kill"]
     assert {entry.args["pid"] for entry in kills} == {box.pid, box._child.pid}
@@ -131,7 +131,7 @@ def test_a_sleeper_left_running_is_killed_by_its_journal():
 
 STEPS_AS_NOBODY = """
 import json
-from labcore import namespaces as n
+from labcore.kernel import namespaces as n
 steps = {"uts": n.isolate_uts(), "pid": n.isolate_pid(), "mnt": n.isolate_mnt(), "net": n.isolate_net(),
          "ipc": n.isolate_ipc(), "user": n.isolate_user(), "cgroup": n.isolate_cgroup(), "all": n.isolate()}
 with n.start_sleeper({"uts", "pid", "net"}) as box:

@@ -1,4 +1,4 @@
-"""labcore.network on the real kernel, as root: eth0 in the child's namespace only, traffic both ways over the
+"""labcore.kernel.network on the real kernel, as root: eth0 in the child's namespace only, traffic both ways over the
 bridge, two servers on port 80, published ports, the shared bridge's last one out. Without root, the same
 steps run on the user-mode network: tests/privileged/test_usernet.py."""
 import json
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from labcore import journal, network
-from labcore.evidence import Mode
+from labcore.kernel import journal, network
+from labcore.lessons.evidence import Mode
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore import network
+from labcore.kernel import network
 from tests.conftest import has, privileged
 
 pytestmark = [privileged, pytest.mark.skipif(not has("nft"), reason="needs nft (nftables): `./lab test` installs it")]
@@ -107,7 +107,7 @@ def test_a_container_on_two_networks_has_eth0_and_eth1_and_one_default_route(fro
 def test_the_dns_server_is_a_socket_of_the_monitor_in_the_containers_namespace(front):
     web("web", "front")
     pid = inspect("web")["State"]["Pid"]
-    from labcore.network import in_netns
+    from labcore.kernel.network import in_netns
     table = in_netns(pid, lambda: subprocess.run(["nft", "list", "table", "ip", "labcore-dns"], capture_output=True,
                                                  text=True).stdout)
     assert "ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:" in table
@@ -145,7 +145,7 @@ def test_udp_and_a_kernel_chosen_host_port_are_published(busybox_image):
 
 def test_the_docker_sdk_runs_two_containers_that_talk_by_name_through_labd(busybox_image):
     docker = pytest.importorskip("docker")
-    from labcore.daemon import Labd
+    from labcore.api.labd import Labd
     with Labd(f"/tmp/labcore-test-{os.getpid()}-{time.monotonic_ns()}.sock") as labd:
         client = docker.DockerClient(base_url=f"unix://{labd.socket}", version="1.41")
         net = client.networks.create("talk", labels={"course": "08"})

@@ -4,11 +4,12 @@ import stat
 
 import pytest
 
-from labcore import overlay, paths
+from labcore import paths
+from labcore.kernel import overlay
 from labcore.errors import LabError
-from labcore.evidence import Mode
-from labcore.journal import Scope, mounts_under
-from labcore.overlay_model import Dir, File, Symlink
+from labcore.lessons.evidence import Mode
+from labcore.kernel.journal import Scope, mounts_under
+from labcore.lessons.overlay_model import Dir, File, Symlink
 from tests.conftest import has, privileged
 
 pytestmark = privileged
@@ -80,7 +81,7 @@ def test_the_diagram_marks_copied_up_new_and_whited_out_paths(mounted):
     assert '"L0:new" [label="/new", fillcolor="palegreen"]' in dot
     assert '"L0:etc/os-release" -> "L1:etc/os-release"' in dot and '"M:bin/sh" -> "L1:bin/sh"' in dot
     if has("dot"):
-        from labcore.diagrams import render_svg
+        from labcore.lessons.diagrams import render_svg
         assert render_svg(dot).startswith("<svg")
 
 
@@ -118,10 +119,10 @@ def test_containers_share_the_lower_layer(tmp_path):
 
 
 def busybox_root(scope):
-    """The busybox image's root filesystem when labcore.images can build it, else the small test tree."""
+    """The busybox image's root filesystem when labcore.image.oci can build it, else the small test tree."""
     directory, _ = overlay.make_scratch_dir("rootfs", scope)
     try:
-        from labcore.images import Store, ensure_base_image
+        from labcore.image.oci import Store, ensure_base_image
         Store().unpack(ensure_base_image(), directory)
     except (ImportError, LabError):
         overlay.write_layer(directory, TREE)

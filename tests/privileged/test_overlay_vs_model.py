@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from labcore import overlay, syscalls
-from labcore.journal import Scope
-from labcore.overlay_model import WHITEOUT, Dir, File, Model, parent_of
+from labcore.kernel import overlay, syscalls
+from labcore.kernel.journal import Scope
+from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Model, parent_of
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -4,10 +4,10 @@ import subprocess
 
 import pytest
 
-from labcore import registry
+from labcore.image import registry
 from labcore.errors import NotFound
-from labcore.images import Store, ensure_base_image
-from labcore.localregistry import LocalRegistry
+from labcore.image.oci import Store, ensure_base_image
+from labcore.lessons.localregistry import LocalRegistry
 from tests.conftest import has
 
 pytestmark = pytest.mark.skipif(not (has("docker-registry") and has("skopeo")),

@@ -1,11 +1,12 @@
-"""labcore.rootfs on the real kernel: chroot, the escape that works from a chroot, and fails after pivot_root."""
+"""labcore.kernel.rootfs on the real kernel: chroot, the escape that works from a chroot, and fails after pivot_root."""
 import os
 from pathlib import Path
 
 import pytest
 
-from labcore import journal, paths, rootfs
-from labcore.evidence import Mode
+from labcore import paths
+from labcore.kernel import journal, rootfs
+from labcore.lessons.evidence import Mode
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from labcore import container, journal, paths
-from labcore.container import Spec
+from labcore import paths
+from labcore.kernel import journal
+from labcore.runtime import container
+from labcore.runtime.container import Spec
 from tests.conftest import NOBODY, privileged
 
 pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]

@@ -2,8 +2,8 @@
 import subprocess
 import time
 
-from labcore.cgroups import open_manager
-from labcore.container import Spec, run
+from labcore.kernel.cgroups import open_manager
+from labcore.runtime.container import Spec, run
 from tests.conftest import privileged
 
 pytestmark = privileged
@@ -25,7 +25,8 @@ def test_pids_limit_makes_fork_fail_inside_while_the_host_forks(busybox_image):
 def test_cpus_quarter_throttles_the_containers_busy_loop(busybox_image):
     """The mechanism, from the container's own group while it spins: the quota written, periods throttled.
     (How close to a quarter of a core it stays is a measurement: `python -m bench cgroups`.)"""
-    from labcore import container, journal
+    from labcore.kernel import journal
+    from labcore.runtime import container
     spec = Spec("busybox", ["sh", "-c", "while :; do :; done"], rm=True, limits={"cpus": "0.25"})
     with journal.Scope() as scope, container.Stdio("capture") as stdio:
         box = container.create(spec, scope, stdio)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from labcore.container import Spec, run
+from labcore.runtime.container import Spec, run
 from labcore.errors import BadInput
 from tests.conftest import privileged
 
@@ -53,7 +53,7 @@ def test_published_port_reaches_the_container_from_the_hosts_loopback(busybox_im
 
 @pytest.mark.parametrize("value", ["0.0.0.0:80:80", "80:80/sctp", "high:80"])
 def test_bad_publish_values_are_refused_before_anything_exists(value, labcore_home):
-    from labcore.container import plan_for
+    from labcore.runtime.container import plan_for
     with pytest.raises(BadInput):
         plan_for(Spec("busybox", ["true"], publish=[value]))
     assert not (labcore_home / "containers").exists()

@@ -1,7 +1,7 @@
 """Containers started from several threads of one process (labd serves each request on a thread)."""
 import concurrent.futures
 
-from labcore.container import Spec, run
+from labcore.runtime.container import Spec, run
 from tests.conftest import privileged
 
 pytestmark = privileged

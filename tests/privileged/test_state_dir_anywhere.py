@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from labcore.journal import Journal, undo_rmtree
+from labcore.kernel.journal import Journal, undo_rmtree
 from tests.conftest import privileged
 
 pytestmark = privileged

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore.journal import Journal, running, undo_rmtree
+from labcore.kernel.journal import Journal, running, undo_rmtree
 from tests.conftest import privileged
 
 pytestmark = privileged
@@ -61,7 +61,7 @@ def lab_dir():
     os.chmod(directory, 0o755)
     try:
         built = as_user(directory, f"{directory}/build", "-c",
-                        "from labcore.images import ensure_base_image; ensure_base_image()")
+                        "from labcore.image.oci import ensure_base_image; ensure_base_image()")
         assert built.returncode == 0, built.stderr[-2000:]
         yield directory
     finally:
@@ -136,8 +136,8 @@ def net_namespaces_in_use() -> set[str]:
 
 RUN_AND_LOOK = """
 import json, os
-from labcore.container import Spec, run
-from labcore.journal import Journal
+from labcore.runtime.container import Spec, run
+from labcore.kernel.journal import Journal
 result = run(Spec("busybox", ["sh", "-c", "readlink /proc/self/ns/net; ip -4 -o addr show eth0; ip route; "
                               "nc 10.0.2.2 {port} </dev/null"], rm=True))
 print(json.dumps({{"out": result.stdout.decode(), "code": result.exit_code,
@@ -232,8 +232,10 @@ def test_after_a_crash_cleanup_leaves_no_process_namespace_or_file(lab_dir, stat
 
 BOX = """
 import json, socket
-from labcore import assemble, container, journal
-box = assemble.Box(container.find_image("busybox"))
+from labcore.kernel import journal
+from labcore.lessons import build_your_own
+from labcore.runtime import container
+box = build_your_own.Box(container.find_image("busybox"))
 box.directory.mkdir(parents=True)
 box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))
 box.fork_child()
@@ -270,7 +272,7 @@ def test_notebook_08s_network_steps_run_for_real_without_root(lab_dir, state):
 
 TWO_SERVERS = """
 import json
-from labcore import network
+from labcore.kernel import network
 step = network.two_servers_on_port_80(host_ports=(0, 0))
 print(json.dumps({"mode": step.mode.value, "reason": step.reason, "data": step.data, "after": step.after}))
 """
@@ -291,7 +293,8 @@ def test_two_servers_on_port_80_without_root(lab_dir, state):
 
 REFUSED = """
 import json
-from labcore import container, network, usernet
+from labcore.kernel import network, usernet
+from labcore.runtime import container
 from labcore.errors import LabError
 usernet.TUN = "/dev/net/labcore-no-such-tun"        # a host without the tun driver
 two = network.two_servers_on_port_80(host_ports=(0, 0))

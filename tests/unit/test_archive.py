@@ -9,11 +9,11 @@ import tarfile
 
 import pytest
 
-from labcore import archive
+from labcore.image import archive
 from labcore.cli import main
 from labcore.cli.rmi import remove
 from labcore.errors import BadInput, LabError
-from labcore.images import Store
+from labcore.image.oci import Store
 
 
 @pytest.fixture

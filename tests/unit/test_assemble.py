@@ -5,7 +5,8 @@ import socket
 
 import pytest
 
-from labcore import assemble, syscalls
+from labcore.kernel import syscalls
+from labcore.lessons import build_your_own
 from labcore.errors import InvalidTransition
 
 
@@ -16,11 +17,11 @@ class FakeImage:
 
 @pytest.fixture
 def box():
-    return assemble.Box(FakeImage())
+    return build_your_own.Box(FakeImage())
 
 
 def steps_with_prerequisites():
-    return [(name, needs[0][0]) for name, (_, needs) in assemble.ORDER.items() if needs]
+    return [(name, needs[0][0]) for name, (_, needs) in build_your_own.ORDER.items() if needs]
 
 
 @pytest.mark.parametrize("name, first", steps_with_prerequisites())
@@ -57,7 +58,7 @@ def test_a_step_runs_once(box):
 
 
 def test_pid1_takes_no_orders_after_exec(box):
-    box.done = [*assemble.ORDER][:-2] + ["exec"]
+    box.done = [*build_your_own.ORDER][:-2] + ["exec"]
     box.done.remove("pivot_root")
     with pytest.raises(InvalidTransition, match="it has become the command"):
         box.pivot_root()
@@ -75,7 +76,7 @@ def test_a_removed_box_refuses_everything(box):
 def test_next_hint_lists_what_may_come_now(box):
     box.done = ["start"]
     assert box.next_hint() == "next: box.layers(), box.fork_child()"
-    box.done = ["start", *assemble.ORDER][:-1]
+    box.done = ["start", *build_your_own.ORDER][:-1]
     assert box.next_hint() == "next: box.wait()"
     box.done.append("wait")
     assert box.next_hint() == "box.remove()"
@@ -83,13 +84,13 @@ def test_next_hint_lists_what_may_come_now(box):
 
 def test_compare_needs_a_finished_box(box):
     with pytest.raises(InvalidTransition, match=r"needs box.wait\(\) first"):
-        assemble.compare_with_run(box)
+        build_your_own.compare_with_run(box)
 
 
 def test_the_run_command_line_is_dockers():
-    spec = assemble.container.Spec("busybox", cmd=["sh", "-c", "echo $$"], hostname="box8",
+    spec = build_your_own.container.Spec("busybox", cmd=["sh", "-c", "echo $$"], hostname="box8",
                                    limits={"memory": "64m", "pids_limit": "64"}, publish=["127.0.0.1:18809:80"])
-    assert assemble.run_command_line(spec) == ("labcore run --rm --hostname box8 --memory 64m --pids-limit 64 "
+    assert build_your_own.run_command_line(spec) == ("labcore run --rm --hostname box8 --memory 64m --pids-limit 64 "
                                                "-p 127.0.0.1:18809:80 busybox sh -c 'echo $$'")
 
 
@@ -97,14 +98,14 @@ def test_http_get_reports_a_failure_as_evidence():
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]            # bound, not listening: the connection is refused
-        assert assemble.http_get("127.0.0.1", port).startswith("failed: ConnectionRefusedError")
+        assert build_your_own.http_get("127.0.0.1", port).startswith("failed: ConnectionRefusedError")
 
 
 def test_listening_reads_ipv4_and_ipv6_sockets():
     with socket.create_server(("127.0.0.1", 0)) as v4, \
             socket.create_server(("::1", 0), family=socket.AF_INET6) as v6:
-        assert assemble.listening(os.getpid(), v4.getsockname()[1]) == [f"127.0.0.1:{v4.getsockname()[1]}"]
-        assert assemble.listening(os.getpid(), v6.getsockname()[1]) == [f"[::1]:{v6.getsockname()[1]}"]
+        assert build_your_own.listening(os.getpid(), v4.getsockname()[1]) == [f"127.0.0.1:{v4.getsockname()[1]}"]
+        assert build_your_own.listening(os.getpid(), v6.getsockname()[1]) == [f"[::1]:{v6.getsockname()[1]}"]
 
 
 def test_why_not_explains_without_raising(box):
@@ -116,7 +117,7 @@ def test_why_not_explains_without_raising(box):
 # --- steps the host refuses (issue 11): the box goes on without what it can do without, and says so --------
 
 def test_a_refused_cgroup_lets_the_box_go_on_and_a_refused_overlay_refuses_what_needs_it(box):
-    from labcore.evidence import Mode
+    from labcore.lessons.evidence import Mode
     box.done += ["fork_child", "layers"]
     box.refused["join_cgroup"] = "mkdir /sys/fs/cgroup/labcore was refused: EACCES"
     box.refused["mount_overlay"] = "unshare(CLONE_NEWUSER) was refused: EPERM"

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from labcore import build
-from labcore.build import Instruction, Stage
+from labcore.runtime import build
+from labcore.runtime.build import Instruction, Stage
 from labcore.errors import BadInput
 
 LABFILE = """# a comment, then a blank line

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labcore.cgroups import limits
-from labcore.cgroups.limits import DENY_ALL, DeviceRule, Limits, Throttle, parse_run_limits, parse_size
+from labcore.kernel.cgroups import limits
+from labcore.kernel.cgroups.limits import DENY_ALL, DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.errors import BadInput
 
 

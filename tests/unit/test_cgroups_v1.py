@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from labcore import cgroups
-from labcore.cgroups import limits as limits_module
-from labcore.cgroups import open_manager, parse_mountinfo
-from labcore.cgroups.limits import Limits, parse_run_limits
-from labcore.cgroups.v1 import V1Manager
-from labcore.cgroups.v2 import V2Manager
+from labcore.kernel import cgroups
+from labcore.kernel.cgroups import limits as limits_module
+from labcore.kernel.cgroups import open_manager, parse_mountinfo
+from labcore.kernel.cgroups.limits import Limits, parse_run_limits
+from labcore.kernel.cgroups.v1 import V1Manager
+from labcore.kernel.cgroups.v2 import V2Manager
 from labcore.errors import BadInput, NeedsPrivilege, NotSupportedHere
 
 V1_MOUNTINFO = """\
@@ -280,7 +280,7 @@ def test_a_missing_interface_file_is_not_supported_here(tmp_path):
 
 
 def test_undo_leaves_a_parent_that_still_holds_child_groups(tmp_path):
-    from labcore.journal import undo_rmdir_cgroup
+    from labcore.kernel.journal import undo_rmdir_cgroup
     parent = tmp_path / "labcore"
     (parent / "labcore-other-run").mkdir(parents=True)
     undo_rmdir_cgroup(str(parent))

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from labcore import cgroups
-from labcore.cgroups import limits as limits_module
-from labcore.cgroups import open_manager
-from labcore.cgroups.limits import Limits, parse_run_limits
-from labcore.cgroups.v2 import V2Manager
+from labcore.kernel import cgroups
+from labcore.kernel.cgroups import limits as limits_module
+from labcore.kernel.cgroups import open_manager
+from labcore.kernel.cgroups.limits import Limits, parse_run_limits
+from labcore.kernel.cgroups.v2 import V2Manager
 from labcore.errors import NotSupportedHere
 
 V2_MOUNTINFO = "25 19 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
@@ -134,8 +134,8 @@ def test_memory_swap_is_swap_max_on_v2(fake, fake_tree_scope):
 
 
 def test_device_rules_become_a_bpf_program_loaded_and_attached_to_the_group(fake, fake_tree_scope):
-    from labcore import syscalls
-    from labcore.cgroups import devices
+    from labcore.kernel import syscalls
+    from labcore.kernel.cgroups import devices
     limits = parse_run_limits(device_cgroup_rule=["c 1:3 rwm"])
     with syscalls.use(syscalls.Recorder()) as kernel:
         fake.manager.create_for_container("abc123", limits, fake_tree_scope)
@@ -148,7 +148,7 @@ def test_device_rules_become_a_bpf_program_loaded_and_attached_to_the_group(fake
 
 
 def test_a_device_list_bpf_cannot_express_is_refused_before_anything_is_created(fake, fake_tree_scope):
-    from labcore.cgroups.limits import DENY_ALL, DeviceRule
+    from labcore.kernel.cgroups.limits import DENY_ALL, DeviceRule
     rules = (DENY_ALL, DeviceRule("c", "1", "3", "rwm"), DeviceRule("c", "1", "3", "r", False))
     with pytest.raises(NotSupportedHere, match="deny all"):
         fake.manager.create_for_container("abc123", Limits(devices=rules), fake_tree_scope)
@@ -193,7 +193,7 @@ def test_freeze_writes_cgroup_freeze_and_reads_cgroup_events(fake, fake_tree_sco
 
 
 def test_limits_of_and_tree_dot_read_the_live_tree(fake, fake_tree_scope):
-    from labcore.cgroups.steps import tree_dot
+    from labcore.lessons.control_groups import tree_dot
     outer = fake.manager.create("labcore-outer", fake_tree_scope)
     inner = fake.manager.create("labcore-inner", fake_tree_scope, parent=outer)
     fake.manager.apply(outer, Limits(memory=64 << 20))

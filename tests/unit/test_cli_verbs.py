@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from labcore import dockerapi
+from labcore.api import routes
 from labcore.cli import VERBS, build_parser, main, verb_in
 from labcore.cli import ps, pull
-from labcore.lifecycle import Record, State
+from labcore.runtime.lifecycle import Record, State
 
 
 def parse(verb, *argv):
@@ -69,11 +69,11 @@ def test_status_text_as_docker_ps_writes_it(state, started, finished, code, text
     now = time.time()
     box = record(state, started=now - started - 0.5, finished=now - finished - 0.5 if finished else 0,
                  exit_code=code)
-    assert dockerapi.status_text(box) == text
+    assert routes.status_text(box) == text
 
 
 def test_ps_row_cuts_and_quotes_the_command_and_says_how_long_ago():
-    summary = dockerapi.container_summary(record(State.RUNNING, started=time.time()))
+    summary = routes.container_summary(record(State.RUNNING, started=time.time()))
     row = ps.row(summary, now=summary["Created"] + 5)
     assert row == ["abababababab", "busybox", '"sh -c echo ready; e…"', "5 seconds ago", "Up Less than a second",
                    "", "web"]

@@ -1,11 +1,11 @@
-"""labcore.client against canned bytes: HTTP chunks, Docker's log frames, the 101 hijack, errors."""
+"""labcore.api.client against canned bytes: HTTP chunks, Docker's log frames, the 101 hijack, errors."""
 import http.client
 import io
 import json
 
 import pytest
 
-from labcore import client
+from labcore.api import client
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 
 
@@ -106,7 +106,7 @@ def test_a_daemon_that_is_not_there_is_named_with_the_fix(tmp_path):
 
 
 def test_run_flags_become_dockers_container_config():
-    from labcore.container import Spec
+    from labcore.runtime.container import Spec
     spec = Spec(image="busybox", cmd=["sh", "-c", "true"], env=["A=1"], workdir="/tmp", user="1000",
                 tty=True, rm=True, limits={"memory": "64m", "cpus": "0.5", "pids_limit": "10"})
     body = client.body_from_spec(spec)
@@ -123,8 +123,8 @@ def test_run_flags_become_dockers_container_config():
 
 
 def test_what_the_client_sends_labd_reads_back_as_the_same_spec():
-    from labcore.container import Spec
-    from labcore.dockerapi import spec_from_body
+    from labcore.runtime.container import Spec
+    from labcore.api.routes import spec_from_body
     spec = Spec(image="busybox", cmd=["echo", "hi"], env=["A=1"], workdir="/tmp", hostname="box1", tty=True,
                 name="web", network="bridge", publish=["127.0.0.1:8080:80/tcp"], group_add=["1000"],
                 tmpfs=["/run:size=1m"], limits={"pids_limit": "10", "memory": "64m", "memory_swap": "128m",

@@ -5,12 +5,12 @@ import struct
 
 import pytest
 
-from labcore import capabilities, confinement, seccomp, syscalls
-from labcore.cgroups import devices
-from labcore.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, DeviceRule
+from labcore.kernel import capabilities, confinement, seccomp, syscalls
+from labcore.kernel.cgroups import devices
+from labcore.kernel.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, DeviceRule
 from labcore.errors import BadInput, NotSupportedHere
-from labcore.spec import Spec
-from labcore.users import Identity
+from labcore.runtime.spec import Spec
+from labcore.runtime.users import Identity
 
 ALL = capabilities.NAMES
 

@@ -4,8 +4,10 @@ import os
 
 import pytest
 
-from labcore import container, journal, paths, spec
-from labcore.container import Spec, command_line, environment, parse_user
+from labcore import paths
+from labcore.kernel import journal
+from labcore.runtime import container, spec
+from labcore.runtime.container import Spec, command_line, environment, parse_user
 from labcore.errors import BadInput, NotFound
 
 IMAGE = {"Entrypoint": ["/entry"], "Cmd": ["default", "args"], "Env": ["PATH=/image/bin", "A=image"]}
@@ -51,13 +53,13 @@ def test_user_is_uid_or_uid_and_gid(user, ids):
 
 @pytest.mark.parametrize("user", ["-1", "", "a b", "1000:", ":5", "x:y:z"])
 def test_malformed_users_are_refused_naming_the_accepted_form(user):
-    from labcore.users import check_user
+    from labcore.runtime.users import check_user
     with pytest.raises(BadInput, match="NAME|UID"):
         check_user(user)
 
 
 def test_user_names_and_supplementary_groups_come_from_the_images_files(tmp_path):
-    from labcore.users import Identity, resolve
+    from labcore.runtime.users import Identity, resolve
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nweb:x:33:33::/var/www:/bin/sh\n")
     (tmp_path / "etc/group").write_text("root:x:0:\nwheel:x:10:root\nwww:x:33:\nlogs:x:4:web,root\n")

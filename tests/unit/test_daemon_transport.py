@@ -1,34 +1,34 @@
 """labd's transport: version prefixes stripped, Docker's error shapes and status codes."""
 import pytest
 
-from labcore import daemon
+from labcore.api import labd
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 
 
 def test_status_codes_follow_docker():
-    assert [daemon.status_for(e("x")) for e in (NotFound, InvalidTransition, BadInput, LabError)] == \
+    assert [labd.status_for(e("x")) for e in (NotFound, InvalidTransition, BadInput, LabError)] == \
         [404, 409, 400, 500]
 
 
 def test_routes_match_with_or_without_api_version(monkeypatch):
-    monkeypatch.setattr(daemon, "ROUTES", [])
-    daemon.route("GET", "/containers/{id}/json")(lambda request, id: {"Id": id})
+    monkeypatch.setattr(labd, "ROUTES", [])
+    labd.route("GET", "/containers/{id}/json")(lambda request, id: {"Id": id})
     for path in ("/containers/abc/json", "/v1.45/containers/abc/json"):
-        assert daemon.dispatch(daemon.Request("GET", path, {}, b"")) == {"Id": "abc"}
-    with pytest.raises(daemon.ApiError) as missing:
-        daemon.dispatch(daemon.Request("POST", "/containers/abc/json", {}, b""))
+        assert labd.dispatch(labd.Request("GET", path, {}, b"")) == {"Id": "abc"}
+    with pytest.raises(labd.ApiError) as missing:
+        labd.dispatch(labd.Request("POST", "/containers/abc/json", {}, b""))
     assert missing.value.status == 404
 
 
 def test_malformed_json_is_a_400():
-    with pytest.raises(daemon.ApiError) as bad:
-        daemon.Request("POST", "/containers/create", {}, b"{not json").json()
+    with pytest.raises(labd.ApiError) as bad:
+        labd.Request("POST", "/containers/create", {}, b"{not json").json()
     assert bad.value.status == 400
 
 
 def test_tcp_only_on_loopback():
     with pytest.raises(BadInput, match="loopback only"):
-        daemon.bind_tcp("0.0.0.0:2375")
+        labd.bind_tcp("0.0.0.0:2375")
 
 
 @pytest.mark.parametrize("path, message", [
@@ -37,31 +37,31 @@ def test_tcp_only_on_loopback():
     ("/v1..2/_ping", "invalid API version"),
 ])
 def test_api_versions_labd_does_not_speak_are_refused_as_docker_refuses_them(path, message):
-    with pytest.raises(daemon.ApiError, match=message) as refused:
-        daemon.api_version(path)
+    with pytest.raises(labd.ApiError, match=message) as refused:
+        labd.api_version(path)
     assert refused.value.status == 400
-    assert daemon.api_version("/v1.41/_ping") == ("/_ping", "1.41")
-    assert daemon.api_version("/vx/_ping") == ("/vx/_ping", None)       # not a version: a path, 404 later
+    assert labd.api_version("/v1.41/_ping") == ("/_ping", "1.41")
+    assert labd.api_version("/vx/_ping") == ("/vx/_ping", None)       # not a version: a path, 404 later
 
 
 def test_a_chunked_body_is_read_as_its_chunks_and_a_json_body_is_bounded():
     import io
-    reader = daemon.BodyReader(io.BytesIO(b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\nNEXT"), None, True)
+    reader = labd.BodyReader(io.BytesIO(b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\nNEXT"), None, True)
     assert b"".join(reader.chunks(100)) == b"hello world"
-    huge = daemon.BodyReader(io.BytesIO(b""), daemon.MAX_JSON_BODY + 1, False)
-    with pytest.raises(daemon.ApiError) as refused:
-        huge.read_all(daemon.MAX_JSON_BODY)
+    huge = labd.BodyReader(io.BytesIO(b""), labd.MAX_JSON_BODY + 1, False)
+    with pytest.raises(labd.ApiError) as refused:
+        huge.read_all(labd.MAX_JSON_BODY)
     assert refused.value.status == 413                      # refused from the header, before reading a byte
-    with pytest.raises(daemon.ApiError, match="malformed chunked"):
-        b"".join(daemon.BodyReader(io.BytesIO(b"zz\r\n"), None, True).chunks(100))
+    with pytest.raises(labd.ApiError, match="malformed chunked"):
+        b"".join(labd.BodyReader(io.BytesIO(b"zz\r\n"), None, True).chunks(100))
 
 
 def test_a_bad_content_length_is_answered_400_and_a_deep_body_too(tmp_path):
     import socket
     import threading
-    import labcore.dockerapi  # noqa: F401 - the routes, /_ping among them
+    import labcore.api.routes  # noqa: F401 - the routes, /_ping among them
     path = str(tmp_path / "labcore-t.sock")
-    server = daemon.bind_unix(path)
+    server = labd.bind_unix(path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         def ask(raw: bytes) -> bytes:
@@ -77,15 +77,15 @@ def test_a_bad_content_length_is_answered_400_and_a_deep_body_too(tmp_path):
         deep = b"[" * 100_000
         answer = ask(b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(deep) + deep)
         assert answer.startswith(b"HTTP/1.1 404")           # no such route: the body is never parsed
-        assert daemon.ping(path)
+        assert labd.ping(path)
         with pytest.raises(InvalidTransition, match="another daemon is listening"):
-            daemon.bind_unix(path)                           # a second daemon refuses a live socket
+            labd.bind_unix(path)                           # a second daemon refuses a live socket
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_a_deeply_nested_body_is_a_400_not_a_crash():
-    with pytest.raises(daemon.ApiError) as bad:
-        daemon.Request("POST", "/containers/create", {}, b"[" * 100_000 + b"]" * 100_000).json()
+    with pytest.raises(labd.ApiError) as bad:
+        labd.Request("POST", "/containers/create", {}, b"[" * 100_000 + b"]" * 100_000).json()
     assert bad.value.status == 400

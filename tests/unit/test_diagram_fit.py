@@ -13,14 +13,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from labcore import assemble, compare, diagrams, flow, namespaces, overlay, security, widgets
-from labcore.cgroups.limits import Limits
-from labcore.cgroups.steps import tree_dot
+import labcore
+from labcore.kernel import namespaces, overlay
+from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
+from labcore.kernel.cgroups.limits import Limits
+from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
 
 pytestmark = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
-PACKAGE = Path(diagrams.__file__).parent
+PACKAGE = Path(labcore.__file__).parent
 
 
 def builders_in_package() -> set[str]:
@@ -84,13 +86,13 @@ def layer_stack(monkeypatch, tmp_path):
 def box(monkeypatch, tmp_path):
     """A whole box of 08: shim, pid 1 in eight new namespaces, overlay, cgroup, veth, published port."""
     distinct_namespaces(monkeypatch)
-    monkeypatch.setattr(assemble, "cmdline", lambda pid: ["httpd", "-f", "-p", "80"])
-    monkeypatch.setattr(assemble.os.path, "ismount", lambda path: True)
-    monkeypatch.setattr(assemble.network, "link_exists", lambda name: True)
-    monkeypatch.setattr(assemble, "open_manager", lambda: SimpleNamespace(
+    monkeypatch.setattr(build_your_own, "cmdline", lambda pid: ["httpd", "-f", "-p", "80"])
+    monkeypatch.setattr(build_your_own.os.path, "ismount", lambda path: True)
+    monkeypatch.setattr(build_your_own.network, "link_exists", lambda name: True)
+    monkeypatch.setattr(build_your_own, "open_manager", lambda: SimpleNamespace(
         limits_of=lambda group: {"memory.max": "67108864", "pids.max": "10"}), raising=False)
-    import labcore.cgroups
-    monkeypatch.setattr(labcore.cgroups, "open_manager", lambda: SimpleNamespace(
+    import labcore.kernel.cgroups
+    monkeypatch.setattr(labcore.kernel.cgroups, "open_manager", lambda: SimpleNamespace(
         limits_of=lambda group: {"memory.max": "67108864", "pids.max": "10"}))
     upper = tmp_path / "upper"
     (upper / "etc").mkdir(parents=True)
@@ -105,7 +107,7 @@ def box(monkeypatch, tmp_path):
                                  host_ifname="lc1148741f96", ip="10.88.0.2/16"),
         published=SimpleNamespace(pid=os.getpid(), host_ip="127.0.0.1", host_port=8080, container_port=80),
         usernet=None, _link=lambda name: "UP, on lcbr0")
-    return assemble.Box.diagram(sample)
+    return build_your_own.Box.diagram(sample)
 
 
 def defence(monkeypatch, tmp_path):
@@ -120,16 +122,16 @@ def defence(monkeypatch, tmp_path):
 
 
 SAMPLES = {
-    "labcore.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
-    "labcore.flow:flow_dot": lambda monkeypatch, tmp_path: flow.flow_dot("pull"),
-    "labcore.compare:stacks_dot": lambda monkeypatch, tmp_path: compare.stacks_dot(comparison()),
-    "labcore.namespaces:membership_dot": membership,
-    "labcore.namespaces:process_tree_dot": process_tree,
-    "labcore.cgroups.steps:tree_dot": cgroup_tree,
-    "labcore.overlay:layer_stack_dot": layer_stack,
-    "labcore.assemble:diagram": box,
-    "labcore.security:defence_dot": defence,
-    "labcore.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(
+    "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
+    "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
+    "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
+    "labcore.kernel.namespaces:membership_dot": membership,
+    "labcore.kernel.namespaces:process_tree_dot": process_tree,
+    "labcore.lessons.control_groups:tree_dot": cgroup_tree,
+    "labcore.kernel.overlay:layer_stack_dot": layer_stack,
+    "labcore.lessons.build_your_own:diagram": box,
+    "labcore.lessons.security:defence_dot": defence,
+    "labcore.lessons.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(
         "cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"),
 }
 
@@ -155,13 +157,13 @@ def test_every_diagram_fits_a_1000_pixel_page(builder, monkeypatch, tmp_path):
 
 
 def test_a_wide_flow_is_turned_down_the_page():
-    rendered = diagrams.render(flow.flow_dot("pull"))           # 1538 pt across, drawn left to right
+    rendered = diagrams.render(run_flow.flow_dot("pull"))           # 1538 pt across, drawn left to right
     assert rendered.options == ["-Grankdir=TB"]
     assert rendered.width_px <= diagrams.MAX_WIDTH_PX < rendered.height_px
 
 
 def test_a_bottom_up_stack_keeps_its_direction_and_is_scaled():
-    rendered = diagrams.render(compare.stacks_dot(comparison()))
+    rendered = diagrams.render(vs_vms.stacks_dot(comparison()))
     assert not any("rankdir" in option for option in rendered.options)
     assert rendered.options[-1].startswith("-Gsize=") and rendered.width_px <= diagrams.MAX_WIDTH_PX
 
@@ -172,7 +174,7 @@ def test_a_diagram_that_fits_is_drawn_as_written():
 
 
 def test_the_png_is_the_same_bytes_for_the_same_source():
-    source = flow.flow_dot("start")
+    source = run_flow.flow_dot("start")
     assert diagrams.show(source).png == diagrams.show(source).png
 
 

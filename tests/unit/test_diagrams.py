@@ -1,11 +1,11 @@
-"""labcore.diagrams: DOT that parses, SVG that does not churn, and the source when dot is missing."""
+"""labcore.lessons.diagrams: DOT that parses, SVG that does not churn, and the source when dot is missing."""
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from labcore import diagrams
+from labcore.lessons import diagrams
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed (apt-get install graphviz)")
 DIAGRAMS_DIR = Path(__file__).resolve().parents[2] / "diagrams"
@@ -74,7 +74,7 @@ def test_course_map_has_every_notebook_and_mechanism():
 
 def test_stored_course_map_source_is_current():
     assert (DIAGRAMS_DIR / "course-map.gv").read_text() == diagrams.course_map(), \
-        "run `python -m labcore.diagrams` to regenerate diagrams/"
+        "run `python -m labcore.lessons.diagrams` to regenerate diagrams/"
 
 
 @needs_dot

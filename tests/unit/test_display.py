@@ -1,7 +1,7 @@
-"""labcore.display: tables, parsed mountinfo, folded details and trimmed JSON, as text and as HTML."""
+"""labcore.lessons.display: tables, parsed mountinfo, folded details and trimmed JSON, as text and as HTML."""
 import json
 
-from labcore import display
+from labcore.lessons import display
 
 # proc(5)'s example line, and one with no optional fields and a long overlay option string
 MOUNTINFO = ("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"
@@ -51,6 +51,6 @@ def test_trimmed_json_is_indented_and_says_what_it_cut():
 
 
 def test_a_long_unbroken_value_may_break_anywhere_in_a_table_cell():
-    from labcore.evidence import html_cell
+    from labcore.lessons.evidence import html_cell
     assert html_cell("sha256:" + "a" * 64).startswith("<td style='word-break:break-all'>")
     assert html_cell("a short value") == "<td><code>a short value</code></td>"

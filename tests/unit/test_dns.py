@@ -1,4 +1,4 @@
-"""labcore.dns without root: the resolv.conf a container gets, answers built from the containers' names, the
+"""labcore.runtime.dns without root: the resolv.conf a container gets, answers built from the containers' names, the
 world's names forwarded, and the server's thread answering on UDP and TCP (on the host's loopback here; in a
 container's namespace in tests/privileged/test_networks.py)."""
 import socket
@@ -10,7 +10,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from labcore import dns as labdns
+from labcore.runtime import dns as labdns
 
 NAMES = {"web": ["10.203.1.2"], "db": ["10.203.1.3", "10.203.2.3"]}
 

@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from labcore import doctor, syscalls
-from labcore.doctor import Capability, Report
+from labcore.kernel import syscalls
+from labcore.lessons import doctor
+from labcore.lessons.doctor import Capability, Report
 from labcore.errors import NotSupportedHere, from_oserror
-from labcore.journal import Journal
-from labcore.process import Child, run_in_child
+from labcore.kernel.journal import Journal
+from labcore.kernel.process import Child, run_in_child
 
 HYBRID = """\
 25 1 0:23 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -230,7 +231,7 @@ def test_a_probe_that_hangs_is_killed_at_the_deadline_and_one_that_fails_is_expl
 
 
 def test_kvm_from_kvm_pvm_is_a_no_that_says_why_and_that_vms_use_tcg(monkeypatch):
-    from labcore import vm
+    from labcore.lessons import vm
     why = "/dev/kvm is served by kvm_pvm, not kvm_intel or kvm_amd"
     monkeypatch.setattr(vm, "accelerator", lambda: ("tcg", why))
     with pytest.raises(NotSupportedHere) as refused:

@@ -1,6 +1,6 @@
 """A Step renders its evidence as text and HTML, and a refused step says why."""
 from labcore.errors import NeedsPrivilege
-from labcore.evidence import Mode, Step
+from labcore.lessons.evidence import Mode, Step
 
 
 def test_text_shows_action_mode_and_before_after():
@@ -24,7 +24,7 @@ def test_html_escapes_values():
 # --- refused steps: every cell works with them, and they show the reference host's recording (issue 11) ----
 
 def test_a_refused_steps_data_reads_as_not_run_whatever_the_cell_does_with_it():
-    from labcore.evidence import NOT_RUN
+    from labcore.lessons.evidence import NOT_RUN
     step = Step.refused("cpu", "write cpu.max", "refused: EACCES")
     assert step.data["share"] is NOT_RUN and step.after["oom_kill"] is NOT_RUN
     for value in (step.data["share"] <= step.data["limit"] + 0.05, step.data["a"]["b"].split(" in ")[0],
@@ -35,7 +35,7 @@ def test_a_refused_steps_data_reads_as_not_run_whatever_the_cell_does_with_it():
 
 
 def test_a_refused_step_stands_in_for_what_its_step_would_have_made():
-    from labcore.evidence import NOT_RUN
+    from labcore.lessons.evidence import NOT_RUN
     box = Step.refused("mount an overlay", "mount -t overlay", "refused: EPERM")
     assert box.options is NOT_RUN and box.data["id"] is NOT_RUN and box.stop() is NOT_RUN
     real = Step("t", "a")
@@ -49,7 +49,7 @@ def test_a_refused_step_stands_in_for_what_its_step_would_have_made():
 
 def test_modes_say_how_a_step_ran(monkeypatch):
     import os
-    from labcore.evidence import current_mode, user_mode
+    from labcore.lessons.evidence import current_mode, user_mode
     monkeypatch.setattr(os, "geteuid", lambda: 1001)
     assert current_mode() is Mode.USERNS and user_mode() is Mode.USER and Step("t", "a").mode is Mode.USER
     monkeypatch.setattr(os, "geteuid", lambda: 0)
@@ -58,7 +58,7 @@ def test_modes_say_how_a_step_ran(monkeypatch):
 
 def test_a_refused_step_shows_its_recording_labelled_with_the_reference_host(tmp_path, monkeypatch):
     import json
-    from labcore import evidence
+    from labcore.lessons import evidence
     host = {"who": "root", "machine": "Debian VM", "kernel": "6.1.0", "cgroup": "v2", "date": "2025-01-02"}
     entry = {"key": "cpu: --cpus 0.25 holds a busy loop", "title": "cpu: --cpus 0.25 holds a busy loop",
              "action": "write cpu.max", "mode": "real, as root", "rows": [["throttled", "0", "12"]],
@@ -78,7 +78,7 @@ def test_a_refused_step_shows_its_recording_labelled_with_the_reference_host(tmp
 
 
 def test_recording_keys_mask_what_differs_between_runs():
-    from labcore.evidence import recording_key
+    from labcore.lessons.evidence import recording_key
     assert recording_key("setns: join the namespaces of pid 48213") == "setns: join the namespaces of pid N"
     assert recording_key("commit 0123456789ab as x:latest") == "commit ID as x:latest"
     assert recording_key("pids: --pids-limit 10") == "pids: --pids-limit 10"

@@ -1,11 +1,11 @@
-"""labcore.flow without root: the wire against a fake daemon, HTTP parsing, frames, the diagram, the stepper."""
+"""labcore.lessons.run_flow without root: the wire against a fake daemon, HTTP parsing, frames, the diagram, the stepper."""
 import os
 import socket
 import threading
 
 import pytest
 
-from labcore import flow, widgets, unixsocket
+from labcore.lessons import client_server, run_flow, widgets
 from labcore.errors import LabError
 
 PONG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
@@ -41,7 +41,7 @@ def fake_daemon():
 
 def test_the_wire_keeps_the_exact_bytes_sent_and_received(fake_daemon):
     path, seen, _ = fake_daemon
-    exchange = flow.Wire(path).exchange("GET", "/_ping")
+    exchange = run_flow.Wire(path).exchange("GET", "/_ping")
     assert exchange.request == seen[0]
     assert exchange.request.startswith(b"GET /_ping HTTP/1.1\r\n") and b"Connection: close\r\n" in exchange.request
     assert exchange.response == PONG and exchange.status == 200 and exchange.body == b"OK"
@@ -51,41 +51,41 @@ def test_the_wire_keeps_the_exact_bytes_sent_and_received(fake_daemon):
 def test_a_chunked_stream_is_joined_back_into_json_lines(fake_daemon):
     path, _, answer = fake_daemon
     answer[0] = CHUNKED
-    exchange = flow.Wire(path).exchange("POST", "/v1.45/images/create?fromImage=x", body={})
+    exchange = run_flow.Wire(path).exchange("POST", "/v1.45/images/create?fromImage=x", body={})
     assert [event["status"] for event in exchange.stream()] == ["a", "b"]
     assert b"Content-Length: 2\r\n\r\n{}" in exchange.request
 
 
 def test_no_daemon_is_an_error_that_says_so(tmp_path):
     with pytest.raises(LabError, match="cannot connect"):
-        flow.Wire(str(tmp_path / "labcore-none.sock")).exchange("GET", "/_ping")
+        run_flow.Wire(str(tmp_path / "labcore-none.sock")).exchange("GET", "/_ping")
 
 
 def test_not_http_is_refused():
     with pytest.raises(LabError, match="not an HTTP answer"):
-        flow.parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")
+        run_flow.parse_response(b"SSH-2.0-OpenSSH\r\n\r\n")
 
 
 def test_docker_log_frames_are_split_and_shown_escaped():
     body = b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n\x02\x00\x00\x00\x00\x00\x00\x04oops"
-    assert flow.split_frames(body) == [(1, b"hi\n"), (2, b"oops")]
-    assert flow.printable(body[:8]) == "\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x03"
+    assert run_flow.split_frames(body) == [(1, b"hi\n"), (2, b"oops")]
+    assert run_flow.printable(body[:8]) == "\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x03"
 
 
 def test_a_long_body_is_cut_and_says_how_much_is_left():
     lines = b"\r\n".join(b"line %d" % n for n in range(40))
-    exchange = flow.Exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n" + lines, 200, lines)
+    exchange = run_flow.Exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n" + lines, 200, lines)
     text = str(exchange)
     assert "< line 0" in text and "< line 39" not in text
     assert f"more lines ({len(lines)} bytes in all)" in text
 
 
 def test_the_diagram_lights_the_current_step_only():
-    source = flow.flow_dot("pull")
+    source = run_flow.flow_dot("pull")
     assert '"pull" [label="pull\\nPOST /images/create", fillcolor="gold"' in source
     assert source.count('fillcolor="gold"') == 1
-    assert flow.flow_dot("connect").count('fillcolor="gold"') == 3      # client, socket and daemon
-    assert flow.flow_dot().count('fillcolor="gold"') == 0
+    assert run_flow.flow_dot("connect").count('fillcolor="gold"') == 3      # client, socket and daemon
+    assert run_flow.flow_dot().count('fillcolor="gold"') == 0
 
 
 class FakeStage:
@@ -97,15 +97,15 @@ class FakeStage:
 
     def exchange(self, method, target, body=None):
         self.calls.append(f"{method} {target}")
-        return flow.Exchange(b"", b"HTTP/1.1 200 OK\r\n\r\n[]", 200, b"[]")
+        return run_flow.Exchange(b"", b"HTTP/1.1 200 OK\r\n\r\n[]", 200, b"[]")
 
 
 def test_the_stepper_starts_by_forgetting_the_image_then_walks_the_flow(tmp_path):
     pytest.importorskip("ipywidgets")
     stage = FakeStage(tmp_path)
-    stepper = flow.stepper(stage)
+    stepper = run_flow.stepper(stage)
     assert isinstance(stepper, widgets.Stepper)
-    assert [page.title for page in stepper.pages] == ["forget the image (docker rmi)"] + [n for n, _ in flow.STEPS]
+    assert [page.title for page in stepper.pages] == ["forget the image (docker rmi)"] + [n for n, _ in run_flow.STEPS]
     assert stage.calls == ["DELETE /v1.45/images/127.0.0.1:5000/lab/hello:v1"]     # only the page shown ran
     assert all(page.dot and "digraph" in page.dot for page in stepper.pages)
 
@@ -113,15 +113,15 @@ def test_the_stepper_starts_by_forgetting_the_image_then_walks_the_flow(tmp_path
 def test_listening_ports_reads_ipv4_and_ipv6_tables():
     with socket.create_server(("127.0.0.1", 0)) as four, socket.create_server(("::1", 0), family=socket.AF_INET6) \
             as six:
-        found = unixsocket.listening_ports("self")
+        found = client_server.listening_ports("self")
         assert f"127.0.0.1:{four.getsockname()[1]}" in found and f"[::1]:{six.getsockname()[1]}" in found
-    assert unixsocket.readable_address("00000000000000000000000000000000") == "*"
+    assert client_server.readable_address("00000000000000000000000000000000") == "*"
 
 
 def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):
     path, seen, _ = fake_daemon
-    with flow.Tap(path) as tap:
-        exchange = flow.Wire(tap.path).exchange("GET", "/_ping")
+    with run_flow.Tap(path) as tap:
+        exchange = run_flow.Wire(tap.path).exchange("GET", "/_ping")
     assert exchange.response == PONG and seen[0] == exchange.request
     assert tap.requests() == ["GET /_ping → 200"]
     assert not os.path.exists(tap.path)

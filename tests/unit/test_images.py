@@ -12,11 +12,11 @@ import tarfile
 
 import pytest
 
-from labcore import baseimage, images
+from labcore.image import baseimage, oci
 from labcore.cli import main
 from labcore.units import human_duration, human_size
 from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
-from labcore.images import Store
+from labcore.image.oci import Store
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static")
 
@@ -94,18 +94,18 @@ def snapshot(directory):
 def test_layout_files_follow_the_image_spec(store, built):
     assert json.loads((store.root / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     index = json.loads((store.root / "index.json").read_text())
-    assert (index["schemaVersion"], index["mediaType"]) == (2, images.INDEX)
+    assert (index["schemaVersion"], index["mediaType"]) == (2, oci.INDEX)
     [entry] = index["manifests"]
-    assert entry["mediaType"] == images.MANIFEST and entry["annotations"][images.REF_NAME] == "latest"
+    assert entry["mediaType"] == oci.MANIFEST and entry["annotations"][oci.REF_NAME] == "latest"
     manifest = json.loads(blob(store, entry["digest"]))
-    assert manifest["schemaVersion"] == 2 and manifest["config"]["mediaType"] == images.CONFIG
+    assert manifest["schemaVersion"] == 2 and manifest["config"]["mediaType"] == oci.CONFIG
     [layer] = manifest["layers"]
-    assert layer["mediaType"] == images.LAYER_GZIP
+    assert layer["mediaType"] == oci.LAYER_GZIP
     config = json.loads(blob(store, manifest["config"]["digest"]))
     # diff_ids name the *uncompressed* tar; the layer's digest names the gzip bytes as stored.
     uncompressed = gzip.decompress(blob(store, layer["digest"]))
     assert config["rootfs"] == {"type": "layers", "diff_ids": [sha256(uncompressed)]}
-    assert (config["os"], config["architecture"]) == ("linux", images.host_architecture())
+    assert (config["os"], config["architecture"]) == ("linux", oci.host_architecture())
     assert config["config"]["Cmd"] == ["sh"] and "busybox-static" in config["history"][0]["created_by"]
     for descriptor in (entry, manifest["config"], layer):
         assert len(blob(store, descriptor["digest"])) == descriptor["size"]
@@ -176,7 +176,7 @@ def test_corrupted_layer_is_found_and_a_rebuild_repairs_it(store, built, tmp_pat
     with pytest.raises(LabError, match=f"blob {built.layers[0].digest} is corrupted") as caught:
         store.unpack(built, tmp_path / "labcore-rootfs")
     assert "ensure_base_image" in caught.value.fix
-    assert images.ensure_base_image(store).digest == built.digest
+    assert oci.ensure_base_image(store).digest == built.digest
     assert sha256(path.read_bytes()) == built.layers[0].digest
 
 
@@ -258,7 +258,7 @@ def test_hostile_layers_are_refused_and_nothing_outside_is_written(store, tmp_pa
 
 def test_images_prints_dockers_columns(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LABCORE_HOME", str(tmp_path / "labcore-own"))   # not the session's shared store
-    busybox_image = images.ensure_base_image()
+    busybox_image = oci.ensure_base_image()
     assert main(["images"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.startswith("REPOSITORY   TAG       IMAGE ID       CREATED") and header.endswith("SIZE")
@@ -289,7 +289,7 @@ def test_skopeo_reads_the_layout_and_copies_every_blob(store, built, tmp_path):
     seen = json.loads(subprocess.run(["skopeo", "inspect", f"oci:{store.root}:latest"], check=True,
                                      capture_output=True, text=True).stdout)
     assert (seen["Digest"], seen["Layers"], seen["Architecture"]) == (
-        built.digest, [built.layers[0].digest], images.host_architecture())
+        built.digest, [built.layers[0].digest], oci.host_architecture())
     # copy re-hashes every blob it reads: a digest that did not match would fail here.
     subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", f"oci:{store.root}:latest",
                     f"dir:{tmp_path / 'labcore-copy'}"], check=True, capture_output=True)

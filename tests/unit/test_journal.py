@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from labcore import journal
+from labcore.kernel import journal
 from labcore.errors import LabError
-from labcore.journal import Journal, Scope
+from labcore.kernel.journal import Journal, Scope
 
 
 def make_dir(scope, parent, name):
@@ -45,7 +45,7 @@ def test_released_objects_outlive_the_scope_until_cleanup(tmp_path):
 
 
 def test_orphans_of_a_dead_process_are_undone_and_live_ones_kept(tmp_path):
-    code = ("import os, pathlib; from labcore.journal import Journal; p = pathlib.Path(os.environ['D']);"
+    code = ("import os, pathlib; from labcore.kernel.journal import Journal; p = pathlib.Path(os.environ['D']);"
             "p.mkdir(); Journal().record('directory', p, 'rmtree', path=str(p)); os._exit(9)")
     orphan = tmp_path / "labcore-crashed"
     subprocess.run([sys.executable, "-c", code], env={**os.environ, "D": str(orphan)})
@@ -84,7 +84,7 @@ def test_unknown_undo_operation_is_refused_at_record_time(tmp_path):
 
 def test_a_notebooks_cleanup_leaves_other_live_processes_objects_alone(tmp_path):
     """Two notebooks share one state dir: one's cleanup cell must not pull the other's daemon away."""
-    code = ("import os, pathlib, sys, time; from labcore.journal import Journal; p = pathlib.Path(os.environ['D']);"
+    code = ("import os, pathlib, sys, time; from labcore.kernel.journal import Journal; p = pathlib.Path(os.environ['D']);"
             "p.mkdir(); Journal().record('directory', p, 'rmtree', path=str(p)); print('ready', flush=True);"
             "sys.stdin.read()")
     theirs = tmp_path / "labcore-other-notebook"

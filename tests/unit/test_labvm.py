@@ -3,7 +3,7 @@ import os
 import time
 from pathlib import Path
 
-from labcore import vm
+from labcore.lessons import vm
 from tools import labvm
 
 KERNEL = vm.Kernel("6.1.0-57-amd64", Path("/cache/linux-image-6.1.0-57-amd64/boot/vmlinux-6.1.0-57-amd64"),

@@ -8,13 +8,16 @@ import tarfile
 
 import pytest
 
-from labcore import container, layers, paths, rootfs, syscalls
+from labcore import paths
+from labcore.image import layers
+from labcore.kernel import rootfs, syscalls
+from labcore.runtime import container
 from labcore.errors import BadInput
-from labcore.images import LAYER_TAR
-from labcore.overlay import read_layer
-from labcore.overlay_model import WHITEOUT, Dir, File, Symlink
-from labcore.process import run_in_child
-from labcore.syscalls import MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
+from labcore.image.oci import LAYER_TAR
+from labcore.kernel.overlay import read_layer
+from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Symlink
+from labcore.kernel.process import run_in_child
+from labcore.kernel.syscalls import MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 
 
 def make_tar(path, entries) -> str:
@@ -96,7 +99,7 @@ def test_the_round_trip_gives_back_the_same_layer(tmp_path):
 
 
 def test_a_layer_is_cached_once_under_its_diff_id(busybox_image):
-    from labcore.images import Store
+    from labcore.image.oci import Store
     layer = busybox_image.layers[0]
     first = layers.ensure_layer(Store(), layer)
     assert first == paths.images_dir() / "layers" / layer.diff_id[7:]

@@ -1,9 +1,9 @@
 """The lifecycle table: allowed moves change the stored state; forbidden ones raise and change nothing."""
 import pytest
 
-from labcore import lifecycle
+from labcore.runtime import lifecycle
 from labcore.errors import InvalidTransition, NotFound
-from labcore.lifecycle import Record, State
+from labcore.runtime.lifecycle import Record, State
 
 
 def new(cid="a" * 64, name="labcore-test"):
@@ -73,7 +73,7 @@ def test_a_rename_outlives_the_monitors_next_save(labcore_home):
 
 def test_a_running_container_whose_monitor_is_gone_is_dead_and_may_be_removed(labcore_home):
     """engine.refresh: the process that was to record the exit has gone (a pid that is no one now)."""
-    from labcore import engine
+    from labcore.runtime import engine
     record = new()
     lifecycle.transition(record.id, "start", pid=42, monitor={"pid": 2 ** 22 + 1, "start": 1})
     found = engine.refresh(lifecycle.load(record.id))

@@ -1,13 +1,14 @@
-"""labcore.namespaces without root: the order of the syscalls (syscalls.Recorder), refusals, bad input, DOT."""
+"""labcore.kernel.namespaces without root: the order of the syscalls (syscalls.Recorder), refusals, bad input, DOT."""
 import errno
 import os
 import subprocess
 
 import pytest
 
-from labcore import diagrams, namespaces, syscalls, userns
+from labcore.kernel import namespaces, syscalls, userns
+from labcore.lessons import diagrams
 from labcore.errors import BadInput
-from labcore.evidence import Mode
+from labcore.lessons.evidence import Mode
 
 
 class Channel:

@@ -1,4 +1,4 @@
-"""labcore.network without root: -p parsing, interface names, address allocation, evidence parsers, the
+"""labcore.kernel.network without root: -p parsing, interface names, address allocation, evidence parsers, the
 order of syscalls, and the port proxy relaying between two loopback sockets (which needs no privilege)."""
 import errno
 import os
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from labcore import journal, network, portproxy, syscalls
+from labcore.kernel import journal, network, portproxy, syscalls
 from labcore.errors import BadInput, LabError, NeedsPrivilege
-from labcore.network import DEFAULT, PortMapping
+from labcore.kernel.network import DEFAULT, PortMapping
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -104,7 +104,7 @@ def test_connect_refuses_the_callers_own_namespace_before_making_anything():
 def test_ip_errors_become_lab_errors_with_the_errno():
     refused = network.ip_error("link add lcbr0 type bridge", "RTNETLINK answers: Operation not permitted\n")
     assert isinstance(refused, NeedsPrivilege) and refused.errno == errno.EPERM
-    assert "slirp4netns" in refused.fix and "labcore.usernet" in refused.fix
+    assert "slirp4netns" in refused.fix and "labcore.kernel.usernet" in refused.fix
     exists = network.ip_error("link add lcx type veth", "RTNETLINK answers: File exists")
     assert exists.errno == errno.EEXIST
     odd = network.ip_error("link frob", 'Command "frob" is unknown, try "ip link help".')
@@ -248,6 +248,6 @@ def test_a_containers_mac_address_is_made_of_its_ip_address_as_dockers_is():
 
 
 def test_a_bad_mac_address_is_refused_before_anything_exists():
-    from labcore.spec import Spec, check_spec
+    from labcore.runtime.spec import Spec, check_spec
     with pytest.raises(BadInput, match="MAC"):
         check_spec(Spec("busybox", mac_address="02:42:zz:00:00:01"))

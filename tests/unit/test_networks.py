@@ -1,4 +1,4 @@
-"""labcore.networks and labd's /networks routes without root: the records, the subnets picked, names as
+"""labcore.runtime.networks and labd's /networks routes without root: the records, the subnets picked, names as
 Docker checks them, which networks a container joins, connect and disconnect before it starts, and what the
 DNS server may answer. The kernel's side (bridges, veths, the server in a container's namespace) is in
 tests/privileged/test_networks.py."""
@@ -6,10 +6,12 @@ import json
 
 import pytest
 
-from labcore import daemon, dockerapi, lifecycle, network, networks
-from labcore.container import Spec
+from labcore.api import labd, routes
+from labcore.kernel import network
+from labcore.runtime import lifecycle, networks
+from labcore.runtime.container import Spec
 from labcore.errors import BadInput, InvalidTransition, NotFound
-from labcore.lifecycle import Record, State
+from labcore.runtime.lifecycle import Record, State
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +29,8 @@ def host_routes(monkeypatch):
 
 
 def call(method: str, path: str, body=None, version: str = "1.45"):
-    request = daemon.Request(method, f"/v{version}{path}", {}, json.dumps(body).encode() if body is not None else b"")
-    return daemon.dispatch(request)
+    request = labd.Request(method, f"/v{version}{path}", {}, json.dumps(body).encode() if body is not None else b"")
+    return labd.dispatch(request)
 
 
 def test_the_first_networks_get_the_lowest_free_24s_of_the_pool(host_routes):
@@ -78,7 +80,7 @@ def test_other_drivers_and_internal_networks_are_refused_naming_what_works():
 
 
 def save_container(name: str, spec: Spec, state: State = State.CREATED, live: dict | None = None) -> Record:
-    from labcore.container import describe, plan_for
+    from labcore.runtime.container import describe, plan_for
     config = describe(spec, plan_for(spec))
     if live:
         config["networks"] = live
@@ -105,7 +107,7 @@ def test_which_networks_a_container_joins(busybox_image_record):
 @pytest.fixture
 def busybox_image_record(monkeypatch):
     """plan_for without the image store: a busybox with the usual config."""
-    from labcore import spec as specs
+    from labcore.runtime import spec as specs
 
     class Image:
         id, config = "sha256:" + "0" * 64, {"Cmd": ["sh"], "Env": ["PATH=/bin"]}
@@ -165,16 +167,16 @@ def test_the_dns_server_answers_only_for_containers_on_a_network_the_asker_is_on
 def test_endpoints_at_create_follow_the_api_version(busybox_image_record):
     front = networks.create("front")
     one = {"EndpointsConfig": {"front": {"Aliases": ["hello"], "DriverOpts": {"k": "v"}, "IPAMConfig": {}}}}
-    assert dockerapi.endpoints_of(one, "front", "1.41") == {"front": {"Aliases": ["hello"], "DriverOpts": {"k": "v"}}}
-    assert dockerapi.endpoints_of({"EndpointsConfig": {front.id: {}}}, "front", "1.41") == {"front": {}}
+    assert routes.endpoints_of(one, "front", "1.41") == {"front": {"Aliases": ["hello"], "DriverOpts": {"k": "v"}}}
+    assert routes.endpoints_of({"EndpointsConfig": {front.id: {}}}, "front", "1.41") == {"front": {}}
     other = {"EndpointsConfig": {"bar": {"Aliases": ["hello"]}}}
-    assert dockerapi.endpoints_of(other, "front", "1.41") is None                 # not its network: ignored
+    assert routes.endpoints_of(other, "front", "1.41") is None                 # not its network: ignored
     two = {"EndpointsConfig": {"front": {}, "bar": {}}}
-    with pytest.raises(daemon.ApiError, match="cannot be connected to network endpoints: front, bar"):
-        dockerapi.endpoints_of(two, "front", "1.41")
+    with pytest.raises(labd.ApiError, match="cannot be connected to network endpoints: front, bar"):
+        routes.endpoints_of(two, "front", "1.41")
     with pytest.raises(NotFound, match="network bar not found"):
-        dockerapi.endpoints_of(two, "front", "1.44")
-    assert list(dockerapi.endpoints_of({"EndpointsConfig": {"front": {}, "bridge": {}}}, "front", "1.44")) == [
+        routes.endpoints_of(two, "front", "1.44")
+    assert list(routes.endpoints_of({"EndpointsConfig": {"front": {}, "bridge": {}}}, "front", "1.44")) == [
         "front", "bridge"]
 
 
@@ -194,9 +196,9 @@ def test_the_network_routes_answer_in_dockers_shapes():
         call("POST", "/networks/create", {"Name": "front"})
     for body, says in (({"Name": "v6", "EnableIPv6": True}, "IPv6"), ({}, "must not be empty"),
                        ({"Name": "x", "IPAM": {"Driver": "other"}}, "IPAM driver"), ({"Name": 5}, "Go struct")):
-        with pytest.raises(daemon.ApiError, match=says):
+        with pytest.raises(labd.ApiError, match=says):
             call("POST", "/networks/create", body)
-    with pytest.raises(daemon.ApiError) as caught:
+    with pytest.raises(labd.ApiError) as caught:
         call("DELETE", "/networks/bridge")
     assert caught.value.status == 403
     assert call("DELETE", "/networks/front") == (204, None)

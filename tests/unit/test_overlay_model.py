@@ -1,7 +1,7 @@
 """The overlay model on paper: lookup through layers, copy-up, whiteouts, opaque directories and errnos.
 
 No root needed: the kernel comparison is tests/privileged/test_overlay_vs_model.py. Here the model's path
-walk and error order are checked against a plain directory, and ``labcore.overlay``'s mount call against
+walk and error order are checked against a plain directory, and ``labcore.kernel.overlay``'s mount call against
 the syscall recorder.
 """
 import errno
@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labcore import overlay, paths, syscalls
+from labcore import paths
+from labcore.kernel import overlay, syscalls
 from labcore.errors import BadInput
-from labcore.overlay_model import WHITEOUT, Dir, File, Model, predict
+from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Model, predict
 
 BASE = {"etc": Dir(), "etc/hostname": File(b"base\n"), "var": Dir(), "var/log": Dir(),
         "var/log/boot": File(b"ok\n")}
@@ -97,7 +98,7 @@ def test_with_one_empty_layer_the_model_behaves_like_a_plain_directory(ops):
         assert overlay.read_layer(root, None) == model.merged()
 
 
-# --- labcore.overlay without the kernel ---------------------------------------------------------------------
+# --- labcore.kernel.overlay without the kernel ---------------------------------------------------------------------
 
 def test_the_mount_lists_the_top_layer_first(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)      # root's mount, on the host (a user's is in a keeper)

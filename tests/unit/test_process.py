@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from labcore.errors import BadInput
-from labcore.process import Child, run_in_child
+from labcore.kernel.process import Child, run_in_child
 
 
 def test_result_comes_back_from_a_different_process():
@@ -51,7 +51,7 @@ def test_a_tied_helper_dies_with_the_process_that_started_it():
     import subprocess
     import sys
     import time
-    from labcore import process
+    from labcore.kernel import process
     if not shutil.which("setpriv"):
         pytest.skip("needs setpriv (util-linux)")
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); "

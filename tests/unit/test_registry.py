@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from labcore import registry
+from labcore.image import registry
 from labcore.errors import BadInput, LabError, NotFound
 
 

@@ -4,10 +4,10 @@ import errno
 import os
 import stat
 
-from labcore import rootfs, syscalls
-from labcore.evidence import Mode
-from labcore.process import run_in_child
-from labcore.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC
+from labcore.kernel import rootfs, syscalls
+from labcore.lessons.evidence import Mode
+from labcore.kernel.process import run_in_child
+from labcore.kernel.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC
 
 
 def record_container_root(root: str, rootless: bool) -> list:

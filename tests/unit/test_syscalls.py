@@ -3,7 +3,7 @@ import errno
 
 import pytest
 
-from labcore import syscalls
+from labcore.kernel import syscalls
 from labcore.errors import NeedsPrivilege, NotSupportedHere
 
 

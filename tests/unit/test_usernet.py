@@ -1,4 +1,4 @@
-"""labcore.usernet without root, with fakes: the order in which the user-mode network is started and undone,
+"""labcore.kernel.usernet without root, with fakes: the order in which the user-mode network is started and undone,
 what is journaled and when (the use before the start, the link before it exists, the processes owned by the
 holder), the last user out stopping it, slirp4netns's --ready-fd, the host's refusals with their fixes, and the
 pieces it adds elsewhere: the port proxy entering the router namespace, setns into a user namespace, a zombie
@@ -15,10 +15,12 @@ import types
 
 import pytest
 
-from labcore import assemble, container, journal, network, portproxy, syscalls, userns, usernet
+from labcore.kernel import journal, network, portproxy, syscalls, usernet, userns
+from labcore.lessons import build_your_own
+from labcore.runtime import container
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.evidence import Mode
-from labcore.journal import Journal, Scope
+from labcore.lessons.evidence import Mode
+from labcore.kernel.journal import Journal, Scope
 
 
 def dead_pid() -> int:
@@ -133,7 +135,7 @@ def test_a_half_dead_network_is_stopped_and_started_again(monkeypatch):
 
 def test_a_crashed_users_record_is_undone_by_cleanup_and_stops_the_network(fake_network):
     holder, slirp = fake_network
-    code = ("from labcore import journal; journal.Scope().record('network', 'user-mode network', 'usernet', "
+    code = ("from labcore.kernel import journal; journal.Scope().record('network', 'user-mode network', 'usernet', "
             "journal=str(journal.Journal().directory)); import os; os._exit(9)")
     subprocess.run([sys.executable, "-c", code], check=False)
     report = journal.cleanup()
@@ -219,7 +221,7 @@ def test_the_host_is_checked_before_anything_is_made(monkeypatch, tmp_path):
 
 def test_the_port_proxy_enters_the_router_namespace_with_the_listener_from_the_host(monkeypatch):
     started = {}
-    monkeypatch.setattr("labcore.process.spawn", lambda argv, pass_fds=(): started.update(argv=argv, fds=pass_fds))
+    monkeypatch.setattr("labcore.kernel.process.spawn", lambda argv, pass_fds=(): started.update(argv=argv, fds=pass_fds))
     with socket.create_server(("127.0.0.1", 0)) as listener:
         portproxy.start(listener, ("10.203.0.2", 80), inside=4242)
         assert started["fds"] == (listener.fileno(),)
@@ -286,10 +288,10 @@ def test_where_the_host_refuses_it_only_a_container_asking_for_ports_fails(monke
 
 
 def test_a_refused_network_is_a_refused_step_and_publish_says_why(monkeypatch):
-    box = assemble.Box(types.SimpleNamespace(ref="busybox:latest", config={}))
+    box = build_your_own.Box(types.SimpleNamespace(ref="busybox:latest", config={}))
     box.done = ["start", "layers", "mount_overlay", "fork_child", "join_cgroup", "unshare"]
     box.network_refused = NotSupportedHere("slirp4netns is not installed", fix="apt-get install slirp4netns")
-    monkeypatch.setattr(assemble.os, "geteuid", lambda: 1001)
+    monkeypatch.setattr(build_your_own.os, "geteuid", lambda: 1001)
     with syscalls.use(syscalls.Recorder()) as kernel:
         wired = box.connect_network()
         web = box.publish(18808, 80)

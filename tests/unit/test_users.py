@@ -1,7 +1,7 @@
 """User names are the container's: looked up in its /etc/passwd and /etc/group (here a fake image root)."""
 import pytest
 
-from labcore import users
+from labcore.runtime import users
 from labcore.errors import BadInput
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\npostgres:x:70:70::/:/bin/sh\n"

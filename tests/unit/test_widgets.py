@@ -1,11 +1,11 @@
-"""labcore.widgets: click the buttons as a student would, then read back what the Output widget holds."""
+"""labcore.lessons.widgets: click the buttons as a student would, then read back what the Output widget holds."""
 import os
 
 import pytest
 
-from labcore import widgets
+from labcore.lessons import widgets
 from labcore.errors import BadInput, NotSupportedHere
-from labcore.evidence import Step
+from labcore.lessons.evidence import Step
 
 
 def texts(out) -> list[str]:

@@ -1,5 +1,5 @@
 """cgroup v2 for real on a cgroup v1 host: the privileged cgroup tests, run again inside a qemu guest that
-boots its own kernel with only the unified hierarchy mounted (``labcore.vm.run_in_guest``); then, as an
+boots its own kernel with only the unified hierarchy mounted (``labcore.lessons.vm.run_in_guest``); then, as an
 ordinary user owning a subtree an administrator delegated (cgroup-v2.rst, "Delegation"), the same tests and
 notebook 04's limits, for real, without root.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore import vm
+from labcore.lessons import vm
 from labcore.errors import NotSupportedHere
 from tests.conftest import has, privileged
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore import vm
+from labcore.lessons import vm
 from tests.conftest import privileged
 from tests.notebooks.test_no_build_host_particulars import FHS
 from tools import labvm

@@ -1,0 +1,664 @@
+"""Container networking: a bridge, a veth pair, an address, and a proxy for published ports.
+
+A new network namespace has nothing but `lo`, and `lo` is down (network_namespaces(7)). Docker's default
+"bridge" network wires it to the host in four steps (moby: libnetwork/drivers/bridge; docs: "Bridge network
+driver"); the lab does the same, naming what it makes ``lc...``:
+
+    bridge   a virtual switch on the host: docker0 with 172.17.0.1/16, here lcbr0 with 10.203.0.1/24
+    veth     two interfaces that are the two ends of one cable (veth(4)): the host end is plugged into the
+             bridge, the other end moves into the container's namespace (`ip link set lcXc netns PID`)
+             and is renamed eth0 there
+    address  the next free address of the subnet (Docker's IPAM), a default route via the bridge's address,
+             and a MAC address made of it, 02:42 and the address's four bytes, as Docker makes one
+             (libnetwork/netutils: GenerateMACFromIP), unless `--mac-address` says otherwise
+    publish  `docker run -p 127.0.0.1:8080:80`: docker-proxy, a process that accepts on the host's port
+             and connects to the container's address and port (``labcore.kernel.portproxy``)
+
+The commands are iproute2's (man 8 ip-link, ip-address, ip-route); inside the container's namespace they run
+in a child that setns(2)'d into /proc/PID/ns/net, as `nsenter -t PID -n ip ...` would (man 8 ip-netns).
+A veth end dies with its namespace, and its peer with it: when the container's last process exits, the
+kernel removes the pair and the address it held is free again.
+
+What the lab leaves out on purpose: Docker also turns on net.ipv4.ip_forward and adds iptables MASQUERADE
+and DNAT rules, so that containers reach other hosts and other hosts reach published ports. The lab never
+routes off the machine: it sets net.ipv4.conf.lcbr0.forwarding=0, so the kernel drops whatever a container
+sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only.
+
+Without root none of this is allowed: a veth into the host's namespace needs CAP_NET_ADMIN there.
+``labcore.kernel.usernet`` does what rootless Podman does instead: the same bridge and veth pairs inside a network
+namespace the user owns, with slirp4netns, a TCP/IP stack in a user process, as its way out.
+
+Next: ``labcore.kernel.portproxy``, the published port's relay; ``labcore.kernel.usernet``, the network without root.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import json
+import os
+import re
+import secrets
+import selectors
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labcore import paths
+from labcore.kernel import journal, portproxy, syscalls, userns
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
+from labcore.lessons.evidence import Step, current_mode
+from labcore.kernel.namespaces import enter_namespaces
+from labcore.kernel.process import Child, find_program, run_in_child, tied
+
+IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
+LOOPBACK = "127.0.0.1"
+ROOTLESS_FIX = ("run as root (sudo): a veth pair to the host needs CAP_NET_ADMIN in the host's network "
+                "namespace. Without root, containers get their network from labcore.kernel.usernet instead: a bridge "
+                "in a namespace you own, with slirp4netns as its way out, as rootless Podman does")
+PUBLISH_FORMS = ("CONTAINER_PORT, HOST_PORT:CONTAINER_PORT, 127.0.0.1:HOST_PORT:CONTAINER_PORT or "
+                 "127.0.0.1::CONTAINER_PORT, optionally with /tcp or /udp (e.g. -p 8080:80, -p 5353:53/udp); "
+                 "HOST_PORT 0 or left out: one the kernel picks")
+SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", the id, and "h" or "c"
+_SHORT_ID = re.compile(r"[0-9a-z]{1,%d}" % SHORT_ID_MAX)
+_PORT = re.compile(r"[0-9]{1,5}")
+NETWORKS_LOCK = Path("/run/lock") / f"{paths.PREFIX}-networks.lock"   # user-defined bridges and their subnets
+TCP_LISTEN = "0A"                     # the st column of /proc/net/tcp: TCP_LISTEN in include/net/tcp_states.h
+
+
+@dataclass(frozen=True)
+class Network:
+    """One bridge and its subnet; the bridge holds the first address, the gateway of every container.
+    ``name`` is Docker's: "bridge" for the default, or a user-defined network's (``labcore.runtime.networks``)."""
+    bridge: str = "lcbr0"
+    subnet: str = "10.203.0.0/24"
+    name: str = "bridge"
+
+    @property
+    def gateway(self) -> str:
+        return str(next(ipaddress.ip_network(self.subnet).hosts()))
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+
+DEFAULT = Network()
+
+
+@dataclass
+class Endpoint:
+    """A container's end of the network: its address, and the interfaces on both sides."""
+    pid: int
+    ip: str
+    network: Network
+    host_ifname: str                  # on the host, plugged into the bridge
+    container_ifname: str = "eth0"    # inside, as Docker names it
+    netns: int = 0                    # inode of /proc/PID/ns/net
+    entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
+    mac: str = ""                     # of the container's end
+    via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.kernel.usernet)
+
+    def __str__(self) -> str:
+        where = f" in the namespace of pid {self.via}" if self.via else ""
+        return (f"{self.container_ifname} {self.ip}/{self.network.prefixlen} in net:[{self.netns}] (pid "
+                f"{self.pid}) <-> {self.host_ifname} on {self.network.bridge} {self.network.gateway}{where}")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """One `-p` value. ``host_port`` 0 lets the kernel choose a free port, as `-p 80` does."""
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class Published:
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+    pid: int                          # of the proxy
+    protocol: str = "tcp"
+
+    def __str__(self) -> str:         # as `docker port` prints it
+        return (f"{self.container_port}/{self.protocol} -> {self.host_ip}:{self.host_port} "
+                f"(to {self.container_ip})")
+
+
+# --- checking input, before anything is made ----------------------------------------------------------------
+
+def interface_names(short_id: str) -> tuple[str, str]:
+    """The veth pair's names: lc<id>h on the host, lc<id>c until it is renamed eth0 inside."""
+    if not _SHORT_ID.fullmatch(short_id):
+        raise BadInput(f"invalid interface id {short_id!r}",
+                       fix=f"1 to {SHORT_ID_MAX} lowercase letters or digits, so that "
+                           f"{paths.LINK_PREFIX}<id>h fits in {IFNAMSIZ - 1} bytes (IFNAMSIZ)")
+    return f"{paths.LINK_PREFIX}{short_id}h", f"{paths.LINK_PREFIX}{short_id}c"
+
+
+def parse_publish(text: str) -> PortMapping:
+    """Docker's `-p [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp]`; the host side is always on loopback here."""
+    spec, _, protocol = text.partition("/")
+    if protocol not in ("", "tcp", "udp"):
+        raise BadInput(f"cannot publish {text!r}: the lab's proxy relays TCP and UDP only",
+                       fix=f"use {PUBLISH_FORMS}")
+    if spec.startswith("["):
+        raise BadInput(f"cannot publish {text!r}: the lab publishes on 127.0.0.1 only", fix=f"use {PUBLISH_FORMS}")
+    parts = spec.split(":")
+    if len(parts) > 3:
+        raise BadInput(f"invalid port mapping {text!r}", fix=f"use {PUBLISH_FORMS}")
+    host_ip = check_loopback(parts[0]) if len(parts) == 3 else LOOPBACK
+    host_port = parse_port(parts[-2], text, host=True) if len(parts) > 1 else 0
+    return PortMapping(host_ip, host_port, parse_port(parts[-1], text), protocol or "tcp")
+
+
+def parse_port(value: str, text: str, host: bool = False) -> int:
+    if host and value in ("", "0"):
+        return 0                     # `127.0.0.1::80`, HostPort "0": a port of the kernel's choosing
+    if not _PORT.fullmatch(value) or not 1 <= int(value) <= 65535:
+        hint = " (port ranges are not supported)" if "-" in value else ""
+        raise BadInput(f"invalid port {value!r} in {text!r}{hint}",
+                       fix=f"a port is a number from 1 to 65535; use {PUBLISH_FORMS}")
+    return int(value)
+
+
+def check_loopback(host_ip: str) -> str:
+    """The lab binds published ports on loopback only: nothing it runs may be reached from outside."""
+    try:
+        address = ipaddress.ip_address(host_ip)
+    except ValueError:
+        raise BadInput(f"invalid host address {host_ip!r}", fix=f"use {PUBLISH_FORMS}") from None
+    if address.version != 4 or not address.is_loopback:
+        why = "all of the host's addresses" if address.is_unspecified else "an address other hosts can reach"
+        raise BadInput(f"the lab does not publish on {host_ip} ({why}): it binds loopback only, so that no "
+                       "other machine can reach a lab container", fix="use 127.0.0.1, or leave the address "
+                       "out (`-p 8080:80` means 127.0.0.1:8080 here, 0.0.0.0:8080 in Docker)")
+    return host_ip
+
+
+def check_own_netns(pid: int) -> int:
+    """The inode of ``pid``'s network namespace, refused if it is ours: we would configure the host."""
+    inode, ours = netns_inode(pid), netns_inode("self")
+    if inode == ours:
+        raise BadInput(f"pid {pid} is in this process's network namespace (net:[{ours}])",
+                       fix="connect a process that has called unshare(CLONE_NEWNET), e.g. a container's pid 1")
+    return inode
+
+
+# --- iproute2, on the host or inside ------------------------------------------------------------------------
+
+def ip(*args: str, batch: str | None = None, as_json: bool = False):
+    """Run ip(8) (``batch``: one command a line, on stdin); its refusals become LabErrors with the errno."""
+    command = [find_program("ip") or "/sbin/ip", *(["-j"] if as_json else []),
+               *(["-batch", "-"] if batch else []), *args]
+    try:
+        done = subprocess.run(tied(command), input=batch, capture_output=True, text=True)
+    except FileNotFoundError as err:
+        raise NotSupportedHere("ip(8) is not installed", fix="apt-get install iproute2") from err
+    if done.returncode != 0:
+        raise ip_error(" ".join(command[1:]) + (f" <<< {batch!r}" if batch else ""), done.stderr)
+    return json.loads(done.stdout or "[]") if as_json else done.stdout
+
+
+def nft(rules: str, what: str) -> None:
+    """Load nftables ``rules`` (nft(8) -f -) into this process's network namespace; ``what`` they are for."""
+    program = find_program("nft")
+    if program is None:
+        raise NotSupportedHere(f"nft is not installed: {what} needs it", syscall="nft",
+                               fix="apt-get install nftables (`./lab up` does)")
+    done = subprocess.run(tied([program, "-f", "-"]), input=rules, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LabError(f"nft could not add {what}: {done.stderr.strip()}", syscall="nft -f -")
+
+
+def ip_error(command: str, stderr: str) -> LabError:
+    """ip(8) prints the kernel's strerror ("RTNETLINK answers: File exists"): turn it back into an errno."""
+    code = next((code for code in errno.errorcode if os.strerror(code) in stderr), None)
+    if code is None:
+        return LabError(f"ip {command} failed: {stderr.strip()}", syscall=f"ip {command}", stderr=stderr.strip())
+    fix = ROOTLESS_FIX if code in (errno.EPERM, errno.EACCES) else None
+    return from_oserror(OSError(code, os.strerror(code)), f"ip {command}", fix=fix, stderr=stderr.strip())
+
+
+def netns_inode(pid: int | str = "self") -> int:
+    path = f"/proc/{pid}/ns/net"
+    try:
+        return os.stat(path).st_ino
+    except OSError as err:
+        raise from_oserror(err, "stat", path) from err
+
+
+def enter_netns(pid: int) -> None:
+    """setns(2) into ``pid``'s network namespace (first its user namespace, if it has one of its own)."""
+    # A rootless container's netns belongs to its user namespace: only root in there may join it.
+    own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+    enter_namespaces(pid, ("user", "net") if own_userns else ("net",))      # nsenter's order
+
+
+def in_netns(pid: int | None, fn, *args):
+    """``fn(*args)`` in ``pid``'s network namespace (in a child, so this process never moves), or here."""
+    if pid is None:
+        return fn(*args)
+
+    def inside():
+        enter_netns(pid)
+        return fn(*args)
+    return run_in_child(inside)
+
+
+# --- the bridge, the address, the veth pair -------------------------------------------------------------------
+
+def lock_path(network: Network) -> Path:
+    """One lock for the whole host, as the bridge itself is: every state directory (a user's lab, the test
+    suite beside it) plugs into the same lcbr0. /run/lock is where host-wide lock files live (FHS); the empty
+    file stays, as lock files do, since unlinking a lock others may hold would break it. So user-defined
+    bridges, which come and go, share one lock file between them rather than leave one each behind."""
+    return Path("/run/lock") / f"{paths.PREFIX}-{network.bridge}.lock" if network.bridge == DEFAULT.bridge \
+        else NETWORKS_LOCK
+
+
+def locked(path: Path):
+    """flock(2) the bridge's lock: one container at a time picks an address and plugs into the bridge."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return journal.flocked(path)
+
+
+def ensure_bridge(network: Network, scope: journal.Scope) -> None:
+    """Create the bridge with the gateway address unless it exists; it is shared, so the last user removes it."""
+    # Each user records its own release before the bridge can exist; the undo deletes the bridge only once no
+    # veth is plugged in any more (journal.undo_bridge), under the same lock as this function.
+    scope.record("bridge", network.bridge, "bridge", name=network.bridge, lock=str(lock_path(network)))
+    if not link_exists(network.bridge):
+        check_subnet_free(network)
+        ip("link", "add", network.bridge, "type", "bridge")
+    gateway = f"{network.gateway}/{network.prefixlen}"
+    shown = ipv4_addresses(ip("addr", "show", "dev", network.bridge, as_json=True))[network.bridge]
+    if gateway not in shown.split():               # not there after a crash between `link add` and `addr add`
+        ip("addr", "add", gateway, "dev", network.bridge)
+    ip("link", "set", network.bridge, "up")
+    # Never route a container's packets on: per-device forwarding is checked on the device a packet came in
+    # by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1.
+    sysctl = f"/proc/sys/net/ipv4/conf/{network.bridge}/forwarding"
+    try:
+        Path(sysctl).write_text("0")
+    except OSError as err:
+        raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
+
+
+def check_subnet_free(network: Network) -> None:
+    """Refuse a subnet that an interface of this namespace holds already: two bridges with one subnet would
+    each claim its addresses, and which one a packet reaches would depend on the route the kernel met first.
+    (Another state directory's network may hold it: each lab picks its subnets from the same pool.)"""
+    subnet = ipaddress.ip_network(network.subnet)
+    for link in ip("-4", "addr", "show", as_json=True):
+        for address in link.get("addr_info", []):
+            if ipaddress.ip_address(address["local"]) in subnet and link["ifname"] != network.bridge:
+                raise LabError(f"the subnet {network.subnet} of network {network.name} is in use on this host: "
+                               f"{link['ifname']} holds {address['local']}",
+                               fix="remove the network and create it again (it picks a free subnet), or give "
+                                   "it another with --subnet")
+
+
+def describe_link(name: str) -> str:
+    """"absent", or the state of link ``name`` and the bridge it is plugged into, as ip(8) reads them in this
+    process's network namespace (``in_netns`` to read another's)."""
+    link = next((link for link in ip("link", "show", as_json=True) if link["ifname"] == name), None)
+    if link is None:
+        return "absent"
+    return f"{link.get('operstate', '?')}, on {link['master']}" if "master" in link else "present"
+
+
+def link_exists(name: str, sys_class_net: str = "/sys/class/net") -> bool:
+    # /sys/class/net shows the network namespace of whoever mounted /sys: here, the host's.
+    return os.path.lexists(os.path.join(sys_class_net, name))
+
+
+def taken_addresses(sys_class_net: str = "/sys/class/net") -> set[str]:
+    """Addresses in use: each host end carries its container's address as its alias (IFLA_IFALIAS).
+
+    The kernel is the lease table: an alias cannot go stale, since the pair dies with the container's
+    namespace, and every state dir sees the same one.
+    """
+    taken = set()
+    for name in os.listdir(sys_class_net):
+        if name.startswith(paths.LINK_PREFIX):
+            with contextlib.suppress(OSError):
+                taken.add(Path(sys_class_net, name, "ifalias").read_text().strip())
+    return taken - {""}
+
+
+def free_address(network: Network, taken: set[str]) -> str:
+    """The lowest address of the subnet that is neither the gateway nor taken, as Docker's IPAM picks."""
+    for host in ipaddress.ip_network(network.subnet).hosts():
+        if str(host) != network.gateway and str(host) not in taken:
+            return str(host)
+    raise LabError(f"no free address left in {network.subnet}",
+                   fix="stop some containers, or run `labcore cleanup`")
+
+
+def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: int) -> None:
+    """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace.
+
+    The host end carries the container's address as its alias: that is the lease (``taken_addresses``)."""
+    ip("link", "add", host_ifname, "type", "veth", "peer", "name", peer)
+    # The address may have been another container's a moment ago, with another MAC: forget the bridge's
+    # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
+    # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
+    ip(batch=f"link set {host_ifname} alias {address} master {network.bridge} up\n"
+             f"link set {peer} netns {pid}\n"
+             f"neigh flush to {address} dev {network.bridge}\n")
+
+
+def mac_for(address: str) -> str:
+    """Docker's MAC address for a container's IPv4 address: 02:42 (locally administered) and its four bytes."""
+    return "02:42:" + ":".join(f"{byte:02x}" for byte in ipaddress.ip_address(address).packed)
+
+
+def configure_inside(peer: str, ifname: str, address: str, network: Network, default_route: bool = True,
+                     mac: str | None = None) -> None:
+    """Inside the container's namespace: lo up, the veth end renamed, given its MAC and address, a default
+    route (through the first network only: a container on several has one way out, and a route to each)."""
+    route = f"route add default via {network.gateway} dev {ifname}\n" if default_route else ""
+    ip(batch=f"link set lo up\n"
+             f"link set {peer} name {ifname} address {mac or mac_for(address)}\n"
+             f"addr add {address}/{network.prefixlen} dev {ifname}\n"
+             f"link set {ifname} up\n" + route)
+
+
+def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id: str | None = None,
+            ifname: str = "eth0", default_route: bool = True, mac: str | None = None) -> Endpoint:
+    """Give the network namespace of ``pid`` an eth0 on the bridge, as Docker's bridge driver does (eth1 on
+    its second network, and so on: ``ifname``).
+
+    ``pid`` has already called unshare(CLONE_NEWNET), so its namespace, and the veth end in it, die with it.
+    ``short_id`` names the pair (lc<short_id>h, at most 12 characters): a container id's first ten digits.
+    Everything made is recorded in ``scope``; ``disconnect`` undoes it before the scope ends.
+    """
+    host_ifname, peer = interface_names(short_id or secrets.token_hex(5))
+    inode = check_own_netns(pid)
+    first = len(scope.entries)
+    with locked(lock_path(network)):       # from reading the aliases until the new alias is set
+        ensure_bridge(network, scope)
+        address = free_address(network, taken_addresses())
+        scope.record("link", host_ifname, "link", name=host_ifname)   # deleting one end deletes both
+        plug_in(network, host_ifname, peer, address, pid)
+    in_netns(pid, configure_inside, peer, ifname, address, network, default_route, mac)
+    return Endpoint(pid, address, network, host_ifname, ifname, inode, entries=scope.entries[first:],
+                    mac=mac or mac_for(address))
+
+
+def loopback_up(pid: int) -> None:
+    """`--network none`, and all a rootless container gets here: only `lo`, brought up as Docker does."""
+    in_netns(pid, ip, "link", "set", "lo", "up")
+
+
+def disconnect(endpoint: Endpoint, scope: journal.Scope) -> None:
+    """Undo the endpoint and its published ports now (a stopped container keeps no network), not at scope end."""
+    failures = scope.journal.undo_many(endpoint.entries)
+    scope.entries = [entry for entry in scope.entries if entry not in endpoint.entries]
+    endpoint.entries = []
+    if failures:
+        raise LabError("could not undo: " + "; ".join(failures), fix="run `labcore cleanup` to retry")
+
+
+def publish(endpoint: Endpoint, host_port: int, container_port: int, scope: journal.Scope,
+            host_ip: str = LOOPBACK, protocol: str = "tcp") -> Published:
+    """`-p host_ip:host_port:container_port[/udp]`: a proxy process on the host port relays to the container.
+
+    The proxy is journaled before it may do anything: it holds the port from its start, but serves only
+    once it reads the go-ahead, written after its record; if this process dies first, it reads EOF and
+    exits, so no proxy ever holds a port that `labcore cleanup` cannot find."""
+    check_loopback(host_ip)
+    parse_port(str(container_port), f"{host_port}:{container_port}")
+    parse_port(str(host_port), f"{host_port}:{container_port}", host=True)
+    listener = bind_host_port(host_ip, host_port, protocol)
+    go, go_ahead = os.pipe()
+    try:
+        try:
+            process = portproxy.start(listener, (endpoint.ip, container_port), inside=endpoint.via, go=go)
+        finally:
+            os.close(go)                  # the proxy's copy is the only one: EOF for it once we are gone
+        entry = scope.record("process", str(process.pid), "kill", pid=process.pid,
+                             start=journal.process_start_time(process.pid))
+        endpoint.entries.append(entry)
+        try:
+            os.write(go_ahead, b"1")
+        except BrokenPipeError as err:
+            raise LabError(f"the port proxy (pid {process.pid}) exited before it could serve",
+                           fix="run with -p again; `labcore doctor` checks that Python can run here") from err
+        return Published(host_ip, listener.getsockname()[1], endpoint.ip, container_port, process.pid, protocol)
+    finally:
+        listener.close()                  # the proxy holds its own copy of the socket now
+        os.close(go_ahead)
+
+
+def bind_host_port(host_ip: str, host_port: int, protocol: str = "tcp") -> socket.socket:
+    """Bind (and listen, for TCP) here, so a busy port fails in this process with EADDRINUSE, before any
+    proxy runs."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM)
+    try:
+        if protocol == "tcp":
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # rebind while old TIME_WAITs linger
+        listener.bind((host_ip, host_port))
+        if protocol == "tcp":
+            listener.listen(128)
+    except OSError as err:
+        listener.close()
+        raise from_oserror(err, f"bind({host_ip}:{host_port}/{protocol})", fix="publish on another host port, "
+                           "or leave it out for a free one (-p 80)" if err.errno == errno.EADDRINUSE else None) from err
+    return listener
+
+
+# --- evidence ---------------------------------------------------------------------------------------------------
+
+def ipv4_addresses(dump: list[dict]) -> dict[str, str]:
+    """`ip -j addr` as one line per interface: ``{"eth0": "UP 10.203.0.2/24"}`` (IPv4 only: the lab's)."""
+    return {link["ifname"]: " ".join([link.get("operstate", "?"),
+                                      *(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                        if a.get("family") == "inet")])
+            for link in dump}
+
+
+def read_interfaces() -> dict:
+    """What this process's network namespace has: its interfaces with their addresses, its default route."""
+    default = ip("route", "show", "default", as_json=True)
+    return {"net ns": f"net:[{netns_inode('self')}]",
+            **ipv4_addresses(ip("addr", "show", as_json=True)),
+            "default route": ", ".join(f"via {r.get('gateway', '-')} dev {r['dev']}" for r in default) or "none"}
+
+
+def show_interfaces(pid: int) -> Step:
+    """`ip addr` and `ip route` inside the network namespace of ``pid``, against the host's."""
+    title = f"the network namespace of pid {pid}, against the host's"
+    action = f'setns(open("/proc/{pid}/ns/net"), CLONE_NEWNET); ip -j addr; ip -j route show default'
+    try:
+        host, inside = read_interfaces(), in_netns(pid, read_interfaces)
+    except NeedsPrivilege as err:
+        return Step.refused(title, action, err)
+    ours = [name for name in inside if name not in ("net ns", "default route", "lo")]
+    note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
+            if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
+    return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
+                data={"host": host, "inside": inside})
+
+
+def tcp_listeners(pid: int | str = "self") -> list[str]:
+    """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
+    return parse_tcp_listeners(Path(f"/proc/{pid}/net/tcp").read_text())
+
+
+def parse_tcp_listeners(text: str) -> list[str]:
+    found = []
+    for row in text.splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        if state == TCP_LISTEN:
+            address, port = local.split(":")      # little-endian hex address, big-endian hex port
+            found.append(f"{socket.inet_ntoa(bytes.fromhex(address)[::-1])}:{int(port, 16)}")
+    return found
+
+
+def ask(host: str, port: int, timeout: float = 5.0) -> str:
+    """Connect, and read what the server says first: each demo server names itself."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        return conn.recv(256).decode(errors="replace").strip()
+
+
+def reply(host: str, port: int) -> str:
+    """``ask``, with a failure shown as evidence rather than raised."""
+    try:
+        return ask(host, port)
+    except OSError as err:
+        return f"failed: {errno.errorcode.get(err.errno, err.errno)} {err.strerror or err}"
+
+
+# --- two servers on port 80 ---------------------------------------------------------------------------------
+
+class Server:
+    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped.
+
+    ``join``: the pid whose user namespace it joins first (rootless: the user-mode network's holder)."""
+
+    def __init__(self, name: str, scope: journal.Scope, port: int = 80, join: int | None = None):
+        self.child = Child(lambda channel: _serve(channel, name, port, join))
+        scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
+                     start=journal.process_start_time(self.child.pid))
+        self.name, self.pid = name, self.child.pid
+        try:
+            self.inside = self.child.recv(timeout=10)
+        except BaseException:
+            self.stop()                   # reap it: a killed child left unreaped is a zombie of this process
+            raise
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.child.send("stop")
+        self.child.wait()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _serve(channel, name: str, port: int, join: int | None) -> None:
+    """In the child: a new network namespace, a socket on 0.0.0.0:port, one line to each client."""
+    if join:
+        userns.join(join)
+    userns.unshare(syscalls.CLONE_NEWNET)
+    listener = socket.create_server(("0.0.0.0", port))
+    identity = f"{name} in net:[{netns_inode('self')}] (pid {os.getpid()})"
+    channel.send({"identity": identity, "second bind": second_bind(port)})
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(channel.sock, selectors.EVENT_READ)
+        while True:
+            ready = [key.fileobj for key, _ in selector.select()]
+            if channel.sock in ready:
+                return                    # "stop", or EOF: the parent has gone
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(f"{identity}\n".encode())
+
+
+def second_bind(port: int, address: str = "0.0.0.0") -> str:
+    """A second socket on a port already listening in the same namespace: the kernel refuses it."""
+    with socket.socket() as again:
+        try:
+            again.bind((address, port))
+        except OSError as err:
+            return f"{errno.errorcode[err.errno]}: {err.strerror}"
+    return "allowed"
+
+
+def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), network: Network = DEFAULT) -> Step:
+    """Two network namespaces, each with a server on port 80; reached by address, from each other, and by
+    published ports. Rootless, both are on the user-mode network's bridge (``labcore.kernel.usernet``)."""
+    title = "two servers on port 80, in two network namespaces"
+    action = ("unshare(CLONE_NEWNET); bind(0.0.0.0:80); listen()  [x2]; ip link add lc..h type veth peer name "
+              "lc..c; ip link set lc..c netns PID; labcore.kernel.portproxy 127.0.0.1:PORT -> IP:80")
+    try:
+        with journal.Scope() as scope:
+            router = _join_usernet(scope)              # first: the servers join its user namespace
+            join = router.holder if router else None
+            with Server("server-a", scope, join=join) as a, Server("server-b", scope, join=join) as b:
+                endpoints = [_connect_on(router, s.pid, scope, network) for s in (a, b)]
+                published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
+                step = _two_servers_evidence(title, action, (a, b), endpoints, published)
+    except (NeedsPrivilege, NotSupportedHere) as err:
+        step = Step.refused(title, action, err)
+        try:
+            step.after = in_new_netns(loopback_server)       # what a user namespace does allow
+        except LabError as why:
+            step.after = {"loopback in a new netns": f"refused too: {why.message}"}
+        return step
+    if router is None:
+        left = [link["ifname"] for link in ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
+    else:                                                # the router namespace went, with all links in it
+        left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
+    step.data["lc links left"] = left
+    step.after["lc links after teardown"] = left or "none"
+    return step
+
+
+def _join_usernet(scope: journal.Scope):
+    """Rootless: the user-mode network (``labcore.kernel.usernet``, which builds on this module); None as root."""
+    if os.geteuid() == 0:
+        return None
+    from labcore.kernel import usernet
+    return usernet.join(scope)
+
+
+def _connect_on(router, pid: int, scope: journal.Scope, network: Network) -> Endpoint:
+    if router is None:
+        return connect(pid, scope, network)
+    from labcore.kernel import usernet
+    return usernet.connect(router, pid, scope)
+
+
+def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
+    """Read it back while both run: namespaces, listening sockets, and what each path to each server says."""
+    ports = [f":{port.host_port}" for port in published]
+    host = {"net ns": f"net:[{netns_inode('self')}]",
+            "listening on :80": [s for s in tcp_listeners() if s.endswith(":80")] or "none",
+            f"listening on {', '.join(ports)}": [s for s in tcp_listeners() if s.endswith(tuple(ports))],
+            f"second bind to {published[0].host_ip}:{published[0].host_port}":
+                second_bind(published[0].host_port, published[0].host_ip)}
+    after, data = {}, {"servers": {}}
+    for server, other, endpoint, port in zip(servers, servers[::-1], endpoints, published):
+        via = "the host" if endpoint.via is None else "the router ns"
+        seen = {"net ns": f"net:[{netns_inode(server.pid)}]", "listening": tcp_listeners(server.pid),
+                "second bind to :80": server.inside["second bind"],
+                f"connect {endpoint.ip}:80 from {via}": in_netns(endpoint.via, reply, endpoint.ip, 80),
+                f"connect {endpoint.ip}:80 from {other.name}": in_netns(other.pid, reply, endpoint.ip, 80),
+                f"connect {port.host_ip}:{port.host_port}": reply(port.host_ip, port.host_port)}
+        after.update({f"{server.name}: {key}": value for key, value in seen.items()})
+        data["servers"][server.name] = {**seen, "ip": endpoint.ip, "host_port": port.host_port,
+                                        "identity": server.inside["identity"], "pid": server.pid}
+    where = "the host" if endpoints[0].via is None else "the router namespace"
+    return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
+                note="both servers hold port 80, each in its own namespace; a second bind in the same "
+                     f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
+                     "address, the host by a published port on 127.0.0.1")
+
+
+def in_new_netns(fn):
+    """``fn()`` in a child in a new network namespace (inside a new user namespace when not root)."""
+    return run_in_child(lambda: (userns.unshare(syscalls.CLONE_NEWNET), fn())[1])
+
+
+def loopback_server() -> dict:
+    """What works with no veth at all: lo up, a server on 127.0.0.1:80, a client in the same namespace."""
+    before = ipv4_addresses(ip("addr", "show", "lo", as_json=True))["lo"]
+    ip("link", "set", "lo", "up")
+    with socket.create_server((LOOPBACK, 80)) as listener, socket.create_connection((LOOPBACK, 80)) as client:
+        conn, _ = listener.accept()                    # the client's connect completed in the backlog
+        with conn:
+            conn.sendall(f"loopback server in net:[{netns_inode('self')}]\n".encode())
+        reply = client.recv(256).decode().strip()
+    return {"lo in a new netns": before, "lo after `ip link set lo up`": ipv4_addresses(
+        ip("addr", "show", "lo", as_json=True))["lo"], "connect 127.0.0.1:80": reply}

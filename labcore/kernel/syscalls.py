@@ -1,0 +1,360 @@
+"""The syscall seam: the only door from the lab to the kernel's privileged calls.
+
+A container is made of a handful of system calls. Each one here keeps its C name and C flags, so what you
+read in this package is what you read in the man pages:
+
+    unshare(2)      leave some namespaces and enter new, empty ones          man 2 unshare
+    setns(2)        join an existing namespace through a /proc/PID/ns/* fd   man 2 setns
+    mount(2)        attach a filesystem, or change a mount's propagation     man 2 mount
+    umount2(2)      detach one                                               man 2 umount
+    pivot_root(2)   swap the root mount for another one                      man 2 pivot_root
+    chroot(2)       change where "/" resolves for this process               man 2 chroot
+    sethostname(2)  set the UTS namespace's hostname                         man 2 sethostname
+    mknod(2)        create a device node                                     man 2 mknod
+    ioctl(2)        SIOCSIFFLAGS: bring a network interface up               man 7 netdevice
+    prctl(2)        drop a capability from the bounding set, no_new_privs    man 2 prctl
+    capset(2)       set the effective, permitted, inheritable capabilities    man 2 capset
+    setgroups(2), setresgid(2), setresuid(2)   become the container's user   man 2 setresuid
+    seccomp(2)      load a syscall filter (built by libseccomp)              man 2 seccomp
+    bpf(2)          load and attach a cgroup v2 device program               man 2 bpf
+
+Python has ``os.unshare``/``os.setns`` from 3.12; on older versions they are called through ctypes. No other
+module in the package uses ctypes for privileged work: everything goes through the functions below, which
+delegate to the active backend. Tests swap in ``Recorder`` to check the order of calls without root::
+
+    with syscalls.use(syscalls.Recorder()) as rec:
+        make_container_root(...)
+    assert rec.names() == ["mount", "pivot_root", "umount2"]
+
+Every failure becomes a ``labcore.errors.LabError`` naming the call with its flags, the path and the fix.
+Next: ``labcore.kernel.process`` runs these calls in a child, so the host process never changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+
+from labcore.errors import from_oserror
+
+# <linux/sched.h>: namespace flags for unshare(2), setns(2) and clone(2).
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <linux/mount.h>: mount(2) flags.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MNT_DETACH = 0x2
+
+# <linux/prctl.h>: prctl(2) options; <linux/capability.h>: capset(2)'s header version (64-bit masks).
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_PRCTL_NAMES = {PR_SET_KEEPCAPS: "PR_SET_KEEPCAPS", PR_CAPBSET_DROP: "PR_CAPBSET_DROP",
+                PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS", PR_GET_NO_NEW_PRIVS: "PR_GET_NO_NEW_PRIVS",
+                PR_CAP_AMBIENT: "PR_CAP_AMBIENT"}
+# <asm/unistd_64.h>, <asm-generic/unistd.h>: calls glibc has no wrapper for.
+_SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321}, "aarch64": {"pivot_root": 41, "bpf": 280}}
+
+
+def syscall_number(name: str) -> int:
+    return _SYSCALL_NUMBERS.get(os.uname().machine, _SYSCALL_NUMBERS["x86_64"])[name]
+
+# <linux/sockios.h>, <net/if.h>: interface flags.
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+NAMESPACE_FLAGS = {
+    "mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "user": CLONE_NEWUSER,
+    "pid": CLONE_NEWPID, "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP,
+}
+_MOUNT_FLAG_NAMES = {
+    MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV", MS_NOEXEC: "MS_NOEXEC",
+    MS_REMOUNT: "MS_REMOUNT", MS_BIND: "MS_BIND", MS_MOVE: "MS_MOVE", MS_REC: "MS_REC",
+    MS_PRIVATE: "MS_PRIVATE", MS_SLAVE: "MS_SLAVE", MS_SHARED: "MS_SHARED",
+}
+_CLONE_FLAG_NAMES = {flag: f"CLONE_NEW{'NS' if ns == 'mnt' else ns.upper()}"
+                     for ns, flag in NAMESPACE_FLAGS.items()}
+
+
+def flag_names(flags: int, names: dict[int, str]) -> str:
+    """Spell a flag word the way C code does: ``CLONE_NEWNS|CLONE_NEWPID``."""
+    parts = [name for bit, name in names.items() if flags & bit]
+    rest = flags & ~sum(names)
+    if rest:
+        parts.append(hex(rest))
+    return "|".join(parts) or "0"
+
+
+def clone_flag_names(flags: int) -> str:
+    return flag_names(flags, _CLONE_FLAG_NAMES)
+
+
+def mount_flag_names(flags: int) -> str:
+    return flag_names(flags, _MOUNT_FLAG_NAMES)
+
+
+class Kernel:
+    """The real backend: each method is one system call."""
+
+    def __init__(self):
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def _check(self, result: int, syscall: str, path: str | None = None) -> None:
+        if result != 0:
+            code = ctypes.get_errno()
+            raise from_oserror(OSError(code, os.strerror(code)), syscall, path)
+
+    def unshare(self, flags: int) -> None:
+        name = f"unshare({clone_flag_names(flags)})"
+        if hasattr(os, "unshare"):
+            try:
+                os.unshare(flags)
+            except OSError as err:
+                raise from_oserror(err, name) from err
+        else:
+            self._check(self._libc.unshare(ctypes.c_int(flags)), name)
+
+    def setns(self, fd: int, nstype: int = 0) -> None:
+        name = f"setns(fd {fd}, {clone_flag_names(nstype)})"
+        if hasattr(os, "setns"):
+            try:
+                os.setns(fd, nstype)
+            except OSError as err:
+                raise from_oserror(err, name) from err
+        else:
+            self._check(self._libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), name)
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
+              data: str | None = None) -> None:
+        name = f"mount({source!r}, {fstype or 'none'}, {mount_flag_names(flags)})"
+        encode = lambda s: s.encode() if s is not None else None  # noqa: E731 - C strings or NULL
+        result = self._libc.mount(encode(source), encode(target), encode(fstype),
+                                  ctypes.c_ulong(flags), encode(data))
+        self._check(result, name, target)
+
+    def umount2(self, target: str, flags: int = 0) -> None:
+        name = f"umount2({'MNT_DETACH' if flags & MNT_DETACH else flags})"
+        self._check(self._libc.umount2(target.encode(), ctypes.c_int(flags)), name, target)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        # glibc has no wrapper for pivot_root(2); call it by number (155 on x86_64, 41 on aarch64).
+        result = self._libc.syscall(ctypes.c_long(syscall_number("pivot_root")), new_root.encode(),
+                                    put_old.encode())
+        self._check(result, f"pivot_root(new_root, put_old={put_old!r})", new_root)
+
+    def chroot(self, path: str) -> None:
+        try:
+            os.chroot(path)
+        except OSError as err:
+            raise from_oserror(err, "chroot", path) from err
+
+    def sethostname(self, name: str) -> None:
+        raw = name.encode()
+        self._check(self._libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", name)
+
+    def mknod(self, path: str, mode: int, device: int) -> None:
+        try:
+            os.mknod(path, mode, device)
+        except OSError as err:
+            raise from_oserror(err, "mknod", path) from err
+
+    def set_interface_up(self, name: str) -> None:
+        """SIOCGIFFLAGS, add IFF_UP, SIOCSIFFLAGS, on any socket of the caller's network namespace (netdevice(7)):
+        what `ip link set NAME up` does, without a process of its own."""
+        import fcntl
+        import socket
+        import struct
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH14x", name.encode(), 0)
+            try:
+                flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+                fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+            except OSError as err:
+                raise from_oserror(err, f"ioctl(SIOCSIFFLAGS, {name} up)", name) from err
+
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0) -> int:
+        result = self._libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                                  ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if result < 0:
+            self._check(result, f"prctl({_PRCTL_NAMES.get(option, option)}, {arg2})")
+        return result
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        """capset(2) with version 3: two 32-bit words per set, low word first (capability.h)."""
+        header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)       # pid 0: this thread
+        data = (ctypes.c_uint32 * 6)(effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF,
+                                     inheritable & 0xFFFFFFFF, effective >> 32, permitted >> 32,
+                                     inheritable >> 32)
+        self._check(self._libc.capset(header, data),
+                    f"capset(effective={effective:#x}, permitted={permitted:#x}, inheritable={inheritable:#x})")
+
+    def setgroups(self, groups: list[int]) -> None:
+        try:
+            os.setgroups(groups)
+        except OSError as err:
+            raise from_oserror(err, f"setgroups({groups})") from err
+
+    def setresgid(self, gid: int) -> None:
+        try:
+            os.setresgid(gid, gid, gid)
+        except OSError as err:
+            raise from_oserror(err, f"setresgid({gid})") from err
+
+    def setresuid(self, uid: int) -> None:
+        try:
+            os.setresuid(uid, uid, uid)
+        except OSError as err:
+            raise from_oserror(err, f"setresuid({uid})") from err
+
+    def load_seccomp(self, seccomp_filter) -> None:
+        """seccomp(SECCOMP_SET_MODE_FILTER) of a filter libseccomp compiled (``labcore.kernel.seccomp``)."""
+        try:
+            seccomp_filter.load()
+        except OSError as err:
+            raise from_oserror(err, "seccomp(SECCOMP_SET_MODE_FILTER)") from err
+
+    def bpf(self, command: int, attr: bytes, name: str) -> int:
+        """bpf(2): ``attr`` is the command's union bpf_attr, packed; returns what the call returns (an fd)."""
+        buffer = ctypes.create_string_buffer(attr, len(attr))
+        result = self._libc.syscall(ctypes.c_long(syscall_number("bpf")), ctypes.c_int(command), buffer,
+                                    ctypes.c_uint(len(attr)))
+        if result < 0:
+            self._check(result, name)
+        return result
+
+
+class Recorder:
+    """A fake kernel that records each call, for unit tests of step order without root.
+
+    ``fail`` maps a syscall name to an errno that the call raises, to test error paths.
+    """
+
+    def __init__(self, fail: dict[str, int] | None = None):
+        self.calls: list[tuple[str, tuple]] = []
+        self.fail = fail or {}
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def __getattr__(self, name: str):
+        if name not in _SYSCALLS:
+            raise AttributeError(name)
+
+        def record(*args):
+            self.calls.append((name, args))
+            if name in self.fail:
+                code = self.fail[name]
+                raise from_oserror(OSError(code, os.strerror(code)), name)
+            return 0                  # what a successful call returns (bpf's fd, prctl's value)
+        return record
+
+
+_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod",
+             "set_interface_up", "prctl", "capset", "setgroups", "setresgid", "setresuid", "load_seccomp", "bpf")
+_backend: Kernel | Recorder | None = None
+
+
+def backend():
+    """The active backend, the real kernel unless a test has swapped in a fake."""
+    global _backend
+    if _backend is None:
+        _backend = Kernel()
+    return _backend
+
+
+@contextlib.contextmanager
+def use(fake):
+    """Route every syscall through ``fake`` for the duration of the block."""
+    global _backend
+    previous, _backend = _backend, fake
+    try:
+        yield fake
+    finally:
+        _backend = previous
+
+
+def unshare(flags: int) -> None:
+    backend().unshare(flags)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    backend().setns(fd, nstype)
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    backend().mount(source, target, fstype, flags, data)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    backend().umount2(target, flags)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    backend().pivot_root(new_root, put_old)
+
+
+def chroot(path: str) -> None:
+    backend().chroot(path)
+
+
+def sethostname(name: str) -> None:
+    backend().sethostname(name)
+
+
+def mknod(path: str, mode: int, device: int) -> None:
+    backend().mknod(path, mode, device)
+
+
+def set_interface_up(name: str) -> None:
+    backend().set_interface_up(name)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    return backend().prctl(option, arg2, arg3)
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    backend().capset(effective, permitted, inheritable)
+
+
+def setgroups(groups: list[int]) -> None:
+    backend().setgroups(groups)
+
+
+def setresgid(gid: int) -> None:
+    backend().setresgid(gid)
+
+
+def setresuid(uid: int) -> None:
+    backend().setresuid(uid)
+
+
+def load_seccomp(seccomp_filter) -> None:
+    backend().load_seccomp(seccomp_filter)
+
+
+def bpf(command: int, attr: bytes, name: str = "bpf") -> int:
+    return backend().bpf(command, attr, name)

@@ -1,0 +1,14 @@
+"""The lessons: one module per notebook, each step a call that returns evidence, and the drawings.
+
+    00 doctor          what this host lets the lab do        05 union_fs          layers, copy-up, whiteouts
+    01 run_flow        client, socket, daemon, pull, run     06 root_fs           chroot, its escape, pivot_root
+    02 client_server   the daemon's socket                   07 vs_vms (+ vm)     one kernel, or a kernel each
+    03 namespaces      what a container can see              08 build_your_own    every step of `docker run` by hand
+    04 control_groups  how much it can use (+ workloads)     09 security          what root inside may still do
+
+Around them: ``evidence`` (the Step: before, after, the mode; a refusal and the reference recording),
+``hosts`` (which kind of host this is, and what a refusal means here), ``diagrams`` (graphviz, drawn to fit
+the page), ``display`` (tables of parsed evidence), ``widgets`` (steps behind buttons), ``dockerd`` and
+``localregistry`` (the real Docker and a real registry, started beside the lab). Lessons call the runtime and
+the kernel; nothing below imports them.
+"""

@@ -1,0 +1,828 @@
+"""Build your own `docker run`: every step of ``labcore.runtime.container`` done by hand, one call at a time.
+
+``start(image)`` returns a ``Box``, a container being built. Each method does one step for real and returns a
+``labcore.lessons.evidence.Step`` read back from /proc, /sys and the filesystem. The order is Docker's and runc's,
+and each step names what must come before it (``InvalidTransition`` otherwise):
+
+    layers()            the image's layers, unpacked once, as lowerdirs; the box's own upper and work dirs
+    mount_overlay()     mount -t overlay on the host, as dockerd's overlay2 driver does before runc starts
+    fork_child()        the "shim": a child of this notebook, still in every namespace of the host
+    join_cgroup(...)    mkdir a cgroup, write the limits and the shim's pid into it
+    unshare()           the shim unshares six namespaces and forks pid 1, which waits for orders
+    connect_network()   a veth pair: one end on the bridge lcbr0, the other eth0 in pid 1's namespace
+    pivot_root()        pid 1: / private, /proc /dev /sys on the overlay, pivot_root, the old root detached
+    set_hostname(name)  pid 1: sethostname(2) in its UTS namespace, and /etc/hostname in its own layer
+    exec(argv)          pid 1 execve()s the command: it stays pid 1, with everything set up above
+    publish(port, 80)   the loopback proxy from a host port to eth0's address; a request goes through
+    wait()              the shim reaps pid 1 and exits as it did: the exit code, the output
+    remove()            everything undone, newest first; nothing of the box left in mountinfo, cgroups, links
+
+Every object is recorded in the box's own ``journal.Scope`` the moment it exists: ``remove()``, an interrupt
+(^C) during a step, and ``journal.cleanup()`` all undo it. ``Box.diagram()`` draws the box from live state.
+
+Without root the same steps run inside a user namespace, as rootless podman runs them: ``mount_overlay``
+mounts in the user and mount namespace of a ``userns.MountKeeper`` (the host's mount table never shows it),
+and the shim joins that namespace before it unshares the others, so pid 1's mount namespace, a copy of the
+keeper's, holds the overlay to pivot into. A step the host refuses returns a refused ``Step``; the box goes
+on without it where it can (no limits, no network, as ``docker run`` without -m, or with --network none),
+and a step that needs a refused one is refused in turn, naming it.
+
+Next: ``compare_with_run`` does all of it again in one call, ``labcore.runtime.container.run``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import os
+import secrets
+import shlex
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from labcore import paths
+from labcore.image import layers
+from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
+from labcore.lessons import hosts
+from labcore.runtime import container
+from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
+from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.kernel.process import Child
+
+KINDS = ("mnt", "uts", "ipc", "pid", "net", "cgroup")     # container.NAMESPACES: all but user, as root
+OVERLAY_ROOT = "the overlay's merged dir"
+REQUEST_TIMEOUT = 10.0                                     # seconds for a server inside to start listening
+_REFUSED = (NeedsPrivilege, NotSupportedHere)
+
+# Each step, what it calls, and what must come before it, with the reason. This table is the design.
+ORDER = {
+    "layers": ("read the manifest; unpack each layer once into <images>/layers/<diff_id>; mkdir upper, work", []),
+    "mount_overlay": ('mount("overlay", MERGED, "overlay", 0, "lowerdir=...,upperdir=...,workdir=...")', [
+        ("layers", "the overlay's lowerdirs are the image's unpacked layers")]),
+    "fork_child": ("fork()  (the shim, as containerd-shim is runc's parent)", []),
+    "join_cgroup": ("mkdir /sys/fs/cgroup/*/labcore/labcore-ID; write the limits; write PID > cgroup.procs", [
+        ("fork_child", "a cgroup holds processes: there must be a pid to write into cgroup.procs")]),
+    "unshare": ("unshare(CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWPID|CLONE_NEWNET|CLONE_NEWCGROUP); fork()", [
+        ("mount_overlay", "the new mount namespace is a copy of the host's mount table at the moment of unshare: "
+                          "the overlay must be in it"),
+        ("join_cgroup", "unshare(CLONE_NEWCGROUP) makes the caller's cgroup the root of the namespace; in the "
+                        "container's group, pid 1 sees only its own, and is born inside the limits")]),
+    "connect_network": ("ip link add lcXh type veth peer name lcXc; ip link set lcXc netns PID; in there: "
+                        "rename eth0, address, up, default route", [
+        ("unshare", "the veth end moves into pid 1's network namespace, which unshare(CLONE_NEWNET) creates")]),
+    "pivot_root": ('mount(NULL, "/", MS_REC|MS_PRIVATE); proc, tmpfs /dev, sysfs; pivot_root(".", "."); '
+                   'umount2(".", MNT_DETACH)', [
+        ("mount_overlay", "the new root is the merged overlay"),
+        ("unshare", "pivot_root changes the root mount of a mount namespace: pid 1 must have its own")]),
+    "set_hostname": ('sethostname("NAME"); write /etc/hostname', [
+        ("pivot_root", "/etc/hostname is written from inside: before pivot_root it would be the host's file")]),
+    "exec": ("execve(argv[0], argv, envp)  (pid 1 becomes the command)", [
+        ("pivot_root", "after execve pid 1 runs the image's program, which can no longer set up its own root"),
+        ("connect_network", "the command's first connect() or bind() must find eth0 already there")]),
+    "publish": ("bind(127.0.0.1:HOST_PORT); listen(); the proxy relays each connection to IP:PORT", [
+        ("connect_network", "the proxy connects to the container's address, which eth0 holds")]),
+    "wait": ("waitpid(shim); the shim exits as pid 1 did", [
+        ("exec", "until execve, pid 1 waits for orders: there is no command to wait for")]),
+}
+INSIDE = ("pivot_root", "set_hostname")     # done by pid 1 itself, so only possible before exec
+# (step, a step it can do without): refused the latter, the box goes on without limits, or without a network.
+OPTIONAL = {("unshare", "join_cgroup"), ("exec", "connect_network")}
+
+
+def step(name: str):
+    """A Box method that is one step: refused out of order, and undone on ^C (the box goes with it). Where
+    the host refuses it, or a step it needs was refused, it returns the refused Step (kept as ``box.NAME``
+    among the reference recordings) and the box remembers why."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self: "Box", *args, **kwargs):
+            needed = self.refused_before(name)
+            if needed:
+                return self.refuse(name, NeedsPrivilege(f"{name}() needs {needed}(), which this host refused",
+                                                        why=self.refused[needed]))
+            self.check_order(name)
+            try:
+                result = method(self, *args, **kwargs)
+            except _REFUSED as err:                       # the host forbids it: say so, change nothing more
+                return self.refuse(name, err)
+            except KeyboardInterrupt:                     # ^C mid-step: the whole box goes, nothing half-made
+                self.undo()
+                self.done.append("remove")
+                raise
+            self.done.append(name)
+            result.key = f"box.{name}"
+            return result
+        return run
+    return wrap
+
+
+class Box:
+    """A container under construction: what exists of it so far, all recorded in ``scope``."""
+
+    def __init__(self, image, scope: journal.Scope | None = None):
+        self.image = image
+        self.id = secrets.token_hex(32)
+        self.hostname = self.id[:12]                       # Docker's default, until set_hostname
+        self.directory = paths.scratch_dir() / f"{paths.PREFIX}-box-{self.id[:12]}"
+        self.scope = scope or journal.Scope()
+        self.done: list[str] = []
+        self.stack = self.overlay = self.shim = self.pid = self.group = self.endpoint = self.published = None
+        self.stdio = self.argv = self.result = self.reply = None
+        self.usernet = self.network_refused = None          # rootless: labcore.kernel.usernet, or why not
+        self.limits: dict = {}
+        self.refused: dict[str, str] = {}                  # step -> what the host answered
+        self.rootless = os.geteuid() != 0
+
+    @property
+    def keeper(self):
+        """Rootless: the process whose user and mount namespaces hold the overlay (``userns.MountKeeper``)."""
+        return self.overlay.keeper if self.overlay is not None else None
+
+    # --- order -----------------------------------------------------------------------------------------
+
+    def refused_before(self, name: str) -> str | None:
+        """A step that ``name`` needs and that this host refused (a box does without the OPTIONAL ones)."""
+        return next((before for before, _ in ORDER[name][1]
+                     if before in self.refused and (name, before) not in OPTIONAL), None)
+
+    def refuse(self, name: str, error: LabError) -> Step:
+        self.refused[name] = error.message
+        return hosts.refuse(f"box.{name}()", ORDER[name][0], error, key=f"box.{name}")
+
+    def check_order(self, name: str) -> None:
+        """Refuse a step whose prerequisites are not done, that was done, or that pid 1 can no longer do."""
+        refused = self.refusal(name)
+        if refused is not None:
+            message, fix = refused
+            raise InvalidTransition(message, fix=fix or self.next_hint())
+
+    def refusal(self, name: str) -> tuple[str, str | None] | None:
+        """(why ``name`` may not run now, the fix), or None when it may."""
+        if "remove" in self.done:
+            return f"box {self.id[:12]} was removed", "start a new one: assemble.start(image)"
+        if name in self.done:
+            return f"{name}() was done already in box {self.id[:12]}", None
+        if "wait" in self.done:
+            return f"{name}(): the box's command has exited and been reaped (wait)", "box.remove()"
+        if name in INSIDE and "exec" in self.done:
+            return (f"{name}() needs pid 1 to take orders, but it has become the command (exec): set up "
+                    f"everything before exec", None)
+        for before, why in ORDER[name][1]:
+            if before not in self.done and not (before in self.refused and (name, before) in OPTIONAL):
+                return f"{name}() needs {before}() first: {why}", f"call box.{before}()"
+        return None
+
+    def why_not(self, name: str) -> str:
+        """"allowed" if step ``name`` may run now, or why not: the message it would be refused with."""
+        refused = self.refusal(name)
+        return "allowed" if refused is None else refused[0]
+
+    def next_hint(self) -> str:
+        ready = [name for name in ORDER if self.refusal(name) is None]
+        return "next: " + ", ".join(f"box.{name}()" for name in ready) if ready else "box.remove()"
+
+    def __repr__(self) -> str:
+        return (f"<Box {self.id[:12]} of {self.image.ref}: {self.directory}; done: {', '.join(self.done)}; "
+                f"{self.next_hint()}>")
+
+    def __enter__(self) -> "Box":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.undo()
+
+    # --- the image's files -----------------------------------------------------------------------------
+
+    @step("layers")
+    def layers(self) -> Step:
+        """The image's layers as read-only lowerdirs (top first), the box's init layer, upper and work dirs."""
+        before = {"state dir": overlay.listing(self.directory)}
+        self.stack = layers.prepare_root(self.image, self.directory, rootless=self.rootless)
+        rootfs.write_etc_files(self.stack.init, self.hostname)    # Docker's "-init" layer: hostname, hosts
+        after = {f"lowerdir {number}": f"{path} ({sum(1 for _ in layers.walk(path))} entries)"
+                 for number, path in enumerate(self.stack.lowers, start=1)}
+        after.update({"upperdir": overlay.listing(self.stack.upper), "workdir": overlay.listing(self.stack.work),
+                      "state dir": overlay.listing(self.directory)})
+        return Step(f"{self.image.ref}: {len(self.stack.lowers) - 1} image layer(s) and an init layer",
+                    ORDER["layers"][0], before, after, user_mode(),
+                    note="the image's layers are shared by every container of it; upperdir is this box's alone",
+                    data={"lowers": self.stack.lowers, "upper": self.stack.upper})
+
+    @step("mount_overlay")
+    def mount_overlay(self) -> Step:
+        """mount -t overlay on the host: the merged root, before any namespace exists (dockerd does the same).
+        Without root: in the user and mount namespace of a keeper process, where a user may mount."""
+        merged = self.stack.merged
+        before = {"mountinfo": mountinfo_lines(merged) or "no mount at the merged dir",
+                  "ls merged": overlay.listing(merged)}
+        # Rootless, the keeper's user namespace is the user-mode network's, joined first: pid 1 will join the
+        # keeper to find the overlay, and its net namespace must belong to the network's user namespace too.
+        self._join_usernet()
+        keeper = userns.MountKeeper(self.scope, userns_of=self.usernet.holder) if self.usernet else None
+        self.overlay = overlay.mount_overlay(self.stack.lowers, self.stack.upper, self.stack.work, merged,
+                                             self.scope, keeper=keeper)
+        after = {"mountinfo": mountinfo_lines(merged), "ls merged": sorted(os.listdir(self.overlay.view))}
+        note = "the image's files appear at the merged dir; writes will go to upperdir"
+        if self.keeper:
+            after["mountinfo"] = mountinfo_lines(merged, self.keeper.pid)
+            after["the host's own mountinfo"] = mountinfo_lines(merged) or "no mount at the merged dir"
+            note += (f"; the mount is in the mount namespace of keeper pid {self.keeper.pid} (a user namespace "
+                     f"of yours), which this notebook reaches as /proc/{self.keeper.pid}/root")
+        return Step("the merged root: an overlay of the layers", ORDER["mount_overlay"][0], before, after,
+                    current_mode(), note=note, data={"merged": merged, "names": after["ls merged"]})
+
+    # --- the processes -----------------------------------------------------------------------------------
+
+    @step("fork_child")
+    def fork_child(self) -> Step:
+        """The shim: a child of this notebook, waiting on its channel, in all of the host's namespaces."""
+        self.stdio = container.Stdio("capture")      # its pipes, made before the fork so pid 1 inherits them
+        self.shim = Child(lambda channel: _shim(channel, self.stdio.child_fds), keep=self.stdio.child_fds)
+        container.record_process(self.scope, self.shim.pid)
+        self.stdio.after_fork()
+        mine, its = namespaces.namespaces_of("self", KINDS), namespaces.namespaces_of(self.shim.pid, KINDS)
+        same = [kind for kind in KINDS if mine[kind] == its[kind]]
+        before = {"this notebook": f"pid {os.getpid()}", "cgroup (memory)": cgroup_of(os.getpid())}
+        after = {"the shim": f"pid {self.shim.pid}, parent {namespaces.status_field('PPid', self.shim.pid)}",
+                 "namespaces shared with this notebook": same, "cgroup (memory)": cgroup_of(self.shim.pid)}
+        return Step("fork: the shim", ORDER["fork_child"][0], before, after, user_mode(),
+                    note="the shim is an ordinary child: same namespaces, same cgroup as this notebook",
+                    data={"pid": self.shim.pid, "shared": same})
+
+    @step("join_cgroup")
+    def join_cgroup(self, memory: str | None = None, cpus: str | None = None, pids: str | None = None) -> Step:
+        """mkdir the box's cgroup, write the limits (Docker's syntax), write the shim's pid to cgroup.procs."""
+        from labcore.kernel.cgroups import open_manager
+        from labcore.kernel.cgroups.limits import parse_run_limits
+        flags = {key: value for key, value in (("memory", memory), ("cpus", cpus), ("pids_limit", pids)) if value}
+        limits = parse_run_limits(**flags)            # BadInput for `memory="64XB"`, before anything is made
+        manager = open_manager()
+        before = {"cgroup of the shim (memory)": cgroup_of(self.shim.pid)}
+        self.group = manager.create_for_container(self.id, limits, self.scope)
+        manager.add(self.group, self.shim.pid)
+        self.limits = flags
+        after = {"cgroup of the shim (memory)": cgroup_of(self.shim.pid), "directory": str(self.group.path),
+                 **manager.limits_of(self.group), "cgroup.procs": manager.procs(self.group)}
+        return Step(f"cgroup {self.group.name}", ORDER["join_cgroup"][0], before, after, user_mode(),
+                    note="the limits are files of the group; the shim, and every child it forks, counts against them",
+                    data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group)})
+
+    @step("unshare")
+    def unshare(self) -> Step:
+        """The shim unshares six namespaces and forks: its child is pid 1 of the new pid namespace."""
+        before = {f"{kind} ns": f"{kind}:[{inode}]" for kind, inode in namespaces.namespaces_of(
+            self.shim.pid, KINDS).items()}
+        self.shim.send((self.keeper.pid if self.keeper else None, self._join_usernet()))   # the go-ahead
+        self.pid = self.shim.recv(timeout=30)
+        container.record_process(self.scope, self.pid)
+        seen = self.shim.recv(timeout=30)                 # pid 1's first words: what it sees of itself
+        inodes = namespaces.namespaces_of(self.pid, KINDS)
+        host = namespaces.namespaces_of("self", KINDS)
+        after = {f"{kind} ns": f"{kind}:[{inode}]" for kind, inode in inodes.items()}
+        after.update({"NSpid (host, inside)": " ".join(map(str, namespaces.nspids(self.pid))), **seen})
+        new = [kind for kind in KINDS if inodes[kind] != host[kind]]
+        return Step("unshare: pid 1 in new namespaces", ORDER["unshare"][0], before, after, current_mode(),
+                    note=f"before: the shim's namespaces, the host's; after: pid 1's, new {', '.join(new)}",
+                    data={"pid": self.pid, "new": new, "inside": seen})
+
+    @step("connect_network")
+    def connect_network(self) -> Step:
+        """Docker's bridge network: a veth pair from lcbr0 into pid 1's namespace, an address, a route.
+        Rootless, the lcbr0 is the user-mode network's, in a namespace of your own (``labcore.kernel.usernet``)."""
+        if self.usernet is None and os.geteuid() != 0:    # refused by this host: the box keeps lo only
+            raise self.network_refused                     # recorded by @step: publish() is refused after it
+        host_end = network.interface_names(self.id[:10])[0]
+        before = self._wiring(host_end)
+        if self.usernet is None:
+            self.endpoint = network.connect(self.pid, self.scope, short_id=self.id[:10])
+        else:
+            self.endpoint = usernet.connect(self.usernet, self.pid, self.scope, short_id=self.id[:10])
+        after = {**self._wiring(host_end), **(usernet.show(self.usernet) if self.usernet else {})}
+        names = sorted(key.split(": ", 1)[1] for key in after if key.startswith("inside: ")
+                       and key not in ("inside: net ns", "inside: default route"))
+        where = f", in the router namespace, whose way out is slirp4netns pid {self.usernet.slirp}" \
+            if self.usernet else ""
+        return Step(f"veth: eth0 {self.endpoint.ip} inside, {host_end} on {self.endpoint.network.bridge}",
+                    ORDER["connect_network"][0], before, after, current_mode(),
+                    note=f"inside: {names}; the other end is plugged into the bridge{where}",
+                    data={"interfaces_inside": names, "ip": self.endpoint.ip, "host_ifname": host_end})
+
+    def _wiring(self, host_end: str) -> dict:
+        """pid 1's interfaces, read in its namespace, and the other end of its veth, where that is plugged in."""
+        inside = network.in_netns(self.pid, network.read_interfaces)
+        side = "host" if self.usernet is None else "router ns"
+        return {**{f"inside: {name}": value for name, value in inside.items()}, f"{side}: {host_end}":
+                self._link(host_end)}
+
+    def _join_usernet(self) -> int | None:
+        """Rootless: join the user-mode network, whose user namespace the shim joins before it unshares, so
+        that a veth end may be moved into pid 1's namespace (``labcore.kernel.usernet`` says why). None as root, or
+        where this host refuses it: then ``connect_network`` returns the refusal."""
+        if os.geteuid() == 0:
+            return None
+        if self.usernet is not None:
+            return self.usernet.holder
+        try:
+            self.usernet = usernet.join(self.scope)
+        except (NeedsPrivilege, NotSupportedHere) as err:
+            self.network_refused = err
+            return None
+        return self.usernet.holder
+
+    def _link(self, name: str) -> str:
+        """The host end of the box's veth: on the host, or in the user-mode network's router namespace."""
+        if self.usernet is None:
+            return network.describe_link(name)
+        return network.in_netns(self.usernet.holder, network.describe_link, name)
+
+    @step("pivot_root")
+    def pivot_root(self) -> Step:
+        """pid 1 mounts /proc, /dev and /sys on the overlay and pivots into it; the host's / is gone for it."""
+        merged = str(self.stack.merged)
+        known = {identity("/"): rootfs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
+        before, after = self._ask("pivot_root", merged, known, self.rootless)
+        after["host: mounts in the state dir"] = [os.path.relpath(point, self.directory)
+                                                  for point in journal.mounts_under(self.directory)]
+        return Step("pivot_root into the overlay", ORDER["pivot_root"][0], before, after, current_mode(),
+                    note="pid 1's / is the overlay; the chroot escape ends there; its /proc, /dev, /sys did not "
+                         "propagate to the host (private first)",
+                    data={"root": after["/ is"], "escape": after["chroot escape ends at"],
+                          "host_mounts": after["host: mounts in the state dir"]})
+
+    @step("set_hostname")
+    def set_hostname(self, name: str) -> Step:
+        """sethostname(2) in pid 1's UTS namespace; /etc/hostname rewritten in the box's own layer."""
+        namespaces.check_hostname(name)
+        before, after = self._ask("set_hostname", name)
+        self.hostname = name
+        after["host: uname -n"] = namespaces.nodename()
+        after["upperdir"] = overlay.listing(self.stack.upper)
+        return Step(f"hostname {name}", ORDER["set_hostname"][0].replace("NAME", name), before, after,
+                    current_mode(), note="the name changed inside only; /etc/hostname was copied up to upperdir",
+                    data={"hostname": after["uname -n"], "host": after["host: uname -n"]})
+
+    @step("exec")
+    def exec(self, argv: list[str]) -> Step:
+        """pid 1 execve()s ``argv``: the same process, now the command; its output goes to this notebook."""
+        if not argv or not all(isinstance(arg, str) for arg in argv):
+            raise BadInput(f"exec() takes a command as a list of strings, not {argv!r}", fix='e.g. ["sh", "-c", "..."]')
+        env = container.environment(self.image.config, container.Spec(self.image.ref), self.hostname, 0)
+        before = {"pid 1 (host pid)": self.pid, "cmdline": cmdline(self.pid)}
+        self.shim.send(("exec", (argv, env)))
+        with contextlib.suppress(EOFError):          # execve closed pid 1's end of the channel: it worked
+            self.shim.recv(timeout=30)                # anything else is its error, raised here
+        self.argv = argv
+        levels = nspids(self.pid)                     # [] when a quick command has exited and been reaped
+        after = {"pid 1 (host pid)": self.pid, "cmdline": cmdline_after(self.pid, before["cmdline"]),
+                 "NSpid (host, inside)": " ".join(map(str, levels)) or "exited already"}
+        return Step(f"execve: pid 1 is {argv[0]} now", ORDER["exec"][0], before, after, current_mode(),
+                    note="one process, one pid: the Python that set everything up became the command",
+                    data={"argv": argv, "pid_inside": levels[-1] if levels else None})
+
+    @step("publish")
+    def publish(self, host_port: int, container_port: int) -> Step:
+        """`-p 127.0.0.1:HOST_PORT:CONTAINER_PORT`: a proxy on the host's loopback; a request goes through."""
+        before = {"host listening": listening(os.getpid(), host_port),
+                  "inside listening": listening(self.pid, container_port)}
+        self.published = network.publish(self.endpoint, host_port, container_port, self.scope)  # EADDRINUSE: says so
+        inside = wait_for_listener(self.pid, container_port)
+        self.reply = reply = http_get(self.published.host_ip, self.published.host_port)
+        url = f"http://{self.published.host_ip}:{self.published.host_port}/"
+        after = {"host listening": listening(os.getpid(), self.published.host_port),
+                 "inside listening": inside, f"GET {url}": reply,
+                 "proxy": f"pid {self.published.pid} -> {self.endpoint.ip}:{container_port}"
+                          + (" (connecting from the router namespace)" if self.endpoint.via else "")}
+        return Step(f"publish {self.published}", ORDER["publish"][0], before, after, current_mode(),
+                    note="the request went to the proxy on loopback, then to eth0's address in the box",
+                    data={"reply": reply, "url": url, "host_port": self.published.host_port})
+
+    @step("wait")
+    def wait(self) -> Step:
+        """Read the command's output to its end, and reap the shim, which exits as pid 1 did."""
+        before = {"pid 1": process_state(self.pid)}
+        # A command that serves one request (the notebook's) waits for ever when its port could not be
+        # published, or the request did not reach it: it is stopped as `docker stop` would, SIGKILL from the
+        # host, and the step says so.
+        unserved = "publish" in self.refused or (self.reply or "").startswith("failed")
+        stop = threading.Timer(REQUEST_TIMEOUT, os.kill, (self.pid, signal.SIGKILL)) if unserved else None
+        if stop:
+            stop.start()
+        stdout, stderr = self.stdio.pump()
+        code = self.shim.wait()
+        if stop:
+            stop.cancel()
+        self.result = container.Result(self.id, self.argv, code, stdout, stderr)
+        after = {"pid 1": process_state(self.pid),
+                 "exit code": code, "stdout": stdout.decode(errors="replace").splitlines(),
+                 "stderr": stderr.decode(errors="replace").splitlines()}
+        note = "its namespaces went with it: the veth pair too; the overlay, cgroup and dir remain"
+        if stop and code == 128 + signal.SIGKILL:
+            note = (f"stopped after {REQUEST_TIMEOUT:.0f} s with SIGKILL from the host, as `docker stop` does: "
+                    f"it waited for a request that did not reach it ({self.refused.get('publish') or self.reply})")
+        return Step(f"exit code {code}", ORDER["wait"][0], before, after, user_mode(), note=note,
+                    data={"exit_code": code, "stdout": after["stdout"], "stderr": after["stderr"]})
+
+    # --- the end ---------------------------------------------------------------------------------------
+
+    def remove(self) -> Step:
+        """Undo everything the box made, newest first; before/after: what is left of it on the host."""
+        if "remove" in self.done:
+            raise InvalidTransition(f"box {self.id[:12]} was removed already")
+        before = self.leftovers()
+        self.undo()
+        after = self.leftovers()
+        self.done.append("remove")
+        return Step(f"remove box {self.id[:12]}", "kill; ip link delete; rmdir cgroups; umount2; rm -r",
+                    before, after, user_mode(), note="nothing of the box is left on the host",
+                    data={"left": {key: value for key, value in after.items() if value}})
+
+    def undo(self) -> None:
+        """Stop the processes (pid 1, then the shim, which reaps it), reap the shim, undo the scope."""
+        if self.shim is not None and self.shim.status is None:
+            for entry in reversed([e for e in self.scope.entries if e.kind == "process" and
+                                   e.args["pid"] in (self.pid, self.shim.pid)]):
+                journal.undo_kill(**entry.args)
+            self.shim.wait()
+        if self.stdio is not None:
+            self.stdio.__exit__()
+            self.stdio = None
+        if self.keeper is not None:
+            self.keeper.close()            # its mount namespace, and the overlay in it, go with it
+        failures = self.scope.close()
+        if failures:
+            raise LabError("could not undo: " + "; ".join(failures), fix="run `labcore cleanup`")
+
+    def leftovers(self) -> dict:
+        """What of the box the host still has: mounts, cgroup dirs, links, live processes, the state dir."""
+        host_end = network.interface_names(self.id[:10])[0]
+        proxy = self.published and self.published.pid
+        router = (self.usernet.holder, self.usernet.slirp) if self.usernet else ()
+        keeper = self.keeper and self.keeper.pid
+        pids = [pid for pid in (self.pid, self.shim and self.shim.pid, proxy, keeper, *router)
+                if pid and _alive(pid)]
+        groups = [name for name, path in (self.group.dirs.items() if self.group else ()) if path.exists()]
+        linked = (network.link_exists(host_end) if not router else
+                  _alive(router[0]) and self._link(host_end) != "absent")
+        return {"mounts (mountinfo)": journal.mounts_under(self.directory),
+                f"cgroup labcore-{self.id[:12]}... in": groups,
+                "links (ip link)": [host_end] if linked else [], "processes": pids,
+                "state dir": [str(self.directory)] if self.directory.exists() else []}
+
+    # --- talking to pid 1 ------------------------------------------------------------------------------
+
+    def _ask(self, request: str, *args):
+        self.shim.send((request, args))
+        return self.shim.recv(timeout=60)
+
+    def diagram(self) -> str:
+        """DOT of the box from live state: processes, namespaces, cgroup, overlay stack, veth, published port."""
+        from labcore.lessons.diagrams import Graph
+        graph = Graph(f"box {self.id[:12]}", rankdir="LR", fontname="Helvetica", nodesep="0.15")
+        graph.defaults("node", fontname="Helvetica", fontsize="10", shape="box", style="rounded,filled",
+                       fillcolor="white")
+        graph.defaults("edge", fontname="Helvetica", fontsize="9")
+        _draw_processes(graph, self)
+        _draw_overlay(graph, self)
+        _draw_cgroup(graph, self)
+        _draw_network(graph, self)
+        return graph.source()
+
+
+def start(image: str = "busybox") -> Box:
+    """A new box: the image found (busybox built from the host the first time), an id, an empty state dir."""
+    box = Box(container.find_image(image))
+    box.directory.mkdir(parents=True)
+    box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))
+    box.done.append("start")
+    return box
+
+
+# --- inside: the shim and pid 1. They never print, and leave by os._exit. ----------------------------------
+
+def _shim(channel, child_fds) -> None:
+    """Wait for the go-ahead; unshare; fork pid 1; then only wait for it, and exit as it did. Rootless, it
+    first joins the keeper's user and mount namespaces (root there, it may unshare the rest, and pid 1's mount
+    namespace is born a copy of the keeper's, overlay included) — the keeper lives in the user-mode network's
+    user namespace (``Box.mount_overlay``) — or, without a keeper, the network's user namespace alone."""
+    keeper, router = channel.recv()
+    if keeper is not None:
+        userns.MountKeeper.join_pid(keeper)
+        syscalls.unshare(container.NAMESPACES)
+    elif router is not None:
+        userns.join(router)
+        syscalls.unshare(container.NAMESPACES)
+    else:
+        userns.unshare(container.NAMESPACES)
+    hold, release = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release)
+        os.read(hold, 1)                   # the shim speaks first: one writer on the channel at a time
+        _pid1(channel, child_fds)
+    channel.send(pid)
+    channel.close()                        # pid 1 talks to the parent from here on
+    os.close(release)
+    for fd in set(child_fds) - {0, 1, 2}:
+        os.close(fd)                       # so that the parent's read ends when pid 1 and its children are gone
+    _, status = os.waitpid(pid, 0)
+    os._exit(container.exit_code(status))
+
+
+def _pid1(channel, child_fds) -> None:
+    """Report, then take orders until exec. Everything it calls is imported already: after pivot_root the
+    host's Python library is out of reach."""
+    try:
+        channel.send({"pid inside (getpid)": os.getpid(), "cgroup inside (/proc/self/cgroup)":
+                      sorted(set(namespaces.cgroup_paths().values()))})
+        while True:
+            request, args = channel.recv()
+            try:
+                if request == "exec":
+                    _exec(child_fds, *args)
+                channel.send(PID1_ORDERS[request](*args))
+            except Exception as err:       # the parent raises it; pid 1 waits for the next order
+                channel.send_error(err)
+    finally:
+        os._exit(127)                      # the parent went away (EOFError), or exec failed fatally
+
+
+def _pivot(root: str, known: dict, rootless: bool) -> tuple[dict, dict]:
+    # Private before any mount: pid 1's mount table is a copy of the host's, where systemd makes / shared; its copy
+    # of the merged dir is then a peer of the host's, and a /proc mounted on it would appear on the host too.
+    # pivot_root, not chroot: chroot moves where one process's "/" starts and leaves every host mount in the
+    # namespace, which the escape below climbs back to; pivot_root replaces the namespace's root mount and the
+    # old one is detached, so nothing leads back (rootfs.py explains both).
+    before = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    rootfs.mount_container_root(root, rootless)        # private, bind, proc, dev, sys, pivot_root, detach
+    after = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    after["chroot escape ends at"] = rootfs.try_escape(known)["/ is"]
+    os.rmdir(f"/{rootfs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
+    return before, after
+
+
+def _hostname(name: str) -> tuple[dict, dict]:
+    before = {"uname -n": namespaces.nodename(), "/etc/hostname": Path("/etc/hostname").read_text().strip()}
+    syscalls.sethostname(name)
+    Path("/etc/hostname").write_text(name + "\n")
+    return before, {"uname -n": namespaces.nodename(), "/etc/hostname": Path("/etc/hostname").read_text().strip()}
+
+
+def _exec(child_fds, argv: list[str], env: list[str]) -> None:
+    container.attach_stdio(child_fds)      # the pipes to the notebook become fds 0, 1, 2
+    container.reset_signals()
+    container.execute(argv, env)           # returns only by raising
+
+
+PID1_ORDERS = {"pivot_root": _pivot, "set_hostname": _hostname}
+
+
+# --- evidence readers ---------------------------------------------------------------------------------------
+
+def identity(path: str) -> tuple[int, int]:
+    """A directory as the kernel names it: (device, inode)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def mountinfo_lines(point, pid: int | str = "self") -> list[str]:
+    """/proc/PID/mountinfo lines for mounts at ``point``, from the mount point on (proc(5)): this notebook's
+    mount namespace, or that of process ``pid``."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return [" ".join(line.split()[4:]) for line in lines if line.split()[4] == str(point)]
+
+
+def cgroup_of(pid: int) -> str:
+    """The memory hierarchy's line of /proc/PID/cgroup, as this process's cgroup namespace shows it."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(",") or controllers == "":
+            return path
+    return "?"
+
+
+def cmdline(pid: int) -> list[str]:
+    """argv of a process, from /proc/PID/cmdline (its first 4 words); [] once it has exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1][:4]
+    except OSError:
+        return []
+
+
+def cmdline_after(pid: int, old: list[str], timeout: float = 2.0) -> list[str]:
+    """The new argv once execve has installed it: the channel closes (close-on-exec) a moment before."""
+    deadline = time.monotonic() + timeout
+    while cmdline(pid) == old and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cmdline(pid)
+
+
+def nspids(pid: int) -> list[int]:
+    """NSpid of /proc/PID/status (namespaces.nspids), or [] once the process is gone."""
+    try:
+        return namespaces.nspids(pid)
+    except OSError:
+        return []
+
+
+def process_state(pid: int) -> str:
+    """The State line of /proc/PID/status ("S (sleeping)", "Z (zombie)"), or "gone"."""
+    try:
+        return namespaces.status_field("State", pid)
+    except OSError:
+        return "gone"
+
+
+def wait_for_listener(pid: int, port: int, timeout: float = REQUEST_TIMEOUT) -> list[str]:
+    """The sockets listening on ``port`` in pid's network namespace, once there are any (or [] at timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = listening(pid, port)
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def http_get(host: str, port: int, timeout: float = 5.0) -> str:
+    """GET / and the reply as ``STATUS REASON: BODY``, or why it failed (evidence, not an exception)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return f"{response.status} {response.reason}: {response.read().decode(errors='replace').strip()}"
+    except (OSError, http.client.HTTPException) as err:
+        return f"failed: {type(err).__name__} {err}"
+    finally:
+        connection.close()
+
+
+def listening(pid: int, port: int) -> list[str]:
+    """TCP sockets listening on ``port`` in pid's network namespace, IPv4 (network.tcp_listeners) and IPv6:
+    busybox's nc and httpd listen on [::], which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
+    found = network.tcp_listeners(pid)
+    for row in Path(f"/proc/{pid}/net/tcp6").read_text().splitlines()[1:]:
+        local, state = row.split()[1], row.split()[3]
+        if state == network.TCP_LISTEN:           # the address as four little-endian 32-bit words
+            address, hex_port = local.split(":")
+            words = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
+            found.append(f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(hex_port, 16)}")
+    return [address for address in found if address.endswith(f":{port}")]
+
+
+def _alive(pid: int) -> bool:
+    return process_state(pid)[:1] not in ("g", "Z", "")
+
+
+# --- the picture --------------------------------------------------------------------------------------------
+
+def _draw_processes(graph, box: Box) -> None:
+    graph.node("notebook", f"this notebook\npid {os.getpid()}")
+    if box.shim is None:
+        return
+    graph.node("shim", f"shim\nhost pid {box.shim.pid}", fillcolor="white" if box.shim.status is None else "gray90")
+    graph.edge("notebook", "shim", label="fork")
+    if box.pid is None:
+        return
+    alive = _alive(box.pid)
+    what = " ".join(cmdline(box.pid)[:2]) if alive else f"exited {box.shim.status}"
+    graph.node("pid1", f"pid 1 inside\nhost pid {box.pid}\n{what}", fillcolor="lightyellow" if alive else "gray90")
+    graph.edge("shim", "pid1", label="unshare, fork")
+    if alive:
+        host = namespaces.namespaces_of("self", KINDS)
+        for kind, inode in namespaces.namespaces_of(box.pid, KINDS).items():
+            graph.node(f"ns {kind}", f"{kind}:[{inode}]", shape="ellipse",
+                       fillcolor="lightyellow" if inode != host[kind] else "lightgrey")
+            graph.edge("pid1", f"ns {kind}", arrowhead="none", color="gray50")
+        graph.cluster("ns", "pid 1's namespaces (yellow: new)", [f"ns {kind}" for kind in KINDS], style="dashed")
+
+
+def _draw_overlay(graph, box: Box) -> None:
+    if box.stack is None:
+        return
+    graph.node("upper", f"upperdir: {', '.join(overlay.listing(box.stack.upper))}", fillcolor="palegreen")
+    nodes = ["upper", *(f"lower {index}" for index in range(len(box.stack.lowers)))]
+    for index, path in enumerate(box.stack.lowers):         # top first, as lowerdir= lists them
+        name = "init (/etc/hostname, hosts)" if index == 0 else f"layer {path.name[:12]}"
+        graph.node(f"lower {index}", f"lowerdir {index + 1}: {name}", fillcolor="lightblue")
+    if box.overlay is not None and os.path.ismount(box.overlay.view):
+        graph.node("merged", "merged (overlay)" + ("\n= / of pid 1" if "pivot_root" in box.done else ""),
+                   fillcolor="khaki")
+        nodes.append("merged")
+        for node in nodes[:-1]:
+            graph.edge(node, "merged", color="gray40")
+        if box.pid is not None and "pivot_root" in box.done and _alive(box.pid):
+            graph.edge("merged", "pid1", label="root", style="bold")
+    graph.cluster("overlay", f"overlay stack in {box.directory.name}", nodes, style="rounded")
+
+
+def _draw_cgroup(graph, box: Box) -> None:
+    if box.group is None or not box.group.path.exists():
+        return
+    from labcore.kernel.cgroups import open_manager
+    limits = open_manager().limits_of(box.group)
+    rows = [f"cgroup labcore/labcore-{box.id[:12]}...", *(f"{key} = {value}" for key, value in limits.items())]
+    graph.node("cgroup", "\n".join(rows), fillcolor="mistyrose")
+    for node, pid in (("shim", box.shim.pid), ("pid1", box.pid)):
+        if pid and _alive(pid):
+            graph.edge(node, "cgroup", style="dashed", label="cgroup.procs")
+
+
+def _draw_network(graph, box: Box) -> None:
+    if box.endpoint is None or box._link(box.endpoint.host_ifname) == "absent":
+        return
+    bridge = box.endpoint.network
+    graph.node("bridge", f"{bridge.bridge}\n{bridge.gateway}", shape="component", fillcolor="lightblue")
+    graph.node("veth", f"{box.endpoint.host_ifname}", shape="component", fillcolor="lightblue")
+    graph.node("eth0", f"eth0 {box.endpoint.ip}\n(in pid 1's net ns)", shape="component", fillcolor="lightyellow")
+    graph.edge("bridge", "veth", arrowhead="none")
+    graph.edge("veth", "eth0", arrowhead="none", label="veth pair")
+    if _alive(box.pid):
+        graph.edge("eth0", "ns net", style="dotted", arrowhead="none")
+    if box.published is not None:
+        graph.node("proxy", f"proxy pid {box.published.pid}\n{box.published.host_ip}:{box.published.host_port}")
+        graph.edge("proxy", "eth0", label=f"connect :{box.published.container_port}", style="dashed")
+    if box.usernet is not None:
+        _draw_router(graph, box.usernet)
+
+
+def _draw_router(graph, router: usernet.Usernet) -> None:
+    """Rootless: the bridge and the host end are in the router namespace, whose way out is slirp4netns."""
+    graph.node("tap", f"{usernet.TAP}\n10.0.2.100", shape="component", fillcolor="lightblue")
+    graph.node("slirp", f"slirp4netns\nhost pid {router.slirp}")
+    graph.edge("slirp", "tap", label="tap fd", style="dashed", arrowhead="none")
+    graph.edge("bridge", "tap", label="routed, masqueraded", style="dotted", arrowhead="none")
+    graph.cluster("router", f"router namespace, held by pid {router.holder}", ["bridge", "veth", "tap"],
+                  style="dashed")
+
+
+# --- the same, in one call -----------------------------------------------------------------------------------
+
+def compare_with_run(box: Box, host_port: int | None = None) -> Step:
+    """`labcore run` of the box's command with its hostname, limits and published port (on ``host_port``,
+    by default the box's port + 1): before = the hand-built box's evidence, after = the same from one call.
+
+    The command may serve one request, as the notebook's does: it runs in a thread while this one sends it."""
+    title = "by hand (before) and with `labcore run` (after)"
+    # Refused: a box that never ran its command has no result to compare, and a command that serves one
+    # request would wait for ever under `labcore run` where no port can be published.
+    refused = [name for name in ("wait", "publish") if name in box.refused]
+    if refused:
+        return hosts.refuse(title, "labcore run ...", NeedsPrivilege(
+            f"the box was refused {', '.join(f'{name}()' for name in refused)} here: nothing to compare",
+            why=box.refused[refused[0]]), key="assemble.compare_with_run")
+    if "wait" not in box.done:
+        raise InvalidTransition("compare_with_run() needs box.wait() first: the box's evidence is its result",
+                                fix=box.next_hint())
+    publish = []
+    if box.published is not None:
+        host_port = host_port or box.published.host_port + 1
+        publish = [f"127.0.0.1:{host_port}:{box.published.container_port}"]
+    spec = container.Spec(box.image.ref, cmd=box.argv, hostname=box.hostname, limits=dict(box.limits),
+                          publish=publish, rm=True)
+    outcome: dict = {}
+    runner = threading.Thread(target=_run_into, args=(spec, outcome), name="labcore-compare-run", daemon=True)
+    runner.start()
+    reply = _request_while(runner, host_port) if publish else None
+    runner.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    hand, run = evidence_of(box.result, box.reply), evidence_of(outcome["result"], reply)
+    return Step(title, run_command_line(spec), hand, run, current_mode(), key="assemble.compare_with_run",
+                note="the same evidence: twelve steps by hand, or one call",
+                data={"same": hand == run, "hand": hand, "run": run})
+
+
+def evidence_of(result: container.Result, reply: str | None) -> dict:
+    found = {"stdout": result.stdout.decode(errors="replace").splitlines(), "exit code": result.exit_code}
+    if reply is not None:
+        found["GET / through the published port"] = reply
+    return found
+
+
+def run_command_line(spec: container.Spec) -> str:
+    """The spec as `labcore run` (and `docker run`) spell it on the command line; a long argument as '...'."""
+    flags = [f"--{name.replace('_', '-')} {value}" for name, value in spec.limits.items()]
+    flags += [f"-p {mapping}" for mapping in spec.publish]
+    command = " ".join(shlex.quote(arg) if len(arg) <= 40 else "'...'" for arg in spec.cmd)
+    return f"labcore run --rm --hostname {spec.hostname} {' '.join(flags)} {spec.image} {command}"
+
+
+def _run_into(spec: container.Spec, outcome: dict) -> None:
+    try:
+        outcome["result"] = container.run(spec)
+    except BaseException as err:            # re-raised in the caller's thread
+        outcome["error"] = err
+
+
+def _request_while(runner: threading.Thread, port: int) -> str:
+    """GET through the published port once the container answers: its server starts after the proxy."""
+    deadline, reply = time.monotonic() + REQUEST_TIMEOUT, "failed: no answer"
+    while runner.is_alive() and time.monotonic() < deadline:
+        reply = http_get("127.0.0.1", port)
+        if not reply.startswith("failed"):
+            break
+        time.sleep(0.1)
+    return reply

@@ -1,0 +1,252 @@
+"""The daemon's socket: who owns it, who may connect, and why connecting to docker.sock equals root.
+
+A Unix socket is a file (unix(7)): it has an owner, a group and a mode, and connect(2) needs write permission
+on it. That is the whole of Docker's access control: whoever can connect can ask the daemon — which runs as
+root — to start a container that bind-mounts the host's / and reads or writes anything there. Docker's
+documentation says it plainly: the docker group grants root-level privileges.
+
+The steps here show it for real on labd (notebook 02): the process that owns the socket, found the way
+`ss -xlp` finds it; the socket's mode and a refused connect as nobody; a container reading a root-only host
+file through the socket; and two containers listening on port 80 at once, each in its own network namespace.
+
+Next: ``labcore.kernel.namespaces`` shows each kind of isolation on its own (notebook 03).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from labcore.lessons import hosts
+from labcore.errors import NeedsPrivilege, NotFound
+from labcore.lessons.evidence import Step, current_mode, user_mode
+
+if TYPE_CHECKING:
+    from labcore.lessons.run_flow import Stage      # the stage (labd + registry) is set up by the flow
+
+
+def socket_listener(path: str) -> dict:
+    """The process holding the listening socket bound to ``path``: its /proc/net/unix inode, matched to the
+    fds of the processes (what `ss -xlp` does)."""
+    import psutil
+    inode = unix_socket_inode(path)
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
+                            "command": " ".join(process.info["cmdline"] or [])}
+    raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
+
+
+def unix_socket_inode(path: str) -> int:
+    """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
+            return int(fields[6])
+    raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
+
+
+def owner_name(uid: int) -> str:
+    import pwd
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return str(uid)
+
+
+def group_name(gid: int) -> str:
+    import grp
+    with contextlib.suppress(KeyError):
+        return grp.getgrgid(gid).gr_name
+    return str(gid)
+
+
+def daemon_process(stage: Stage) -> Step:
+    """The daemon is a process like any other; what makes it the daemon is the listening socket it holds."""
+    import psutil
+    labd = psutil.Process(stage.labd.process.pid)
+    listener = socket_listener(stage.labd.socket)
+    sockets = [f"fd {c.fd}: {c.laddr or '(no name)'}" for c in labd.net_connections(kind="unix")]
+    after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
+             "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
+             "Unix sockets (psutil)": sockets,
+             f"/proc/{labd.pid}/fd/{listener['fd']}": os.readlink(f"/proc/{labd.pid}/fd/{listener['fd']}"),
+             "/proc/net/unix": f"inode {listener['inode']}, path {stage.labd.socket}, state LISTEN"}
+    return Step("the daemon: a process holding a socket", "psutil.Process(PID).net_connections('unix'); "
+                "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=user_mode(),
+                note="the socket's inode in /proc/net/unix is the one behind the daemon's fd: it owns the socket",
+                data={**listener, "sockets": sockets, "parent": labd.ppid(), "user": labd.username()})
+
+
+def socket_permissions(stage: Stage) -> Step:
+    """Who may talk to the daemon: connect(2) needs search (x) permission on each directory of the socket's
+    path and write permission on the socket file itself (unix(7)). As root the step also tries as nobody;
+    anyone else cannot become another user to try (setuid(2) needs CAP_SETUID)."""
+    from labcore.kernel.process import run_in_child
+    info, folder = os.stat(stage.labd.socket), os.stat(os.path.dirname(stage.labd.socket))
+    me = f"connect as you (uid {os.geteuid()})"
+    after = {"mode": f"{stat.filemode(info.st_mode)} ({stat.S_IMODE(info.st_mode):04o})",
+             "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
+             "its directory": f"{stat.filemode(folder.st_mode)} {owner_name(folder.st_uid)}",
+             me: connect_as(stage.labd.socket, os.getuid(), os.getgid())}
+    if os.geteuid() == 0:
+        after["connect as another user (nobody, uid 65534)"] = run_in_child(connect_as, stage.labd.socket,
+                                                                            65534, 65534)
+    else:
+        after["connect as another user"] = ("not tried: only root may become another user (setuid(2)); "
+                                            "the socket's mode and its directory's decide for them")
+    return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as you and as another user",
+                after=after, mode=user_mode(), data={**after, "connect as you": after[me],
+                                                     "connect as another user": list(after.values())[-1]},
+                note="write permission on the socket file, and search permission on its directories, are what "
+                     "connect() checks: the owner and the group only")
+
+
+def connect_as(path: str, uid: int, gid: int) -> str:
+    """connect(2) to ``path`` with these ids: "connected" or the errno. Call it in a child for another uid."""
+    if (os.getuid(), os.getgid()) != (uid, gid):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError as err:
+            return f"{errno_name(err)}: {err.strerror}"
+    return "connected"
+
+
+def errno_name(err: OSError) -> str:
+    import errno
+    return errno.errorcode.get(err.errno, str(err.errno))
+
+
+SERVE_HOSTNAME = "hostname | nc -l -p 80"
+
+
+def two_containers_on_port_80(stage: Stage) -> Step:
+    """Two containers of one daemon, each listening on port 80 in its own network namespace, each reached
+    at its own address: `hostname | nc -l -p 80` answers one client with its hostname, then exits.
+
+    Not `nc -l -p 80 -e hostname`: there nc, pid 1, forks `hostname` and exits at once, and pid 1's exit
+    kills everything in its pid namespace (pid_namespaces(7)), `hostname` too, often before it has written.
+    A container with no address to reach (a rootless one, which has only loopback) makes the step refused."""
+    import docker
+    title = "two containers, both on port 80"
+    action = f"docker run -d --hostname box-a busybox sh -c '{SERVE_HOSTNAME}' (and box-b)"
+    client, boxes = stage.client(), []
+    try:
+        for name in ("box-a", "box-b"):
+            boxes.append(client.containers.run("busybox", ["sh", "-c", SERVE_HOSTNAME], hostname=name,
+                                               name=f"labcore-{name}", detach=True))
+        seen = {box.name.removeprefix("labcore-"): listener_evidence(box) for box in boxes}
+    except docker.errors.APIError as err:
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"))
+    finally:
+        for box in boxes:
+            box.remove(force=True)
+    if not all(values["address"] != "none" for values in seen.values()):
+        return hosts.refuse(title, action, NeedsPrivilege(
+            "the containers listen, but have no address to reach them at",
+            why="a container of a daemon without root has its loopback only: a veth pair to the host needs "
+                "CAP_NET_ADMIN in the host's network namespace",
+            fix="a user-mode network (pasta, slirp4netns) gives rootless containers one; until the lab has "
+                "it, run this step where you are root"))
+    after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
+    host = {"net ns": os.readlink("/proc/self/ns/net"),
+            "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
+    return Step(title, action, before=host, after=after, mode=current_mode(),
+                note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
+                data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
+                      "listening": [values["listening"] for values in seen.values()],
+                      "distinct net ns": len({v["net ns"] for v in seen.values()} | {host["net ns"]}) == 3})
+
+
+def listener_evidence(box) -> dict:
+    from labcore.kernel import usernet
+    box.reload()
+    pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
+    evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+                "address": address or "none"}
+    # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
+    evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
+    return evidence
+
+
+def read_host_file(stage: Stage) -> Step:
+    """Whoever may connect to the socket may ask for anything the daemon can do, and the daemon is root: here,
+    a container with the host's / mounted at /host (`-v /:/host`), reading a file only root may read.
+    Only the first field of /etc/shadow's first line (a user name) leaves the container, never a hash.
+    A rootless daemon is you, not root: its container is refused the file, which is the point of rootless."""
+    import docker
+    from labcore.kernel.process import run_in_child
+    title = "the socket is root on the host" if os.geteuid() == 0 else "a rootless daemon is only you"
+    action = "docker run --rm -v /:/host:ro busybox sh -c 'head -n 1 /host/etc/shadow | cut -d: -f1'"
+    info = os.stat("/etc/shadow")
+    before = {"/etc/shadow": f"{stat.filemode(info.st_mode)} {owner_name(info.st_uid)}:{group_name(info.st_gid)}",
+              f"open() as you (uid {os.geteuid()})": open_as("/etc/shadow", os.getuid(), os.getgid())}
+    if os.geteuid() == 0:
+        before["open() as nobody (uid 65534)"] = run_in_child(open_as, "/etc/shadow", 65534, 65534)
+    try:
+        output = stage.client().containers.run(
+            "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
+            network_mode="none", remove=True)
+    except docker.errors.APIError as err:
+        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"),
+                            key="unixsocket.read_host_file")
+    user = output.decode().strip() or "(nothing: head could not open it)"
+    note = ("the client never had the right to read it; it asked the daemon, which runs as root"
+            if os.geteuid() == 0 else
+            "the daemon runs as you, so its container is you on the host: the kernel refused it the file")
+    return Step(title, action, before=before, after={"the container read /host/etc/shadow, first user": user},
+                mode=current_mode(), note=note, data={"first user": user}, key="unixsocket.read_host_file")
+
+
+def open_as(path: str, uid: int, gid: int) -> str:
+    """open(2) ``path`` for reading as uid:gid (in a child for another uid): "allowed" or the errno."""
+    if (os.getuid(), os.getgid()) != (uid, gid):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as err:
+        return f"{errno_name(err)}: {err.strerror}"
+    return "allowed"
+
+
+def wait_for_listener(pid: int, port: int, seconds: float = 5) -> list[str]:
+    """pid's listening TCP ports once ``port`` is among them (nc needs a moment to bind)."""
+    import time
+    deadline = time.monotonic() + seconds
+    while True:
+        found = listening_ports(pid)
+        if f"*:{port}" in found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def listening_ports(pid: int | str) -> list[str]:
+    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6 (/proc/PID/net/tcp and tcp6, proc(5)):
+    busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port = local.split(":")
+            if state == "0A":                                       # TCP_LISTEN
+                found.append(f"{readable_address(address)}:{int(port, 16)}")
+    return found
+
+
+def readable_address(hex_address: str) -> str:
+    """/proc/net/tcp's address: 32-bit words in host (little-endian) order; all zeros is "any" (*)."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if not any(raw):
+        return "*"
+    return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"

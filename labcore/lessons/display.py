@@ -1,0 +1,108 @@
+"""Displays: evidence a reader can read — tables, folded details, trimmed JSON.
+
+The kernel answers in lines made for programs: a line of /proc/PID/mountinfo holds eleven fields and often
+500 characters; an inspect answer is one line of JSON. A notebook cell shows such evidence through one of
+these, in a terminal as aligned text and in Jupyter as HTML that wraps at the page's edge:
+
+    Table(columns, rows)          rows of values under named columns
+    mount_table(mountinfo)        mountinfo parsed (proc(5)), one row a mount, the fields that teach
+    Folded(summary, details)      a one-line summary, the details folded away (<details>)
+    trimmed_json(value)           JSON indented, long lists and strings cut, saying how much was cut
+
+Next: ``labcore.lessons.diagrams`` draws what a table cannot show: who points at what.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from labcore.lessons.evidence import PRE, WRAP, html_cell
+
+MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options")
+
+
+@dataclass
+class Table:
+    """Rows of values under named columns: aligned text in a terminal, an HTML table in Jupyter."""
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+    title: str = ""
+
+    def __str__(self) -> str:
+        cells = [tuple(map(str, self.columns))] + [tuple(map(str, row)) for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
+        return "\n".join(([self.title] if self.title else []) + lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(html_cell(str(value)) for value in row) + "</tr>" for row in self.rows)
+        title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
+        return f"<div style='{WRAP}'>{title}<table><tr>{head}</tr>{body}</table></div>"
+
+
+def parse_mountinfo_line(line: str) -> dict[str, str]:
+    """One line of /proc/PID/mountinfo (proc(5)): ids, device, root, mount point, options, the optional
+    fields (shared:N, master:N) up to the "-", then fstype, source and the superblock's options."""
+    fields = line.split()
+    dash = fields.index("-")
+    optional = fields[6:dash]
+    return {"id": fields[0], "parent": fields[1], "device": fields[2], "root": fields[3],
+            "mount point": fields[4], "options": fields[5], "optional": " ".join(optional),
+            "propagation": _propagation(optional), "fstype": fields[dash + 1], "source": fields[dash + 2],
+            "super options": " ".join(fields[dash + 3:])}
+
+
+def _propagation(optional: list[str]) -> str:
+    """shared:N -> shared, master:N -> slave, none -> private (mount_namespaces(7))."""
+    kinds = [("shared" if tag.startswith("shared:") else "slave" if tag.startswith("master:") else tag)
+             for tag in optional if not tag.startswith("propagate_from:")]
+    return ", ".join(kinds) or "private"
+
+
+def mount_table(mountinfo: str | list[str], columns: tuple[str, ...] = MOUNT_COLUMNS, title: str = "") -> Table:
+    """Mountinfo as a table: one row a mount, in the kernel's order, only ``columns``."""
+    lines = mountinfo.splitlines() if isinstance(mountinfo, str) else mountinfo
+    mounts = [parse_mountinfo_line(line) for line in lines if line.strip()]
+    return Table(tuple(columns), [tuple(mount[column] for column in columns) for mount in mounts], title)
+
+
+@dataclass
+class Folded:
+    """A summary line, and the details under it, folded (HTML <details>) until the reader opens them."""
+    summary: str
+    details: Any = None
+
+    def __str__(self) -> str:
+        body = "" if self.details is None else "\n" + "\n".join("   " + line
+                                                                for line in str(self.details).splitlines())
+        return self.summary + body
+
+    def _repr_html_(self) -> str:
+        inner = (self.details._repr_html_() if hasattr(self.details, "_repr_html_")
+                 else f"{PRE}{html.escape(str(self.details))}</pre>")
+        return (f"<details><summary>{html.escape(self.summary)}</summary>"
+                f"<div style='{WRAP}'>{inner}</div></details>")
+
+
+def trimmed_json(value: Any, max_items: int = 8, max_string: int = 80) -> str:
+    """JSON indented by two, lists and objects cut to ``max_items`` and strings to ``max_string``, each cut
+    saying how much it left out: a Docker inspect answer as a reader can take it in."""
+    return json.dumps(_trim(value, max_items, max_string), indent=2, ensure_ascii=False)
+
+
+def _trim(value: Any, max_items: int, max_string: int) -> Any:
+    if isinstance(value, str) and len(value) > max_string:
+        return value[:max_string] + f"… ({len(value) - max_string} more characters)"
+    if isinstance(value, list):
+        kept = [_trim(item, max_items, max_string) for item in value[:max_items]]
+        return kept + ([f"… {len(value) - max_items} more"] if len(value) > max_items else [])
+    if isinstance(value, dict):
+        items = list(value.items())
+        kept = {key: _trim(item, max_items, max_string) for key, item in items[:max_items]}
+        if len(items) > max_items:
+            kept["…"] = f"{len(items) - max_items} more keys"
+        return kept
+    return value

@@ -1,0 +1,499 @@
+"""Containers: a command started as pid 1, on an image's files, inside new namespaces.
+
+`docker run busybox sh` comes down to a few steps (runc: libcontainer/process_linux.go, standard_init_linux.go):
+
+    create   check the spec and find the image; its layers (unpacked once, ``labcore.image.layers``); the state dir
+             fork the "shim", which unshares the namespaces and forks pid 1;
+             pid 1 mounts its root filesystem (``labcore.kernel.rootfs``), pivots into it, sets the hostname,
+             makes /proc/sys read-only and masks /proc/keys (``labcore.kernel.confinement``), waits
+    start    pid 1 loads the seccomp filter, drops capabilities and becomes the user, enters the working
+             directory and execve()s the command
+    wait     the shim reaps pid 1: its exit code, or 128+N when signal N killed it
+
+Why two processes: unshare(CLONE_NEWPID) does not move the caller, only its next child, which becomes pid 1
+(pid_namespaces(7)). The shim stays behind, on the host's side, as pid 1's parent: it is what reaps it and
+reports how it ended, as containerd-shim does for runc.
+
+pid 1 is special: the kernel drops any signal sent to a namespace's init for which it installed no handler,
+except SIGKILL and SIGSTOP from an ancestor namespace. `sleep` as pid 1 ignores `kill -TERM 1`, and even
+`kill -KILL 1` from inside; that is why `docker stop` waits ten seconds and then sends SIGKILL from outside.
+
+What the command is, and every refusal of bad input, comes first and changes nothing (``labcore.runtime.spec``);
+where its stdin, stdout and stderr go is ``labcore.runtime.stdio``.
+
+Next: ``labcore.runtime.engine`` keeps containers running after the caller has gone, as Docker's daemon does.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labcore import paths
+from labcore.image import layers
+from labcore.kernel import confinement, journal, rootfs, syscalls, userns
+from labcore.runtime import users
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
+from labcore.kernel.process import Channel, Child, exit_code
+# The vocabulary of `docker run`, resolved and checked (labcore.runtime.spec), and the container's stdio
+# (labcore.runtime.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
+from labcore.runtime.spec import (DEFAULT_PATH, Plan, Spec, check_spec, command_line, environment,  # noqa: F401
+                          find_image, parse_user, parse_volume, plan_for)
+from labcore.runtime.stdio import Stdio, attach_stdio, open_terminal, receive_fd, send_fd  # noqa: F401
+
+# Everything but the user namespace; with it added when not root (``userns.unshare``).
+NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
+              | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWCGROUP)
+
+
+@dataclass
+class Result:
+    """How a container ended; in capture mode, what it wrote."""
+    id: str
+    argv: list[str]
+    exit_code: int
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+
+    def __str__(self) -> str:
+        text = (self.stdout or b"").decode(errors="replace") + (self.stderr or b"").decode(errors="replace")
+        return f"{text}[exit code {self.exit_code}]"
+
+    __repr__ = __str__
+
+
+# --- the container, from the host's side ------------------------------------------------------------------
+
+@dataclass
+class Container:
+    spec: Spec
+    plan: Plan
+    scope: journal.Scope
+    shim: Child | None = None
+    cgroup: object = None               # labcore.kernel.cgroups.Group, when the container has one
+    endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
+    endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
+    resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
+    usernet: object = None              # labcore.kernel.usernet.Usernet, when rootless on the bridge network
+    published: list = field(default_factory=list)     # labcore.kernel.network.Published, one per -p
+    oom_killed: bool = False
+    pid: int | None = None              # pid 1, as the host numbers it
+    state: str = "created"
+    exit_code: int | None = None
+    created: float = field(default_factory=time.time)
+    started: float = 0.0
+    finished: float = 0.0
+    process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
+
+    @property
+    def directory(self) -> Path:
+        return paths.containers_dir() / self.spec.id
+
+
+def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
+    """Everything up to the moment before execve: pid 1 waits in its new root for `start`."""
+    container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
+    try:
+        make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
+        # The image's layers, each unpacked once and shared; this container's upperdir; pid 1 mounts them.
+        container.plan.layers = layers.prepare_root(container.plan.image, container.directory,
+                                                    container.plan.rootless)
+        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(spec))
+        start_pid1(container, stdio)          # last: the processes, once everything they need exists
+    except BaseException:
+        stop_if_running(container)            # reap what was forked; the scope removes the rest
+        raise
+    save_state(container)
+    return container
+
+
+def start_pid1(container: Container, stdio: "Stdio") -> None:
+    """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
+    container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
+    container.process_entries.append(record_process(container.scope, container.shim.pid))
+    stdio.after_fork()
+    # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
+    # namespace's root is the container's own group, and pid 1 (its child) is born inside the limits.
+    join_cgroup(container, container.shim.pid)
+    container.shim.send(prepare_network(container))      # the go-ahead, with a user namespace to join or None
+    container.pid = container.shim.recv()
+    container.process_entries.append(record_process(container.scope, container.pid))
+    # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
+    # so the command's first connect() already finds eth0 (or at least a working loopback).
+    connect_network(container)
+    container.shim.recv()                     # "ready": mounted, pivoted, named
+    if stdio.mode == "tty":
+        stdio.take_terminal(receive_fd(container.shim.channel))
+
+
+def start(container: Container) -> None:
+    """Let pid 1 execve the command. On success execve closes pid 1's end of the channel (close-on-exec)."""
+    container.shim.send("start")
+    try:
+        container.shim.recv()                 # only a failure (e.g. no such executable) sends anything
+    except EOFError:
+        pass
+    container.state = "running"
+    container.started = time.time()
+    save_state(container)
+
+
+def join_cgroup(container: Container, pid: int) -> None:
+    """A container gets a cgroup of its own holding its limits, and as root always Docker's device list
+    (``labcore.kernel.confinement.device_rules``). Docker makes one in every hierarchy; on cgroup v1 the lab makes
+    only the devices one when nothing else is limited: eight hierarchies to mkdir, join and rmdir are a tenth
+    of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace)."""
+    limits = container.plan.limits
+    if limits != type(limits)():
+        from labcore.kernel.cgroups import open_manager
+        manager = open_manager()
+        container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
+        manager.add(container.cgroup, pid)
+
+
+def prepare_network(container: Container) -> int | None:
+    """Rootless on the bridge network: join the user-mode network (``labcore.kernel.usernet``) and return the pid
+    whose user namespace the shim joins before it unshares, so that a veth end may later be moved into the
+    container's network namespace. Where the host refuses it (no slirp4netns), a container that publishes no port
+    keeps loopback only, as before; one with -p fails with the host's answer."""
+    if container.spec.network == "none" or not container.plan.rootless:
+        return None
+    from labcore.kernel import usernet
+    try:
+        container.usernet = usernet.join(container.scope)
+    except (NeedsPrivilege, NotSupportedHere):
+        if container.spec.publish:
+            raise
+        return None
+    return container.usernet.holder
+
+
+def resolv_conf(spec: Spec) -> str | None:
+    """On a user-defined network, the embedded DNS server's resolv.conf (``labcore.runtime.dns``); else the host's."""
+    if spec.network in ("bridge", "none") and not spec.endpoints:
+        return None                               # without importing the network modules
+    from labcore.runtime import dns, networks
+    return dns.resolv_conf() if networks.resolves_names(spec) else None
+
+
+def connect_network(container: Container) -> None:
+    """Docker's bridge: a veth pair to lcbr0 and the published ports; rootless, to the lcbr0 of the user-mode
+    network. A user-defined network has a bridge of its own (``labcore.runtime.networks``), and the DNS server that
+    answers the names of the containers on it (``labcore.runtime.dns``), started last: it answers for the
+    addresses just given. With --network none, or rootless where the host refused a user-mode network,
+    only loopback (the shim brought it up)."""
+    spec = container.spec
+    if spec.network == "none" or (container.plan.rootless and container.usernet is None):
+        return
+    from labcore.kernel import network
+    from labcore.runtime import networks
+    for index, name in enumerate(networks.wanted(spec)):
+        container.endpoints[name] = connect_to(container, networks.find(name).bridge, index)
+    if not container.endpoints:                   # disconnected from every network before it started
+        if spec.publish:
+            raise BadInput("published ports need a network: the container was disconnected from all of them",
+                           fix="`labcore network connect NETWORK CONTAINER`, then start it")
+        return
+    container.endpoint = next(iter(container.endpoints.values()))
+    for text in spec.publish:
+        mapping = network.parse_publish(text)
+        container.published.append(network.publish(container.endpoint, mapping.host_port, mapping.container_port,
+                                                   container.scope, mapping.host_ip, mapping.protocol))
+    if networks.resolves_names(spec):
+        from labcore.runtime import dns
+        container.resolver = dns.start(container.pid, lambda: networks.for_lookup(spec.id))
+
+
+def connect_to(container: Container, net, index: int):
+    """eth<index> on the bridge of ``net``; only the first carries the default route. The pair is named
+    lc<id>h, lc<id>1h, ... (at most 15 bytes, IFNAMSIZ)."""
+    from labcore.kernel import network, usernet
+    options = {"short_id": container.spec.id[:10] + (str(index) if index else ""), "ifname": f"eth{index}",
+               "default_route": index == 0, "mac": container.spec.mac_address if index == 0 else None}
+    if container.usernet is not None:
+        return usernet.connect(container.usernet, container.pid, container.scope, net=net, **options)
+    return network.connect(container.pid, container.scope, net, **options)
+
+
+def release_network(container: Container) -> None:
+    """A stopped container keeps no network, even when its files are kept for `labcore rm`."""
+    if container.resolver is not None:
+        container.resolver.stop()
+        container.resolver = None
+    if container.endpoints:
+        from labcore.kernel import network
+        for endpoint in reversed(container.endpoints.values()):
+            network.disconnect(endpoint, container.scope)
+        container.endpoints, container.endpoint, container.published = {}, None, []
+    if container.usernet is not None:
+        from labcore.kernel import usernet
+        usernet.leave(container.usernet, container.scope)      # the last one out stops it
+        container.usernet = None
+
+
+def release_cgroup(container: Container) -> None:
+    """Read whether the OOM killer fired, then remove the group: an exited container holds no cgroup."""
+    if container.cgroup is None:
+        return
+    from labcore.kernel.cgroups import open_manager
+    manager = open_manager()
+    container.oom_killed = bool(manager.stats(container.cgroup).oom_kills)
+    manager.remove(container.cgroup, container.scope)
+    container.cgroup = None
+
+
+def wait(container: Container) -> int:
+    """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    container.exit_code = container.shim.wait()
+    release_cgroup(container)
+    release_network(container)
+    for entry in container.process_entries:
+        container.scope.journal.forget(entry)
+    container.state = "exited"
+    container.finished = time.time()
+    save_state(container)
+    return container.exit_code
+
+
+def kill(container: Container, signum: int = signal.SIGKILL) -> None:
+    """Signal pid 1 from the host. From here SIGKILL always works; other signals need pid 1's handler."""
+    os.kill(container.pid, signum)
+
+
+def stop_if_running(container: Container) -> None:
+    """After an interrupt: SIGKILL pid 1 and reap the shim, before the scope removes the files."""
+    if container.exit_code is None and container.shim is not None:
+        for entry in reversed(container.process_entries):
+            journal.undo_kill(**entry.args)       # only if the pid still names the process we started
+        wait(container)
+
+
+def run(spec: Spec, stdio: str = "capture") -> Result:
+    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``."""
+    with journal.Scope() as scope, Stdio(stdio, spec.interactive) as io:
+        container = None
+        try:
+            container = create(spec, scope, io)
+            start(container)
+            output = io.pump()
+            wait(container)
+        finally:
+            if container is not None:
+                stop_if_running(container)
+        if not spec.rm:
+            scope.release()    # kept, as Docker keeps a stopped container; `labcore cleanup` removes it
+    return Result(spec.id, container.plan.argv, container.exit_code, *output)
+
+
+def run_step(spec: Spec) -> "Step":
+    """`run` as a notebook cell shows it: a Step with the command's output and exit code, in the mode it ran;
+    where this host refuses what a container needs (namespaces), the refused Step, with the reason."""
+    from labcore.lessons import hosts
+    from labcore.errors import NeedsPrivilege, NotSupportedHere
+    from labcore.lessons.evidence import Step, current_mode
+    flags = [flag for flag, on in (("--rm", spec.rm), (f"--hostname {spec.hostname}", spec.hostname),
+                                   (f"--network {spec.network}", spec.network != "bridge")) if on]
+    words = [f"'{arg}'" if " " in arg else arg for arg in spec.cmd]
+    title, action = f"a {spec.image} container runs {spec.cmd[0]}", " ".join(["labcore run", *flags, spec.image,
+                                                                             *words])
+    host = hosts.current()
+    try:
+        if host.kind == hosts.CONFINED:       # before the image is looked up: nothing could run it here
+            raise NeedsPrivilege(f"unshare(CLONE_NEWUSER) was refused: {host.userns_refused}")
+        result = run(spec)
+    except (NeedsPrivilege, NotSupportedHere) as err:
+        return hosts.refuse(title, action, err, key=action)
+    text = lambda data: (data or b"").decode(errors="replace").rstrip("\n")   # noqa: E731
+    return Step(title, action, after={"stdout": text(result.stdout), "stderr": text(result.stderr) or "(none)",
+                                      "exit code": result.exit_code}, mode=current_mode(), key=action,
+                data={"id": result.id, "result": result, "exit_code": result.exit_code})
+
+
+def make_state_dir(container: Container) -> None:
+    """The container's directory, journaled before it exists: a crash between the two leaves a record of
+    nothing, never a directory nobody knows about."""
+    directory = container.directory
+    if directory.is_dir():
+        return                    # made by `create` (labcore.runtime.engine), which journaled it already
+    container.scope.record("directory", str(directory), "rmtree", path=str(directory))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()
+
+
+def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
+    owner = journal.owner_of(pid)
+    return scope.record("process", str(pid), "kill", pid=pid, start=owner["start"])
+
+
+def describe(spec: Spec, plan: Plan) -> dict:
+    """What the record keeps of a container's configuration: enough to start it again and to inspect it."""
+    # vars(), not dataclasses.asdict: asdict deep-copies every list, three times a run, for json.dumps.
+    return {"spec": dict(vars(spec)), "argv": plan.argv, "env": plan.env, "workdir": plan.workdir,
+            "hostname": plan.hostname, "image_id": plan.image.id, "rootless": plan.rootless}
+
+
+def save_state(container: Container) -> None:
+    """state.json as a ``labcore.runtime.lifecycle.Record``: what `labcore ps`, `inspect` and the daemon read."""
+    from labcore.runtime.lifecycle import Record, State
+    config = describe(container.spec, container.plan)
+    if container.endpoint is not None:
+        config["ip"] = container.endpoint.ip
+        config["ports"] = [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port,
+                            "Type": p.protocol} for p in container.published]     # Docker's `Ports` entries
+        config["networks"] = {name: {"IPAddress": endpoint.ip, "IPPrefixLen": endpoint.network.prefixlen,
+                                     "Gateway": endpoint.network.gateway, "Interface": endpoint.container_ifname,
+                                     "MacAddress": endpoint.mac,
+                                     "Aliases": ((container.spec.endpoints or {}).get(name) or {}).get("Aliases")}
+                              for name, endpoint in container.endpoints.items()}
+    Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
+           state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
+           oom_killed=container.oom_killed, created=container.created, started=container.started,
+           finished=container.finished, monitor=journal.owner_of()).save()
+
+
+def exec_in(record, request: dict, stdio: "Stdio") -> Child:
+    """`docker exec`: a new process that joins pid 1's namespaces with setns(2) and runs a command there.
+
+    setns(CLONE_NEWPID) moves only the caller's future children (pid_namespaces(7)), so the joiner forks
+    once more; the command is that child. It joins pid 1's cgroups first, and gets the same capabilities,
+    seccomp filter and no_new_privs as pid 1: an exec is no way around the confinement. Joining the mount
+    namespace also sets the root to the container's (setns(2)), so no chroot is needed."""
+    config = record.config
+    kinds = ["ipc", "uts", "net", "pid", "mnt", "cgroup"] + (["user"] if config.get("rootless") else [])
+    env = _merge_env(config["env"], request.get("env") or [])
+    user = request.get("user") or config["spec"].get("user") or "0"
+    workdir = request.get("workdir") or config["workdir"]
+    spec = Spec(**config["spec"])
+    confined = confinement.confinement_for(spec)              # docker exec is confined as pid 1 is
+
+    def join(channel: Channel) -> None:
+        from labcore.kernel.namespaces import enter_namespaces
+        if not config.get("rootless"):
+            from labcore.kernel.cgroups import join_cgroups_of
+            join_cgroups_of(record.pid)             # its limits and device list, before its cgroup namespace
+        enter_namespaces(record.pid, kinds)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                attach_stdio(stdio.child_fds)
+                if stdio.mode == "tty":         # a terminal of the container's own devpts, as pid 1's is
+                    send_fd(channel, open_terminal())
+                become_confined_user(confined, user, config.get("rootless", False), spec.group_add)
+                enter_workdir(workdir)
+                reset_signals()
+                execute(request["cmd"], env)
+            except LabError as err:                     # on the exec's stderr, as Docker reports it there
+                os.write(2, f"{err.message}\n".encode(errors="replace"))
+            finally:
+                os._exit(127)
+        for fd in set(stdio.child_fds) - {0, 1, 2}:
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        os._exit(exit_code(status))
+
+    child = Child(join, keep=stdio.child_fds)
+    stdio.after_fork()
+    if stdio.mode == "tty":
+        stdio.take_terminal(receive_fd(child.channel))
+    return child
+
+
+def _merge_env(base: list[str], extra: list[str]) -> list[str]:
+    merged = dict(item.split("=", 1) for item in base)
+    merged.update(item.split("=", 1) for item in extra if "=" in item)
+    return [f"{name}={value}" for name, value in merged.items()]
+
+
+# --- inside: the shim and pid 1. They never print and leave by os._exit. --------------------------------
+
+def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
+    """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
+    join = channel.recv()                           # the parent's go-ahead (a cgroup is joined before it)
+    if join:
+        userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
+    userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
+    syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
+    hold, release = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(release)
+        os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time
+        _pid1(channel, plan, stdio)
+    channel.send(pid)
+    channel.close()                                 # pid 1 talks to the parent from here on
+    os.close(release)
+    for fd in set(stdio.child_fds) - {0, 1, 2}:
+        os.close(fd)                                # so the parent sees EOF when pid 1 is gone
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)       # the parent decides; the shim only reports
+    _, status = os.waitpid(pid, 0)
+    os._exit(exit_code(status))
+
+
+def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
+    """In the new pid namespace as pid 1: build the root, confine it, wait for start, become the command."""
+    try:
+        attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
+        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes,
+                                    plan.confinement, plan.tmpfs)
+        if not plan.shared & syscalls.CLONE_NEWUTS:
+            syscalls.sethostname(plan.hostname)     # the UTS namespace is the container's own
+        os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root, before --read-only
+        confinement.finalize_root(plan.confinement)           # on the container's own /proc and /sys
+        confinement.forbid_new_privileges(plan.confinement)   # runc: before it reports ready
+        terminal = open_terminal() if stdio.mode == "tty" else None
+        channel.send("ready")
+        if terminal is not None:
+            send_fd(channel, terminal)              # runc's "console socket": the parent gets the master
+            os.close(terminal)
+        channel.recv()                              # start
+        become_confined_user(plan.confinement, plan.user, plan.rootless, plan.groups)
+        enter_workdir(plan.workdir)
+        reset_signals()
+        execute(plan.argv, plan.env)
+    except BaseException as err:
+        try:
+            channel.send_error(err)
+        finally:
+            os._exit(127)
+
+
+def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool, groups=()) -> None:
+    """The user from the image's /etc/passwd and /etc/group (and --group-add's groups), with the confinement's
+    capabilities and seccomp filter (``labcore.kernel.confinement.drop_privileges``): the last step before execve."""
+    identity = users.resolve(user, extra_groups=groups)
+    if rootless and (identity.uid, identity.gid) != (0, 0):
+        raise from_oserror(OSError(errno.EINVAL, os.strerror(errno.EINVAL)), f"setresuid({identity.uid})",
+                           fix="a rootless container maps only uid 0 (your own uid): run without --user")
+    confinement.drop_privileges(confined, identity, rootless)
+
+
+def enter_workdir(workdir: str) -> None:
+    try:
+        os.chdir(workdir)
+    except OSError as err:
+        raise from_oserror(err, "chdir", workdir) from err
+
+
+def reset_signals() -> None:
+    """execve(2) keeps ignored signals ignored and the signal mask: give the command a clean slate."""
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def execute(argv: list[str], env: list[str]) -> None:
+    environ = dict(item.split("=", 1) for item in env)
+    try:
+        os.execvpe(argv[0], argv, environ)       # searches the container's PATH, in the container's root
+    except OSError as err:
+        hint = (f"is {argv[0]!r} in the image? PATH={environ.get('PATH', '')}" if err.errno == errno.ENOENT
+                else f"is {argv[0]!r} an executable file?")
+        raise from_oserror(err, "execve", argv[0], fix=hint) from err
