@@ -105,8 +105,8 @@ def has(program: str) -> bool:
 def dockerd_with_busybox():
     """Debian's dockerd started for the test (labcore.lessons.dockerd), with the lab's busybox loaded; a skip naming why
     when it cannot be."""
-    from labcore.lessons.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
     from labcore.errors import LabError
+    from labcore.lessons.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
     reason = dockerd_unavailable_reason()
     if reason:
         pytest.skip(reason)

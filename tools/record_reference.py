@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDINGS = ROOT / "labcore" / "recordings"
+RECORDINGS = ROOT / "labcore" / "lessons" / "recordings"
 CELL_TIMEOUT = 300
 FIELDS = ("key", "title", "action", "mode", "rows", "note", "wire", "output")
 

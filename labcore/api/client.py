@@ -348,13 +348,13 @@ class Local:
         return networks.create(name, labels, options, subnet, driver=driver).id
 
     def networks(self) -> list[dict]:
-        from labcore.runtime import networks
         from labcore.api.routes import network_inspect
+        from labcore.runtime import networks
         return [network_inspect(record, containers=False) for record in networks.all_networks()]
 
     def network_inspect(self, ref: str) -> dict:
-        from labcore.runtime import networks
         from labcore.api.routes import network_inspect
+        from labcore.runtime import networks
         return network_inspect(networks.find(ref))
 
     def network_remove(self, ref: str) -> None:

@@ -33,12 +33,12 @@ from datetime import datetime, timezone
 
 from labcore import __version__
 from labcore.api import labd, schema
-from labcore.runtime import engine
-from labcore.api.schema import Invalid, query_int, signal_number
-from labcore.runtime.container import Spec
 from labcore.api.labd import ApiError, Request, Stream, route
+from labcore.api.schema import Invalid, query_int, signal_number
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel.journal import Scope
+from labcore.runtime import engine
+from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
 from labcore.units import human_duration
 
@@ -207,8 +207,8 @@ def pull_image(request: Request):
 
 def import_image(request: Request):
     """`docker import`: a tar of files becomes an image of one layer, its config from ?changes."""
-    from labcore.runtime import build
     from labcore.image.oci import Store
+    from labcore.runtime import build
     if request.query["fromSrc"] != "-":
         raise Invalid("labd imports from the request body only (fromSrc=-), not from a URL")
     name, tag = import_name(request)
@@ -333,8 +333,8 @@ def commit_container(request: Request):
 def build_image(request: Request):
     """`docker build`: the body is the context as a tar; its Dockerfile is read as a Labfile. The output is
     Docker's: {"stream": "Step 1/2 : FROM ..."} lines, then {"aux": {"ID"}} and "Successfully built"."""
-    from labcore.runtime import build
     from labcore.image.oci import split_reference
+    from labcore.runtime import build
     tags = request.multi.get("t", [])
     for tag in tags:
         split_reference(tag)

@@ -1,7 +1,8 @@
 """`labcore network create|ls|inspect|rm|connect|disconnect|prune`: user-defined networks, as `docker network`.
 
 A network is a record until its first container starts: then it gets a bridge of its own and an address
-range, and its containers find each other by name (``labcore.runtime.networks``, ``labcore.runtime.dns``). Like every verb,
+range, and its containers find each other by name (``labcore.runtime.networks``, ``labcore.runtime.dns``).
+Like every verb,
 it calls the engine in this process, or labd's ``/networks`` routes with --host.
 """
 from __future__ import annotations

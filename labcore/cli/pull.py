@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from labcore.api import client
-from labcore.units import human_size
 from labcore.errors import LabError
+from labcore.units import human_size
 
 BAR = 50        # the docker CLI's progress bar is 50 characters on a terminal at least 110 wide
 

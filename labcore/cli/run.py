@@ -11,8 +11,8 @@ import errno
 import sys
 
 from labcore.api import client
-from labcore.runtime import container
 from labcore.errors import BadInput, LabError
+from labcore.runtime import container
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

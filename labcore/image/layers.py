@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from labcore import paths
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
 from labcore.kernel import journal, syscalls
 from labcore.lessons import hosts
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
 from labcore.lessons.evidence import Step, current_mode, user_mode
 
 OPAQUE = "overlay.opaque"            # after "trusted." (root) or "user." (rootless, mounted with userxattr)

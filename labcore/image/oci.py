@@ -36,8 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from labcore import paths
-from labcore.kernel import syscalls
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
+from labcore.kernel import syscalls
 
 # Media types (image-spec media-types.md); Docker's schema 2 names for the same documents are read too.
 INDEX = "application/vnd.oci.image.index.v1+json"

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labcore.kernel import syscalls
 from labcore.errors import BadInput
+from labcore.kernel import syscalls
 
 # <linux/capability.h>, bit number = index. capabilities(7) documents each one.
 NAMES = (

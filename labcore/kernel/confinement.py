@@ -36,8 +36,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from labcore.kernel import capabilities, syscalls
 from labcore.errors import BadInput, LabError
+from labcore.kernel import capabilities, syscalls
 from labcore.kernel.syscalls import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
 
 # moby daemon/pkg/oci/defaults.go: DefaultLinuxSpec, defaultLinuxMaskedPaths.

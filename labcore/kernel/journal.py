@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import syscalls
 from labcore.errors import LabError
+from labcore.kernel import syscalls
 from labcore.kernel.process import tied
 
 

@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import journal, syscalls, userns
-from labcore.lessons import hosts
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.lessons.evidence import Step, current_mode, record
+from labcore.kernel import journal, syscalls, userns
 from labcore.kernel.process import Child
+from labcore.lessons import hosts
+from labcore.lessons.evidence import Step, current_mode, record
 
 KINDS = ("uts", "pid", "mnt", "net", "ipc", "user", "cgroup")
 # nsenter(1)'s order. Joining the user namespace first gives the capabilities that the other setns calls

@@ -46,11 +46,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import journal, portproxy, syscalls, userns
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.lessons.evidence import Step, current_mode
+from labcore.kernel import journal, portproxy, syscalls, userns
 from labcore.kernel.namespaces import enter_namespaces
 from labcore.kernel.process import Child, find_program, run_in_child, tied
+from labcore.lessons.evidence import Step, current_mode
 
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
@@ -98,7 +98,7 @@ class Endpoint:
     netns: int = 0                    # inode of /proc/PID/ns/net
     entries: list = field(default_factory=list)     # its journal entries, for ``disconnect``
     mac: str = ""                     # of the container's end
-    via: int | None = None            # rootless: the pid holding the namespace the bridge is in (labcore.kernel.usernet)
+    via: int | None = None            # rootless: the pid holding the bridge's namespace (labcore.kernel.usernet)
 
     def __str__(self) -> str:
         where = f" in the namespace of pid {self.via}" if self.via else ""

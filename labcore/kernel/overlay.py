@@ -39,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import syscalls, userns
-from labcore.lessons import hosts
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
-from labcore.lessons.evidence import Mode, Step, user_mode
+from labcore.kernel import syscalls, userns
 from labcore.kernel.journal import Entry, Scope
-from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Layer, Model, Symlink
 from labcore.kernel.process import run_in_child
+from labcore.lessons import hosts
+from labcore.lessons.evidence import Mode, Step, user_mode
+from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Layer, Model, Symlink
 
 OPAQUE = "overlay.opaque"         # after the "trusted." or "user." namespace
 _REFUSED = (NeedsPrivilege, NotSupportedHere)

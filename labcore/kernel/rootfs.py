@@ -29,9 +29,9 @@ import stat
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import journal, process, syscalls, userns
 from labcore.lessons import hosts
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.lessons.evidence import Step, current_mode
 from labcore.kernel.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                               MS_REC, MS_REMOUNT)

@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import journal, network, syscalls, userns
 from labcore.errors import LabError, NotSupportedHere, from_oserror
+from labcore.kernel import journal, network, syscalls, userns
 from labcore.kernel.process import Child, find_program, spawn
 
 TAP = "lctap0"                        # slirp4netns's interface in the router namespace
@@ -295,7 +295,8 @@ def taken_addresses() -> set[str]:
 def read_router() -> dict:
     """In the router namespace: its interfaces, default route and NAT rule, read back from the kernel."""
     seen = network.read_interfaces()
-    nat = subprocess.run([find_program("nft") or "nft", "list", "table", "ip", "labcore"], capture_output=True, text=True).stdout
+    nat = subprocess.run([find_program("nft") or "nft", "list", "table", "ip", "labcore"], capture_output=True,
+                         text=True).stdout
     seen["nat"] = next((line.strip() for line in nat.splitlines() if "masquerade" in line), "none")
     return seen
 

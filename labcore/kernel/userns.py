@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 
-from labcore.kernel import syscalls
 from labcore.errors import from_oserror
+from labcore.kernel import syscalls
 from labcore.kernel.journal import process_start_time
 from labcore.kernel.process import Child
 

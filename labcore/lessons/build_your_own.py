@@ -44,13 +44,13 @@ import time
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
-from labcore.lessons import hosts
-from labcore.runtime import container
-from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
-from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.kernel.process import Child
+from labcore.lessons import hosts
+from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.runtime import container
 
 KINDS = ("mnt", "uts", "ipc", "pid", "net", "cgroup")     # container.NAMESPACES: all but user, as root
 OVERLAY_ROOT = "the overlay's merged dir"

@@ -20,8 +20,8 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labcore.lessons import hosts
 from labcore.errors import NeedsPrivilege, NotFound
+from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
 
 if TYPE_CHECKING:

@@ -30,12 +30,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from labcore import paths
-from labcore.lessons import hosts
+from labcore.errors import NeedsPrivilege, NotSupportedHere
 from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager, read_text
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
-from labcore.errors import NeedsPrivilege, NotSupportedHere
-from labcore.lessons.evidence import Step
 from labcore.kernel.journal import Scope, process_start_time
+from labcore.lessons import hosts
+from labcore.lessons.evidence import Step
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
 _REFUSED = (NeedsPrivilege, NotSupportedHere)      # the host forbids it: the step says so, with the fix

@@ -273,6 +273,6 @@ def write_diagrams(directory: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "diagrams"
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "diagrams"
     for path in write_diagrams(target):
         print(f"wrote {path}")

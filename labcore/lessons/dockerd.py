@@ -31,8 +31,8 @@ import tempfile
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import LabError, NotSupportedHere
 from labcore.api.labd import ping
+from labcore.errors import LabError, NotSupportedHere
 from labcore.kernel.journal import Scope, process_start_time
 from labcore.kernel.process import wait_until_ready
 

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from labcore.errors import LabError, NotSupportedHere, from_oserror
 from labcore.kernel import journal, syscalls, userns
 from labcore.kernel.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
-from labcore.errors import LabError, NotSupportedHere, from_oserror
 from labcore.kernel.process import Child, exit_code
 
 NAMESPACES = ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup")
@@ -76,8 +76,8 @@ class Report:
 
     def in_one_line(self) -> str:
         """What this host gives you, in one line: the kind of host (``labcore.lessons.hosts``) and the cgroup limits."""
-        from labcore.lessons import hosts
         from labcore.kernel.cgroups import detect, find_delegation
+        from labcore.lessons import hosts
         host = hosts.current()
         if host.kind == hosts.ROOT:
             return "You are root here: every step of the course runs for real on this kernel."

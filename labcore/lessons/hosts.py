@@ -26,8 +26,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from labcore.kernel import syscalls
 from labcore.errors import LabError, NeedsPrivilege
+from labcore.kernel import syscalls
 from labcore.lessons.evidence import NotRun, Step
 
 CAP_SYS_ADMIN = 21                      # <linux/capability.h>

@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.lessons import hosts
 from labcore.api.labd import API_VERSION
 from labcore.errors import LabError, NeedsPrivilege, NotFound
-from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.lessons import hosts
 from labcore.lessons.client_server import group_name, owner_name, socket_listener
+from labcore.lessons.evidence import Step, current_mode, user_mode
 
 IMAGE = "lab/hello:v1"                              # the repository and tag pushed to the loopback registry
 COMMAND = ["sh", "-c", "sleep 1; echo hi"]          # long enough to read pid 1 from /proc while it runs

@@ -2,7 +2,8 @@
 
 The lesson of notebook 09, one step per cell. Each escape runs twice, for real, in two busybox containers: once
 `--privileged` (before) and once with Docker's defaults (after), and shows what the kernel answered each time.
-The mechanisms are ``labcore.kernel.capabilities``, ``labcore.kernel.seccomp``, ``labcore.kernel.confinement`` and the device
+The mechanisms are ``labcore.kernel.capabilities``, ``labcore.kernel.seccomp``, ``labcore.kernel.confinement``
+and the device
 cgroup (``labcore.kernel.cgroups.devices``); this module only asks them and shows the evidence.
 
     escape("host-disk")        mknod the host's disk and mount it          EPERM (mount), EPERM (open)
@@ -23,11 +24,11 @@ import tempfile
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import capabilities, confinement, journal, seccomp
 from labcore.lessons import hosts
-from labcore.runtime import container
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.lessons.evidence import Step, current_mode
+from labcore.runtime import container
 
 IMAGE = "busybox"
 STATUS = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"
@@ -96,7 +97,8 @@ def what_root_may_still_do() -> Step:
     except LabError as err:
         return hosts.refuse("What root in a container may still do", action, err, key="security.what_root_may_still_do")
     after = dict(zip(checks, answers))
-    return Step("What root in a container may still do", action, {}, after, current_mode(), key="security.what_root_may_still_do",
+    return Step("What root in a container may still do", action, {}, after, current_mode(),
+                key="security.what_root_may_still_do",
                 note="uid 0 inside, with 14 of root's ~40 capabilities: enough to own and change its files, not "
                      "to mount, set the clock or read the host kernel's log",
                 data={"allowed": [name for name, answer in after.items() if answer == "yes"]})
@@ -216,7 +218,8 @@ def seccomp_filter() -> Step:
              for (name, (call, _)), answer in zip(SECCOMP_PROBES.items(), default)}
     for call in ("keyctl", "add_key", "kexec_load", "open_by_handle_at", "bpf", "clone3", "io_uring_setup"):
         after[call] = f"the profile says {seccomp.verdict(profile, capabilities.DEFAULT, call)}"
-    return Step("seccomp: which calls are refused, and why", action, before, after, current_mode(), key="security.seccomp_filter",
+    return Step("seccomp: which calls are refused, and why", action, before, after, current_mode(),
+                key="security.seccomp_filter",
                 note="unshare -U needs no capability at all: only the filter refuses it by default",
                 data={"unconfined": before, "default": dict(zip(SECCOMP_PROBES, default))})
 
@@ -286,7 +289,8 @@ def socket_is_root() -> Step:
                 {"who may ask": f"whoever may write {socket} (mode 0660) or /var/run/docker.sock"},
                 {"/host/root (root's home)": f"{lines[0]}: entered", "/host/etc/shadow (the password hashes)":
                  f"{lines[1]}: {lines[2].strip()} lines read"},
-                current_mode(), key="security.socket_is_root", note="a client of the socket gets root's files without any escape: treat the "
+                current_mode(), key="security.socket_is_root",
+                note="a client of the socket gets root's files without any escape: treat the "
                                      "docker group as root (Docker's docs, 'Docker daemon attack surface')",
                 data={"read_shadow": result.exit_code == 0 and lines[2].strip().isdigit()})
 
@@ -308,7 +312,8 @@ def user_namespace() -> Step:
         return hosts.refuse("User namespaces: root inside, nobody outside", action, err, key="security.user_namespace")
     before = {"as root": said(as_root) if as_root else "(you are not root: only the rootless run is possible)"}
     return Step("User namespaces: root inside, nobody outside", action, before, {"rootless": rootless},
-                current_mode(), key="security.user_namespace", note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
+                current_mode(), key="security.user_namespace",
+                note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
                                      "host's sysctls and devices against the outside uid (user_namespaces(7))",
                 data={"rootless": rootless})
 
@@ -325,7 +330,7 @@ def run_as_nobody(script: str) -> str:
         home = tempfile.mkdtemp(prefix=f"{paths.PREFIX}-userns-", dir="/tmp")
         scope.record("directory", home, "rmtree", path=home)     # removed when the scope ends
         os.chown(home, 65534, 65534)
-        env = {**os.environ, "LABCORE_HOME": f"{home}/home", "PYTHONPATH": str(Path(__file__).parents[1])}
+        env = {**os.environ, "LABCORE_HOME": f"{home}/home", "PYTHONPATH": str(Path(__file__).parents[2])}
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd="/")
     return (done.stdout + done.stderr).strip().replace("\n", " | ") + f"  [exit {done.returncode}]"
 
@@ -366,7 +371,8 @@ def check_unshare(flags: dict) -> Step:
         return hosts.refuse("Exercise: unshare -U", action, err, key=f"security.check_unshare({flag_text(flags)})")
     solved = result.exit_code == 0
     return Step("Exercise: " + ("solved" if solved else "not yet"), action, {}, {"said": said(result)},
-                current_mode(), key=f"security.check_unshare({flag_text(flags)})", note="only seccomp stood in the way" if solved else "the filter still refuses it",
+                current_mode(), key=f"security.check_unshare({flag_text(flags)})",
+                note="only seccomp stood in the way" if solved else "the filter still refuses it",
                 data={"solved": solved})
 
 
@@ -446,7 +452,8 @@ def start_container(name: str = "labcore-defence") -> object:
         record = engine.create(container.Spec(IMAGE, ["sleep", "600"], name=name, network="none"))
         return engine.start(record.id)
     except (NeedsPrivilege, NotSupportedHere) as err:      # it stands in for the container: see hosts.lacking
-        return hosts.refuse("a container to look at", f"docker run -d --name {name} busybox sleep 600", err, key="security.start_container")
+        return hosts.refuse("a container to look at", f"docker run -d --name {name} busybox sleep 600", err,
+                            key="security.start_container")
 
 
 def remove_container(record) -> str:

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.kernel import journal
 from labcore.lessons import hosts
-from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.lessons.evidence import Step
 
 QEMU = "qemu-system-x86_64"

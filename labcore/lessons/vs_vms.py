@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import journal
 from labcore.lessons import dockerd, hosts, vm
-from labcore.runtime import container
 from labcore.lessons.diagrams import Graph
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.lessons.evidence import NOT_RUN, NotRun, Step, current_mode
+from labcore.runtime import container
 
 _REFUSED = (NeedsPrivilege, NotSupportedHere)
 
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labcore.lessons.vs_vms", description=main.__doc__)
     parser.add_argument("--runs", type=int, default=20, help="runs of (a), (b) and (c) (default 20)")
     parser.add_argument("--vm-runs", type=int, default=5, help="VM boots (default 5; about 5 s each on TCG)")
-    parser.add_argument("--diagrams", type=Path, default=Path(__file__).resolve().parents[1] / "diagrams",
+    parser.add_argument("--diagrams", type=Path, default=Path(__file__).resolve().parents[2] / "diagrams",
                         help="where stacks.gv and stacks.svg go (default: the checkout's diagrams/)")
     args = parser.parse_args(argv)
     comparison = measure(args.runs, args.vm_runs)

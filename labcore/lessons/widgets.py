@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from labcore.lessons import diagrams
 from labcore.errors import BadInput, LabError
+from labcore.lessons import diagrams
 from labcore.lessons.evidence import Step, user_mode
 
 

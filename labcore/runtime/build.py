@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from labcore import paths
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.image import layers
 from labcore.lessons import hosts
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.lessons.evidence import Step, record, user_mode
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ENV", "WORKDIR", "CMD", "ENTRYPOINT")

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.image import layers
 from labcore.kernel import confinement, journal, rootfs, syscalls, userns
-from labcore.runtime import users
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.kernel.process import Channel, Child, exit_code
+from labcore.runtime import users
 # The vocabulary of `docker run`, resolved and checked (labcore.runtime.spec), and the container's stdio
 # (labcore.runtime.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
 from labcore.runtime.spec import (DEFAULT_PATH, Plan, Spec, check_spec, command_line, environment,  # noqa: F401
@@ -291,8 +291,8 @@ def run(spec: Spec, stdio: str = "capture") -> Result:
 def run_step(spec: Spec) -> "Step":
     """`run` as a notebook cell shows it: a Step with the command's output and exit code, in the mode it ran;
     where this host refuses what a container needs (namespaces), the refused Step, with the reason."""
-    from labcore.lessons import hosts
     from labcore.errors import NeedsPrivilege, NotSupportedHere
+    from labcore.lessons import hosts
     from labcore.lessons.evidence import Step, current_mode
     flags = [flag for flag, on in (("--rm", spec.rm), (f"--hostname {spec.hostname}", spec.hostname),
                                    (f"--network {spec.network}", spec.network != "bridge")) if on]

@@ -20,11 +20,11 @@ import os
 import stat
 import tarfile
 
+from labcore.errors import BadInput, NotFound
 from labcore.image import layers
 from labcore.kernel import syscalls
-from labcore.runtime.jsonfile import timestamp
-from labcore.errors import BadInput, NotFound
 from labcore.kernel.process import Child
+from labcore.runtime.jsonfile import timestamp
 
 MODIFIED, ADDED, DELETED = 0, 1, 2
 

@@ -36,12 +36,12 @@ import time
 from typing import Iterator
 
 from labcore import paths
+from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel import journal
+from labcore.kernel.process import Channel, close_inherited_fds
 from labcore.runtime import jsonfile, lifecycle
 from labcore.runtime.container import Spec
-from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.runtime.lifecycle import Record, State
-from labcore.kernel.process import Channel, close_inherited_fds
 
 LOG = "container.log"
 STDIN = "stdin"                        # the FIFO that is a `-i` container's fd 0

@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.kernel import journal, network
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
+from labcore.kernel import journal, network
 
 POOL = ipaddress.ip_network("10.203.0.0/16")      # /24s of it; the first, 10.203.0.0/24, is lcbr0's
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")            # libnetwork's rule for network names

@@ -33,8 +33,8 @@ def compose(labd, directory, *argv) -> subprocess.CompletedProcess:
 
 
 def test_compose_brings_up_two_services_that_talk_by_name_and_takes_them_down(tmp_path, busybox_image):
-    from labcore.runtime import networks
     from labcore.api.labd import Labd
+    from labcore.runtime import networks
     (tmp_path / "docker-compose.yml").write_text(PROJECT)
     links_before = set(os.listdir("/sys/class/net"))
     with Labd(f"/tmp/labcore-compose-{os.getpid()}-{time.monotonic_ns()}.sock") as labd:

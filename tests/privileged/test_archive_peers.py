@@ -14,10 +14,10 @@ import pytest
 
 from labcore import paths
 from labcore.image import archive
-from labcore.runtime.container import Spec, run
-from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
 from labcore.image.oci import Store, ensure_base_image
 from labcore.kernel.journal import Scope
+from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
+from labcore.runtime.container import Spec, run
 from tests.conftest import has, privileged
 
 REASON = dockerd_unavailable_reason()

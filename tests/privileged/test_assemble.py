@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from labcore.errors import InvalidTransition, LabError, NotFound
 from labcore.kernel import journal, network
 from labcore.lessons import build_your_own
-from labcore.errors import InvalidTransition, LabError, NotFound
 from tests.conftest import has, privileged
 
 pytestmark = [privileged, pytest.mark.skipif(not has("ip"), reason="needs ip(8): apt-get install iproute2")]

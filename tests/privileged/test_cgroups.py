@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from labcore.errors import NotSupportedHere
 from labcore.kernel import journal
 from labcore.kernel.cgroups import can_limit, detect, open_manager
-from labcore.lessons import control_groups
 from labcore.kernel.cgroups.limits import parse_run_limits
-from labcore.errors import NotSupportedHere
+from labcore.lessons import control_groups
 
 # Root, or a user owning a delegated cgroup v2 subtree (tests/vm runs these as such a user in the guest).
 pytestmark = pytest.mark.skipif(not can_limit(), reason=(

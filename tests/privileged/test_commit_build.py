@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from labcore import paths
+from labcore.errors import LabError, NotFound
+from labcore.image.oci import Store
 from labcore.kernel import journal
 from labcore.runtime import build, container
 from labcore.runtime.container import Spec
-from labcore.errors import LabError, NotFound
-from labcore.image.oci import Store
 from tests.conftest import privileged
 
 pytestmark = privileged

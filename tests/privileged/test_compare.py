@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from labcore.errors import NotSupportedHere
 from labcore.lessons import vm, vs_vms
 from labcore.lessons.dockerd import dockerd_unavailable_reason
-from labcore.errors import NotSupportedHere
 from labcore.lessons.evidence import NOT_RUN
 from tests.conftest import has, privileged
 

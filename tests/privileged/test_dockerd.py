@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
 from labcore.kernel.journal import mounts_under, process_start_time
+from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
 from tests.conftest import privileged
 
 REASON = dockerd_unavailable_reason()

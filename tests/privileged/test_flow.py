@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from labcore.lessons import client_server, run_flow
 from labcore.kernel.journal import process_start_time
+from labcore.lessons import client_server, run_flow
 from tests.conftest import has, privileged
 
 pytest.importorskip("docker", reason="the stage's client() is the docker SDK: pip install docker")

@@ -5,10 +5,10 @@ import stat
 import pytest
 
 from labcore import paths
-from labcore.kernel import overlay
 from labcore.errors import LabError
-from labcore.lessons.evidence import Mode
+from labcore.kernel import overlay
 from labcore.kernel.journal import Scope, mounts_under
+from labcore.lessons.evidence import Mode
 from labcore.lessons.overlay_model import Dir, File, Symlink
 from tests.conftest import has, privileged
 

@@ -4,8 +4,8 @@ import subprocess
 
 import pytest
 
-from labcore.image import registry
 from labcore.errors import NotFound
+from labcore.image import registry
 from labcore.image.oci import Store, ensure_base_image
 from labcore.lessons.localregistry import LocalRegistry
 from tests.conftest import has

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from labcore.runtime.container import Spec, run
 from labcore.errors import BadInput
+from labcore.runtime.container import Spec, run
 from tests.conftest import privileged
 
 pytestmark = privileged

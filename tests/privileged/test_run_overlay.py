@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from labcore import paths
+from labcore.errors import BadInput
 from labcore.image import layers
 from labcore.kernel import journal
 from labcore.runtime import container
 from labcore.runtime.container import Spec
-from labcore.errors import BadInput
 from tests.conftest import privileged
 from tests.privileged.test_run import as_nobody, python_for_nobody, wait_for
 

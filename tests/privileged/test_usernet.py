@@ -136,8 +136,8 @@ def net_namespaces_in_use() -> set[str]:
 
 RUN_AND_LOOK = """
 import json, os
-from labcore.runtime.container import Spec, run
 from labcore.kernel.journal import Journal
+from labcore.runtime.container import Spec, run
 result = run(Spec("busybox", ["sh", "-c", "readlink /proc/self/ns/net; ip -4 -o addr show eth0; ip route; "
                               "nc 10.0.2.2 {port} </dev/null"], rm=True))
 print(json.dumps({{"out": result.stdout.decode(), "code": result.exit_code,
@@ -293,9 +293,9 @@ def test_two_servers_on_port_80_without_root(lab_dir, state):
 
 REFUSED = """
 import json
+from labcore.errors import LabError
 from labcore.kernel import network, usernet
 from labcore.runtime import container
-from labcore.errors import LabError
 usernet.TUN = "/dev/net/labcore-no-such-tun"        # a host without the tun driver
 two = network.two_servers_on_port_80(host_ports=(0, 0))
 lo_only = container.run(container.Spec("busybox", ["ls", "/sys/class/net"], rm=True))

@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
-from labcore.image import archive
 from labcore.cli import main
 from labcore.cli.rmi import remove
 from labcore.errors import BadInput, LabError
+from labcore.image import archive
 from labcore.image.oci import Store
 
 

@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
+from labcore.errors import InvalidTransition
 from labcore.kernel import syscalls
 from labcore.lessons import build_your_own
-from labcore.errors import InvalidTransition
 
 
 class FakeImage:

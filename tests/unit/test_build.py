@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from labcore.errors import BadInput
 from labcore.runtime import build
 from labcore.runtime.build import Instruction, Stage
-from labcore.errors import BadInput
 
 LABFILE = """# a comment, then a blank line
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from labcore.errors import BadInput
 from labcore.kernel.cgroups import limits
 from labcore.kernel.cgroups.limits import DENY_ALL, DeviceRule, Limits, Throttle, parse_run_limits, parse_size
-from labcore.errors import BadInput
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from labcore.errors import BadInput, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import cgroups
 from labcore.kernel.cgroups import limits as limits_module
 from labcore.kernel.cgroups import open_manager, parse_mountinfo
 from labcore.kernel.cgroups.limits import Limits, parse_run_limits
 from labcore.kernel.cgroups.v1 import V1Manager
 from labcore.kernel.cgroups.v2 import V2Manager
-from labcore.errors import BadInput, NeedsPrivilege, NotSupportedHere
 
 V1_MOUNTINFO = """\
 22 1 0:21 / /proc rw,nosuid - proc proc rw

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from labcore.errors import NotSupportedHere
 from labcore.kernel import cgroups
 from labcore.kernel.cgroups import limits as limits_module
 from labcore.kernel.cgroups import open_manager
 from labcore.kernel.cgroups.limits import Limits, parse_run_limits
 from labcore.kernel.cgroups.v2 import V2Manager
-from labcore.errors import NotSupportedHere
 
 V2_MOUNTINFO = "25 19 0:22 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 ROOT_CONTROLLERS = "cpuset cpu io memory hugetlb pids rdma misc"

@@ -58,8 +58,8 @@ def test_limit_flags_become_the_specs_limits_in_dockers_syntax():
 @pytest.mark.parametrize("flag,value,accepted", [("--memory", "10XB", "64m"), ("--cpus", "-1", "0.5"),
                                                   ("--pids-limit", "ten", "-1")])
 def test_bad_limits_are_refused_before_anything_exists(flag, value, accepted, labcore_home):
-    from labcore.runtime import container
     from labcore.errors import BadInput
+    from labcore.runtime import container
     with pytest.raises(BadInput) as refused:
         container.plan_for(container.Spec("busybox", ["true"], limits={flag[2:].replace("-", "_"): value}))
     assert accepted in str(refused.value)

@@ -123,8 +123,8 @@ def test_run_flags_become_dockers_container_config():
 
 
 def test_what_the_client_sends_labd_reads_back_as_the_same_spec():
-    from labcore.runtime.container import Spec
     from labcore.api.routes import spec_from_body
+    from labcore.runtime.container import Spec
     spec = Spec(image="busybox", cmd=["echo", "hi"], env=["A=1"], workdir="/tmp", hostname="box1", tty=True,
                 name="web", network="bridge", publish=["127.0.0.1:8080:80/tcp"], group_add=["1000"],
                 tmpfs=["/run:size=1m"], limits={"pids_limit": "10", "memory": "64m", "memory_swap": "128m",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from labcore.lessons import diagrams, vs_vms
 from labcore.errors import LabError, NotSupportedHere
+from labcore.lessons import diagrams, vs_vms
 from labcore.lessons.evidence import NOT_RUN, Step
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")

@@ -5,10 +5,10 @@ import struct
 
 import pytest
 
+from labcore.errors import BadInput, NotSupportedHere
 from labcore.kernel import capabilities, confinement, seccomp, syscalls
 from labcore.kernel.cgroups import devices
 from labcore.kernel.cgroups.limits import DEFAULT_ALLOWED, DENY_ALL, DeviceRule
-from labcore.errors import BadInput, NotSupportedHere
 from labcore.runtime.spec import Spec
 from labcore.runtime.users import Identity
 

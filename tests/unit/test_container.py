@@ -5,10 +5,10 @@ import os
 import pytest
 
 from labcore import paths
+from labcore.errors import BadInput, NotFound
 from labcore.kernel import journal
 from labcore.runtime import container, spec
 from labcore.runtime.container import Spec, command_line, environment, parse_user
-from labcore.errors import BadInput, NotFound
 
 IMAGE = {"Entrypoint": ["/entry"], "Cmd": ["default", "args"], "Env": ["PATH=/image/bin", "A=image"]}
 

@@ -15,8 +15,8 @@ import pytest
 
 import labcore
 from labcore.kernel import namespaces, overlay
-from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
 from labcore.kernel.cgroups.limits import Limits
+from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from labcore.kernel import syscalls
-from labcore.lessons import doctor
-from labcore.lessons.doctor import Capability, Report
 from labcore.errors import NotSupportedHere, from_oserror
+from labcore.kernel import syscalls
 from labcore.kernel.journal import Journal
 from labcore.kernel.process import Child, run_in_child
+from labcore.lessons import doctor
+from labcore.lessons.doctor import Capability, Report
 
 HYBRID = """\
 25 1 0:23 / / rw,relatime shared:1 - ext4 /dev/vda rw

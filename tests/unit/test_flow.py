@@ -1,12 +1,13 @@
-"""labcore.lessons.run_flow without root: the wire against a fake daemon, HTTP parsing, frames, the diagram, the stepper."""
+"""labcore.lessons.run_flow without root: the wire against a fake daemon, HTTP parsing, frames, the diagram,
+the stepper."""
 import os
 import socket
 import threading
 
 import pytest
 
-from labcore.lessons import client_server, run_flow, widgets
 from labcore.errors import LabError
+from labcore.lessons import client_server, run_flow, widgets
 
 PONG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
 CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -1,6 +1,6 @@
 """labcore.lessons.hosts: the kind of host, and a refusal explained with a fix this user can act on."""
-from labcore.lessons import hosts
 from labcore.errors import NeedsPrivilege
+from labcore.lessons import hosts
 from labcore.lessons.evidence import NOT_RUN, Mode, Step
 
 ROOT = hosts.Host(euid=0, capable=True, userns_refused=None, seccomp=False, container=None)

@@ -12,11 +12,11 @@ import tarfile
 
 import pytest
 
-from labcore.image import baseimage, oci
 from labcore.cli import main
-from labcore.units import human_duration, human_size
 from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
+from labcore.image import baseimage, oci
 from labcore.image.oci import Store
+from labcore.units import human_duration, human_size
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static")
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from labcore.kernel import journal
 from labcore.errors import LabError
+from labcore.kernel import journal
 from labcore.kernel.journal import Journal, Scope
 
 
@@ -84,8 +84,8 @@ def test_unknown_undo_operation_is_refused_at_record_time(tmp_path):
 
 def test_a_notebooks_cleanup_leaves_other_live_processes_objects_alone(tmp_path):
     """Two notebooks share one state dir: one's cleanup cell must not pull the other's daemon away."""
-    code = ("import os, pathlib, sys, time; from labcore.kernel.journal import Journal; p = pathlib.Path(os.environ['D']);"
-            "p.mkdir(); Journal().record('directory', p, 'rmtree', path=str(p)); print('ready', flush=True);"
+    code = ("import os, pathlib, sys, time; from labcore.kernel.journal import Journal; "
+            "p = pathlib.Path(os.environ['D']); p.mkdir(); Journal().record('directory', p, 'rmtree', path=str(p)); print('ready', flush=True);"
             "sys.stdin.read()")
     theirs = tmp_path / "labcore-other-notebook"
     other = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "D": str(theirs)},

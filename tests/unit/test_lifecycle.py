@@ -1,8 +1,8 @@
 """The lifecycle table: allowed moves change the stored state; forbidden ones raise and change nothing."""
 import pytest
 
-from labcore.runtime import lifecycle
 from labcore.errors import InvalidTransition, NotFound
+from labcore.runtime import lifecycle
 from labcore.runtime.lifecycle import Record, State
 
 

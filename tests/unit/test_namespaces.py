@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
+from labcore.errors import BadInput
 from labcore.kernel import namespaces, syscalls, userns
 from labcore.lessons import diagrams
-from labcore.errors import BadInput
 from labcore.lessons.evidence import Mode
 
 

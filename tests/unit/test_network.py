@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from labcore.kernel import journal, network, portproxy, syscalls
 from labcore.errors import BadInput, LabError, NeedsPrivilege
+from labcore.kernel import journal, network, portproxy, syscalls
 from labcore.kernel.network import DEFAULT, PortMapping
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from labcore.api import labd, routes
+from labcore.errors import BadInput, InvalidTransition, NotFound
 from labcore.kernel import network
 from labcore.runtime import lifecycle, networks
 from labcore.runtime.container import Spec
-from labcore.errors import BadInput, InvalidTransition, NotFound
 from labcore.runtime.lifecycle import Record, State
 
 

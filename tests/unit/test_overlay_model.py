@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labcore import paths
-from labcore.kernel import overlay, syscalls
 from labcore.errors import BadInput
+from labcore.kernel import overlay, syscalls
 from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Model, predict
 
 BASE = {"etc": Dir(), "etc/hostname": File(b"base\n"), "var": Dir(), "var/log": Dir(),

@@ -3,8 +3,8 @@ import hashlib
 
 import pytest
 
-from labcore.image import registry
 from labcore.errors import BadInput, LabError, NotFound
+from labcore.image import registry
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -5,9 +5,9 @@ import os
 import stat
 
 from labcore.kernel import rootfs, syscalls
-from labcore.lessons.evidence import Mode
 from labcore.kernel.process import run_in_child
 from labcore.kernel.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC
+from labcore.lessons.evidence import Mode
 
 
 def record_container_root(root: str, rootless: bool) -> list:

@@ -3,8 +3,8 @@ import errno
 
 import pytest
 
-from labcore.kernel import syscalls
 from labcore.errors import NeedsPrivilege, NotSupportedHere
+from labcore.kernel import syscalls
 
 
 def test_flag_names_spell_flags_as_c_does():

@@ -15,12 +15,12 @@ import types
 
 import pytest
 
-from labcore.kernel import journal, network, portproxy, syscalls, usernet, userns
-from labcore.lessons import build_your_own
-from labcore.runtime import container
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.lessons.evidence import Mode
+from labcore.kernel import journal, network, portproxy, syscalls, usernet, userns
 from labcore.kernel.journal import Journal, Scope
+from labcore.lessons import build_your_own
+from labcore.lessons.evidence import Mode
+from labcore.runtime import container
 
 
 def dead_pid() -> int:
@@ -221,7 +221,8 @@ def test_the_host_is_checked_before_anything_is_made(monkeypatch, tmp_path):
 
 def test_the_port_proxy_enters_the_router_namespace_with_the_listener_from_the_host(monkeypatch):
     started = {}
-    monkeypatch.setattr("labcore.kernel.process.spawn", lambda argv, pass_fds=(): started.update(argv=argv, fds=pass_fds))
+    monkeypatch.setattr("labcore.kernel.process.spawn",
+                        lambda argv, pass_fds=(): started.update(argv=argv, fds=pass_fds))
     with socket.create_server(("127.0.0.1", 0)) as listener:
         portproxy.start(listener, ("10.203.0.2", 80), inside=4242)
         assert started["fds"] == (listener.fileno(),)

@@ -1,8 +1,8 @@
 """User names are the container's: looked up in its /etc/passwd and /etc/group (here a fake image root)."""
 import pytest
 
-from labcore.runtime import users
 from labcore.errors import BadInput
+from labcore.runtime import users
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\npostgres:x:70:70::/:/bin/sh\n"
 GROUP = "root:x:0:\npostgres:x:70:\naudio:x:29:postgres,other\n"

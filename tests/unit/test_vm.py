@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from labcore.lessons import vm
 from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.kernel.journal import Journal
+from labcore.lessons import vm
 
 MODULES_DEP = """\
 kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/fscache/fscache.ko kernel/fs/netfs/netfs.ko

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from labcore.lessons import widgets
 from labcore.errors import BadInput, NotSupportedHere
+from labcore.lessons import widgets
 from labcore.lessons.evidence import Step
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from labcore.lessons import vm
 from labcore.errors import NotSupportedHere
+from labcore.lessons import vm
 from tests.conftest import has, privileged
 
 ROOT = Path(__file__).resolve().parents[2]

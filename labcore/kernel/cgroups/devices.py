@@ -21,8 +21,8 @@ import ctypes
 import os
 import struct
 
-from labcore.kernel import syscalls
 from labcore.errors import NotSupportedHere
+from labcore.kernel import syscalls
 
 # <linux/bpf.h>
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
