@@ -53,6 +53,12 @@ def execute(path: Path) -> dict:
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT, allow_errors=True, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+    return count(notebook)
+
+
+def count(notebook) -> dict:
+    """A run notebook's code cells, its error cells (and which) and its steps by how they ran; also for
+    notebooks run elsewhere, as tools/hub/kernelapi.py runs them in a student's server."""
     cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     errors, steps, refused = [], collections.Counter(), []
     for index, cell in cells:                   # numbered as in the notebook, markdown cells counted
