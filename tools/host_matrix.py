@@ -114,14 +114,18 @@ def run_as_student(notebooks: list[Path], work: Path) -> dict:
     return finished(subprocess.run(command, capture_output=True, text=True, cwd="/"))
 
 
-def run_in_pod(notebooks: list[Path], work: Path) -> dict:
-    """In a container of Docker's own making with Binder's restrictions (see the module's docstring)."""
+POD_CONFINEMENT = ("--cap-drop", "ALL", "--security-opt", "no-new-privileges")   # and Docker's default seccomp
+
+
+def run_in_pod(notebooks: list[Path], work: Path, confinement: tuple[str, ...] = POD_CONFINEMENT) -> dict:
+    """In a container of Docker's own making with Binder's restrictions (see the module's docstring), or with
+    the ``confinement`` flags given (tests/hub/test_pod_settings.py: the Kubernetes pods' settings)."""
     from labcore.dockerd import Dockerd
     with Dockerd() as docker:
         image = make_pod_image(docker, work)
         home = "/home/jovyan"
-        command = ["run", "--rm", "--network", "none", "--user", f"{POD_UID}:{POD_UID}", "--cap-drop", "ALL",
-                   "--security-opt", "no-new-privileges", "--workdir", home,
+        command = ["run", "--rm", "--network", "none", "--user", f"{POD_UID}:{POD_UID}", *confinement,
+                   "--workdir", home,
                    "--tmpfs", f"{home}:uid={POD_UID},gid={POD_UID},mode=0755,exec",
                    "--tmpfs", "/tmp:mode=1777,exec",
                    "-e", f"HOME={home}", "-e", "USER=jovyan", "-e", "PATH=/usr/bin:/bin", "-e", "LANG=C.UTF-8",

@@ -26,6 +26,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--admin", action="append", default=[], help="a user who may manage the hub")
     parser.add_argument("--ip", default="", help="the address to serve on (default: every address)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--hub-api-port", type=int, default=8081, help="the hub's own API, on loopback")
+    parser.add_argument("--proxy-api-port", type=int, default=8001, help="the proxy's API, on loopback")
     parser.add_argument("--memory", default="1g", help="each student's memory, in Docker's syntax")
     parser.add_argument("--cpus", default="1", help="each student's CPUs at most")
     parser.add_argument("--pids", default="512", help="each student's processes and threads at most")
@@ -72,6 +74,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.auth == "pam":                  # firstuse makes each account at its first login instead
         make_accounts(students, args.group, args.state)
     settings = Settings(root=str(ROOT), state=str(args.state), bind_url=f"http://{args.ip}:{args.port}",
+                        hub_bind_url=f"http://127.0.0.1:{args.hub_api_port}",
+                        proxy_api_url=f"http://127.0.0.1:{args.proxy_api_port}",
                         proxy=proxy_command(), auth=args.auth, group=args.group,
                         students=[s.name for s in students], admins=args.admin, open_signup=args.open_signup,
                         limits={"memory": args.memory, "cpus": args.cpus, "pids": args.pids})
