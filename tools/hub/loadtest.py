@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {}
     with Class(args.students, dict(LIMITS, memory=args.memory)) as the_class:
         report["load"] = asyncio.run(everyone_at_once(the_class, args.notebooks))
-        report["isolation"] = asyncio.run(isolation(the_class))
-        report["runaway"] = asyncio.run(runaway(the_class, args.notebooks[0]))
+        if args.students >= 2:                  # one student to probe or run away, another to watch
+            report["isolation"] = asyncio.run(isolation(the_class))
+            report["runaway"] = asyncio.run(runaway(the_class, args.notebooks[0]))
         asyncio.run(stop_everyone(the_class))
     report["left behind"] = the_class.left_behind()
     print(json.dumps(report, indent=1))
