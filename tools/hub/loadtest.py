@@ -98,8 +98,8 @@ print(json.dumps({"pid": state[0]["State"]["Pid"], "sock": sock, "home": os.path
 class Class:
     """The hub and its students on this machine; everything it makes is removed on leaving the block."""
 
-    def __init__(self, students: int = 10, limits: dict | None = None):
-        self.tag = secrets.token_hex(2)
+    def __init__(self, students: int = 10, limits: dict | None = None, auth: str = "pam"):
+        self.tag, self.auth = secrets.token_hex(2), auth
         self.group = f"labcore-{self.tag}-class"
         self.names = [f"labcore-{self.tag}-s{i:02d}" for i in range(1, students + 1)]
         self.passwords: dict[str, str] = {}
@@ -112,8 +112,9 @@ class Class:
     def __enter__(self) -> "Class":
         try:
             roster.ensure_group(self.group)
-            for name in self.names:
-                self.passwords[name] = roster.add(roster.Student(name), self.group)
+            for name in self.names:         # first use: the hub makes each account; its first login sets this
+                self.passwords[name] = roster.add(roster.Student(name), self.group) if self.auth == "pam" \
+                    else secrets.token_urlsafe(9)
             self.start_hub()
         except BaseException:
             self.close()
@@ -124,7 +125,8 @@ class Class:
         settings = Settings(root=str(ROOT), state=str(self.state), bind_url=self.url,
                             hub_bind_url=f"http://127.0.0.1:{free_port()}",
                             proxy_api_url=f"http://127.0.0.1:{free_port()}", proxy=proxy_command(),
-                            group=self.group, students=self.names, limits=self.limits, course_folder=COURSE)
+                            auth=self.auth, group=self.group, students=self.names, limits=self.limits,
+                            course_folder=COURSE)
         environment = {k: v for k, v in os.environ.items() if k != "LABCORE_HOME"}
         environment["LABCORE_HUB_SETTINGS"] = str(settings.write())
         self.log = open(self.state / "jupyterhub.log", "w")

@@ -15,7 +15,8 @@ AUTHENTICATORS = {
     "pam": "the students' Linux accounts and passwords (JupyterHub's default, PAMAuthenticator); with a "
            "roster the accounts are made first",
     "firstuse": "accounts are self-made: the first login to a name sets its password "
-                "(jupyterhub-firstuseauthenticator), and the hub makes the Linux account then",
+                "(jupyterhub-firstuseauthenticator); the hub makes the Linux account, at its start for a "
+                "roster's names, at that first login with --open-signup",
 }
 
 
