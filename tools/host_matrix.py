@@ -53,6 +53,12 @@ def execute(path: Path) -> dict:
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT, allow_errors=True, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+    return count(notebook)
+
+
+def count(notebook) -> dict:
+    """A run notebook's code cells, its error cells (and which) and its steps by how they ran; also for
+    notebooks run elsewhere, as tools/hub/kernelapi.py runs them in a student's server."""
     cells = [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
     errors, steps, refused = [], collections.Counter(), []
     for index, cell in cells:                   # numbered as in the notebook, markdown cells counted
@@ -108,14 +114,18 @@ def run_as_student(notebooks: list[Path], work: Path) -> dict:
     return finished(subprocess.run(command, capture_output=True, text=True, cwd="/"))
 
 
-def run_in_pod(notebooks: list[Path], work: Path) -> dict:
-    """In a container of Docker's own making with Binder's restrictions (see the module's docstring)."""
+POD_CONFINEMENT = ("--cap-drop", "ALL", "--security-opt", "no-new-privileges")   # and Docker's default seccomp
+
+
+def run_in_pod(notebooks: list[Path], work: Path, confinement: tuple[str, ...] = POD_CONFINEMENT) -> dict:
+    """In a container of Docker's own making with Binder's restrictions (see the module's docstring), or with
+    the ``confinement`` flags given (tests/hub/test_pod_settings.py: the Kubernetes pods' settings)."""
     from labcore.lessons.dockerd import Dockerd
     with Dockerd() as docker:
         image = make_pod_image(docker, work)
         home = "/home/jovyan"
-        command = ["run", "--rm", "--network", "none", "--user", f"{POD_UID}:{POD_UID}", "--cap-drop", "ALL",
-                   "--security-opt", "no-new-privileges", "--workdir", home,
+        command = ["run", "--rm", "--network", "none", "--user", f"{POD_UID}:{POD_UID}", *confinement,
+                   "--workdir", home,
                    "--tmpfs", f"{home}:uid={POD_UID},gid={POD_UID},mode=0755,exec",
                    "--tmpfs", "/tmp:mode=1777,exec",
                    "-e", f"HOME={home}", "-e", "USER=jovyan", "-e", "PATH=/usr/bin:/bin", "-e", "LANG=C.UTF-8",

@@ -1,0 +1,87 @@
+"""The spawner: each student's single-user server as that student, inside their own limited cgroup.
+
+JupyterHub's ``LocalProcessSpawner`` forks the server from the hub (root), switches to the student's uid, gid
+and groups in the child (``set_user_setuid``), and execs it. ``LabSpawner`` adds three steps to it:
+
+    start   make the student's group (``tools.hub.fairness``) and, in the child before it drops root, move
+            the child into it: the server and everything it starts are held to the class's limits
+    start   the server's command begins with ``course.py``, which, as the student, copies or updates the
+            course in their home, then execs jupyterhub-singleuser
+    stop    after the server: every process left in the student's group killed (detached containers
+            too), then the student's own `labcore cleanup` (their journal, as them: every record's owner is
+            dead now, so all is undone), then the group removed
+
+Why this spawner, and not SystemdSpawner or sudospawner: it runs wherever the hub runs as root, with or
+without systemd (this project's CI host has none; neither does a container or the cgroup v2 guest of
+tests/vm), and the per-student group is made by the same cgroup manager, v1 or v2, that limits the lab's
+containers. On a systemd VM it works the same way (its groups sit beside systemd's at the top, as Docker's
+cgroupfs driver puts /sys/fs/cgroup/docker). SystemdSpawner gives MemoryMax=/CPUQuota=/TasksMax= per
+student too, but only where systemd runs, and its unit would have to be delegated and the server moved into
+a leaf of it for the lab's own per-container groups. sudospawner lets the hub run unprivileged, but the
+groups must still be made by root.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import subprocess
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from traitlets import Any, Unicode
+
+
+class LabSpawner(LocalProcessSpawner):
+    fairness = Any(help="a tools.hub.fairness.Fairness: makes each student's group").tag(config=True)
+    labcore = Unicode(help="the labcore command, for each student's own cleanup after their server").tag(
+        config=True)
+
+    student_group = None
+
+    def make_preexec_fn(self, name):
+        drop_root = set_user_setuid(name)
+        group, fairness = self.student_group, self.fairness
+
+        def preexec():                      # in the forked child, before exec: still root here
+            if group is not None:
+                fairness.enter(group, os.getpid())
+            drop_root()
+        return preexec
+
+    async def start(self):
+        if self.fairness is not None:
+            user = pwd.getpwnam(self.user.name)
+            self.student_group = self.fairness.make(self.user.name, user.pw_uid, user.pw_gid)
+        try:
+            return await super().start()
+        except BaseException:
+            self.remove_student_group()
+            raise
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        await asyncio.to_thread(self.end_student_session)      # seconds of work: not on the hub's loop
+
+    def end_student_session(self) -> None:
+        if self.student_group is not None:
+            self.fairness.kill(self.student_group)
+        self.clean_up_as_student()
+        self.remove_student_group()
+
+    def clean_up_as_student(self) -> None:
+        """`labcore cleanup` as the student, in their environment: undo what their containers left in their
+        state directory (their journal is theirs; root would not tell their objects from anyone's)."""
+        if not self.labcore:
+            return
+        user = pwd.getpwnam(self.user.name)
+        environment = {"HOME": user.pw_dir, "USER": user.pw_name, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        done = subprocess.run([self.labcore, "cleanup"], env=environment, cwd=user.pw_dir,
+                              preexec_fn=set_user_setuid(self.user.name), capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            self.log.warning("labcore cleanup as %s: %s", self.user.name, done.stderr.strip()[-500:])
+
+    def remove_student_group(self) -> None:
+        group, self.student_group = self.student_group, None
+        if group is not None:
+            self.fairness.remove(group)
