@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-DOCKER_PROFILE = Path(__file__).resolve().parents[3] / "labcore" / "profiles" / "seccomp-default.json"
+DOCKER_PROFILE = Path(__file__).resolve().parents[3] / "labcore" / "kernel" / "profiles" / "seccomp-default.json"
 ROOTLESS = sorted([
     "unshare", "setns", "clone",                     # new namespaces: user first, then the others in it
     "mount", "umount2", "pivot_root", "chroot",      # the container's root: overlay, /proc, pivot
