@@ -1,7 +1,7 @@
 """labcore: what `docker run` really does, done step by step on the Linux kernel.
 
 The package is built in layers, low to high; a module imports only from its own layer or the ones below
-(``tests/unit/test_layers.py`` keeps it so). Each module is one mechanism and reads as a short lesson.
+(``tests/unit/test_import_direction.py`` keeps it so). Each module is one mechanism and reads as a short lesson.
 
     labcore.errors, paths, units   the ground: errors that teach, where state lives, Docker's units
     labcore.kernel     the mechanisms, and the one door to the kernel
