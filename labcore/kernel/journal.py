@@ -44,7 +44,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 from labcore.kernel.process import tied
 
 
@@ -63,11 +63,7 @@ class Entry:
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (proc(5)): with the pid, it names a process uniquely across pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return procfs.start_time(pid)
 
 
 def owner_of(pid: int | None = None) -> dict:
@@ -85,7 +81,7 @@ def running(pid: int) -> bool:
     """The process exists and is no zombie: field 3 of /proc/PID/stat is Z for one that has exited and waits
     only for its parent's wait(2), which after a crash may take a while."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return procfs.state(pid) != "Z"
     except OSError:
         return False
 
@@ -263,13 +259,7 @@ def _refuse_foreign(name: str, ok: bool) -> None:
 
 def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo, proc(5))."""
-    path = os.path.abspath(path)
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == path or point.startswith(path.rstrip("/") + "/"):
-            found.append(point)
-    return sorted(found, key=len, reverse=True)
+    return procfs.mounts_under(path)
 
 
 def undo_umount(target: str) -> None:

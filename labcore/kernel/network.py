@@ -47,7 +47,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.kernel import journal, portproxy, syscalls, userns
+from labcore.kernel import journal, portproxy, procfs, syscalls, userns
 from labcore.kernel.namespaces import enter_namespaces
 from labcore.kernel.process import Child, find_program, run_in_child, tied
 from labcore.lessons.evidence import Step, current_mode
@@ -225,17 +225,16 @@ def ip_error(command: str, stderr: str) -> LabError:
 
 
 def netns_inode(pid: int | str = "self") -> int:
-    path = f"/proc/{pid}/ns/net"
     try:
-        return os.stat(path).st_ino
+        return procfs.ns_inode("net", pid)
     except OSError as err:
-        raise from_oserror(err, "stat", path) from err
+        raise from_oserror(err, "readlink", procfs.path(pid, "ns", "net")) from err
 
 
 def enter_netns(pid: int) -> None:
     """setns(2) into ``pid``'s network namespace (first its user namespace, if it has one of its own)."""
     # A rootless container's netns belongs to its user namespace: only root in there may join it.
-    own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+    own_userns = procfs.ns_inode("user", pid) != procfs.ns_inode("user")
     enter_namespaces(pid, ("user", "net") if own_userns else ("net",))      # nsenter's order
 
 

@@ -88,10 +88,11 @@ def mountinfo(pid: int | str = "self", root: str = PROC) -> list[Mount]:
 
 
 def mounts_under(point: str, pid: int | str = "self", root: str = PROC) -> list[str]:
-    """Mount points at or below ``point``, deepest first."""
+    """Mount points at or below ``point``, deepest first; a point with mounts stacked on it comes once per
+    mount, so unmounting each listed entry detaches them all."""
     point = os.path.abspath(point)
-    found = {m.point for m in mountinfo(pid, root)
-             if m.point == point or m.point.startswith(point.rstrip("/") + "/")}
+    found = [m.point for m in mountinfo(pid, root)
+             if m.point == point or m.point.startswith(point.rstrip("/") + "/")]
     return sorted(found, key=len, reverse=True)
 
 

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, network, syscalls, userns
+from labcore.kernel import journal, network, procfs, syscalls, userns
 from labcore.kernel.process import Child, find_program, spawn
 
 TAP = "lctap0"                        # slirp4netns's interface in the router namespace
@@ -310,7 +310,4 @@ def show(usernet: Usernet) -> dict:
 
 
 def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return []
+    return procfs.cmdline(pid)

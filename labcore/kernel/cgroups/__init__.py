@@ -42,6 +42,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
+from labcore.kernel import procfs
 from labcore.kernel.journal import Entry, Scope
 
 PARENT = paths.PREFIX                     # /sys/fs/cgroup[/<controller>]/labcore/labcore-<id>
@@ -72,11 +73,6 @@ class Layout:
     v2: Path | None = None                                      # the cgroup2 mount point
 
 
-def _unescape(field_text: str) -> str:
-    # mountinfo writes space, tab, newline and backslash in paths as octal escapes: \040 etc.
-    return field_text.encode().decode("unicode_escape")
-
-
 def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
     """The cgroup layout in a mountinfo text; mount points are placed below ``root`` (a fake tree in tests).
 
@@ -85,16 +81,12 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
     """
     v1: dict[str, Path] = {}
     v2 = None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        point = Path(root, _unescape(left.split()[4]).lstrip("/"))
-        fstype, _source, options = (right.split() + ["", ""])[:3]
-        if fstype == "cgroup2" and v2 is None:
+    for mount in procfs.parse_mountinfo(text):
+        point = Path(root, mount.point.lstrip("/"))
+        if mount.fstype == "cgroup2" and v2 is None:
             v2 = point
-        elif fstype == "cgroup":
-            for controller in V1_CONTROLLERS.intersection(options.split(",")):
+        elif mount.fstype == "cgroup":
+            for controller in V1_CONTROLLERS.intersection(mount.super_options.split(",")):
                 v1.setdefault(controller, point)     # the first mount wins, as for /proc/self/cgroup
     if not v1 and v2 is None:
         raise NotSupportedHere("no cgroup filesystem is mounted", path="/proc/self/mountinfo",
@@ -106,7 +98,7 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
 def detect(mountinfo: str | os.PathLike | None = None, root: str | os.PathLike = "/") -> Layout:
     """The layout from ``mountinfo`` (text, or a file; default /proc/self/mountinfo)."""
     if mountinfo is None:
-        mountinfo = Path("/proc/self/mountinfo")
+        mountinfo = Path(procfs.path("self", "mountinfo"))
     if isinstance(mountinfo, os.PathLike) or " - " not in mountinfo:
         mountinfo = Path(mountinfo).read_text()
     return parse_mountinfo(mountinfo, root)
@@ -206,9 +198,9 @@ class Delegation:
 
 def own_cgroup(proc_cgroup: str) -> str:
     """The v2 line of /proc/self/cgroup ("0::/PATH"), else the memory hierarchy's (cgroups(7))."""
-    lines = [line.split(":", 2) for line in proc_cgroup.splitlines() if line.count(":") >= 2]
-    return next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers),
-                next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "/"))
+    lines = procfs.parse_cgroup(proc_cgroup)
+    return next((line.path for line in lines if line.hierarchy == 0 and not line.controllers),
+                next((line.path for line in lines if "memory" in line.controllers), "/"))
 
 
 def may_delegate(directory: Path) -> bool:
@@ -220,7 +212,7 @@ def may_delegate(directory: Path) -> bool:
 
 def find_delegation(layout: Layout, proc_cgroup: str | None = None, euid: int | None = None) -> Delegation:
     """Root makes groups at the top; anyone else below the lowest delegated ancestor of its own cgroup."""
-    proc_cgroup = Path("/proc/self/cgroup").read_text() if proc_cgroup is None else proc_cgroup
+    proc_cgroup = procfs.read("self", "cgroup") if proc_cgroup is None else proc_cgroup
     own = own_cgroup(proc_cgroup)
     if (os.geteuid() if euid is None else euid) == 0:
         return Delegation("", own)
@@ -408,16 +400,15 @@ def join_cgroups_of(pid: int) -> None:
     process in the container's: it then counts against the container's limits and its device list.
     /proc/PID/cgroup names each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
     layout = detect()
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if f"/{PARENT}/" not in path + "/":
+    for line in procfs.cgroups(pid):
+        if f"/{PARENT}/" not in line.path + "/":
             continue                                  # not a group the lab made
-        if not controllers:
+        if not line.controllers:
             base = layout.v2
         else:
-            base = next((layout.v1[c] for c in controllers.split(",") if c in layout.v1), None)
+            base = next((layout.v1[c] for c in line.controllers if c in layout.v1), None)
         if base is not None:
-            write(base / path.lstrip("/") / "cgroup.procs", os.getpid())
+            write(base / line.path.lstrip("/") / "cgroup.procs", os.getpid())
 
 
 def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None,
