@@ -147,8 +147,12 @@ def own_cgroup(pid: int | str = "self", root: str = PROC) -> str:
 
 def status(pid: int | str = "self", root: str = PROC) -> dict[str, str]:
     """/proc/PID/status as {name: value}, the value's tabs and padding stripped to single spaces."""
+    return parse_status(read(pid, "status", root))
+
+
+def parse_status(text: str) -> dict[str, str]:
     return {name: " ".join(value.split()) for name, sep, value in
-            (line.partition(":") for line in read(pid, "status", root).splitlines()) if sep}
+            (line.partition(":") for line in text.splitlines()) if sep}
 
 
 def status_field(name: str, pid: int | str = "self", root: str = PROC) -> str:
@@ -241,3 +245,34 @@ def sysctl_path(name: str, root: str = PROC) -> str:
 
 def sysctl(name: str, root: str = PROC) -> str:
     return Path(sysctl_path(name, root)).read_text().strip()
+
+
+def meminfo(root: str = PROC) -> dict[str, int]:
+    """/proc/meminfo in bytes: MemTotal, MemAvailable..."""
+    found = {}
+    for line in Path(root, "meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        number, _, unit = value.split(" ", 1)[-1].strip().partition(" ")
+        found[name] = int(number) * (1024 if unit == "kB" else 1)
+    return found
+
+
+def system_cpu_ticks(root: str = PROC) -> int:
+    """user+nice+system+idle+iowait+irq+softirq of every CPU, the first line of /proc/stat, in clock ticks."""
+    return sum(int(field) for field in Path(root, "stat").read_text().splitlines()[0].split()[1:8])
+
+
+# --- a network namespace's tables, as its member ``pid`` sees them ------------------------------------------
+
+def net_dev(pid: int | str = "self", root: str = PROC) -> dict[str, list[int]]:
+    """/proc/PID/net/dev: per interface, 8 receive counters (bytes, packets, errs, drop...) then 8 transmit."""
+    found = {}
+    for line in read(pid, "net/dev", root).splitlines()[2:]:
+        name, _, numbers = line.partition(":")
+        found[name.strip()] = [int(number) for number in numbers.split()]
+    return found
+
+
+def net_table(table: str, pid: int | str = "self", root: str = PROC) -> list[list[str]]:
+    """The rows of /proc/PID/net/TABLE (tcp, tcp6, udp, unix...), split on blanks, the header left out."""
+    return [row.split() for row in read(pid, f"net/{table}", root).splitlines()[1:]]

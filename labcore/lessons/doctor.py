@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore.errors import LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, syscalls, userns
+from labcore.kernel import journal, procfs, syscalls, userns
 from labcore.kernel.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
 from labcore.kernel.process import Child, exit_code
 
@@ -128,12 +128,12 @@ class Report:
 def check(timeout: float = TIMEOUT) -> Report:
     """Try everything this host might allow, and report what it did allow and why not."""
     started = time.monotonic()
-    status = Path("/proc/self/status").read_text()
-    mountinfo = Path("/proc/self/mountinfo").read_text()
+    status = procfs.read("self", "status")
+    mountinfo = procfs.read("self", "mountinfo")
     hierarchies = cgroup_hierarchies(mountinfo)
     # Fork every probe before waiting for any: they are independent, and one at a time would be too slow.
     children = {name: Child(_answer(probe)) for name, probe in
-                probes(hierarchies, own_cgroups(Path("/proc/self/cgroup").read_text())).items()}
+                probes(hierarchies, own_cgroups(procfs.read("self", "cgroup"))).items()}
     answers = collect(children, timeout, host_hints(status))
     # Facts about the host first, then the answers in the order the probes were listed.
     facts = {**identity(status), "python": python_version(), "cgroup.layout": layout_capability(hierarchies)}
@@ -143,7 +143,7 @@ def check(timeout: float = TIMEOUT) -> Report:
 # --- reading who we are: /proc/self/status (proc(5)) --------------------------------------------------------
 
 def status_fields(status_text: str) -> dict[str, str]:
-    return dict(line.split(":\t", 1) for line in status_text.splitlines() if ":\t" in line)
+    return procfs.parse_status(status_text)
 
 
 def identity(status_text: str) -> dict[str, Capability]:
@@ -206,14 +206,13 @@ class Hierarchy:
 def cgroup_hierarchies(mountinfo_text: str, read=lambda path: Path(path).read_text()) -> list[Hierarchy]:
     """Each cgroup mount with its controllers: in the superblock options for v1, cgroup.controllers for v2."""
     found = []
-    for line in mountinfo_text.splitlines():
-        before, _, after = line.partition(" - ")
-        fstype, _, options = (after.split() + ["", "", ""])[:3]
-        if fstype not in ("cgroup", "cgroup2"):
+    for mount in procfs.parse_mountinfo(mountinfo_text):
+        if mount.fstype not in ("cgroup", "cgroup2"):
             continue
-        root, mountpoint = (_unescape(f) for f in before.split()[3:5])
-        if fstype == "cgroup":
-            found.append(Hierarchy(1, mountpoint, root, sorted(V1_CONTROLLERS & set(options.split(",")))))
+        root, mountpoint = mount.root, mount.point
+        if mount.fstype == "cgroup":
+            controllers = sorted(V1_CONTROLLERS & set(mount.super_options.split(",")))
+            found.append(Hierarchy(1, mountpoint, root, controllers))
         else:
             try:
                 controllers = read(f"{mountpoint}/cgroup.controllers").split()
@@ -221,11 +220,6 @@ def cgroup_hierarchies(mountinfo_text: str, read=lambda path: Path(path).read_te
                 controllers = []
             found.append(Hierarchy(2, mountpoint, root, controllers))
     return found
-
-
-def _unescape(text: str) -> str:
-    # mountinfo writes a space in a path as \040 (proc(5)).
-    return text.encode().decode("unicode_escape")
 
 
 def cgroup_layout(hierarchies: list[Hierarchy]) -> str:
@@ -250,12 +244,8 @@ def layout_capability(hierarchies: list[Hierarchy]) -> Capability:
 
 def own_cgroups(proc_cgroup_text: str) -> dict[str, str]:
     """controller -> this process's cgroup path (cgroups(7), /proc/PID/cgroup); "" is the v2 tree."""
-    own = {}
-    for line in proc_cgroup_text.splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            own[controller] = path
-    return own
+    return {controller: line.path for line in procfs.parse_cgroup(proc_cgroup_text)
+            for controller in line.controllers or ("",)}
 
 
 def group_parent(hierarchy: Hierarchy, own_path: str) -> str:
@@ -298,7 +288,7 @@ def try_namespace(ns: str, in_userns: bool) -> str:
     if in_userns:
         userns.enter()
     # A new pid namespace is for the children to come: only pid_for_children changes (pid_namespaces(7)).
-    link = f"/proc/self/ns/{'pid_for_children' if ns == 'pid' else ns}"
+    link = procfs.path("self", "ns", "pid_for_children" if ns == "pid" else ns)
     before = os.readlink(link)
     if ns == "user":
         userns.enter()              # in the userns variant: a user namespace nested in the first
@@ -415,7 +405,7 @@ def try_veth() -> str:
         raise LabError(f"{' '.join(command[1:])} failed: {done.stderr.strip()}", syscall="ip link add",
                        fix="modprobe veth (as root); in a container run it with --privileged")
     # /proc/self/net/dev lists the interfaces of the network namespace of the reader (proc(5)).
-    names = [line.split(":")[0].strip() for line in Path("/proc/self/net/dev").read_text().splitlines()[2:]]
+    names = list(procfs.net_dev())
     return f"ip link add lcdoc0 type veth peer name lcdoc1 in a new net namespace: it lists {names}" + _how()
 
 
@@ -491,7 +481,7 @@ def host_hints(status_text: str) -> dict:
     sysctls = {}
     for name in EXPLAINING_SYSCTLS:
         try:
-            sysctls[name] = Path("/proc/sys", name.replace(".", "/")).read_text().strip()
+            sysctls[name] = procfs.sysctl(name)
         except OSError:
             pass                    # absent on this kernel: it cannot be the reason
     fields = status_fields(status_text)

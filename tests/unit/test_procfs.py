@@ -81,3 +81,11 @@ def test_the_real_proc_agrees_with_os():
     assert procfs.ppid() == os.getppid()
     with pytest.raises(OSError):
         procfs.read(2 ** 22 + 1, "status")
+
+
+def test_counters_and_network_tables():
+    assert procfs.meminfo(root=ROOT)["MemAvailable"] == 8000000 * 1024
+    assert procfs.meminfo(root=ROOT)["HugePages_Total"] == 0
+    assert procfs.system_cpu_ticks(root=ROOT) == 100 + 2 + 30 + 4000 + 5 + 6 + 7
+    assert procfs.net_dev(1, root=ROOT)["eth0"][:2] == [1306, 15]
+    assert [row[1:4] for row in procfs.net_table("tcp", 1, root=ROOT)] == [["00000000:0050", "00000000:0000", "0A"]]
