@@ -17,10 +17,10 @@ import contextlib
 import os
 import socket
 import stat
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labcore.errors import NeedsPrivilege, NotFound
+from labcore.kernel import procfs
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
 
@@ -35,8 +35,8 @@ def socket_listener(path: str) -> dict:
     inode = unix_socket_inode(path)
     for process in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
-            for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
+            for fd in os.listdir(procfs.path(process.pid, "fd")):
+                if os.readlink(procfs.path(process.pid, "fd", fd)) == f"socket:[{inode}]":
                     return {"pid": process.pid, "fd": int(fd), "inode": inode,
                             "command": " ".join(process.info["cmdline"] or [])}
     raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
@@ -44,8 +44,7 @@ def socket_listener(path: str) -> dict:
 
 def unix_socket_inode(path: str) -> int:
     """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
+    for fields in procfs.net_table("unix"):
         if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
             return int(fields[6])
     raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
@@ -74,7 +73,8 @@ def daemon_process(stage: Stage) -> Step:
     after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
              "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
              "Unix sockets (psutil)": sockets,
-             f"/proc/{labd.pid}/fd/{listener['fd']}": os.readlink(f"/proc/{labd.pid}/fd/{listener['fd']}"),
+             f"/proc/{labd.pid}/fd/{listener['fd']}":
+                 os.readlink(procfs.path(labd.pid, "fd", str(listener["fd"]))),
              "/proc/net/unix": f"inode {listener['inode']}, path {stage.labd.socket}, state LISTEN"}
     return Step("the daemon: a process holding a socket", "psutil.Process(PID).net_connections('unix'); "
                 "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=user_mode(),
@@ -157,7 +157,7 @@ def two_containers_on_port_80(stage: Stage) -> Step:
             fix="a user-mode network (pasta, slirp4netns) gives rootless containers one; until the lab has "
                 "it, run this step where you are root"))
     after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
-    host = {"net ns": os.readlink("/proc/self/ns/net"),
+    host = {"net ns": procfs.ns_link("net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
     return Step(title, action, before=host, after=after, mode=current_mode(),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
@@ -170,7 +170,7 @@ def listener_evidence(box) -> dict:
     from labcore.kernel import usernet
     box.reload()
     pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
-    evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+    evidence = {"net ns": procfs.ns_link("net", pid), "listening": wait_for_listener(pid, 80),
                 "address": address or "none"}
     # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
     evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
@@ -235,8 +235,8 @@ def listening_ports(pid: int | str) -> list[str]:
     busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
     found = []
     for table in ("tcp", "tcp6"):
-        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
+        for row in procfs.net_table(table, pid):
+            local, state = row[1], row[3]
             address, port = local.split(":")
             if state == "0A":                                       # TCP_LISTEN
                 found.append(f"{readable_address(address)}:{int(port, 16)}")
