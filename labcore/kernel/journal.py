@@ -474,8 +474,7 @@ def undo_unlink(path: str) -> None:
 def undo_ipcrm(msqid: int, key: int) -> None:
     """Remove a System V message queue, but only ours: a queue has no name, so its id must still carry the
     key it was created with (as a pid must keep its start time), read from /proc/sysvipc/msg (proc(5))."""
-    for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]:
-        fields = row.split()
+    for fields in procfs.sysvipc("msg"):
         if int(fields[1]) == msqid and int(fields[0]) == key:
             subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
 

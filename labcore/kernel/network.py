@@ -281,7 +281,7 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
     ip("link", "set", network.bridge, "up")
     # Never route a container's packets on: per-device forwarding is checked on the device a packet came in
     # by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1.
-    sysctl = f"/proc/sys/net/ipv4/conf/{network.bridge}/forwarding"
+    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{network.bridge}.forwarding")
     try:
         Path(sysctl).write_text("0")
     except OSError as err:
@@ -487,7 +487,7 @@ def show_interfaces(pid: int) -> Step:
 
 def tcp_listeners(pid: int | str = "self") -> list[str]:
     """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
-    return parse_tcp_listeners(Path(f"/proc/{pid}/net/tcp").read_text())
+    return parse_tcp_listeners(procfs.read(pid, "net/tcp"))
 
 
 def parse_tcp_listeners(text: str) -> list[str]:

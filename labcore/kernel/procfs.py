@@ -273,6 +273,11 @@ def net_dev(pid: int | str = "self", root: str = PROC) -> dict[str, list[int]]:
     return found
 
 
+def sysvipc(kind: str = "msg", root: str = PROC) -> list[list[str]]:
+    """The rows of /proc/sysvipc/KIND (msg, sem, shm) of the reader's IPC namespace, the header left out."""
+    return [row.split() for row in Path(root, "sysvipc", kind).read_text().splitlines()[1:]]
+
+
 def net_table(table: str, pid: int | str = "self", root: str = PROC) -> list[list[str]]:
     """The rows of /proc/PID/net/TABLE (tcp, tcp6, udp, unix...), split on blanks, the header left out."""
     return [row.split() for row in read(pid, f"net/{table}", root).splitlines()[1:]]

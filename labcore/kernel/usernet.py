@@ -233,7 +233,7 @@ def make_router(net: network.Network) -> None:
     """In the router namespace (a child that entered it): forwarding to lctap0, the NAT table, and the
     default network's bridge. All of it dies with the namespace."""
     # /proc/sys/net shows the reader's own network namespace: this is the router's switch, not the host's.
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    Path(procfs.sysctl_path("net.ipv4.ip_forward")).write_text("1")
     network.nft(ROUTER, "the router's rules")
     add_bridge(net)
 
