@@ -90,4 +90,5 @@ def test_counters_and_network_tables():
     assert procfs.net_dev(1, root=ROOT)["eth0"][:2] == [1306, 15]
     assert [row[1:4] for row in procfs.net_table("tcp", 1, root=ROOT)] == [["00000000:0050", "00000000:0000", "0A"]]
     assert [row[:2] for row in procfs.sysvipc("msg", root=ROOT)] == [["1280262737", "0"]]
-    assert procfs.sysctl_path("net.ipv4.conf.lcbr0.forwarding", root=ROOT) == f"{ROOT}/sys/net/ipv4/conf/lcbr0/forwarding"
+    forwarding = procfs.sysctl_path("net.ipv4.conf.lcbr0.forwarding", root=ROOT)
+    assert forwarding == f"{ROOT}/sys/net/ipv4/conf/lcbr0/forwarding"
