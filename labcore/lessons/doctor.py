@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore.errors import LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, procfs, syscalls, userns
+from labcore.kernel import journal, netlink, procfs, syscalls, userns
 from labcore.kernel.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
 from labcore.kernel.process import Child, exit_code
 
@@ -393,17 +393,15 @@ def make_cgroup(scope: journal.Scope, path: str) -> None:
 
 
 def try_veth() -> str:
-    """`ip link add` a veth pair in a new network namespace; the pair dies with this child's namespace."""
-    ip = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.path.exists(p)), None)
-    if ip is None:
-        raise NotSupportedHere("the ip command is missing", syscall="ip link add",
-                               fix="apt-get install iproute2")
+    """A veth pair in a new network namespace, asked of rtnetlink as `labcore run` asks it
+    (``labcore.kernel.netlink``); the pair dies with this child's namespace."""
     userns.unshare(syscalls.CLONE_NEWNET)
-    command = [ip, "link", "add", "lcdoc0", "type", "veth", "peer", "name", "lcdoc1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
-    if done.returncode != 0:
-        raise LabError(f"{' '.join(command[1:])} failed: {done.stderr.strip()}", syscall="ip link add",
-                       fix="modprobe veth (as root); in a container run it with --privileged")
+    try:
+        netlink.link_add("lcdoc0", "veth", "lcdoc1")
+    except LabError as err:
+        raise LabError(f"ip link add lcdoc0 type veth peer name lcdoc1 failed: {err.message}",
+                       syscall="netlink: ip link add", errno=err.errno,
+                       fix="modprobe veth (as root); in a container run it with --privileged") from err
     # /proc/self/net/dev lists the interfaces of the network namespace of the reader (proc(5)).
     names = list(procfs.net_dev())
     return f"ip link add lcdoc0 type veth peer name lcdoc1 in a new net namespace: it lists {names}" + _how()

@@ -34,8 +34,10 @@ Next: ``labcore.kernel.rootfs`` decides which files the container sees.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
 from labcore.kernel import procfs
-from labcore.kernel.journal import Entry, Scope
+from labcore.kernel.journal import Entry, Scope, refuse_foreign, register
 
 PARENT = paths.PREFIX                     # /sys/fs/cgroup[/<controller>]/labcore/labcore-<id>
 V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
@@ -306,7 +308,7 @@ class Manager:
         entries = []
         if parent is None:
             # Each group journals the shared parent too: whichever run ends last finds it empty and
-            # removes it; the others leave it, since it still holds their siblings (journal.undo_rmdir_cgroup).
+            # removes it; the others leave it, since it still holds their siblings (undo_rmdir_cgroup).
             entries += self._make(PARENT, scope, shared=True, controllers=controllers)
         base = parent.name if parent else PARENT
         self.prepare_parent(base)
@@ -432,3 +434,40 @@ def can_limit() -> bool:
         return find_delegation(detect()).allowed
     except NotSupportedHere:                     # no cgroup filesystem at all
         return False
+
+
+# --- the inverse the journal replays -------------------------------------------------------------------
+
+@register("rmdir_cgroup")
+def undo_rmdir_cgroup(path: str) -> None:
+    """Kill what is left inside a cgroup of ours, then remove it (rmdir is how cgroups are deleted): the
+    journal's ``rmdir_cgroup``, which ``labcore cleanup`` replays after a crash."""
+    refuse_foreign(path, Path(path).name.startswith(paths.PREFIX))
+    if not os.path.isdir(path):
+        return
+    for _ in range(50):
+        if _holds_child_groups(path):
+            return    # a shared parent still in use by another run: the last one out removes it
+        # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError), open(os.path.join(path, name), "r+") as file:
+                file.write(thawed)
+        with contextlib.suppress(FileNotFoundError):
+            for pid in Path(path, "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)      # EBUSY while the killed processes are still exiting
+    os.rmdir(path)
+
+
+def _holds_child_groups(path: str) -> bool:
+    # rmdir(2) of a cgroup with child groups fails with EBUSY; its child groups are its subdirectories.
+    with contextlib.suppress(FileNotFoundError):
+        return any(entry.is_dir() for entry in os.scandir(path))
+    return False
