@@ -250,3 +250,83 @@ def readable_address(hex_address: str) -> str:
     if not any(raw):
         return "*"
     return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"
+
+
+# --- the picture: the client, the socket and the daemon, as /proc shows them ----------------------------------
+
+def connection_seen_from_proc(stage: Stage) -> Step:
+    """Connect to the daemon as a client does, and hold the connection open while /proc is read: the client's
+    fd and the daemon's accepted fd are two sockets of one connection, both bound to nothing on the client's
+    side and to the socket's path on the daemon's (/proc/net/unix lists the path for the daemon's end only)."""
+    import psutil
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(stage.labd.socket)
+        mine = os.fstat(client.fileno()).st_ino
+        fd = client_fd(mine)
+        accepted = wait_for_accepted(stage.labd.process.pid, stage.labd.socket)
+        listener = socket_listener(stage.labd.socket)
+    labd = psutil.Process(stage.labd.process.pid)
+    data = {"client": {"pid": os.getpid(), "fd": fd, "inode": mine},
+            "daemon": {"pid": labd.pid, "user": labd.username(), "listening_fd": listener["fd"],
+                       "listening_inode": listener["inode"], "accepted": accepted},
+            "socket": stage.labd.socket, "mode": stat.filemode(os.stat(stage.labd.socket).st_mode)}
+    data["dot"] = connection_dot(data)
+    after = {"the client (this notebook)": f"pid {os.getpid()}, fd {data['client']['fd']} -> socket:[{mine}]",
+             "the daemon, listening": f"pid {labd.pid}, fd {listener['fd']} -> socket:[{listener['inode']}]",
+             "the daemon, this connection": (f"fd {accepted['fd']} -> socket:[{accepted['inode']}]" if accepted
+                                             else "not accepted yet")}
+    return Step("a client connected to the daemon, seen from /proc", f"connect({stage.labd.socket}); "
+                "readlink /proc/PID/fd/*; read /proc/net/unix", after=after, mode=user_mode(), data=data,
+                note="two processes, two fds, one connection: the socket file is only where they met")
+
+
+def client_fd(inode: int) -> int:
+    """This process's fd whose link names ``socket:[inode]``."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == f"socket:[{inode}]":
+                return int(fd)
+    return -1
+
+
+def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
+    """The daemon's newest accepted connection on ``path``: an fd of ``pid`` whose socket /proc/net/unix
+    lists with the path and state connected (03), not listening. Polled: accept(2) happens in the daemon's
+    own time."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        connected = {int(fields[6]) for fields in (line.split() for line in
+                     Path("/proc/net/unix").read_text().splitlines()[1:])
+                     if len(fields) == 8 and fields[7] == path and fields[5] == "03"}
+        held = {}
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in connected:
+                        held[int(link[8:-1])] = int(fd)
+        if held:
+            inode = max(held)             # the newest: inodes count up
+            return {"fd": held[inode], "inode": inode}
+        time.sleep(0.02)
+    return {}
+
+
+def connection_dot(data: dict) -> str:
+    """The drawing of ``connection_seen_from_proc``'s evidence: processes as boxes, the socket file as a note,
+    fds as labelled edges."""
+    from labcore.lessons.diagrams import Graph
+    graph = Graph("client_server", rankdir="LR", fontname="Helvetica")
+    graph.defaults("node", shape="box", fontname="Helvetica", fontsize="11")
+    graph.defaults("edge", fontname="Helvetica", fontsize="10")
+    client, daemon = data["client"], data["daemon"]
+    graph.node("client", f"client: this notebook's kernel\npid {client['pid']}")
+    graph.node("socket", f"{os.path.basename(data['socket'])}\n{data['mode']}", shape="note")
+    graph.node("daemon", f"daemon: labd\npid {daemon['pid']} ({daemon['user']})")
+    graph.edge("client", "socket", label=f"fd {client['fd']}\nconnect(2)")
+    graph.edge("socket", "daemon", label=f"fd {daemon['listening_fd']}\nlisten(2)", dir="back")
+    if daemon["accepted"]:
+        graph.edge("client", "daemon", label=f"one connection: fd {client['fd']} ↔ fd {daemon['accepted']['fd']}",
+                   style="dashed", constraint="false")
+    return graph.source()

@@ -75,13 +75,26 @@ class Exchange:
         head, _, body = self.response.partition(b"\r\n\r\n")
         lines = ["> " + line for line in printable(self.request).split("\n") if line]
         lines += ["< " + line for line in printable(head + b"\r\n").split("\n") if line] + ["<"]
-        shown = printable(body).split("\n")
+        shown, how = readable_body(body)
         lines += ["< " + line for line in shown[:MAX_BODY_LINES] if line]
         if len(shown) > MAX_BODY_LINES:
             lines.append(f"< ... {len(shown) - MAX_BODY_LINES} more lines ({len(body)} bytes in all)")
-        return "\n".join(lines)
+        return "\n".join(lines + ([how] if how else []))
 
     __repr__ = __str__
+
+
+def readable_body(body: bytes) -> tuple[list[str], str]:
+    """A body as lines to show, and how they differ from the bytes: one JSON document on one line (as the
+    daemon sends it, to save bytes) is indented for reading, and that is said under it."""
+    text = printable(body)
+    if "\n" not in text.strip() and text.strip()[:1] in ("{", "["):
+        try:
+            pretty = json.dumps(json.loads(body), indent=2, ensure_ascii=False).split("\n")
+        except ValueError:
+            return text.split("\n"), ""
+        return pretty, f"(the body above is indented for reading; on the wire it is one line of {len(body)} bytes)"
+    return text.split("\n"), ""
 
 
 def printable(data: bytes) -> str:

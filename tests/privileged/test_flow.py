@@ -69,6 +69,14 @@ def test_the_socket_is_0660_root_and_refuses_nobody(stage):
     assert labd.data["pid"] == stage.labd.process.pid and labd.data["parent"] == os.getpid()
 
 
+def test_a_connection_is_two_sockets_one_in_each_process(stage):
+    seen = client_server.connection_seen_from_proc(stage)
+    client, daemon = seen.data["client"], seen.data["daemon"]
+    assert client["pid"] == os.getpid() and client["fd"] >= 0 and daemon["pid"] == stage.labd.process.pid
+    assert daemon["accepted"]["inode"] not in (client["inode"], daemon["listening_inode"])   # three sockets
+    assert f"fd {client['fd']}" in seen.data["dot"] and f"fd {daemon['accepted']['fd']}" in seen.data["dot"]
+
+
 def test_a_client_of_the_socket_reads_a_root_only_host_file(stage):
     shadow = client_server.read_host_file(stage)
     assert shadow.before["open() as nobody (uid 65534)"].startswith("EACCES")

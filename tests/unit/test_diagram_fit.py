@@ -16,7 +16,7 @@ import pytest
 import labcore
 from labcore.kernel import namespaces, overlay
 from labcore.kernel.cgroups.limits import Limits
-from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
+from labcore.lessons import build_your_own, client_server, diagrams, run_flow, security, vs_vms, widgets
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
@@ -124,6 +124,10 @@ def defence(monkeypatch, tmp_path):
 SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
+    "labcore.lessons.client_server:connection_dot": lambda monkeypatch, tmp_path: client_server.connection_dot(
+        {"client": {"pid": 4242, "fd": 57}, "socket": "/home/student/.local/state/labcore/tmp/labd.sock",
+         "mode": "srw-rw----", "daemon": {"pid": 4299, "user": "student", "listening_fd": 3,
+                                          "accepted": {"fd": 12, "inode": 31549}}}),
     "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
     "labcore.kernel.namespaces:membership_dot": membership,
     "labcore.kernel.namespaces:process_tree_dot": process_tree,
