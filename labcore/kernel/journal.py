@@ -386,7 +386,7 @@ def write_whole(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w", closefd=False) as file:
             file.write(text)
         # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
-        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory)
+        os.link(procfs.path("self", "fd", str(fd)), path.name, dst_dir_fd=directory)
     finally:
         os.close(fd)
         os.close(directory)

@@ -204,6 +204,17 @@ def cmdline(pid: int | str = "self", root: str = PROC) -> list[str]:
         return []
 
 
+def fds(pid: int | str = "self", root: str = PROC) -> dict[int, str]:
+    """The open files of a process: fd -> what its link names ("/dev/null", "socket:[INODE]", "pipe:[...]")."""
+    found = {}
+    for fd in os.listdir(path(pid, "fd", root=root)):
+        try:
+            found[int(fd)] = os.readlink(path(pid, "fd", fd, root=root))
+        except OSError:
+            continue                  # closed between the listing and the look
+    return found
+
+
 def pids(root: str = PROC) -> list[int]:
     """The processes that ps(1) would list: the numbered directories of /proc."""
     return sorted(int(name) for name in os.listdir(root) if name.isdigit())

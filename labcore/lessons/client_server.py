@@ -35,9 +35,9 @@ def socket_listener(path: str) -> dict:
     inode = unix_socket_inode(path)
     for process in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
-            for fd in os.listdir(procfs.path(process.pid, "fd")):
-                if os.readlink(procfs.path(process.pid, "fd", fd)) == f"socket:[{inode}]":
-                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
+            for fd, link in procfs.fds(process.pid).items():
+                if link == f"socket:[{inode}]":
+                    return {"pid": process.pid, "fd": fd, "inode": inode,
                             "command": " ".join(process.info["cmdline"] or [])}
     raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
 
@@ -282,11 +282,7 @@ def connection_seen_from_proc(stage: Stage) -> Step:
 
 def client_fd(inode: int) -> int:
     """This process's fd whose link names ``socket:[inode]``."""
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{fd}") == f"socket:[{inode}]":
-                return int(fd)
-    return -1
+    return next((fd for fd, link in procfs.fds().items() if link == f"socket:[{inode}]"), -1)
 
 
 def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
@@ -296,16 +292,13 @@ def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
     import time
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        connected = {int(fields[6]) for fields in (line.split() for line in
-                     Path("/proc/net/unix").read_text().splitlines()[1:])
+        connected = {int(fields[6]) for fields in procfs.net_table("unix")
                      if len(fields) == 8 and fields[7] == path and fields[5] == "03"}
         held = {}
         with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:[") and int(link[8:-1]) in connected:
-                        held[int(link[8:-1])] = int(fd)
+            for fd, link in procfs.fds(pid).items():
+                if link.startswith("socket:[") and int(link[8:-1]) in connected:
+                    held[int(link[8:-1])] = fd
         if held:
             inode = max(held)             # the newest: inodes count up
             return {"fd": held[inode], "inode": inode}

@@ -92,3 +92,7 @@ def test_counters_and_network_tables():
     assert [row[:2] for row in procfs.sysvipc("msg", root=ROOT)] == [["1280262737", "0"]]
     forwarding = procfs.sysctl_path("net.ipv4.conf.lcbr0.forwarding", root=ROOT)
     assert forwarding == f"{ROOT}/sys/net/ipv4/conf/lcbr0/forwarding"
+
+
+def test_open_files():
+    assert procfs.fds(1, root=ROOT) == {0: "/dev/null", 3: "socket:[31337]"}
