@@ -34,6 +34,7 @@ import os
 import socket
 
 from labcore.errors import from_oserror
+from labcore.kernel.syscalls import Seam
 
 PERMISSION_FIX = ("a network namespace's links are changed with CAP_NET_ADMIN over it: run as root (sudo); "
                   "without root, labcore.kernel.usernet builds the network inside a namespace you own")
@@ -229,26 +230,8 @@ _COMMANDS = {
     "route_add": lambda gateway, name: f"route add default via {gateway} dev {name}",
     "neigh_flush": lambda address, name: f"neigh flush to {address} dev {name}",
 }
-_backend: Kernel | Recorder | None = None
-
-
-def backend():
-    """The active backend, the real kernel unless a test has swapped in a fake."""
-    global _backend
-    if _backend is None:
-        _backend = Kernel()
-    return _backend
-
-
-@contextlib.contextmanager
-def use(fake):
-    """Route every netlink call through ``fake`` for the duration of the block."""
-    global _backend
-    previous, _backend = _backend, fake
-    try:
-        yield fake
-    finally:
-        _backend = previous
+_seam = Seam(Kernel)
+backend, use = _seam.backend, _seam.use         # every call below goes through backend()
 
 
 def link_add(name: str, kind: str, peer: str | None = None) -> None:
