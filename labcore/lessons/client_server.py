@@ -9,7 +9,7 @@ The steps here show it for real on labd (notebook 02): the process that owns the
 `ss -xlp` finds it; the socket's mode and a refused connect as nobody; a container reading a root-only host
 file through the socket; and two containers listening on port 80 at once, each in its own network namespace.
 
-Next: ``labcore.kernel.namespaces`` shows each kind of isolation on its own (notebook 03).
+Next: ``labcore.lessons.namespaces`` shows each kind of isolation on its own (notebook 03).
 """
 from __future__ import annotations
 

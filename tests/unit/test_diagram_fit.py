@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 import labcore
-from labcore.kernel import namespaces, overlay
+from labcore.kernel import overlay
 from labcore.kernel.cgroups.limits import Limits
-from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
+from labcore.lessons import build_your_own, diagrams, namespaces, run_flow, security, vs_vms, widgets
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
@@ -125,8 +125,8 @@ SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
     "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
-    "labcore.kernel.namespaces:membership_dot": membership,
-    "labcore.kernel.namespaces:process_tree_dot": process_tree,
+    "labcore.lessons.namespaces:membership_dot": membership,
+    "labcore.lessons.namespaces:process_tree_dot": process_tree,
     "labcore.lessons.control_groups:tree_dot": cgroup_tree,
     "labcore.kernel.overlay:layer_stack_dot": layer_stack,
     "labcore.lessons.build_your_own:diagram": box,
