@@ -48,7 +48,7 @@ from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
 from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
-from labcore.lessons import hosts
+from labcore.lessons import hosts, root_fs
 from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.runtime import container
 
@@ -342,7 +342,7 @@ class Box:
     def pivot_root(self) -> Step:
         """pid 1 mounts /proc, /dev and /sys on the overlay and pivots into it; the host's / is gone for it."""
         merged = str(self.stack.merged)
-        known = {identity("/"): rootfs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
+        known = {identity("/"): root_fs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
         before, after = self._ask("pivot_root", merged, known, self.rootless)
         after["host: mounts in the state dir"] = [os.path.relpath(point, self.directory)
                                                   for point in journal.mounts_under(self.directory)]
@@ -554,12 +554,12 @@ def _pivot(root: str, known: dict, rootless: bool) -> tuple[dict, dict]:
     # of the merged dir is then a peer of the host's, and a /proc mounted on it would appear on the host too.
     # pivot_root, not chroot: chroot moves where one process's "/" starts and leaves every host mount in the
     # namespace, which the escape below climbs back to; pivot_root replaces the namespace's root mount and the
-    # old one is detached, so nothing leads back (rootfs.py explains both).
-    before = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    # old one is detached, so nothing leads back (kernel/rootfs.py and lessons/root_fs.py explain both).
+    before = {**root_fs.view_of_root(known), "mounts": len(namespaces.mounts())}
     rootfs.mount_container_root(root, rootless)        # private, bind, proc, dev, sys, pivot_root, detach
-    after = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
-    after["chroot escape ends at"] = rootfs.try_escape(known)["/ is"]
-    os.rmdir(f"/{rootfs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
+    after = {**root_fs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    after["chroot escape ends at"] = root_fs.try_escape(known)["/ is"]
+    os.rmdir(f"/{root_fs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
     return before, after
 
 
