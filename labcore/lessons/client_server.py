@@ -13,56 +13,19 @@ Next: ``labcore.lessons.namespaces`` shows each kind of isolation on its own (no
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labcore.errors import NeedsPrivilege, NotFound
+from labcore.errors import NeedsPrivilege
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.lessons.run_flow import group_name, owner_name, socket_listener
 
 if TYPE_CHECKING:
     from labcore.lessons.run_flow import Stage      # the stage (labd + registry) is set up by the flow
-
-
-def socket_listener(path: str) -> dict:
-    """The process holding the listening socket bound to ``path``: its /proc/net/unix inode, matched to the
-    fds of the processes (what `ss -xlp` does)."""
-    import psutil
-    inode = unix_socket_inode(path)
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
-                            "command": " ".join(process.info["cmdline"] or [])}
-    raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
-
-
-def unix_socket_inode(path: str) -> int:
-    """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
-            return int(fields[6])
-    raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
-
-
-def owner_name(uid: int) -> str:
-    import pwd
-    with contextlib.suppress(KeyError):
-        return pwd.getpwuid(uid).pw_name
-    return str(uid)
-
-
-def group_name(gid: int) -> str:
-    import grp
-    with contextlib.suppress(KeyError):
-        return grp.getgrgid(gid).gr_name
-    return str(gid)
 
 
 def daemon_process(stage: Stage) -> Step:
