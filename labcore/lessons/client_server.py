@@ -71,8 +71,10 @@ def socket_permissions(stage: Stage) -> Step:
         after["connect as another user"] = ("not tried: only root may become another user (setuid(2)); "
                                             "the socket's mode and its directory's decide for them")
     return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as you and as another user",
-                after=after, mode=user_mode(), data={**after, "connect as you": after[me],
-                                                     "connect as another user": list(after.values())[-1]},
+                after=after, mode=user_mode(), data={"mode": after["mode"], "owner": after["owner"],
+                                                     "directory": after["its directory"],
+                                                     "connect_as_you": after[me],
+                                                     "connect_as_another_user": list(after.values())[-1]},
                 note="write permission on the socket file, and search permission on its directories, are what "
                      "connect() checks: the owner and the group only")
 
@@ -127,21 +129,22 @@ def two_containers_on_port_80(stage: Stage) -> Step:
                 "CAP_NET_ADMIN in the host's network namespace",
             fix="a user-mode network (pasta, slirp4netns) gives rootless containers one; until the lab has "
                 "it, run this step where you are root"))
-    after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
+    after = {f"{name}: {key.replace('_', ' ')}": value                 # net_ns is shown as "net ns"
+             for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": os.readlink("/proc/self/ns/net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
     return Step(title, action, before=host, after=after, mode=current_mode(),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
-                      "distinct net ns": len({v["net ns"] for v in seen.values()} | {host["net ns"]}) == 3})
+                      "distinct_net_ns": len({v["net_ns"] for v in seen.values()} | {host["net ns"]}) == 3})
 
 
 def listener_evidence(box) -> dict:
     from labcore.kernel import usernet
     box.reload()
     pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
-    evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+    evidence = {"net_ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
                 "address": address or "none"}
     # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
     evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
@@ -174,7 +177,7 @@ def read_host_file(stage: Stage) -> Step:
             if os.geteuid() == 0 else
             "the daemon runs as you, so its container is you on the host: the kernel refused it the file")
     return Step(title, action, before=before, after={"the container read /host/etc/shadow, first user": user},
-                mode=current_mode(), note=note, data={"first user": user}, key="unixsocket.read_host_file")
+                mode=current_mode(), note=note, data={"first_user": user}, key="unixsocket.read_host_file")
 
 
 def open_as(path: str, uid: int, gid: int) -> str:
