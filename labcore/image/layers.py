@@ -25,6 +25,8 @@ container's upperdir becomes a layer (``labcore.runtime.build``). Without root t
 the mount takes the ``userxattr`` option; the state directory is per user, so a cache unpacked by root is
 only ever used by root.
 
+Notebook 05 shows them, and the containers on them: ``labcore.lessons.union_fs``.
+
 Next: ``labcore.runtime.build`` makes images from containers: `labcore commit`, and `labcore build` from a Labfile.
 """
 from __future__ import annotations

@@ -19,6 +19,8 @@ The cache is ``<images>/build-cache/<key>.json``: the layers' digests and the co
 the image store it is kept, not journaled. A RUN leaves an untagged image (Docker's intermediate image)
 for its container to start from.
 
+Notebook 05 shows both as steps (``labcore.lessons.union_fs.commit`` and ``build_image``).
+
 Next: `labcore images` lists what was built; `labcore run NAME` runs it.
 """
 from __future__ import annotations

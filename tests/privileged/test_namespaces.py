@@ -1,4 +1,5 @@
-"""labcore.lessons.namespaces (notebook 03) on the real kernel: each namespace's evidence, joining, and the same steps as nobody."""
+"""labcore.lessons.namespaces (notebook 03) on the real kernel: each namespace's evidence, joining, and the same
+steps as nobody."""
 import json
 import os
 import subprocess

@@ -1,4 +1,5 @@
-"""labcore.lessons.root_fs (notebook 06) on the real kernel: chroot, the escape that works from a chroot, and fails after pivot_root."""
+"""labcore.lessons.root_fs (notebook 06) on the real kernel: chroot, the escape that works from a chroot, and fails
+after pivot_root."""
 import os
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""labcore.lessons.namespaces (notebook 03) and labcore.kernel.namespaces without root: the order of the syscalls (syscalls.Recorder), refusals, bad input, DOT."""
+"""labcore.lessons.namespaces (notebook 03) and labcore.kernel.namespaces without root: the order of the syscalls
+(syscalls.Recorder), refusals, bad input, DOT, facts under plain names."""
 import errno
 import os
 import subprocess
