@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import socket
+import sys
 
 from labcore.errors import from_oserror
 from labcore.kernel.syscalls import Seam
@@ -39,6 +41,22 @@ from labcore.kernel.syscalls import Seam
 PERMISSION_FIX = ("a network namespace's links are changed with CAP_NET_ADMIN over it: run as root (sudo); "
                   "without root, labcore.kernel.usernet builds the network inside a namespace you own")
 _NUD_KEPT = 0x80 | 0x40                # NUD_PERMANENT, NUD_NOARP: `ip neigh flush` leaves these (ip-neighbour(8))
+
+
+def off_the_running_loop(method):
+    """Run ``method`` in a thread of its own when this thread runs an asyncio event loop, as a Jupyter
+    kernel's main thread does: pyroute2's synchronous calls drive an event loop of their own, which asyncio
+    refuses to start inside another. A new thread shares the caller's network namespace (setns(2) is per
+    thread, and a thread starts in its creator's); a forked child runs no loop, so it calls directly."""
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        asyncio = sys.modules.get("asyncio")           # not imported: no loop can be running
+        if asyncio is None or asyncio._get_running_loop() is None:
+            return method(*args, **kwargs)
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(method, *args, **kwargs).result()
+    return call
 
 
 class Kernel:
@@ -63,10 +81,12 @@ class Kernel:
             raise from_oserror(OSError(errno.ENODEV, os.strerror(errno.ENODEV)), f"netlink: no link {name}")
         return found[0]
 
+    @off_the_running_loop
     def link_add(self, name: str, kind: str, peer: str | None = None) -> None:
         with self._socket(f"link add {name} type {kind}" + (f" peer name {peer}" if peer else "")) as ipr:
             ipr.link("add", ifname=name, kind=kind, **({"peer": peer} if peer else {}))
 
+    @off_the_running_loop
     def link_set(self, name: str, **changes) -> None:
         with self._socket(f"link set {name} {describe(changes)}") as ipr:
             index = self._index(ipr, name)
@@ -77,18 +97,22 @@ class Kernel:
                 attributes["state"] = "up"
             ipr.link("set", index=index, **attributes)
 
+    @off_the_running_loop
     def link_delete(self, name: str) -> None:
         with self._socket(f"link delete {name}") as ipr:
             ipr.link("del", index=self._index(ipr, name))
 
+    @off_the_running_loop
     def addr_add(self, name: str, address: str, prefixlen: int) -> None:
         with self._socket(f"addr add {address}/{prefixlen} dev {name}") as ipr:
             ipr.addr("add", index=self._index(ipr, name), address=address, prefixlen=prefixlen)
 
+    @off_the_running_loop
     def route_add(self, gateway: str, name: str) -> None:
         with self._socket(f"route add default via {gateway} dev {name}") as ipr:
             ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=self._index(ipr, name))
 
+    @off_the_running_loop
     def neigh_flush(self, address: str, name: str) -> None:
         with self._socket(f"neigh flush to {address} dev {name}") as ipr:
             index = self._index(ipr, name)
@@ -97,12 +121,14 @@ class Kernel:
                     with contextlib.suppress(Exception):    # gone meanwhile: as good as flushed
                         ipr.neigh("del", dst=address, ifindex=index)
 
+    @off_the_running_loop
     def links(self) -> list[dict]:
         with self._socket("link show") as ipr:
             found = list(ipr.get_links())
         names = {link["index"]: link.get("IFLA_IFNAME") for link in found}
         return [_link(link, names) for link in found]
 
+    @off_the_running_loop
     def addresses(self) -> list[dict]:
         """`ip -j addr show`: each link with its IPv4 addresses as ``addr_info``."""
         links = self.links()
@@ -113,6 +139,7 @@ class Kernel:
                                  for a in found if a["index"] == link["index"]]
         return links
 
+    @off_the_running_loop
     def routes(self) -> list[dict]:
         """`ip -j -4 route show` of the main table: ``dst`` is "default" or a subnet."""
         links = {link["index"]: link["ifname"] for link in self.links()}

@@ -308,3 +308,13 @@ def test_a_bad_mac_address_is_refused_before_anything_exists():
     from labcore.runtime.spec import Spec, check_spec
     with pytest.raises(BadInput, match="MAC"):
         check_spec(Spec("busybox", mac_address="02:42:zz:00:00:01"))
+
+
+def test_netlink_works_from_a_running_event_loop_as_in_a_jupyter_kernel():
+    """pyroute2 drives an asyncio loop of its own: from inside a running one (ipykernel's) the call moves to a
+    thread of its own, and the answer is the same namespace's."""
+    import asyncio
+
+    async def inside_a_loop():
+        return netlink.Kernel().links()                # asyncio refused this before: "loop is already running"
+    assert "lo" in [link["ifname"] for link in asyncio.run(inside_a_loop())]
