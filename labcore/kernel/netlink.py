@@ -114,11 +114,12 @@ class Kernel:
 
     @off_the_running_loop
     def neigh_flush(self, address: str, name: str) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
         with self._socket(f"neigh flush to {address} dev {name}") as ipr:
             index = self._index(ipr, name)
             for entry in ipr.get_neighbours(family=socket.AF_INET, ifindex=index):
                 if entry.get("NDA_DST") == address and not entry["state"] & _NUD_KEPT:
-                    with contextlib.suppress(Exception):    # gone meanwhile: as good as flushed
+                    with contextlib.suppress(NetlinkError):     # gone meanwhile: as good as flushed
                         ipr.neigh("del", dst=address, ifindex=index)
 
     @off_the_running_loop
@@ -135,8 +136,8 @@ class Kernel:
         with self._socket("addr show") as ipr:
             found = list(ipr.get_addr(family=socket.AF_INET))
         for link in links:
-            link["addr_info"] = [{"family": "inet", "local": a.get("IFA_ADDRESS"), "prefixlen": a["prefixlen"]}
-                                 for a in found if a["index"] == link["index"]]
+            link["addr_info"] = [{"family": "inet", "local": a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"),
+                                  "prefixlen": a["prefixlen"]} for a in found if a["index"] == link["index"]]
         return links
 
     @off_the_running_loop
