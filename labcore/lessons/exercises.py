@@ -247,7 +247,8 @@ def check_hostname(fn: Callable, name: str = "exercise3", points: float = 2.0) -
                   "(userns.unshare(syscalls.CLONE_NEWUTS) does both)"),
         Criterion(f"the hostname inside is {name!r}", seen["hostname"] == name, repr(seen["hostname"]),
                   "then syscalls.sethostname(name), in the new namespace"),
-        Criterion("the host's hostname is unchanged", after == host_name, repr(after),
+        Criterion("the host's hostname is unchanged", after == host_name,
+                  "unchanged" if after == host_name else f"changed to {after!r}",
                   "sethostname before unshare renamed the host: unshare first"),
     ], points, raised=seen["raised"])
 
