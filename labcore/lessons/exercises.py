@@ -593,7 +593,8 @@ def check_start_time(fn: Callable, guest=None, points: float = 2.0) -> Check:
         Criterion("a container ran", code == 0, f"exit code {code}",
                   "return (seconds, container.run(container.Spec('busybox', ['true'], network='none', rm=True)))"),
         Criterion("the time is a measurement of that start", measured,
-                  f"{seconds!r} s measured by you, {wall:.3f} s around the call",
+                  f"{seconds:.3f} s measured by you, {wall:.3f} s around the call" if measured else
+                  f"{seconds!r} measured by you, {wall:.3f} s around the call",
                   "time.perf_counter() just before container.run and just after it; return the difference"),
         Criterion("faster than the VM's boot", faster or (measured and not boot_known),
                   f"VM boot {boot:.2f} s: {boot / seconds:.0f}× the container's" if faster else
