@@ -615,11 +615,12 @@ def _run_box(order: list[str]) -> tuple[list[str], str, Any]:
     """Each step of ``order`` on a fresh box, for real: the steps done, the first refusal, the last Step."""
     from labcore.errors import InvalidTransition
     from labcore.lessons import build_your_own        # same layer: the box is 08's own
+    unknown = [name for name in order if name not in BOX_STEPS]
+    if unknown:                                       # refused before anything is made
+        return [], f"{unknown[0]!r} is not one of the steps: {', '.join(BOX_STEPS)}", None
     done, why, last = [], "", None
     with build_your_own.start("busybox") as box:
         for name in order:
-            if name not in BOX_STEPS:
-                return done, f"{name!r} is not one of the steps: {', '.join(BOX_STEPS)}", last
             try:
                 last = getattr(box, name)(**BOX_ARGS.get(name, {}))
             except InvalidTransition as err:
