@@ -9,6 +9,7 @@
 Around them: ``evidence`` (the Step: before, after, the mode; a refusal and the reference recording),
 ``hosts`` (which kind of host this is, and what a refusal means here), ``diagrams`` (graphviz, drawn to fit
 the page), ``display`` (tables of parsed evidence), ``widgets`` (steps behind buttons), ``dockerd`` and
-``localregistry`` (the real Docker and a real registry, started beside the lab). Lessons call the runtime and
-the kernel; nothing below imports them.
+``localregistry`` (the real Docker and a real registry, started beside the lab), ``exercises`` (the student
+writes the step; a check reads the result back from the kernel, with a hint, graded by nbgrader). Lessons call the
+runtime and the kernel; nothing below imports them.
 """
