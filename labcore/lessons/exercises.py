@@ -162,7 +162,7 @@ def check_create_and_start(fn: Callable, stage, image: str | None = None, points
     """``fn(socket_path, image)`` sends POST /containers/create and POST /containers/{id}/start itself and
     returns the id; the kernel must then show a process in namespaces of its own."""
     title = "POST /containers/create, then /start, written by hand"
-    if getattr(stage, "wire", None) is None:
+    if hosts.was_refused(stage) or getattr(stage, "wire", None) is None:
         return refusal(title, NeedsPrivilege("the daemon did not start on this host (see the first cell)"), points)
     image = image or stage.reference
     stage.wire.exchange("POST", f"/images/create?fromImage={image}")     # pulled once, as `docker run` would
@@ -559,6 +559,9 @@ def check_shared_kernel(fn: Callable, points: float = 2.0) -> Check:
     """``fn()`` runs `uname -nr` in a container and returns its ``Result``: the nodename must be the
     container's own, the release the host's."""
     title = "One kernel: uname -nr in a container"
+    refused = isolation_refused(title, points)
+    if refused:
+        return refused
     result, raised = attempt(fn)
     if hosts.was_refused(result):
         return refusal(title, NeedsPrivilege("the container was refused here", why=result.reason[:200]), points)
@@ -578,6 +581,9 @@ def check_start_time(fn: Callable, guest=None, points: float = 2.0) -> Check:
     """``fn()`` starts one container and returns (seconds it measured, the Result). The check times the
     same call from outside, and sets it beside the VM's boot (``guest``, 07's boot step)."""
     title = "A container's start, timed, beside a VM's boot"
+    refused = isolation_refused(title, points)
+    if refused:
+        return refused
     started = time.perf_counter()
     answer, raised = attempt(fn)
     wall = time.perf_counter() - started

@@ -55,7 +55,9 @@ def test_attempt_turns_the_students_error_into_evidence():
 @pytest.mark.parametrize("check", [exercises.check_user_namespace, exercises.check_hostname,
                                    exercises.check_overlay_mount, exercises.check_whiteout,
                                    exercises.check_pivot_root, exercises.check_read_only_root,
-                                   exercises.check_root_propagation, exercises.check_drop_capability])
+                                   exercises.check_root_propagation, exercises.check_drop_capability,
+                                   exercises.check_shared_kernel, exercises.check_start_time,
+                                   exercises.check_build_order])
 def test_on_a_confined_host_an_isolating_exercise_is_refused_not_an_error(monkeypatch, check):
     monkeypatch.setattr(hosts, "current", lambda: POD)
     ran = []
@@ -109,3 +111,10 @@ def test_a_step_name_the_box_does_not_have_is_refused_before_a_box_is_made(monke
     monkeypatch.setattr(build_your_own, "start", no_box)
     result = exercises.check_build_order(["layers", "docker_magic"])
     assert result.score() == 0 and "'docker_magic' is not one of the steps: layers, mount_overlay" in result.hint()
+
+
+def test_without_the_daemon_the_raw_request_is_refused():
+    from labcore.lessons.evidence import Step
+    stage = Step.refused("the stage", "labd", "refused: no daemon here")
+    result = exercises.check_create_and_start(lambda *args: "id", stage)
+    assert result.refused and "daemon did not start" in result.refused
