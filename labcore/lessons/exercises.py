@@ -167,28 +167,35 @@ def check_create_and_start(fn: Callable, stage, image: str | None = None, points
     image = image or stage.reference
     stage.wire.exchange("POST", f"/images/create?fromImage={image}")     # pulled once, as `docker run` would
     container_id, raised = attempt(fn, stage.labd.socket, image)
-    found = stage.wire.exchange("GET", f"/containers/{container_id}/json") if container_id else None
-    state = found.json().get("State", {}) if found is not None and found.status == 200 else {}
-    pid = state.get("Pid") or 0
-    try:
-        alive = bool(pid) and os.path.exists(f"/proc/{pid}")
-        own_pidns = alive and ns_inode("pid", pid) != ns_inode("pid")
-    finally:
-        if container_id:
-            stage.wire.exchange("DELETE", f"/containers/{container_id}?force=1")
+    seen = _container_seen(stage, container_id)
+    found, pid, alive = seen["status"], seen["pid"], seen["alive"]
     return Check(title, [
-        Criterion("the daemon knows the container", found is not None and found.status == 200,
-                  f"GET /containers/{container_id}/json -> {found.status if found is not None else 'not asked'}",
+        Criterion("the daemon knows the container", found == 200,
+                  f"GET /containers/{container_id}/json -> {found or 'not asked'}",
                   "return the Id from the create response's JSON body (201 Created, {\"Id\": ...}); send "
                   "Content-Type: application/json and a Content-Length that counts the body's bytes"),
         Criterion("it was started: a process the kernel runs", alive, f"State.Pid {pid}, /proc/{pid} "
                   f"{'exists' if alive else 'absent'}",
                   "after create, POST /containers/{id}/start (an empty body, Content-Length: 0); give the "
                   "container a command that lasts (sleep 30) so it is still running when checked"),
-        Criterion("in a pid namespace of its own", own_pidns,
-                  "its /proc/PID/ns/pid differs from this notebook's" if own_pidns else "not shown",
+        Criterion("in a pid namespace of its own", seen["own pidns"],
+                  "its /proc/PID/ns/pid differs from this notebook's" if seen["own pidns"] else "not shown",
                   "the daemon isolates what it starts: make sure the request reached labd's socket"),
     ], points, raised=raised)
+
+
+def _container_seen(stage, container_id) -> dict:
+    """What the daemon and the kernel show of the container, which is then removed (DELETE ?force=1)."""
+    if not container_id:
+        return {"status": None, "pid": 0, "alive": False, "own pidns": False}
+    found = stage.wire.exchange("GET", f"/containers/{container_id}/json")
+    pid = (found.json().get("State", {}).get("Pid") or 0) if found.status == 200 else 0
+    try:
+        alive = bool(pid) and os.path.exists(f"/proc/{pid}")
+        return {"status": found.status, "pid": pid, "alive": alive,
+                "own pidns": alive and ns_inode("pid", pid) != ns_inode("pid")}
+    finally:
+        stage.wire.exchange("DELETE", f"/containers/{container_id}?force=1")
 
 
 # --- 03: namespaces ---------------------------------------------------------------------------------------
@@ -255,11 +262,46 @@ def check_hostname(fn: Callable, name: str = "exercise3", points: float = 2.0) -
 
 # --- 04: control groups ------------------------------------------------------------------------------------
 
-def _limit_group(what: str, controller: str, scope: journal.Scope):
+def cgroups_refused(title: str, points: float) -> Check | None:
+    """A refused Check where this process may not make cgroups (no root, no delegated subtree); else None."""
+    from labcore.kernel.cgroups import can_limit
+    if can_limit():
+        return None
+    return refusal(title, NeedsPrivilege("this process may not make cgroups here",
+                                         why="no root, and no delegated cgroup v2 subtree"), points)
+
+
+def run_in_group(controller: str, fn: Callable, limit: int, workload: Callable, prepare=None) -> dict:
+    """A fresh group with ``controller``; the student's ``fn(group_dir, limit)``; then ``workload(channel)`` in a
+    child moved into the group before it starts. Returns what fn raised, the group's dir, the workload's
+    answer (None when the kernel killed it) and its exit code; the group goes when this returns."""
     from labcore.kernel.cgroups import PARENT, open_manager
-    manager = open_manager()
-    group = manager.create(f"{PARENT}-exercise-{what}-{os.urandom(3).hex()}", scope, controllers=[controller])
-    return manager, group
+    with journal.Scope() as scope:
+        manager = open_manager()
+        group = manager.create(f"{PARENT}-exercise-{controller}-{os.urandom(3).hex()}", scope,
+                               controllers=[controller])
+        directory = group.dir(controller)
+        _, raised = attempt(fn, directory, limit)
+        if prepare is not None:
+            prepare(directory)
+        child = Child(workload)
+        manager.add(group, child.pid)          # moved in before it does anything: it waits for "go"
+        child.send("go")
+        try:
+            answer = child.recv()
+        except EOFError:                       # killed before it could answer
+            answer = None
+        return {"raised": raised, "answer": answer, "code": child.wait(), "files": read_group(directory)}
+
+
+def read_group(directory: Path) -> dict:
+    """The interface files the checks read, as the kernel shows them after the workload."""
+    from labcore.kernel.cgroups import read_keyed, read_text
+    names = ("memory.max", "memory.limit_in_bytes", "pids.max")
+    files = {name: (read_text(directory / name) or "").strip() for name in names if (directory / name).exists()}
+    for name in ("memory.events", "memory.oom_control", "pids.events"):
+        files[name] = read_keyed(directory / name)
+    return files
 
 
 def _allocate(channel, size: int) -> int:
@@ -269,52 +311,44 @@ def _allocate(channel, size: int) -> int:
     return len(held)
 
 
-def _no_swap(directory: Path, limit: int) -> None:
+def _no_swap(limit: int) -> Callable[[Path], None]:
     """Swap would let the hog live past the limit: none for the group (v2 memory.swap.max, v1 memsw)."""
     from labcore.kernel.cgroups import write
-    for name, value in (("memory.swap.max", "0"), ("memory.memsw.limit_in_bytes", str(limit))):
-        if (directory / name).exists():
-            try:
-                write(directory / name, value)
-            except LabError:
-                pass                        # memsw below limit_in_bytes is refused: the student's limit is off
+
+    def prepare(directory: Path) -> None:
+        for name, value in (("memory.swap.max", "0"), ("memory.memsw.limit_in_bytes", str(limit))):
+            if (directory / name).exists():
+                try:
+                    write(directory / name, value)
+                except LabError:
+                    pass                # memsw below limit_in_bytes is refused: the student's limit is off
+    return prepare
 
 
 def check_memory_limit(fn: Callable, limit: int = 32 << 20, points: float = 3.0) -> Check:
     """``fn(group_dir, limit)`` writes the memory limit into a fresh cgroup's file; then a process in the
     group touches four times as much, and the kernel must kill it (exit 137) and count an oom_kill."""
     title = "A memory limit, written by hand, and the OOM killer"
-    from labcore.kernel.cgroups import can_limit, read_int, read_keyed
-    if not can_limit():
-        return refusal(title, NeedsPrivilege("this process may not make cgroups here", why="no root, and no "
-                                             "delegated cgroup v2 subtree"), points)
-    with journal.Scope() as scope:
-        try:
-            manager, group = _limit_group("memory", "memory", scope)
-        except _REFUSED as err:
-            return refusal(title, err, points)
-        directory = group.dir("memory")
-        _, raised = attempt(fn, directory, limit)
-        name = "memory.max" if (directory / "memory.max").exists() else "memory.limit_in_bytes"
-        written = read_int(directory / name)
-        _no_swap(directory, limit)
-        hog = Child(lambda channel: _allocate(channel, 4 * limit))
-        manager.add(group, hog.pid)
-        hog.send("go")
-        code = hog.wait()
-        events = "memory.events" if name == "memory.max" else "memory.oom_control"
-        kills = read_keyed(directory / events).get("oom_kill")
+    refused = cgroups_refused(title, points)
+    if refused:
+        return refused
+    try:
+        seen = run_in_group("memory", fn, limit, lambda channel: _allocate(channel, 4 * limit), _no_swap(limit))
+    except _REFUSED as err:
+        return refusal(title, err, points)
+    v2 = "memory.max" in seen["files"]
+    name, events = ("memory.max", "memory.events") if v2 else ("memory.limit_in_bytes", "memory.oom_control")
+    written, kills = seen["files"].get(name), seen["files"][events].get("oom_kill")
     return Check(title, [
-        Criterion(f"{name} reads {limit}", written == limit, f"{name} = {written}",
+        Criterion(f"{name} reads {limit}", written == str(limit), f"{name} = {written}",
                   f"write str(limit) ({limit}, in bytes) to group_dir / {name!r}: on this host's cgroup "
-                  f"{'v2' if name == 'memory.max' else 'v1'} that is the limit's file"),
-        Criterion("the kernel killed the process that went past it", code == 137,
-                  f"exit code {code} (137 = 128 + SIGKILL)",
+                  f"{'v2' if v2 else 'v1'} that is the limit's file"),
+        Criterion("the kernel killed the process that went past it", seen["code"] == 137,
+                  f"exit code {seen['code']} (137 = 128 + SIGKILL)",
                   "the process lived: no limit was in force when it allocated four times the limit"),
-        Criterion("the group counts an OOM kill", bool(kills),
-                  f"oom_kill {kills} ({events})",
+        Criterion("the group counts an OOM kill", bool(kills), f"oom_kill {kills} ({events})",
                   "the OOM killer acts inside the group only when the group's limit is reached"),
-    ], points, raised=raised)
+    ], points, raised=seen["raised"])
 
 
 def _fork_until_refused(channel, most: int) -> dict:
@@ -342,35 +376,26 @@ def _fork_until_refused(channel, most: int) -> dict:
 def check_pids_limit(fn: Callable, limit: int = 8, points: float = 2.0) -> Check:
     """``fn(group_dir, limit)`` writes pids.max; then a process in the group forks until the kernel refuses."""
     title = "A pids limit: a fork bomb stopped"
-    from labcore.kernel.cgroups import can_limit, read_keyed, read_text
-    if not can_limit():
-        return refusal(title, NeedsPrivilege("this process may not make cgroups here", why="no root, and no "
-                                             "delegated cgroup v2 subtree"), points)
-    with journal.Scope() as scope:
-        try:
-            manager, group = _limit_group("pids", "pids", scope)
-        except _REFUSED as err:
-            return refusal(title, err, points)
-        directory = group.dir("pids")
-        _, raised = attempt(fn, directory, limit)
-        written = (read_text(directory / "pids.max") or "").strip()
-        bomb = Child(lambda channel: _fork_until_refused(channel, 4 * limit))
-        manager.add(group, bomb.pid)
-        bomb.send("go")
-        seen = bomb.recv()
-        bomb.wait()
-        refused_count = read_keyed(directory / "pids.events").get("max")
+    refused = cgroups_refused(title, points)
+    if refused:
+        return refused
+    try:
+        seen = run_in_group("pids", fn, limit, lambda channel: _fork_until_refused(channel, 4 * limit))
+    except _REFUSED as err:
+        return refusal(title, err, points)
+    written, bomb = seen["files"].get("pids.max"), seen["answer"] or {"forked": 0, "refused": "none"}
+    refusals = seen["files"]["pids.events"].get("max")
     return Check(title, [
         Criterion(f"pids.max reads {limit}", written == str(limit), f"pids.max = {written}",
                   "write str(limit) to group_dir / 'pids.max'"),
-        Criterion("fork(2) failed with EAGAIN at the limit", seen["refused"] == "EAGAIN",
-                  f"{seen['forked']} forks, then {seen['refused']}",
+        Criterion("fork(2) failed with EAGAIN at the limit", bomb["refused"] == "EAGAIN",
+                  f"{bomb['forked']} forks, then {bomb['refused']}",
                   "with no limit the forks all succeeded: the limit counts every task in the group, itself too"),
-        Criterion(f"{limit} tasks at most: itself and {limit - 1} children", seen["forked"] == limit - 1,
-                  f"{seen['forked']} children", "pids.max counts the group's tasks, the forking process included"),
-        Criterion("pids.events counts the refusals", bool(refused_count), f"max {refused_count}",
+        Criterion(f"{limit} tasks at most: itself and {limit - 1} children", bomb["forked"] == limit - 1,
+                  f"{bomb['forked']} children", "pids.max counts the group's tasks, the forking process included"),
+        Criterion("pids.events counts the refusals", bool(refusals), f"max {refusals}",
                   "the kernel counts a refused fork in pids.events only when pids.max refused it"),
-    ], points, raised=raised)
+    ], points, raised=seen["raised"])
 
 
 # --- 05: the union filesystem ------------------------------------------------------------------------------
@@ -593,8 +618,6 @@ def check_start_time(fn: Callable, guest=None, points: float = 2.0) -> Check:
     code, _ = _container_said(result)
     boot = getattr(guest, "data", {}).get("seconds") if guest is not None else None
     measured = isinstance(seconds, (int, float)) and 0 < seconds <= wall
-    boot_known = isinstance(boot, (int, float))
-    faster = measured and boot_known and seconds < boot
     return Check(title, [
         Criterion("a container ran", code == 0, f"exit code {code}",
                   "return (seconds, container.run(container.Spec('busybox', ['true'], network='none', rm=True)))"),
@@ -602,11 +625,19 @@ def check_start_time(fn: Callable, guest=None, points: float = 2.0) -> Check:
                   f"{seconds:.3f} s measured by you, {wall:.3f} s around the call" if measured else
                   f"{seconds!r} measured by you, {wall:.3f} s around the call",
                   "time.perf_counter() just before container.run and just after it; return the difference"),
-        Criterion("faster than the VM's boot", faster or (measured and not boot_known),
-                  f"VM boot {boot:.2f} s: {boot / seconds:.0f}× the container's" if faster else
-                  ("the VM did not boot here: see 07's recording" if not boot_known else f"VM boot {boot} s"),
-                  "a container starts processes on the running kernel; a VM boots a kernel first"),
+        beside_the_vm(seconds if measured else None, boot),
     ], points, raised=raised)
+
+
+def beside_the_vm(seconds: float | None, boot) -> Criterion:
+    """The container's start against the VM's boot measured in 07 (not a criterion to fail where no VM ran)."""
+    if seconds is not None and not isinstance(boot, (int, float)):
+        return Criterion("faster than the VM's boot", True, "the VM did not boot here: see 07's recording")
+    faster = seconds is not None and seconds < boot
+    return Criterion("faster than the VM's boot", faster,
+                     f"VM boot {boot:.2f} s: {boot / seconds:.0f}× the container's" if faster else
+                     f"VM boot {boot} s" if isinstance(boot, (int, float)) else "the VM did not boot here",
+                     "a container starts processes on the running kernel; a VM boots a kernel first")
 
 
 # --- 08: build your own -------------------------------------------------------------------------------------
