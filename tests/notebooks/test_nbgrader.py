@@ -119,3 +119,11 @@ def test_a_partly_right_answer_gets_partial_marks_and_the_hint(graded, course):
     check = next(c for c in autograded.cells if c.metadata["nbgrader"].get("grade_id") == "ex09-cap-check")
     shown = json.dumps(check.outputs)
     assert "CAP_SYS_CHROOT is out of the bounding set" in shown and "hint:" in shown and "drop_bounding_set" in shown
+
+
+def test_validate_tells_the_student_which_checks_do_not_pass_yet(course):
+    """`nbgrader validate` (the student's Validate button) counts a check below its points as failed."""
+    passing = nbgrader_run(course, "validate", str(course / "source" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"))
+    blank = nbgrader_run(course, "validate", str(course / "release" / ASSIGNMENT / f"{NOTEBOOK}.ipynb"))
+    assert "Success! Your notebook passes all the tests." in passing
+    assert "VALIDATION FAILED ON 2 CELL(S)" in blank and "exercises.check_drop_capability" in blank
