@@ -15,6 +15,5 @@ def configure(parser):
 
 def run(args) -> int:
     from labcore.runtime import build
-    step = build.commit(args.container, args.image, comment=args.message)
-    print(step.data["image"].id)
+    print(build.commit(args.container, args.image, comment=args.message).image.id)
     return 0
