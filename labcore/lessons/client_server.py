@@ -133,7 +133,7 @@ def two_containers_on_port_80(stage: Stage) -> Step:
              for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": os.readlink("/proc/self/ns/net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
-    return Step(title, action, before=host, after=after, mode=current_mode(),
+    return Step(title, action, before=host, after=after, mode=current_mode(), columns=("host", "containers"),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
@@ -240,7 +240,7 @@ def show_interfaces(pid: int) -> Step:
     note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
             if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
     return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
-                data={"host": host, "inside": inside})
+                columns=("host", "inside"), data={"host": host, "inside": inside})
 
 
 
@@ -364,7 +364,7 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
         data["servers"][server.name] = {**facts, "ip": endpoint.ip, "host_port": port.host_port,
                                         "identity": server.inside["identity"], "pid": server.pid}
     where = "the host" if endpoints[0].via is None else "the router namespace"
-    return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
+    return Step(title, action, before=host, after=after, mode=current_mode(), data=data, columns=("host", "inside"),
                 note="both servers hold port 80, each in its own namespace; a second bind in the same "
                      f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
                      "address, the host by a published port on 127.0.0.1")
