@@ -99,3 +99,14 @@ def test_the_verb_prints_yaml_and_refuses_with_125(capsys):
 def test_a_dollar_stays_a_dollar_for_the_container():
     service = composed("docker run -e 'PRICE=$5' busybox sh -c 'echo $HOME'")["services"]["busybox"]
     assert service["environment"] == ["PRICE=$$5"] and service["command"] == ["sh", "-c", "echo $$HOME"]
+
+
+def test_the_notebook_step_shows_the_file_and_compose_reading_it_or_says_why_not(monkeypatch):
+    from labcore.lessons import build_your_own
+    monkeypatch.setattr("shutil.which", lambda program: None)          # no docker-compose on this host
+    step = build_your_own.composerize("docker run -p 8080:80 busybox")
+    assert yaml.safe_load(step.data["yaml"])["services"]["busybox"]["ports"] == ["8080:80"]
+    assert step.after["as docker-compose reads it (config)"].startswith("not checked: docker-compose is not")
+    refused = build_your_own.composerize("docker run --restart always busybox")
+    assert refused.data["exit_code"] == 125 and "--restart" in refused.data["error"]
+    assert refused.data["yaml"] == "" and "refused by name" in refused.note
