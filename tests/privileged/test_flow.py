@@ -38,6 +38,19 @@ def test_the_flow_shows_404_then_the_pull_then_pid_1_in_new_namespaces_then_exit
     assert not os.path.exists(f"/proc/{start.data['pid']}")
 
 
+def test_an_image_the_registry_lacks_is_its_404_then_the_daemons_then_the_clients_error(stage):
+    missing = run_flow.missing_image(stage)
+    assert (missing.data["registry_status"], missing.data["registry_error"]) == (404, "MANIFEST_UNKNOWN: "
+                                                                                      "manifest unknown")
+    assert missing.data["status"] == 404 and "manifest unknown" in missing.data["answer"]
+    assert b"Transfer-Encoding" not in missing.exchanges[1].response      # refused before any stream began
+    assert missing.after["images in labd's store"] == "none"
+    if shutil.which("docker"):
+        assert missing.data["cli_exit_code"] == 125
+        assert "docker: Error response from daemon: manifest unknown" in missing.data["cli_stderr"]
+        assert missing.after["docker run: requests"][-1].endswith("&tag=missing → 404")
+
+
 def test_the_stepper_forgets_the_image_so_the_flow_pulls_again(stage):
     run_flow.run_all(stage)
     stepper = run_flow.stepper(stage)
