@@ -17,6 +17,7 @@ import contextlib
 import os
 import socket
 import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -330,3 +331,111 @@ def connection_dot(data: dict) -> str:
         graph.edge("client", "daemon", label=f"one connection: fd {client['fd']} ↔ fd {daemon['accepted']['fd']}",
                    style="dashed", constraint="false")
     return graph.source()
+
+
+# --- the same daemon on TCP: a port has no owner and no mode ------------------------------------------------
+
+def daemon_on_tcp(stage: Stage) -> Step:
+    """dockerd listens where -H says, on a Unix socket and on TCP alike (`-H tcp://127.0.0.1:2375`). A daemon
+    started with `labcore daemon --tcp 127.0.0.1:PORT` answers the same request the same way on both; but a TCP
+    port is not a file: connect(2) to it checks no owner, group or mode (tcp(7)), so every user of the host may
+    talk to the daemon, which is root. That is dockerd's warning, printed again by labd at its start."""
+    from labcore.api.labd import Labd
+    port, home = free_loopback_port(), tempfile.mkdtemp(prefix="labcore-tcp-", dir=stage.home)
+    path = os.path.join(os.path.dirname(stage.labd.socket), "tcp.sock")     # shorter than labd.sock: it fits
+    with Labd(path, home, tcp=f"127.0.0.1:{port}") as daemon:
+        warnings = startup_lines(daemon)
+        unix, tcp = http_get(path, "/version"), http_get(("127.0.0.1", port), "/version")
+        doors = {"unix": socket_listener(path), "tcp": tcp_listener(daemon.process.pid, port)}
+        info, folder = os.stat(path), os.stat(os.path.dirname(path))
+        others = connect_as_another_user(path, port)
+    after = {"labd said at its start": "\n".join(warnings),
+             "GET /version, on the Unix socket": answer_line(unix), "GET /version, on the TCP port": answer_line(tcp),
+             "the same body": unix[1] == tcp[1],
+             "both doors held by": f"pid {doors['unix']['pid']} (unix: fd {doors['unix']['fd']}; "
+                                   f"tcp: fd {doors['tcp'].get('fd', '?')})",
+             "who may connect, unix": f"{stat.filemode(info.st_mode)} {owner_name(info.st_uid)}:"
+                                      f"{group_name(info.st_gid)} in a directory {stat.filemode(folder.st_mode)}: "
+                                      "their modes decide",
+             "who may connect, tcp": "anyone on this host: a port has no owner and no mode", **others}
+    return Step("one daemon, a Unix socket and a TCP port", f"labcore daemon --socket {path} --tcp 127.0.0.1:"
+                f"{port}; GET /version on each; connect() as another user", after=after, mode=user_mode(),
+                note="the same daemon behind both doors; only the Unix socket's file asks who you are",
+                data={"port": port, "warnings": warnings, "unix": unix, "tcp": tcp, "same": unix[1] == tcp[1],
+                      "same process": doors["unix"]["pid"] == doors["tcp"].get("pid"), **others})
+
+
+def answer_line(answer: tuple[str, bytes]) -> str:
+    """``HTTP/1.1 200 OK``, and the API version the body names (/version's ApiVersion)."""
+    import json
+    with contextlib.suppress(ValueError, AttributeError):
+        return f"{answer[0]}, ApiVersion {json.loads(answer[1]).get('ApiVersion')}"
+    return answer[0]
+
+
+def free_loopback_port() -> int:
+    """A port the kernel calls free on 127.0.0.1 (bind to port 0, ip(7)); the daemon binds it a moment later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def startup_lines(daemon) -> list[str]:
+    """What the daemon wrote to stderr before it listened: dockerd's warnings for TCP without TLS, then its
+    "listening on" line (both written before it answered the ping that found it ready)."""
+    lines = []
+    while not lines or not lines[-1].startswith("labd: listening"):
+        line = daemon.process.stderr.readline().decode(errors="replace")
+        if not line:
+            break
+        lines.append(line.strip())
+    return lines
+
+
+def http_get(address, target: str) -> tuple[str, bytes]:
+    """GET ``target`` on a Unix socket (a path) or a TCP (host, port): the status line and the body."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as connection:
+        connection.settimeout(10)
+        connection.connect(address)
+        connection.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        response = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body
+
+
+def tcp_listener(pid: int, port: int) -> dict:
+    """The fd of ``pid`` that holds the socket listening on 127.0.0.1:``port``: /proc/net/tcp's row (state 0A,
+    LISTEN; the address in hex, proc(5)) gives its inode, /proc/PID/fd the fd that links to it."""
+    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = row.split()
+        address, hex_port = fields[1].split(":")
+        if int(hex_port, 16) == port and fields[3] == "0A":
+            inode = int(fields[9])
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return {"pid": pid, "fd": int(fd), "inode": inode, "address": readable_address(address)}
+    return {}
+
+
+def connect_as_another_user(path: str, port: int) -> dict:
+    """As root, a child become nobody (uid 65534) tries both doors; anyone else cannot become another user."""
+    from labcore.kernel.process import run_in_child
+    if os.geteuid() != 0:
+        return {"as another user": "not tried: only root may become another user (setuid(2)); the socket's "
+                                   "mode decides for them on unix, nothing on tcp"}
+    return {"nobody (uid 65534), unix": run_in_child(connect_as, path, 65534, 65534),
+            "nobody (uid 65534), tcp": run_in_child(ping_tcp_as, port, 65534, 65534)}
+
+
+def ping_tcp_as(port: int, uid: int, gid: int) -> str:
+    """GET /_ping on 127.0.0.1:``port`` as uid:gid (in a child for another uid): the status line or the errno."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        status, body = http_get(("127.0.0.1", port), "/_ping")
+    except OSError as err:
+        return f"{errno_name(err)}: {err.strerror}"
+    return f"connected; {status}, {body.decode(errors='replace')}"

@@ -102,6 +102,17 @@ def test_two_containers_of_one_daemon_both_listen_on_port_80(stage):
     assert ports.data["answers"] == ["box-a", "box-b"]
 
 
+def test_one_daemon_answers_alike_on_its_socket_and_on_tcp_where_nobody_gets_in_too(stage):
+    tcp = client_server.daemon_on_tcp(stage)
+    assert tcp.data["same"] and tcp.data["same process"]
+    assert tcp.data["unix"][0] == tcp.data["tcp"][0] == "HTTP/1.1 200 OK"
+    assert "without --tlsverify is insecure" in tcp.data["warnings"][0]
+    assert tcp.data["nobody (uid 65534), unix"].startswith("EACCES")
+    assert tcp.data["nobody (uid 65534), tcp"] == "connected; HTTP/1.1 200 OK, OK"
+    assert not any(line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == tcp.data["port"]
+                   for line in open("/proc/net/tcp").read().splitlines()[1:])      # the port is closed again
+
+
 def test_closing_the_stage_leaves_no_daemon_registry_socket_or_directory(busybox_image):
     with run_flow.setup() as stage:
         stage.client().containers.run("busybox", "sleep 60", network_mode="none", detach=True)  # for close()
