@@ -56,3 +56,44 @@ def test_a_free_port_is_one_that_can_be_bound():
     port = client_server.free_loopback_port()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
+
+
+# --- Docker's process tree: the parts that need no dockerd ------------------------------------------------
+
+def test_a_process_is_read_from_proc_and_a_missing_one_is_gone():
+    me = client_server.process_facts(os.getpid())
+    assert (me["pid"], me["ppid"], me["state"]) == (os.getpid(), os.getppid(), "running")
+    assert client_server.describe(me).startswith(f"pid {os.getpid()} ")
+    gone = client_server.process_facts(2 ** 22 + 1)                   # above pid_max's ceiling: never a process
+    assert gone == {"pid": 2 ** 22 + 1, "state": "gone"} and client_server.describe(gone).endswith(": gone")
+
+
+def test_the_tree_draws_parents_solid_the_starter_dashed_and_what_survived_green():
+    from tests.unit.test_diagram_fit import DOCKER_TREE
+    source = client_server.docker_tree_dot(DOCKER_TREE)
+    assert '"shim" -> "container" [label="parent: reaps it"]' in source
+    assert '"containerd" -> "shim" [label="started it\\n(ttrpc)", style="dashed"]' in source
+    assert '"init" -> "shim"' in source and "pid 1: systemd" in source
+    assert source.count('fillcolor="palegreen"') == 2                    # the shim and the container
+    assert "after: killed (SIGKILL)" in source and "after: ended with dockerd" in source
+
+
+def test_without_dockerd_the_step_is_refused_with_its_recording_key(monkeypatch):
+    from labcore.lessons import dockerd
+    monkeypatch.setattr(dockerd, "dockerd_unavailable_reason", lambda: "dockerd is not installed: apt-get ...")
+    step = client_server.docker_process_tree()
+    assert not step.permitted and step.key == client_server.TREE_KEY
+    assert "dockerd is not installed" in step.reason
+    assert not step.data["container survived"] and step.data["before"]["shim"]["pid"] is not None
+
+
+def test_a_cgroup_busy_a_moment_is_removed_when_it_empties(tmp_path, monkeypatch):
+    calls = []
+
+    def rmdir(path):
+        calls.append(path)
+        if len(calls) < 3:
+            raise OSError(16, "Device or resource busy")
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    client_server.retry_rmdir(str(tmp_path / "x"))
+    assert len(calls) == 3
