@@ -26,9 +26,9 @@ removes; the file says so in a comment. --uts has no key in the file format dock
 refused, as is any flag `labcore run` does not have: ``BadInput`` names it and what is accepted.
 
 The file is YAML, written here for this small subset (mappings, lists, strings, numbers, booleans) rather than
-with a YAML library: docker-compose 1.29 reads it with PyYAML, a YAML 1.1 parser, where ``80:80`` unquoted is
-the base-60 number 4880 and ``no`` is false, so any string that could be read as something else is quoted
-(a JSON string is a valid YAML double-quoted string). Next: ``labcore.cli.composerize``, the verb.
+with a YAML library: docker-compose 1.29 reads it with PyYAML, a YAML 1.1 parser, where ``2222:22`` unquoted is
+the base-60 number 133342 (``-p 2222:22`` publishing ssh would break) and ``no`` is false, so any string that
+could be read as something else is quoted (a JSON string is a valid YAML double-quoted string). Next: ``labcore.cli.composerize``, the verb.
 """
 from __future__ import annotations
 

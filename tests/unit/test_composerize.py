@@ -59,7 +59,7 @@ def test_entrypoint_cleared_is_the_empty_word_docker_sends():
     assert composed("docker run --entrypoint '' busybox ls")["services"]["busybox"]["entrypoint"] == [""]
 
 
-@pytest.mark.parametrize("text", ["80:80", "no", "Yes", "off", "1000", "0.5", "1e3", "2001-12-14", "~", "-x",
+@pytest.mark.parametrize("text", ["2222:22", "22:22", "80:80", "no", "Yes", "off", "1000", "0.5", "1e3", "2001-12-14", "~", "-x",
                                   "a: b", "#x", "*a", "", "null", "c 1:3 rwm", "'q'", '"q"', "a\nb", "é"])
 def test_a_string_reads_back_as_the_same_string_in_yaml_1_1(text):
     assert yaml.safe_load("\n".join(compose.to_yaml({"key": [text]}))) == {"key": [text]}
