@@ -338,8 +338,9 @@ def connection_dot(data: dict) -> str:
 def daemon_on_tcp(stage: Stage) -> Step:
     """dockerd listens where -H says, on a Unix socket and on TCP alike (`-H tcp://127.0.0.1:2375`). A daemon
     started with `labcore daemon --tcp 127.0.0.1:PORT` answers the same request the same way on both; but a TCP
-    port is not a file: connect(2) to it checks no owner, group or mode (tcp(7)), so every user of the host may
-    talk to the daemon, which is root. That is dockerd's warning, printed again by labd at its start."""
+    port is not a file: connect(2) to it checks no owner, group or mode (only bind(2) below 1024 is privileged),
+    so every user of the host may talk to the daemon, which is root. That is dockerd's warning, printed again by
+    labd at its start."""
     from labcore.api.labd import Labd
     port, home = free_loopback_port(), tempfile.mkdtemp(prefix="labcore-tcp-", dir=stage.home)
     path = os.path.join(os.path.dirname(stage.labd.socket), "tcp.sock")     # shorter than labd.sock: it fits
