@@ -459,7 +459,8 @@ def docker_process_tree() -> Step:
     action = "dockerd; docker run -d --network none busybox sleep 300; read /proc; kill -KILL dockerd; read /proc"
     reason = dockerd_unavailable_reason()
     if reason:
-        error = NeedsPrivilege(reason) if os.geteuid() != 0 else NotFound(reason)
+        error = (NeedsPrivilege(reason, why="Debian's dockerd runs as root (rootless Docker is another setup)")
+                 if os.geteuid() != 0 else NotFound(reason))
         return hosts.refuse(title, action, error, key=TREE_KEY)
     with Dockerd() as docker:
         import_busybox(docker)
