@@ -520,11 +520,12 @@ NODES = [
     ("output", "output\nGET .../logs"),
     ("exit", "exit code\nPOST .../wait"),
 ]
-LIT = {"connect": ("client", "socket", "daemon")}
+LIT = {"connect": ("client", "socket", "daemon"), "missing": ("pull", "client")}
 
 
 def flow_dot(current: str | None = None) -> str:
-    """The flowchart of `docker run`, with the nodes of step ``current`` (a name in STEPS) highlighted."""
+    """The flowchart of `docker run`, with the nodes of step ``current`` (a name in STEPS, or "missing": the
+    branch where the registry does not have the image) highlighted."""
     from labcore.lessons.diagrams import Graph
     lit = LIT.get(current, (current,))
     graph = Graph("docker run", rankdir="LR", fontname="Helvetica", nodesep="0.3")
@@ -538,6 +539,11 @@ def flow_dot(current: str | None = None) -> str:
     graph.edge("lookup", "pull", label="404: no")
     graph.edge("lookup", "create", label="200: yes", style="dashed")
     graph.edge("pull", "registry", label="GET /v2/...", style="dashed", dir="both")
+    # The branch where the registry has no such image: its 404 travels back to the client (missing_image).
+    missing = current == "missing"
+    graph.edge("pull", "client", label="no such image: registry 404 manifest unknown\n→ daemon 404 {\"message\"}"
+               "\n→ docker: Error response from daemon, exit 125", style="dashed", color="firebrick",
+               fontcolor="firebrick", constraint="false", penwidth="2" if missing else "1")
     graph.cluster("labd", "the daemon's process", ["lookup", "pull", "create", "start", "output", "exit"],
                   style="dashed")
     return graph.source()
@@ -679,3 +685,66 @@ def run_step(spec: container.Spec) -> Step:
     return Step(title, action, after={"stdout": text(result.stdout), "stderr": text(result.stderr) or "(none)",
                                       "exit code": result.exit_code}, mode=current_mode(), key=action,
                 data={"id": result.id, "result": result, "exit_code": result.exit_code})
+
+
+# --- the other branch: the registry does not have the image ----------------------------------------------
+
+MISSING_TAG = "missing"                 # a tag never pushed to the stage's registry
+
+
+def missing_image(stage: Stage, tag: str = MISSING_TAG) -> FlowStep:
+    """The flowchart's other branch: the image is in no store, the registry's or the daemon's. The registry
+    answers the manifest request 404 MANIFEST_UNKNOWN; the daemon asks for the manifest before it writes a byte
+    of its answer, so it answers 404 too, in Docker's {"message": ...}; the docker CLI prints "Error response
+    from daemon" and exits 125. (An error after the first progress line travels in the 200's stream instead.)"""
+    repository = stage.reference.rpartition(":")[0]
+    registry = registry_exchange(stage, f"/v2/{IMAGE.partition(':')[0]}/manifests/{tag}")
+    query = urllib.parse.urlencode({"fromImage": repository, "tag": tag})
+    before = stored_images(stage)
+    pull = stage.wire.exchange("POST", api(f"/images/create?{query}"))
+    cli = docker_cli_run(stage, f"{repository}:{tag}")
+    after = {"the registry answered labd": f"{registry.status} {registry_error(registry)}",
+             "labd answered the client": answer_of(pull), "images in labd's store": stored_images(stage) or "none",
+             **cli}
+    return FlowStep("no such image in the registry", f"GET /v2/.../manifests/{tag} (to the registry); POST "
+                    f"/images/create?{query} (to labd); docker run {repository}:{tag}",
+                    before={"images in labd's store": before or "none"}, after=after, mode=user_mode(),
+                    exchanges=[registry, pull], key="no such image in the registry",
+                    data={"registry_status": registry.status, "registry_error": registry_error(registry),
+                          "status": pull.status, "answer": answer_of(pull),
+                          "cli_stderr": cli.get("docker run: stderr"), "cli_exit_code": cli.get("docker run: exit")},
+                    note="the registry's 404 became the daemon's 404 and the client's error: nothing was stored")
+
+
+def registry_exchange(stage: Stage, target: str) -> Exchange:
+    """The request labd's pull sends to the registry (labcore.image.registry), made here on its own over TCP."""
+    from labcore.image.registry import MANIFEST_TYPES
+    host, _, port = stage.registry.address.rpartition(":")
+    request = (f"GET {target} HTTP/1.1\r\nHost: {stage.registry.address}\r\nAccept: {', '.join(MANIFEST_TYPES)}"
+               "\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        response = b"".join(iter(lambda: connection.recv(65536), b""))
+    status, body = parse_response(response)
+    return Exchange(request, response, status, body)
+
+
+def registry_error(exchange: Exchange) -> str:
+    """The distribution spec's error body: {"errors": [{"code", "message", "detail"}]}."""
+    try:
+        return "; ".join(f"{e['code']}: {e['message']}" for e in exchange.json()["errors"])
+    except (ValueError, KeyError, TypeError):
+        return exchange.body.decode(errors="replace")
+
+
+def docker_cli_run(stage: Stage, reference: str) -> dict:
+    """`docker run REFERENCE` by the real CLI through a Tap: the requests it sent, what it printed, its status."""
+    if not shutil.which("docker"):
+        return {"docker run (the CLI)": "not run: the docker CLI is not installed (apt-get install docker.io)"}
+    with Tap(stage.labd.socket) as tap:
+        environment = {**os.environ, "DOCKER_HOST": f"unix://{tap.path}",
+                       "DOCKER_CONFIG": os.path.join(stage.home, "docker-cli")}    # not ~/.docker
+        result = subprocess.run(["docker", "run", "--rm", "--network", "none", reference], env=environment,
+                                capture_output=True, text=True, timeout=120)
+    return {"docker run: requests": tap.requests(), "docker run: stderr": result.stderr.strip(),
+            "docker run: exit": result.returncode}

@@ -89,6 +89,21 @@ def test_the_diagram_lights_the_current_step_only():
     assert run_flow.flow_dot().count('fillcolor="gold"') == 0
 
 
+def test_the_branch_without_the_image_goes_from_the_pull_back_to_the_client():
+    source = run_flow.flow_dot("missing")
+    assert '"pull" -> "client"' in source and "registry 404 manifest unknown" in source
+    assert source.count('fillcolor="gold"') == 2                            # the pull and the client
+    assert source.count('penwidth="2"') >= 3
+
+
+def test_the_registrys_error_body_is_read_in_the_distribution_specs_shape():
+    body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}'
+    exchange = run_flow.Exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found\r\n\r\n" + body, 404, body)
+    assert run_flow.registry_error(exchange) == "MANIFEST_UNKNOWN: manifest unknown"
+    odd = run_flow.Exchange(b"", b"HTTP/1.1 404 Not Found\r\n\r\nnope", 404, b"nope")
+    assert run_flow.registry_error(odd) == "nope"
+
+
 class FakeStage:
     """Enough of a Stage for the stepper: a wire whose answers are canned."""
 
