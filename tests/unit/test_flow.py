@@ -141,3 +141,17 @@ def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):
     assert exchange.response == PONG and seen[0] == exchange.request
     assert tap.requests() == ["GET /_ping → 200"]
     assert not os.path.exists(tap.path)
+
+
+def test_a_flow_step_in_a_notebook_is_its_evidence_then_the_flowchart_lit_where_it_is(monkeypatch):
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    step = run_flow.FlowStep("pull from the registry", "POST /images/create", where="pull")
+    step._ipython_display_()
+    evidence, drawing = shown
+    assert "pull from the registry" in evidence["text/plain"] and "POST /images/create" in evidence["text/html"]
+    assert drawing.source == run_flow.flow_dot("pull") and 'fillcolor="gold"' in drawing.source
+    shown.clear()
+    run_flow.FlowStep("forget the image", "DELETE /images/x")._ipython_display_()
+    assert len(shown) == 1                      # no place in the flowchart: no drawing
