@@ -183,9 +183,10 @@ class Step:
         if self.reason:
             head += f"{PRE}{esc(self.reason)}</pre>"
         table = ""
-        if self.rows():
-            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{html_cell(b)}{html_cell(a)}</tr>"
-                           for k, b, a in self.rows())
+        keys = list(dict.fromkeys([*self.before, *self.after]))
+        if keys:
+            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{_html_value(self.before.get(k, ''))}"
+                           f"{_html_value(self.after.get(k, ''))}</tr>" for k in keys)
             table = f"<table><tr><th></th><th>before</th><th>after</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
         return f"<div style='{WRAP}'>{head}{table}{note}</div>"
@@ -203,6 +204,13 @@ def html_cell(value: str) -> str:
     its widest word, and word-wrap does not shrink a table."""
     style = " style='word-break:break-all'" if re.search(r"\S{40,}", value) else ""
     return f"<td{style}><code>{html.escape(value)}</code></td>"
+
+
+def _html_value(value: Any) -> str:
+    """A value that draws itself in HTML (a ``display.Table`` of parsed mountinfo) as itself; the rest as text."""
+    if hasattr(value, "_repr_html_") and not isinstance(value, NotRun):
+        return f"<td>{value._repr_html_()}</td>"
+    return html_cell(_text(value))
 
 
 def _text(value: Any) -> str:

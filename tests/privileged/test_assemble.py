@@ -29,7 +29,8 @@ def test_the_whole_sequence_by_hand(busybox_image):
         assert len(box.stack.lowers) == 2 and stack.after["upperdir"] == ["(empty)"]
 
         mounted = box.mount_overlay()
-        assert " - overlay overlay " in mounted.after["mountinfo"][0] and "bin" in mounted.data["names"]
+        assert " - overlay overlay " in mounted.data["mountinfo"][0] and "bin" in mounted.data["names"]
+        assert mounted.after["mountinfo"].rows[0][1] == "overlay"
 
         shim = box.fork_child()
         assert shim.data["shared"] == list(build_your_own.KINDS)
