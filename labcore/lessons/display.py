@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,10 +63,9 @@ def parse_mountinfo_line(line: str) -> dict[str, str]:
 
 
 def short_name(path: str) -> str:
-    """A layer directory by its last component: ``.../layers/<64 hex>`` -> ``<12 hex>…``, ``.../upper`` ->
-    ``upper``."""
-    name = path.rstrip("/").rpartition("/")[2] or path
-    return name[:SHORT_ID] + "…" if len(name) > 2 * SHORT_ID else name
+    """A directory by its last component: ``.../layers/<64 hex>`` -> ``<12 hex>…``, ``.../upper`` -> ``upper``."""
+    name = str(path).rstrip("/").rpartition("/")[2] or str(path)
+    return name[:SHORT_ID] + "…" if re.fullmatch(r"[0-9a-f]{32,}", name) else name
 
 
 def short_options(options: str) -> str:
