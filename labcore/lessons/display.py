@@ -100,7 +100,10 @@ def mount_table(mountinfo: str | list[str], columns: tuple[str, ...] = MOUNT_COL
 
 
 def options_table(options: str, title: str = "") -> Table:
-    """Mount options (``a=1,b=2``), one a row; an overlay's lowerdir one layer a row, the top layer first."""
+    """Mount options (``a=1,b=2``), one a row; an overlay's lowerdir one layer a row, the top layer first.
+    What is not a string (a refused step's ``NOT_RUN``) is given back as it is."""
+    if not isinstance(options, str):
+        return options
     rows = []
     for option in options.split(","):
         name, _, value = option.partition("=")

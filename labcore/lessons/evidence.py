@@ -159,10 +159,13 @@ class Step:
         rows = self.rows()
         if rows:
             width = max(len(k) for k, _, _ in rows)
-            left = max(len("before"), *(len(b) for _, b, _ in rows if "\n" not in b))
+            left = max(len("before"), *(len(line) for _, b, _ in rows for line in b.split("\n")))
             lines.append(f"   {'':{width}}  {'before':{left}}  after")
-            indent = "\n" + " " * (width + left + 7)      # a value of several lines stays in its column
-            lines += [f"   {k:{width}}  {b:{left}}  {a.replace(chr(10), indent)}" for k, b, a in rows]
+            for k, b, a in rows:      # a value of several lines (a table) stays in its column
+                befores, afters = b.split("\n"), a.split("\n")
+                for i in range(max(len(befores), len(afters))):
+                    lines.append(f"   {k if i == 0 else '':{width}}  {befores[i] if i < len(befores) else '':{left}}"
+                                 f"  {afters[i] if i < len(afters) else ''}")
         if self.note:
             lines.append(f"   => {self.note}")
         return "\n".join(lines)
