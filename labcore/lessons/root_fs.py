@@ -227,7 +227,7 @@ def _count(lines: list[str]) -> str:
 
 
 def _mountinfo_around(root: str, prepare, change) -> tuple[list[str], list[str]]:
-    """In a child: ``prepare()``, mountinfo, ``change(root)``, mountinfo again. The second is opened through a
+    """In a child: ``prepare(root)``, mountinfo, ``change(root)``, mountinfo again. The second is opened through a
     descriptor of /proc taken before (the new root has no /proc), and after the change: the kernel lists the
     mounts as seen from the opener's root and mount namespace at open(2) time (proc(5), fs/proc_namespace.c)."""
     proc = os.open("/proc", os.O_DIRECTORY | os.O_RDONLY)
@@ -275,11 +275,11 @@ def mount_tree_dot(host: list[str], root: str, pivoted: list[str]) -> str:
                   ranksep="0.35", newrank="true")
     graph.defaults("node", fontname="Helvetica", fontsize="10", shape="box", style="rounded")
     graph.defaults("edge", color="gray40", arrowsize="0.6")
-    _draw_host_tree(graph, "before", host, None)
-    _draw_host_tree(graph, "chroot", host, root)
+    _draw_host_tree(graph, "before", host, root, chrooted=False)
+    _draw_host_tree(graph, "chroot", host, root, chrooted=True)
     _draw_pivoted_tree(graph, pivoted)
     # One tree under the other, in the order they happen: an invisible edge from each to the next.
-    graph.edge("before:rest", "chroot:marker", style="invis")
+    graph.edge("before:rest", f"chroot:{_root_mount(host)['id']}", style="invis")
     graph.edge("chroot:dir", "pivot:marker", style="invis")
     return graph.source()
 
@@ -289,29 +289,42 @@ def _mount_label(mount: dict[str, str]) -> str:
     return f"{mount['id']}  {mount['mount point']}\n{mount['fstype']} {source}"
 
 
-def _draw_host_tree(graph: Graph, stage: str, host: list[str], chroot: str | None) -> None:
-    """The host's root mount and its other mounts folded into one node; the root marker on "/" or, after
-    chroot, on a directory inside the mount that holds it."""
-    top = _root_mount(host)
-    others = [mount for mount in map(display.parse_mountinfo_line, host) if mount["id"] != top["id"]]
-    hidden = {"style": "rounded,dashed", "fontcolor": "gray40", "color": "gray50"} if chroot else {}
-    graph.node(f"{stage}:top", _mount_label(top), **hidden)
-    names = ", ".join(dict.fromkeys(mount["mount point"] for mount in others[:4]))
+def _draw_host_tree(graph: Graph, stage: str, host: list[str], root: str, chrooted: bool) -> None:
+    """The host's root mount, the mount that holds the image's directory, and the others folded into one node;
+    the process's root marked: on "/", or after chroot on the image's directory, inside its mount."""
+    mounts = list(map(display.parse_mountinfo_line, host))
+    top, holder = _root_mount(host), _mount_holding(mounts, root)
+    shown = {top["id"]: top, holder["id"]: holder}
+    others = [mount for mount in mounts if mount["id"] not in shown]
+    hidden = {"style": "rounded,dashed", "fontcolor": "gray40", "color": "gray50"} if chrooted else {}
+    for mount in shown.values():
+        graph.node(f"{stage}:{mount['id']}", _mount_label(mount), **hidden)
+    if holder is not top:
+        graph.edge(f"{stage}:{top['id']}", f"{stage}:{holder['id']}")
+    names = ", ".join(list(dict.fromkeys(mount["mount point"] for mount in others
+                                         if mount["parent"] == top["id"]))[:4])
     graph.node(f"{stage}:rest", f"{len(others)} more mounts\n{names}, …", shape="folder", **hidden)
-    graph.edge(f"{stage}:top", f"{stage}:rest")
+    graph.edge(f"{stage}:{top['id']}", f"{stage}:rest")
     graph.node(f"{stage}:marker", "the process's root", shape="plaintext", fontcolor="darkgreen")
-    nodes = [f"{stage}:top", f"{stage}:rest", f"{stage}:marker"]
-    if chroot is None:
-        graph.edge(f"{stage}:marker", f"{stage}:top", color="darkgreen")
+    nodes = [*(f"{stage}:{number}" for number in shown), f"{stage}:rest", f"{stage}:marker"]
+    if not chrooted:
+        graph.edge(f"{stage}:marker", f"{stage}:{top['id']}", color="darkgreen")
         title = f"before: the host's namespace, {len(host)} mounts in mountinfo"
     else:
-        graph.node(f"{stage}:dir", f"{display.short_name(chroot)}/\na directory in mount {top['id']}",
+        graph.node(f"{stage}:dir", f"{display.short_name(root)}/\na directory in mount {holder['id']}",
                    shape="folder", style="filled", fillcolor="lightyellow")
-        graph.edge(f"{stage}:top", f"{stage}:dir", style="dotted")
+        graph.edge(f"{stage}:{holder['id']}", f"{stage}:dir", style="dotted")
         graph.edge(f"{stage}:marker", f"{stage}:dir", color="darkgreen")
         nodes.append(f"{stage}:dir")
         title = "after chroot: the same namespace;\nmountinfo shows none of them, all still there"
     graph.cluster(stage, title, nodes, style="rounded", color="gray60")
+
+
+def _mount_holding(mounts: list[dict[str, str]], path: str) -> dict[str, str]:
+    """The mount a directory lies in: the longest mount point above it, the last of those (the one on top)."""
+    above = [(len(mount["mount point"]), number, mount) for number, mount in enumerate(mounts)
+             if path == mount["mount point"] or path.startswith(mount["mount point"].rstrip("/") + "/")]
+    return max(above, key=lambda found: found[:2])[2]
 
 
 def _draw_pivoted_tree(graph: Graph, pivoted: list[str]) -> None:

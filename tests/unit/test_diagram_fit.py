@@ -125,11 +125,10 @@ def defence(monkeypatch, tmp_path):
 def mount_trees(monkeypatch, tmp_path):
     """06's three mount trees: a host of 40 mounts folded into one node, a chroot, a pivot_root (tests/unit/
     test_rootfs.py's, with the host grown to a desktop's)."""
-    from tests.unit.test_rootfs import HOST_MOUNTINFO, PIVOTED_MOUNTINFO
+    from tests.unit.test_rootfs import HOST_MOUNTINFO, PIVOTED_MOUNTINFO, ROOT
     host = HOST_MOUNTINFO + [f"{40 + n} 27 0:{40 + n} / /sys/fs/cgroup/controller-{n} rw - cgroup cgroup rw"
                              for n in range(36)]
-    return root_fs.mount_tree_dot(host, "/home/student/.local/state/labcore/tmp/labcore-rootfs-0123456789ab",
-                                  PIVOTED_MOUNTINFO)
+    return root_fs.mount_tree_dot(host, ROOT, PIVOTED_MOUNTINFO)
 
 
 SAMPLES = {
