@@ -92,3 +92,13 @@ def test_a_real_step_is_recorded_when_the_recording_tool_asks(tmp_path, monkeypa
     str(Step.refused("never", "a", "refused"))                       # a refusal is never recorded
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["key"] for e in entries] == ["box.layers"] and entries[0]["rows"] == [["k", "", "v"]]
+
+
+def test_a_value_of_several_lines_stays_in_its_column_before_and_after():
+    from labcore.lessons.display import Table
+    step = Step("t", "a", {"groups": Table(("id", "group"), [("0", "/")])}, {"groups": "one\ntwo", "x": 1})
+    assert step._text().splitlines()[3:] == ["           before     after",
+                                             "   groups  id  group  one",
+                                             "           0   /      two",
+                                             "   x                  1"]
+    assert "<td><div style='word-wrap:break-word'><table>" in step._repr_html_()
