@@ -48,12 +48,14 @@ from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
 from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
-from labcore.lessons import hosts, root_fs, union_fs
+from labcore.lessons import display, hosts, root_fs, union_fs
 from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.runtime import container
 
 KINDS = ("mnt", "uts", "ipc", "pid", "net", "cgroup")     # container.NAMESPACES: all but user, as root
 OVERLAY_ROOT = "the overlay's merged dir"
+# The merged dir's mount as it teaches: where, what, and the overlay's layers (its source is just "overlay").
+MOUNTS_SHOWN = ("mount point", "fstype", "propagation", "fs options")
 REQUEST_TIMEOUT = 10.0                                     # seconds for a server inside to start listening
 _REFUSED = (NeedsPrivilege, NotSupportedHere)
 
@@ -216,23 +218,23 @@ class Box:
         """mount -t overlay on the host: the merged root, before any namespace exists (dockerd does the same).
         Without root: in the user and mount namespace of a keeper process, where a user may mount."""
         merged = self.stack.merged
-        before = {"mountinfo": mountinfo_lines(merged) or "no mount at the merged dir",
-                  "ls merged": union_fs.listing(merged)}
+        before = {"mountinfo": mounts_at(merged), "ls merged": union_fs.listing(merged)}
         # Rootless, the keeper's user namespace is the user-mode network's, joined first: pid 1 will join the
         # keeper to find the overlay, and its net namespace must belong to the network's user namespace too.
         self._join_usernet()
         keeper = userns.MountKeeper(self.scope, userns_of=self.usernet.holder) if self.usernet else None
         self.overlay = overlay.mount_overlay(self.stack.lowers, self.stack.upper, self.stack.work, merged,
                                              self.scope, keeper=keeper)
-        after = {"mountinfo": mountinfo_lines(merged), "ls merged": sorted(os.listdir(self.overlay.view))}
+        lines = mountinfo_lines(merged, self.keeper.pid if self.keeper else "self")
+        after = {"mountinfo": mounts_at(merged, lines), "ls merged": sorted(os.listdir(self.overlay.view))}
         note = "the image's files appear at the merged dir; writes will go to upperdir"
         if self.keeper:
-            after["mountinfo"] = mountinfo_lines(merged, self.keeper.pid)
-            after["the host's own mountinfo"] = mountinfo_lines(merged) or "no mount at the merged dir"
+            after["the host's own mountinfo"] = mounts_at(merged)
             note += (f"; the mount is in the mount namespace of keeper pid {self.keeper.pid} (a user namespace "
                      f"of yours), which this notebook reaches as /proc/{self.keeper.pid}/root")
         return Step("the merged root: an overlay of the layers", ORDER["mount_overlay"][0], before, after,
-                    current_mode(), note=note, data={"merged": merged, "names": after["ls merged"]})
+                    current_mode(), note=note,
+                    data={"merged": merged, "names": after["ls merged"], "mountinfo": lines})
 
     # --- the processes -----------------------------------------------------------------------------------
 
@@ -268,7 +270,8 @@ class Box:
                  **manager.limits_of(self.group), "cgroup.procs": manager.procs(self.group)}
         return Step(f"cgroup {self.group.name}", ORDER["join_cgroup"][0], before, after, user_mode(),
                     note="the limits are files of the group; the shim, and every child it forks, counts against them",
-                    data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group)})
+                    data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group),
+                          **plain_limits(manager.limits_of(self.group))})
 
     @step("unshare")
     def unshare(self) -> Step:
@@ -362,7 +365,8 @@ class Box:
         after["upperdir"] = union_fs.listing(self.stack.upper)
         return Step(f"hostname {name}", ORDER["set_hostname"][0].replace("NAME", name), before, after,
                     current_mode(), note="the name changed inside only; /etc/hostname was copied up to upperdir",
-                    data={"hostname": after["uname -n"], "host": after["host: uname -n"]})
+                    data={"hostname": after["uname -n"], "host": after["host: uname -n"],
+                          "etc_hostname": after["/etc/hostname"], "upperdir": after["upperdir"]})
 
     @step("exec")
     def exec(self, argv: list[str]) -> Step:
@@ -380,7 +384,7 @@ class Box:
                  "NSpid (host, inside)": " ".join(map(str, levels)) or "exited already"}
         return Step(f"execve: pid 1 is {argv[0]} now", ORDER["exec"][0], before, after, current_mode(),
                     note="one process, one pid: the Python that set everything up became the command",
-                    data={"argv": argv, "pid_inside": levels[-1] if levels else None})
+                    data={"argv": argv, "pid_inside": levels[-1] if levels else None, "cmdline": after["cmdline"]})
 
     @step("publish")
     def publish(self, host_port: int, container_port: int) -> Step:
@@ -588,10 +592,33 @@ def identity(path: str) -> tuple[int, int]:
 
 
 def mountinfo_lines(point, pid: int | str = "self") -> list[str]:
-    """/proc/PID/mountinfo lines for mounts at ``point``, from the mount point on (proc(5)): this notebook's
-    mount namespace, or that of process ``pid``."""
+    """/proc/PID/mountinfo lines for mounts at ``point`` (proc(5)): this notebook's mount namespace, or that of
+    process ``pid``."""
     lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    return [" ".join(line.split()[4:]) for line in lines if line.split()[4] == str(point)]
+    return [line for line in lines if line.split()[4] == str(point)]
+
+
+def mounts_at(point, lines: list[str] | None = None) -> display.Table | str:
+    """The mounts at ``point`` as a table of the fields that teach (the raw lines are 500 characters)."""
+    lines = mountinfo_lines(point) if lines is None else lines
+    return display.mount_table(lines, MOUNTS_SHOWN) if lines else "no mount there"
+
+
+# Each limit by the file that holds it, on cgroup v1 and on v2 (cgroup-v1/*.rst, cgroup-v2.rst): a check cell
+# reads data["memory_limit"] on either, and data["memory_file"] says which file it came from.
+LIMIT_FILES = {"memory": ("memory.limit_in_bytes", "memory.max"), "cpu_quota": ("cpu.cfs_quota_us", "cpu.max"),
+               "pids": ("pids.max",)}
+
+
+def plain_limits(limits: dict[str, str]) -> dict[str, str]:
+    """``{"memory.max": "67108864", "cpu.max": "50000 100000"}`` -> ``{"memory_limit": "67108864",
+    "memory_file": "memory.max", "cpu_quota_limit": "50000", ...}``: the same keys on cgroup v1 and v2."""
+    found = {}
+    for name, files in LIMIT_FILES.items():
+        for file in files:
+            if file in limits:     # cpu.max holds "QUOTA PERIOD" (microseconds), cfs_quota_us the quota alone
+                found[f"{name}_limit"], found[f"{name}_file"] = limits[file].split()[0], file
+    return found
 
 
 def cgroup_of(pid: int) -> str:

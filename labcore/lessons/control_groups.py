@@ -34,7 +34,7 @@ from labcore.errors import NeedsPrivilege, NotSupportedHere
 from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager, read_text
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.kernel.journal import Scope, process_start_time
-from labcore.lessons import hosts
+from labcore.lessons import display, hosts
 from labcore.lessons.evidence import Step
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
@@ -147,6 +147,15 @@ def proc_state(pid: int) -> str:
 
 # --- where are the cgroups? --------------------------------------------------------------------------------
 
+def own_cgroups() -> display.Table:
+    """/proc/self/cgroup (cgroups(7)), one hierarchy a row: its id, its controllers (none: the v2 hierarchy, id 0)
+    and this process's group in it."""
+    lines = Path("/proc/self/cgroup").read_text().split()
+    return display.Table(("id", "controllers", "group"),
+                         [(number, controllers or "(v2)", group) for number, controllers, group in
+                          (line.split(":", 2) for line in lines)])
+
+
 def detect_cgroups(manager: Manager | None = None) -> Step:
     """Which cgroup interface this host mounts, and where the lab will put its groups: as root at the top of
     each hierarchy, as a user below the subtree delegated to it, or nowhere (and how to delegate one)."""
@@ -162,9 +171,9 @@ def detect_cgroups(manager: Manager | None = None) -> Step:
     if delegation.base:
         after["delegated to you"] = str(layout.v2 / delegation.base)
     return Step("cgroups: which interface this host has", "read /proc/self/mountinfo, /proc/self/cgroup",
-                before={"this process's cgroups": Path("/proc/self/cgroup").read_text().split()},
-                after=after, data={"layout": layout.kind, "version": manager.version,
-                                   "may_limit": delegation.allowed, "delegated": delegation.base},
+                before={"this process's cgroups": own_cgroups()}, after=after,
+                data={"layout": layout.kind, "version": manager.version, "may_limit": delegation.allowed,
+                      "delegated": delegation.base, "cgroup_lines": Path("/proc/self/cgroup").read_text().split()},
                 note=f"{layout.kind} layout: the lab drives the {manager.version} interface" + (
                     "" if delegation.allowed else "; no group may be made here by you, so the steps below "
                                                   "show the reference host's recordings"))

@@ -163,10 +163,13 @@ class Step:
         if rows:
             width = max(len(k) for k, _, _ in rows)
             first, second = self.columns
-            left = max(len(first), *(len(b) for _, b, _ in rows if "\n" not in b))
+            left = max(len(first), *(len(line) for _, b, _ in rows for line in b.split("\n")))
             lines.append(f"   {'':{width}}  {first:{left}}  {second}")
-            indent = "\n" + " " * (width + left + 7)      # a value of several lines stays in its column
-            lines += [f"   {k:{width}}  {b:{left}}  {a.replace(chr(10), indent)}" for k, b, a in rows]
+            for k, b, a in rows:      # a value of several lines (a table) stays in its column
+                befores, afters = b.split("\n"), a.split("\n")
+                for i in range(max(len(befores), len(afters))):
+                    lines.append(f"   {k if i == 0 else '':{width}}  {befores[i] if i < len(befores) else '':{left}}"
+                                 f"  {afters[i] if i < len(afters) else ''}")
         if self.note:
             lines.append(f"   => {self.note}")
         return "\n".join(lines)
@@ -187,9 +190,10 @@ class Step:
         if self.reason:
             head += f"{PRE}{esc(self.reason)}</pre>"
         table = ""
-        if self.rows():
-            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{html_cell(b)}{html_cell(a)}</tr>"
-                           for k, b, a in self.rows())
+        keys = list(dict.fromkeys([*self.before, *self.after]))
+        if keys:
+            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{_html_value(self.before.get(k, ''))}"
+                           f"{_html_value(self.after.get(k, ''))}</tr>" for k in keys)
             first, second = map(esc, self.columns)
             table = f"<table><tr><th></th><th>{first}</th><th>{second}</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
@@ -208,6 +212,13 @@ def html_cell(value: str) -> str:
     its widest word, and word-wrap does not shrink a table."""
     style = " style='word-break:break-all'" if re.search(r"\S{40,}", value) else ""
     return f"<td{style}><code>{html.escape(value)}</code></td>"
+
+
+def _html_value(value: Any) -> str:
+    """A value that draws itself in HTML (a ``display.Table`` of parsed mountinfo) as itself; the rest as text."""
+    if hasattr(value, "_repr_html_") and not isinstance(value, NotRun):
+        return f"<td>{value._repr_html_()}</td>"
+    return html_cell(_text(value))
 
 
 def _text(value: Any) -> str:

@@ -312,12 +312,30 @@ def user_namespace() -> Step:
         rootless = run_as_nobody(USERNS_SCRIPT) if os.geteuid() == 0 else run(USERNS_SCRIPT, privileged=True)
     except LabError as err:
         return hosts.refuse("User namespaces: root inside, nobody outside", action, err, key="security.user_namespace")
-    before = {"as root": said(as_root) if as_root else "(you are not root: only the rootless run is possible)"}
-    return Step("User namespaces: root inside, nobody outside", action, before, {"rootless": rootless},
+    before = (by_check(said(as_root)) if as_root
+              else {"uid_map": "(you are not root: only the rootless run is possible)"})
+    if not isinstance(rootless, str):         # not root: the rootless run is this user's own `labcore run`
+        rootless = said(rootless)
+    return Step("User namespaces: root inside, nobody outside", action, before, by_check(rootless),
                 current_mode(), key="security.user_namespace",
                 note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
                                      "host's sysctls and devices against the outside uid (user_namespaces(7))",
                 data={"rootless": rootless})
+
+
+# USERNS_SCRIPT's lines, each under the check it answers (an error names its file): a row each, root beside
+# nobody, instead of one line of everything each printed.
+USERNS_CHECKS = {"uid_map": "uid_map", "CapEff": "CapEff", "core_pattern": "core_pattern", "mknod": "/tmp/disk"}
+
+
+def by_check(output: str) -> dict[str, str]:
+    """``said``'s one line (``uid_map 0 0 1 | CapEff: ... | mknod worked  [exit 0]``) as a row per check."""
+    text, _, code = output.rpartition("  [exit ")
+    rows = {check: "" for check in USERNS_CHECKS}
+    for line in text.split(" | "):
+        check = next((name for name, word in USERNS_CHECKS.items() if word in line or name in line), "output")
+        rows[check] = "; ".join(filter(None, [rows.get(check, ""), line.replace("\t", " ")]))
+    return {**rows, "exit code": code.rstrip("]")}
 
 
 def run_as_nobody(script: str) -> str:

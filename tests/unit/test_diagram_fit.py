@@ -16,8 +16,8 @@ import pytest
 import labcore
 from labcore.kernel import overlay
 from labcore.kernel.cgroups.limits import Limits
-from labcore.lessons import (build_your_own, client_server, diagrams, namespaces, run_flow, security, union_fs,
-                             vs_vms, widgets)
+from labcore.lessons import (build_your_own, client_server, diagrams, namespaces, root_fs, run_flow, security,
+                             union_fs, vs_vms, widgets)
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
@@ -134,6 +134,15 @@ DOCKER_TREE = {
               "container": {"pid": 23240, "name": "sleep", "ppid": 23218, "state": "sleeping"}}}
 
 
+def mount_trees(monkeypatch, tmp_path):
+    """06's three mount trees: a host of 40 mounts folded into one node, a chroot, a pivot_root (tests/unit/
+    test_rootfs.py's, with the host grown to a desktop's)."""
+    from tests.unit.test_rootfs import HOST_MOUNTINFO, PIVOTED_MOUNTINFO, ROOT
+    host = HOST_MOUNTINFO + [f"{40 + n} 27 0:{40 + n} / /sys/fs/cgroup/controller-{n} rw - cgroup cgroup rw"
+                             for n in range(36)]
+    return root_fs.mount_tree_dot(host, ROOT, PIVOTED_MOUNTINFO)
+
+
 SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
@@ -149,6 +158,7 @@ SAMPLES = {
     "labcore.lessons.control_groups:tree_dot": cgroup_tree,
     "labcore.lessons.union_fs:layer_stack_dot": layer_stack,
     "labcore.lessons.build_your_own:diagram": box,
+    "labcore.lessons.root_fs:mount_tree_dot": mount_trees,
     "labcore.lessons.security:defence_dot": defence,
     "labcore.lessons.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(
         "cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"),

@@ -99,3 +99,13 @@ def test_a_comparison_names_its_two_columns():
     assert step._text().splitlines()[3].split() == ["host", "container"]
     assert "<th>host</th><th>container</th>" in step._html()
     assert "<th>before</th><th>after</th>" in Step("a moment", "x", {"k": 1}, {"k": 2})._html()
+
+
+def test_a_value_of_several_lines_stays_in_its_column_before_and_after():
+    from labcore.lessons.display import Table
+    step = Step("t", "a", {"groups": Table(("id", "group"), [("0", "/")])}, {"groups": "one\ntwo", "x": 1})
+    assert step._text().splitlines()[3:] == ["           before     after",
+                                             "   groups  id  group  one",
+                                             "           0   /      two",
+                                             "   x                  1"]
+    assert "<td><div style='word-wrap:break-word'><table>" in step._repr_html_()
