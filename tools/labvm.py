@@ -312,7 +312,8 @@ def execute(notebooks: list[Path], log=print) -> int:
         out = Path(tempfile.mkdtemp(prefix="labcore-labvm-out-", dir=scratch))
         scope.record("directory", str(out), "rmtree", path=str(out))
         # The notebooks and diagrams/ go back (07 redraws diagrams/stacks.* with what it measured).
-        command = (f"{{ .venv/bin/python -c 'from labcore.image.oci import ensure_base_image; ensure_base_image()' "
+        busybox = "from labcore.image.baseimage import ensure_base_image; ensure_base_image()"
+        command = (f"{{ .venv/bin/python -c '{busybox}' "
                    f"&& .venv/bin/python tools/execute_notebooks.py {shlex.join(names)}; }} >/mnt/out/log 2>&1; "
                    f"status=$?; cp --parents {shlex.join(names)} diagrams/* /mnt/out/; exit $status")
         started = time.monotonic()

@@ -132,40 +132,61 @@ def tags_of(image_id: str) -> list[str]:
     return [f"{i.name}:{i.tag}" for i in engine.images() if i.id == image_id and i.name != "<none>"]
 
 
+def digests_of(image_id: str) -> list[str]:
+    """NAME@sha256:<manifest digest> for each name of the image: what a registry calls it."""
+    return sorted({f"{i.name}@{i.digest}" for i in engine.images() if i.id == image_id and i.name != "<none>"})
+
+
 def image_summary(image) -> dict:
-    return {"Id": image.id, "ParentId": parent_of(image), "RepoTags": tags_of(image.id), "RepoDigests": [],
+    return {"Id": image.id, "ParentId": parent_of(image), "RepoTags": tags_of(image.id),
+            "RepoDigests": digests_of(image.id),
             "Created": int(epoch(image.created)), "Size": image.size, "SharedSize": -1, "Labels": {},
             "Containers": -1}
 
 
 def parent_of(image) -> str:
     """The image a commit or build step started from, as the config records it (Docker's "parent")."""
+    return config_of(image).get("parent", "")
+
+
+def config_of(image) -> dict:
+    """The image's config blob (its history, author, comment); {} when it cannot be read."""
     from labcore.image.oci import Store
     try:
-        return json.loads(Store().read_blob(image.id)).get("parent", "")
+        return json.loads(Store().read_blob(image.id))
     except (LabError, OSError, ValueError):
-        return ""
+        return {}
 
 
 def image_inspect(image) -> dict:
-    return {"Id": image.id, "RepoTags": tags_of(image.id), "RepoDigests": [], "Parent": parent_of(image),
-            "Comment": "", "Created": image.created, "Architecture": engine.architecture(), "Os": "linux",
+    """`docker image inspect`: RepoDigests pair each name with its manifest's digest; RootFS.Layers are the
+    diff_ids (the uncompressed layers' digests, not the blobs'); History is what `docker history` shows."""
+    config = config_of(image)
+    return {"Id": image.id, "RepoTags": tags_of(image.id), "RepoDigests": digests_of(image.id),
+            "Parent": config.get("parent", ""), "Comment": config.get("comment", ""), "Created": image.created,
+            "Author": config.get("author", ""), "Architecture": engine.architecture(), "Os": "linux",
             "Size": image.size, "Config": image.config, "ContainerConfig": image.config,
-            "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in image.layers]}}
+            "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in image.layers]},
+            "History": config.get("history", [])}
 
 
 @route("GET", "/images/json")
 def list_images(request: Request):
     from labcore.image.oci import split_reference
-    unique = {image.id: image for image in reversed(engine.images())}     # one row per ID, as Docker
     wanted = filters(request).get("reference") or ([request.query["filter"]] if request.query.get("filter")
                                                    else [])
-    rows = [image_summary(image) for image in reversed(unique.values())]
+    rows = image_summaries()
     if wanted:
         names = {":".join(split_reference(ref)) if ":" in ref.rpartition("/")[2] else ref for ref in wanted}
         rows = [row for row in rows if any(tag in names or tag.rpartition(":")[0] in names
                                            for tag in row["RepoTags"])]
     return rows
+
+
+def image_summaries() -> list[dict]:
+    """Every image once, by ID, as Docker lists them (`docker images` shows a row for each of its RepoTags)."""
+    unique = {image.id: image for image in reversed(engine.images())}
+    return [image_summary(image) for image in reversed(unique.values())]
 
 
 def filters(request: Request) -> dict[str, list[str]]:
@@ -235,24 +256,22 @@ def changes_of(request: Request) -> list[str]:
 
 @route("DELETE", "/images/{name*}")
 def remove_image(request: Request, name: str):
-    """`docker rmi`: [{"Untagged": name}], and {"Deleted": ...} once the last name has gone (`labcore rmi`)."""
-    from labcore.cli import rmi
+    """`docker rmi`: [{"Untagged": name}], and {"Deleted": ...} once the last name has gone."""
     from labcore.image.oci import Store
-    lines = rmi.remove(Store(), name, force=request.flag("force"))
+    from labcore.runtime import images
+    lines = images.remove(Store(), name, force=request.flag("force"))
     return [dict([line.split(": ", 1)]) for line in lines]
 
 
 @route("POST", "/images/{name*}/tag")
 def tag_image(request: Request, name: str):
-    from labcore.cli.tag import split_target
     from labcore.image.oci import Store
+    from labcore.runtime import images
     repo = request.query.get("repo") or ""
     target = f"{repo}:{request.query['tag']}" if request.query.get("tag") else repo
     if not repo:
         raise Invalid("repository name must have at least one component")
-    new_name, new_tag = split_target(target)
-    store = Store()
-    store.point(store.descriptor(store.resolve(name)), new_name, new_tag)
+    images.tag(Store(), name, target)
     return 201, None
 
 
@@ -304,19 +323,12 @@ def load_images(request: Request):
 @route("POST", "/images/prune")
 def prune_images(request: Request):
     """Untagged images no container uses; with dangling=false, every image no container uses."""
-    from labcore.cli import rmi
     from labcore.image.oci import Store
+    from labcore.runtime import images
     only_dangling = filters(request).get("dangling", ["true"])[0].lower() in ("1", "true")
-    store, deleted, space = Store(), [], 0
     used = {r.config.get("image_id") for r in engine.containers(everything=True)}
-    for image in {i.id: i for i in store.list()}.values():
-        if image.id in used or (only_dangling and tags_of(image.id)):
-            continue
-        with contextlib.suppress(LabError):
-            space += image.size
-            deleted += [dict([line.split(": ", 1)]) for line in rmi.delete(store, image, [
-                other for other in store.list() if other.id == image.id and other.name != "<none>"])]
-    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": space}
+    lines, space = images.prune(Store(), used, only_dangling)
+    return {"ImagesDeleted": [dict([line.split(": ", 1)]) for line in lines] or None, "SpaceReclaimed": space}
 
 
 @route("POST", "/commit")
@@ -1193,3 +1205,8 @@ def disconnect_network(request: Request, ref: str):
 def prune_networks(request: Request):
     from labcore.runtime import networks
     return {"NetworksDeleted": networks.prune() or None}
+
+
+def table() -> list:
+    """Every route above, as ``labd.serve`` takes them: labd is the transport, and imports no route."""
+    return list(labd.ROUTES)

@@ -58,7 +58,7 @@ _NAME = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+|
 _TAG = re.compile(r"^\w[\w.-]{0,127}$")            # both from distribution's reference grammar
 _ID = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REBUILD = ("rebuild it: for busybox call labcore.image.oci.ensure_base_image() (or `./lab up`), "
+_REBUILD = ("rebuild it: for busybox call labcore.image.baseimage.ensure_base_image() (or `./lab up`), "
             "which rewrites the same bytes; for a pulled image, pull it again")
 
 
@@ -134,7 +134,7 @@ class Store:
             return image
         raise NotFound(f"No such image: {ref if looks_like_id or not key else ':'.join(key)}",
                        fix="`labcore images` lists what is here; busybox is built by "
-                           "labcore.image.oci.ensure_base_image() (or `./lab up`)")
+                           "labcore.image.baseimage.ensure_base_image() (or `./lab up`)")
 
     def _find_by_id(self, prefix: str) -> Image | None:
         hexes = prefix.removeprefix("sha256:")
@@ -393,19 +393,6 @@ class Store:
         for layer in image.layers:
             extract_layer(self.verify_blob(layer.digest), dest, layer.media_type, directories)
         set_directory_attributes(dest, directories)
-
-
-def ensure_base_image(store: Store | None = None) -> Image:
-    """busybox:latest, built from the host's busybox-static the first time (fast when it is there)."""
-    store = store or Store()
-    try:
-        image = store.resolve(BASE_IMAGE)
-        for layer in image.layers:
-            store.verify_blob(layer.digest)
-        return image
-    except LabError:            # missing, or a blob damaged: a build writes the very same bytes again
-        from labcore.image import baseimage
-        return baseimage.build(store)
 
 
 # --- extracting one layer, as hostile input ----------------------------------------------------------------

@@ -63,8 +63,8 @@ def unpack(image, destination: str | os.PathLike, undo: journal.Scope | journal.
 def make_rootfs(image=None) -> Path:
     """The busybox image (or ``image``) unpacked into ``labcore-rootfs-<id>`` under the scratch directory."""
     if image is None:
-        from labcore.image import oci
-        image = oci.ensure_base_image()
+        from labcore.image.baseimage import ensure_base_image
+        image = ensure_base_image()
     directory = paths.scratch_dir() / f"{paths.PREFIX}-rootfs-{secrets.token_hex(6)}"
     return unpack(image, directory, journal.Journal())
 

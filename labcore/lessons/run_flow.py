@@ -232,7 +232,7 @@ def socket_in(directory: str, name: str, scope) -> str:
 def push_base_image(reference: str) -> list[dict]:
     """The lab's busybox into the registry as ``reference``: blobs, then the manifest (labcore.image.registry.push)."""
     from labcore.image import registry
-    from labcore.image.oci import ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
     return list(registry.push(ensure_base_image(), reference))
 
 

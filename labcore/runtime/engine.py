@@ -410,9 +410,9 @@ def stop(container_id: str, timeout: float | None = None) -> Record:
         unpause(container_id)
     if record.state not in (State.RUNNING, State.PAUSED):
         return record
-    from labcore.api.schema import signal_number
+    from labcore.runtime.spec import parse_signal
     with contextlib.suppress(InvalidTransition):
-        kill(container_id, signal_number(config.get("StopSignal") or "SIGTERM"))
+        kill(container_id, parse_signal(config.get("StopSignal") or "SIGTERM"))
     try:
         return wait(container_id, max(timeout, 0))
     except LabError:
