@@ -29,13 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 import sys
 from typing import Callable, Iterator
 
+from labcore.api.schema import FRAME        # Docker's 8-byte frame header: labd writes it, the client reads it
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, from_oserror
 
-FRAME = struct.Struct(">BxxxI")
 ENVIRONMENT = "LABCORE_HOST"            # as DOCKER_HOST names the daemon for `docker`
 
 

@@ -27,14 +27,13 @@ import json
 import os
 import platform
 import re
-import struct
 import time
 from datetime import datetime, timezone
 
 from labcore import __version__
 from labcore.api import labd, schema
 from labcore.api.labd import ApiError, Request, Stream, route
-from labcore.api.schema import Invalid, query_int, signal_number
+from labcore.api.schema import Invalid, frame, query_int, signal_number
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel.journal import Scope
 from labcore.runtime import engine
@@ -56,10 +55,6 @@ def epoch(rfc3339_text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return 0.0
-
-
-def frame(stream: int, data: bytes) -> bytes:
-    return struct.pack(">BxxxI", stream, len(data)) + data
 
 
 # --- the daemon itself ------------------------------------------------------------------------------------

@@ -18,6 +18,17 @@ Next: ``labcore.api.routes`` turns the checked body into a ``Spec``.
 from __future__ import annotations
 
 import math
+import struct
+
+# Docker's multiplexed framing of a container's output (logs, attach, exec): one byte for the stream (1 stdout,
+# 2 stderr), three zero bytes, the payload's length as a big-endian uint32, the payload. labd writes it, the
+# client reads it: one definition for both ends.
+FRAME = struct.Struct(">BxxxI")
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    return FRAME.pack(stream, len(data)) + data
+
 
 class ApiError(Exception):
     """An answer in Docker's error shape: ``{"message": ...}`` with an HTTP status."""

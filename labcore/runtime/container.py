@@ -37,7 +37,8 @@ from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere,
 from labcore.image import layers
 from labcore.kernel import confinement, journal, rootfs, syscalls, userns
 from labcore.kernel.process import Channel, Child, exit_code
-from labcore.runtime import users
+from labcore.runtime import lifecycle, sequence, users
+from labcore.runtime.lifecycle import State
 # The vocabulary of `docker run`, resolved and checked (labcore.runtime.spec), and the container's stdio
 # (labcore.runtime.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
 from labcore.runtime.spec import (DEFAULT_PATH, Plan, Spec, check_spec, command_line, environment,  # noqa: F401
@@ -81,27 +82,34 @@ class Container:
     published: list = field(default_factory=list)     # labcore.kernel.network.Published, one per -p
     oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
-    state: str = "created"
+    state: State = State.CREATED        # changed only through lifecycle.check (``advance``)
     exit_code: int | None = None
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
     process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
+    progress: sequence.Progress = None  # the start sequence's steps done so far, each checked in order
+
+    def __post_init__(self):
+        self.progress = self.progress or sequence.Progress(self.spec.id)
 
     @property
     def directory(self) -> Path:
         return paths.containers_dir() / self.spec.id
 
 
+def advance(container: Container, action: str) -> None:
+    """The container's state after ``action``, as the lifecycle table allows it (InvalidTransition if not)."""
+    container.state = lifecycle.check(action, container.state, container.spec.id)
+
+
 def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
-    """Everything up to the moment before execve: pid 1 waits in its new root for `start`."""
+    """Everything up to the moment before execve: pid 1 waits in its new root for `start`. The steps are the
+    start sequence's (``labcore.runtime.sequence``), each counted there as it is done."""
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
         make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
-        # The image's layers, each unpacked once and shared; this container's upperdir; pid 1 mounts them.
-        container.plan.layers = layers.prepare_root(container.plan.image, container.directory,
-                                                    container.plan.rootless)
-        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(spec))
+        prepare_layers(container)
         start_pid1(container, stdio)          # last: the processes, once everything they need exists
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
@@ -110,33 +118,50 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     return container
 
 
+def prepare_layers(container: Container) -> None:
+    """The image's layers, each unpacked once and shared; this container's init layer (/etc/hostname, hosts,
+    resolv.conf), upper and work dirs. pid 1 mounts them (``mount_overlay`` happens in its mount namespace)."""
+    container.progress.advance("layers")
+    container.plan.layers = layers.prepare_root(container.plan.image, container.directory, container.plan.rootless)
+    rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(container.spec))
+
+
 def start_pid1(container: Container, stdio: "Stdio") -> None:
     """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
+    steps = container.progress
+    steps.advance("fork_child")
     container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
     container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
-    # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
-    # namespace's root is the container's own group, and pid 1 (its child) is born inside the limits.
+    steps.advance("join_cgroup")              # before unshare: see the table for why
     join_cgroup(container, container.shim.pid)
+    steps.advance("unshare")
     container.shim.send(prepare_network(container))      # the go-ahead, with a user namespace to join or None
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
     # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
     # so the command's first connect() already finds eth0 (or at least a working loopback).
+    steps.advance("connect_network")
     connect_network(container)
-    container.shim.recv()                     # "ready": mounted, pivoted, named
+    if container.published:
+        steps.advance("publish")
+    container.shim.recv()                     # "ready": pid 1 mounted the overlay, pivoted, named (``_pid1``)
+    for name in ("mount_overlay", "pivot_root") + (() if container.plan.shared & syscalls.CLONE_NEWUTS
+                                                   else ("set_hostname",)):
+        steps.advance(name)
     if stdio.mode == "tty":
         stdio.take_terminal(receive_fd(container.shim.channel))
 
 
 def start(container: Container) -> None:
     """Let pid 1 execve the command. On success execve closes pid 1's end of the channel (close-on-exec)."""
+    container.progress.advance("exec")
     container.shim.send("start")
     try:
         container.shim.recv()                 # only a failure (e.g. no such executable) sends anything
     except EOFError:
         pass
-    container.state = "running"
+    advance(container, "start")
     container.started = time.time()
     save_state(container)
 
@@ -247,12 +272,15 @@ def release_cgroup(container: Container) -> None:
 
 def wait(container: Container) -> int:
     """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    if "exec" in container.progress.done:
+        container.progress.advance("wait")
     container.exit_code = container.shim.wait()
     release_cgroup(container)
     release_network(container)
     for entry in container.process_entries:
         container.scope.journal.forget(entry)
-    container.state = "exited"
+    # Its command ran: it exited. Reaped before it ran (a failed create): it was stopped, never started.
+    advance(container, "exit" if container.state in (State.RUNNING, State.PAUSED) else "stop")
     container.finished = time.time()
     save_state(container)
     return container.exit_code
@@ -337,7 +365,7 @@ def describe(spec: Spec, plan: Plan) -> dict:
 
 def save_state(container: Container) -> None:
     """state.json as a ``labcore.runtime.lifecycle.Record``: what `labcore ps`, `inspect` and the daemon read."""
-    from labcore.runtime.lifecycle import Record, State
+    from labcore.runtime.lifecycle import Record
     config = describe(container.spec, container.plan)
     if container.endpoint is not None:
         config["ip"] = container.endpoint.ip
@@ -349,7 +377,7 @@ def save_state(container: Container) -> None:
                                      "Aliases": ((container.spec.endpoints or {}).get(name) or {}).get("Aliases")}
                               for name, endpoint in container.endpoints.items()}
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
-           state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
+           state=container.state, pid=container.pid or 0, exit_code=container.exit_code or 0,
            oom_killed=container.oom_killed, created=container.created, started=container.started,
            finished=container.finished, monitor=journal.owner_of()).save()
 
@@ -416,16 +444,22 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
+    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio))
+
+
+def fork_pid1(channel: Channel, child_fds, pid1) -> None:
+    """The shim's second half, after unshare (notebook 08's box forks its pid 1 here too): fork pid 1, which
+    runs ``pid1()``; tell the parent its pid; then only reap it, and exit as it did."""
     hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(release)
         os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time
-        _pid1(channel, plan, stdio)
+        pid1()
     channel.send(pid)
     channel.close()                                 # pid 1 talks to the parent from here on
     os.close(release)
-    for fd in set(stdio.child_fds) - {0, 1, 2}:
+    for fd in set(child_fds) - {0, 1, 2}:
         os.close(fd)                                # so the parent sees EOF when pid 1 is gone
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)       # the parent decides; the shim only reports

@@ -1,0 +1,29 @@
+"""One start sequence: `labcore run`, labd and notebook 08's box walk the same table, in the same order."""
+import pytest
+
+from labcore.errors import InvalidTransition
+from labcore.lessons import build_your_own
+from labcore.runtime import sequence
+
+
+def test_every_step_is_refused_before_what_it_needs():
+    progress = sequence.Progress("c0ffee" * 10)
+    with pytest.raises(InvalidTransition, match=r"exec\(\) needs pivot_root\(\) first") as refused:
+        progress.advance("exec")
+    assert refused.value.fix == "pivot_root() first" and progress.done == []
+
+
+def test_labcore_runs_order_is_allowed_by_the_table():
+    """The order container.create/start/wait take: pid 1 mounts its overlay after unshare, in its own namespace."""
+    progress = sequence.Progress("c0ffee" * 10)
+    for name in ("layers", "fork_child", "join_cgroup", "unshare", "connect_network", "publish", "mount_overlay",
+                 "pivot_root", "set_hostname", "exec", "wait"):
+        progress.advance(name)
+    with pytest.raises(InvalidTransition, match="was done already"):
+        progress.advance("exec")
+
+
+def test_the_box_walks_the_same_table_with_the_host_mount_first():
+    assert build_your_own.ORDER["unshare"][1][0][0] == "mount_overlay"
+    assert {name: needs[len(sequence.HOST_MOUNT.get(name, [])):] for name, (_, needs) in
+            build_your_own.ORDER.items()} == {name: needs for name, (_, needs) in sequence.STEPS.items()}
