@@ -36,7 +36,7 @@ from labcore.api.labd import ApiError, Request, Stream, route
 from labcore.api.schema import Invalid, frame, query_int, signal_number
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel.journal import Scope
-from labcore.runtime import engine
+from labcore.runtime import engine, lifecycle
 from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
 from labcore.units import human_duration
@@ -605,7 +605,7 @@ def command_text(record: Record) -> str:
 
 
 def container_summary(record: Record) -> dict:
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     return {"Id": record.id, "Names": [f"/{record.name}"], "Image": record.image,
             "ImageID": record.config.get("image_id", ""), "Command": command_text(record),
             "Created": int(record.created), "State": record.state.value, "Status": status_text(record),
@@ -635,7 +635,7 @@ def mounts_of(record: Record, asked: dict) -> list[dict]:
 
 def container_inspect(record: Record) -> dict:
     spec, argv = record.config.get("spec", {}), record.config.get("argv") or [""]
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     config, host = asked.get("Config", {}), asked.get("HostConfig", {})
     env = list(record.config.get("env", []))
     env += [item for item in spec.get("env", []) if "=" not in item and item not in env]   # `-e Foo` as sent
@@ -716,7 +716,7 @@ def list_containers(request: Request):
 
 
 def matches(record: Record, wanted: dict) -> bool:
-    labels = engine.requested(record.id).get("Config", {}).get("Labels") or {}
+    labels = lifecycle.requested(record.id).get("Config", {}).get("Labels") or {}
     return all((key != "status" or record.state.value in values) and
                (key != "name" or any(v.lstrip("/") in record.name for v in values)) and
                (key != "id" or any(record.id.startswith(v) for v in values)) and
@@ -830,7 +830,7 @@ def attach_container(request: Request, ref: str):
 @route("GET", "/containers/{ref}/logs")
 def container_logs(request: Request, ref: str):
     record = engine.find(ref)
-    if (engine.requested(record.id).get("HostConfig", {}).get("LogConfig") or {}).get("Type") == "none":
+    if (lifecycle.requested(record.id).get("HostConfig", {}).get("LogConfig") or {}).get("Type") == "none":
         raise ApiError(501, 'configured logging driver does not support reading')
     wanted = {1} if request.flag("stdout") else set()
     wanted |= {2} if request.flag("stderr") else set()
@@ -974,7 +974,7 @@ def archive_path(request: Request) -> str:
 def remove_container(request: Request, ref: str):
     from labcore.runtime import volumes
     record = engine.find(ref)
-    anonymous = engine.requested(record.id).get("AnonymousVolumes") or []
+    anonymous = lifecycle.requested(record.id).get("AnonymousVolumes") or []
     engine.remove(record.id, force=request.flag("force"))
     if request.flag("v"):
         for name in anonymous:
@@ -989,12 +989,12 @@ def remove_link(request: Request, ref: str, alias: str):
     if not request.flag("link"):
         raise NotFound(f"No such container: {ref}/{alias}")
     record = engine.find(ref)
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     links = asked.get("HostConfig", {}).get("Links") or []
     kept = [link for link in links if link.partition(":")[2] != alias]
     if len(kept) == len(links):
         raise NotFound(f"Could not find link /{record.name}/{alias}")
-    engine.save_requested(record.id, {**asked, "HostConfig": {**asked.get("HostConfig", {}), "Links": kept}})
+    lifecycle.save_requested(record.id, {**asked, "HostConfig": {**asked.get("HostConfig", {}), "Links": kept}})
 
 
 # --- exec: a second process in a running container's namespaces --------------------------------------------

@@ -27,3 +27,17 @@ def test_the_box_walks_the_same_table_with_the_host_mount_first():
     assert build_your_own.ORDER["unshare"][1][0][0] == "mount_overlay"
     assert {name: needs[len(sequence.HOST_MOUNT.get(name, [])):] for name, (_, needs) in
             build_your_own.ORDER.items()} == {name: needs for name, (_, needs) in sequence.STEPS.items()}
+
+
+def test_a_containers_state_changes_only_as_the_lifecycle_allows():
+    from types import SimpleNamespace
+    from labcore.runtime import container
+    from labcore.runtime.lifecycle import State
+    box = container.Container(container.Spec("busybox", ["true"]), SimpleNamespace(), scope=None)
+    assert box.state is State.CREATED and box.progress.done == []
+    container.advance(box, "start")
+    assert box.state is State.RUNNING
+    with pytest.raises(InvalidTransition, match="already running"):
+        container.advance(box, "start")
+    container.advance(box, "exit")
+    assert box.state is State.EXITED
