@@ -27,6 +27,10 @@ The package is built in layers, low to high; a module imports only from its own 
 
 Where is...   pivot_root: kernel.rootfs.pivot_to   the memory limit: kernel.cgroups (v1.py, v2.py)
               POST /containers/create: api.routes   `docker run`'s flags: runtime.spec and cli.run
+              setns, as `docker exec`: kernel.namespaces.enter_namespaces   the overlay mount: kernel.overlay
+              a notebook's step (a Step, its drawing): lessons.<the notebook's module>, e.g. notebook 03's
+              isolate_pid in lessons.namespaces, 05's copy-up in lessons.union_fs, 06's chroot escape in
+              lessons.root_fs; `labcore run` as one cell: lessons.run_flow.run_step
 
 Importing the package is cheap on purpose (nothing heavy at import time): a container start should cost
 about as much as the kernel work it does.

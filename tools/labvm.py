@@ -41,9 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labcore.kernel import journal
-from labcore.lessons import vm# noqa: E402  (the checkout's labcore, also when run as a script)
-from labcore.errors import LabError, NotSupportedHere  # noqa: E402
+from labcore.errors import LabError, NotSupportedHere  # noqa: E402  (the checkout's labcore, also as a script)
+from labcore.kernel import journal  # noqa: E402
+from labcore.lessons import vm  # noqa: E402
 
 RECIPE = 1                         # raise it when a change to build_image() should give a new image
 SUITE = "bookworm"

@@ -25,6 +25,8 @@ container's upperdir becomes a layer (``labcore.runtime.build``). Without root t
 the mount takes the ``userxattr`` option; the state directory is per user, so a cache unpacked by root is
 only ever used by root.
 
+Notebook 05 shows them, and the containers on them: ``labcore.lessons.union_fs``.
+
 Next: ``labcore.runtime.build`` makes images from containers: `labcore commit`, and `labcore build` from a Labfile.
 """
 from __future__ import annotations
@@ -37,13 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from labcore import paths
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
+from labcore.errors import BadInput, LabError, NotFound, from_oserror
 from labcore.kernel import journal, syscalls
-from labcore.lessons import hosts
-from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.kernel.overlay import MAX_OPTIONS, OPAQUE, is_opaque, overlay_options
 
-OPAQUE = "overlay.opaque"            # after "trusted." (root) or "user." (rootless, mounted with userxattr)
-MAX_OPTIONS = 4095                   # mount(2) copies at most one page of options
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -142,45 +141,6 @@ def make_whiteout(path: str) -> None:
         syscalls.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
 
 
-def image_stack(image) -> Step:
-    """An image is a stack of read-only layers: the manifest's blobs (before), and the directories they are
-    unpacked to, once, for every container of the image to mount (after)."""
-    lowers = image_lowers(image)[::-1]            # base first, as the manifest lists them
-    before, after = {}, {}
-    for number, (layer, directory) in enumerate(zip(image.layers, lowers), start=1):
-        before[f"layer {number}"] = f"{layer.digest}, {layer.media_type.rpartition('.')[2]}, {layer.size} bytes"
-        after[f"layer {number}"] = f"{directory} ({sum(1 for _ in walk(directory))} entries)"
-    return Step(f"{image.ref}: a stack of {len(lowers)} read-only layer(s)",
-                "read the manifest; unpack each layer once, into <images>/layers/<diff_id hex>",
-                before, after, user_mode(), data={"digests": [layer.digest for layer in image.layers],
-                                                     "directories": lowers},
-                note="a container mounts these directories as its lowerdirs (the top layer first) and writes "
-                     "only to an upperdir of its own")
-
-
-def volume_outlives_container(image: str = "busybox") -> Step:
-    """docker run --rm -v HOSTDIR:/data: what the container writes to /data is in the host's directory,
-    and stays there; what it writes anywhere else was in its upperdir, and went with it."""
-    from labcore.kernel import overlay
-    from labcore.runtime import container
-    volume, _ = overlay.make_scratch_dir("volume", journal.Journal())   # kept after the step, until cleanup
-    script = "echo kept > /data/kept.txt; echo lost > /lost.txt; ls /lost.txt /data"
-    spec = container.Spec(image, ["sh", "-c", script], volumes=[f"{volume}:/data"], rm=True, network="none")
-    state = paths.containers_dir() / spec.id
-    before = {"volume (host directory)": overlay.listing(volume), "container directory": "not created yet"}
-    title, action = "a volume outlives its container", f"labcore run --rm -v {volume}:/data {image} sh -c '...'"
-    run = container.run_step(spec)
-    if not run.permitted:
-        return hosts.refuse(title, action, NeedsPrivilege(run.reason.splitlines()[0].removeprefix("refused: ")))
-    result = run.data["result"]
-    after = {"volume (host directory)": overlay.listing(volume), "inside: ls /lost.txt /data":
-             result.stdout.decode().split(), "container directory": "exists" if state.exists() else "removed"}
-    return Step(title, action, before, after, current_mode(), data={"kept": (volume / "kept.txt").exists(),
-                                                     "container_left": state.exists()},
-                note="kept.txt went through the bind mount to the host's directory and is still there; "
-                     "lost.txt was in the container's upperdir, removed with it")
-
-
 # --- a container's overlay ----------------------------------------------------------------------------
 
 @dataclass
@@ -198,9 +158,7 @@ class RootLayers:
 
     @property
     def options(self) -> str:
-        # The same -o string as overlay.overlay_options, which `labcore run` does not import (it is heavier).
-        options = f"lowerdir={':'.join(map(str, self.lowers))},upperdir={self.upper},workdir={self.work}"
-        return options + (",userxattr" if self.userxattr else "")
+        return overlay_options(self.lowers, self.upper, self.work, self.userxattr)
 
 
 def prepare_root(image, directory: Path, rootless: bool) -> RootLayers:
@@ -270,13 +228,6 @@ def walk(root: Path):
                 yield from walk(Path(entry.path))
 
 
-def is_opaque(path, xattr: str) -> bool:
-    try:
-        return os.getxattr(path, f"{xattr}.{OPAQUE}", follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 # --- a running container's overlay, read back from /proc ----------------------------------------------
 
 def mounted_root(pid: int) -> str:
@@ -288,70 +239,3 @@ def mounted_root(pid: int) -> str:
         if fields[4] == "/" and fields[dash + 1] == "overlay":
             return fields[dash + 3]
     raise NotFound(f"process {pid} has no overlay at its root", fix="is it a running labcore container?")
-
-
-def change_running_container(image: str, script: str) -> Step:
-    """`docker run -d IMAGE sleep 600`, then `docker exec` of ``script`` in it: a running container whose
-    upperdir holds what the script changed, for ``container_diagram``. Kept running until
-    ``remove_container``."""
-    from labcore.runtime import container, engine
-    title = f"a running {image} container, changed by docker exec"
-    action = f"labcore run -d --network none {image} sleep 600; labcore exec ID sh -c '{script}'"
-    try:
-        running = engine.start(engine.create(container.Spec(image, ["sleep", "600"], network="none")).id)
-        output = list(engine.exec_start(engine.exec_create(running.id, ["sh", "-c", script])))
-    except (NeedsPrivilege, NotSupportedHere) as err:
-        return hosts.refuse(title, action, err, key="layers.change_running_container")
-    upper = running.directory / "upper"
-    return Step(title, action, before={"upperdir": "(empty)"},
-                after={"state": running.state.value, "exec output": output or "(none)",
-                       "upperdir": overlay_listing(upper, running.config.get("rootless"))},
-                mode=current_mode(), key="layers.change_running_container",
-                note="the exec's writes went to the container's upperdir; the image's layers did not change",
-                data={"id": running.id, "directory": running.directory})
-
-
-def remove_container(running: Step) -> Step:
-    """`docker rm -f` of the container ``change_running_container`` started: its directory goes, the image's
-    layers stay for the next container."""
-    from labcore.runtime import engine
-    title, action = "docker rm -f: the container goes, the image stays", "labcore rm -f ID"
-    missing = hosts.lacking("a running container", title, action, running, key="layers.remove_container")
-    if missing:
-        return missing
-    image = engine.image(engine.find(running.data["id"]).image)
-    lowers = image_lowers(image)
-    before = {"container directory": running.data["directory"].exists(), "image layer": lowers[0].exists()}
-    engine.remove(running.data["id"], force=True)
-    after = {"container directory": running.data["directory"].exists(), "image layer": lowers[0].exists()}
-    return Step(title, action, before, after, user_mode(), key="layers.remove_container",
-                note="the container's upperdir and state went with it; the image's layer is shared, and stays",
-                data={"container_left": after["container directory"], "layer_left": after["image layer"]})
-
-
-def overlay_listing(upper: Path, rootless) -> list[str]:
-    from labcore.kernel import overlay
-    return overlay.listing(upper, xattr_namespace(bool(rootless)))
-
-
-def container_diagram(container_ref: str, max_paths: int = 12):
-    """The live overlay of a RUNNING container: its lowers, upper and merged root (seen through
-    /proc/PID/root), and which layer each visible path comes from. Copied-up files are orange, new ones
-    green, whiteouts red."""
-    from labcore.kernel import overlay
-    from labcore.lessons import diagrams
-    from labcore.runtime import engine
-    if hosts.was_refused(container_ref):
-        return diagrams.NotDrawn("diagram")
-    record = engine.find(container_ref)
-    if record.state.value != "running":
-        raise LabError(f"container {record.id[:12]} is {record.state.value}, not running",
-                       fix="start it; a stopped container has no mount to read")
-    text = mounted_root(record.pid)
-    options = dict(option.partition("=")[::2] for option in text.split(","))
-    lowers = [Path(path) for path in options["lowerdir"].split(":")]
-    live = overlay.Overlay(lowers, Path(options["upperdir"]), Path(options["workdir"]),
-                           Path(f"/proc/{record.pid}/root"), text, journal.Scope(),
-                           xattr=xattr_namespace("userxattr" in options))
-    names = ["init (/etc/hostname, hosts, resolv.conf)", *(f"layer {path.name[:12]}" for path in lowers[1:])]
-    return diagrams.show(overlay.layer_stack_dot(live, max_paths, names=names))

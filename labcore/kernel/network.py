@@ -39,18 +39,16 @@ import json
 import os
 import re
 import secrets
-import selectors
 import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
-from labcore.kernel import journal, portproxy, syscalls, userns
+from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
+from labcore.kernel import journal, portproxy
 from labcore.kernel.namespaces import enter_namespaces
-from labcore.kernel.process import Child, find_program, run_in_child, tied
-from labcore.lessons.evidence import Step, current_mode
+from labcore.kernel.process import find_program, run_in_child, tied
 
 IFNAMSIZ = 16                         # <linux/if.h>: an interface name is at most 15 bytes and a NUL
 LOOPBACK = "127.0.0.1"
@@ -471,21 +469,6 @@ def read_interfaces() -> dict:
             "default route": ", ".join(f"via {r.get('gateway', '-')} dev {r['dev']}" for r in default) or "none"}
 
 
-def show_interfaces(pid: int) -> Step:
-    """`ip addr` and `ip route` inside the network namespace of ``pid``, against the host's."""
-    title = f"the network namespace of pid {pid}, against the host's"
-    action = f'setns(open("/proc/{pid}/ns/net"), CLONE_NEWNET); ip -j addr; ip -j route show default'
-    try:
-        host, inside = read_interfaces(), in_netns(pid, read_interfaces)
-    except NeedsPrivilege as err:
-        return Step.refused(title, action, err)
-    ours = [name for name in inside if name not in ("net ns", "default route", "lo")]
-    note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
-            if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
-    return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
-                data={"host": host, "inside": inside})
-
-
 def tcp_listeners(pid: int | str = "self") -> list[str]:
     """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
     return parse_tcp_listeners(Path(f"/proc/{pid}/net/tcp").read_text())
@@ -513,152 +496,3 @@ def reply(host: str, port: int) -> str:
         return ask(host, port)
     except OSError as err:
         return f"failed: {errno.errorcode.get(err.errno, err.errno)} {err.strerror or err}"
-
-
-# --- two servers on port 80 ---------------------------------------------------------------------------------
-
-class Server:
-    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped.
-
-    ``join``: the pid whose user namespace it joins first (rootless: the user-mode network's holder)."""
-
-    def __init__(self, name: str, scope: journal.Scope, port: int = 80, join: int | None = None):
-        self.child = Child(lambda channel: _serve(channel, name, port, join))
-        scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
-                     start=journal.process_start_time(self.child.pid))
-        self.name, self.pid = name, self.child.pid
-        try:
-            self.inside = self.child.recv(timeout=10)
-        except BaseException:
-            self.stop()                   # reap it: a killed child left unreaped is a zombie of this process
-            raise
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.child.send("stop")
-        self.child.wait()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _serve(channel, name: str, port: int, join: int | None) -> None:
-    """In the child: a new network namespace, a socket on 0.0.0.0:port, one line to each client."""
-    if join:
-        userns.join(join)
-    userns.unshare(syscalls.CLONE_NEWNET)
-    listener = socket.create_server(("0.0.0.0", port))
-    identity = f"{name} in net:[{netns_inode('self')}] (pid {os.getpid()})"
-    channel.send({"identity": identity, "second bind": second_bind(port)})
-    with selectors.DefaultSelector() as selector:
-        selector.register(listener, selectors.EVENT_READ)
-        selector.register(channel.sock, selectors.EVENT_READ)
-        while True:
-            ready = [key.fileobj for key, _ in selector.select()]
-            if channel.sock in ready:
-                return                    # "stop", or EOF: the parent has gone
-            conn, _ = listener.accept()
-            with conn:
-                conn.sendall(f"{identity}\n".encode())
-
-
-def second_bind(port: int, address: str = "0.0.0.0") -> str:
-    """A second socket on a port already listening in the same namespace: the kernel refuses it."""
-    with socket.socket() as again:
-        try:
-            again.bind((address, port))
-        except OSError as err:
-            return f"{errno.errorcode[err.errno]}: {err.strerror}"
-    return "allowed"
-
-
-def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), network: Network = DEFAULT) -> Step:
-    """Two network namespaces, each with a server on port 80; reached by address, from each other, and by
-    published ports. Rootless, both are on the user-mode network's bridge (``labcore.kernel.usernet``)."""
-    title = "two servers on port 80, in two network namespaces"
-    action = ("unshare(CLONE_NEWNET); bind(0.0.0.0:80); listen()  [x2]; ip link add lc..h type veth peer name "
-              "lc..c; ip link set lc..c netns PID; labcore.kernel.portproxy 127.0.0.1:PORT -> IP:80")
-    try:
-        with journal.Scope() as scope:
-            router = _join_usernet(scope)              # first: the servers join its user namespace
-            join = router.holder if router else None
-            with Server("server-a", scope, join=join) as a, Server("server-b", scope, join=join) as b:
-                endpoints = [_connect_on(router, s.pid, scope, network) for s in (a, b)]
-                published = [publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
-                step = _two_servers_evidence(title, action, (a, b), endpoints, published)
-    except (NeedsPrivilege, NotSupportedHere) as err:
-        step = Step.refused(title, action, err)
-        try:
-            step.after = in_new_netns(loopback_server)       # what a user namespace does allow
-        except LabError as why:
-            step.after = {"loopback in a new netns": f"refused too: {why.message}"}
-        return step
-    if router is None:
-        left = [link["ifname"] for link in ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
-    else:                                                # the router namespace went, with all links in it
-        left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
-    step.data["lc links left"] = left
-    step.after["lc links after teardown"] = left or "none"
-    return step
-
-
-def _join_usernet(scope: journal.Scope):
-    """Rootless: the user-mode network (``labcore.kernel.usernet``, which builds on this module); None as root."""
-    if os.geteuid() == 0:
-        return None
-    from labcore.kernel import usernet
-    return usernet.join(scope)
-
-
-def _connect_on(router, pid: int, scope: journal.Scope, network: Network) -> Endpoint:
-    if router is None:
-        return connect(pid, scope, network)
-    from labcore.kernel import usernet
-    return usernet.connect(router, pid, scope)
-
-
-def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
-    """Read it back while both run: namespaces, listening sockets, and what each path to each server says."""
-    ports = [f":{port.host_port}" for port in published]
-    host = {"net ns": f"net:[{netns_inode('self')}]",
-            "listening on :80": [s for s in tcp_listeners() if s.endswith(":80")] or "none",
-            f"listening on {', '.join(ports)}": [s for s in tcp_listeners() if s.endswith(tuple(ports))],
-            f"second bind to {published[0].host_ip}:{published[0].host_port}":
-                second_bind(published[0].host_port, published[0].host_ip)}
-    after, data = {}, {"servers": {}}
-    for server, other, endpoint, port in zip(servers, servers[::-1], endpoints, published):
-        via = "the host" if endpoint.via is None else "the router ns"
-        seen = {"net ns": f"net:[{netns_inode(server.pid)}]", "listening": tcp_listeners(server.pid),
-                "second bind to :80": server.inside["second bind"],
-                f"connect {endpoint.ip}:80 from {via}": in_netns(endpoint.via, reply, endpoint.ip, 80),
-                f"connect {endpoint.ip}:80 from {other.name}": in_netns(other.pid, reply, endpoint.ip, 80),
-                f"connect {port.host_ip}:{port.host_port}": reply(port.host_ip, port.host_port)}
-        after.update({f"{server.name}: {key}": value for key, value in seen.items()})
-        data["servers"][server.name] = {**seen, "ip": endpoint.ip, "host_port": port.host_port,
-                                        "identity": server.inside["identity"], "pid": server.pid}
-    where = "the host" if endpoints[0].via is None else "the router namespace"
-    return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
-                note="both servers hold port 80, each in its own namespace; a second bind in the same "
-                     f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
-                     "address, the host by a published port on 127.0.0.1")
-
-
-def in_new_netns(fn):
-    """``fn()`` in a child in a new network namespace (inside a new user namespace when not root)."""
-    return run_in_child(lambda: (userns.unshare(syscalls.CLONE_NEWNET), fn())[1])
-
-
-def loopback_server() -> dict:
-    """What works with no veth at all: lo up, a server on 127.0.0.1:80, a client in the same namespace."""
-    before = ipv4_addresses(ip("addr", "show", "lo", as_json=True))["lo"]
-    ip("link", "set", "lo", "up")
-    with socket.create_server((LOOPBACK, 80)) as listener, socket.create_connection((LOOPBACK, 80)) as client:
-        conn, _ = listener.accept()                    # the client's connect completed in the backlog
-        with conn:
-            conn.sendall(f"loopback server in net:[{netns_inode('self')}]\n".encode())
-        reply = client.recv(256).decode().strip()
-    return {"lo in a new netns": before, "lo after `ip link set lo up`": ipv4_addresses(
-        ip("addr", "show", "lo", as_json=True))["lo"], "connect 127.0.0.1:80": reply}

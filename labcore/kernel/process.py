@@ -9,7 +9,7 @@ Two rules for code that runs in a child (man 2 fork, "async-signal-safe" in a th
 Jupyter kernel): it never prints (a Jupyter kernel's sys.stdout talks to a thread that the child does not
 have), and it leaves with os._exit, never by returning into the parent's code.
 
-Next: ``labcore.kernel.namespaces`` uses ``run_in_child`` for one step per namespace type.
+Next: ``labcore.lessons.namespaces`` uses ``Child`` for one step per namespace type (notebook 03).
 """
 from __future__ import annotations
 

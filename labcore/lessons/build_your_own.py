@@ -48,7 +48,7 @@ from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
 from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
-from labcore.lessons import hosts
+from labcore.lessons import hosts, root_fs, union_fs
 from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.runtime import container, lifecycle, sequence
 from labcore.runtime.lifecycle import State
@@ -170,13 +170,13 @@ class Box:
     @step("layers")
     def layers(self) -> Step:
         """The image's layers as read-only lowerdirs (top first), the box's init layer, upper and work dirs."""
-        before = {"state dir": overlay.listing(self.directory)}
+        before = {"state dir": union_fs.listing(self.directory)}
         self.stack = layers.prepare_root(self.image, self.directory, rootless=self.rootless)
         rootfs.write_etc_files(self.stack.init, self.hostname)    # Docker's "-init" layer: hostname, hosts
         after = {f"lowerdir {number}": f"{path} ({sum(1 for _ in layers.walk(path))} entries)"
                  for number, path in enumerate(self.stack.lowers, start=1)}
-        after.update({"upperdir": overlay.listing(self.stack.upper), "workdir": overlay.listing(self.stack.work),
-                      "state dir": overlay.listing(self.directory)})
+        after.update({"upperdir": union_fs.listing(self.stack.upper), "workdir": union_fs.listing(self.stack.work),
+                      "state dir": union_fs.listing(self.directory)})
         return Step(f"{self.image.ref}: {len(self.stack.lowers) - 1} image layer(s) and an init layer",
                     ORDER["layers"][0], before, after, user_mode(),
                     note="the image's layers are shared by every container of it; upperdir is this box's alone",
@@ -188,7 +188,7 @@ class Box:
         Without root: in the user and mount namespace of a keeper process, where a user may mount."""
         merged = self.stack.merged
         before = {"mountinfo": mountinfo_lines(merged) or "no mount at the merged dir",
-                  "ls merged": overlay.listing(merged)}
+                  "ls merged": union_fs.listing(merged)}
         # Rootless, the keeper's user namespace is the user-mode network's, joined first: pid 1 will join the
         # keeper to find the overlay, and its net namespace must belong to the network's user namespace too.
         self._join_usernet()
@@ -313,7 +313,7 @@ class Box:
     def pivot_root(self) -> Step:
         """pid 1 mounts /proc, /dev and /sys on the overlay and pivots into it; the host's / is gone for it."""
         merged = str(self.stack.merged)
-        known = {identity("/"): rootfs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
+        known = {identity("/"): root_fs.HOST_ROOT, identity(self.overlay.view): OVERLAY_ROOT}
         before, after = self._ask("pivot_root", merged, known, self.rootless)
         after["host: mounts in the state dir"] = [os.path.relpath(point, self.directory)
                                                   for point in journal.mounts_under(self.directory)]
@@ -330,7 +330,7 @@ class Box:
         before, after = self._ask("set_hostname", name)
         self.hostname = name
         after["host: uname -n"] = namespaces.nodename()
-        after["upperdir"] = overlay.listing(self.stack.upper)
+        after["upperdir"] = union_fs.listing(self.stack.upper)
         return Step(f"hostname {name}", ORDER["set_hostname"][0].replace("NAME", name), before, after,
                     current_mode(), note="the name changed inside only; /etc/hostname was copied up to upperdir",
                     data={"hostname": after["uname -n"], "host": after["host: uname -n"]})
@@ -516,12 +516,12 @@ def _pivot(root: str, known: dict, rootless: bool) -> tuple[dict, dict]:
     # of the merged dir is then a peer of the host's, and a /proc mounted on it would appear on the host too.
     # pivot_root, not chroot: chroot moves where one process's "/" starts and leaves every host mount in the
     # namespace, which the escape below climbs back to; pivot_root replaces the namespace's root mount and the
-    # old one is detached, so nothing leads back (rootfs.py explains both).
-    before = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    # old one is detached, so nothing leads back (kernel/rootfs.py and lessons/root_fs.py explain both).
+    before = {**root_fs.view_of_root(known), "mounts": len(namespaces.mounts())}
     rootfs.mount_container_root(root, rootless)        # private, bind, proc, dev, sys, pivot_root, detach
-    after = {**rootfs.view_of_root(known), "mounts": len(namespaces.mounts())}
-    after["chroot escape ends at"] = rootfs.try_escape(known)["/ is"]
-    os.rmdir(f"/{rootfs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
+    after = {**root_fs.view_of_root(known), "mounts": len(namespaces.mounts())}
+    after["chroot escape ends at"] = root_fs.try_escape(known)["/ is"]
+    os.rmdir(f"/{root_fs.ESCAPE_DIR}")                       # the escape's directory, from the box's upperdir
     return before, after
 
 
@@ -664,7 +664,7 @@ def _draw_processes(graph, box: Box) -> None:
 def _draw_overlay(graph, box: Box) -> None:
     if box.stack is None:
         return
-    graph.node("upper", f"upperdir: {', '.join(overlay.listing(box.stack.upper))}", fillcolor="palegreen")
+    graph.node("upper", f"upperdir: {', '.join(union_fs.listing(box.stack.upper))}", fillcolor="palegreen")
     nodes = ["upper", *(f"lower {index}" for index in range(len(box.stack.lowers)))]
     for index, path in enumerate(box.stack.lowers):         # top first, as lowerdir= lists them
         name = "init (/etc/hostname, hosts)" if index == 0 else f"layer {path.name[:12]}"

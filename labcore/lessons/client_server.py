@@ -8,61 +8,32 @@ documentation says it plainly: the docker group grants root-level privileges.
 The steps here show it for real on labd (notebook 02): the process that owns the socket, found the way
 `ss -xlp` finds it; the socket's mode and a refused connect as nobody; a container reading a root-only host
 file through the socket; and two containers listening on port 80 at once, each in its own network namespace.
+``two_servers_on_port_80`` does the same by hand, with no daemon: two children in two network namespaces,
+wired to the host by ``labcore.kernel.network`` (notebook 08 comes back to it).
 
-Next: ``labcore.kernel.namespaces`` shows each kind of isolation on its own (notebook 03).
+Next: ``labcore.lessons.namespaces`` shows each kind of isolation on its own (notebook 03).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import selectors
 import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from labcore.errors import NeedsPrivilege, NotFound
+from labcore import paths
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
+from labcore.kernel import journal, network, syscalls, usernet, userns
+from labcore.kernel.process import Child, run_in_child
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.lessons.run_flow import group_name, owner_name, socket_listener
 
 if TYPE_CHECKING:
     from labcore.lessons.run_flow import Stage      # the stage (labd + registry) is set up by the flow
-
-
-def socket_listener(path: str) -> dict:
-    """The process holding the listening socket bound to ``path``: its /proc/net/unix inode, matched to the
-    fds of the processes (what `ss -xlp` does)."""
-    import psutil
-    inode = unix_socket_inode(path)
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error, OSError):
-            for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
-                            "command": " ".join(process.info["cmdline"] or [])}
-    raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
-
-
-def unix_socket_inode(path: str) -> int:
-    """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
-        if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
-            return int(fields[6])
-    raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
-
-
-def owner_name(uid: int) -> str:
-    import pwd
-    with contextlib.suppress(KeyError):
-        return pwd.getpwuid(uid).pw_name
-    return str(uid)
-
-
-def group_name(gid: int) -> str:
-    import grp
-    with contextlib.suppress(KeyError):
-        return grp.getgrgid(gid).gr_name
-    return str(gid)
 
 
 def daemon_process(stage: Stage) -> Step:
@@ -100,8 +71,10 @@ def socket_permissions(stage: Stage) -> Step:
         after["connect as another user"] = ("not tried: only root may become another user (setuid(2)); "
                                             "the socket's mode and its directory's decide for them")
     return Step("the socket's permissions", f"stat {stage.labd.socket}; connect() as you and as another user",
-                after=after, mode=user_mode(), data={**after, "connect as you": after[me],
-                                                     "connect as another user": list(after.values())[-1]},
+                after=after, mode=user_mode(), data={"mode": after["mode"], "owner": after["owner"],
+                                                     "directory": after["its directory"],
+                                                     "connect_as_you": after[me],
+                                                     "connect_as_another_user": list(after.values())[-1]},
                 note="write permission on the socket file, and search permission on its directories, are what "
                      "connect() checks: the owner and the group only")
 
@@ -156,21 +129,22 @@ def two_containers_on_port_80(stage: Stage) -> Step:
                 "CAP_NET_ADMIN in the host's network namespace",
             fix="a user-mode network (pasta, slirp4netns) gives rootless containers one; until the lab has "
                 "it, run this step where you are root"))
-    after = {f"{name}: {key}": value for name, values in seen.items() for key, value in values.items()}
+    after = {f"{name}: {key.replace('_', ' ')}": value                 # net_ns is shown as "net ns"
+             for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": os.readlink("/proc/self/ns/net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
     return Step(title, action, before=host, after=after, mode=current_mode(),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
-                      "distinct net ns": len({v["net ns"] for v in seen.values()} | {host["net ns"]}) == 3})
+                      "distinct_net_ns": len({v["net_ns"] for v in seen.values()} | {host["net ns"]}) == 3})
 
 
 def listener_evidence(box) -> dict:
     from labcore.kernel import usernet
     box.reload()
     pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
-    evidence = {"net ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+    evidence = {"net_ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
                 "address": address or "none"}
     # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
     evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
@@ -203,7 +177,7 @@ def read_host_file(stage: Stage) -> Step:
             if os.geteuid() == 0 else
             "the daemon runs as you, so its container is you on the host: the kernel refused it the file")
     return Step(title, action, before=before, after={"the container read /host/etc/shadow, first user": user},
-                mode=current_mode(), note=note, data={"first user": user}, key="unixsocket.read_host_file")
+                mode=current_mode(), note=note, data={"first_user": user}, key="unixsocket.read_host_file")
 
 
 def open_as(path: str, uid: int, gid: int) -> str:
@@ -250,3 +224,264 @@ def readable_address(hex_address: str) -> str:
     if not any(raw):
         return "*"
     return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"
+
+
+# --- a network namespace's interfaces, against the host's ---------------------------------------------------
+
+def show_interfaces(pid: int) -> Step:
+    """`ip addr` and `ip route` inside the network namespace of ``pid``, against the host's."""
+    title = f"the network namespace of pid {pid}, against the host's"
+    action = f'setns(open("/proc/{pid}/ns/net"), CLONE_NEWNET); ip -j addr; ip -j route show default'
+    try:
+        host, inside = network.read_interfaces(), network.in_netns(pid, network.read_interfaces)
+    except NeedsPrivilege as err:
+        return Step.refused(title, action, err)
+    ours = [name for name in inside if name not in ("net ns", "default route", "lo")]
+    note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
+            if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
+    return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
+                data={"host": host, "inside": inside})
+
+
+
+# --- two servers on port 80, in two network namespaces (notebooks 02 and 08) ---------------------------------
+
+class Server:
+    """A child in a network namespace of its own, serving `name ...` on 0.0.0.0:80 until stopped.
+
+    ``join``: the pid whose user namespace it joins first (rootless: the user-mode network's holder)."""
+
+    def __init__(self, name: str, scope: journal.Scope, port: int = 80, join: int | None = None):
+        self.child = Child(lambda channel: _serve(channel, name, port, join))
+        scope.record("process", str(self.child.pid), "kill", pid=self.child.pid,
+                     start=journal.process_start_time(self.child.pid))
+        self.name, self.pid = name, self.child.pid
+        try:
+            self.inside = self.child.recv(timeout=10)
+        except BaseException:
+            self.stop()                   # reap it: a killed child left unreaped is a zombie of this process
+            raise
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.child.send("stop")
+        self.child.wait()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _serve(channel, name: str, port: int, join: int | None) -> None:
+    """In the child: a new network namespace, a socket on 0.0.0.0:port, one line to each client."""
+    if join:
+        userns.join(join)
+    userns.unshare(syscalls.CLONE_NEWNET)
+    listener = socket.create_server(("0.0.0.0", port))
+    identity = f"{name} in net:[{network.netns_inode('self')}] (pid {os.getpid()})"
+    channel.send({"identity": identity, "second_bind": second_bind(port)})
+    with selectors.DefaultSelector() as selector:
+        selector.register(listener, selectors.EVENT_READ)
+        selector.register(channel.sock, selectors.EVENT_READ)
+        while True:
+            ready = [key.fileobj for key, _ in selector.select()]
+            if channel.sock in ready:
+                return                    # "stop", or EOF: the parent has gone
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(f"{identity}\n".encode())
+
+
+def second_bind(port: int, address: str = "0.0.0.0") -> str:
+    """A second socket on a port already listening in the same namespace: the kernel refuses it."""
+    with socket.socket() as again:
+        try:
+            again.bind((address, port))
+        except OSError as err:
+            return f"{errno.errorcode[err.errno]}: {err.strerror}"
+    return "allowed"
+
+
+def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), on: network.Network = network.DEFAULT) -> Step:
+    """Two network namespaces, each with a server on port 80; reached by address, from each other, and by
+    published ports. Rootless, both are on the user-mode network's bridge (``labcore.kernel.usernet``)."""
+    title = "two servers on port 80, in two network namespaces"
+    action = ("unshare(CLONE_NEWNET); bind(0.0.0.0:80); listen()  [x2]; ip link add lc..h type veth peer name "
+              "lc..c; ip link set lc..c netns PID; labcore.kernel.portproxy 127.0.0.1:PORT -> IP:80")
+    try:
+        with journal.Scope() as scope:
+            router = _join_usernet(scope)              # first: the servers join its user namespace
+            join = router.holder if router else None
+            with Server("server-a", scope, join=join) as a, Server("server-b", scope, join=join) as b:
+                endpoints = [_connect_on(router, s.pid, scope, on) for s in (a, b)]
+                published = [network.publish(e, port, 80, scope) for e, port in zip(endpoints, host_ports)]
+                step = _two_servers_evidence(title, action, (a, b), endpoints, published)
+    except (NeedsPrivilege, NotSupportedHere) as err:
+        step = Step.refused(title, action, err)
+        try:
+            step.after = in_new_netns(loopback_server)       # what a user namespace does allow
+        except LabError as why:
+            step.after = {"loopback in a new netns": f"refused too: {why.message}"}
+        return step
+    if router is None:
+        left = [link["ifname"] for link in network.ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
+    else:                                                # the router namespace went, with all links in it
+        left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
+    step.data["links_left"] = left
+    step.after["lc links after teardown"] = left or "none"
+    return step
+
+
+def _join_usernet(scope: journal.Scope):
+    """Rootless: the user-mode network (``labcore.kernel.usernet``); None as root."""
+    if os.geteuid() == 0:
+        return None
+    return usernet.join(scope)
+
+
+def _connect_on(router, pid: int, scope: journal.Scope, on: network.Network) -> network.Endpoint:
+    if router is None:
+        return network.connect(pid, scope, on)
+    return usernet.connect(router, pid, scope)
+
+
+def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
+    """Read it back while both run: namespaces, listening sockets, and what each path to each server says."""
+    ports = [f":{port.host_port}" for port in published]
+    listening = network.tcp_listeners()
+    host = {"net ns": f"net:[{network.netns_inode('self')}]",
+            "listening on :80": [s for s in listening if s.endswith(":80")] or "none",
+            f"listening on {', '.join(ports)}": [s for s in listening if s.endswith(tuple(ports))],
+            f"second bind to {published[0].host_ip}:{published[0].host_port}":
+                second_bind(published[0].host_port, published[0].host_ip)}
+    after, data = {}, {"servers": {}}
+    for server, other, endpoint, port in zip(servers, servers[::-1], endpoints, published):
+        facts = _server_facts(server, other, endpoint, port)
+        after.update({f"{server.name}: {label}": facts[key] for key, label in _server_labels(server, other,
+                                                                                             endpoint, port).items()})
+        data["servers"][server.name] = {**facts, "ip": endpoint.ip, "host_port": port.host_port,
+                                        "identity": server.inside["identity"], "pid": server.pid}
+    where = "the host" if endpoints[0].via is None else "the router namespace"
+    return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
+                note="both servers hold port 80, each in its own namespace; a second bind in the same "
+                     f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
+                     "address, the host by a published port on 127.0.0.1")
+
+
+def _server_facts(server: Server, other: Server, endpoint: network.Endpoint, port: network.Published) -> dict:
+    """What one server's namespace shows, and what each way of reaching it answers, under plain names."""
+    return {"net_ns": f"net:[{network.netns_inode(server.pid)}]", "listening": network.tcp_listeners(server.pid),
+            "second_bind": server.inside["second_bind"],
+            "from_bridge": network.in_netns(endpoint.via, network.reply, endpoint.ip, 80),
+            "from_other": network.in_netns(other.pid, network.reply, endpoint.ip, 80),
+            "published": network.reply(port.host_ip, port.host_port)}
+
+
+def _server_labels(server: Server, other: Server, endpoint: network.Endpoint, port: network.Published) -> dict:
+    """How the table names each of ``_server_facts``: with the addresses and ports it used."""
+    via = "the host" if endpoint.via is None else "the router ns"
+    return {"net_ns": "net ns", "listening": "listening", "second_bind": "second bind to :80",
+            "from_bridge": f"connect {endpoint.ip}:80 from {via}",
+            "from_other": f"connect {endpoint.ip}:80 from {other.name}",
+            "published": f"connect {port.host_ip}:{port.host_port}"}
+
+
+def in_new_netns(fn):
+    """``fn()`` in a child in a new network namespace (inside a new user namespace when not root)."""
+    return run_in_child(lambda: (userns.unshare(syscalls.CLONE_NEWNET), fn())[1])
+
+
+def loopback_server() -> dict:
+    """What works with no veth at all: lo up, a server on 127.0.0.1:80, a client in the same namespace."""
+    before = network.ipv4_addresses(network.ip("addr", "show", "lo", as_json=True))["lo"]
+    network.ip("link", "set", "lo", "up")
+    loopback = network.LOOPBACK
+    with socket.create_server((loopback, 80)) as listener, socket.create_connection((loopback, 80)) as client:
+        conn, _ = listener.accept()                    # the client's connect completed in the backlog
+        with conn:
+            conn.sendall(f"loopback server in net:[{network.netns_inode('self')}]\n".encode())
+        reply = client.recv(256).decode().strip()
+    return {"lo in a new netns": before, "lo after `ip link set lo up`": network.ipv4_addresses(
+        network.ip("addr", "show", "lo", as_json=True))["lo"], "connect 127.0.0.1:80": reply}
+
+
+# --- the picture: the client, the socket and the daemon, as /proc shows them ----------------------------------
+
+def connection_seen_from_proc(stage: Stage) -> Step:
+    """Connect to the daemon as a client does, and hold the connection open while /proc is read: the client's
+    fd and the daemon's accepted fd are two sockets of one connection, both bound to nothing on the client's
+    side and to the socket's path on the daemon's (/proc/net/unix lists the path for the daemon's end only)."""
+    import psutil
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(stage.labd.socket)
+        mine = os.fstat(client.fileno()).st_ino
+        fd = client_fd(mine)
+        accepted = wait_for_accepted(stage.labd.process.pid, stage.labd.socket)
+        listener = socket_listener(stage.labd.socket)
+    labd = psutil.Process(stage.labd.process.pid)
+    data = {"client": {"pid": os.getpid(), "fd": fd, "inode": mine},
+            "daemon": {"pid": labd.pid, "user": labd.username(), "listening_fd": listener["fd"],
+                       "listening_inode": listener["inode"], "accepted": accepted},
+            "socket": stage.labd.socket, "mode": stat.filemode(os.stat(stage.labd.socket).st_mode)}
+    data["dot"] = connection_dot(data)
+    after = {"the client (this notebook)": f"pid {os.getpid()}, fd {data['client']['fd']} -> socket:[{mine}]",
+             "the daemon, listening": f"pid {labd.pid}, fd {listener['fd']} -> socket:[{listener['inode']}]",
+             "the daemon, this connection": (f"fd {accepted['fd']} -> socket:[{accepted['inode']}]" if accepted
+                                             else "not accepted yet")}
+    return Step("a client connected to the daemon, seen from /proc", f"connect({stage.labd.socket}); "
+                "readlink /proc/PID/fd/*; read /proc/net/unix", after=after, mode=user_mode(), data=data,
+                note="two processes, two fds, one connection: the socket file is only where they met")
+
+
+def client_fd(inode: int) -> int:
+    """This process's fd whose link names ``socket:[inode]``."""
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == f"socket:[{inode}]":
+                return int(fd)
+    return -1
+
+
+def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
+    """The daemon's newest accepted connection on ``path``: an fd of ``pid`` whose socket /proc/net/unix
+    lists with the path and state connected (03), not listening. Polled: accept(2) happens in the daemon's
+    own time."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        connected = {int(fields[6]) for fields in (line.split() for line in
+                     Path("/proc/net/unix").read_text().splitlines()[1:])
+                     if len(fields) == 8 and fields[7] == path and fields[5] == "03"}
+        held = {}
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in connected:
+                        held[int(link[8:-1])] = int(fd)
+        if held:
+            inode = max(held)             # the newest: inodes count up
+            return {"fd": held[inode], "inode": inode}
+        time.sleep(0.02)
+    return {}
+
+
+def connection_dot(data: dict) -> str:
+    """The drawing of ``connection_seen_from_proc``'s evidence: processes as boxes, the socket file as a note,
+    fds as labelled edges."""
+    from labcore.lessons.diagrams import Graph
+    graph = Graph("client_server", rankdir="LR", fontname="Helvetica")
+    graph.defaults("node", shape="box", fontname="Helvetica", fontsize="11")
+    graph.defaults("edge", fontname="Helvetica", fontsize="10")
+    client, daemon = data["client"], data["daemon"]
+    graph.node("client", f"client: this notebook's kernel\npid {client['pid']}")
+    graph.node("socket", f"{os.path.basename(data['socket'])}\n{data['mode']}", shape="note")
+    graph.node("daemon", f"daemon: labd\npid {daemon['pid']} ({daemon['user']})")
+    graph.edge("client", "socket", label=f"fd {client['fd']}\nconnect(2)")
+    graph.edge("socket", "daemon", label=f"fd {daemon['listening_fd']}\nlisten(2)", dir="back")
+    if daemon["accepted"]:
+        graph.edge("client", "daemon", label=f"one connection: fd {client['fd']} ↔ fd {daemon['accepted']['fd']}",
+                   style="dashed", constraint="false")
+    return graph.source()

@@ -17,7 +17,6 @@ import html
 import re
 import shutil
 import struct
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +87,18 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def _dot(dot_source: str, kind: str, options: list[str]) -> bytes:
-    result = subprocess.run([shutil.which("dot") or "dot", f"-T{kind}", *options], input=dot_source.encode(),
-                            capture_output=True, timeout=60)
-    if result.returncode != 0:
+    """Run dot through the graphviz package (https://graphviz.readthedocs.io), which finds the program and
+    turns its failures into exceptions. An option ``-Gname=value`` becomes a statement at the end of the root
+    graph: the last assignment of a graph attribute wins, so it overrides what the source set."""
+    import graphviz     # here, not at module level: only a drawing pays for it
+    body = dot_source.rstrip()
+    assert body.endswith("}"), "a DOT graph ends with }"
+    statements = "".join(f' {option[2:].partition("=")[0]}="{option.partition("=")[2]}";' for option in options)
+    try:
+        return graphviz.pipe("dot", kind, f"{body[:-1]}{statements}\n}}\n".encode(), quiet=True)
+    except graphviz.CalledProcessError as error:
         # A syntax error in a diagram is a bug in the lab: say where, as dot does.
-        raise ValueError(f"dot rejected the diagram: {result.stderr.decode().strip()}")
-    return result.stdout
+        raise ValueError(f"dot rejected the diagram: {error.stderr.decode().strip()}") from None
 
 
 def _width_px(svg: str) -> float:

@@ -116,14 +116,19 @@ class Report:
         return str(self)
 
     def _repr_html_(self) -> str:
+        """One line first, what the host gives you; the table folded under it, opened on a click (issue 14:
+        a 35-row table is not how a course should open)."""
         esc = html.escape
         rows = "".join(
             f"<tr><td><code>{esc(name)}</code></td>"
             f"<td style='color:{'green' if c.ok else 'firebrick'};font-weight:bold'>{'yes' if c.ok else 'no'}"
             f"</td><td style='text-align:left;white-space:pre-wrap'>{esc(c.detail)}</td></tr>"
             for name, c in self.capabilities.items())
-        return (f"<div><b>mode:</b> {esc(self.mode())} <i>(probed in {self.seconds:.2f} s)</i>"
-                f"<table><tr><th>capability</th><th>ok</th><th>detail</th></tr>{rows}</table></div>")
+        allowed = sum(c.ok for c in self.capabilities.values())
+        return (f"<div><b>{esc(self.in_one_line())}</b>"
+                f"<details><summary>{allowed} of {len(self.capabilities)} capabilities allowed "
+                f"(<b>mode:</b> {esc(self.mode())}; probed in {self.seconds:.2f} s): the details</summary>"
+                f"<table><tr><th>capability</th><th>ok</th><th>detail</th></tr>{rows}</table></details></div>")
 
 
 def check(timeout: float = TIMEOUT) -> Report:

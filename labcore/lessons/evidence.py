@@ -11,7 +11,7 @@ ever shown as if it had happened here.
 A refused step has no measurements, but the notebook cell after it still reads ``step.data["..."]``: every
 such value is ``NOT_RUN``, which prints as what it is and absorbs whatever the cell does with it, so the cell
 runs and says "not run here" instead of failing. A refused step also stands in for the object its step would
-have made (``box = overlay.create_overlay(...)``): any attribute of it is ``NOT_RUN``, and a step given it
+have made (``box = union_fs.create_overlay(...)``): any attribute of it is ``NOT_RUN``, and a step given it
 (or ``NOT_RUN``) is refused in turn, naming what it lacked (``labcore.lessons.hosts.lacking``).
 
 A ``Step`` renders as an HTML table in Jupyter and as aligned text in a terminal.

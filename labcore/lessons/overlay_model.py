@@ -17,7 +17,7 @@ as the kernel does (Documentation/filesystems/overlayfs.rst), upper first, then 
 ``predict(lowers, ops)`` says what the kernel will show; ``tests/privileged/test_overlay_vs_model.py``
 checks that against real mounts. Errors are ``OSError`` with the errno the kernel gives.
 
-Next: ``labcore.kernel.overlay`` mounts the real thing.
+Next: ``labcore.lessons.union_fs`` mounts the real thing (``labcore.kernel.overlay``) and checks this model against it.
 """
 from __future__ import annotations
 

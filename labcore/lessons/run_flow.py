@@ -40,10 +40,10 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.api.labd import API_VERSION
-from labcore.errors import LabError, NeedsPrivilege, NotFound
+from labcore.errors import LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.lessons import hosts
-from labcore.lessons.client_server import group_name, owner_name, socket_listener
 from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.runtime import container
 
 IMAGE = "lab/hello:v1"                              # the repository and tag pushed to the loopback registry
 COMMAND = ["sh", "-c", "sleep 1; echo hi"]          # long enough to read pid 1 from /proc while it runs
@@ -51,6 +51,45 @@ KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "uts")
 MAX_BODY_LINES = 12
 DOCKER_DAEMON_ERROR = 125          # the docker CLI's exit status when the daemon failed, not the command
 SUN_PATH_MAX = 107                  # sockaddr_un.sun_path: 108 bytes with the terminating NUL (unix(7))
+
+
+# --- who holds the daemon's socket (notebook 02 asks it again) ------------------------------------------
+
+def socket_listener(path: str) -> dict:
+    """The process holding the listening socket bound to ``path``: its /proc/net/unix inode, matched to the
+    fds of the processes (what `ss -xlp` does)."""
+    import psutil
+    inode = unix_socket_inode(path)
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            for fd in os.listdir(f"/proc/{process.pid}/fd"):
+                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
+                            "command": " ".join(process.info["cmdline"] or [])}
+    raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
+
+
+def unix_socket_inode(path: str) -> int:
+    """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
+            return int(fields[6])
+    raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
+
+
+def owner_name(uid: int) -> str:
+    import pwd
+    with contextlib.suppress(KeyError):
+        return pwd.getpwuid(uid).pw_name
+    return str(uid)
+
+
+def group_name(gid: int) -> str:
+    import grp
+    with contextlib.suppress(KeyError):
+        return grp.getgrgid(gid).gr_name
+    return str(gid)
 
 
 # --- the wire: HTTP/1.1 on a Unix socket, every byte kept -------------------------------------------------
@@ -74,13 +113,26 @@ class Exchange:
         head, _, body = self.response.partition(b"\r\n\r\n")
         lines = ["> " + line for line in printable(self.request).split("\n") if line]
         lines += ["< " + line for line in printable(head + b"\r\n").split("\n") if line] + ["<"]
-        shown = printable(body).split("\n")
+        shown, how = readable_body(body)
         lines += ["< " + line for line in shown[:MAX_BODY_LINES] if line]
         if len(shown) > MAX_BODY_LINES:
             lines.append(f"< ... {len(shown) - MAX_BODY_LINES} more lines ({len(body)} bytes in all)")
-        return "\n".join(lines)
+        return "\n".join(lines + ([how] if how else []))
 
     __repr__ = __str__
+
+
+def readable_body(body: bytes) -> tuple[list[str], str]:
+    """A body as lines to show, and how they differ from the bytes: one JSON document on one line (as the
+    daemon sends it, to save bytes) is indented for reading, and that is said under it."""
+    text = printable(body)
+    if "\n" not in text.strip() and text.strip()[:1] in ("{", "["):
+        try:
+            pretty = json.dumps(json.loads(body), indent=2, ensure_ascii=False).split("\n")
+        except ValueError:
+            return text.split("\n"), ""
+        return pretty, f"(the body above is indented for reading; on the wire it is one line of {len(body)} bytes)"
+    return text.split("\n"), ""
 
 
 def printable(data: bytes) -> str:
@@ -602,3 +654,26 @@ class Tap:
     def __exit__(self, *exc) -> None:
         self.server.close()
         self.scope.close()
+
+
+# --- `labcore run` in one cell, for the notebooks after this one ------------------------------------------
+
+def run_step(spec: container.Spec) -> Step:
+    """`labcore run` as a notebook cell shows it (notebooks 05 and 06): a Step with the command's output and exit
+    code, in the mode it ran; where this host refuses what a container needs (namespaces), the refused Step."""
+    flags = [flag for flag, on in (("--rm", spec.rm), (f"--hostname {spec.hostname}", spec.hostname),
+                                   (f"--network {spec.network}", spec.network != "bridge")) if on]
+    words = [f"'{arg}'" if " " in arg else arg for arg in spec.cmd]
+    title, action = f"a {spec.image} container runs {spec.cmd[0]}", " ".join(["labcore run", *flags, spec.image,
+                                                                             *words])
+    host = hosts.current()
+    try:
+        if host.kind == hosts.CONFINED:       # before the image is looked up: nothing could run it here
+            raise NeedsPrivilege(f"unshare(CLONE_NEWUSER) was refused: {host.userns_refused}")
+        result = container.run(spec)
+    except (NeedsPrivilege, NotSupportedHere) as err:
+        return hosts.refuse(title, action, err, key=action)
+    text = lambda data: (data or b"").decode(errors="replace").rstrip("\n")   # noqa: E731
+    return Step(title, action, after={"stdout": text(result.stdout), "stderr": text(result.stderr) or "(none)",
+                                      "exit code": result.exit_code}, mode=current_mode(), key=action,
+                data={"id": result.id, "result": result, "exit_code": result.exit_code})

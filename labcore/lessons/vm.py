@@ -504,13 +504,18 @@ def parse_console(lines: list[tuple[float, str]]) -> dict:
 
 # --- the two ways to use a guest ----------------------------------------------------------------------------
 
-def boot_marker(timeout: float = 120) -> Step:
+# How long a marker boot may take: about a second under KVM; under TCG, emulating every instruction (a guest
+# inside the lab VM has no KVM of its own), a minute and a half was measured on a 2-CPU host, more when busy.
+BOOT_TIMEOUT = {"kvm": 120, "tcg": 900}
+
+
+def boot_marker(timeout: float | None = None) -> Step:
     """Boot a kernel that prints a marker and powers off; show that it is not the host's kernel."""
     title = "Boot a virtual machine: a kernel of its own"
     try:
         kernel = ensure_kernel()
         accel, why = accelerator()
-        lines = boot(kernel, marker_init(), accel, timeout=timeout, memory_mb=256, cpus=1)
+        lines = boot(kernel, marker_init(), accel, timeout=timeout or BOOT_TIMEOUT[accel], memory_mb=256, cpus=1)
     except NotSupportedHere as err:                # no qemu, no kernel to boot, no way to download one
         return hosts.refuse(title, f"{QEMU} -accel ACCEL -kernel vmlinuz -initrd busybox+/init", err)
     guest = parse_console(lines)

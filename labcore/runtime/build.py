@@ -19,11 +19,12 @@ The cache is ``<images>/build-cache/<key>.json``: the layers' digests and the co
 the image store it is kept, not journaled. A RUN leaves an untagged image (Docker's intermediate image)
 for its container to start from.
 
+Notebook 05 shows both as steps (``labcore.lessons.union_fs.commit`` and ``build_image``).
+
 Next: `labcore images` lists what was built; `labcore run NAME` runs it.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -35,10 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from labcore import paths
-from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
+from labcore.errors import BadInput, LabError, NotFound
 from labcore.image import layers
-from labcore.lessons import hosts
-from labcore.lessons.evidence import Step, record, user_mode
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ENV", "WORKDIR", "CMD", "ENTRYPOINT")
 ACCEPTED = (f"one instruction per line: {', '.join(INSTRUCTIONS)}, then its arguments "
@@ -47,15 +46,22 @@ ACCEPTED = (f"one instruction per line: {', '.join(INSTRUCTIONS)}, then its argu
 
 # --- commit: an upperdir becomes a layer --------------------------------------------------------------
 
-def commit(container_ref: str, reference: str, comment: str = "") -> Step:
+@dataclass
+class Commit:
+    """What `docker commit` made: the image, the image it was made on, and the layer the upperdir became."""
+    container: str             # the container's ID
+    upper: Path
+    xattr: str                 # where its markers are: trusted.overlay.*, or user.overlay.* rootless
+    base: object
+    image: object
+    entries: list[str]         # the new layer's names, its whiteouts as .wh. files
+
+
+def commit(container_ref: str, reference: str, comment: str = "") -> Commit:
     """docker commit CONTAINER IMAGE[:TAG]: the container's upperdir as a new layer on its image's layers."""
     from labcore.image import oci
     from labcore.runtime import lifecycle
     name, tag = oci.split_reference(reference)     # refused before anything is written
-    missing = hosts.lacking("a container that ran", f"commit as {name}:{tag}", f"tar UPPERDIR -> a layer of "
-                            f"{name}:{tag}", container_ref, key="build.commit")
-    if missing:
-        return missing
     record = lifecycle.find(container_ref)
     upper, xattr = record.directory / "upper", layers.xattr_namespace(record.config.get("rootless"))
     if not upper.is_dir():
@@ -66,13 +72,7 @@ def commit(container_ref: str, reference: str, comment: str = "") -> Step:
     layer = store_layer(store, layers.layer_tar(upper, xattr))
     config = _with_history(json.loads(store.read_blob(base.id)), comment or " ".join(record.config["argv"]))
     image = store.add_image([*(item.path for item in base.layers), layer["path"]], config, name, tag)
-    from labcore.kernel.overlay import listing
-    return Step(f"commit {record.id[:12]} as {name}:{tag}", f"tar {upper} -> layer {len(image.layers)}",
-                {"image": base.ref, "layers": len(base.layers), "upperdir": listing(upper, xattr)},
-                {"image": image.ref, "layers": len(image.layers), "new layer": layer["entries"]},
-                note=f"the upperdir is now layer {len(image.layers)} of {name}:{tag} ({image.short_id}); "
-                     f"its whiteouts are .wh. files again, as OCI layers spell them",
-                data={"image": image, "entries": layer["entries"]}, key="build.commit")
+    return Commit(record.id, upper, xattr, base, image, layer["entries"])
 
 
 def commit_image(record, name: str | None, tag: str, comment: str = "", changes=(), author: str = ""):
@@ -266,7 +266,6 @@ class Build:
     log: list[str] = field(default_factory=list)
     image: object = None
     cached: int = 0            # steps whose result came from the cache
-    key: str = ""              # its reference recording: "build TAG #N", the Nth build of TAG in this process
 
     def say(self, line: str) -> None:
         self.log.append(line)
@@ -278,18 +277,14 @@ class Build:
         return len(self.image.layers)
 
     def __str__(self) -> str:
-        text = "\n".join(self.log)
-        record(Step(self.key, "labcore build", mode=user_mode(), key=self.key), output=text)
-        return text
+        return "\n".join(self.log)
 
     __repr__ = __str__
 
 
-_BUILDS: collections.Counter = collections.Counter()       # builds of each tag so far, for their keys
-
-
 def build(context, labfile=None, tag: str | None = None, echo: bool = False) -> Build:
-    """docker build -f LABFILE -t NAME[:TAG] CONTEXT: one step per instruction, each from the cache if it can."""
+    """docker build -f LABFILE -t NAME[:TAG] CONTEXT: one step per instruction, each from the cache if it can.
+    A RUN step needs a container: where this host refuses one, NeedsPrivilege or NotSupportedHere says why."""
     from labcore.image import oci
     context = Path(context)
     labfile = Path(labfile) if labfile else context / "Labfile"
@@ -300,16 +295,11 @@ def build(context, labfile=None, tag: str | None = None, echo: bool = False) -> 
     except FileNotFoundError as err:
         raise BadInput(f"no Labfile at {labfile}", fix="pass -f LABFILE, or put a Labfile in the context") from err
     name, version = oci.split_reference(tag) if tag else (None, "latest")
-    _BUILDS[tag] += 1
-    result = Build(echo=echo, key=f"build {tag} #{_BUILDS[tag]}")
+    result = Build(echo=echo)
     store, stage = oci.Store(), None
     for number, instruction in enumerate(instructions, start=1):
         result.say(f"Step {number}/{len(instructions)} : {instruction}")
-        try:
-            stage = run_step(store, stage, instruction, context, result)
-        except (NeedsPrivilege, NotSupportedHere) as err:      # a RUN step needs a container: refused here
-            return hosts.refuse(f"labcore build -t {tag} {context}", f"labcore build -t {tag} {context}", err,
-                                key=result.key)
+        stage = run_step(store, stage, instruction, context, result)
         result.say(f" ---> {stage.image_id()[7:19]}")
     result.image = store.add_image([store.blob_path(layer["digest"]) for layer in stage.layers], stage.config,
                                    name, version)

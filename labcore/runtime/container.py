@@ -316,30 +316,6 @@ def run(spec: Spec, stdio: str = "capture") -> Result:
     return Result(spec.id, container.plan.argv, container.exit_code, *output)
 
 
-def run_step(spec: Spec) -> "Step":
-    """`run` as a notebook cell shows it: a Step with the command's output and exit code, in the mode it ran;
-    where this host refuses what a container needs (namespaces), the refused Step, with the reason."""
-    from labcore.errors import NeedsPrivilege, NotSupportedHere
-    from labcore.lessons import hosts
-    from labcore.lessons.evidence import Step, current_mode
-    flags = [flag for flag, on in (("--rm", spec.rm), (f"--hostname {spec.hostname}", spec.hostname),
-                                   (f"--network {spec.network}", spec.network != "bridge")) if on]
-    words = [f"'{arg}'" if " " in arg else arg for arg in spec.cmd]
-    title, action = f"a {spec.image} container runs {spec.cmd[0]}", " ".join(["labcore run", *flags, spec.image,
-                                                                             *words])
-    host = hosts.current()
-    try:
-        if host.kind == hosts.CONFINED:       # before the image is looked up: nothing could run it here
-            raise NeedsPrivilege(f"unshare(CLONE_NEWUSER) was refused: {host.userns_refused}")
-        result = run(spec)
-    except (NeedsPrivilege, NotSupportedHere) as err:
-        return hosts.refuse(title, action, err, key=action)
-    text = lambda data: (data or b"").decode(errors="replace").rstrip("\n")   # noqa: E731
-    return Step(title, action, after={"stdout": text(result.stdout), "stderr": text(result.stderr) or "(none)",
-                                      "exit code": result.exit_code}, mode=current_mode(), key=action,
-                data={"id": result.id, "result": result, "exit_code": result.exit_code})
-
-
 def make_state_dir(container: Container) -> None:
     """The container's directory, journaled before it exists: a crash between the two leaves a record of
     nothing, never a directory nobody knows about."""

@@ -36,9 +36,8 @@ def sh(image: str, script: str, **options) -> container.Result:
 def test_commit_makes_the_upperdir_a_layer_whose_changes_the_next_container_sees(busybox_image):
     kept = sh("busybox", "echo hi > /greeting; rm /etc/group; rm -r /usr; mkdir /usr; touch /usr/only")
     name = f"labcore-commit-{secrets.token_hex(4)}"
-    step = build.commit(kept.id, name)
+    image = build.commit(kept.id, name).image
     journal.cleanup()                                          # the container goes; the image stays
-    image = step.data["image"]
     assert len(image.layers) == len(busybox_image.layers) + 1
     with tarfile.open(image.layers[-1].path) as layer:
         names = layer.getnames()

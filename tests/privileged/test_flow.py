@@ -63,21 +63,29 @@ def test_the_docker_cli_runs_against_labd_with_its_exit_codes(stage):
 def test_the_socket_is_0660_root_and_refuses_nobody(stage):
     permissions = client_server.socket_permissions(stage)
     assert permissions.data["mode"] == "srw-rw---- (0660)" and permissions.data["owner"] == "root:root"
-    assert permissions.data["connect as you"] == "connected"
-    assert permissions.data["connect as another user"].startswith("EACCES")         # nobody, uid 65534
+    assert permissions.data["connect_as_you"] == "connected"
+    assert permissions.data["connect_as_another_user"].startswith("EACCES")         # nobody, uid 65534
     labd = client_server.daemon_process(stage)
     assert labd.data["pid"] == stage.labd.process.pid and labd.data["parent"] == os.getpid()
+
+
+def test_a_connection_is_two_sockets_one_in_each_process(stage):
+    seen = client_server.connection_seen_from_proc(stage)
+    client, daemon = seen.data["client"], seen.data["daemon"]
+    assert client["pid"] == os.getpid() and client["fd"] >= 0 and daemon["pid"] == stage.labd.process.pid
+    assert daemon["accepted"]["inode"] not in (client["inode"], daemon["listening_inode"])   # three sockets
+    assert f"fd {client['fd']}" in seen.data["dot"] and f"fd {daemon['accepted']['fd']}" in seen.data["dot"]
 
 
 def test_a_client_of_the_socket_reads_a_root_only_host_file(stage):
     shadow = client_server.read_host_file(stage)
     assert shadow.before["open() as nobody (uid 65534)"].startswith("EACCES")
-    assert shadow.data["first user"] == "root"
+    assert shadow.data["first_user"] == "root"
 
 
 def test_two_containers_of_one_daemon_both_listen_on_port_80(stage):
     ports = client_server.two_containers_on_port_80(stage)
-    assert ports.data["listening"] == [["*:80"], ["*:80"]] and ports.data["distinct net ns"]
+    assert ports.data["listening"] == [["*:80"], ["*:80"]] and ports.data["distinct_net_ns"]
     assert ports.data["answers"] == ["box-a", "box-b"]
 
 

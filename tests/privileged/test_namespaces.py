@@ -1,4 +1,5 @@
-"""labcore.kernel.namespaces on the real kernel: each namespace's evidence, joining, and the same steps as nobody."""
+"""labcore.lessons.namespaces (notebook 03) on the real kernel: each namespace's evidence, joining, and the same
+steps as nobody."""
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore.kernel import namespaces
+from labcore.lessons import namespaces
 from labcore.lessons.evidence import Mode
 from tests.conftest import NOBODY, has, privileged
 
@@ -63,7 +64,7 @@ def test_network_namespace_has_only_lo_and_it_is_down():
 def test_message_queue_of_the_host_is_invisible_inside_and_removed_after():
     step = namespaces.isolate_ipc()
     key = step.data["queue_key"]
-    assert key in step.data["host"]["SysV message queues"]
+    assert key in step.data["host"]["message_queues"]
     assert step.data["queues_inside"] == []
     assert key not in namespaces.message_queues()
 
@@ -99,13 +100,13 @@ def test_root_inside_a_user_namespace_is_nobody_outside():
 def test_cgroup_namespace_puts_the_child_at_the_root():
     step = namespaces.isolate_cgroup()
     assert step.data["paths_inside"] == ["/"]
-    assert step.data["inside"]["cgroup v2"] == "/"
+    assert step.data["inside"]["cgroups"]["v2"] == "/"
 
 
 def test_all_seven_kinds_at_once():
     step = namespaces.isolate(namespaces.KINDS)
     assert all(step.data["inodes_inside"][kind] != step.data["inodes_host"][kind] for kind in namespaces.KINDS)
-    assert step.data["inside"]["pid (os.getpid())"] == 1 and step.data["inside"]["interfaces"] == ["lo"]
+    assert step.data["inside"]["pid"] == 1 and step.data["inside"]["interfaces"] == ["lo"]
 
 
 def test_join_sees_what_the_target_sees():
@@ -116,7 +117,7 @@ def test_join_sees_what_the_target_sees():
     assert set(step.data["joined"]) == {"uts", "pid", "mnt", "net", "ipc"}
     assert all(step.data["inodes_inside"][kind] == target[kind] for kind in step.data["joined"])
     assert step.data["inside"]["hostname"] == "labcore-joined"
-    assert step.data["inside"]["pid (os.getpid())"] == 2            # pid 1 is the sleeper
+    assert step.data["inside"]["pid"] == 2            # pid 1 is the sleeper
 
 
 def test_a_sleeper_left_running_is_killed_by_its_journal():
@@ -131,7 +132,7 @@ def test_a_sleeper_left_running_is_killed_by_its_journal():
 
 STEPS_AS_NOBODY = """
 import json
-from labcore.kernel import namespaces as n
+from labcore.lessons import namespaces as n
 steps = {"uts": n.isolate_uts(), "pid": n.isolate_pid(), "mnt": n.isolate_mnt(), "net": n.isolate_net(),
          "ipc": n.isolate_ipc(), "user": n.isolate_user(), "cgroup": n.isolate_cgroup(), "all": n.isolate()}
 with n.start_sleeper({"uts", "pid", "net"}) as box:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from labcore.kernel import journal, network
+from labcore.lessons import client_server
 from labcore.lessons.evidence import Mode
 from tests.conftest import privileged
 
@@ -60,7 +61,7 @@ def nothing_left_behind():
 
 
 def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
-    with journal.Scope() as scope, network.Server("probe", scope, port=8000) as server:
+    with journal.Scope() as scope, client_server.Server("probe", scope, port=8000) as server:
         endpoint = network.connect(server.pid, scope, short_id="ptest1")
         gateway = endpoint.network.gateway
         # the host end is on the bridge and carries the lease; the other end is not on the host at all
@@ -69,7 +70,7 @@ def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
         assert host_link("lcptest1c") is None
         assert open("/proc/sys/net/ipv4/conf/lcbr0/forwarding").read().strip() == "0"
         # inside: its own namespace, eth0 with the address, a default route via the bridge
-        step = network.show_interfaces(server.pid)
+        step = client_server.show_interfaces(server.pid)
         inside = step.data["inside"]
         assert endpoint.netns == network.netns_inode(server.pid) != network.netns_inode("self")
         assert inside["net ns"] == f"net:[{endpoint.netns}]"
@@ -88,33 +89,32 @@ def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
 
 
 def test_two_servers_on_port_80_answer_with_their_own_identity():
-    step = network.two_servers_on_port_80(host_ports=(0, 0))      # free ports: never collide with a user's
+    step = client_server.two_servers_on_port_80(host_ports=(0, 0))      # free ports: never collide with a user's
     assert step.mode is Mode.ROOT, step.reason
     a, b = step.data["servers"]["server-a"], step.data["servers"]["server-b"]
     assert a["identity"] != b["identity"] and a["ip"] != b["ip"]
-    assert len({a["net ns"], b["net ns"], step.before["net ns"]}) == 3
+    assert len({a["net_ns"], b["net_ns"], step.before["net ns"]}) == 3
     for server in (a, b):
         assert "0.0.0.0:80" in server["listening"]
-        assert server["second bind to :80"].startswith("EADDRINUSE")
-        assert server[f"connect {server['ip']}:80 from the host"] == server["identity"]
-        assert server[f"connect 127.0.0.1:{server['host_port']}"] == server["identity"]
-    assert a[f"connect {a['ip']}:80 from server-b"] == a["identity"]            # one reaches the other
-    assert b[f"connect {b['ip']}:80 from server-a"] == b["identity"]
+        assert server["second_bind"].startswith("EADDRINUSE")
+        assert server["from_bridge"] == server["identity"]                    # from the host
+        assert server["published"] == server["identity"]
+    assert a["from_other"] == a["identity"] and b["from_other"] == b["identity"]     # one reaches the other
     second_bind = next(value for key, value in step.before.items() if key.startswith("second bind"))
     assert second_bind.startswith("EADDRINUSE")                   # the host refuses a port already taken
-    assert step.data["lc links left"] == []
+    assert step.data["links_left"] == []
 
 
 def test_network_none_is_lo_up_and_nothing_else():
-    with journal.Scope() as scope, network.Server("alone", scope, port=8000) as server:
+    with journal.Scope() as scope, client_server.Server("alone", scope, port=8000) as server:
         network.loopback_up(server.pid)
-        inside = network.show_interfaces(server.pid).data["inside"]
+        inside = client_server.show_interfaces(server.pid).data["inside"]
         assert set(inside) == {"net ns", "lo", "default route"} and inside["default route"] == "none"
         assert network.in_netns(server.pid, network.ask, "127.0.0.1", 8000) == server.inside["identity"]
 
 
 def test_a_published_port_forwards_until_disconnect():
-    with journal.Scope() as scope, network.Server("web", scope, port=8000) as server:
+    with journal.Scope() as scope, client_server.Server("web", scope, port=8000) as server:
         endpoint = network.connect(server.pid, scope)
         published = network.publish(endpoint, 0, 8000, scope)     # `-p 127.0.0.1::8000`: a port of the kernel's
         assert published.host_port != 0 and published.pid in proxies()
@@ -127,8 +127,8 @@ def test_a_published_port_forwards_until_disconnect():
 
 
 def test_the_bridge_is_shared_and_removed_by_the_last_one_out():
-    with journal.Scope() as first_scope, network.Server("one", first_scope, port=8000) as one:
-        with journal.Scope() as second_scope, network.Server("two", second_scope, port=8000) as two:
+    with journal.Scope() as first_scope, client_server.Server("one", first_scope, port=8000) as one:
+        with journal.Scope() as second_scope, client_server.Server("two", second_scope, port=8000) as two:
             first = network.connect(one.pid, first_scope)
             second = network.connect(two.pid, second_scope)
             assert first.ip != second.ip

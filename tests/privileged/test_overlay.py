@@ -7,6 +7,7 @@ import pytest
 from labcore import paths
 from labcore.errors import LabError
 from labcore.kernel import overlay
+from labcore.lessons import union_fs
 from labcore.kernel.journal import Scope, mounts_under
 from labcore.lessons.evidence import Mode
 from labcore.lessons.overlay_model import Dir, File, Symlink
@@ -23,20 +24,20 @@ TREE = {"etc": Dir(), "etc/os-release": File(b"NAME=labcore\n"), "etc/hostname":
 def lower():
     with Scope() as scope:
         directory, _ = overlay.make_scratch_dir("lower", scope)
-        overlay.write_layer(directory, TREE)
+        union_fs.write_layer(directory, TREE)
         yield directory
 
 
 @pytest.fixture
 def mounted(lower):
-    with overlay.create_overlay([lower]) as handle:
+    with union_fs.create_overlay([lower]) as handle:
         yield handle
     assert mounts_under(str(paths.scratch_dir())) == []
     assert not handle.upper.exists()
 
 
 def test_a_read_is_served_from_the_lower_file_and_copies_nothing(mounted, lower):
-    step = overlay.read_from_lower(mounted, "etc/os-release")
+    step = union_fs.read_from_lower(mounted, "etc/os-release")
     lower_stat = os.stat(lower / "etc/os-release")
     assert step.after["content"] == b"NAME=labcore\n"
     assert step.data["merged_ino"] == lower_stat.st_ino          # all layers on one fs: st_ino passes through
@@ -45,7 +46,7 @@ def test_a_read_is_served_from_the_lower_file_and_copies_nothing(mounted, lower)
 
 
 def test_a_write_copies_up_and_leaves_the_lower_file_alone(mounted, lower):
-    step = overlay.write_copies_up(mounted, "etc/hostname", b"more\n")
+    step = union_fs.write_copies_up(mounted, "etc/hostname", b"more\n")
     assert (mounted.upper / "etc/hostname").read_bytes() == b"lower\nmore\n"
     assert (lower / "etc/hostname").read_bytes() == b"lower\n"
     assert step.data["upper_size"] == 11 and step.data["lower_size"] == 6
@@ -54,14 +55,14 @@ def test_a_write_copies_up_and_leaves_the_lower_file_alone(mounted, lower):
 
 
 def test_a_delete_leaves_a_whiteout(mounted, lower):
-    step = overlay.delete_leaves_whiteout(mounted, "etc/os-release")
+    step = union_fs.delete_leaves_whiteout(mounted, "etc/os-release")
     mark = os.lstat(mounted.upper / "etc/os-release")
     assert stat.S_ISCHR(mark.st_mode) and mark.st_rdev == 0 and step.data["whiteout"]
     assert not (mounted.merged / "etc/os-release").exists() and (lower / "etc/os-release").exists()
 
 
 def test_a_replaced_directory_is_opaque(mounted):
-    step = overlay.replace_dir_makes_opaque(mounted, "var")
+    step = union_fs.replace_dir_makes_opaque(mounted, "var")
     assert os.getxattr(mounted.upper / "var", "trusted.overlay.opaque") == b"y" and step.data["opaque"]
     assert os.listdir(mounted.merged / "var") == []
 
@@ -73,10 +74,10 @@ def test_a_lower_directory_does_not_move_without_redirect_dir(mounted):
 
 
 def test_the_diagram_marks_copied_up_new_and_whited_out_paths(mounted):
-    overlay.write_copies_up(mounted, "etc/hostname")
-    overlay.delete_leaves_whiteout(mounted, "etc/os-release")
+    union_fs.write_copies_up(mounted, "etc/hostname")
+    union_fs.delete_leaves_whiteout(mounted, "etc/os-release")
     (mounted.merged / "new").write_text("new\n")
-    dot = overlay.layer_stack_dot(mounted)
+    dot = union_fs.layer_stack_dot(mounted)
     assert '"L0:etc/hostname" [label="/etc/hostname", fillcolor="orange"]' in dot
     assert '"L0:new" [label="/new", fillcolor="palegreen"]' in dot
     assert '"L0:etc/os-release" -> "L1:etc/os-release"' in dot and '"M:bin/sh" -> "L1:bin/sh"' in dot
@@ -96,14 +97,14 @@ def test_a_failed_mount_removes_what_it_made(lower):
 
 
 def test_a_volume_outlives_its_container(lower):
-    step = overlay.volume_outlives_container([lower])
+    step = union_fs.bind_volume([lower])
     assert step.data["kept"] == "written to the volume\n"
     assert step.before["upperdir"] == ["data/", "lost.txt"]          # the volume's file never went there
     assert step.after["upperdir"] == ["(absent)"] and step.after["volume (host dir)"] == ["kept.txt"]
 
 
 def test_rootless_overlay_uses_user_xattrs(lower):
-    step = overlay.rootless_overlay([lower], "etc/hostname", "var")
+    step = union_fs.rootless_overlay([lower], "etc/hostname", "var")
     assert step.mode is Mode.USERNS, step.reason
     assert step.data["opaque"] and step.after["trusted.overlay.opaque"].startswith("(none")
     assert step.after["upper/etc/hostname"].startswith("char device 0/0 = whiteout")
@@ -112,7 +113,7 @@ def test_rootless_overlay_uses_user_xattrs(lower):
 def test_containers_share_the_lower_layer(tmp_path):
     with Scope() as scope:
         root = busybox_root(scope)
-        step = overlay.share_lower_layers(root, containers=10)
+        step = union_fs.share_lower_layers(root, containers=10)
     print(step)
     assert step.data["upper_bytes"] * 5 < step.data["copy_bytes"]
     assert mounts_under(str(paths.scratch_dir())) == []
@@ -126,5 +127,5 @@ def busybox_root(scope):
         from labcore.image.oci import Store
         Store().unpack(ensure_base_image(), directory)
     except (ImportError, LabError):
-        overlay.write_layer(directory, TREE)
+        union_fs.write_layer(directory, TREE)
     return directory

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from labcore.kernel import overlay, syscalls
+from labcore.lessons import union_fs
 from labcore.kernel.journal import Scope
 from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Model, parent_of
 from tests.conftest import privileged
@@ -109,14 +110,14 @@ def run_both(base: Path, lowers: list[dict], ops: list[tuple], scope: Scope) -> 
     for index, layer in enumerate(lowers):
         directories.append(base / f"lower{index}")
         directories[-1].mkdir()
-        overlay.write_layer(directories[-1], layer)
+        union_fs.write_layer(directories[-1], layer)
     model = Model(lowers)
     with overlay.mount_overlay(directories, base / "upper", base / "work", base / "merged", scope) as mount:
-        kernel_errors = names(overlay.run_ops(mount, ops))
+        kernel_errors = names(union_fs.run_ops(mount, ops))
         model_errors = names([model.apply(op) for op in ops])
         assert list(zip(ops, kernel_errors)) == list(zip(ops, model_errors))
-        assert overlay.read_layer(mount.merged, None) == model.merged()
-        assert overlay.read_layer(mount.upper) == model.upper
+        assert union_fs.read_layer(mount.merged, None) == model.merged()
+        assert union_fs.read_layer(mount.upper) == model.upper
     return ({f"{op[0]} {error}" for op, error in zip(ops, kernel_errors)}
             | {"whiteout in upper" for entry in model.upper.values() if entry is WHITEOUT}
             | {"opaque in upper" for entry in model.upper.values() if entry == Dir(True)}

@@ -1,11 +1,13 @@
-"""labcore.kernel.rootfs on the real kernel: chroot, the escape that works from a chroot, and fails after pivot_root."""
+"""labcore.lessons.root_fs (notebook 06) on the real kernel: chroot, the escape that works from a chroot, and fails
+after pivot_root."""
 import os
 from pathlib import Path
 
 import pytest
 
 from labcore import paths
-from labcore.kernel import journal, rootfs
+from labcore.kernel import journal
+from labcore.lessons import root_fs
 from labcore.lessons.evidence import Mode
 from tests.conftest import privileged
 
@@ -15,7 +17,7 @@ pytestmark = privileged
 @pytest.fixture
 def image_root(busybox_image):
     with journal.Scope() as scope:
-        yield rootfs.unpack(busybox_image, paths.scratch_dir() / "labcore-rootfs-test", scope)
+        yield root_fs.unpack(busybox_image, paths.scratch_dir() / "labcore-rootfs-test", scope)
     assert not (paths.scratch_dir() / "labcore-rootfs-test").exists()
 
 
@@ -28,32 +30,32 @@ def nothing_left_behind():
 
 
 def test_the_image_is_a_directory_without_the_hosts_files(image_root):
-    step = rootfs.look_inside(image_root)
-    assert step.before["/ is"] == rootfs.HOST_ROOT and step.after["/ is"] == rootfs.IMAGE_ROOT
+    step = root_fs.look_inside(image_root)
+    assert step.before["/ is"] == root_fs.HOST_ROOT and step.after["/ is"] == root_fs.IMAGE_ROOT
     assert "bin" in step.after["ls /"] and step.after["/etc/os-release"] == "absent"
     assert step.before["/etc/os-release"] != "absent"
 
 
 def test_chroot_moves_slash_to_the_image(image_root):
-    step = rootfs.chroot_into(image_root)
+    step = root_fs.chroot_into(image_root)
     assert step.mode is Mode.ROOT and step.data["inside"]
 
 
 def test_escape_succeeds_from_a_chroot(image_root):
-    step = rootfs.escape_chroot(image_root)
-    assert step.before["/ is"] == rootfs.IMAGE_ROOT
-    assert step.after["/ is"] == rootfs.HOST_ROOT and step.data["escaped"]
+    step = root_fs.escape_chroot(image_root)
+    assert step.before["/ is"] == root_fs.IMAGE_ROOT
+    assert step.after["/ is"] == root_fs.HOST_ROOT and step.data["escaped"]
     assert step.after["/etc/os-release"] != "absent"           # it reads the host's os-release
-    assert not (image_root / rootfs.ESCAPE_DIR).exists()
+    assert not (image_root / root_fs.ESCAPE_DIR).exists()
 
 
 def test_escape_fails_after_pivot_root(image_root):
-    step = rootfs.escape_pivot_root(image_root)
-    assert step.before["/ is"] == step.after["/ is"] == rootfs.IMAGE_ROOT
+    step = root_fs.escape_pivot_root(image_root)
+    assert step.before["/ is"] == step.after["/ is"] == root_fs.IMAGE_ROOT
     assert not step.data["escaped"] and step.after["/etc/os-release"] == "absent"
 
 
 def test_both_escapes_side_by_side(image_root):
-    step = rootfs.compare_escapes(image_root)
+    step = root_fs.compare_escapes(image_root)
     assert step.data == {"escaped_chroot": True, "escaped_pivot_root": False}
-    assert step.before["/ is"] == rootfs.HOST_ROOT and step.after["/ is"] == rootfs.IMAGE_ROOT
+    assert step.before["/ is"] == root_fs.HOST_ROOT and step.after["/ is"] == root_fs.IMAGE_ROOT

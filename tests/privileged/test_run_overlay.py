@@ -12,6 +12,7 @@ from labcore import paths
 from labcore.errors import BadInput
 from labcore.image import layers
 from labcore.kernel import journal
+from labcore.lessons import union_fs
 from labcore.runtime import container
 from labcore.runtime.container import Spec
 from tests.conftest import privileged
@@ -107,7 +108,7 @@ def test_the_diagram_of_a_running_container_marks_its_changes():
     script = "echo more >> /etc/passwd; rm /etc/group; touch /new; echo ready; sleep 30"
     with running(Spec("busybox", ["sh", "-c", script], rm=True, network="none")) as (box,):
         assert wait_for(lambda: (box.directory / "upper/new").exists())
-        dot = layers.container_diagram(box.spec.id).source
+        dot = union_fs.container_diagram(box.spec.id).source
     assert '"L0:etc/passwd" [label="/etc/passwd", fillcolor="orange"]' in dot   # copied up
     assert '"L0:new" [label="/new", fillcolor="palegreen"]' in dot             # new
     assert "/etc/group (whiteout 0/0)" in dot and "init (/etc/hostname" in dot

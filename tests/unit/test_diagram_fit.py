@@ -14,9 +14,10 @@ from types import SimpleNamespace
 import pytest
 
 import labcore
-from labcore.kernel import namespaces, overlay
+from labcore.kernel import overlay
 from labcore.kernel.cgroups.limits import Limits
-from labcore.lessons import build_your_own, diagrams, run_flow, security, vs_vms, widgets
+from labcore.lessons import (build_your_own, client_server, diagrams, namespaces, run_flow, security, union_fs,
+                             vs_vms, widgets)
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
@@ -79,7 +80,7 @@ def layer_stack(monkeypatch, tmp_path):
             (directory / file).parent.mkdir(parents=True, exist_ok=True)
             (directory / file).write_text(file)
     live = overlay.Overlay([lower1, lower2], upper, tmp_path / "work", merged, "", scope=None, xattr=None)
-    return overlay.layer_stack_dot(live, 12, names=["init (/etc/hostname, hosts, resolv.conf)",
+    return union_fs.layer_stack_dot(live, 12, names=["init (/etc/hostname, hosts, resolv.conf)",
                                                    "layer 0123456789ab"])
 
 
@@ -124,11 +125,15 @@ def defence(monkeypatch, tmp_path):
 SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
+    "labcore.lessons.client_server:connection_dot": lambda monkeypatch, tmp_path: client_server.connection_dot(
+        {"client": {"pid": 4242, "fd": 57}, "socket": "/home/student/.local/state/labcore/tmp/labd.sock",
+         "mode": "srw-rw----", "daemon": {"pid": 4299, "user": "student", "listening_fd": 3,
+                                          "accepted": {"fd": 12, "inode": 31549}}}),
     "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
-    "labcore.kernel.namespaces:membership_dot": membership,
-    "labcore.kernel.namespaces:process_tree_dot": process_tree,
+    "labcore.lessons.namespaces:membership_dot": membership,
+    "labcore.lessons.namespaces:process_tree_dot": process_tree,
     "labcore.lessons.control_groups:tree_dot": cgroup_tree,
-    "labcore.kernel.overlay:layer_stack_dot": layer_stack,
+    "labcore.lessons.union_fs:layer_stack_dot": layer_stack,
     "labcore.lessons.build_your_own:diagram": box,
     "labcore.lessons.security:defence_dot": defence,
     "labcore.lessons.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(

@@ -13,7 +13,7 @@ from labcore.errors import BadInput
 from labcore.image import layers
 from labcore.image.oci import LAYER_TAR
 from labcore.kernel import rootfs, syscalls
-from labcore.kernel.overlay import read_layer
+from labcore.lessons.union_fs import read_layer
 from labcore.kernel.process import run_in_child
 from labcore.kernel.syscalls import MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Symlink

@@ -1,4 +1,5 @@
-"""labcore.kernel.namespaces without root: the order of the syscalls (syscalls.Recorder), refusals, bad input, DOT."""
+"""labcore.lessons.namespaces (notebook 03) and labcore.kernel.namespaces without root: the order of the syscalls
+(syscalls.Recorder), refusals, bad input, DOT, facts under plain names."""
 import errno
 import os
 import subprocess
@@ -6,8 +7,9 @@ import subprocess
 import pytest
 
 from labcore.errors import BadInput
-from labcore.kernel import namespaces, syscalls, userns
-from labcore.lessons import diagrams
+from labcore.kernel import namespaces as kernel_namespaces
+from labcore.kernel import syscalls, userns
+from labcore.lessons import diagrams, namespaces
 from labcore.lessons.evidence import Mode
 
 
@@ -86,7 +88,7 @@ def test_parent_writes_the_maps_only_after_the_child_unshared(monkeypatch):
 
         def recv(self):
             log.append("recv")
-            return {"inodes": {}, "rows": {}} if "send mapped" in log else "unshared"
+            return {"inodes": {}, "facts": {}} if "send mapped" in log else "unshared"
 
         def send(self, message):
             log.append(f"send {message}")
@@ -103,7 +105,7 @@ def test_parent_writes_the_maps_only_after_the_child_unshared(monkeypatch):
 
 def test_join_opens_every_file_first_then_joins_user_first_and_mnt_last(rec):
     fds_before = len(os.listdir("/proc/self/fd"))
-    namespaces.enter_namespaces(os.getpid(), ["mnt", "uts", "pid", "user"])
+    kernel_namespaces.enter_namespaces(os.getpid(), ["mnt", "uts", "pid", "user"])
     flags = [args[1] for name, args in rec.calls if name == "setns"]
     assert flags == [syscalls.CLONE_NEWUSER, syscalls.CLONE_NEWUTS, syscalls.CLONE_NEWPID, syscalls.CLONE_NEWNS]
     assert len(os.listdir("/proc/self/fd")) == fds_before           # every namespace file closed again
@@ -158,8 +160,17 @@ def test_process_tree_dot_boxes_processes_by_pid_namespace():
 
 
 def test_readers_see_this_process():
-    assert "lo" in namespaces.interfaces()
-    assert namespaces.nspids(os.getpid())[0] == os.getpid()
-    assert os.getpid() in namespaces.visible_pids()
-    assert set(namespaces.namespaces_of()) == set(namespaces.KINDS)
-    assert namespaces.propagation("/").split(":")[0] in ("shared", "master", "private")
+    assert "lo" in kernel_namespaces.interfaces()
+    assert kernel_namespaces.nspids(os.getpid())[0] == os.getpid()
+    assert os.getpid() in kernel_namespaces.visible_pids()
+    assert set(kernel_namespaces.namespaces_of()) == set(kernel_namespaces.KINDS)
+    assert kernel_namespaces.propagation("/").split(":")[0] in ("shared", "master", "private")
+
+
+def test_facts_are_kept_under_plain_names_and_labelled_only_in_the_table():
+    seen = namespaces.look(namespaces.KINDS)
+    assert all(key.isidentifier() for key in seen["facts"])
+    assert seen["facts"]["pid"] == os.getpid()
+    shown = namespaces.rows(seen["facts"])
+    assert shown["pid (os.getpid())"] == os.getpid() and "pid" not in shown
+    assert all(f"cgroup {hierarchy}" in shown for hierarchy in seen["facts"]["cgroups"])

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from labcore import paths
 from labcore.errors import BadInput
 from labcore.kernel import overlay, syscalls
+from labcore.lessons import union_fs
 from labcore.lessons.overlay_model import WHITEOUT, Dir, File, Model, predict
 
 BASE = {"etc": Dir(), "etc/hostname": File(b"base\n"), "var": Dir(), "var/log": Dir(),
@@ -94,8 +95,8 @@ def test_with_one_empty_layer_the_model_behaves_like_a_plain_directory(ops):
     and on the tree (the order of its checks is the VFS's)."""
     model = Model([{}])
     with tempfile.TemporaryDirectory(prefix="labcore-plain-") as root:
-        assert [overlay.apply_op(root, op) for op in ops] == [model.apply(op) for op in ops]
-        assert overlay.read_layer(root, None) == model.merged()
+        assert [union_fs.apply_op(root, op) for op in ops] == [model.apply(op) for op in ops]
+        assert union_fs.read_layer(root, None) == model.merged()
 
 
 # --- labcore.kernel.overlay without the kernel ---------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_the_mount_lists_the_top_layer_first(tmp_path, monkeypatch):
     top, base = tmp_path / "top", tmp_path / "base"
     top.mkdir(), base.mkdir()
     with syscalls.use(syscalls.Recorder()) as recorder:
-        with overlay.create_overlay([top, base]) as mounted:
+        with union_fs.create_overlay([top, base]) as mounted:
             name, (source, target, fstype, flags, options) = recorder.calls[0]
             assert (name, source, fstype, target) == ("mount", "overlay", "overlay", str(mounted.merged))
             assert options.startswith(f"lowerdir={top}:{base},upperdir={mounted.upper},")
@@ -115,11 +116,11 @@ def test_the_mount_lists_the_top_layer_first(tmp_path, monkeypatch):
 
 def test_a_bad_layout_is_refused_before_anything_is_made(tmp_path):
     with pytest.raises(BadInput):
-        overlay.create_overlay([])
+        union_fs.create_overlay([])
     with pytest.raises(BadInput):
         overlay.mount_overlay([tmp_path], tmp_path / "u", tmp_path / "w", tmp_path / "m")
     colon = tmp_path / "a:b"
     colon.mkdir()
     with pytest.raises(BadInput):
-        overlay.create_overlay([colon])
+        union_fs.create_overlay([colon])
     assert not paths.scratch_dir().exists() or not any(paths.scratch_dir().iterdir())

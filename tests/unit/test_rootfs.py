@@ -7,6 +7,7 @@ import stat
 from labcore.kernel import rootfs, syscalls
 from labcore.kernel.process import run_in_child
 from labcore.kernel.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC
+from labcore.lessons import root_fs
 from labcore.lessons.evidence import Mode
 
 
@@ -91,6 +92,6 @@ def test_etc_files_name_the_container_and_never_follow_an_images_symlink(tmp_pat
 
 def test_a_refused_chroot_is_a_refused_step_with_the_reason(tmp_path):
     with syscalls.use(syscalls.Recorder(fail={"chroot": errno.EPERM, "unshare": errno.EPERM})):
-        step = rootfs.chroot_into(tmp_path)
+        step = root_fs.chroot_into(tmp_path)
     assert step.mode is Mode.NOT_PERMITTED
     assert "refused" in step.reason and "fix" in step.reason
