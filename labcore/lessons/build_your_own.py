@@ -49,6 +49,7 @@ from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
 from labcore.lessons import hosts, root_fs, union_fs
+from labcore.lessons.client_server import wait_for_listener
 from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.runtime import container, lifecycle, sequence
 from labcore.runtime.lifecycle import State
@@ -360,7 +361,8 @@ class Box:
         before = {"host listening": listening(os.getpid(), host_port),
                   "inside listening": listening(self.pid, container_port)}
         self.published = network.publish(self.endpoint, host_port, container_port, self.scope)  # EADDRINUSE: says so
-        inside = wait_for_listener(self.pid, container_port)
+        inside = [address for address in wait_for_listener(self.pid, container_port, REQUEST_TIMEOUT)
+                  if address.endswith(f":{container_port}")]
         self.reply = reply = http_get(self.published.host_ip, self.published.host_port)
         url = f"http://{self.published.host_ip}:{self.published.host_port}/"
         after = {"host listening": listening(os.getpid(), self.published.host_port),
@@ -595,17 +597,6 @@ def process_state(pid: int) -> str:
         return namespaces.status_field("State", pid)
     except OSError:
         return "gone"
-
-
-def wait_for_listener(pid: int, port: int, timeout: float = REQUEST_TIMEOUT) -> list[str]:
-    """The sockets listening on ``port`` in pid's network namespace, once there are any (or [] at timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = listening(pid, port)
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
 
 
 def http_get(host: str, port: int, timeout: float = 5.0) -> str:
