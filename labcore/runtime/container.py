@@ -105,12 +105,18 @@ def advance(container: Container, action: str) -> None:
 
 def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     """Everything up to the moment before execve: pid 1 waits in its new root for `start`. The steps are the
-    start sequence's (``labcore.runtime.sequence``), each counted there as it is done."""
+    start sequence's (``labcore.runtime.sequence``), in its order, each counted there as it begins."""
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
         make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
-        prepare_layers(container)
-        start_pid1(container, stdio)          # last: the processes, once everything they need exists
+        skipped = skipped_steps(container)
+        for name, step in CREATE_STEPS:
+            if name in skipped:
+                continue
+            container.progress.advance(name)
+            if step is not None:
+                step(container, stdio)
+        await_root(container, stdio)          # pid 1's own steps, done when it says so
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
         raise
@@ -118,39 +124,56 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     return container
 
 
-def prepare_layers(container: Container) -> None:
+def skipped_steps(container: Container) -> tuple[str, ...]:
+    """Steps this container has no use for: no -p, or a UTS namespace it shares (--uts host) and may not name."""
+    return (() if container.spec.publish else ("publish",)) + \
+        (("set_hostname",) if container.plan.shared & syscalls.CLONE_NEWUTS else ())
+
+
+def prepare_layers(container: Container, stdio: "Stdio") -> None:
     """The image's layers, each unpacked once and shared; this container's init layer (/etc/hostname, hosts,
     resolv.conf), upper and work dirs. pid 1 mounts them (``mount_overlay`` happens in its mount namespace)."""
-    container.progress.advance("layers")
     container.plan.layers = layers.prepare_root(container.plan.image, container.directory, container.plan.rootless)
     rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(container.spec))
 
 
-def start_pid1(container: Container, stdio: "Stdio") -> None:
-    """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
-    steps = container.progress
-    steps.advance("fork_child")
+def fork_shim(container: Container, stdio: "Stdio") -> None:
+    """The shim: a child still in every namespace of the host; it waits for the go-ahead to unshare."""
     container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
     container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
-    steps.advance("join_cgroup")              # before unshare: see the table for why
+
+
+def join_shim_cgroup(container: Container, stdio: "Stdio") -> None:
     join_cgroup(container, container.shim.pid)
-    steps.advance("unshare")
-    container.shim.send(prepare_network(container))      # the go-ahead, with a user namespace to join or None
+
+
+def unshare_shim(container: Container, stdio: "Stdio") -> None:
+    """The go-ahead, with a user namespace to join or None: the shim unshares, forks pid 1 and sends its pid."""
+    container.shim.send(prepare_network(container))
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
-    # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
-    # so the command's first connect() already finds eth0 (or at least a working loopback).
-    steps.advance("connect_network")
+
+
+def connect_pid1(container: Container, stdio: "Stdio") -> None:
+    """pid 1 exists, its net namespace too, and it has not run the command yet: its network now, so the
+    command's first connect() already finds eth0 (or at least a working loopback). -p's ports with it."""
     connect_network(container)
-    if container.published:
-        steps.advance("publish")
-    container.shim.recv()                     # "ready": pid 1 mounted the overlay, pivoted, named (``_pid1``)
-    for name in ("mount_overlay", "pivot_root") + (() if container.plan.shared & syscalls.CLONE_NEWUTS
-                                                   else ("set_hostname",)):
-        steps.advance(name)
+
+
+def await_root(container: Container, stdio: "Stdio") -> None:
+    """pid 1 mounts the overlay, pivots into it and names itself (``_pid1``, in that order), then says "ready"."""
+    container.shim.recv()
     if stdio.mode == "tty":
         stdio.take_terminal(receive_fd(container.shim.channel))
+
+
+# `labcore run` and labd's monitor walk the start sequence with these (the reasons for the order are in
+# labcore.runtime.sequence). A step without a function here is done by another: publish with the network
+# (connect_network), the last three by pid 1 itself (_pid1), which says "ready" when they are done.
+CREATE_STEPS = (("layers", prepare_layers), ("fork_child", fork_shim), ("join_cgroup", join_shim_cgroup),
+                ("unshare", unshare_shim), ("connect_network", connect_pid1), ("publish", None),
+                ("mount_overlay", None), ("pivot_root", None), ("set_hostname", None))
 
 
 def start(container: Container) -> None:
