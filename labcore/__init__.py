@@ -22,7 +22,8 @@ The package is built in layers, low to high; a module imports only from its own 
     labcore.lessons    one module per notebook: doctor (00), run_flow (01), client_server (02),
                        namespaces (03), control_groups (04), union_fs (05), root_fs (06), vs_vms (07),
                        build_your_own (08), security (09); and evidence (the Step), hosts (refusals
-                       explained), diagrams, display, widgets
+                       explained), exercises (the student's steps, checked from the kernel), diagrams,
+                       display, widgets
     labcore.cli        one `labcore` verb per module, with `docker`'s names and flags
 
 Where is...   pivot_root: kernel.rootfs.pivot_to   the memory limit: kernel.cgroups (v1.py, v2.py)

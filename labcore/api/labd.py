@@ -466,9 +466,10 @@ class Labd:
     journaled like any object the lab makes, so a crashed notebook's daemon is stopped by `labcore cleanup`.
     """
 
-    def __init__(self, socket: str | None = None, home: str | None = None):
+    def __init__(self, socket: str | None = None, home: str | None = None, tcp: str | None = None):
         self.socket = socket or socket_path()
         self.home = home                # its own LABCORE_HOME (images, containers); default: the caller's
+        self.tcp = tcp                  # 127.0.0.1:PORT: also listen there (`labcore daemon --tcp`)
         self.process = None
         self.scope = None
 
@@ -478,7 +479,8 @@ class Labd:
         self.scope = Scope()
         # A daemon killed with SIGKILL leaves its socket file behind: record it like any object.
         self.scope.record("file", self.socket, "unlink", path=self.socket)
-        self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket],
+        self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket,
+                                         *(["--tcp", self.tcp] if self.tcp else [])],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE,
                                         env={**os.environ, "LABCORE_HOME": self.home} if self.home else None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -217,7 +218,11 @@ def pull_image(request: Request):
     tag = request.query.get("tag")
     if tag:
         reference += ("@" if tag.startswith("sha256:") else ":") + tag
-    return Stream((json.dumps(event).encode() + b"\r\n" for event in engine.pull(reference)),
+    events = engine.pull(reference)
+    # dockerd fetches the manifest before it writes a byte, so an image the registry does not have is a 404
+    # answer ({"message": "manifest ... not found"}); only a later error travels in the 200's stream.
+    first = next(events)
+    return Stream((json.dumps(event).encode() + b"\r\n" for event in itertools.chain([first], events)),
                   "application/json")
 
 

@@ -779,3 +779,46 @@ def _request_while(runner: threading.Thread, port: int) -> str:
             break
         time.sleep(0.1)
     return reply
+
+
+# --- the same container as a compose file -----------------------------------------------------------------
+
+COMPOSERIZE_EXAMPLE = ("docker run -d --name web --hostname web -e GREETING=hello -p 127.0.0.1:8080:80 -m 64m "
+                       "--cpus 0.5 --cap-drop ALL --read-only --tmpfs /www busybox "
+                       "sh -c 'echo $GREETING > /www/index.html && exec httpd -f -p 80 -h /www'")
+
+
+def composerize(command: str = COMPOSERIZE_EXAMPLE) -> Step:
+    """`labcore composerize` turns a `docker run` command into a compose file; the real docker-compose reads it
+    back (`docker-compose config`): every flag a key, each value as compose understood it."""
+    import subprocess
+    import sys
+    made = subprocess.run([sys.executable, "-m", "labcore", "composerize", command], capture_output=True,
+                          text=True, timeout=60)
+    after = {"the command": command, "the file (labcore composerize)": made.stdout or made.stderr.strip()}
+    config = compose_config(made.stdout) if made.returncode == 0 else None
+    if config is not None:
+        after["as docker-compose reads it (config)"] = config.stdout if config.returncode == 0 else config.stderr
+    elif made.returncode == 0:
+        after["as docker-compose reads it (config)"] = ("not checked: docker-compose is not installed "
+                                                        "(apt-get install docker-compose)")
+    note = ("one flag, one key: `docker-compose up` makes the same container again from the file"
+            if made.returncode == 0 else "refused by name, and nothing written: the file could not say it")
+    return Step("docker run as a compose file", "labcore composerize 'COMMAND' > docker-compose.yml; "
+                "docker-compose config", after=after, mode=user_mode(), note=note,
+                data={"yaml": made.stdout, "error": made.stderr.strip(), "exit_code": made.returncode,
+                      "config": config.stdout if config else "",
+                      "config_exit_code": config.returncode if config else None})
+
+
+def compose_config(text: str):
+    """`docker-compose config` on ``text``, in a journaled scratch directory; None without docker-compose."""
+    import shutil
+    import subprocess
+    if not shutil.which("docker-compose"):
+        return None
+    with journal.Scope() as scope:
+        directory = journal.make_scratch(scope, "labcore-compose-")
+        Path(directory, "docker-compose.yml").write_text(text)
+        return subprocess.run(["docker-compose", "config"], cwd=directory, capture_output=True, text=True,
+                              timeout=60)

@@ -361,7 +361,7 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
     measured = {f"{mode} MiB/s": (f"{rate_of(free, mode):.1f}", f"{rate_of(held, mode):.2f}")
                 for mode in ("write", "read")}
     return Step(title, f"write {limit_file(writes)}; O_DIRECT write then read {megabytes} MiB",
-                before={k: v[0] for k, v in measured.items()},
+                columns=("limit off", "limit on"), before={k: v[0] for k, v in measured.items()},
                 after={**{k: v[1] for k, v in measured.items()}, "limit MiB/s": f"{bps / MiB:.2f}",
                        "bytes counted (read/write)": f"{stats.io_read_bytes}/{stats.io_write_bytes}"},
                 note="before: no limit; after: held near the limit. O_DIRECT bypasses the page cache, so "
@@ -401,7 +401,7 @@ def deny_device(device: str = "/dev/null", manager: Manager | None = None) -> St
     except _REFUSED as err:
         return hosts.refuse(title, action, err)
     said = lambda opened: "ok" if opened else "failed"      # noqa: E731
-    return Step(title, action,
+    return Step(title, action, columns=("device allowed", "device denied"),
                 before={"open inside": first.get("errno") or "ok", "open on the host": said(host_first)},
                 after={"open inside": second.get("errno") or "ok", "open on the host": said(host)},
                 note=f"inside, open({device}) now fails with {second.get('errno')}; the host still opens it",
@@ -439,7 +439,7 @@ def freeze_group(seconds: float = 0.5, manager: Manager | None = None) -> Step:
     stood_still = later == at_freeze and resumed > later
     return Step(title,
                 f"write {'freezer.state FROZEN' if run.manager.version == 'v1' else 'cgroup.freeze 1'}, "
-                f"wait {seconds} s, then thaw",
+                f"wait {seconds} s, then thaw", columns=("running", "frozen, then thawed"),
                 before={"group frozen": was_frozen, "counter": running, "/proc/PID/stat state": running_state},
                 after={"group frozen": frozen, "counter": f"{at_freeze} -> {later} ({seconds} s later)",
                        "/proc/PID/stat state": state, f"counter {seconds} s after thaw": resumed},

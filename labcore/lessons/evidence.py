@@ -117,6 +117,9 @@ class Step:
     data: dict[str, Any] = field(default_factory=dict)   # raw values, for tests and later steps
     recording: "Recording | None" = None   # for NOT_PERMITTED: the step as it ran on the reference host
     key: str = ""                       # what its recording is kept under; by default its title
+    # What the two columns hold, as the table's header names them: a moment (before, after) by default, or two
+    # sides of one comparison ("host", "inside"; "model", "kernel"; "--privileged", "default").
+    columns: tuple[str, str] = ("before", "after")
 
     @property
     def permitted(self) -> bool:
@@ -159,8 +162,9 @@ class Step:
         rows = self.rows()
         if rows:
             width = max(len(k) for k, _, _ in rows)
-            left = max(len("before"), *(len(b) for _, b, _ in rows if "\n" not in b))
-            lines.append(f"   {'':{width}}  {'before':{left}}  after")
+            first, second = self.columns
+            left = max(len(first), *(len(b) for _, b, _ in rows if "\n" not in b))
+            lines.append(f"   {'':{width}}  {first:{left}}  {second}")
             indent = "\n" + " " * (width + left + 7)      # a value of several lines stays in its column
             lines += [f"   {k:{width}}  {b:{left}}  {a.replace(chr(10), indent)}" for k, b, a in rows]
         if self.note:
@@ -186,7 +190,8 @@ class Step:
         if self.rows():
             body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{html_cell(b)}{html_cell(a)}</tr>"
                            for k, b, a in self.rows())
-            table = f"<table><tr><th></th><th>before</th><th>after</th></tr>{body}</table>"
+            first, second = map(esc, self.columns)
+            table = f"<table><tr><th></th><th>{first}</th><th>{second}</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
         return f"<div style='{WRAP}'>{head}{table}{note}</div>"
 
@@ -225,6 +230,7 @@ class Recording:
     wire: list[str]
     host: dict
     output: str = ""                     # what a step that is not a Step printed (a build's log), verbatim
+    columns: tuple[str, str] = ("before", "after")     # the table's header, as the Step named them
 
     def label(self) -> str:
         host = self.host
@@ -233,7 +239,7 @@ class Recording:
                 f"not run here")
 
     def as_step(self) -> Step:
-        step = Step(self.title, self.action, note=self.note, mode=Mode(self.mode))
+        step = Step(self.title, self.action, note=self.note, mode=Mode(self.mode), columns=tuple(self.columns))
         step.before = {name: before for name, before, _ in self.rows}
         step.after = {name: after for name, _, after in self.rows}
         return step
@@ -278,6 +284,6 @@ def record(step: Step, output: str = "") -> None:
         return
     entry = {"key": recording_key(step.key or step.title), "title": step.title, "action": step.action,
              "mode": step.mode.value, "rows": [] if output else [list(row) for row in step.rows()],
-             "note": step.note, "wire": step.wire(), "output": output}
+             "note": step.note, "wire": step.wire(), "output": output, "columns": list(step.columns)}
     with open(target, "a") as file:
         file.write(json.dumps(entry) + "\n")

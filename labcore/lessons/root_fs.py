@@ -85,7 +85,7 @@ def look_inside(root: str | os.PathLike) -> Step:
         return hosts.refuse("What is in the image", f"ls {root}", err)
     files = sum(len(names) for _, _, names in os.walk(root))
     after["files"] = files
-    return Step("What is in the image", f"ls {root}", before, after, current_mode(),
+    return Step("What is in the image", f"ls {root}", before, after, current_mode(), columns=("host", "image"),
                 note="an image is a directory of files: no kernel, no init, no host",
                 data={"path": str(root), "files": files, "inside": after["/ is"] == IMAGE_ROOT})
 
@@ -152,7 +152,7 @@ def compare_escapes(root: str | os.PathLike) -> Step:
         if not step.permitted:
             return Step.refused(title, action, step.reason)     # its reason, already explained
     return Step(title, action,
-                chrooted.after, pivoted.after, current_mode(),
+                chrooted.after, pivoted.after, current_mode(), columns=("after chroot", "after pivot_root"),
                 note="chroot is a change of directory; pivot_root changes the mount namespace's root",
                 data={"escaped_chroot": chrooted.data["escaped"], "escaped_pivot_root": pivoted.data["escaped"]})
 

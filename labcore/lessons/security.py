@@ -75,6 +75,7 @@ def capabilities_of(**flags) -> Step:
     after["Seccomp, NoNewPrivs"] = f"{inside['Seccomp']}, {inside['NoNewPrivs']}"
     return Step("Capabilities, decoded: this process (before) and the container's pid 1 (after)", action,
                 before, after, current_mode(), key=f"security.capabilities_of({flag_text(flags)})",
+                columns=("this process", "container's pid 1"),
                 note="bit N of a mask is capability N of capabilities(7); CapEff is what the kernel checks",
                 data={"inside": inside, "names": capabilities.decode(inside["CapEff"])})
 
@@ -185,7 +186,7 @@ def escape(name: str) -> Step:
                 "own root to open its disk (a device filter of the machine under this one): on an ordinary VM "
                 "--privileged mounts it")
     return Step(f"Escape: {title}", action, {"--privileged": said(privileged)}, {"default": said(default)},
-                current_mode(), key=f"security.escape({name})", note=note,
+                current_mode(), key=f"security.escape({name})", note=note, columns=("--privileged", "default"),
                 data={"privileged_worked": worked(privileged), "default_worked": worked(default),
                       "default_said": said(default)})
 
@@ -248,6 +249,7 @@ def masked_paths() -> Step:
         return hosts.refuse("Masked and read-only paths", action, err, key="security.masked_paths")
     return Step("Masked and read-only paths", action, dict(zip(PATH_PROBES, privileged)),
                 dict(zip(PATH_PROBES, default)), current_mode(), key="security.masked_paths",
+                columns=("--privileged", "default"),
                 note="lines counted: 0 where the file is masked; 'Read-only file system' where a bind is read-only",
                 data={"mounts": mounts.splitlines(), "masked": list(confinement.MASKED_PATHS),
                       "read_only": list(confinement.READONLY_PATHS)})

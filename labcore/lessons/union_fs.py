@@ -451,8 +451,8 @@ def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
     return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
                 "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
-                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees",
-                note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees", columns=("model", "kernel"),
+                note=f"the model's prediction beside the kernel's answer; they agree on the "
                                     f"results, the upperdir and all {len(merged)} merged paths: {agree}",
                 data={"agree": agree, "predicted": predicted, "actual": actual})
 

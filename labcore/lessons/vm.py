@@ -525,6 +525,7 @@ def boot_marker(timeout: float | None = None) -> Step:
         title=title,
         action=f"{QEMU} -accel {accel} -kernel {kernel.image.name} -initrd busybox+/init",
         before=host,
+        columns=("host", "guest VM"),
         after={"kernel release": guest["release"], "boot_id": guest["boot_id"]},
         note=(f"the guest booted its own kernel: its marker arrived {guest['seconds']:.2f} s after qemu "
               f"started ({guest['uptime']} s of it in the guest's kernel; {accel}: {why})"),

@@ -122,6 +122,18 @@ def defence(monkeypatch, tmp_path):
     return security.defence_dot(4242, "labcore-defence", layers)
 
 
+# 02's live tree of Docker's processes, before and after dockerd's SIGKILL, as /proc showed them on the VM.
+DOCKER_TREE = {
+    "before": {"dockerd": {"pid": 23102, "name": "dockerd", "ppid": 23098, "state": "sleeping", "parent": "python3"},
+               "containerd": {"pid": 23110, "name": "containerd", "ppid": 23102, "state": "sleeping"},
+               "shim": {"pid": 23218, "name": "containerd-shim", "ppid": 1, "state": "sleeping",
+                        "parent": "systemd"},
+               "container": {"pid": 23240, "name": "sleep", "ppid": 23218, "state": "sleeping"}},
+    "after": {"dockerd": {"pid": 23102, "state": "gone"}, "containerd": {"pid": 23110, "state": "zombie"},
+              "shim": {"pid": 23218, "name": "containerd-shim", "ppid": 1, "state": "sleeping"},
+              "container": {"pid": 23240, "name": "sleep", "ppid": 23218, "state": "sleeping"}}}
+
+
 SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
@@ -129,6 +141,8 @@ SAMPLES = {
         {"client": {"pid": 4242, "fd": 57}, "socket": "/home/student/.local/state/labcore/tmp/labd.sock",
          "mode": "srw-rw----", "daemon": {"pid": 4299, "user": "student", "listening_fd": 3,
                                           "accepted": {"fd": 12, "inode": 31549}}}),
+    "labcore.lessons.client_server:docker_tree_dot": lambda monkeypatch, tmp_path: client_server.docker_tree_dot(
+        DOCKER_TREE),
     "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
     "labcore.lessons.namespaces:membership_dot": membership,
     "labcore.lessons.namespaces:process_tree_dot": process_tree,
