@@ -33,6 +33,7 @@ from pathlib import Path
 
 from labcore.errors import LabError, NotSupportedHere, from_oserror
 from labcore.kernel import journal, syscalls, userns
+from labcore.kernel.cgroups import unescape_mountinfo
 from labcore.kernel.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
 from labcore.kernel.process import Child, exit_code
 
@@ -216,7 +217,7 @@ def cgroup_hierarchies(mountinfo_text: str, read=lambda path: Path(path).read_te
         fstype, _, options = (after.split() + ["", "", ""])[:3]
         if fstype not in ("cgroup", "cgroup2"):
             continue
-        root, mountpoint = (_unescape(f) for f in before.split()[3:5])
+        root, mountpoint = (unescape_mountinfo(f) for f in before.split()[3:5])
         if fstype == "cgroup":
             found.append(Hierarchy(1, mountpoint, root, sorted(V1_CONTROLLERS & set(options.split(",")))))
         else:
@@ -226,11 +227,6 @@ def cgroup_hierarchies(mountinfo_text: str, read=lambda path: Path(path).read_te
                 controllers = []
             found.append(Hierarchy(2, mountpoint, root, controllers))
     return found
-
-
-def _unescape(text: str) -> str:
-    # mountinfo writes a space in a path as \040 (proc(5)).
-    return text.encode().decode("unicode_escape")
 
 
 def cgroup_layout(hierarchies: list[Hierarchy]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.image import oci
+from labcore.image import baseimage, oci
 from labcore.kernel import journal, process, syscalls, userns
 from labcore.kernel.namespaces import make_mounts_private
 from labcore.kernel.rootfs import bind_root, pivot_to
@@ -51,7 +51,7 @@ def unpack(image, destination: str | os.PathLike, undo: journal.Scope | journal.
 def make_rootfs(image=None) -> Path:
     """The busybox image (or ``image``) unpacked into ``labcore-rootfs-<id>`` under the scratch directory."""
     if image is None:
-        image = oci.ensure_base_image()
+        image = baseimage.ensure_base_image()
     directory = paths.scratch_dir() / f"{paths.PREFIX}-rootfs-{secrets.token_hex(6)}"
     return unpack(image, directory, journal.Journal())
 

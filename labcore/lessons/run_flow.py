@@ -284,7 +284,7 @@ def socket_in(directory: str, name: str, scope) -> str:
 def push_base_image(reference: str) -> list[dict]:
     """The lab's busybox into the registry as ``reference``: blobs, then the manifest (labcore.image.registry.push)."""
     from labcore.image import registry
-    from labcore.image.oci import ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
     return list(registry.push(ensure_base_image(), reference))
 
 
@@ -474,12 +474,10 @@ def read_output(stage: Stage) -> FlowStep:
 
 
 def split_frames(body: bytes) -> list[tuple[int, bytes]]:
-    frames = []
-    while len(body) >= 8:
-        size = int.from_bytes(body[4:8], "big")
-        frames.append((body[0], body[8:8 + size]))
-        body = body[8 + size:]
-    return frames
+    """(stream, data) of each frame, read as the client reads them (``labcore.api.client.read_frames``)."""
+    import io
+    from labcore.api.client import read_frames
+    return list(read_frames(io.BytesIO(body).read))
 
 
 def wait_for_exit(stage: Stage) -> FlowStep:

@@ -59,9 +59,10 @@ def test_a_chunked_body_is_read_as_its_chunks_and_a_json_body_is_bounded():
 def test_a_bad_content_length_is_answered_400_and_a_deep_body_too(tmp_path):
     import socket
     import threading
-    import labcore.api.routes  # noqa: F401 - the routes, /_ping among them
+    from labcore.api import routes
     path = str(tmp_path / "labcore-t.sock")
     server = labd.bind_unix(path)
+    server.routes = routes.table()              # as labd.serve is given them: /_ping among them
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         def ask(raw: bytes) -> bytes:

@@ -72,8 +72,9 @@ class Layout:
     v2: Path | None = None                                      # the cgroup2 mount point
 
 
-def _unescape(field_text: str) -> str:
-    # mountinfo writes space, tab, newline and backslash in paths as octal escapes: \040 etc.
+def unescape_mountinfo(field_text: str) -> str:
+    """A path field of /proc/PID/mountinfo as it is: space, tab, newline and backslash are written as octal
+    escapes, \\040 etc. (proc(5))."""
     return field_text.encode().decode("unicode_escape")
 
 
@@ -89,7 +90,7 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
         left, sep, right = line.partition(" - ")
         if not sep:
             continue
-        point = Path(root, _unescape(left.split()[4]).lstrip("/"))
+        point = Path(root, unescape_mountinfo(left.split()[4]).lstrip("/"))
         fstype, _source, options = (right.split() + ["", ""])[:3]
         if fstype == "cgroup2" and v2 is None:
             v2 = point
