@@ -36,13 +36,13 @@ class Workspace:
     """What the rows share, made once, under one journaled ``labcore-bench-<hex>`` directory."""
 
     def __init__(self, scope: journal.Scope, stack: ExitStack):
-        from labcore.image import oci
+        from labcore.image import baseimage, oci
         self.scope, self.stack = scope, stack
         self.dir = paths.scratch_dir() / f"{paths.PREFIX}-bench-{secrets.token_hex(4)}"
         self.dir.mkdir(parents=True)
         scope.record("directory", str(self.dir), "rmtree", path=str(self.dir))
         self.rootfs = self.dir / "rootfs"
-        oci.Store().unpack(oci.ensure_base_image(), self.rootfs)
+        oci.Store().unpack(baseimage.ensure_base_image(), self.rootfs)
         self.bundle = write_bundle(self.dir / "bundle", self.rootfs)
         self._runs = itertools.count()
         self.made = [self.dir]          # directories (and cgroup names) that must be gone afterwards

@@ -93,7 +93,7 @@ def no_container_left(busybox_image):
 @pytest.fixture
 def busybox_image():
     """The base image, built into the shared store the first time a test asks for it."""
-    from labcore.image.oci import ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
     return ensure_base_image()
 
 

@@ -93,7 +93,7 @@ def constraints() -> str:
     return LOCK.read_text() if LOCK.exists() else ""
 
 
-def image_key(kernel: vm.Kernel, pinned: str) -> str:
+def image_key(kernel: vm.GuestKernel, pinned: str) -> str:
     """A name for the image from everything that goes into it: a change to any of them builds a new one."""
     recipe = "\n".join([str(RECIPE), SUITE, *MIRRORS, *packages(), pinned, kernel.release, EXTRAS,
                         GUEST_PROJECT, GUEST_KERNEL_CACHE, HOSTNAME, (ROOT / "pyproject.toml").read_text()])
@@ -125,7 +125,7 @@ def forget_stale_images(keep: Path, days: float = 2) -> None:
             stale.unlink(missing_ok=True)
 
 
-def build_image(kernel: vm.Kernel, image: Path, log=print) -> None:
+def build_image(kernel: vm.GuestKernel, image: Path, log=print) -> None:
     """Wheels first (pip on this host), then the root filesystem (mmdebstrap), then the ext4 file."""
     for program, package in (("mmdebstrap", "mmdebstrap"), ("mkfs.ext4", "e2fsprogs")):
         if not shutil.which(program):
@@ -180,7 +180,7 @@ wanted = project["dependencies"] + [r for extra in sys.argv[2].split(",")
 print("\\n".join(wanted))"""
 
 
-def make_rootfs(kernel: vm.Kernel, work: Path, rootfs: Path) -> None:
+def make_rootfs(kernel: vm.GuestKernel, work: Path, rootfs: Path) -> None:
     """mmdebstrap as root into a directory; its hooks put in the kernel's modules and build /lab/.venv."""
     tree = kernel.modules.parents[2]                 # ~/.cache/labcore-vm/linux-image-...
     cached = f"{GUEST_KERNEL_CACHE}/labcore-vm/{tree.name}"
@@ -312,7 +312,8 @@ def execute(notebooks: list[Path], log=print) -> int:
         out = Path(tempfile.mkdtemp(prefix="labcore-labvm-out-", dir=scratch))
         scope.record("directory", str(out), "rmtree", path=str(out))
         # The notebooks and diagrams/ go back (07 redraws diagrams/stacks.* with what it measured).
-        command = (f"{{ .venv/bin/python -c 'from labcore.image.oci import ensure_base_image; ensure_base_image()' "
+        busybox = "from labcore.image.baseimage import ensure_base_image; ensure_base_image()"
+        command = (f"{{ .venv/bin/python -c '{busybox}' "
                    f"&& .venv/bin/python tools/execute_notebooks.py {shlex.join(names)}; }} >/mnt/out/log 2>&1; "
                    f"status=$?; cp --parents {shlex.join(names)} diagrams/* /mnt/out/; exit $status")
         started = time.monotonic()

@@ -29,13 +29,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 import sys
 from typing import Callable, Iterator
 
+from labcore.api.schema import FRAME        # Docker's 8-byte frame header: labd writes it, the client reads it
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, from_oserror
 
-FRAME = struct.Struct(">BxxxI")
 ENVIRONMENT = "LABCORE_HOST"            # as DOCKER_HOST names the daemon for `docker`
 
 
@@ -126,10 +125,12 @@ class Remote:
     def request(self, method: str, path: str, body=None, headers=None, **query):
         """Send one request; yield the response to read or stream, or raise the error it carried."""
         from urllib.parse import quote, urlencode
-        url = "/v1.45" + quote(path) + ("?" + urlencode(query) if query else "")
+        url = "/v1.45" + quote(path) + ("?" + urlencode(query, doseq=True) if query else "")
         connection = self.connection()
+        if body is not None and not hasattr(body, "read"):      # a file (a tar) goes as it is, chunked
+            body = json.dumps(body).encode()
         try:
-            connection.request(method, url, body=None if body is None else json.dumps(body).encode(),
+            connection.request(method, url, body=body,
                                headers={"Content-Type": "application/json", "Connection": "close",
                                         **(headers or {})})
             with connection.getresponse() as response:
@@ -205,6 +206,56 @@ class Remote:
     def images(self) -> list[dict]:
         return self.call("GET", "/images/json")
 
+    def image_inspect(self, ref: str) -> dict:
+        return self.call("GET", f"/images/{ref}/json")
+
+    def image_remove(self, ref: str, force: bool = False) -> list[str]:
+        """`docker rmi`'s lines: "Untagged: NAME", then "Deleted: DIGEST" once the last name has gone."""
+        return [f"{key}: {value}" for line in self.call("DELETE", f"/images/{ref}", force=int(force))
+                for key, value in line.items()]
+
+    def image_tag(self, source: str, target: str) -> None:
+        repo, tag = split_tag(target)
+        self.call("POST", f"/images/{source}/tag", repo=repo, **({"tag": tag} if tag else {}))
+
+    def image_load(self, tar) -> list[str]:
+        """`docker load`: the tar (a path or a file object) streamed up, chunked; "Loaded image: NAME" lines."""
+        if isinstance(tar, str):
+            if os.path.isdir(tar):
+                raise BadInput(f"{tar} is a directory: labd loads a tar archive",
+                               fix=f"tar -C {tar} -cf - . | labcore load")
+            with open(tar, "rb") as file:
+                return self.image_load(file)
+        with self.request("POST", "/images/load", tar, headers={"Content-Type": "application/x-tar"}) as answer:
+            return [event["stream"].rstrip("\n") for event in json_lines(iter(answer.readline, b""))
+                    if "stream" in event]
+
+    def image_save(self, names: list[str], out) -> None:
+        """`docker save`: the tar streamed down into ``out`` (a path or a file object)."""
+        if isinstance(out, str):
+            with open(out, "wb") as file:
+                return self.image_save(names, file)
+        with self.request("GET", "/images/get", names=names) as answer:
+            while chunk := answer.read(1 << 16):
+                out.write(chunk)
+
+    def image_build(self, context: str, labfile: str | None = None, tag: str | None = None) -> None:
+        """`docker build`: the context goes up as a tar, Docker's {"stream": ...} lines come back as they are
+        made. A Labfile outside the context travels in the tar under a name of its own, as the docker CLI does."""
+        import tempfile
+        with tempfile.TemporaryFile(prefix="labcore-context-") as tar:
+            dockerfile = context_tar(context, labfile, tar)
+            query = {"dockerfile": dockerfile, **({"t": tag} if tag else {})}
+            with self.request("POST", "/build", tar, headers={"Content-Type": "application/x-tar"},
+                              **query) as answer:
+                for event in json_lines(iter(answer.readline, b"")):
+                    print(event.get("stream", ""), end="", flush=True)
+
+    def container_commit(self, ref: str, reference: str, comment: str = "") -> str:
+        repo, tag = split_tag(reference)
+        return self.call("POST", "/commit", container=ref, repo=repo, comment=comment,
+                         **({"tag": tag} if tag else {}))["Id"]
+
     def network_create(self, name: str, subnet=None, labels=None, options=None, driver="bridge") -> str:
         pools = [{"Subnet": subnet}] if subnet else []
         body = {"Name": name, "CheckDuplicate": True, "Driver": driver, "Labels": labels or {},
@@ -229,6 +280,29 @@ class Remote:
 
     def network_prune(self) -> list[str]:
         return self.call("POST", "/networks/prune")["NetworksDeleted"] or []
+
+
+def split_tag(reference: str) -> tuple[str, str]:
+    """NAME[:TAG] as the API's ?repo= and ?tag= (a ':' in a registry's host:port is not a tag's)."""
+    name, colon, tag = reference.rpartition(":")
+    return (name, tag) if colon and "/" not in tag else (reference, "")
+
+
+def context_tar(context: str, labfile: str | None, out) -> str:
+    """The build context as a tar written to ``out``; the Labfile's name inside it, for ?dockerfile=."""
+    import tarfile
+    context = os.path.abspath(context)
+    if not os.path.isdir(context):
+        raise BadInput(f"unable to prepare context: path {context!r} not found", fix="give a directory")
+    labfile = os.path.abspath(labfile) if labfile else os.path.join(context, "Labfile")
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        tar.add(context, ".")
+        inside = os.path.relpath(labfile, context)
+        if inside.startswith(".."):                 # outside the context: it travels under a name of its own
+            inside = ".labcore-labfile"
+            tar.add(labfile, inside)
+    out.seek(0)
+    return inside
 
 
 def body_from_spec(spec) -> dict:
@@ -340,8 +414,39 @@ class Local:
         return self.engine.pull(ref)
 
     def images(self) -> list[dict]:
-        from labcore.api.routes import image_summary
-        return [image_summary(image) for image in self.engine.images()]
+        from labcore.api.routes import image_summaries
+        return image_summaries()
+
+    def image_inspect(self, ref: str) -> dict:
+        from labcore.api.routes import image_inspect
+        return image_inspect(self.engine.image(ref))
+
+    def image_remove(self, ref: str, force: bool = False) -> list[str]:
+        from labcore.image.oci import Store
+        from labcore.runtime import images
+        return images.remove(Store(), ref, force)
+
+    def image_tag(self, source: str, target: str) -> None:
+        from labcore.image.oci import Store
+        from labcore.runtime import images
+        images.tag(Store(), source, target)
+
+    def image_load(self, tar) -> list[str]:
+        from labcore.image import archive
+        return archive.load(tar)
+
+    def image_save(self, names: list[str], out) -> None:
+        from labcore.image import archive
+        archive.save(names, out)
+
+    def image_build(self, context: str, labfile: str | None = None, tag: str | None = None) -> None:
+        from labcore.runtime import build
+        build.build(context, labfile, tag, echo=True)
+
+    def container_commit(self, ref: str, reference: str, comment: str = "") -> str:
+        from labcore.image.oci import split_reference
+        from labcore.runtime import build
+        return build.commit_image(self.engine.find(ref), *split_reference(reference), comment).id
 
     def network_create(self, name: str, subnet=None, labels=None, options=None, driver="bridge") -> str:
         from labcore.runtime import networks

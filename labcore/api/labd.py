@@ -29,6 +29,7 @@ import urllib.parse
 from typing import Callable, Iterator
 
 from labcore import paths
+from labcore.api.schema import ApiError, query_bool
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, NotSupportedHere
 
 API_VERSION = "1.45"
@@ -39,14 +40,6 @@ MAX_STREAM_BODY = 16 << 30     # a tar upload (load, build, import, put archive)
 
 def socket_path() -> str:
     return str(paths.home() / "labd.sock")
-
-
-class ApiError(Exception):
-    """An answer in Docker's error shape: ``{"message": ...}`` with an HTTP status."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def status_for(error: LabError) -> int:
@@ -139,7 +132,6 @@ class Request:
         return path
 
     def flag(self, name: str, default: bool = False) -> bool:
-        from labcore.api.schema import query_bool
         return query_bool(self.query, name, default)
 
 
@@ -228,10 +220,11 @@ def api_version(path: str) -> tuple[str, str | None]:
     return rest, version
 
 
-def dispatch(request: Request):
-    """Find the route, check and strip the API version prefix (/v1.45/...), call the handler."""
+def dispatch(request: Request, routes: list | None = None):
+    """Find the route (in ``routes``, else every one registered), check and strip the API version prefix
+    (/v1.45/...), call the handler."""
     path, request.version = api_version(request.path)
-    for method, regex, handler in ROUTES:
+    for method, regex, handler in ROUTES if routes is None else routes:
         match = regex.match(path)
         if match and method == request.method:
             return handler(request, **{k: urllib.parse.unquote(v) for k, v in match.groupdict().items()})
@@ -256,7 +249,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         request = None
         try:
             request = Request(self.command, url.path, dict(pairs), reader=self.body_reader(), multi=multi)
-            self.answer(dispatch(request))
+            self.answer(dispatch(request, self.server.routes))
         except ApiError as err:
             self.close_connection = self.close_connection or err.status == 413
             self.answer_json(err.status, {"message": str(err)})
@@ -391,12 +384,14 @@ class UnixServer(QuietAboutHangups, socketserver.ThreadingMixIn, socketserver.Un
     daemon_threads = True
     request_queue_size = 128      # listen(2) backlog; the default 5 refuses a burst of clients (EAGAIN)
     verbose = False
+    routes = None                 # the table serve() was given; None: every route registered
 
 
 class TcpServer(QuietAboutHangups, socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     request_queue_size = 128
     verbose = False
+    routes = None
 
 
 def bind_unix(path: str) -> UnixServer:
@@ -432,12 +427,12 @@ def bind_tcp(address: str) -> TcpServer:
     return TcpServer((host.strip("[]"), int(port)), Handler)
 
 
-def serve(socket: str | None = None, tcp: str | None = None, verbose: bool = False) -> None:
-    """Run until interrupted. Routes come from labcore.api.routes (imported here for their side effect)."""
-    import labcore.api.routes  # noqa: F401 - registers the routes
+def serve(routes: list, socket: str | None = None, tcp: str | None = None, verbose: bool = False) -> None:
+    """Run until interrupted, answering with ``routes`` (`labcore daemon` passes ``labcore.api.routes.table()``):
+    the transport is given its routes, it does not import them, so the routes may import the transport."""
     servers = [bind_unix(socket or socket_path())] + ([bind_tcp(tcp)] if tcp else [])
     for server in servers:
-        server.verbose = verbose
+        server.verbose, server.routes = verbose, routes
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"labd: listening on unix://{socket or socket_path()}" + (f" and tcp://{tcp}" if tcp else ""),
@@ -471,9 +466,10 @@ class Labd:
     journaled like any object the lab makes, so a crashed notebook's daemon is stopped by `labcore cleanup`.
     """
 
-    def __init__(self, socket: str | None = None, home: str | None = None):
+    def __init__(self, socket: str | None = None, home: str | None = None, tcp: str | None = None):
         self.socket = socket or socket_path()
         self.home = home                # its own LABCORE_HOME (images, containers); default: the caller's
+        self.tcp = tcp                  # 127.0.0.1:PORT: also listen there (`labcore daemon --tcp`)
         self.process = None
         self.scope = None
 
@@ -483,7 +479,8 @@ class Labd:
         self.scope = Scope()
         # A daemon killed with SIGKILL leaves its socket file behind: record it like any object.
         self.scope.record("file", self.socket, "unlink", path=self.socket)
-        self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket],
+        self.process = subprocess.Popen([sys.executable, "-m", "labcore", "daemon", "--socket", self.socket,
+                                         *(["--tcp", self.tcp] if self.tcp else [])],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE,
                                         env={**os.environ, "LABCORE_HOME": self.home} if self.home else None)

@@ -23,22 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
 import re
-import struct
 import time
 from datetime import datetime, timezone
 
 from labcore import __version__
 from labcore.api import labd, schema
 from labcore.api.labd import ApiError, Request, Stream, route
-from labcore.api.schema import Invalid, query_int, signal_number
+from labcore.api.schema import Invalid, frame, query_int, signal_number
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel import procfs
 from labcore.kernel.journal import Scope
-from labcore.runtime import engine
+from labcore.runtime import engine, lifecycle
 from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
 from labcore.units import human_duration
@@ -57,10 +57,6 @@ def epoch(rfc3339_text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return 0.0
-
-
-def frame(stream: int, data: bytes) -> bytes:
-    return struct.pack(">BxxxI", stream, len(data)) + data
 
 
 # --- the daemon itself ------------------------------------------------------------------------------------
@@ -133,40 +129,61 @@ def tags_of(image_id: str) -> list[str]:
     return [f"{i.name}:{i.tag}" for i in engine.images() if i.id == image_id and i.name != "<none>"]
 
 
+def digests_of(image_id: str) -> list[str]:
+    """NAME@sha256:<manifest digest> for each name of the image: what a registry calls it."""
+    return sorted({f"{i.name}@{i.digest}" for i in engine.images() if i.id == image_id and i.name != "<none>"})
+
+
 def image_summary(image) -> dict:
-    return {"Id": image.id, "ParentId": parent_of(image), "RepoTags": tags_of(image.id), "RepoDigests": [],
+    return {"Id": image.id, "ParentId": parent_of(image), "RepoTags": tags_of(image.id),
+            "RepoDigests": digests_of(image.id),
             "Created": int(epoch(image.created)), "Size": image.size, "SharedSize": -1, "Labels": {},
             "Containers": -1}
 
 
 def parent_of(image) -> str:
     """The image a commit or build step started from, as the config records it (Docker's "parent")."""
+    return config_of(image).get("parent", "")
+
+
+def config_of(image) -> dict:
+    """The image's config blob (its history, author, comment); {} when it cannot be read."""
     from labcore.image.oci import Store
     try:
-        return json.loads(Store().read_blob(image.id)).get("parent", "")
+        return json.loads(Store().read_blob(image.id))
     except (LabError, OSError, ValueError):
-        return ""
+        return {}
 
 
 def image_inspect(image) -> dict:
-    return {"Id": image.id, "RepoTags": tags_of(image.id), "RepoDigests": [], "Parent": parent_of(image),
-            "Comment": "", "Created": image.created, "Architecture": engine.architecture(), "Os": "linux",
+    """`docker image inspect`: RepoDigests pair each name with its manifest's digest; RootFS.Layers are the
+    diff_ids (the uncompressed layers' digests, not the blobs'); History is what `docker history` shows."""
+    config = config_of(image)
+    return {"Id": image.id, "RepoTags": tags_of(image.id), "RepoDigests": digests_of(image.id),
+            "Parent": config.get("parent", ""), "Comment": config.get("comment", ""), "Created": image.created,
+            "Author": config.get("author", ""), "Architecture": engine.architecture(), "Os": "linux",
             "Size": image.size, "Config": image.config, "ContainerConfig": image.config,
-            "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in image.layers]}}
+            "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in image.layers]},
+            "History": config.get("history", [])}
 
 
 @route("GET", "/images/json")
 def list_images(request: Request):
     from labcore.image.oci import split_reference
-    unique = {image.id: image for image in reversed(engine.images())}     # one row per ID, as Docker
     wanted = filters(request).get("reference") or ([request.query["filter"]] if request.query.get("filter")
                                                    else [])
-    rows = [image_summary(image) for image in reversed(unique.values())]
+    rows = image_summaries()
     if wanted:
         names = {":".join(split_reference(ref)) if ":" in ref.rpartition("/")[2] else ref for ref in wanted}
         rows = [row for row in rows if any(tag in names or tag.rpartition(":")[0] in names
                                            for tag in row["RepoTags"])]
     return rows
+
+
+def image_summaries() -> list[dict]:
+    """Every image once, by ID, as Docker lists them (`docker images` shows a row for each of its RepoTags)."""
+    unique = {image.id: image for image in reversed(engine.images())}
+    return [image_summary(image) for image in reversed(unique.values())]
 
 
 def filters(request: Request) -> dict[str, list[str]]:
@@ -202,7 +219,11 @@ def pull_image(request: Request):
     tag = request.query.get("tag")
     if tag:
         reference += ("@" if tag.startswith("sha256:") else ":") + tag
-    return Stream((json.dumps(event).encode() + b"\r\n" for event in engine.pull(reference)),
+    events = engine.pull(reference)
+    # dockerd fetches the manifest before it writes a byte, so an image the registry does not have is a 404
+    # answer ({"message": "manifest ... not found"}); only a later error travels in the 200's stream.
+    first = next(events)
+    return Stream((json.dumps(event).encode() + b"\r\n" for event in itertools.chain([first], events)),
                   "application/json")
 
 
@@ -236,24 +257,22 @@ def changes_of(request: Request) -> list[str]:
 
 @route("DELETE", "/images/{name*}")
 def remove_image(request: Request, name: str):
-    """`docker rmi`: [{"Untagged": name}], and {"Deleted": ...} once the last name has gone (`labcore rmi`)."""
-    from labcore.cli import rmi
+    """`docker rmi`: [{"Untagged": name}], and {"Deleted": ...} once the last name has gone."""
     from labcore.image.oci import Store
-    lines = rmi.remove(Store(), name, force=request.flag("force"))
+    from labcore.runtime import images
+    lines = images.remove(Store(), name, force=request.flag("force"))
     return [dict([line.split(": ", 1)]) for line in lines]
 
 
 @route("POST", "/images/{name*}/tag")
 def tag_image(request: Request, name: str):
-    from labcore.cli.tag import split_target
     from labcore.image.oci import Store
+    from labcore.runtime import images
     repo = request.query.get("repo") or ""
     target = f"{repo}:{request.query['tag']}" if request.query.get("tag") else repo
     if not repo:
         raise Invalid("repository name must have at least one component")
-    new_name, new_tag = split_target(target)
-    store = Store()
-    store.point(store.descriptor(store.resolve(name)), new_name, new_tag)
+    images.tag(Store(), name, target)
     return 201, None
 
 
@@ -305,19 +324,12 @@ def load_images(request: Request):
 @route("POST", "/images/prune")
 def prune_images(request: Request):
     """Untagged images no container uses; with dangling=false, every image no container uses."""
-    from labcore.cli import rmi
     from labcore.image.oci import Store
+    from labcore.runtime import images
     only_dangling = filters(request).get("dangling", ["true"])[0].lower() in ("1", "true")
-    store, deleted, space = Store(), [], 0
     used = {r.config.get("image_id") for r in engine.containers(everything=True)}
-    for image in {i.id: i for i in store.list()}.values():
-        if image.id in used or (only_dangling and tags_of(image.id)):
-            continue
-        with contextlib.suppress(LabError):
-            space += image.size
-            deleted += [dict([line.split(": ", 1)]) for line in rmi.delete(store, image, [
-                other for other in store.list() if other.id == image.id and other.name != "<none>"])]
-    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": space}
+    lines, space = images.prune(Store(), used, only_dangling)
+    return {"ImagesDeleted": [dict([line.split(": ", 1)]) for line in lines] or None, "SpaceReclaimed": space}
 
 
 @route("POST", "/commit")
@@ -599,7 +611,7 @@ def command_text(record: Record) -> str:
 
 
 def container_summary(record: Record) -> dict:
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     return {"Id": record.id, "Names": [f"/{record.name}"], "Image": record.image,
             "ImageID": record.config.get("image_id", ""), "Command": command_text(record),
             "Created": int(record.created), "State": record.state.value, "Status": status_text(record),
@@ -629,7 +641,7 @@ def mounts_of(record: Record, asked: dict) -> list[dict]:
 
 def container_inspect(record: Record) -> dict:
     spec, argv = record.config.get("spec", {}), record.config.get("argv") or [""]
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     config, host = asked.get("Config", {}), asked.get("HostConfig", {})
     env = list(record.config.get("env", []))
     env += [item for item in spec.get("env", []) if "=" not in item and item not in env]   # `-e Foo` as sent
@@ -710,7 +722,7 @@ def list_containers(request: Request):
 
 
 def matches(record: Record, wanted: dict) -> bool:
-    labels = engine.requested(record.id).get("Config", {}).get("Labels") or {}
+    labels = lifecycle.requested(record.id).get("Config", {}).get("Labels") or {}
     return all((key != "status" or record.state.value in values) and
                (key != "name" or any(v.lstrip("/") in record.name for v in values)) and
                (key != "id" or any(record.id.startswith(v) for v in values)) and
@@ -824,7 +836,7 @@ def attach_container(request: Request, ref: str):
 @route("GET", "/containers/{ref}/logs")
 def container_logs(request: Request, ref: str):
     record = engine.find(ref)
-    if (engine.requested(record.id).get("HostConfig", {}).get("LogConfig") or {}).get("Type") == "none":
+    if (lifecycle.requested(record.id).get("HostConfig", {}).get("LogConfig") or {}).get("Type") == "none":
         raise ApiError(501, 'configured logging driver does not support reading')
     wanted = {1} if request.flag("stdout") else set()
     wanted |= {2} if request.flag("stderr") else set()
@@ -968,7 +980,7 @@ def archive_path(request: Request) -> str:
 def remove_container(request: Request, ref: str):
     from labcore.runtime import volumes
     record = engine.find(ref)
-    anonymous = engine.requested(record.id).get("AnonymousVolumes") or []
+    anonymous = lifecycle.requested(record.id).get("AnonymousVolumes") or []
     engine.remove(record.id, force=request.flag("force"))
     if request.flag("v"):
         for name in anonymous:
@@ -983,12 +995,12 @@ def remove_link(request: Request, ref: str, alias: str):
     if not request.flag("link"):
         raise NotFound(f"No such container: {ref}/{alias}")
     record = engine.find(ref)
-    asked = engine.requested(record.id)
+    asked = lifecycle.requested(record.id)
     links = asked.get("HostConfig", {}).get("Links") or []
     kept = [link for link in links if link.partition(":")[2] != alias]
     if len(kept) == len(links):
         raise NotFound(f"Could not find link /{record.name}/{alias}")
-    engine.save_requested(record.id, {**asked, "HostConfig": {**asked.get("HostConfig", {}), "Links": kept}})
+    lifecycle.save_requested(record.id, {**asked, "HostConfig": {**asked.get("HostConfig", {}), "Links": kept}})
 
 
 # --- exec: a second process in a running container's namespaces --------------------------------------------
@@ -1194,3 +1206,8 @@ def disconnect_network(request: Request, ref: str):
 def prune_networks(request: Request):
     from labcore.runtime import networks
     return {"NetworksDeleted": networks.prune() or None}
+
+
+def table() -> list:
+    """Every route above, as ``labd.serve`` takes them: labd is the transport, and imports no route."""
+    return list(labd.ROUTES)

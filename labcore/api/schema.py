@@ -18,8 +18,24 @@ Next: ``labcore.api.routes`` turns the checked body into a ``Spec``.
 from __future__ import annotations
 
 import math
+import struct
 
-from labcore.api.labd import ApiError
+# Docker's multiplexed framing of a container's output (logs, attach, exec): one byte for the stream (1 stdout,
+# 2 stderr), three zero bytes, the payload's length as a big-endian uint32, the payload. labd writes it, the
+# client reads it: one definition for both ends.
+FRAME = struct.Struct(">BxxxI")
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    return FRAME.pack(stream, len(data)) + data
+
+
+class ApiError(Exception):
+    """An answer in Docker's error shape: ``{"message": ...}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class Invalid(ApiError):
@@ -304,14 +320,9 @@ def query_choice(query: dict, name: str, choices: tuple[str, ...], default: str)
 
 def signal_number(text: str) -> int:
     """Docker accepts a number, a name with or without SIG: 9, KILL, SIGKILL; 400 for anything else."""
-    import signal
-    text = str(text).strip()
-    if text.isdigit():
-        number = int(text)
-        if 0 < number < signal.NSIG:
-            return number
-        raise Invalid(f"Invalid signal: {text}")
+    from labcore.errors import BadInput
+    from labcore.runtime.spec import parse_signal
     try:
-        return int(signal.Signals["SIG" + text.upper().removeprefix("SIG")])
-    except KeyError:
-        raise Invalid(f"Invalid signal: {text[:40]}") from None
+        return parse_signal(text)
+    except BadInput as err:
+        raise Invalid(err.message) from None

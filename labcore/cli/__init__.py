@@ -38,6 +38,7 @@ VERBS = {
     "inspect": "Return low-level information on containers, as JSON",
     "pull": "Download an image from a registry",
     "network": "Manage networks (create, ls, inspect, rm, connect, disconnect, prune)",
+    "composerize": "Turn a `docker run` command into a compose file (YAML), for docker-compose",
 }
 
 

@@ -1,6 +1,7 @@
 """`labcore build [-f LABFILE] [-t NAME[:TAG]] DIR`: `docker build`, for a Labfile (a Dockerfile subset: FROM,
-RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT), done by ``labcore.runtime.build.build``. Prints each step as Docker's
-classic builder does, with "---> Using cache" for a step whose result the build cache already holds.
+RUN, COPY, ENV, WORKDIR, CMD, ENTRYPOINT), done by ``labcore.runtime.build.build`` in this process or in labd
+(`-H`: the context goes up as a tar, as `docker build` sends it). Prints each step as Docker's classic builder
+does, with "---> Using cache" for a step whose result the build cache already holds.
 """
 from __future__ import annotations
 
@@ -12,6 +13,6 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.runtime import build
-    build.build(args.context, args.file, args.tag, echo=True)
+    from labcore.api import client
+    client.connect(args).image_build(args.context, args.file, args.tag)
     return 0

@@ -1,4 +1,5 @@
-"""`labcore commit CONTAINER IMAGE[:TAG]`: `docker commit`, done by ``labcore.runtime.build.commit``.
+"""`labcore commit CONTAINER IMAGE[:TAG]`: `docker commit`, done by ``labcore.runtime.build.commit_image``, in this
+process or in labd (`-H`).
 
 The container's upperdir — everything it wrote, and a whiteout for everything it deleted — becomes one more
 layer on top of its image's layers. A container kept after it exited (run without --rm) still has its
@@ -14,6 +15,6 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.runtime import build
-    print(build.commit(args.container, args.image, comment=args.message).image.id)
+    from labcore.api import client
+    print(client.connect(args).container_commit(args.container, args.image, comment=args.message))
     return 0

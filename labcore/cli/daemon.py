@@ -11,8 +11,8 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.api import labd
-    labd.serve(args.socket, args.tcp, verbose=args.debug)
+    from labcore.api import labd, routes
+    labd.serve(routes.table(), args.socket, args.tcp, verbose=args.debug)
     return 0
 
 

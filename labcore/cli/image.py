@@ -4,6 +4,8 @@ Id is the config's digest; RepoDigests pair each name with its manifest's digest
 image); RootFS.Layers are the diff_ids, the digests of the *uncompressed* layers, which is why they differ
 from the blob digests that `skopeo inspect` lists as Layers. Size is of the layers as stored (compressed);
 Docker's is unpacked, so larger. History, which Docker shows with `docker history`, is included here.
+The answer is labd's GET /images/{name}/json (``labcore.api.routes.image_inspect``), in this process or through
+`-H`.
 """
 from __future__ import annotations
 
@@ -20,33 +22,13 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.image.oci import Store
-    store, found, status = Store(), [], 0
+    from labcore.api import client
+    backend, found, status = client.connect(args), [], 0
     for ref in args.images:
         try:
-            found.append(inspect(store, store.resolve(ref)))
+            found.append(backend.image_inspect(ref))
         except NotFound as err:                 # as Docker: the others are still shown, and the exit is 1
             print(f"Error: {err.message}", file=sys.stderr)
             status = 1
     print(json.dumps(found, indent=4))
     return status
-
-
-def inspect(store, image) -> dict:
-    config = json.loads(store.read_blob(image.id))
-    same = [other for other in store.list() if other.id == image.id and other.name != "<none>"]
-    return {
-        "Id": image.id,
-        "RepoTags": [other.ref for other in same],
-        "RepoDigests": sorted({f"{other.name}@{other.digest}" for other in same}),
-        "Parent": "",
-        "Comment": config.get("comment", ""),
-        "Created": config.get("created", ""),
-        "Author": config.get("author", ""),
-        "Config": config.get("config") or {},
-        "Architecture": config.get("architecture", ""),
-        "Os": config.get("os", ""),
-        "Size": image.size,
-        "RootFS": {"Type": "layers", "Layers": config.get("rootfs", {}).get("diff_ids", [])},
-        "History": config.get("history", []),
-    }

@@ -6,9 +6,8 @@ SIZE here is the layers as stored (compressed); Docker shows the unpacked size, 
 from __future__ import annotations
 
 import json
-import re
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 
 from labcore.units import human_duration, human_size
 
@@ -22,9 +21,8 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.image.oci import Store
-    images = select(Store().list(), args.reference)
-    rows = [describe(image, args.no_trunc) for image in images]
+    from labcore.api import client
+    rows = [describe(row, args.no_trunc) for row in select(client.connect(args).images(), args.reference)]
     if args.quiet:
         print("\n".join(row["ID"] for row in rows))
     elif args.format == "json":
@@ -34,21 +32,27 @@ def run(args) -> int:
     return 0
 
 
-def select(images: list, reference: str | None) -> list:
-    """Newest first, as Docker lists them; only ``reference``'s repository (and tag) when given."""
+def select(summaries: list[dict], reference: str | None) -> list[dict]:
+    """One row per name (an image without one is <none>:<none>), newest first, as Docker lists them; only
+    ``reference``'s repository (and tag) when given. ``summaries``: GET /images/json's answer."""
+    rows = [{**summary, "Ref": ref} for summary in summaries for ref in summary["RepoTags"] or ["<none>:<none>"]]
     if reference:
         from labcore.image.oci import split_reference
         name, tag = split_reference(reference)
-        images = [i for i in images if i.name == name and (":" not in reference or i.tag == tag)]
-    return sorted(images, key=lambda image: created_at(image.created) or 0, reverse=True)
+        rows = [row for row in rows if row["Ref"].rpartition(":")[0] == name and
+                (":" not in reference.rpartition("/")[2] or row["Ref"].rpartition(":")[2] == tag)]
+    return sorted(rows, key=lambda row: row["Created"], reverse=True)
 
 
-def describe(image, no_trunc: bool = False) -> dict:
-    created = created_at(image.created)
-    since = human_duration(time.time() - created) + " ago" if created is not None else "N/A"
-    return {"Repository": image.name, "Tag": image.tag, "ID": image.id if no_trunc else image.short_id,
-            "CreatedSince": since, "CreatedAt": image.created, "Size": human_size(image.size),
-            "Digest": image.digest}
+def describe(row: dict, no_trunc: bool = False) -> dict:
+    """The columns of `docker images --format json`."""
+    repository, _, tag = row["Ref"].rpartition(":")
+    digests = [d.partition("@")[2] for d in row["RepoDigests"] if d.partition("@")[0] == repository]
+    created = row["Created"]                    # 0: the config says nothing (Docker's zero time)
+    at = datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC") if created else "N/A"
+    return {"Repository": repository, "Tag": tag, "ID": row["Id"] if no_trunc else row["Id"][7:19],
+            "CreatedSince": human_duration(time.time() - created) + " ago" if created else "N/A", "CreatedAt": at,
+            "Size": human_size(row["Size"]), "Digest": digests[0] if digests else "<none>"}
 
 
 def table(rows: list[dict]) -> str:
@@ -58,13 +62,3 @@ def table(rows: list[dict]) -> str:
     cells = [[title for title, _ in columns]] + [[row[key] for _, key in columns] for row in rows]
     widths = [max(10, max(len(line[i]) for line in cells) + 3) for i in range(len(columns) - 1)]
     return "\n".join("".join(c.ljust(w) for c, w in zip(line, widths)) + line[-1] for line in cells)
-
-
-def created_at(text: str) -> float | None:
-    """Seconds since the epoch from RFC 3339 ("2024-05-01T12:00:00.123456789Z"); None if absent."""
-    try:
-        # Go writes nanoseconds; Python reads at most microseconds, and "Z" only from 3.11.
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None

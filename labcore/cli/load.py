@@ -16,9 +16,9 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.image import archive
+    from labcore.api import client
     if args.input is None and sys.stdin.isatty():
         raise BadInput("requested load from stdin, but stdin is empty",
                        fix="labcore load -i FILE, or labcore load < FILE")
-    print("\n".join(archive.load(args.input if args.input is not None else sys.stdin.buffer)))
+    print("\n".join(client.connect(args).image_load(args.input if args.input is not None else sys.stdin.buffer)))
     return 0

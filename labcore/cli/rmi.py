@@ -1,17 +1,10 @@
-"""`labcore rmi`: remove names, and the image once no name is left.
+"""`labcore rmi`: remove names, and the image once no name is left (``labcore.runtime.images.remove``).
 
-As in Docker: ``rmi busybox:latest`` removes that name (``Untagged: busybox:latest``); when it was the last,
-the image goes too (``Deleted: sha256:<image id>``), then each layer blob that no other image shares. Docker
-names its layers by chain ID in those lines; the lab names the blobs it deletes. An image ID with several
-names, or an image a container was created from, is refused unless ``-f``; and even with ``-f`` an image a
-container still uses only loses its names (it stays, as ``<none>``): its blobs are that container's files.
-
-A container is using an image when its state.json records that image's ID (``config.image_id``), or a
-reference (``image``) that resolves to it now.
+Prints Docker's lines: ``Untagged: busybox:latest``, then ``Deleted: sha256:...`` once the last name has gone.
+An image with several names, or one a container uses, is refused unless ``-f``.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from labcore.errors import LabError
@@ -24,80 +17,12 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.image.oci import Store
-    store, status = Store(), 0
+    from labcore.api import client
+    backend, status = client.connect(args), 0
     for ref in args.images:                     # Docker goes on after a failure and exits 1 at the end
         try:
-            print("\n".join(remove(store, ref, args.force)))
+            print("\n".join(backend.image_remove(ref, args.force)))
         except LabError as err:
             print(f"labcore: {err}", file=sys.stderr)
             status = 1
     return status
-
-
-def remove(store, ref: str, force: bool = False) -> list[str]:
-    """Untag ``ref``; delete the image and its unshared blobs if no name is left. Docker's output lines."""
-    image = store.resolve(ref)
-    named = [other for other in store.list() if other.id == image.id and other.name != "<none>"]
-    by_name = any(ref_matches(ref, other) for other in named)
-    if by_name and len(named) > 1:
-        store.untag(*split(ref))
-        return [f"Untagged: {':'.join(split(ref))}"]
-    if len(named) > 1 and not force:
-        raise LabError(f"conflict: unable to delete {image.short_id} (must be forced) - image is referenced in "
-                       "multiple repositories", fix=f"remove the names one by one, or `labcore rmi -f {ref}`")
-    users = containers_using(store, image)
-    if users and not force:
-        raise LabError(f'conflict: unable to remove repository reference "{ref}" (must force) - container '
-                       f"{users[0][:12]} is using its referenced image {image.short_id}",
-                       fix=f"remove the container first (`labcore rm {users[0][:12]}`), or `labcore rmi -f {ref}`")
-    if users:
-        return untag_only(store, image, named if not by_name else [o for o in named if ref_matches(ref, o)])
-    return delete(store, image, named)
-
-
-def untag_only(store, image, names: list) -> list[str]:
-    """`rmi -f` of an image a container uses: the names go, the image stays untagged (Docker's <none>)."""
-    descriptor = store.descriptor(image)
-    lines = [f"Untagged: {other.ref}" for other in names if store.untag(other.name, other.tag)]
-    store.point(descriptor)                   # an unnamed index entry keeps its blobs reachable
-    return lines
-
-
-def delete(store, image, named: list) -> list[str]:
-    """Every name, then every index entry of the image's manifests, then the blobs nothing else reaches."""
-    same = [other for other in store.list() if other.id == image.id]     # gzip and plain copies share an ID
-    lines = [f"Untagged: {other.ref}" for other in named if store.untag(other.name, other.tag)]
-    manifests = sorted({other.digest for other in same})
-    for digest in manifests:
-        store.forget(digest)
-    layers = [layer.digest for other in same for layer in other.layers]
-    removed = store.remove_unreferenced([image.id, *layers, *manifests])
-    return lines + [f"Deleted: {digest}" for digest in removed if digest not in manifests]
-
-
-def containers_using(store, image) -> list[str]:
-    """Ids of containers whose state.json records this image's ID, or a reference that resolves to it now."""
-    from labcore import paths
-    found = []
-    for state in sorted(paths.containers_dir().glob("*/state.json")):
-        try:
-            record = json.loads(state.read_text())
-            if record.get("config", {}).get("image_id") == image.id or \
-                    store.resolve(record["image"]).id == image.id:
-                found.append(state.parent.name)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, LabError):
-            continue                            # a record being written, or a name that no longer resolves
-    return found
-
-
-def split(ref: str) -> tuple[str, str]:
-    from labcore.image.oci import split_reference
-    return split_reference(ref)
-
-
-def ref_matches(ref: str, image) -> bool:
-    try:
-        return split(ref) == (image.name, image.tag)
-    except LabError:
-        return False                            # an image ID is not a name

@@ -16,8 +16,8 @@ def configure(parser):
 
 
 def run(args) -> int:
-    from labcore.image import archive
+    from labcore.api import client
     if args.output is None and sys.stdout.isatty():
         raise BadInput("cowardly refusing to save to a terminal", fix="use the -o flag or redirect")
-    archive.save(args.images, args.output if args.output is not None else sys.stdout.buffer)
+    client.connect(args).image_save(args.images, args.output if args.output is not None else sys.stdout.buffer)
     return 0

@@ -24,7 +24,6 @@ Next: ``labcore.kernel.overlay`` stacks the same layers with a mount instead of 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from labcore.errors import BadInput, LabError, from_oserror
 from labcore.image.oci import (CONFIG, IMAGE_NAME, INDEX, LAYER_GZIP, LAYER_TAR, MANIFEST, REF_NAME, Image, Store,
-                            host_architecture, split_reference)
+                               canonical_json, hash_stream, host_architecture, split_reference)
 from labcore.kernel.journal import Scope
 
 ACCEPTED = ("a docker-archive (`docker save`), an OCI archive (`podman save --format oci-archive`), "
@@ -83,7 +82,7 @@ def store_found(store: Store, found: Found) -> list[str]:
                        fix="the archive is damaged; save it again")
     layers = [store_layer(store, path, diff_id, found.expect.get(path), media)
               for path, diff_id, media in zip(found.layers, diff_ids, found.media_types or _sniff(found.layers))]
-    manifest = found.manifest or _canonical({"schemaVersion": 2, "mediaType": MANIFEST, "config": config,
+    manifest = found.manifest or canonical_json({"schemaVersion": 2, "mediaType": MANIFEST, "config": config,
                                              "layers": layers})
     descriptor = store.write_blob(manifest, json.loads(manifest).get("mediaType", MANIFEST))
     if not found.refs:
@@ -97,7 +96,7 @@ def store_layer(store: Store, path: Path, diff_id: str, expect: str | None, medi
     """Store a layer as it is; refuse it unless its uncompressed tar is the one the config names."""
     descriptor = store.copy_blob(path, media_type, expect=expect)
     with (gzip.open(path) if _is_gzip(path) else open(path, "rb")) as tar:
-        actual = "sha256:" + _hash_stream(tar)
+        actual = "sha256:" + hash_stream(tar)
     if actual != diff_id:
         raise LabError(f"layer {path.name} unpacks to {actual}, but the config says {diff_id}", path=str(path),
                        fix="the archive is damaged or was altered; save it again from its source")
@@ -285,7 +284,7 @@ def write_layout(store: Store, chosen: list[tuple[str, Image]], stream) -> None:
     index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": []}
     docker: dict[str, dict] = {}
     with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        _add(tar, "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
+        _add(tar, "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
         _add(tar, "blobs/", None)
         _add(tar, "blobs/sha256/", None)
         written: set[str] = set()
@@ -301,8 +300,8 @@ def write_layout(store: Store, chosen: list[tuple[str, Image]], stream) -> None:
                                                      "Layers": [f"blobs/sha256/{layer.digest[7:]}"
                                                                 for layer in image.layers]})
             entry["RepoTags"] += [image.ref] if named and image.ref not in entry["RepoTags"] else []
-        _add(tar, "index.json", _canonical(index))
-        _add(tar, "manifest.json", _canonical(list(docker.values())))
+        _add(tar, "index.json", canonical_json(index))
+        _add(tar, "manifest.json", canonical_json(list(docker.values())))
 
 
 def full_name(image: Image) -> str:
@@ -353,15 +352,3 @@ def _sniff(layers: list[Path]) -> list[str]:
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as file:
         return file.read(2) == b"\x1f\x8b"          # gzip's magic number (RFC 1952)
-
-
-def _hash_stream(stream) -> str:
-    hasher = hashlib.sha256()
-    while chunk := stream.read(1 << 20):
-        hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def _canonical(document) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-

@@ -26,8 +26,8 @@ import subprocess
 import tarfile
 from datetime import datetime, timezone
 
-from labcore.errors import NotSupportedHere
-from labcore.image.oci import LAYER_GZIP, Image, Store, host_architecture
+from labcore.errors import LabError, NotSupportedHere
+from labcore.image.oci import BASE_IMAGE, LAYER_GZIP, Image, Store, host_architecture
 
 HOST_BUSYBOX = "/bin/busybox"
 PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"      # Docker Hub busybox's Env
@@ -36,6 +36,18 @@ DIRECTORIES = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "home": 0o755, "proc": 
                "usr/sbin": 0o755, "var": 0o755}
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n"
 GROUP = "root:x:0:\nnobody:x:65534:\n"
+
+
+def ensure_base_image(store: Store | None = None) -> Image:
+    """busybox:latest, built from the host's busybox-static the first time (fast when it is there)."""
+    store = store or Store()
+    try:
+        image = store.resolve(BASE_IMAGE)
+        for layer in image.layers:
+            store.verify_blob(layer.digest)
+        return image
+    except LabError:            # missing, or a blob damaged: a build writes the very same bytes again
+        return build(store)
 
 
 def build(store: Store | None = None, binary: str = HOST_BUSYBOX) -> Image:

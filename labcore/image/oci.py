@@ -58,7 +58,7 @@ _NAME = re.compile(r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+|
 _TAG = re.compile(r"^\w[\w.-]{0,127}$")            # both from distribution's reference grammar
 _ID = re.compile(r"^(?:sha256:)?[0-9a-f]{1,64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_REBUILD = ("rebuild it: for busybox call labcore.image.oci.ensure_base_image() (or `./lab up`), "
+_REBUILD = ("rebuild it: for busybox call labcore.image.baseimage.ensure_base_image() (or `./lab up`), "
             "which rewrites the same bytes; for a pulled image, pull it again")
 
 
@@ -134,7 +134,7 @@ class Store:
             return image
         raise NotFound(f"No such image: {ref if looks_like_id or not key else ':'.join(key)}",
                        fix="`labcore images` lists what is here; busybox is built by "
-                           "labcore.image.oci.ensure_base_image() (or `./lab up`)")
+                           "labcore.image.baseimage.ensure_base_image() (or `./lab up`)")
 
     def _find_by_id(self, prefix: str) -> Image | None:
         hexes = prefix.removeprefix("sha256:")
@@ -256,9 +256,9 @@ class Store:
             descriptor, diff_id = self._add_layer(layer)
             descriptors.append(descriptor)
             diff_ids.append(diff_id)
-        config_blob = self.write_blob(_canonical(_full_config(config, diff_ids)), CONFIG)
+        config_blob = self.write_blob(canonical_json(_full_config(config, diff_ids)), CONFIG)
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": config_blob, "layers": descriptors}
-        return self._point(self.write_blob(_canonical(manifest), MANIFEST), name, tag)
+        return self._point(self.write_blob(canonical_json(manifest), MANIFEST), name, tag)
 
     def import_manifest(self, manifest: bytes, directory: str | os.PathLike, name: str,
                         tag: str = "latest") -> Image:
@@ -280,7 +280,7 @@ class Store:
                                fix="pass the path of a .tar or .tar.gz layer") from err
         descriptor = self.copy_blob(path, LAYER_GZIP if compressed else LAYER_TAR)
         with (gzip.open(path) if compressed else open(path, "rb")) as tar:
-            return descriptor, "sha256:" + _hash_stream(tar)
+            return descriptor, "sha256:" + hash_stream(tar)
 
     def _point(self, manifest: dict, name: str | None, tag: str = "latest") -> Image:
         """Add the index.json entry for name:tag, dropping the one it had (a re-tag moves the name).
@@ -293,7 +293,7 @@ class Store:
             index = self._index()
             if name or all(e["digest"] != entry["digest"] for e in index["manifests"]):
                 index["manifests"] = [e for e in index["manifests"] if not _replaced_by(e, entry)] + [entry]
-                _write_atomically(self.root / "index.json", _canonical(index))
+                _write_atomically(self.root / "index.json", canonical_json(index))
         return self._load(entry)
 
     # --- names and removal: `labcore load`, `tag`, `rmi` -----------------------------------------------
@@ -326,7 +326,7 @@ class Store:
             if len(kept) == len(index["manifests"]):
                 return False
             index["manifests"] = kept
-            _write_atomically(self.root / "index.json", _canonical(index))
+            _write_atomically(self.root / "index.json", canonical_json(index))
         return True
 
     def remove_unreferenced(self, digests: list[str]) -> list[str]:
@@ -362,9 +362,9 @@ class Store:
         try:
             (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
             if not (self.root / "oci-layout").exists():
-                _write_atomically(self.root / "oci-layout", _canonical({"imageLayoutVersion": "1.0.0"}))
+                _write_atomically(self.root / "oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}))
             if not (self.root / "index.json").exists():
-                _write_atomically(self.root / "index.json", _canonical(self._index()))
+                _write_atomically(self.root / "index.json", canonical_json(self._index()))
         except OSError as err:
             raise from_oserror(err, "mkdir", str(self.root),
                                fix="set LABCORE_HOME to a directory you can write") from err
@@ -393,19 +393,6 @@ class Store:
         for layer in image.layers:
             extract_layer(self.verify_blob(layer.digest), dest, layer.media_type, directories)
         set_directory_attributes(dest, directories)
-
-
-def ensure_base_image(store: Store | None = None) -> Image:
-    """busybox:latest, built from the host's busybox-static the first time (fast when it is there)."""
-    store = store or Store()
-    try:
-        image = store.resolve(BASE_IMAGE)
-        for layer in image.layers:
-            store.verify_blob(layer.digest)
-        return image
-    except LabError:            # missing, or a blob damaged: a build writes the very same bytes again
-        from labcore.image import baseimage
-        return baseimage.build(store)
 
 
 # --- extracting one layer, as hostile input ----------------------------------------------------------------
@@ -618,11 +605,11 @@ def _full_config(config: dict, diff_ids: list[str]) -> dict:
 
 def config_document(config: dict, diff_ids: list[str]) -> bytes:
     """The config blob ``add_image`` stores for ``config`` over layers ``diff_ids``: its sha256 is the image ID."""
-    return _canonical(_full_config(config, diff_ids))
+    return canonical_json(_full_config(config, diff_ids))
 
 
-def _canonical(document: dict) -> bytes:
-    # Sorted keys, no spaces: the same document always has the same bytes, hence the same digest.
+def canonical_json(document) -> bytes:
+    """Sorted keys, no spaces: the same document always has the same bytes, hence the same digest."""
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -632,7 +619,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def _hash_stream(stream) -> str:
+def hash_stream(stream) -> str:
+    """The sha256 of what ``stream`` holds, read a MiB at a time (a layer may be GBs)."""
     hasher = hashlib.sha256()
     while chunk := stream.read(1 << 20):
         hasher.update(chunk)
@@ -641,7 +629,7 @@ def _hash_stream(stream) -> str:
 
 def _hash_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as file:
-        return _hash_stream(file)
+        return hash_stream(file)
 
 
 def _check_digest(digest: str, actual: str, path: Path) -> None:

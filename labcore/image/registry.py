@@ -177,8 +177,9 @@ def pull(text: str, store=None) -> Generator[dict, None, "Image"]:
     ref = parse_reference(text)
     store = store or Store()
     client = Client(ref.registry)
-    yield {"status": f"Pulling from {ref.repository.removeprefix('library/')}", "id": ref.tag}
     manifest_bytes, media_type = client.manifest(ref.repository, ref.digest or ref.tag)
+    # After the manifest, as dockerd does: a missing image is refused before the first progress line.
+    yield {"status": f"Pulling from {ref.repository.removeprefix('library/')}", "id": ref.tag}
     if media_type in INDEX_TYPES or json.loads(manifest_bytes).get("manifests"):
         chosen = choose_platform(json.loads(manifest_bytes))
         manifest_bytes, media_type = client.manifest(ref.repository, chosen)

@@ -98,6 +98,20 @@ def parse_security_opts(options) -> tuple[str | None, bool]:
 
 def parse_device(text: str) -> Device:
     """``HOST[:CONTAINER[:PERMISSIONS]]`` (Docker's --device): HOST must be a device node of this host."""
+    host, target, permissions = device_form(text)
+    try:
+        info = os.stat(host)
+    except OSError as err:
+        raise BadInput(f"error gathering device information while adding custom device {host!r}: "
+                       f"{err.strerror}", path=host, fix=DEVICE_FORM) from err
+    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)):
+        raise BadInput(f"{host} is not a device node", path=host, fix=DEVICE_FORM)
+    return Device(host, os.path.normpath(target), "c" if stat.S_ISCHR(info.st_mode) else "b",
+                  os.major(info.st_rdev), os.minor(info.st_rdev), permissions, stat.S_IMODE(info.st_mode))
+
+
+def device_form(text: str) -> tuple[str, str, str]:
+    """--device's words, checked for form only: (HOST, CONTAINER, PERMISSIONS)."""
     parts = text.split(":")
     host, target, permissions = parts[0], parts[0], "rwm"
     if len(parts) == 2 and parts[1] and set(parts[1]) <= set("rwm"):
@@ -109,15 +123,7 @@ def parse_device(text: str) -> Device:
     if len(parts) > 3 or not os.path.isabs(host) or not os.path.isabs(target) \
             or not permissions or not set(permissions) <= set("rwm"):
         raise BadInput(f"invalid device specification: {text!r}", fix=DEVICE_FORM)
-    try:
-        info = os.stat(host)
-    except OSError as err:
-        raise BadInput(f"error gathering device information while adding custom device {host!r}: "
-                       f"{err.strerror}", path=host, fix=DEVICE_FORM) from err
-    if not (stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)):
-        raise BadInput(f"{host} is not a device node", path=host, fix=DEVICE_FORM)
-    return Device(host, os.path.normpath(target), "c" if stat.S_ISCHR(info.st_mode) else "b",
-                  os.major(info.st_rdev), os.minor(info.st_rdev), permissions, stat.S_IMODE(info.st_mode))
+    return host, target, permissions
 
 
 def confinement_for(spec) -> "Confinement":

@@ -10,8 +10,9 @@ Around them: ``evidence`` (the Step: before, after, the mode; a refusal and the 
 ``hosts`` (which kind of host this is, and what a refusal means here), ``diagrams`` (graphviz, drawn to fit
 the page), ``display`` (tables of parsed evidence), ``widgets`` (steps behind buttons), ``overlay_model``
 (overlayfs on paper, which 05 checks against the kernel), ``dockerd`` and ``localregistry`` (the real Docker
-and a real registry, started beside the lab). Lessons call the runtime and the kernel; nothing below imports
-them. A step keeps its facts in ``step.data`` under plain names; the labels are only for its table.
+and a real registry, started beside the lab), ``exercises`` (the student writes the step; a check reads the
+result back from the kernel, with a hint; nbgrader grades it). Lessons call the runtime and the kernel; nothing
+below imports them. A step keeps its facts in ``step.data`` under plain names; the labels are only for its table.
 
 Where is...   the namespace steps: namespaces.isolate_*   copy-up, whiteouts, commit, build: union_fs
               the chroot escape: root_fs.escape_chroot    `labcore run` as one cell: run_flow.run_step

@@ -48,48 +48,24 @@ from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege
 from labcore.image import layers
 from labcore.kernel import journal, namespaces, network, overlay, procfs, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
-from labcore.lessons import hosts, root_fs, union_fs
+from labcore.lessons import display, hosts, root_fs, union_fs
+from labcore.lessons.client_server import wait_for_listener
 from labcore.lessons.evidence import Step, current_mode, user_mode
-from labcore.runtime import container
+from labcore.runtime import container, lifecycle, sequence
+from labcore.runtime.lifecycle import State
 
 KINDS = ("mnt", "uts", "ipc", "pid", "net", "cgroup")     # container.NAMESPACES: all but user, as root
 OVERLAY_ROOT = "the overlay's merged dir"
+# The merged dir's mount as it teaches: where, what, and the overlay's layers (its source is just "overlay").
+MOUNTS_SHOWN = ("mount point", "fstype", "propagation", "fs options")
 REQUEST_TIMEOUT = 10.0                                     # seconds for a server inside to start listening
 _REFUSED = (NeedsPrivilege, NotSupportedHere)
 
-# Each step, what it calls, and what must come before it, with the reason. This table is the design.
-ORDER = {
-    "layers": ("read the manifest; unpack each layer once into <images>/layers/<diff_id>; mkdir upper, work", []),
-    "mount_overlay": ('mount("overlay", MERGED, "overlay", 0, "lowerdir=...,upperdir=...,workdir=...")', [
-        ("layers", "the overlay's lowerdirs are the image's unpacked layers")]),
-    "fork_child": ("fork()  (the shim, as containerd-shim is runc's parent)", []),
-    "join_cgroup": ("mkdir /sys/fs/cgroup/*/labcore/labcore-ID; write the limits; write PID > cgroup.procs", [
-        ("fork_child", "a cgroup holds processes: there must be a pid to write into cgroup.procs")]),
-    "unshare": ("unshare(CLONE_NEWNS|CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWPID|CLONE_NEWNET|CLONE_NEWCGROUP); fork()", [
-        ("mount_overlay", "the new mount namespace is a copy of the host's mount table at the moment of unshare: "
-                          "the overlay must be in it"),
-        ("join_cgroup", "unshare(CLONE_NEWCGROUP) makes the caller's cgroup the root of the namespace; in the "
-                        "container's group, pid 1 sees only its own, and is born inside the limits")]),
-    "connect_network": ("ip link add lcXh type veth peer name lcXc; ip link set lcXc netns PID; in there: "
-                        "rename eth0, address, up, default route", [
-        ("unshare", "the veth end moves into pid 1's network namespace, which unshare(CLONE_NEWNET) creates")]),
-    "pivot_root": ('mount(NULL, "/", MS_REC|MS_PRIVATE); proc, tmpfs /dev, sysfs; pivot_root(".", "."); '
-                   'umount2(".", MNT_DETACH)', [
-        ("mount_overlay", "the new root is the merged overlay"),
-        ("unshare", "pivot_root changes the root mount of a mount namespace: pid 1 must have its own")]),
-    "set_hostname": ('sethostname("NAME"); write /etc/hostname', [
-        ("pivot_root", "/etc/hostname is written from inside: before pivot_root it would be the host's file")]),
-    "exec": ("execve(argv[0], argv, envp)  (pid 1 becomes the command)", [
-        ("pivot_root", "after execve pid 1 runs the image's program, which can no longer set up its own root"),
-        ("connect_network", "the command's first connect() or bind() must find eth0 already there")]),
-    "publish": ("bind(127.0.0.1:HOST_PORT); listen(); the proxy relays each connection to IP:PORT", [
-        ("connect_network", "the proxy connects to the container's address, which eth0 holds")]),
-    "wait": ("waitpid(shim); the shim exits as pid 1 did", [
-        ("exec", "until execve, pid 1 waits for orders: there is no command to wait for")]),
-}
-INSIDE = ("pivot_root", "set_hostname")     # done by pid 1 itself, so only possible before exec
-# (step, a step it can do without): refused the latter, the box goes on without limits, or without a network.
-OPTIONAL = {("unshare", "join_cgroup"), ("exec", "connect_network")}
+# The one start sequence (labcore.runtime.sequence), which `labcore run` and labd walk too: each step, what it
+# calls, and what must come before it, with the reason. The box mounts its overlay on the host before unshare.
+ORDER = sequence.order(sequence.HOST_MOUNT)
+INSIDE = sequence.INSIDE                   # done by pid 1 itself, so only possible before exec
+OPTIONAL = sequence.OPTIONAL               # refused join_cgroup or network: the box goes on without them
 
 
 def step(name: str):
@@ -135,6 +111,7 @@ class Box:
         self.limits: dict = {}
         self.refused: dict[str, str] = {}                  # step -> what the host answered
         self.rootless = os.geteuid() != 0
+        self.state = State.CREATED                          # as a container's: lifecycle.check at each change
 
     @property
     def keeper(self):
@@ -160,20 +137,17 @@ class Box:
             raise InvalidTransition(message, fix=fix or self.next_hint())
 
     def refusal(self, name: str) -> tuple[str, str | None] | None:
-        """(why ``name`` may not run now, the fix), or None when it may."""
+        """(why ``name`` may not run now, the fix), or None when it may: the start sequence's own answer."""
         if "remove" in self.done:
-            return f"box {self.id[:12]} was removed", "start a new one: assemble.start(image)"
-        if name in self.done:
-            return f"{name}() was done already in box {self.id[:12]}", None
+            return f"box {self.id[:12]} was removed", "start a new one: build_your_own.start(image)"
+        refused = sequence.refusal(name, self.done, excused=self.refused, table=ORDER)
+        if refused is None:
+            return None
+        message, before = refused
         if "wait" in self.done:
-            return f"{name}(): the box's command has exited and been reaped (wait)", "box.remove()"
-        if name in INSIDE and "exec" in self.done:
-            return (f"{name}() needs pid 1 to take orders, but it has become the command (exec): set up "
-                    f"everything before exec", None)
-        for before, why in ORDER[name][1]:
-            if before not in self.done and not (before in self.refused and (name, before) in OPTIONAL):
-                return f"{name}() needs {before}() first: {why}", f"call box.{before}()"
-        return None
+            return message.replace("the command", "the box's command"), "box.remove()"
+        return message.replace(" was done already", f" was done already in box {self.id[:12]}"), \
+            (f"call box.{before}()" if before else None)
 
     def why_not(self, name: str) -> str:
         """"allowed" if step ``name`` may run now, or why not: the message it would be refused with."""
@@ -216,23 +190,23 @@ class Box:
         """mount -t overlay on the host: the merged root, before any namespace exists (dockerd does the same).
         Without root: in the user and mount namespace of a keeper process, where a user may mount."""
         merged = self.stack.merged
-        before = {"mountinfo": mountinfo_lines(merged) or "no mount at the merged dir",
-                  "ls merged": union_fs.listing(merged)}
+        before = {"mountinfo": mounts_at(merged), "ls merged": union_fs.listing(merged)}
         # Rootless, the keeper's user namespace is the user-mode network's, joined first: pid 1 will join the
         # keeper to find the overlay, and its net namespace must belong to the network's user namespace too.
         self._join_usernet()
         keeper = userns.MountKeeper(self.scope, userns_of=self.usernet.holder) if self.usernet else None
         self.overlay = overlay.mount_overlay(self.stack.lowers, self.stack.upper, self.stack.work, merged,
                                              self.scope, keeper=keeper)
-        after = {"mountinfo": mountinfo_lines(merged), "ls merged": sorted(os.listdir(self.overlay.view))}
+        lines = mountinfo_lines(merged, self.keeper.pid if self.keeper else "self")
+        after = {"mountinfo": mounts_at(merged, lines), "ls merged": sorted(os.listdir(self.overlay.view))}
         note = "the image's files appear at the merged dir; writes will go to upperdir"
         if self.keeper:
-            after["mountinfo"] = mountinfo_lines(merged, self.keeper.pid)
-            after["the host's own mountinfo"] = mountinfo_lines(merged) or "no mount at the merged dir"
+            after["the host's own mountinfo"] = mounts_at(merged)
             note += (f"; the mount is in the mount namespace of keeper pid {self.keeper.pid} (a user namespace "
                      f"of yours), which this notebook reaches as /proc/{self.keeper.pid}/root")
         return Step("the merged root: an overlay of the layers", ORDER["mount_overlay"][0], before, after,
-                    current_mode(), note=note, data={"merged": merged, "names": after["ls merged"]})
+                    current_mode(), note=note,
+                    data={"merged": merged, "names": after["ls merged"], "mountinfo": lines})
 
     # --- the processes -----------------------------------------------------------------------------------
 
@@ -268,7 +242,8 @@ class Box:
                  **manager.limits_of(self.group), "cgroup.procs": manager.procs(self.group)}
         return Step(f"cgroup {self.group.name}", ORDER["join_cgroup"][0], before, after, user_mode(),
                     note="the limits are files of the group; the shim, and every child it forks, counts against them",
-                    data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group)})
+                    data={"limits": manager.limits_of(self.group), "procs": manager.procs(self.group),
+                          **plain_limits(manager.limits_of(self.group))})
 
     @step("unshare")
     def unshare(self) -> Step:
@@ -362,7 +337,8 @@ class Box:
         after["upperdir"] = union_fs.listing(self.stack.upper)
         return Step(f"hostname {name}", ORDER["set_hostname"][0].replace("NAME", name), before, after,
                     current_mode(), note="the name changed inside only; /etc/hostname was copied up to upperdir",
-                    data={"hostname": after["uname -n"], "host": after["host: uname -n"]})
+                    data={"hostname": after["uname -n"], "host": after["host: uname -n"],
+                          "etc_hostname": after["/etc/hostname"], "upperdir": after["upperdir"]})
 
     @step("exec")
     def exec(self, argv: list[str]) -> Step:
@@ -378,9 +354,10 @@ class Box:
         levels = nspids(self.pid)                     # [] when a quick command has exited and been reaped
         after = {"pid 1 (host pid)": self.pid, "cmdline": cmdline_after(self.pid, before["cmdline"]),
                  "NSpid (host, inside)": " ".join(map(str, levels)) or "exited already"}
+        self.state = lifecycle.check("start", self.state, self.id)
         return Step(f"execve: pid 1 is {argv[0]} now", ORDER["exec"][0], before, after, current_mode(),
                     note="one process, one pid: the Python that set everything up became the command",
-                    data={"argv": argv, "pid_inside": levels[-1] if levels else None})
+                    data={"argv": argv, "pid_inside": levels[-1] if levels else None, "cmdline": after["cmdline"]})
 
     @step("publish")
     def publish(self, host_port: int, container_port: int) -> Step:
@@ -388,7 +365,8 @@ class Box:
         before = {"host listening": listening(os.getpid(), host_port),
                   "inside listening": listening(self.pid, container_port)}
         self.published = network.publish(self.endpoint, host_port, container_port, self.scope)  # EADDRINUSE: says so
-        inside = wait_for_listener(self.pid, container_port)
+        inside = [address for address in wait_for_listener(self.pid, container_port, REQUEST_TIMEOUT)
+                  if address.endswith(f":{container_port}")]
         self.reply = reply = http_get(self.published.host_ip, self.published.host_port)
         url = f"http://{self.published.host_ip}:{self.published.host_port}/"
         after = {"host listening": listening(os.getpid(), self.published.host_port),
@@ -415,6 +393,7 @@ class Box:
         if stop:
             stop.cancel()
         self.result = container.Result(self.id, self.argv, code, stdout, stderr)
+        self.state = lifecycle.check("exit", self.state, self.id)
         after = {"pid 1": process_state(self.pid),
                  "exit code": code, "stdout": stdout.decode(errors="replace").splitlines(),
                  "stderr": stderr.decode(errors="replace").splitlines()}
@@ -503,7 +482,8 @@ def start(image: str = "busybox") -> Box:
 # --- inside: the shim and pid 1. They never print, and leave by os._exit. ----------------------------------
 
 def _shim(channel, child_fds) -> None:
-    """Wait for the go-ahead; unshare; fork pid 1; then only wait for it, and exit as it did. Rootless, it
+    """Wait for the go-ahead; unshare; fork pid 1 (``container.fork_pid1``, the runtime's own); then only wait
+    for it, and exit as it did. Rootless, it
     first joins the keeper's user and mount namespaces (root there, it may unshare the rest, and pid 1's mount
     namespace is born a copy of the keeper's, overlay included) — the keeper lives in the user-mode network's
     user namespace (``Box.mount_overlay``) — or, without a keeper, the network's user namespace alone."""
@@ -516,19 +496,7 @@ def _shim(channel, child_fds) -> None:
         syscalls.unshare(container.NAMESPACES)
     else:
         userns.unshare(container.NAMESPACES)
-    hold, release = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(release)
-        os.read(hold, 1)                   # the shim speaks first: one writer on the channel at a time
-        _pid1(channel, child_fds)
-    channel.send(pid)
-    channel.close()                        # pid 1 talks to the parent from here on
-    os.close(release)
-    for fd in set(child_fds) - {0, 1, 2}:
-        os.close(fd)                       # so that the parent's read ends when pid 1 and its children are gone
-    _, status = os.waitpid(pid, 0)
-    os._exit(container.exit_code(status))
+    container.fork_pid1(channel, child_fds, lambda: _pid1(channel, child_fds))     # as `labcore run`'s shim
 
 
 def _pid1(channel, child_fds) -> None:
@@ -588,10 +556,33 @@ def identity(path: str) -> tuple[int, int]:
 
 
 def mountinfo_lines(point, pid: int | str = "self") -> list[str]:
-    """/proc/PID/mountinfo lines for mounts at ``point``, from the mount point on (proc(5)): this notebook's
-    mount namespace, or that of process ``pid``."""
+    """/proc/PID/mountinfo lines for mounts at ``point`` (proc(5)): this notebook's mount namespace, or that of
+    process ``pid``."""
     lines = procfs.read(pid, "mountinfo").splitlines()
-    return [" ".join(line.split()[4:]) for line in lines if line.split()[4] == str(point)]
+    return [line for line in lines if line.split()[4] == str(point)]
+
+
+def mounts_at(point, lines: list[str] | None = None) -> display.Table | str:
+    """The mounts at ``point`` as a table of the fields that teach (the raw lines are 500 characters)."""
+    lines = mountinfo_lines(point) if lines is None else lines
+    return display.mount_table(lines, MOUNTS_SHOWN) if lines else "no mount there"
+
+
+# Each limit by the file that holds it, on cgroup v1 and on v2 (cgroup-v1/*.rst, cgroup-v2.rst): a check cell
+# reads data["memory_limit"] on either, and data["memory_file"] says which file it came from.
+LIMIT_FILES = {"memory": ("memory.limit_in_bytes", "memory.max"), "cpu_quota": ("cpu.cfs_quota_us", "cpu.max"),
+               "pids": ("pids.max",)}
+
+
+def plain_limits(limits: dict[str, str]) -> dict[str, str]:
+    """``{"memory.max": "67108864", "cpu.max": "50000 100000"}`` -> ``{"memory_limit": "67108864",
+    "memory_file": "memory.max", "cpu_quota_limit": "50000", ...}``: the same keys on cgroup v1 and v2."""
+    found = {}
+    for name, files in LIMIT_FILES.items():
+        for file in files:
+            if file in limits:     # cpu.max holds "QUOTA PERIOD" (microseconds), cfs_quota_us the quota alone
+                found[f"{name}_limit"], found[f"{name}_file"] = limits[file].split()[0], file
+    return found
 
 
 def cgroup_of(pid: int) -> str:
@@ -626,17 +617,6 @@ def process_state(pid: int) -> str:
         return namespaces.status_field("State", pid)
     except OSError:
         return "gone"
-
-
-def wait_for_listener(pid: int, port: int, timeout: float = REQUEST_TIMEOUT) -> list[str]:
-    """The sockets listening on ``port`` in pid's network namespace, once there are any (or [] at timeout)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = listening(pid, port)
-        if found:
-            return found
-        time.sleep(0.05)
-    return []
 
 
 def http_get(host: str, port: int, timeout: float = 5.0) -> str:
@@ -819,3 +799,46 @@ def _request_while(runner: threading.Thread, port: int) -> str:
             break
         time.sleep(0.1)
     return reply
+
+
+# --- the same container as a compose file -----------------------------------------------------------------
+
+COMPOSERIZE_EXAMPLE = ("docker run -d --name web --hostname web -e GREETING=hello -p 127.0.0.1:8080:80 -m 64m "
+                       "--cpus 0.5 --cap-drop ALL --read-only --tmpfs /www busybox "
+                       "sh -c 'echo $GREETING > /www/index.html && exec httpd -f -p 80 -h /www'")
+
+
+def composerize(command: str = COMPOSERIZE_EXAMPLE) -> Step:
+    """`labcore composerize` turns a `docker run` command into a compose file; the real docker-compose reads it
+    back (`docker-compose config`): every flag a key, each value as compose understood it."""
+    import subprocess
+    import sys
+    made = subprocess.run([sys.executable, "-m", "labcore", "composerize", command], capture_output=True,
+                          text=True, timeout=60)
+    after = {"the command": command, "the file (labcore composerize)": made.stdout or made.stderr.strip()}
+    config = compose_config(made.stdout) if made.returncode == 0 else None
+    if config is not None:
+        after["as docker-compose reads it (config)"] = config.stdout if config.returncode == 0 else config.stderr
+    elif made.returncode == 0:
+        after["as docker-compose reads it (config)"] = ("not checked: docker-compose is not installed "
+                                                        "(apt-get install docker-compose)")
+    note = ("one flag, one key: `docker-compose up` makes the same container again from the file"
+            if made.returncode == 0 else "refused by name, and nothing written: the file could not say it")
+    return Step("docker run as a compose file", "labcore composerize 'COMMAND' > docker-compose.yml; "
+                "docker-compose config", after=after, mode=user_mode(), note=note,
+                data={"yaml": made.stdout, "error": made.stderr.strip(), "exit_code": made.returncode,
+                      "config": config.stdout if config else "",
+                      "config_exit_code": config.returncode if config else None})
+
+
+def compose_config(text: str):
+    """`docker-compose config` on ``text``, in a journaled scratch directory; None without docker-compose."""
+    import shutil
+    import subprocess
+    if not shutil.which("docker-compose"):
+        return None
+    with journal.Scope() as scope:
+        directory = journal.make_scratch(scope, "labcore-compose-")
+        Path(directory, "docker-compose.yml").write_text(text)
+        return subprocess.run(["docker-compose", "config"], cwd=directory, capture_output=True, text=True,
+                              timeout=60)

@@ -21,10 +21,12 @@ import os
 import selectors
 import socket
 import stat
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labcore import paths
-from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
+from labcore.errors import LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.kernel import journal, netlink, network, procfs, syscalls, usernet, userns
 from labcore.kernel.process import Child, run_in_child
 from labcore.lessons import hosts
@@ -133,7 +135,7 @@ def two_containers_on_port_80(stage: Stage) -> Step:
              for name, values in seen.items() for key, value in values.items()}
     host = {"net ns": procfs.ns_link("net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
-    return Step(title, action, before=host, after=after, mode=current_mode(),
+    return Step(title, action, before=host, after=after, mode=current_mode(), columns=("host", "containers"),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
@@ -194,12 +196,13 @@ def open_as(path: str, uid: int, gid: int) -> str:
 
 
 def wait_for_listener(pid: int, port: int, seconds: float = 5) -> list[str]:
-    """pid's listening TCP ports once ``port`` is among them (nc needs a moment to bind)."""
+    """pid's listening TCP ports once one is on ``port`` (a server needs a moment to bind), or those there are
+    when ``seconds`` have gone by (notebook 08's box waits here too)."""
     import time
     deadline = time.monotonic() + seconds
     while True:
         found = listening_ports(pid)
-        if f"*:{port}" in found or time.monotonic() > deadline:
+        if any(address.endswith(f":{port}") for address in found) or time.monotonic() > deadline:
             return found
         time.sleep(0.02)
 
@@ -240,7 +243,7 @@ def show_interfaces(pid: int) -> Step:
     note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
             if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
     return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
-                data={"host": host, "inside": inside})
+                columns=("host", "inside"), data={"host": host, "inside": inside})
 
 
 
@@ -364,7 +367,7 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
         data["servers"][server.name] = {**facts, "ip": endpoint.ip, "host_port": port.host_port,
                                         "identity": server.inside["identity"], "pid": server.pid}
     where = "the host" if endpoints[0].via is None else "the router namespace"
-    return Step(title, action, before=host, after=after, mode=current_mode(), data=data,
+    return Step(title, action, before=host, after=after, mode=current_mode(), data=data, columns=("host", "inside"),
                 note="both servers hold port 80, each in its own namespace; a second bind in the same "
                      f"namespace fails with EADDRINUSE; {where} and the other server reach each by its veth "
                      "address, the host by a published port on 127.0.0.1")
@@ -477,4 +480,253 @@ def connection_dot(data: dict) -> str:
     if daemon["accepted"]:
         graph.edge("client", "daemon", label=f"one connection: fd {client['fd']} ↔ fd {daemon['accepted']['fd']}",
                    style="dashed", constraint="false")
+    return graph.source()
+
+
+# --- the same daemon on TCP: a port has no owner and no mode ------------------------------------------------
+
+def daemon_on_tcp(stage: Stage) -> Step:
+    """dockerd listens where -H says, on a Unix socket and on TCP alike (`-H tcp://127.0.0.1:2375`). A daemon
+    started with `labcore daemon --tcp 127.0.0.1:PORT` answers the same request the same way on both; but a TCP
+    port is not a file: connect(2) to it checks no owner, group or mode (only bind(2) below 1024 is privileged),
+    so every user of the host may talk to the daemon, which is root. That is dockerd's warning, printed again by
+    labd at its start."""
+    from labcore.api.labd import Labd
+    port, home = free_loopback_port(), tempfile.mkdtemp(prefix="labcore-tcp-", dir=stage.home)
+    path = os.path.join(os.path.dirname(stage.labd.socket), "tcp.sock")     # shorter than labd.sock: it fits
+    with Labd(path, home, tcp=f"127.0.0.1:{port}") as daemon:
+        warnings = startup_lines(daemon)
+        unix, tcp = http_get(path, "/version"), http_get(("127.0.0.1", port), "/version")
+        doors = {"unix": socket_listener(path), "tcp": tcp_listener(daemon.process.pid, port)}
+        info, folder = os.stat(path), os.stat(os.path.dirname(path))
+        others = connect_as_another_user(path, port)
+    after = {"labd said at its start": "\n".join(warnings),
+             "GET /version, on the Unix socket": answer_line(unix), "GET /version, on the TCP port": answer_line(tcp),
+             "the same body": unix[1] == tcp[1],
+             "both doors held by": f"pid {doors['unix']['pid']} (unix: fd {doors['unix']['fd']}; "
+                                   f"tcp: fd {doors['tcp'].get('fd', '?')})",
+             "who may connect, unix": f"{stat.filemode(info.st_mode)} {owner_name(info.st_uid)}:"
+                                      f"{group_name(info.st_gid)} in a directory {stat.filemode(folder.st_mode)}: "
+                                      "their modes decide",
+             "who may connect, tcp": "anyone on this host: a port has no owner and no mode", **others}
+    return Step("one daemon, a Unix socket and a TCP port", f"labcore daemon --socket {path} --tcp 127.0.0.1:"
+                f"{port}; GET /version on each; connect() as another user", after=after, mode=user_mode(),
+                note="the same daemon behind both doors; only the Unix socket's file asks who you are",
+                data={"port": port, "warnings": warnings, "unix": unix, "tcp": tcp, "same": unix[1] == tcp[1],
+                      "same process": doors["unix"]["pid"] == doors["tcp"].get("pid"), **others})
+
+
+def answer_line(answer: tuple[str, bytes]) -> str:
+    """``HTTP/1.1 200 OK``, and the API version the body names (/version's ApiVersion)."""
+    import json
+    with contextlib.suppress(ValueError, AttributeError):
+        return f"{answer[0]}, ApiVersion {json.loads(answer[1]).get('ApiVersion')}"
+    return answer[0]
+
+
+def free_loopback_port() -> int:
+    """A port the kernel calls free on 127.0.0.1 (bind to port 0, ip(7)); the daemon binds it a moment later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def startup_lines(daemon) -> list[str]:
+    """What the daemon wrote to stderr before it listened: dockerd's warnings for TCP without TLS, then its
+    "listening on" line (both written before it answered the ping that found it ready)."""
+    lines = []
+    while not lines or not lines[-1].startswith("labd: listening"):
+        line = daemon.process.stderr.readline().decode(errors="replace")
+        if not line:
+            break
+        lines.append(line.strip())
+    return lines
+
+
+def http_get(address, target: str) -> tuple[str, bytes]:
+    """GET ``target`` on a Unix socket (a path) or a TCP (host, port): the status line and the body."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family) as connection:
+        connection.settimeout(10)
+        connection.connect(address)
+        connection.sendall(f"GET {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        response = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body
+
+
+def tcp_listener(pid: int, port: int) -> dict:
+    """The fd of ``pid`` that holds the socket listening on 127.0.0.1:``port``: /proc/net/tcp's row (state 0A,
+    LISTEN; the address in hex, proc(5)) gives its inode, /proc/PID/fd the fd that links to it."""
+    for fields in procfs.net_table("tcp", pid):
+        address, hex_port = fields[1].split(":")
+        if int(hex_port, 16) == port and fields[3] == "0A":
+            inode = int(fields[9])
+            for fd, link in procfs.fds(pid).items():
+                if link == f"socket:[{inode}]":
+                    return {"pid": pid, "fd": fd, "inode": inode, "address": readable_address(address)}
+    return {}
+
+
+def connect_as_another_user(path: str, port: int) -> dict:
+    """As root, a child become nobody (uid 65534) tries both doors; anyone else cannot become another user."""
+    from labcore.kernel.process import run_in_child
+    if os.geteuid() != 0:
+        return {"as another user": "not tried: only root may become another user (setuid(2)); the socket's "
+                                   "mode decides for them on unix, nothing on tcp"}
+    return {"nobody (uid 65534), unix": run_in_child(connect_as, path, 65534, 65534),
+            "nobody (uid 65534), tcp": run_in_child(ping_tcp_as, port, 65534, 65534)}
+
+
+def ping_tcp_as(port: int, uid: int, gid: int) -> str:
+    """GET /_ping on 127.0.0.1:``port`` as uid:gid (in a child for another uid): the status line or the errno."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        status, body = http_get(("127.0.0.1", port), "/_ping")
+    except OSError as err:
+        return f"{errno_name(err)}: {err.strerror}"
+    return f"connected; {status}, {body.decode(errors='replace')}"
+
+
+# --- Docker's own processes: dockerd, containerd, the shim, the container ----------------------------------
+
+TREE_KEY = "client_server.docker_process_tree"      # its recording, made on the reference host
+ROLES = ("dockerd", "containerd", "shim", "container")
+
+
+def docker_process_tree() -> Step:
+    """Debian's dockerd started by the lab (``labcore.lessons.dockerd``), a detached container, and the processes
+    read from /proc: dockerd is containerd's parent; containerd started the shim (containerd-shim-runc-v2), which
+    left its starter behind and was adopted by the host's pid 1; the shim is the container's parent. Then dockerd
+    is killed with SIGKILL, and the container's pid 1 still runs: its parent is the shim, not dockerd. (Docker's
+    --live-restore lets a restarted dockerd take such containers back; without it, a restart stops them.)"""
+    from labcore.lessons.dockerd import Dockerd, dockerd_unavailable_reason, import_busybox
+    title = "Docker's processes: dockerd, containerd, the shim, the container"
+    action = "dockerd; docker run -d --network none busybox sleep 300; read /proc; kill -KILL dockerd; read /proc"
+    reason = dockerd_unavailable_reason()
+    if reason:
+        error = (NeedsPrivilege(reason, why="Debian's dockerd runs as root (rootless Docker is another setup)")
+                 if os.geteuid() != 0 else NotFound(reason))
+        return hosts.refuse(title, action, error, key=TREE_KEY)
+    with Dockerd() as docker:
+        import_busybox(docker)
+        container_id = docker.cli("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+        pid = int(docker.cli("inspect", "--format", "{{.State.Pid}}", container_id).stdout)
+        try:
+            before = docker_processes(docker, pid)
+            kill_dockerd(docker)
+            after = {role: process_facts(before[role]["pid"]) for role in ROLES}
+        finally:
+            stop_orphaned_container(docker, container_id, pid)
+    data = {"before": before, "after": after, "container_id": container_id,
+            "container survived": after["container"]["state"] not in ("gone", "zombie"),
+            "container's parent after": after["container"].get("ppid")}
+    data["dot"] = docker_tree_dot(data)
+    return Step(title, action, before={role: describe(facts) for role, facts in before.items()},
+                after={role: describe(facts) for role, facts in after.items()}, mode=user_mode(), key=TREE_KEY,
+                note="dockerd died (and its containerd with it); the container's pid 1 runs on, a child of the shim",
+                data=data)
+
+
+def docker_processes(docker, pid: int) -> dict:
+    """The four processes, found from the container's pid 1 upwards and from dockerd's own files."""
+    shim = int(process_facts(pid)["ppid"])
+    containerd = int(Path(docker.runtime, "exec", "containerd", "containerd.pid").read_text())
+    found = {"dockerd": process_facts(docker.process.pid), "containerd": process_facts(containerd),
+             "shim": process_facts(shim), "container": process_facts(pid)}
+    found["shim"]["parent"] = process_facts(found["shim"]["ppid"]).get("name", "?")
+    found["dockerd"]["parent"] = process_facts(found["dockerd"]["ppid"]).get("name", "?")
+    return found
+
+
+def process_facts(pid: int | str) -> dict:
+    """pid, name, parent and state from /proc/PID/status and cmdline (proc(5)); "gone" once it has no entry.
+    A zombie has died and waits for its parent to reap it (wait(2)): it runs no more."""
+    try:
+        status = procfs.status(pid)
+    except OSError:
+        return {"pid": int(pid), "state": "gone"}
+    state = status["State"].split("(")[-1].rstrip(")").strip()
+    return {"pid": int(pid), "name": status["Name"], "ppid": int(status["PPid"]), "state": state,
+            "command": " ".join(argument for argument in procfs.cmdline(pid)[:2] if argument)[:60]}
+
+
+def describe(facts: dict) -> str:
+    if facts["state"] in ("gone", "zombie"):
+        return f"pid {facts['pid']}: {facts['state']}"
+    return f"pid {facts['pid']} {facts['name']}, parent {facts['ppid']}, {facts['state']}"
+
+
+def kill_dockerd(docker) -> None:
+    """SIGKILL: no chance to stop its containers. The containerd that dockerd supervises was started with a
+    parent-death signal (PR_SET_PDEATHSIG, prctl(2); moby's libcontainerd/supervisor), so the kernel ends it
+    too; the shims were never children of either."""
+    import signal
+    import time
+    docker.process.send_signal(signal.SIGKILL)
+    docker.process.wait()
+    containerd = int(Path(docker.runtime, "exec", "containerd", "containerd.pid").read_text())
+    deadline = time.monotonic() + 5
+    while process_facts(containerd)["state"] not in ("gone", "zombie") and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def stop_orphaned_container(docker, container_id: str, pid: int) -> None:
+    """What dockerd would have done at `docker stop`, now that it cannot: kill pid 1 (the shim reaps it), then
+    remove its cgroup in each hierarchy; ``Dockerd.stop`` kills the shim, unmounts and removes the rest."""
+    import time
+    from labcore.lessons.dockerd import cgroup_parent_directories
+    if process_facts(pid).get("command", "").startswith("sleep"):          # still the container's, not reused
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while process_facts(pid)["state"] not in ("gone", "zombie") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for parent in cgroup_parent_directories(os.path.basename(docker.directory)):
+        with contextlib.suppress(FileNotFoundError):
+            retry_rmdir(os.path.join(parent, container_id))
+
+
+def retry_rmdir(path: str, seconds: float = 5) -> None:
+    """rmdir(2) of a cgroup: EBUSY while its last process is still exiting."""
+    import time
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return os.rmdir(path)
+        except OSError as err:
+            if err.errno != 16 or time.monotonic() > deadline:                # EBUSY
+                raise
+            time.sleep(0.05)
+
+
+def docker_tree_dot(data: dict) -> str:
+    """The processes as /proc showed them: parent → child edges (PPid), "started" where the starter is not the
+    parent; each box says what became of it after dockerd's SIGKILL."""
+    from labcore.lessons.diagrams import Graph
+    before, after = data["before"], data["after"]
+    graph = Graph("docker_processes", rankdir="TB", fontname="Helvetica")
+    graph.defaults("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
+    graph.defaults("edge", fontname="Helvetica", fontsize="9")
+    init, starter = before["shim"].get("ppid", 1), before["dockerd"]
+    graph.node("init", f"pid {init}: {before['shim'].get('parent', '?')}\n(the host's init)", fillcolor="white")
+    graph.node("starter", f"pid {starter.get('ppid', '?')}: {starter.get('parent', '?')}\n(started dockerd, as "
+               "systemd does)", fillcolor="white")
+    graph.edge("starter", "dockerd", label="parent")
+    labels = {"dockerd": "dockerd", "containerd": "containerd", "shim": "containerd-shim-runc-v2",
+              "container": "the container's pid 1"}
+    for role in ROLES:
+        facts, later = before[role], after[role]
+        alive = later["state"] not in ("gone", "zombie")
+        fate = "still running" if alive else {"dockerd": "killed (SIGKILL)", "containerd": "ended with dockerd"
+                                               }.get(role, later["state"])
+        graph.node(role, f"{labels[role]}\npid {facts['pid']} ({facts.get('name', '?')})\nafter: {fate}",
+                   fillcolor="palegreen" if alive else "lightgray", style="rounded,filled" if alive else
+                   "rounded,filled,dashed")
+    graph.edge("dockerd", "containerd", label="parent\n(gRPC on containerd.sock)")
+    graph.edge("containerd", "shim", label="started it\n(ttrpc)", style="dashed")
+    graph.edge("init", "shim", label="parent: adopted it")
+    graph.edge("shim", "container", label="parent: reaps it")
     return graph.source()

@@ -35,7 +35,7 @@ from labcore.kernel import procfs
 from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.kernel.journal import Scope, process_start_time
-from labcore.lessons import hosts
+from labcore.lessons import display, hosts
 from labcore.lessons.evidence import Step
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
@@ -147,6 +147,14 @@ def proc_state(pid: int) -> str:
 
 # --- where are the cgroups? --------------------------------------------------------------------------------
 
+def own_cgroups() -> display.Table:
+    """/proc/self/cgroup (cgroups(7)), one hierarchy a row: its id, its controllers (none: the v2 hierarchy, id 0)
+    and this process's group in it."""
+    return display.Table(("id", "controllers", "group"),
+                         [(str(line.hierarchy), ",".join(line.controllers) or "(v2)", line.path)
+                          for line in procfs.cgroups()])
+
+
 def detect_cgroups(manager: Manager | None = None) -> Step:
     """Which cgroup interface this host mounts, and where the lab will put its groups: as root at the top of
     each hierarchy, as a user below the subtree delegated to it, or nowhere (and how to delegate one)."""
@@ -162,9 +170,9 @@ def detect_cgroups(manager: Manager | None = None) -> Step:
     if delegation.base:
         after["delegated to you"] = str(layout.v2 / delegation.base)
     return Step("cgroups: which interface this host has", "read /proc/self/mountinfo, /proc/self/cgroup",
-                before={"this process's cgroups": procfs.read("self", "cgroup").split()},
-                after=after, data={"layout": layout.kind, "version": manager.version,
-                                   "may_limit": delegation.allowed, "delegated": delegation.base},
+                before={"this process's cgroups": own_cgroups()}, after=after,
+                data={"layout": layout.kind, "version": manager.version, "may_limit": delegation.allowed,
+                      "delegated": delegation.base, "cgroup_lines": procfs.read("self", "cgroup").split()},
                 note=f"{layout.kind} layout: the lab drives the {manager.version} interface" + (
                     "" if delegation.allowed else "; no group may be made here by you, so the steps below "
                                                   "show the reference host's recordings"))
@@ -361,7 +369,7 @@ def throttle_io(rate: str = "2mb", megabytes: int = 2, manager: Manager | None =
     measured = {f"{mode} MiB/s": (f"{rate_of(free, mode):.1f}", f"{rate_of(held, mode):.2f}")
                 for mode in ("write", "read")}
     return Step(title, f"write {limit_file(writes)}; O_DIRECT write then read {megabytes} MiB",
-                before={k: v[0] for k, v in measured.items()},
+                columns=("limit off", "limit on"), before={k: v[0] for k, v in measured.items()},
                 after={**{k: v[1] for k, v in measured.items()}, "limit MiB/s": f"{bps / MiB:.2f}",
                        "bytes counted (read/write)": f"{stats.io_read_bytes}/{stats.io_write_bytes}"},
                 note="before: no limit; after: held near the limit. O_DIRECT bypasses the page cache, so "
@@ -401,7 +409,7 @@ def deny_device(device: str = "/dev/null", manager: Manager | None = None) -> St
     except _REFUSED as err:
         return hosts.refuse(title, action, err)
     said = lambda opened: "ok" if opened else "failed"      # noqa: E731
-    return Step(title, action,
+    return Step(title, action, columns=("device allowed", "device denied"),
                 before={"open inside": first.get("errno") or "ok", "open on the host": said(host_first)},
                 after={"open inside": second.get("errno") or "ok", "open on the host": said(host)},
                 note=f"inside, open({device}) now fails with {second.get('errno')}; the host still opens it",
@@ -439,7 +447,7 @@ def freeze_group(seconds: float = 0.5, manager: Manager | None = None) -> Step:
     stood_still = later == at_freeze and resumed > later
     return Step(title,
                 f"write {'freezer.state FROZEN' if run.manager.version == 'v1' else 'cgroup.freeze 1'}, "
-                f"wait {seconds} s, then thaw",
+                f"wait {seconds} s, then thaw", columns=("running", "frozen, then thawed"),
                 before={"group frozen": was_frozen, "counter": running, "/proc/PID/stat state": running_state},
                 after={"group frozen": frozen, "counter": f"{at_freeze} -> {later} ({seconds} s later)",
                        "/proc/PID/stat state": state, f"counter {seconds} s after thaw": resumed},

@@ -6,6 +6,8 @@ these, in a terminal as aligned text and in Jupyter as HTML that wraps at the pa
 
     Table(columns, rows)          rows of values under named columns
     mount_table(mountinfo)        mountinfo parsed (proc(5)), one row a mount, the fields that teach
+    options_table(options)        an overlay's mount options, one a row, lowerdir one layer a row
+    with_mount_table(step, key)   a Step whose value at ``key`` is mountinfo, shown as a mount_table
     Folded(summary, details)      a one-line summary, the details folded away (<details>)
     trimmed_json(value)           JSON indented, long lists and strings cut, saying how much was cut
 
@@ -15,13 +17,18 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from labcore.kernel import procfs
 from labcore.lessons.evidence import PRE, WRAP, html_cell
 
-MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options")
+MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options", "fs options")
+# The superblock's options that teach, shortened: an overlay's layers as a count and their last path
+# component (a layer's 64-hex name cut to 12, as docker prints an ID); the rest as the kernel wrote them.
+LAYER_OPTIONS = ("lowerdir", "upperdir", "workdir")
+SHORT_ID = 12
 
 
 @dataclass
@@ -51,7 +58,31 @@ def parse_mountinfo_line(line: str) -> dict[str, str]:
     return {"id": str(mount.id), "parent": str(mount.parent), "device": mount.device, "root": mount.root,
             "mount point": mount.point, "options": mount.options, "optional": " ".join(mount.optional),
             "propagation": _propagation(mount.optional), "fstype": mount.fstype, "source": mount.source,
-            "super options": mount.super_options}
+            "super options": mount.super_options,
+            "fs options": short_options(mount.super_options)}
+
+
+def short_name(path: str) -> str:
+    """A directory by its last component: ``.../layers/<64 hex>`` -> ``<12 hex>…``, ``.../upper`` -> ``upper``."""
+    name = str(path).rstrip("/").rpartition("/")[2] or str(path)
+    return name[:SHORT_ID] + "…" if re.fullmatch(r"[0-9a-f]{32,}", name) else name
+
+
+def short_options(options: str) -> str:
+    """An overlay's ``lowerdir=a:b,upperdir=u,workdir=w`` as ``lowerdir: 2 layers (a, b), upperdir: u, ...``;
+    other options unchanged, long ones cut."""
+    shown = []
+    for option in options.split(","):
+        name, _, value = option.partition("=")
+        if name == "lowerdir":
+            layers = value.split(":")
+            shown.append(f"lowerdir: {len(layers)} layer{'s' * (len(layers) != 1)} "
+                         f"({', '.join(map(short_name, layers))})")
+        elif name in LAYER_OPTIONS:
+            shown.append(f"{name}: {short_name(value)}")
+        else:
+            shown.append(option if len(option) <= 40 else option[:40] + "…")
+    return ", ".join(shown)
 
 
 def _propagation(optional) -> str:
@@ -66,6 +97,33 @@ def mount_table(mountinfo: str | list[str], columns: tuple[str, ...] = MOUNT_COL
     lines = mountinfo.splitlines() if isinstance(mountinfo, str) else mountinfo
     mounts = [parse_mountinfo_line(line) for line in lines if line.strip()]
     return Table(tuple(columns), [tuple(mount[column] for column in columns) for mount in mounts], title)
+
+
+def options_table(options: str, title: str = "") -> Table:
+    """Mount options (``a=1,b=2``), one a row; an overlay's lowerdir one layer a row, the top layer first.
+    What is not a string (a refused step's ``NOT_RUN``) is given back as it is."""
+    if not isinstance(options, str):
+        return options
+    rows = []
+    for option in options.split(","):
+        name, _, value = option.partition("=")
+        if name == "lowerdir":
+            rows += [(f"lowerdir {number}", layer) for number, layer in enumerate(value.split(":"), 1)]
+        else:
+            rows.append((name, value))
+    return Table(("option", "value"), rows, title)
+
+
+def with_mount_table(step, key: str = "stdout", columns: tuple[str, ...] = MOUNT_COLUMNS):
+    """``step`` with its after[``key``], lines of mountinfo (a container's ``cat /proc/self/mountinfo``), shown
+    as a ``mount_table``; the lines themselves kept in step.data["mountinfo"] for the cells that check them.
+    A refused step is given back as it is."""
+    if not step.permitted:
+        return step
+    lines = [line for line in str(step.after[key]).splitlines() if " - " in line]
+    step.data["mountinfo"] = lines
+    step.after[key] = mount_table(lines, columns, title=f"{len(lines)} mount{'s' * (len(lines) != 1)}")
+    return step
 
 
 @dataclass

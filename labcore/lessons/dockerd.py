@@ -172,7 +172,8 @@ def import_busybox(dockerd: Dockerd, store=None) -> str:
     """Make busybox:latest inside ``dockerd`` from the lab's own base image, offline: `labcore save`, then
     `docker load`. The same config bytes arrive, so Docker reports the same IMAGE ID; it is returned."""
     from labcore.image import archive
-    from labcore.image.oci import BASE_IMAGE, ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
+    from labcore.image.oci import BASE_IMAGE
     image = ensure_base_image(store)
     with Scope() as scope:
         tar = os.path.join(archive.make_directory(scope, "labcore-busybox-"), "busybox.tar")

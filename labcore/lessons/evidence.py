@@ -117,6 +117,9 @@ class Step:
     data: dict[str, Any] = field(default_factory=dict)   # raw values, for tests and later steps
     recording: "Recording | None" = None   # for NOT_PERMITTED: the step as it ran on the reference host
     key: str = ""                       # what its recording is kept under; by default its title
+    # What the two columns hold, as the table's header names them: a moment (before, after) by default, or two
+    # sides of one comparison ("host", "inside"; "model", "kernel"; "--privileged", "default").
+    columns: tuple[str, str] = ("before", "after")
 
     @property
     def permitted(self) -> bool:
@@ -159,10 +162,14 @@ class Step:
         rows = self.rows()
         if rows:
             width = max(len(k) for k, _, _ in rows)
-            left = max(len("before"), *(len(b) for _, b, _ in rows if "\n" not in b))
-            lines.append(f"   {'':{width}}  {'before':{left}}  after")
-            indent = "\n" + " " * (width + left + 7)      # a value of several lines stays in its column
-            lines += [f"   {k:{width}}  {b:{left}}  {a.replace(chr(10), indent)}" for k, b, a in rows]
+            first, second = self.columns
+            left = max(len(first), *(len(line) for _, b, _ in rows for line in b.split("\n")))
+            lines.append(f"   {'':{width}}  {first:{left}}  {second}")
+            for k, b, a in rows:      # a value of several lines (a table) stays in its column
+                befores, afters = b.split("\n"), a.split("\n")
+                for i in range(max(len(befores), len(afters))):
+                    lines.append(f"   {k if i == 0 else '':{width}}  {befores[i] if i < len(befores) else '':{left}}"
+                                 f"  {afters[i] if i < len(afters) else ''}")
         if self.note:
             lines.append(f"   => {self.note}")
         return "\n".join(lines)
@@ -183,10 +190,12 @@ class Step:
         if self.reason:
             head += f"{PRE}{esc(self.reason)}</pre>"
         table = ""
-        if self.rows():
-            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{html_cell(b)}{html_cell(a)}</tr>"
-                           for k, b, a in self.rows())
-            table = f"<table><tr><th></th><th>before</th><th>after</th></tr>{body}</table>"
+        keys = list(dict.fromkeys([*self.before, *self.after]))
+        if keys:
+            body = "".join(f"<tr><th style='text-align:left'>{esc(k)}</th>{_html_value(self.before.get(k, ''))}"
+                           f"{_html_value(self.after.get(k, ''))}</tr>" for k in keys)
+            first, second = map(esc, self.columns)
+            table = f"<table><tr><th></th><th>{first}</th><th>{second}</th></tr>{body}</table>"
         note = f"<p>&rArr; {esc(self.note)}</p>" if self.note else ""
         return f"<div style='{WRAP}'>{head}{table}{note}</div>"
 
@@ -203,6 +212,13 @@ def html_cell(value: str) -> str:
     its widest word, and word-wrap does not shrink a table."""
     style = " style='word-break:break-all'" if re.search(r"\S{40,}", value) else ""
     return f"<td{style}><code>{html.escape(value)}</code></td>"
+
+
+def _html_value(value: Any) -> str:
+    """A value that draws itself in HTML (a ``display.Table`` of parsed mountinfo) as itself; the rest as text."""
+    if hasattr(value, "_repr_html_") and not isinstance(value, NotRun):
+        return f"<td>{value._repr_html_()}</td>"
+    return html_cell(_text(value))
 
 
 def _text(value: Any) -> str:
@@ -225,6 +241,7 @@ class Recording:
     wire: list[str]
     host: dict
     output: str = ""                     # what a step that is not a Step printed (a build's log), verbatim
+    columns: tuple[str, str] = ("before", "after")     # the table's header, as the Step named them
 
     def label(self) -> str:
         host = self.host
@@ -233,7 +250,7 @@ class Recording:
                 f"not run here")
 
     def as_step(self) -> Step:
-        step = Step(self.title, self.action, note=self.note, mode=Mode(self.mode))
+        step = Step(self.title, self.action, note=self.note, mode=Mode(self.mode), columns=tuple(self.columns))
         step.before = {name: before for name, before, _ in self.rows}
         step.after = {name: after for name, _, after in self.rows}
         return step
@@ -278,6 +295,6 @@ def record(step: Step, output: str = "") -> None:
         return
     entry = {"key": recording_key(step.key or step.title), "title": step.title, "action": step.action,
              "mode": step.mode.value, "rows": [] if output else [list(row) for row in step.rows()],
-             "note": step.note, "wire": step.wire(), "output": output}
+             "note": step.note, "wire": step.wire(), "output": output, "columns": list(step.columns)}
     with open(target, "a") as file:
         file.write(json.dumps(entry) + "\n")

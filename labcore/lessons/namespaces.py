@@ -278,6 +278,7 @@ def isolate(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME, *, title: str | None 
         return hosts.refuse(title, action, err)
     differ = [kind for kind in kinds if box.inside["inodes"][kind] != host["inodes"][kind]]
     return Step(title, action, before=rows(host["facts"]), after=rows(box.inside["facts"]), mode=current_mode(),
+                columns=("host", "inside"),
                 note=f"inside is in new {', '.join(differ)} namespaces: other inode numbers, other views",
                 data={"inside": box.inside["facts"], "host": host["facts"], "inodes_inside": box.inside["inodes"],
                       "inodes_host": host["inodes"], "host_pid": box.pid, "dot": dot, **extra})
@@ -403,6 +404,7 @@ def isolate_user(outside_uid: int | None = None) -> Step:
     host["facts"].update({"cap_eff": status_field("CapEff"), "shadow": try_open("/etc/shadow")})
     facts = inside["facts"]
     return Step(title, action, before=rows(host["facts"]), after=rows(facts), mode=current_mode(),
+                columns=("host", "inside"),
                 note=(f"root inside holds every capability (CapEff), yet open gives {facts['shadow']} and "
                       f"sethostname {facts['sethostname']}: the kernel checks uid {uid} and the host's namespaces"),
                 data={"euid_inside": facts["euid"], "uid_map_inside": facts["uid_map"], "outside_uid": uid,
@@ -474,6 +476,7 @@ def join(pid: int, kinds=None) -> Step:
         return hosts.refuse(title, action, err)
     same = all(seen["inodes"][kind] == target[kind] for kind in kinds)
     return Step(title, action, before=rows(host["facts"]), after=rows(seen["facts"]), mode=current_mode(),
+                columns=("host", "inside"),
                 key="namespaces.join",
                 note=f"after setns the child's {', '.join(kinds)} inodes {'equal' if same else 'differ from'} "
                      f"those of pid {pid}: it sees what that process sees",

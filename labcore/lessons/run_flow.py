@@ -284,7 +284,7 @@ def socket_in(directory: str, name: str, scope) -> str:
 def push_base_image(reference: str) -> list[dict]:
     """The lab's busybox into the registry as ``reference``: blobs, then the manifest (labcore.image.registry.push)."""
     from labcore.image import registry
-    from labcore.image.oci import ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
     return list(registry.push(ensure_base_image(), reference))
 
 
@@ -333,11 +333,21 @@ def short_command(pid: int | str) -> str:
 
 @dataclass(repr=False)          # Step.__repr__, which shows the exchanges first
 class FlowStep(Step):
-    """A Step with the HTTP exchanges that caused it, shown first, as `curl -v` shows them."""
+    """A Step with the HTTP exchanges that caused it, shown first, as `curl -v` shows them; in a notebook the
+    flowchart follows it, with the step's own place lit (``where``, a name in STEPS or "missing")."""
     exchanges: list[Exchange] = field(default_factory=list)
+    where: str = ""
 
     def wire(self) -> list[str]:
         return [str(exchange) for exchange in self.exchanges]
+
+    def _ipython_display_(self) -> None:
+        # IPython's hook for a cell's result: two outputs, the evidence and then the drawing of where it is.
+        from IPython.display import display
+        from labcore.lessons.diagrams import show
+        display({"text/html": self._repr_html_(), "text/plain": str(self)}, raw=True)
+        if self.where:
+            display(show(flow_dot(self.where)))
 
 
 def connect(stage: Stage) -> FlowStep:
@@ -349,7 +359,7 @@ def connect(stage: Stage) -> FlowStep:
              "owner": f"{owner_name(info.st_uid)}:{group_name(info.st_gid)}",
              "listened on by": f"pid {listener['pid']}: {listener['command']}", "answer": ping.body.decode()}
     return FlowStep("client → socket → daemon", "connect(AF_UNIX, socket); send GET /_ping", after=after,
-                    mode=user_mode(), exchanges=[ping],
+                    where="connect", mode=user_mode(), exchanges=[ping],
                     note="the socket is a file; the daemon is the process that listens on it",
                     data={"status": ping.status, "body": ping.body.decode(), **listener})
 
@@ -360,7 +370,7 @@ def look_up_image(stage: Stage) -> FlowStep:
     message = lookup.json().get("message", "") if lookup.status != 200 else ""
     return FlowStep("is the image local?", f"GET /images/{stage.reference}/json",
                     before={"images in labd's store": stored_images(stage) or "none"},
-                    after={"answer": f"{lookup.status} {message}".strip()}, mode=user_mode(),
+                    after={"answer": f"{lookup.status} {message}".strip()}, where="lookup", mode=user_mode(),
                     exchanges=[lookup], note="not here: the client must ask the daemon to pull it",
                     data={"status": lookup.status, "message": message})
 
@@ -377,7 +387,7 @@ def pull_image(stage: Stage) -> FlowStep:
                     before={"images in labd's store": before or "none"},
                     after={"images in labd's store": stored_images(stage),
                            "progress": statuses, "progress lines": len(events)},
-                    mode=user_mode(), exchanges=[pull],
+                    where="pull", mode=user_mode(), exchanges=[pull],
                     note="manifest, config and layer fetched by digest, checked, stored; one line per event",
                     data={"status": pull.status, "events": events, "statuses": statuses,
                           "errors": [e["error"] for e in events if "error" in e]})
@@ -393,11 +403,11 @@ def create_container(stage: Stage) -> FlowStep:
     create = stage.wire.exchange("POST", api("/containers/create?name=labcore-flow"), body)
     if create.status != 201:
         return FlowStep("create", "POST /containers/create", after={"answer": create.body.decode()},
-                        exchanges=[create], data={"status": create.status})
+                        exchanges=[create], data={"status": create.status}, where="create")
     stage.container_id = create.json()["Id"]
     record = state_file(stage)
     limit = "-m 64m: a cgroup at start" if "Memory" in host_config else "no -m: no cgroup is delegated to you"
-    return FlowStep("create", "POST /containers/create", mode=user_mode(), exchanges=[create],
+    return FlowStep("create", "POST /containers/create", where="create", mode=user_mode(), exchanges=[create],
                     after={"state.json": str(record.relative_to(stage.home)),
                            "state": json.loads(record.read_text())["state"],
                            "pid": json.loads(record.read_text())["pid"] or "none yet", "limit": limit},
@@ -417,7 +427,7 @@ def start_container(stage: Stage) -> FlowStep:
     host, inside = process_view("self"), process_view(stage.pid)
     differ = [kind for kind in KINDS if host[f"{kind} ns"] != inside[f"{kind} ns"]]
     return FlowStep(title, action.replace("PID", str(stage.pid)),
-                    before=host, after=inside, mode=current_mode(), exchanges=[start, inspect],
+                    before=host, after=inside, where="start", mode=current_mode(), exchanges=[start, inspect],
                     note=f"before: this notebook; after: the container's pid 1. New: {', '.join(differ)}",
                     data={"status": start.status, "pid": stage.pid, "host": host, "inside": inside,
                           "new namespaces": differ, "pid inside": inside["pid (NSpid: host ... inside)"]
@@ -448,18 +458,17 @@ def read_output(stage: Stage) -> FlowStep:
     after = {f"frame {n} ({'stdout' if stream == 1 else 'stderr'})": repr(data.decode())
              for n, (stream, data) in enumerate(frames, 1)}
     return FlowStep("output", "GET /containers/ID/logs?follow=1", after=after or {"frames": "none"},
-                    mode=user_mode(), exchanges=[logs], note="pid 1 wrote into a pipe; the daemon kept it",
+                    where="output", mode=user_mode(), exchanges=[logs],
+                    note="pid 1 wrote into a pipe; the daemon kept it",
                     data={"status": logs.status, "stdout": b"".join(d for s, d in frames if s == 1).decode(),
                           "frames": frames})
 
 
 def split_frames(body: bytes) -> list[tuple[int, bytes]]:
-    frames = []
-    while len(body) >= 8:
-        size = int.from_bytes(body[4:8], "big")
-        frames.append((body[0], body[8:8 + size]))
-        body = body[8 + size:]
-    return frames
+    """(stream, data) of each frame, read as the client reads them (``labcore.api.client.read_frames``)."""
+    import io
+    from labcore.api.client import read_frames
+    return list(read_frames(io.BytesIO(body).read))
 
 
 def wait_for_exit(stage: Stage) -> FlowStep:
@@ -476,7 +485,7 @@ def wait_for_exit(stage: Stage) -> FlowStep:
                     after={"exit code": code,
                            f"/proc/{stage.pid}": "still there" if alive else "gone: pid 1 exited and was reaped",
                            "container directory": "still there" if directory.exists() else "removed"},
-                    mode=user_mode(), exchanges=[wait, remove],
+                    where="exit", mode=user_mode(), exchanges=[wait, remove],
                     note="the shim reaped pid 1 and kept its status; the CLI exits with it",
                     data={"status": wait.status, "exit_code": code, "remove_status": remove.status})
 
@@ -511,11 +520,12 @@ NODES = [
     ("output", "output\nGET .../logs"),
     ("exit", "exit code\nPOST .../wait"),
 ]
-LIT = {"connect": ("client", "socket", "daemon")}
+LIT = {"connect": ("client", "socket", "daemon"), "missing": ("pull", "client")}
 
 
 def flow_dot(current: str | None = None) -> str:
-    """The flowchart of `docker run`, with the nodes of step ``current`` (a name in STEPS) highlighted."""
+    """The flowchart of `docker run`, with the nodes of step ``current`` (a name in STEPS, or "missing": the
+    branch where the registry does not have the image) highlighted."""
     from labcore.lessons.diagrams import Graph
     lit = LIT.get(current, (current,))
     graph = Graph("docker run", rankdir="LR", fontname="Helvetica", nodesep="0.3")
@@ -529,6 +539,11 @@ def flow_dot(current: str | None = None) -> str:
     graph.edge("lookup", "pull", label="404: no")
     graph.edge("lookup", "create", label="200: yes", style="dashed")
     graph.edge("pull", "registry", label="GET /v2/...", style="dashed", dir="both")
+    # The branch where the registry has no such image: its 404 travels back to the client (missing_image).
+    missing = current == "missing"
+    graph.edge("pull", "client", label="no such image: registry 404 manifest unknown\n→ daemon 404 {\"message\"}"
+               "\n→ docker: Error response from daemon, exit 125", style="dashed", color="firebrick",
+               fontcolor="firebrick", constraint="false", penwidth="2" if missing else "1")
     graph.cluster("labd", "the daemon's process", ["lookup", "pull", "create", "start", "output", "exit"],
                   style="dashed")
     return graph.source()
@@ -670,3 +685,66 @@ def run_step(spec: container.Spec) -> Step:
     return Step(title, action, after={"stdout": text(result.stdout), "stderr": text(result.stderr) or "(none)",
                                       "exit code": result.exit_code}, mode=current_mode(), key=action,
                 data={"id": result.id, "result": result, "exit_code": result.exit_code})
+
+
+# --- the other branch: the registry does not have the image ----------------------------------------------
+
+MISSING_TAG = "missing"                 # a tag never pushed to the stage's registry
+
+
+def missing_image(stage: Stage, tag: str = MISSING_TAG) -> FlowStep:
+    """The flowchart's other branch: the image is in no store, the registry's or the daemon's. The registry
+    answers the manifest request 404 MANIFEST_UNKNOWN; the daemon asks for the manifest before it writes a byte
+    of its answer, so it answers 404 too, in Docker's {"message": ...}; the docker CLI prints "Error response
+    from daemon" and exits 125. (An error after the first progress line travels in the 200's stream instead.)"""
+    repository = stage.reference.rpartition(":")[0]
+    registry = registry_exchange(stage, f"/v2/{IMAGE.partition(':')[0]}/manifests/{tag}")
+    query = urllib.parse.urlencode({"fromImage": repository, "tag": tag})
+    before = stored_images(stage)
+    pull = stage.wire.exchange("POST", api(f"/images/create?{query}"))
+    cli = docker_cli_run(stage, f"{repository}:{tag}")
+    after = {"the registry answered labd": f"{registry.status} {registry_error(registry)}",
+             "labd answered the client": answer_of(pull), "images in labd's store": stored_images(stage) or "none",
+             **cli}
+    return FlowStep("no such image in the registry", f"GET /v2/.../manifests/{tag} (to the registry); POST "
+                    f"/images/create?{query} (to labd); docker run {repository}:{tag}",
+                    before={"images in labd's store": before or "none"}, after=after, where="missing", mode=user_mode(),
+                    exchanges=[registry, pull], key="no such image in the registry",
+                    data={"registry_status": registry.status, "registry_error": registry_error(registry),
+                          "status": pull.status, "answer": answer_of(pull),
+                          "cli_stderr": cli.get("docker run: stderr"), "cli_exit_code": cli.get("docker run: exit")},
+                    note="the registry's 404 became the daemon's 404 and the client's error: nothing was stored")
+
+
+def registry_exchange(stage: Stage, target: str) -> Exchange:
+    """The request labd's pull sends to the registry (labcore.image.registry), made here on its own over TCP."""
+    from labcore.image.registry import MANIFEST_TYPES
+    host, _, port = stage.registry.address.rpartition(":")
+    request = (f"GET {target} HTTP/1.1\r\nHost: {stage.registry.address}\r\nAccept: {', '.join(MANIFEST_TYPES)}"
+               "\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        response = b"".join(iter(lambda: connection.recv(65536), b""))
+    status, body = parse_response(response)
+    return Exchange(request, response, status, body)
+
+
+def registry_error(exchange: Exchange) -> str:
+    """The distribution spec's error body: {"errors": [{"code", "message", "detail"}]}."""
+    try:
+        return "; ".join(f"{e['code']}: {e['message']}" for e in exchange.json()["errors"])
+    except (ValueError, KeyError, TypeError):
+        return exchange.body.decode(errors="replace")
+
+
+def docker_cli_run(stage: Stage, reference: str) -> dict:
+    """`docker run REFERENCE` by the real CLI through a Tap: the requests it sent, what it printed, its status."""
+    if not shutil.which("docker"):
+        return {"docker run (the CLI)": "not run: the docker CLI is not installed (apt-get install docker.io)"}
+    with Tap(stage.labd.socket) as tap:
+        environment = {**os.environ, "DOCKER_HOST": f"unix://{tap.path}",
+                       "DOCKER_CONFIG": os.path.join(stage.home, "docker-cli")}    # not ~/.docker
+        result = subprocess.run(["docker", "run", "--rm", "--network", "none", reference], env=environment,
+                                capture_output=True, text=True, timeout=120)
+    return {"docker run: requests": tap.requests(), "docker run: stderr": result.stderr.strip(),
+            "docker run: exit": result.returncode}

@@ -75,6 +75,7 @@ def capabilities_of(**flags) -> Step:
     after["Seccomp, NoNewPrivs"] = f"{inside['Seccomp']}, {inside['NoNewPrivs']}"
     return Step("Capabilities, decoded: this process (before) and the container's pid 1 (after)", action,
                 before, after, current_mode(), key=f"security.capabilities_of({flag_text(flags)})",
+                columns=("this process", "container's pid 1"),
                 note="bit N of a mask is capability N of capabilities(7); CapEff is what the kernel checks",
                 data={"inside": inside, "names": capabilities.decode(inside["CapEff"])})
 
@@ -183,7 +184,7 @@ def escape(name: str) -> Step:
                 "own root to open its disk (a device filter of the machine under this one): on an ordinary VM "
                 "--privileged mounts it")
     return Step(f"Escape: {title}", action, {"--privileged": said(privileged)}, {"default": said(default)},
-                current_mode(), key=f"security.escape({name})", note=note,
+                current_mode(), key=f"security.escape({name})", note=note, columns=("--privileged", "default"),
                 data={"privileged_worked": worked(privileged), "default_worked": worked(default),
                       "default_said": said(default)})
 
@@ -246,6 +247,7 @@ def masked_paths() -> Step:
         return hosts.refuse("Masked and read-only paths", action, err, key="security.masked_paths")
     return Step("Masked and read-only paths", action, dict(zip(PATH_PROBES, privileged)),
                 dict(zip(PATH_PROBES, default)), current_mode(), key="security.masked_paths",
+                columns=("--privileged", "default"),
                 note="lines counted: 0 where the file is masked; 'Read-only file system' where a bind is read-only",
                 data={"mounts": mounts.splitlines(), "masked": list(confinement.MASKED_PATHS),
                       "read_only": list(confinement.READONLY_PATHS)})
@@ -308,12 +310,30 @@ def user_namespace() -> Step:
         rootless = run_as_nobody(USERNS_SCRIPT) if os.geteuid() == 0 else run(USERNS_SCRIPT, privileged=True)
     except LabError as err:
         return hosts.refuse("User namespaces: root inside, nobody outside", action, err, key="security.user_namespace")
-    before = {"as root": said(as_root) if as_root else "(you are not root: only the rootless run is possible)"}
-    return Step("User namespaces: root inside, nobody outside", action, before, {"rootless": rootless},
+    before = (by_check(said(as_root)) if as_root
+              else {"uid_map": "(you are not root: only the rootless run is possible)"})
+    if not isinstance(rootless, str):         # not root: the rootless run is this user's own `labcore run`
+        rootless = said(rootless)
+    return Step("User namespaces: root inside, nobody outside", action, before, by_check(rootless),
                 current_mode(), key="security.user_namespace",
                 note="uid_map '0 65534 1': uid 0 inside is 65534 outside; the kernel checks the "
                                      "host's sysctls and devices against the outside uid (user_namespaces(7))",
                 data={"rootless": rootless})
+
+
+# USERNS_SCRIPT's lines, each under the check it answers (an error names its file): a row each, root beside
+# nobody, instead of one line of everything each printed.
+USERNS_CHECKS = {"uid_map": "uid_map", "CapEff": "CapEff", "core_pattern": "core_pattern", "mknod": "/tmp/disk"}
+
+
+def by_check(output: str) -> dict[str, str]:
+    """``said``'s one line (``uid_map 0 0 1 | CapEff: ... | mknod worked  [exit 0]``) as a row per check."""
+    text, _, code = output.rpartition("  [exit ")
+    rows = {check: "" for check in USERNS_CHECKS}
+    for line in text.split(" | "):
+        check = next((name for name, word in USERNS_CHECKS.items() if word in line or name in line), "output")
+        rows[check] = "; ".join(filter(None, [rows.get(check, ""), line.replace("\t", " ")]))
+    return {**rows, "exit code": code.rstrip("]")}
 
 
 def run_as_nobody(script: str) -> str:

@@ -21,6 +21,7 @@ Next: ``labcore.lessons.root_fs`` pivots into such a merged tree (notebook 06).
 from __future__ import annotations
 
 import collections
+import re
 import errno
 import os
 import shutil
@@ -212,8 +213,13 @@ def read_from_lower(overlay: Overlay, path: str) -> Step:
             f"{'is unchanged' if before['upperdir'] == after['upperdir'] else 'changed'}")
     return Step(f"read {path}: served from the lower layer", f"cat {overlay.merged / path}",
                 before, after, note=note, mode=overlay_mode(overlay),
-                data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino,
-                                                "merged_dev": seen.st_dev, "lower_dev": low.st_dev})
+                data={"lower_ino": low.st_ino, "merged_ino": seen.st_ino, "merged_dev": seen.st_dev,
+                      "lower_dev": low.st_dev, "upperdir": after["upperdir"]})
+
+
+def _kind(described: str) -> str:
+    """What ``describe`` found, without inode and size: "file", "absent", "char device 0/0 = whiteout"."""
+    return described.split(",")[0]
 
 
 def _three_views(overlay: Overlay, path: str, lower: Path) -> dict:
@@ -236,8 +242,10 @@ def write_copies_up(overlay: Overlay, path: str, data: bytes = b"written by the 
             f"the lower file is {'unchanged' if before['lower'] == after['lower'] else 'CHANGED'} "
             f"(inode {low.st_ino}, {low.st_size} bytes)")
     return Step(f"write {path}: copy-up", f"open({path!r}, O_WRONLY|O_APPEND); write(...)", before, after,
-                note=note, mode=overlay_mode(overlay), data={"upper_size": up.st_size, "lower_size": low.st_size,
-                                 "upper_ino": up.st_ino, "lower_ino": low.st_ino})
+                note=note, mode=overlay_mode(overlay),
+                data={"upper_size": up.st_size, "lower_size": low.st_size, "upper_ino": up.st_ino,
+                      "lower_ino": low.st_ino, "upper_before": _kind(before["upper"]),
+                      "upper_after": _kind(after["upper"]), "lower_unchanged": before["lower"] == after["lower"]})
 
 
 def delete_leaves_whiteout(overlay: Overlay, path: str) -> Step:
@@ -257,7 +265,9 @@ def delete_leaves_whiteout(overlay: Overlay, path: str) -> Step:
     note = (f"upperdir/{path} is {'a whiteout: S_ISCHR with rdev 0' if whiteout else 'not a whiteout'}; "
             f"the lower file is still there, hidden")
     return Step(f"delete {path}: a whiteout", f"unlink({path!r})", before, after, note=note,
-                mode=overlay_mode(overlay), data={"whiteout": whiteout, "rdev": mark.st_rdev})
+                mode=overlay_mode(overlay), data={"whiteout": whiteout, "rdev": mark.st_rdev,
+                                                  "merged_after": _kind(after["merged"]),
+                                                  "upper_after": _kind(after["upper"])})
 
 
 def replace_dir_makes_opaque(overlay: Overlay, path: str) -> Step:
@@ -278,7 +288,8 @@ def replace_dir_makes_opaque(overlay: Overlay, path: str) -> Step:
                 mode=overlay_mode(overlay),
                 note=f"{name} = {after[f'upper {name}']!r} on the new upper directory: lookups stop there, "
                      f"so the {len(after['lower dir'])} lower entries stay hidden",
-                data={"opaque": is_opaque(overlay.upper / path, overlay.xattr)})
+                data={"opaque": is_opaque(overlay.upper / path, overlay.xattr), "merged_dir": after["merged dir"],
+                      "lower_dir": after["lower dir"]})
 
 
 def _xattr(path, name: str) -> str:
@@ -451,8 +462,8 @@ def model_agrees(overlay: Overlay, ops: list[tuple]) -> Step:
     after = {"operations": operations, "results": actual, "upperdir": _names(upper)}
     return Step("the model predicts, the kernel agrees" if agree else "the model and the kernel DISAGREE",
                 "overlay_model.Model(lowers, upper).apply(op)  vs  the same system calls on the mount",
-                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees",
-                note=f"before = the model's prediction, after = the kernel's; they agree on the "
+                before, after, mode=overlay_mode(overlay), key="overlay.model_agrees", columns=("model", "kernel"),
+                note=f"the model's prediction beside the kernel's answer; they agree on the "
                                     f"results, the upperdir and all {len(merged)} merged paths: {agree}",
                 data={"agree": agree, "predicted": predicted, "actual": actual})
 
@@ -520,7 +531,7 @@ def commit(container_ref: str, reference: str, comment: str = "") -> Step:
                 {"image": image.ref, "layers": len(image.layers), "new layer": made.entries},
                 note=f"the upperdir is now layer {len(image.layers)} of {name}:{tag} ({image.short_id}); "
                      f"its whiteouts are .wh. files again, as OCI layers spell them",
-                data={"image": image, "entries": made.entries}, key="build.commit")
+                data={"image": image, "entries": made.entries, "layers": len(image.layers)}, key="build.commit")
 
 
 _BUILDS: collections.Counter = collections.Counter()       # builds of each tag so far, for their keys
@@ -535,6 +546,14 @@ class BuildLog:
 
     def __getattr__(self, name: str):
         return getattr(self.result, name)
+
+    @property
+    def data(self) -> dict:
+        """What a check cell prints, the same on every machine and run; the ID is not: it digests the image's
+        config, which holds the time of the build, and its layers, which hold the files' modification times."""
+        image_id = self.result.image.id
+        return {"image_id": image_id, "sha256_id": re.fullmatch(r"sha256:[0-9a-f]{64}", image_id) is not None,
+                "layers": self.result.layers, "cached": self.result.cached}
 
     def __str__(self) -> str:
         text = str(self.result)

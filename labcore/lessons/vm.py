@@ -55,7 +55,8 @@ GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
-class Kernel:
+class GuestKernel:
+    """The kernel the guest boots (the host's is reached through ``labcore.kernel.syscalls.Kernel``)."""
     release: str            # 6.1.0-56-amd64: what `uname -r` prints inside the guest
     image: Path             # what qemu boots: vmlinux (see unpack_vmlinux), else the package's vmlinuz
     modules: Path           # lib/modules/<release>, with a modules.dep
@@ -108,7 +109,7 @@ def kernel_package() -> str:
     return names[0]
 
 
-def ensure_kernel() -> Kernel:
+def ensure_kernel() -> GuestKernel:
     """The cached kernel, else today's from apt, downloaded and unpacked (about 70 MB, a few seconds).
 
     The cache wins even when apt knows a newer kernel: asking apt costs a second, and any kernel will do.
@@ -124,14 +125,14 @@ def ensure_kernel() -> Kernel:
     return kernel_in(cache_dir() / package)
 
 
-def kernel_in(tree: Path) -> Kernel:
+def kernel_in(tree: Path) -> GuestKernel:
     vmlinuz = sorted(tree.glob("boot/vmlinuz-*"))
     if not vmlinuz:
         raise NotSupportedHere(f"no boot/vmlinuz-* in {tree}", path=str(tree),
                                fix=f"rm -r {tree}; the next boot downloads the kernel again")
     release = vmlinuz[-1].name.removeprefix("vmlinuz-")
     vmlinux = tree / "boot" / f"vmlinux-{release}"
-    return Kernel(release, vmlinux if vmlinux.exists() else vmlinuz[-1], tree / "lib" / "modules" / release)
+    return GuestKernel(release, vmlinux if vmlinux.exists() else vmlinuz[-1], tree / "lib" / "modules" / release)
 
 
 def download_kernel(package: str, tree: Path) -> None:
@@ -152,7 +153,7 @@ def download_kernel(package: str, tree: Path) -> None:
         os.rename(work / "tree", tree)     # atomic: a half-unpacked kernel is never seen in the cache
 
 
-def unpack_vmlinux(kernel: Kernel) -> None:
+def unpack_vmlinux(kernel: GuestKernel) -> None:
     """Save the kernel's ELF image from inside vmlinuz, when qemu can boot it directly.
 
     A vmlinuz (bzImage) is real-mode setup code plus a compressed vmlinux that it decompresses at boot. With
@@ -330,7 +331,7 @@ def read_static_busybox(path: str) -> bytes:
     return data
 
 
-def module_files(kernel: Kernel, names: tuple[str, ...]) -> dict[str, Path]:
+def module_files(kernel: GuestKernel, names: tuple[str, ...]) -> dict[str, Path]:
     """The modules ``names`` need, dependencies first: initramfs name -> file in the unpacked package."""
     table = read_modules_dep((kernel.modules / "modules.dep").read_text())
     return {f"lib/modules/{kernel.release}/{path.removesuffix('.xz')}": kernel.modules / path
@@ -387,7 +388,7 @@ def accelerator() -> tuple[str, str]:
     return "kvm", f"/dev/kvm served by {vendors[0]}"
 
 
-def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = None, disk: Path | None = None,
+def qemu_command(kernel: GuestKernel, initrd: Path, accel: str, share: str | None = None, disk: Path | None = None,
                  memory_mb: int = 2048, cpus: int = 2, project: str | None = None) -> list[str]:
     """No screen, no network: a serial console on stdout and, if asked, 9p shares and one disk."""
     command = [QEMU, "-name", "labcore-vm,process=labcore-vm", "-nodefaults", "-no-user-config",
@@ -411,7 +412,7 @@ def qemu_command(kernel: Kernel, initrd: Path, accel: str, share: str | None = N
     return command
 
 
-def boot(kernel: Kernel, init: str, accel: str, *, files: dict[str, Path] | None = None,
+def boot(kernel: GuestKernel, init: str, accel: str, *, files: dict[str, Path] | None = None,
          share: str | None = None, disk_mb: int = 0, timeout: float = 120, memory_mb: int = 2048,
          cpus: int = 2, project: str | None = None, extra: list[str] = ()) -> list[tuple[float, str]]:
     """Build the initramfs, run qemu until the guest powers off, and return its console lines with their
@@ -524,6 +525,7 @@ def boot_marker(timeout: float | None = None) -> Step:
         title=title,
         action=f"{QEMU} -accel {accel} -kernel {kernel.image.name} -initrd busybox+/init",
         before=host,
+        columns=("host", "guest VM"),
         after={"kernel release": guest["release"], "boot_id": guest["boot_id"]},
         note=(f"the guest booted its own kernel: its marker arrived {guest['seconds']:.2f} s after qemu "
               f"started ({guest['uptime']} s of it in the guest's kernel; {accel}: {why})"),

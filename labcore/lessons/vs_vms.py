@@ -156,7 +156,7 @@ def container_kernel(image: str = "busybox") -> Step:
         raise LabError(f"the container exited {result.exit_code}: {result}", fix="run `labcore doctor`")
     release, boot_id = result.stdout.decode().split()
     host, inside = host_kernel(), {"kernel release": release, "boot_id": boot_id}
-    return Step(title, action, before=host, after=inside, mode=current_mode(),
+    return Step(title, action, before=host, after=inside, mode=current_mode(), columns=("host", "container"),
                 data={"same_kernel": inside == host, "host": host, "inside": inside},
                 note="same kernel release and same boot id as the host: the container is the host's processes"
                 if inside == host else "the container reported another kernel: read the values above")

@@ -242,7 +242,7 @@ def copy_arguments(instruction: Instruction) -> list[str]:
 # --- the build ------------------------------------------------------------------------------------
 
 @dataclass
-class Stage:
+class BuildStage:
     """The image so far: its layers (base first) and its whole OCI config. The unit the cache keeps."""
     key: str
     layers: list[dict]         # {"digest", "diff_id"}
@@ -309,7 +309,7 @@ def build(context, labfile=None, tag: str | None = None, echo: bool = False) -> 
     return result
 
 
-def run_step(store, stage: Stage | None, instruction: Instruction, context: Path, result: Build) -> Stage:
+def run_step(store, stage: BuildStage | None, instruction: Instruction, context: Path, result: Build) -> BuildStage:
     """One instruction: FROM starts, the cache answers if it has the key, else the instruction runs."""
     if instruction.keyword == "FROM":
         return from_image(store, instruction.argument)
@@ -327,10 +327,10 @@ def run_step(store, stage: Stage | None, instruction: Instruction, context: Path
     return cached
 
 
-def from_image(store, reference: str) -> Stage:
+def from_image(store, reference: str) -> BuildStage:
     from labcore.runtime.container import find_image
     image = find_image(reference)
-    return Stage(image.id, [{"digest": layer.digest, "diff_id": layer.diff_id} for layer in image.layers],
+    return BuildStage(image.id, [{"digest": layer.digest, "diff_id": layer.diff_id} for layer in image.layers],
                  json.loads(store.read_blob(image.id)), id=image.id)
 
 
@@ -352,7 +352,7 @@ def prune_cache() -> str:
     return f"removed {len(entries)} build cache entries"
 
 
-def load_cached(store, key: str) -> Stage | None:
+def load_cached(store, key: str) -> BuildStage | None:
     """The stage a key built before, if every layer blob it names is still in the store (rmi may drop them)."""
     try:
         saved = json.loads((cache_dir() / f"{key}.json").read_text())
@@ -360,10 +360,10 @@ def load_cached(store, key: str) -> Stage | None:
         return None
     if not all(store.blob_path(layer["digest"]).exists() for layer in saved["layers"]):
         return None
-    return Stage(key, saved["layers"], saved["config"])
+    return BuildStage(key, saved["layers"], saved["config"])
 
 
-def save_cached(stage: Stage) -> None:
+def save_cached(stage: BuildStage) -> None:
     cache_dir().mkdir(parents=True, exist_ok=True)
     temporary = cache_dir() / f".{paths.PREFIX}-{stage.key}.{os.getpid()}"
     temporary.write_text(json.dumps({"layers": stage.layers, "config": stage.config}))
@@ -372,7 +372,7 @@ def save_cached(stage: Stage) -> None:
 
 # --- the instructions --------------------------------------------------------------------------------
 
-def run_instruction(store, stage: Stage, instruction: Instruction, context: Path, result: Build) -> Stage:
+def run_instruction(store, stage: BuildStage, instruction: Instruction, context: Path, result: Build) -> BuildStage:
     """RUN: a container on the image so far runs the command; its upperdir becomes the next layer."""
     from labcore.runtime import container, engine
     image = store.add_image([store.blob_path(layer["digest"]) for layer in stage.layers], stage.config, None)
@@ -394,13 +394,13 @@ def run_instruction(store, stage: Stage, instruction: Instruction, context: Path
     return with_layer(store, stage, layer, " ".join(command_argv(instruction)))
 
 
-def copy_instruction(store, stage: Stage, instruction: Instruction, context: Path, result: Build) -> Stage:
+def copy_instruction(store, stage: BuildStage, instruction: Instruction, context: Path, result: Build) -> BuildStage:
     """COPY: the files from the build context, as a layer of their own (owned by root, as Docker's are)."""
     layer = store_layer(store, copy_tar(copy_entries(context, instruction, stage)))
     return with_layer(store, stage, layer, f"/bin/sh -c #(nop) {instruction}")
 
 
-def config_instruction(store, stage: Stage, instruction: Instruction, context: Path, result: Build) -> Stage:
+def config_instruction(store, stage: BuildStage, instruction: Instruction, context: Path, result: Build) -> BuildStage:
     """ENV, WORKDIR, CMD, ENTRYPOINT: a new config and a history entry marked empty_layer; no layer."""
     config = dict(stage.config.get("config") or {})
     keyword = instruction.keyword
@@ -417,12 +417,12 @@ def config_instruction(store, stage: Stage, instruction: Instruction, context: P
             config.pop("Cmd", None)            # the base image's CMD was written for another entrypoint
     created_by = f"/bin/sh -c #(nop)  {instruction}"
     document = {**stage.config, "config": config}
-    return Stage("", stage.layers, _with_history(document, created_by, empty=True))
+    return BuildStage("", stage.layers, _with_history(document, created_by, empty=True))
 
 
-def with_layer(store, stage: Stage, layer: dict, created_by: str) -> Stage:
+def with_layer(store, stage: BuildStage, layer: dict, created_by: str) -> BuildStage:
     layers_after = [*stage.layers, {"digest": layer["digest"], "diff_id": layer["diff_id"]}]
-    return Stage("", layers_after, _with_history(stage.config, created_by))
+    return BuildStage("", layers_after, _with_history(stage.config, created_by))
 
 
 def _with_history(document: dict, created_by: str, empty: bool = False) -> dict:
@@ -437,7 +437,7 @@ STEPS = {"RUN": run_instruction, "COPY": copy_instruction, "ENV": config_instruc
 
 # --- COPY's files -------------------------------------------------------------------------------------
 
-def copy_entries(context: Path, instruction: Instruction, stage: Stage) -> list[tuple[str, Path | None]]:
+def copy_entries(context: Path, instruction: Instruction, stage: BuildStage) -> list[tuple[str, Path | None]]:
     """(name in the layer, file in the context) for each entry COPY makes, parents first (None: a directory
     made for the destination). A source must stay inside the context; a directory's contents are copied."""
     *sources, dest = copy_arguments(instruction)
@@ -460,7 +460,7 @@ def copy_entries(context: Path, instruction: Instruction, stage: Stage) -> list[
     return list(dict.fromkeys(entries))
 
 
-def copy_checksum(context: Path, instruction: Instruction, stage: Stage) -> str:
+def copy_checksum(context: Path, instruction: Instruction, stage: BuildStage) -> str:
     """The files' names, types, modes and contents (not their times: Docker's rule), hashed."""
     digest = hashlib.sha256()
     for name, path in copy_entries(context, instruction, stage):

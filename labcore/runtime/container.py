@@ -37,7 +37,8 @@ from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere,
 from labcore.image import layers
 from labcore.kernel import confinement, journal, rootfs, syscalls, userns
 from labcore.kernel.process import Channel, Child, exit_code
-from labcore.runtime import users
+from labcore.runtime import lifecycle, sequence, users
+from labcore.runtime.lifecycle import State
 # The vocabulary of `docker run`, resolved and checked (labcore.runtime.spec), and the container's stdio
 # (labcore.runtime.stdio), are imported here by name: callers know them as container.Spec, container.Stdio, ...
 from labcore.runtime.spec import (DEFAULT_PATH, Plan, Spec, check_spec, command_line, environment,  # noqa: F401
@@ -81,28 +82,41 @@ class Container:
     published: list = field(default_factory=list)     # labcore.kernel.network.Published, one per -p
     oom_killed: bool = False
     pid: int | None = None              # pid 1, as the host numbers it
-    state: str = "created"
+    state: State = State.CREATED        # changed only through lifecycle.check (``advance``)
     exit_code: int | None = None
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
     process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
+    progress: sequence.Progress = None  # the start sequence's steps done so far, each checked in order
+
+    def __post_init__(self):
+        self.progress = self.progress or sequence.Progress(self.spec.id)
 
     @property
     def directory(self) -> Path:
         return paths.containers_dir() / self.spec.id
 
 
+def advance(container: Container, action: str) -> None:
+    """The container's state after ``action``, as the lifecycle table allows it (InvalidTransition if not)."""
+    container.state = lifecycle.check(action, container.state, container.spec.id)
+
+
 def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
-    """Everything up to the moment before execve: pid 1 waits in its new root for `start`."""
+    """Everything up to the moment before execve: pid 1 waits in its new root for `start`. The steps are the
+    start sequence's (``labcore.runtime.sequence``), in its order, each counted there as it begins."""
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
         make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
-        # The image's layers, each unpacked once and shared; this container's upperdir; pid 1 mounts them.
-        container.plan.layers = layers.prepare_root(container.plan.image, container.directory,
-                                                    container.plan.rootless)
-        rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(spec))
-        start_pid1(container, stdio)          # last: the processes, once everything they need exists
+        skipped = skipped_steps(container)
+        for name, step in CREATE_STEPS:
+            if name in skipped:
+                continue
+            container.progress.advance(name)
+            if step is not None:
+                step(container, stdio)
+        await_root(container, stdio)          # pid 1's own steps, done when it says so
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
         raise
@@ -110,33 +124,67 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     return container
 
 
-def start_pid1(container: Container, stdio: "Stdio") -> None:
-    """Fork the shim, let it unshare and fork pid 1, and wait until pid 1 stands in its new root."""
+def skipped_steps(container: Container) -> tuple[str, ...]:
+    """Steps this container has no use for: no -p, or a UTS namespace it shares (--uts host) and may not name."""
+    return (() if container.spec.publish else ("publish",)) + \
+        (("set_hostname",) if container.plan.shared & syscalls.CLONE_NEWUTS else ())
+
+
+def prepare_layers(container: Container, stdio: "Stdio") -> None:
+    """The image's layers, each unpacked once and shared; this container's init layer (/etc/hostname, hosts,
+    resolv.conf), upper and work dirs. pid 1 mounts them (``mount_overlay`` happens in its mount namespace)."""
+    container.plan.layers = layers.prepare_root(container.plan.image, container.directory, container.plan.rootless)
+    rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(container.spec))
+
+
+def fork_shim(container: Container, stdio: "Stdio") -> None:
+    """The shim: a child still in every namespace of the host; it waits for the go-ahead to unshare."""
     container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
     container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
-    # The shim joins the container's cgroup before it unshares CLONE_NEWCGROUP, so that the cgroup
-    # namespace's root is the container's own group, and pid 1 (its child) is born inside the limits.
+
+
+def join_shim_cgroup(container: Container, stdio: "Stdio") -> None:
     join_cgroup(container, container.shim.pid)
-    container.shim.send(prepare_network(container))      # the go-ahead, with a user namespace to join or None
+
+
+def unshare_shim(container: Container, stdio: "Stdio") -> None:
+    """The go-ahead, with a user namespace to join or None: the shim unshares, forks pid 1 and sends its pid."""
+    container.shim.send(prepare_network(container))
     container.pid = container.shim.recv()
     container.process_entries.append(record_process(container.scope, container.pid))
-    # pid 1 exists, its net namespace too, and it has not run the command yet: give it its network now,
-    # so the command's first connect() already finds eth0 (or at least a working loopback).
+
+
+def connect_pid1(container: Container, stdio: "Stdio") -> None:
+    """pid 1 exists, its net namespace too, and it has not run the command yet: its network now, so the
+    command's first connect() already finds eth0 (or at least a working loopback). -p's ports with it."""
     connect_network(container)
-    container.shim.recv()                     # "ready": mounted, pivoted, named
+
+
+def await_root(container: Container, stdio: "Stdio") -> None:
+    """pid 1 mounts the overlay, pivots into it and names itself (``_pid1``, in that order), then says "ready"."""
+    container.shim.recv()
     if stdio.mode == "tty":
         stdio.take_terminal(receive_fd(container.shim.channel))
 
 
+# `labcore run` and labd's monitor walk the start sequence with these (the reasons for the order are in
+# labcore.runtime.sequence). A step without a function here is done by another: publish with the network
+# (connect_network), the last three by pid 1 itself (_pid1), which says "ready" when they are done.
+CREATE_STEPS = (("layers", prepare_layers), ("fork_child", fork_shim), ("join_cgroup", join_shim_cgroup),
+                ("unshare", unshare_shim), ("connect_network", connect_pid1), ("publish", None),
+                ("mount_overlay", None), ("pivot_root", None), ("set_hostname", None))
+
+
 def start(container: Container) -> None:
     """Let pid 1 execve the command. On success execve closes pid 1's end of the channel (close-on-exec)."""
+    container.progress.advance("exec")
     container.shim.send("start")
     try:
         container.shim.recv()                 # only a failure (e.g. no such executable) sends anything
     except EOFError:
         pass
-    container.state = "running"
+    advance(container, "start")
     container.started = time.time()
     save_state(container)
 
@@ -247,12 +295,15 @@ def release_cgroup(container: Container) -> None:
 
 def wait(container: Container) -> int:
     """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    if "exec" in container.progress.done:
+        container.progress.advance("wait")
     container.exit_code = container.shim.wait()
     release_cgroup(container)
     release_network(container)
     for entry in container.process_entries:
         container.scope.journal.forget(entry)
-    container.state = "exited"
+    # Its command ran: it exited. Reaped before it ran (a failed create): it was stopped, never started.
+    advance(container, "exit" if container.state in (State.RUNNING, State.PAUSED) else "stop")
     container.finished = time.time()
     save_state(container)
     return container.exit_code
@@ -313,7 +364,7 @@ def describe(spec: Spec, plan: Plan) -> dict:
 
 def save_state(container: Container) -> None:
     """state.json as a ``labcore.runtime.lifecycle.Record``: what `labcore ps`, `inspect` and the daemon read."""
-    from labcore.runtime.lifecycle import Record, State
+    from labcore.runtime.lifecycle import Record
     config = describe(container.spec, container.plan)
     if container.endpoint is not None:
         config["ip"] = container.endpoint.ip
@@ -325,7 +376,7 @@ def save_state(container: Container) -> None:
                                      "Aliases": ((container.spec.endpoints or {}).get(name) or {}).get("Aliases")}
                               for name, endpoint in container.endpoints.items()}
     Record(id=container.spec.id, name=container.spec.name, image=container.spec.image, config=config,
-           state=State(container.state), pid=container.pid or 0, exit_code=container.exit_code or 0,
+           state=container.state, pid=container.pid or 0, exit_code=container.exit_code or 0,
            oom_killed=container.oom_killed, created=container.created, started=container.started,
            finished=container.finished, monitor=journal.owner_of()).save()
 
@@ -392,16 +443,22 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
+    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio))
+
+
+def fork_pid1(channel: Channel, child_fds, pid1) -> None:
+    """The shim's second half, after unshare (notebook 08's box forks its pid 1 here too): fork pid 1, which
+    runs ``pid1()``; tell the parent its pid; then only reap it, and exit as it did."""
     hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(release)
         os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time
-        _pid1(channel, plan, stdio)
+        pid1()
     channel.send(pid)
     channel.close()                                 # pid 1 talks to the parent from here on
     os.close(release)
-    for fd in set(stdio.child_fds) - {0, 1, 2}:
+    for fd in set(child_fds) - {0, 1, 2}:
         os.close(fd)                                # so the parent sees EOF when pid 1 is gone
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)       # the parent decides; the shim only reports

@@ -1,18 +1,14 @@
-"""The engine: containers that outlive the process that asked for them.
+"""The engine: what a client may ask of containers that outlive the process that asked for them.
 
 `labcore run --rm busybox echo hi` lives and dies with the command. `docker run -d` does not: the client
 asks, the daemon starts the container and answers at once, and the container keeps running after the client
 — even after the daemon — has gone. Docker gets there with one small process per container, the
-containerd-shim: it is the container's parent, holds its output, and records how it ended.
-
-The lab's engine does the same with a *monitor*, forked twice so that it belongs to no one (init adopts it)
-and put in a session of its own so no terminal's hang-up reaches it:
+containerd-shim: it is the container's parent, holds its output, and records how it ended. The lab's is the
+*monitor* (``labcore.runtime.monitor``); the records both write are ``labcore.runtime.lifecycle``'s. Here, each
+request, as labd's routes and the CLI make it:
 
     create   check the spec and the image, write the record (state "created")
-    start    fork the monitor; it runs the container (``labcore.runtime.container``), reports "running", then
-             copies the container's stdout and stderr into ``container.log``, a line at a time
-             (``labcore.runtime.jsonfile``), and at the exit writes the exit code into the record (state
-             "exited"); with a restart policy it starts the container again
+    start    fork the monitor, and return once it reports pid 1 "running" (or why it could not)
     wait     read the record until it says "exited"
     logs     read ``container.log``; with follow, keep reading until the container has exited
     attach   the same log from now on, and the container's stdin: a FIFO (fifo(7)) the monitor opened
@@ -39,12 +35,11 @@ from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel import journal, procfs
 from labcore.kernel.process import Channel, close_inherited_fds
-from labcore.runtime import jsonfile, lifecycle
+from labcore.runtime import jsonfile, lifecycle, monitor
 from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
 
-LOG = "container.log"
-STDIN = "stdin"                        # the FIFO that is a `-i` container's fd 0
+LOG, STDIN = monitor.LOG, monitor.STDIN     # the container's log, and its stdin FIFO, in its directory
 
 
 # --- create and start -------------------------------------------------------------------------------------
@@ -60,7 +55,7 @@ def create(spec: Spec, options: dict | None = None) -> Record:
     # Journaled before it is made: a crash between the two leaves a record cleanup can act on, not a stray dir.
     journal.Journal().record("directory", str(record.directory), "rmtree", path=str(record.directory))
     record.save()
-    save_requested(spec.id, options or {})
+    lifecycle.save_requested(spec.id, options or {})
     return record
 
 
@@ -77,9 +72,9 @@ def start(container_id: str) -> Record:
     record = lifecycle.load(container_id)
     lifecycle.check("start", record.state, container_id)
     spec = Spec(**record.config["spec"])
-    options = requested(container_id).get("HostConfig", {})
+    options = lifecycle.requested(container_id).get("HostConfig", {})
     with contextlib.suppress(FileNotFoundError):
-        (record.directory / "stopped").unlink()      # started again by the user: restart policies apply
+        (record.directory / monitor.STOPPED).unlink()      # started again by the user: restart policies apply
     import socket
     ours, theirs = socket.socketpair()
     middle = os.fork()
@@ -91,7 +86,7 @@ def start(container_id: str) -> Record:
         gc.collect()
         close_inherited_fds(keep=(theirs.fileno(),))  # labd's other requests' fds are not the monitor's
         if os.fork() == 0:
-            _monitor(spec, Channel(theirs), options)
+            monitor.run(spec, Channel(theirs), options, remove)
         os._exit(0)
     theirs.close()
     os.waitpid(middle, 0)                             # reap the middle child at once: no zombie
@@ -103,113 +98,6 @@ def start(container_id: str) -> Record:
     if kind == "error":
         raise value
     return lifecycle.load(container_id)
-
-
-def take_over_directory(container_id: str) -> None:
-    """The monitor's first step: the container's directory belongs to it from now on, so it is no orphan
-    while the monitor lives, whatever becomes of the process that asked for the start."""
-    directory = str(paths.containers_dir() / container_id)
-    ledger = journal.Journal()
-    for entry in ledger.entries():
-        if entry.args.get("path") == directory:
-            ledger.set_owner(entry, journal.owner_of())
-
-
-def _monitor(spec: Spec, channel: Channel, options: dict) -> None:
-    """The container's parent for its whole life (and its restarts). It never prints; leaves by os._exit."""
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)                             # hold no terminal or pipe of the caller's
-    try:
-        take_over_directory(spec.id)
-        runs = 0
-        while True:
-            code = _run_once(spec, channel if runs == 0 else None, options)
-            runs += 1
-            if not restart_wanted(spec.id, code, runs):
-                break
-            time.sleep(min(0.1 * 2 ** (runs - 1), 1.0))   # Docker's back-off starts at 100 ms and doubles
-            if _stopped_by_user(spec.id):
-                lifecycle.transition(spec.id, "stop")
-                break
-        if spec.rm:
-            _remove_when_waiters_done(spec.id)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            channel.send(("error", err))
-        _record_failure(spec.id, err)
-    os._exit(0)
-
-
-def _record_failure(container_id: str, err: BaseException) -> None:
-    """The monitor failed after the start: say so in the record (`inspect` shows State.Error), as an exit."""
-    import traceback
-    text = "".join(traceback.format_exception_only(type(err), err)).strip()
-    with contextlib.suppress(Exception):
-        lifecycle.transition(container_id, "exit", exit_code=255, finished=time.time(), error=text)
-
-
-def _run_once(spec: Spec, channel: Channel | None, options: dict) -> int:
-    """One run: create and start the container, copy its output to the log, record its exit."""
-    from labcore.runtime import container
-    directory = paths.containers_dir() / spec.id
-    stdin = open_stdin(directory) if spec.interactive else None
-    try:
-        with journal.Scope() as scope, container.Stdio("tty" if spec.tty else "capture", stdin=stdin) as stdio, \
-                jsonfile.Writer(directory / LOG) as log:
-            box = container.create(spec, scope, stdio)
-            stdio.resize(*(options.get("ConsoleSize") or (0, 0)))
-            container.start(box)
-            if channel is not None:
-                channel.send(("ok", journal.owner_of()))
-                channel.close()
-            stdio.pump(sink=log.write)
-            log.flush()                               # before the exit is recorded: a reader that sees
-            code = container.wait(box)                # "exited" finds every line already written
-            scope.release()                           # the files stay until `rm`, as Docker keeps them
-    finally:
-        if stdin is not None:
-            os.close(stdin)
-    return code
-
-
-def open_stdin(directory) -> int:
-    """The container's fd 0 for `-i`: a FIFO, opened read-write so that it never reads end-of-file while the
-    container lives (Docker keeps an -i container's stdin open until it exits), and attach can write to it."""
-    path = directory / STDIN
-    if not path.exists():
-        os.mkfifo(path, 0o600)
-    return os.open(path, os.O_RDWR)
-
-
-def restart_wanted(container_id: str, code: int, runs: int) -> bool:
-    """Docker's restart policies (docs: "Start containers automatically"): no, on-failure[:N], always,
-    unless-stopped; never after `docker stop` or `kill`. A restart is recorded as state "restarting".
-    The policy is read now, not at the start: `docker update --restart` changes it for a running container."""
-    policy = requested(container_id).get("HostConfig", {}).get("RestartPolicy") or {}
-    name, most = policy.get("Name") or "no", policy.get("MaximumRetryCount") or 0
-    wanted = name in ("always", "unless-stopped") or (name == "on-failure" and code != 0
-                                                      and (not most or runs <= most))
-    if not wanted or _stopped_by_user(container_id):
-        return False
-    with contextlib.suppress(InvalidTransition):
-        lifecycle.transition(container_id, "restart")
-        return True
-    return False
-
-
-def _stopped_by_user(container_id: str) -> bool:
-    return (paths.containers_dir() / container_id / "stopped").exists()
-
-
-def _remove_when_waiters_done(container_id: str) -> None:
-    """--rm: remove, but only once every `wait` that came before has read the exit code (Docker's waiters are
-    told before the removal). Each waiter holds a shared lock on ``waiters``; this takes it exclusively."""
-    import fcntl
-    with open(paths.containers_dir() / container_id / "waiters", "a") as waiters:
-        fcntl.flock(waiters, fcntl.LOCK_EX)
-        remove(container_id)
 
 
 # --- watching ---------------------------------------------------------------------------------------------
@@ -392,7 +280,7 @@ def kill(container_id: str, signum: int = signal.SIGKILL) -> None:
 def mark_stopped(container_id: str) -> None:
     """The user stopped it: no restart policy brings it back (Docker's HasBeenManuallyStopped)."""
     with contextlib.suppress(FileNotFoundError):
-        (paths.containers_dir() / container_id / "stopped").touch()
+        (paths.containers_dir() / container_id / monitor.STOPPED).touch()
 
 
 def stop(container_id: str, timeout: float | None = None) -> Record:
@@ -400,7 +288,7 @@ def stop(container_id: str, timeout: float | None = None) -> Record:
     ``timeout`` s (default: the container's StopTimeout, else 10). pid 1 ignores a signal it has no handler
     for (pid_namespaces(7)), which is why `docker stop` on `sleep` takes the full ten seconds."""
     record = refresh(lifecycle.load(container_id))
-    config = requested(container_id).get("Config", {})
+    config = lifecycle.requested(container_id).get("Config", {})
     if timeout is None:
         timeout = config.get("StopTimeout") if config.get("StopTimeout") is not None else 10
     mark_stopped(container_id)
@@ -410,9 +298,9 @@ def stop(container_id: str, timeout: float | None = None) -> Record:
         unpause(container_id)
     if record.state not in (State.RUNNING, State.PAUSED):
         return record
-    from labcore.api.schema import signal_number
+    from labcore.runtime.spec import parse_signal
     with contextlib.suppress(InvalidTransition):
-        kill(container_id, signal_number(config.get("StopSignal") or "SIGTERM"))
+        kill(container_id, parse_signal(config.get("StopSignal") or "SIGTERM"))
     try:
         return wait(container_id, max(timeout, 0))
     except LabError:
@@ -539,7 +427,7 @@ def update(container_id: str, changes: dict) -> list[str]:
     HostConfig says so too. A container created without limits has no cgroup to write into: refused."""
     from labcore.kernel.cgroups.limits import parse_run_limits
     record = refresh(lifecycle.load(container_id))
-    stored = requested(container_id)
+    stored = lifecycle.requested(container_id)
     current = stored.get("HostConfig", {})
     merged = {**current, **{k: v for k, v in changes.items() if v is not None}}
     wanted = limits_from_host_config(merged)
@@ -550,7 +438,7 @@ def update(container_id: str, changes: dict) -> list[str]:
             raise InvalidTransition(f"container {container_id[:12]} was started without a cgroup (it had no "
                                     "limits), so there is nothing to update", fix="stop it, update, start it")
         manager.apply(group, limits)
-    save_requested(container_id, {**stored, "HostConfig": merged})
+    lifecycle.save_requested(container_id, {**stored, "HostConfig": merged})
     spec = record.config.get("spec", {})
     record.config["spec"] = {**spec, "limits": wanted}
     with lifecycle.locked(container_id):
@@ -562,26 +450,6 @@ def update(container_id: str, changes: dict) -> list[str]:
 
 # --- what the client asked for: Docker's hostconfig.json ---------------------------------------------------
 
-OPTIONS = "hostconfig.json"
-
-
-def requested(container_id: str) -> dict:
-    """What the client sent, kept beside the record as Docker keeps hostconfig.json and config.v2.json:
-    {"HostConfig": ..., "Config": ..., "AnonymousVolumes": [...]}. `inspect` echoes it; `stop`, restart
-    policies and `rm -v` read it."""
-    import json
-    try:
-        return json.loads((paths.containers_dir() / container_id / OPTIONS).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def save_requested(container_id: str, values: dict) -> None:
-    import json
-    directory = paths.containers_dir() / container_id
-    temporary = directory / f".{OPTIONS}.{os.getpid()}"
-    temporary.write_text(json.dumps(values))
-    temporary.rename(directory / OPTIONS)
 
 
 # --- exec -------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ removed, and `rm` removes everything its monitor had made (``labcore.runtime.eng
 Every action checks the current state first and refuses a move the table does not allow with
 ``InvalidTransition`` (the daemon answers 409 Conflict, as Docker does). The record lives in
 ``<state dir>/containers/<id>/state.json``, written atomically under a lock, so another process — `labcore ps`,
-the daemon, a restarted notebook kernel — sees the same containers.
+the daemon, a restarted notebook kernel — sees the same containers. Beside it, ``hostconfig.json``: what the
+client asked for (``requested``), as Docker keeps hostconfig.json and config.v2.json.
 """
 from __future__ import annotations
 
@@ -185,3 +186,25 @@ def monitor_alive(record: Record) -> bool:
     or a reboot leaves a record that says running forever.) Pid and start time, so a reused pid is no one."""
     from labcore.kernel.journal import owner_alive
     return owner_alive(record.monitor) if record.monitor else True
+
+
+# --- what the client asked for, kept beside the record ----------------------------------------------------
+
+OPTIONS = "hostconfig.json"
+
+
+def requested(container_id: str) -> dict:
+    """What the client sent, kept beside the record as Docker keeps hostconfig.json and config.v2.json:
+    {"HostConfig": ..., "Config": ..., "AnonymousVolumes": [...]}. `inspect` echoes it; `stop`, restart
+    policies and `rm -v` read it."""
+    try:
+        return json.loads((paths.containers_dir() / container_id / OPTIONS).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_requested(container_id: str, values: dict) -> None:
+    directory = paths.containers_dir() / container_id
+    temporary = directory / f".{OPTIONS}.{os.getpid()}"
+    temporary.write_text(json.dumps(values))
+    temporary.rename(directory / OPTIONS)

@@ -211,7 +211,8 @@ def find_image(ref: str):
     except NotFound:
         if ref not in ("busybox", oci.BASE_IMAGE):
             raise
-        return oci.ensure_base_image()
+        from labcore.image.baseimage import ensure_base_image
+        return ensure_base_image()
 
 
 def parse_limits(spec: Spec):
@@ -301,3 +302,15 @@ def parse_tmpfs(text: str) -> tuple[str, str]:
             raise BadInput(f"invalid tmpfs option {option!r} in {text!r}",
                            fix="use size, mode, uid, gid, nr_inodes, ro, noexec, nosuid, nodev")
     return os.path.normpath(target), options
+
+
+def parse_signal(text) -> int:
+    """Docker accepts a number, a name with or without SIG: 9, KILL, SIGKILL (`docker kill -s`, StopSignal)."""
+    import signal
+    text = str(text).strip()
+    if text.isdigit() and 0 < int(text) < signal.NSIG:
+        return int(text)
+    try:
+        return int(signal.Signals["SIG" + text.upper().removeprefix("SIG")])
+    except KeyError:
+        raise BadInput(f"Invalid signal: {text[:40]}", fix="use a number or a name: 9, KILL, SIGKILL") from None

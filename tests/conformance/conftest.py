@@ -101,7 +101,7 @@ def engines(tmp_path_factory, shared_images):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LABCORE_HOME", str(home))
         from labcore.api.labd import Labd
-        from labcore.image.oci import ensure_base_image
+        from labcore.image.baseimage import ensure_base_image
         ensure_base_image()
         with Dockerd() as dockerd, Labd(f"/run/labcore-differential-{os.getpid()}.sock") as labd:
             try:

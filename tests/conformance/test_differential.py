@@ -66,6 +66,20 @@ def test_an_unknown_path_is_404(both):
 
 # --- images ---------------------------------------------------------------------------------------------
 
+def test_an_image_the_registry_does_not_have_is_a_404_before_any_stream(both):
+    """01's other branch: the manifest request is answered 404 MANIFEST_UNKNOWN, and the daemon answers 404 with
+    its message, not a 200 stream (both daemons ask for the manifest before they write a byte)."""
+    import shutil
+    if not shutil.which("docker-registry"):
+        pytest.skip("needs docker-registry (Debian's)")
+    from labcore.lessons.localregistry import LocalRegistry
+    with LocalRegistry() as registry:
+        def scenario(engine):
+            answer = engine.request("POST", f"/images/create?fromImage={registry.address}/lab/nothing&tag=missing")
+            return answer.status, "manifest unknown" in answer.json()["message"]
+        assert on_both(both, scenario) == (404, True)
+
+
 def test_image_list_and_inspect(both):
     def scenario(engine):
         rows = [row for row in engine.request("GET", "/images/json").json() if "busybox:latest" in row["RepoTags"]]

@@ -2,6 +2,8 @@
 
 A notebook is narrative plus one short call into labcore per code cell, stored with the outputs of a real run
 (`./lab execute`), ending with questions and a cleanup cell; at least one cell's output is compared by nbval.
+The one exception is an exercise's solution cell (nbgrader's ``solution`` metadata): the student's own code,
+a function the next cell's check runs, so it may be longer and shows no output of its own.
 """
 import ast
 import re
@@ -17,8 +19,14 @@ LOOPS_AND_HELPERS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.La
                      ast.While, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-def code_cells(notebook):
-    return [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+def code_cells(notebook, solutions: bool = True):
+    return [(index, cell) for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+            and (solutions or not is_solution(cell))]
+
+
+def is_solution(cell) -> bool:
+    """An exercise cell the student writes (labcore.lessons.exercises checks what it does)."""
+    return bool(cell.metadata.get("nbgrader", {}).get("solution"))
 
 
 def statements(source: str) -> list[str]:
@@ -39,7 +47,7 @@ def notebook(request):
 
 
 def test_every_code_cell_ran_and_kept_its_outputs(notebook):
-    for index, cell in code_cells(notebook):
+    for index, cell in code_cells(notebook, solutions=False):
         assert cell.execution_count is not None, f"cell {index} was not run: `./lab execute NOTEBOOK`"
         assert cell.outputs, f"cell {index} has no stored output: one call per cell, showing its result"
         errors = [o for o in cell.outputs if o.output_type == "error"]
@@ -47,7 +55,7 @@ def test_every_code_cell_ran_and_kept_its_outputs(notebook):
 
 
 def test_every_code_cell_is_one_short_call(notebook):
-    for index, cell in code_cells(notebook):
+    for index, cell in code_cells(notebook, solutions=False):
         assert len(statements(cell.source)) <= MAX_LINES, \
             f"cell {index} has more than {MAX_LINES} lines: move the code into labcore"
         tree = python_of(cell.source)
@@ -65,6 +73,22 @@ def test_notebook_ends_with_questions_then_cleanup(notebook):
         "the next-to-last cell is the markdown '## Check your understanding' with the questions"
     assert cleanup.cell_type == "code" and re.search(r"\bjournal\.cleanup\(", cleanup.source), \
         "the last cell calls labcore.kernel.journal.cleanup(), so a notebook leaves nothing behind"
+
+
+def test_exercises_hold_a_solution_and_are_checked(notebook):
+    """Each solution cell has nbgrader's markers around its reference solution, and the next code cell is
+    a graded check that calls labcore.lessons.exercises (never a comparison of source text)."""
+    cells = code_cells(notebook)
+    for position, (index, cell) in enumerate(cells):
+        if not is_solution(cell):
+            continue
+        assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source, \
+            f"cell {index}: the reference solution goes between ### BEGIN SOLUTION and ### END SOLUTION"
+        following = cells[position + 1][1] if position + 1 < len(cells) else None
+        assert following is not None and following.metadata.get("nbgrader", {}).get("grade"), \
+            f"cell {index}: the next code cell is the graded check (nbgrader grade: true, points)"
+        assert re.search(r"\bexercises\.check_\w+\(", following.source), \
+            f"cell {index}: its check calls labcore.lessons.exercises.check_*"
 
 
 def test_some_output_is_compared_by_nbval(notebook):

@@ -14,7 +14,8 @@ import pytest
 
 from labcore import paths
 from labcore.image import archive
-from labcore.image.oci import Store, ensure_base_image
+from labcore.image.baseimage import ensure_base_image
+from labcore.image.oci import Store
 from labcore.kernel.journal import Scope
 from labcore.lessons.dockerd import Dockerd, cgroup_parent_directories, dockerd_unavailable_reason, import_busybox
 from labcore.runtime.container import Spec, run

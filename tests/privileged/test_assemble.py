@@ -29,14 +29,16 @@ def test_the_whole_sequence_by_hand(busybox_image):
         assert len(box.stack.lowers) == 2 and stack.after["upperdir"] == ["(empty)"]
 
         mounted = box.mount_overlay()
-        assert " - overlay overlay " in mounted.after["mountinfo"][0] and "bin" in mounted.data["names"]
+        assert " - overlay overlay " in mounted.data["mountinfo"][0] and "bin" in mounted.data["names"]
+        assert mounted.after["mountinfo"].rows[0][1] == "overlay"
 
         shim = box.fork_child()
         assert shim.data["shared"] == list(build_your_own.KINDS)
 
         group = box.join_cgroup(memory="64m", cpus="0.5", pids="64")
         assert group.data["procs"] == [box.shim.pid]
-        assert group.after["memory.limit_in_bytes"] == str(64 << 20) and group.after["pids.max"] == "64"
+        assert group.data["memory_limit"] == str(64 << 20) and group.data["pids_limit"] == "64"     # v1 or v2
+        assert group.data["cpu_quota_limit"] == "50000" and group.data["memory_file"] in group.after
 
         isolated = box.unshare()
         assert isolated.data["new"] == list(build_your_own.KINDS)

@@ -102,7 +102,8 @@ def test_an_unknown_container_is_named_and_exits_1(where):
 
 @pytest.mark.skipif(not (has("docker-registry") and has("skopeo")), reason="needs docker-registry and skopeo")
 def test_pull_shows_dockers_progress_lines_and_the_image_is_then_local(where, tmp_path):
-    from labcore.image.oci import Store, ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
+    from labcore.image.oci import Store
     from labcore.lessons.localregistry import LocalRegistry
     source = Store(tmp_path / "labcore-source")
     ensure_base_image(source)

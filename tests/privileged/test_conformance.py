@@ -18,7 +18,7 @@ ENGINES = ["labd", "dockerd"]
 
 @pytest.fixture(scope="module", params=ENGINES)
 def client(request, engines_home):
-    from labcore.image.oci import ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
     ensure_base_image()
     if request.param == "labd":
         from labcore.api.labd import Labd

@@ -38,6 +38,19 @@ def test_the_flow_shows_404_then_the_pull_then_pid_1_in_new_namespaces_then_exit
     assert not os.path.exists(f"/proc/{start.data['pid']}")
 
 
+def test_an_image_the_registry_lacks_is_its_404_then_the_daemons_then_the_clients_error(stage):
+    missing = run_flow.missing_image(stage)
+    assert (missing.data["registry_status"], missing.data["registry_error"]) == (404, "MANIFEST_UNKNOWN: "
+                                                                                      "manifest unknown")
+    assert missing.data["status"] == 404 and "manifest unknown" in missing.data["answer"]
+    assert b"Transfer-Encoding" not in missing.exchanges[1].response      # refused before any stream began
+    assert missing.after["images in labd's store"] == "none"
+    if shutil.which("docker"):
+        assert missing.data["cli_exit_code"] == 125
+        assert "docker: Error response from daemon: manifest unknown" in missing.data["cli_stderr"]
+        assert missing.after["docker run: requests"][-1].endswith("&tag=missing → 404")
+
+
 def test_the_stepper_forgets_the_image_so_the_flow_pulls_again(stage):
     run_flow.run_all(stage)
     stepper = run_flow.stepper(stage)
@@ -87,6 +100,17 @@ def test_two_containers_of_one_daemon_both_listen_on_port_80(stage):
     ports = client_server.two_containers_on_port_80(stage)
     assert ports.data["listening"] == [["*:80"], ["*:80"]] and ports.data["distinct_net_ns"]
     assert ports.data["answers"] == ["box-a", "box-b"]
+
+
+def test_one_daemon_answers_alike_on_its_socket_and_on_tcp_where_nobody_gets_in_too(stage):
+    tcp = client_server.daemon_on_tcp(stage)
+    assert tcp.data["same"] and tcp.data["same process"]
+    assert tcp.data["unix"][0] == tcp.data["tcp"][0] == "HTTP/1.1 200 OK"
+    assert "without --tlsverify is insecure" in tcp.data["warnings"][0]
+    assert tcp.data["nobody (uid 65534), unix"].startswith("EACCES")
+    assert tcp.data["nobody (uid 65534), tcp"] == "connected; HTTP/1.1 200 OK, OK"
+    assert not any(line.split()[3] == "0A" and int(line.split()[1].split(":")[1], 16) == tcp.data["port"]
+                   for line in open("/proc/net/tcp").read().splitlines()[1:])      # the port is closed again
 
 
 def test_closing_the_stage_leaves_no_daemon_registry_socket_or_directory(busybox_image):

@@ -107,7 +107,8 @@ def test_killing_the_daemon_loses_no_container(busybox_image):
 
 @pytest.mark.skipif(not (has("docker-registry") and has("skopeo")), reason="needs docker-registry and skopeo")
 def test_an_image_absent_locally_is_pulled_from_the_registry_during_run(labd, tmp_path):
-    from labcore.image.oci import Store, ensure_base_image
+    from labcore.image.baseimage import ensure_base_image
+    from labcore.image.oci import Store
     from labcore.lessons.localregistry import LocalRegistry
     source = Store(tmp_path / "labcore-source")
     ensure_base_image(source)

@@ -55,7 +55,7 @@ def labd(tmp_path_factory, shared_images):
     os.symlink(shared_images, home / "images")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LABCORE_HOME", str(home))
-        from labcore.image.oci import ensure_base_image
+        from labcore.image.baseimage import ensure_base_image
         ensure_base_image()
         with Labd(f"/tmp/labcore-fuzz-{os.getpid()}.sock") as daemon:
             yield daemon

@@ -123,7 +123,8 @@ def busybox_root(scope):
     """The busybox image's root filesystem when labcore.image.oci can build it, else the small test tree."""
     directory, _ = overlay.make_scratch_dir("rootfs", scope)
     try:
-        from labcore.image.oci import Store, ensure_base_image
+        from labcore.image.baseimage import ensure_base_image
+        from labcore.image.oci import Store
         Store().unpack(ensure_base_image(), directory)
     except (ImportError, LabError):
         union_fs.write_layer(directory, TREE)

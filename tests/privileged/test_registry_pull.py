@@ -6,7 +6,8 @@ import pytest
 
 from labcore.errors import NotFound
 from labcore.image import registry
-from labcore.image.oci import Store, ensure_base_image
+from labcore.image.baseimage import ensure_base_image
+from labcore.image.oci import Store
 from labcore.lessons.localregistry import LocalRegistry
 from tests.conftest import has
 

@@ -59,3 +59,14 @@ def test_both_escapes_side_by_side(image_root):
     step = root_fs.compare_escapes(image_root)
     assert step.data == {"escaped_chroot": True, "escaped_pivot_root": False}
     assert step.before["/ is"] == root_fs.HOST_ROOT and step.after["/ is"] == root_fs.IMAGE_ROOT
+
+
+def test_mountinfo_after_chroot_hides_the_mounts_and_after_pivot_root_one_is_left(image_root):
+    step = root_fs.mount_trees(image_root)
+    assert step.data["shown_after_chroot"] == 0 and len(step.data["host"]) >= 2
+    # the host's, copied (other processes may mount meanwhile: no count), and the bind of the image's root
+    assert [line.split()[4] for line in step.data["unshared"]].count(str(image_root)) == 1
+    assert step.data["mounts_after_pivot_root"] == 1 and step.data["old_root_gone"]
+    assert step.data["pivoted"][0].split()[4] == "/" and str(image_root) in step.data["pivoted"][0]
+    assert step.after["mountinfo after pivot_root"].rows[0][0] == "/"
+    assert '"pivot:marker"' in step.data["dot"] and "gone: umount2(MNT_DETACH)" in step.data["dot"]

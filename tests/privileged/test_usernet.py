@@ -61,7 +61,7 @@ def lab_dir():
     os.chmod(directory, 0o755)
     try:
         built = as_user(directory, f"{directory}/build", "-c",
-                        "from labcore.image.oci import ensure_base_image; ensure_base_image()")
+                        "from labcore.image.baseimage import ensure_base_image; ensure_base_image()")
         assert built.returncode == 0, built.stderr[-2000:]
         yield directory
     finally:

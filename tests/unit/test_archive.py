@@ -10,10 +10,10 @@ import tarfile
 import pytest
 
 from labcore.cli import main
-from labcore.cli.rmi import remove
 from labcore.errors import BadInput, LabError
 from labcore.image import archive
 from labcore.image.oci import Store
+from labcore.runtime.images import remove
 
 
 @pytest.fixture

@@ -135,3 +135,13 @@ def test_a_box_without_a_network_may_still_exec_but_not_publish(box):
     box.refused["connect_network"] = "ip link add was refused: EPERM"
     assert box.refusal("exec") is None and box.refused_before("exec") is None
     assert box.refused_before("publish") == "connect_network"
+
+
+def test_the_limits_have_the_same_keys_on_cgroup_v1_and_v2():
+    v1 = {"memory.limit_in_bytes": "67108864", "cpu.cfs_quota_us": "50000", "cpu.shares": "1024", "pids.max": "64"}
+    v2 = {"memory.max": "67108864", "cpu.max": "50000 100000", "cpu.weight": "100", "pids.max": "64"}
+    plain = build_your_own.plain_limits
+    assert {key: value for key, value in plain(v1).items() if key.endswith("_limit")} == \
+        {key: value for key, value in plain(v2).items() if key.endswith("_limit")} == \
+        {"memory_limit": "67108864", "cpu_quota_limit": "50000", "pids_limit": "64"}
+    assert plain(v1)["memory_file"] == "memory.limit_in_bytes" and plain(v2)["cpu_quota_file"] == "cpu.max"

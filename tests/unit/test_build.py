@@ -6,7 +6,7 @@ import pytest
 
 from labcore.errors import BadInput
 from labcore.runtime import build
-from labcore.runtime.build import Instruction, Stage
+from labcore.runtime.build import Instruction, BuildStage
 
 LABFILE = """# a comment, then a blank line
 
@@ -55,8 +55,8 @@ def test_cache_keys_chain_the_parent_and_the_instruction_text_but_not_the_line()
     assert key != build.cache_key("sha256:base", run, content="files")             # COPY's checksum
 
 
-def stage(config=None) -> Stage:
-    return Stage("key", [], {"config": config or {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "history": []})
+def stage(config=None) -> BuildStage:
+    return BuildStage("key", [], {"config": config or {"Cmd": ["sh"], "Env": ["PATH=/bin"]}, "history": []})
 
 
 def test_copy_checksum_follows_contents_and_modes_not_times(tmp_path):

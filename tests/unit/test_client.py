@@ -136,3 +136,27 @@ def test_what_the_client_sends_labd_reads_back_as_the_same_spec():
     assert again.limits == {"pids_limit": "10", "memory": str(64 << 20), "memory_swap": str(128 << 20),
                             "device_cgroup_rule": ["c 1:3 rwm"]}
     assert asked["HostConfig"]["GroupAdd"] == ["1000"]        # kept as sent, for inspect
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("busybox", ("busybox", "")), ("busybox:v1", ("busybox", "v1")),
+    ("localhost:5000/lab/hello", ("localhost:5000/lab/hello", "")),
+    ("localhost:5000/lab/hello:v1", ("localhost:5000/lab/hello", "v1"))])
+def test_a_reference_becomes_the_apis_repo_and_tag(reference, expected):
+    assert client.split_tag(reference) == expected
+
+
+def test_a_build_context_travels_as_a_tar_with_a_labfile_from_outside(tmp_path):
+    import tarfile
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello").write_text("hi\n")
+    (context / "Labfile").write_text("FROM busybox\n")
+    (tmp_path / "Other").write_text("FROM busybox\nCOPY hello /\n")
+    with open(tmp_path / "a.tar", "w+b") as out:
+        assert client.context_tar(str(context), None, out) == "Labfile"
+        assert {"./hello", "./Labfile"} <= set(tarfile.open(fileobj=out).getnames())
+    with open(tmp_path / "b.tar", "w+b") as out:
+        assert client.context_tar(str(context), str(tmp_path / "Other"), out) == ".labcore-labfile"
+        with tarfile.open(fileobj=out) as tar:
+            assert tar.extractfile(".labcore-labfile").read() == b"FROM busybox\nCOPY hello /\n"

@@ -59,9 +59,10 @@ def test_a_chunked_body_is_read_as_its_chunks_and_a_json_body_is_bounded():
 def test_a_bad_content_length_is_answered_400_and_a_deep_body_too(tmp_path):
     import socket
     import threading
-    import labcore.api.routes  # noqa: F401 - the routes, /_ping among them
+    from labcore.api import routes
     path = str(tmp_path / "labcore-t.sock")
     server = labd.bind_unix(path)
+    server.routes = routes.table()              # as labd.serve is given them: /_ping among them
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         def ask(raw: bytes) -> bytes:
@@ -89,3 +90,26 @@ def test_a_deeply_nested_body_is_a_400_not_a_crash():
     with pytest.raises(labd.ApiError) as bad:
         labd.Request("POST", "/containers/create", {}, b"[" * 100_000 + b"]" * 100_000).json()
     assert bad.value.status == 400
+
+
+def test_a_pull_the_registry_refuses_at_once_is_a_404_and_a_later_error_travels_in_the_stream(monkeypatch):
+    """As dockerd answers: the manifest is asked for before the first byte of the answer, so a missing image is a
+    404 (tests/conformance compares the two daemons), not a 200 stream."""
+    from labcore.api import routes
+
+    def missing(reference):
+        raise NotFound(f"manifest unknown: http://127.0.0.1:5000/v2/{reference}")
+        yield                                                   # a generator, as registry.pull is
+
+    def failing_later(reference):
+        yield {"status": "Pulling from lab/hello", "id": "v1"}
+        raise LabError("digest mismatch")
+    request = labd.Request("POST", "/images/create", {"fromImage": "127.0.0.1:5000/lab/hello", "tag": "v9"}, b"")
+    monkeypatch.setattr(routes.engine, "pull", missing)
+    with pytest.raises(NotFound, match="manifest unknown"):
+        routes.pull_image(request)
+    monkeypatch.setattr(routes.engine, "pull", failing_later)
+    stream = routes.pull_image(request)
+    assert next(stream.chunks) == b'{"status": "Pulling from lab/hello", "id": "v1"}\r\n'
+    with pytest.raises(LabError, match="digest mismatch"):            # answer_stream writes it as an error line
+        next(stream.chunks)

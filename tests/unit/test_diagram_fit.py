@@ -16,8 +16,8 @@ import pytest
 import labcore
 from labcore.kernel import overlay
 from labcore.kernel.cgroups.limits import Limits
-from labcore.lessons import (build_your_own, client_server, diagrams, namespaces, run_flow, security, union_fs,
-                             vs_vms, widgets)
+from labcore.lessons import (build_your_own, client_server, diagrams, namespaces, root_fs, run_flow, security,
+                             union_fs, vs_vms, widgets)
 from labcore.lessons.control_groups import tree_dot
 from tests.unit.test_cgroups_v2 import FakeV2
 from tests.unit.test_compare import comparison
@@ -122,6 +122,27 @@ def defence(monkeypatch, tmp_path):
     return security.defence_dot(4242, "labcore-defence", layers)
 
 
+# 02's live tree of Docker's processes, before and after dockerd's SIGKILL, as /proc showed them on the VM.
+DOCKER_TREE = {
+    "before": {"dockerd": {"pid": 23102, "name": "dockerd", "ppid": 23098, "state": "sleeping", "parent": "python3"},
+               "containerd": {"pid": 23110, "name": "containerd", "ppid": 23102, "state": "sleeping"},
+               "shim": {"pid": 23218, "name": "containerd-shim", "ppid": 1, "state": "sleeping",
+                        "parent": "systemd"},
+               "container": {"pid": 23240, "name": "sleep", "ppid": 23218, "state": "sleeping"}},
+    "after": {"dockerd": {"pid": 23102, "state": "gone"}, "containerd": {"pid": 23110, "state": "zombie"},
+              "shim": {"pid": 23218, "name": "containerd-shim", "ppid": 1, "state": "sleeping"},
+              "container": {"pid": 23240, "name": "sleep", "ppid": 23218, "state": "sleeping"}}}
+
+
+def mount_trees(monkeypatch, tmp_path):
+    """06's three mount trees: a host of 40 mounts folded into one node, a chroot, a pivot_root (tests/unit/
+    test_rootfs.py's, with the host grown to a desktop's)."""
+    from tests.unit.test_rootfs import HOST_MOUNTINFO, PIVOTED_MOUNTINFO, ROOT
+    host = HOST_MOUNTINFO + [f"{40 + n} 27 0:{40 + n} / /sys/fs/cgroup/controller-{n} rw - cgroup cgroup rw"
+                             for n in range(36)]
+    return root_fs.mount_tree_dot(host, ROOT, PIVOTED_MOUNTINFO)
+
+
 SAMPLES = {
     "labcore.lessons.diagrams:course_map": lambda monkeypatch, tmp_path: diagrams.course_map(),
     "labcore.lessons.run_flow:flow_dot": lambda monkeypatch, tmp_path: run_flow.flow_dot("pull"),
@@ -129,12 +150,15 @@ SAMPLES = {
         {"client": {"pid": 4242, "fd": 57}, "socket": "/home/student/.local/state/labcore/tmp/labd.sock",
          "mode": "srw-rw----", "daemon": {"pid": 4299, "user": "student", "listening_fd": 3,
                                           "accepted": {"fd": 12, "inode": 31549}}}),
+    "labcore.lessons.client_server:docker_tree_dot": lambda monkeypatch, tmp_path: client_server.docker_tree_dot(
+        DOCKER_TREE),
     "labcore.lessons.vs_vms:stacks_dot": lambda monkeypatch, tmp_path: vs_vms.stacks_dot(comparison()),
     "labcore.lessons.namespaces:membership_dot": membership,
     "labcore.lessons.namespaces:process_tree_dot": process_tree,
     "labcore.lessons.control_groups:tree_dot": cgroup_tree,
     "labcore.lessons.union_fs:layer_stack_dot": layer_stack,
     "labcore.lessons.build_your_own:diagram": box,
+    "labcore.lessons.root_fs:mount_tree_dot": mount_trees,
     "labcore.lessons.security:defence_dot": defence,
     "labcore.lessons.widgets:_arrows_from_kernel": lambda monkeypatch, tmp_path: widgets._arrows_from_kernel(
         "cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"),

@@ -13,7 +13,8 @@ def test_a_mountinfo_line_is_read_as_proc5_describes_it():
     mount = display.parse_mountinfo_line(MOUNTINFO.splitlines()[0])
     assert mount == {"id": "36", "parent": "35", "device": "98:0", "root": "/mnt1", "mount point": "/mnt2",
                      "options": "rw,noatime", "optional": "master:1", "propagation": "slave", "fstype": "ext3",
-                     "source": "/dev/root", "super options": "rw,errors=continue"}
+                     "source": "/dev/root", "super options": "rw,errors=continue",
+                     "fs options": "rw, errors=continue"}
     assert display.parse_mountinfo_line(MOUNTINFO.splitlines()[1])["propagation"] == "private"
     assert display.parse_mountinfo_line("1 0 0:1 / / rw shared:1 master:2 - tmpfs t rw")["propagation"] \
         == "shared, slave"
@@ -54,3 +55,27 @@ def test_a_long_unbroken_value_may_break_anywhere_in_a_table_cell():
     from labcore.lessons.evidence import html_cell
     assert html_cell("sha256:" + "a" * 64).startswith("<td style='word-break:break-all'>")
     assert html_cell("a short value") == "<td><code>a short value</code></td>"
+
+
+def test_an_overlays_layers_are_a_count_and_short_names():
+    mount = display.parse_mountinfo_line(MOUNTINFO.splitlines()[1])
+    assert mount["fs options"] == "rw, lowerdir: 2 layers (l1, l2), upperdir: u, workdir: w"
+    layer = "/var/lib/labcore/images/layers/" + "b5d9775e6757" * 5 + "abcd"
+    assert display.short_options(f"lowerdir={layer}") == "lowerdir: 1 layer (b5d9775e6757…)"
+
+
+def test_options_table_gives_each_layer_a_row():
+    table = display.options_table("lowerdir=/l/a:/l/b,upperdir=/c/upper,index=off")
+    assert table.rows == [("lowerdir 1", "/l/a"), ("lowerdir 2", "/l/b"), ("upperdir", "/c/upper"), ("index", "off")]
+
+
+def test_a_steps_mountinfo_becomes_a_table_and_the_lines_stay_in_its_data():
+    from labcore.lessons.evidence import Step
+    step = display.with_mount_table(Step("cat", "cat /proc/self/mountinfo", after={"stdout": MOUNTINFO}))
+    assert step.data["mountinfo"] == MOUNTINFO.splitlines()
+    assert isinstance(step.after["stdout"], display.Table) and step.after["stdout"].title == "2 mounts"
+    html = step._repr_html_()
+    assert "<th style='text-align:left'>fs options</th>" in html and "lowerdir: 2 layers (l1, l2)" in html
+    assert "lowerdir: 2 layers" in str(step)
+    refused = Step.refused("cat", "cat", "EPERM")
+    assert display.with_mount_table(refused) is refused

@@ -92,3 +92,20 @@ def test_a_real_step_is_recorded_when_the_recording_tool_asks(tmp_path, monkeypa
     str(Step.refused("never", "a", "refused"))                       # a refusal is never recorded
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e["key"] for e in entries] == ["box.layers"] and entries[0]["rows"] == [["k", "", "v"]]
+
+
+def test_a_comparison_names_its_two_columns():
+    step = Step("one kernel", "uname -r", {"release": "6.1"}, {"release": "6.1"}, columns=("host", "container"))
+    assert step._text().splitlines()[3].split() == ["host", "container"]
+    assert "<th>host</th><th>container</th>" in step._html()
+    assert "<th>before</th><th>after</th>" in Step("a moment", "x", {"k": 1}, {"k": 2})._html()
+
+
+def test_a_value_of_several_lines_stays_in_its_column_before_and_after():
+    from labcore.lessons.display import Table
+    step = Step("t", "a", {"groups": Table(("id", "group"), [("0", "/")])}, {"groups": "one\ntwo", "x": 1})
+    assert step._text().splitlines()[3:] == ["           before     after",
+                                             "   groups  id  group  one",
+                                             "           0   /      two",
+                                             "   x                  1"]
+    assert "<td><div style='word-wrap:break-word'><table>" in step._repr_html_()

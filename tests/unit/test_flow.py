@@ -89,6 +89,21 @@ def test_the_diagram_lights_the_current_step_only():
     assert run_flow.flow_dot().count('fillcolor="gold"') == 0
 
 
+def test_the_branch_without_the_image_goes_from_the_pull_back_to_the_client():
+    source = run_flow.flow_dot("missing")
+    assert '"pull" -> "client"' in source and "registry 404 manifest unknown" in source
+    assert source.count('fillcolor="gold"') == 2                            # the pull and the client
+    assert source.count('penwidth="2"') >= 3
+
+
+def test_the_registrys_error_body_is_read_in_the_distribution_specs_shape():
+    body = b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}'
+    exchange = run_flow.Exchange(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found\r\n\r\n" + body, 404, body)
+    assert run_flow.registry_error(exchange) == "MANIFEST_UNKNOWN: manifest unknown"
+    odd = run_flow.Exchange(b"", b"HTTP/1.1 404 Not Found\r\n\r\nnope", 404, b"nope")
+    assert run_flow.registry_error(odd) == "nope"
+
+
 class FakeStage:
     """Enough of a Stage for the stepper: a wire whose answers are canned."""
 
@@ -126,3 +141,17 @@ def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):
     assert exchange.response == PONG and seen[0] == exchange.request
     assert tap.requests() == ["GET /_ping → 200"]
     assert not os.path.exists(tap.path)
+
+
+def test_a_flow_step_in_a_notebook_is_its_evidence_then_the_flowchart_lit_where_it_is(monkeypatch):
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False: shown.append(obj))
+    step = run_flow.FlowStep("pull from the registry", "POST /images/create", where="pull")
+    step._ipython_display_()
+    evidence, drawing = shown
+    assert "pull from the registry" in evidence["text/plain"] and "POST /images/create" in evidence["text/html"]
+    assert drawing.source == run_flow.flow_dot("pull") and 'fillcolor="gold"' in drawing.source
+    shown.clear()
+    run_flow.FlowStep("forget the image", "DELETE /images/x")._ipython_display_()
+    assert len(shown) == 1                      # no place in the flowchart: no drawing

@@ -176,7 +176,7 @@ def test_corrupted_layer_is_found_and_a_rebuild_repairs_it(store, built, tmp_pat
     with pytest.raises(LabError, match=f"blob {built.layers[0].digest} is corrupted") as caught:
         store.unpack(built, tmp_path / "labcore-rootfs")
     assert "ensure_base_image" in caught.value.fix
-    assert oci.ensure_base_image(store).digest == built.digest
+    assert baseimage.ensure_base_image(store).digest == built.digest
     assert sha256(path.read_bytes()) == built.layers[0].digest
 
 
@@ -258,7 +258,7 @@ def test_hostile_layers_are_refused_and_nothing_outside_is_written(store, tmp_pa
 
 def test_images_prints_dockers_columns(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LABCORE_HOME", str(tmp_path / "labcore-own"))   # not the session's shared store
-    busybox_image = oci.ensure_base_image()
+    busybox_image = baseimage.ensure_base_image()
     assert main(["images"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.startswith("REPOSITORY   TAG       IMAGE ID       CREATED") and header.endswith("SIZE")

@@ -107,16 +107,10 @@ def cycles(edges):
     return found
 
 
-# The last upward imports and cycles are being removed (issue 13); strict, so the mark goes when they are gone.
-LAYERING_PENDING = pytest.mark.xfail(strict=True, reason="issue 13: the re-layout is not finished")
-
-
-@LAYERING_PENDING
 def test_imports_only_point_down():
     assert upward_imports(graph()) == []
 
 
-@LAYERING_PENDING
 def test_no_import_cycles():
     # a package's __init__ importing its own modules is not a cycle worth naming; everything else is
     assert [group for group in cycles(graph()) if not all(m.startswith(group[0]) for m in group)] == []

@@ -6,7 +6,7 @@ from pathlib import Path
 from labcore.lessons import vm
 from tools import labvm
 
-KERNEL = vm.Kernel("6.1.0-57-amd64", Path("/cache/linux-image-6.1.0-57-amd64/boot/vmlinux-6.1.0-57-amd64"),
+KERNEL = vm.GuestKernel("6.1.0-57-amd64", Path("/cache/linux-image-6.1.0-57-amd64/boot/vmlinux-6.1.0-57-amd64"),
                    Path("/cache/linux-image-6.1.0-57-amd64/lib/modules/6.1.0-57-amd64"))
 
 
@@ -23,7 +23,7 @@ def test_the_image_name_changes_with_its_recipe_only(monkeypatch):
     first = labvm.image_key(KERNEL, "psutil==7.2.2\n")
     assert first == labvm.image_key(KERNEL, "psutil==7.2.2\n")
     assert first != labvm.image_key(KERNEL, "psutil==7.2.3\n")
-    assert first != labvm.image_key(vm.Kernel("6.1.0-58-amd64", KERNEL.image, KERNEL.modules), "psutil==7.2.2\n")
+    assert first != labvm.image_key(vm.GuestKernel("6.1.0-58-amd64", KERNEL.image, KERNEL.modules), "psutil==7.2.2\n")
     monkeypatch.setattr(labvm, "BASE_PACKAGES", [*labvm.BASE_PACKAGES, "strace"])
     assert first != labvm.image_key(KERNEL, "psutil==7.2.2\n")
     assert labvm.image_path(first).name == f"labcore-lab-{first}.ext4"

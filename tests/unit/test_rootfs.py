@@ -95,3 +95,24 @@ def test_a_refused_chroot_is_a_refused_step_with_the_reason(tmp_path):
         step = root_fs.chroot_into(tmp_path)
     assert step.mode is Mode.NOT_PERMITTED
     assert "refused" in step.reason and "fix" in step.reason
+
+
+# mountinfo of a host (its root, three more mounts, one holding the lab's state) and of a namespace after
+# pivot_root: one mount, whose parent (88, the old root) was detached.
+HOST_MOUNTINFO = ["27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw",
+                  "28 27 0:5 / /proc rw,nosuid shared:2 - proc proc rw",
+                  "29 27 0:6 / /sys rw,nosuid shared:3 - sysfs sysfs rw",
+                  "30 27 0:7 / /dev rw,nosuid shared:4 - devtmpfs udev rw,size=4k",
+                  "31 27 254:1 / /var/lib/labcore rw,relatime shared:5 - ext4 /dev/vdb rw"]
+PIVOTED_MOUNTINFO = ["110 88 254:1 /tmp/labcore-rootfs-0123456789ab / rw,relatime - ext4 /dev/vdb rw"]
+ROOT = "/var/lib/labcore/tmp/labcore-rootfs-0123456789ab"
+
+
+def test_the_mount_tree_marks_the_root_folds_the_host_and_draws_the_old_root_gone():
+    dot = root_fs.mount_tree_dot(HOST_MOUNTINFO, ROOT, PIVOTED_MOUNTINFO)
+    assert '"before:27" [label="27  /\\next4 /dev/vda"' in dot and '"before:marker" -> "before:27"' in dot
+    assert '3 more mounts\\n/proc, /sys, /dev, …' in dot
+    assert '"chroot:27" -> "chroot:31"' in dot and '"chroot:31" -> "chroot:dir"' in dot      # where the dir lies
+    assert '"chroot:marker" -> "chroot:dir"' in dot and "labcore-rootfs-0123456789ab/" in dot
+    assert '"pivot:88" -> "pivot:110"' in dot and "88  the old root\\ngone: umount2(MNT_DETACH)" in dot
+    assert '"pivot:marker" -> "pivot:110"' in dot

@@ -154,7 +154,7 @@ def test_command_init_loads_modules_mounts_the_host_and_runs_the_command_quoted(
 
 
 def test_qemu_command_shares_read_only_and_chooses_the_cpu_by_accelerator(tmp_path):
-    kernel = vm.Kernel("6.1.0-56-amd64", tmp_path / "vmlinux", tmp_path)
+    kernel = vm.GuestKernel("6.1.0-56-amd64", tmp_path / "vmlinux", tmp_path)
     plain = vm.qemu_command(kernel, tmp_path / "initrd", "tcg")
     assert plain[plain.index("-cpu") + 1] == "max" and "-fsdev" not in plain and "-drive" not in plain
     assert "cgroup_no_v1=all" in plain[plain.index("-append") + 1]
@@ -204,7 +204,7 @@ def test_a_guest_that_hangs_is_killed_and_its_files_removed(monkeypatch, tmp_pat
     monkeypatch.setattr(vm, "BUSYBOX", str(static_busybox))
     monkeypatch.setattr(vm, "qemu_command", hanging_qemu)
     with pytest.raises(LabError, match="did not power off within 1 s") as caught:
-        vm.boot(vm.Kernel("r", tmp_path / "vmlinux", tmp_path), vm.marker_init(), "tcg", timeout=1)
+        vm.boot(vm.GuestKernel("r", tmp_path / "vmlinux", tmp_path), vm.marker_init(), "tcg", timeout=1)
     assert "booting" in str(caught.value)
     pid = int((tmp_path / "pid").read_text())
     assert not os.path.exists(f"/proc/{pid}")                     # killed and reaped
