@@ -18,11 +18,10 @@ import errno
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere
-from labcore.kernel import journal, syscalls, userns
+from labcore.kernel import journal, procfs, syscalls, userns
 from labcore.kernel.namespaces import (JOIN_ORDER, KINDS, cgroup_paths, check_hostname, check_kinds,
                                        enter_namespaces, flags_of, interfaces, link_state, make_mounts_private,
                                        message_queues, mounts, namespaces_of, nodename, ns_inode, nspids,
@@ -374,8 +373,7 @@ def make_message_queue(scope: journal.Scope) -> str:
     except subprocess.CalledProcessError as err:
         raise LabError(f"ipcmk -Q failed: {err.stderr.strip()}", syscall="msgget") from err
     msqid = int(out.split(":")[-1])
-    table = [row.split() for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]]
-    key = next(int(row[0]) for row in table if int(row[1]) == msqid)
+    key = next(int(row[0]) for row in procfs.sysvipc("msg") if int(row[1]) == msqid)
     scope.record("ipc", f"message queue {msqid}", "ipcrm", msqid=msqid, key=key)
     return f"0x{key & 0xffffffff:08x}"
 
@@ -558,6 +556,6 @@ def _pid_namespace_label(pid: int, depth: int) -> str:
 
 def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return procfs.comm(pid)
     except OSError:
         return "?"
