@@ -161,6 +161,18 @@ def read_keyed(path: Path) -> dict[str, int]:
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
 
 
+def read_device_counters(path: Path, pairs, keys: tuple[str, ...]) -> dict[str, int]:
+    """Per-device counters summed over devices: ``pairs(fields)`` gives a line's (key, value) pairs after its
+    "MAJ:MIN". ``keys`` start at 0 once the file exists (an empty file: nothing done yet); none if it is missing."""
+    text = read_text(path)
+    total = {} if text is None else dict.fromkeys(keys, 0)
+    for line in (text or "").splitlines():
+        for key, value in pairs(line.split()[1:]):
+            if value.isdigit():
+                total[key] = total.get(key, 0) + int(value)
+    return total
+
+
 def read_int(path: Path) -> int | None:
     text = read_text(path)
     return int(text) if text and text.strip().lstrip("-").isdigit() else None
