@@ -367,12 +367,13 @@ def stacks_dot(comparison: Comparison | None = None, apps: int = 3) -> str:
                   nodesep="0.15", ranksep="0.12")
     graph.defaults("node", shape="box", style="filled", fontname="Helvetica", fontsize="11", fillcolor="white")
     graph.defaults("edge", style="invis")            # the edges only stack the boxes, bottom up
-    release, hardware = os.uname().release, "Infrastructure: this host's CPUs, memory, disks"
+    # No kernel release in the drawing: the stored one (diagrams/) must name no host; 07's steps show uname -r.
+    hardware = "Infrastructure: this host's CPUs, memory, disks"
     engine = ("Container engine (labcore, Docker): sets up namespaces, cgroups and a root\n"
               "filesystem, then steps aside (system calls go straight to the host kernel)")
-    base(graph, "c", apps, [(hardware, "gray85"), (f"Host OS kernel (Linux {release}): the only kernel",
+    base(graph, "c", apps, [(hardware, "gray85"), ("Host OS kernel (Linux): the only kernel",
                                                    "lightblue"), (engine, "lightyellow")])
-    base(graph, "v", apps, [(hardware, "gray85"), (f"Host OS (Linux {release})", "lightblue"),
+    base(graph, "v", apps, [(hardware, "gray85"), ("Host OS (Linux)", "lightblue"),
                             ("Hypervisor: qemu + KVM, or qemu's TCG emulator", "lightpink")])
     for i in range(1, apps + 1):
         box(graph, f"c{i}", f"container {i}", "c:2", ["Bins/Libs", f"App {i}"], "lightyellow")
