@@ -23,7 +23,9 @@ kernel removes the pair and the address it held is free again.
 What the lab leaves out on purpose: Docker also turns on net.ipv4.ip_forward and adds iptables MASQUERADE
 and DNAT rules, so that containers reach other hosts and other hosts reach published ports. The lab never
 routes off the machine: it sets net.ipv4.conf.lcbr0.forwarding=0, so the kernel drops whatever a container
-sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only.
+sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only. Notebook 08
+shows both rules for real, one step at a time, and removes them after (``labcore.kernel.nat``), and a bandwidth
+limit, which is no cgroup but a tbf qdisc on the host end (``limit_rate``).
 
 Without root none of this is allowed: a veth into the host's namespace needs CAP_NET_ADMIN there.
 ``labcore.kernel.usernet`` does what rootless Podman does instead: the same bridge and veth pairs inside a network

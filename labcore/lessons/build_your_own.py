@@ -27,6 +27,11 @@ keeper's, holds the overlay to pivot into. A step the host refuses returns a ref
 on without it where it can (no limits, no network, as ``docker run`` without -m, or with --network none),
 and a step that needs a refused one is refused in turn, naming it.
 
+Beyond the proxy, three functions of a connected box (pid 1 alive), each removing what it made before it returns:
+``limit_bandwidth`` (a tbf qdisc on the host end, the throughput measured without and with it),
+``publish_dnat`` (Docker's way to publish: an nftables DNAT rule, and its counter) and ``masquerade_outbound``
+(the way out: MASQUERADE to another network, and the address the server there saw).
+
 Next: ``compare_with_run`` does all of it again in one call, ``labcore.runtime.container.run``.
 """
 from __future__ import annotations
