@@ -745,7 +745,11 @@ MiB = 1 << 20
 OUTSIDE_SUBNET = "10.204.0.0/30"         # "another network": outside the lab's pool, 10.203.0.0/16
 
 
-def _network_refusal(box: Box, title: str, action: str, key: str) -> Step | None:
+ROOTLESS_NAT = ("rootless Docker and Podman forward ports with a process (rootlesskit's port driver, slirp4netns's "
+                "add_hostfwd) and leave by slirp4netns, which is their NAT")
+
+
+def _network_refusal(box: Box, title: str, action: str, key: str, why: str = ROOTLESS_NAT) -> Step | None:
     """The refused Step when the box has no network of the host's to work on (refused, or rootless), else None."""
     if "connect_network" in box.refused:
         return hosts.refuse(title, action, NeedsPrivilege("this step needs the box's network, which this host "
@@ -756,8 +760,7 @@ def _network_refusal(box: Box, title: str, action: str, key: str) -> Step | None
     if box.usernet is not None:
         return hosts.refuse(title, action, NeedsPrivilege(
             "the host's own interfaces and nftables tables are root's: the box's veth is in a router "
-            "namespace of yours", why="rootless Docker and Podman forward ports with a process (rootlesskit's "
-            "port driver, slirp4netns's add_hostfwd) and leave by slirp4netns, which is their NAT"), key=key)
+            "namespace of yours", why=why), key=key)
     return None
 
 
@@ -766,7 +769,9 @@ def limit_bandwidth(box: Box, mbit: int = 16, megabytes: int = 2) -> Step:
     sends ``megabytes`` MiB to a client in the box, first free, then under ``mbit`` Mbit/s; the qdisc goes after."""
     title = f"bandwidth: tc tbf rate {mbit}mbit on the box's veth"
     action = f"tc qdisc add dev HOST_END root tbf rate {mbit}mbit burst B latency 50ms; send {megabytes} MiB to the box"
-    refused = _network_refusal(box, title, action, "box.limit_bandwidth")
+    refused = _network_refusal(box, title, action, "box.limit_bandwidth", why=(
+        "the step sends from the host's own network namespace, which is root's; rootless, the box's veth ends in "
+        "the router namespace of labcore.kernel.usernet, where a qdisc would go"))
     if refused is not None:
         return refused
     host_end = box.endpoint.host_ifname

@@ -537,7 +537,9 @@ def no_net_controller() -> Step:
     try:
         files = v1.read_hierarchy_root(",".join(built) or "net_cls,net_prio")
     except LabError as err:               # not root; or built without them (cgroup_no_v1=, or no CONFIG_)
-        return hosts.refuse(title, action, err)
+        return hosts.refuse(title, action, NeedsPrivilege(err.message, why=(
+            "a v1 hierarchy is mounted by root of the host only: the kernel makes none for a user namespace's root "
+            "(cgroup1_get_tree)") if os.geteuid() else None, fix=err.fix))
     rates = [name for name in files if any(word in name for word in RATE_WORDS)]
     return Step(title, action, columns=("cgroup v2", "cgroup v1: net_cls, net_prio"),
                 before={"controllers": on_v2 if on_v2 is not None else "no cgroup2 mounted",

@@ -130,3 +130,16 @@ def test_the_counters_are_read_from_nfts_json(monkeypatch):
     assert nat.counters("labcore-dnat-ab12") == {"publish": {"packets": 1, "bytes": 60}}
     monkeypatch.setattr(nat, "_nft", lambda *argv: None)
     assert nat.counters("labcore-dnat-ab12") == {}
+
+
+@pytest.mark.parametrize("name", ["limit_bandwidth", "publish_dnat", "masquerade_outbound"])
+def test_a_box_refused_its_network_has_each_step_refused_naming_it(name):
+    from types import SimpleNamespace
+
+    from labcore.lessons import build_your_own
+    from labcore.lessons.evidence import NOT_RUN
+    box = build_your_own.Box(SimpleNamespace(ref="busybox:latest"))
+    box.refused["connect_network"] = "unshare(CLONE_NEWUSER) was refused"
+    step = getattr(build_your_own, name)(box)
+    assert not step.permitted and "the box's network" in step.reason
+    assert step.data["packets"] is NOT_RUN and step.key == f"box.{name}"
