@@ -55,7 +55,7 @@ MASQUERADE = """table ip {table} {{
 FORWARD_ONLY = """table ip {table} {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
-        iifname "{bridge}" oifname != "{out}" counter drop comment "only to {out}"
+        iifname "{bridge}" oifname != {{ "{bridge}", "{out}" }} counter drop comment "only to {out}"
         iifname "{out}" oifname "{bridge}" ct state != {{ established, related }} counter drop comment "answers only"
     }}
 }}
@@ -88,7 +88,8 @@ def masquerade(table: str, subnet: str, bridge: str, scope: journal.Scope) -> No
 
 def forward_only(table: str, bridge: str, out: str, scope: journal.Scope) -> None:
     """A filter, made before ``bridge`` may forward at all: what comes in on it is routed to ``out`` only, and
-    from ``out`` only the answers come back. Nothing else of the lab's network is routed anywhere meanwhile."""
+    from ``out`` only the answers come back. Nothing else of the lab's network is routed anywhere meanwhile.
+    (Container to container stays allowed: with br_netfilter loaded, bridged frames pass this hook too.)"""
     add_table(table, FORWARD_ONLY.format(table=table, bridge=bridge, out=out), scope,
               f"the filter from {bridge} to {out}")
 
