@@ -897,43 +897,68 @@ def masquerade_outbound(box: Box, port: int = 8081) -> Step:
     refused = _network_refusal(box, title, action, "box.masquerade_outbound")
     if refused is not None:
         return refused
-    bridge, subnet = box.endpoint.network.bridge, box.endpoint.network.subnet
-    action = action.replace("SUBNET", subnet).replace("BRIDGE", bridge)
+    action = action.replace("SUBNET", box.endpoint.network.subnet).replace("BRIDGE", box.endpoint.network.bridge)
+    outside = Child(_outside)
     try:
         with journal.Scope() as scope:
-            outside = Child(_outside)
             container.record_process(scope, outside.pid)
-            outside.recv(timeout=REQUEST_TIMEOUT)                    # in a network namespace of its own
-            net = nat.wire_peer(outside.pid, scope, box.id[:10], OUTSIDE_SUBNET)
-            target = nat.peer_address(net)
-            outside.send((target, port, 2))
-            outside.recv(timeout=REQUEST_TIMEOUT)                    # listening
-            nat.forward_only(only, bridge, net.bridge, scope)        # before the bridge may forward at all
-            for link in (bridge, net.bridge):
-                nat.allow_forwarding(link, scope)
-            plain = network.in_netns(box.pid, network.reply, target, port)
-            nat.masquerade(masq, subnet, bridge, scope)
-            counted = nat.counters(masq)["masquerade"]["packets"]
-            masked = network.in_netns(box.pid, network.reply, target, port)
-            rules, counter = nat.rules(masq), nat.counters(masq)["masquerade"]["packets"]
+            net = another_network(outside, box, port, scope)
+            found = reach_out(box, net, port, (masq, only), scope)
             seen = outside.recv(timeout=REQUEST_TIMEOUT)
-            outside.wait()
     except _REFUSED as err:
         return hosts.refuse(title, action, err, key="box.masquerade_outbound")
-    left = {name: nat.rules(name) or "none" for name in (masq, only)}
+    finally:
+        outside.wait()                   # reaped, whether it ended or the scope killed it
+    return masquerade_step(box, title, action, found, seen, (masq, only), net.gateway, port)
+
+
+def another_network(outside: Child, box: Box, port: int, scope: journal.Scope):
+    """The outside child, in a network namespace of its own, wired to the host and listening on ``port``."""
+    outside.recv(timeout=REQUEST_TIMEOUT)                    # unshared
+    net = nat.wire_peer(outside.pid, scope, box.id[:10], OUTSIDE_SUBNET)
+    outside.send((nat.peer_address(net), port, 2))
+    outside.recv(timeout=REQUEST_TIMEOUT)                    # listening
+    return net
+
+
+def reach_out(box: Box, net, port: int, tables: tuple[str, str], scope: journal.Scope) -> dict:
+    """The host made a router for the step's time (its filter first); the box connects without the masquerade,
+    then with it. A connection that fails (a firewall of the host's forward hook) ends the step, refused."""
+    masq, only = tables
+    bridge, target = box.endpoint.network.bridge, nat.peer_address(net)
+    nat.forward_only(only, bridge, net.bridge, scope)        # before the bridge may forward at all
+    for link in (bridge, net.bridge):
+        nat.allow_forwarding(link, scope)
+    found = {"plain": network.in_netns(box.pid, network.reply, target, port)}
+    nat.masquerade(masq, box.endpoint.network.subnet, bridge, scope)
+    found["counted"] = nat.counters(masq)["masquerade"]["packets"]
+    found["masked"] = network.in_netns(box.pid, network.reply, target, port)
+    found.update(rules=nat.rules(masq), counter=nat.counters(masq)["masquerade"]["packets"], target=target)
+    failed = next((reply for reply in (found["plain"], found["masked"]) if reply.startswith("failed")), None)
+    if failed:
+        raise NotSupportedHere(f"the box could not reach {target}:{port} through the host ({failed})",
+                               fix="a firewall on this host drops what it forwards: `nft list ruleset`")
+    return found
+
+
+def masquerade_step(box: Box, title: str, action: str, found: dict, seen: list, tables: tuple[str, str],
+                    host_address: str, port: int) -> Step:
+    bridge, target = box.endpoint.network.bridge, found["target"]
+    left = ", ".join(f"{name}: {nat.rules(name) or 'none'}" for name in tables)
     return Step(title, action, columns=("no rule", "MASQUERADE"),
-                before={f"the box connects to {target}:{port}": plain, "the server saw": seen[0],
-                        f"table ip {masq}": "none", "connections masqueraded": "-"},
-                after={f"the box connects to {target}:{port}": masked, "the server saw": seen[1],
-                       f"table ip {masq}": rules, "connections masqueraded": f"{counted} -> {counter}",
-                       f"forwarding on {bridge} now": nat.forwarding(bridge),
-                       "tables now": ", ".join(f"{name}: {value}" for name, value in left.items())},
+                before={f"the box connects to {target}:{port}": found["plain"], "the server saw": seen[0],
+                        f"table ip {tables[0]}": "none", "connections masqueraded": "-"},
+                after={f"the box connects to {target}:{port}": found["masked"], "the server saw": seen[1],
+                       f"table ip {tables[0]}": found["rules"],
+                       "connections masqueraded": f"{found['counted']} -> {found['counter']}",
+                       f"forwarding on {bridge} now": nat.forwarding(bridge), "tables now": left},
                 mode=current_mode(), key="box.masquerade_outbound",
                 note=f"without the rule the server saw the box's own {box.endpoint.ip}, an address nobody beyond "
-                     f"the host could answer on a real network; with it, the host's {net.gateway}, and conntrack "
+                     f"the host could answer on a real network; with it, the host's {host_address}, and conntrack "
                      "turned each answer back to the box",
-                data={"seen": seen, "packets": (counted, counter), "replies": (plain, masked), "table": masq,
-                      "host_address": net.gateway, "box_address": box.endpoint.ip})
+                data={"seen": seen, "packets": (found["counted"], found["counter"]), "table": tables[0],
+                      "replies": (found["plain"], found["masked"]), "host_address": host_address,
+                      "box_address": box.endpoint.ip})
 
 
 def _outside(channel) -> list:
