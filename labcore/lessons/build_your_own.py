@@ -837,40 +837,38 @@ def publish_dnat(box: Box, host_port: int = 18810, container_port: int = 8080) -
     if refused is not None:
         return refused
     gateway, action = box.endpoint.network.gateway, action.replace("BOX", box.endpoint.ip)
+    server = Child(lambda channel: _serve_once(channel, box.pid, container_port))
     try:
         with journal.Scope() as scope:
-            server = serve_in(box.pid, container_port, scope)
-            before = {"GET": network.reply(gateway, host_port), "rules": nat.rules(table)}
+            container.record_process(scope, server.pid)
+            server.recv(timeout=REQUEST_TIMEOUT)                 # listening, in the box's namespace
+            before = network.reply(gateway, host_port)           # nothing on the host's port itself
             nat.publish(table, host_port, box.endpoint.ip, container_port, scope)
             counted = nat.counters(table)["publish"]["packets"]
-            reply = network.reply(gateway, host_port)
-            after = {"GET": reply, "rules": nat.rules(table)}
-            seen = server.recv(timeout=REQUEST_TIMEOUT)
-            server.wait()
+            found = {"before": before, "reply": network.reply(gateway, host_port), "rules": nat.rules(table),
+                     "packets": (counted, nat.counters(table)["publish"]["packets"])}
+            found["seen"] = server.recv(timeout=REQUEST_TIMEOUT)
     except _REFUSED as err:
         return hosts.refuse(title, action, err, key="box.publish_dnat")
-    counter = int(after["rules"][0].split("packets ")[1].split()[0]) if after["rules"] else 0
-    url = f"{gateway}:{host_port}"
+    finally:
+        server.wait()                    # reaped, whether it ended or the scope killed it
+    return dnat_step(title, action, table, f"{gateway}:{host_port}", found)
+
+
+def dnat_step(title: str, action: str, table: str, url: str, found: dict) -> Step:
+    counted, counter = found["packets"]
     return Step(title, action, columns=("no rule", "DNAT rule"),
-                before={f"connect {url}": before["GET"], f"table ip {table}": before["rules"] or "none",
+                before={f"connect {url}": found["before"], f"table ip {table}": "none",
                         "connections the rule rewrote": "-"},
-                after={f"connect {url}": reply, f"table ip {table}": after["rules"],
+                after={f"connect {url}": found["reply"], f"table ip {table}": found["rules"],
                        "connections the rule rewrote": f"{counted} -> {counter}",
-                       "the server in the box saw a client at": seen, "the table now": nat.rules(table) or "none"},
+                       "the server in the box saw a client at": found["seen"],
+                       "the table now": nat.rules(table) or "none"},
                 mode=current_mode(), key="box.publish_dnat",
                 note="no process relayed it: the kernel rewrote the connection's destination to the box's address "
                      "(the rule counts its first packet; conntrack rewrites the rest), and the table is gone again",
-                data={"reply": reply, "refused_before": before["GET"], "packets": (counted, counter), "seen": seen,
-                      "table": table})
-
-
-def serve_in(pid: int, port: int, scope: journal.Scope) -> Child:
-    """A server in ``pid``'s network namespace (a child that entered it, as `docker exec` would run one): it
-    answers one connection with the address it saw the client at, then returns that address."""
-    server = Child(lambda channel: _serve_once(channel, pid, port))
-    container.record_process(scope, server.pid)
-    server.recv(timeout=REQUEST_TIMEOUT)          # "listening"
-    return server
+                data={"reply": found["reply"], "refused_before": found["before"], "packets": found["packets"],
+                      "seen": found["seen"], "table": table})
 
 
 def _serve_once(channel, pid: int | None, port: int, address: str = "0.0.0.0", count: int = 1) -> list | str:

@@ -44,8 +44,8 @@ def test_dnat_publishes_a_port_with_no_process_and_counts_the_connection(wired_b
     step = build_your_own.publish_dnat(wired_box, host_port=18820, container_port=8080)
     assert step.permitted, step.reason
     assert "ECONNREFUSED" in step.data["refused_before"]                 # nothing on the host's port itself
-    assert step.data["reply"].startswith("hello from net:[") and step.data["reply"].endswith(
-        wired_box.endpoint.network.gateway)
+    # the answer came from the box's network namespace, and the box saw the host's own address as the client
+    assert step.data["reply"] == f"hello from net:[{wired_box.endpoint.netns}], to {wired_box.endpoint.network.gateway}"
     assert step.data["packets"] == (0, 1)
     assert step.data["seen"] == wired_box.endpoint.network.gateway
     assert nat.rules(step.data["table"]) == []                          # the table went with the step

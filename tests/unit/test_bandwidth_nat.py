@@ -143,3 +143,15 @@ def test_a_box_refused_its_network_has_each_step_refused_naming_it(name):
     step = getattr(build_your_own, name)(box)
     assert not step.permitted and "the box's network" in step.reason
     assert step.data["packets"] is NOT_RUN and step.key == f"box.{name}"
+
+
+def test_a_fresh_cleanup_finds_every_new_undo():
+    """`labcore cleanup` after a crash has imported no mechanism: journal.MECHANISMS must lead to each undo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = ("from labcore.kernel import journal; "
+            "print(all(callable(journal.operation(n)) for n in ('qdisc', 'nft_table', 'forwarding_off')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[2])              # this checkout's labcore, not an installed one
+    assert done.stdout.strip() == "True", done.stderr
