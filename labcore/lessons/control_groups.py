@@ -217,7 +217,9 @@ def limit_cpu(cpus: float | str = 0.25, seconds: float = 1.0, manager: Manager |
                 note=f"over {elapsed:.2f} s the busy loop used {share:.2f} of a core; the limit is "
                      f"{limits.cpus}. It spent the rest of each period throttled.",
                 data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after),
-                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled})
+                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled,
+                      # what was asked, the same on v1 (cpu.cfs_quota_us, cpu.cfs_period_us) and v2 (cpu.max)
+                      "quota_us": limits.cpu_quota_us, "period_us": limits.cpu_period_us})
 
 
 def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
