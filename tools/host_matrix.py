@@ -6,7 +6,7 @@
 The hosts (issue 11; README, "What runs where"):
 
     root      this machine as root: every step real
-    student   an ordinary user (`student`, else uid 1001) with user namespaces: `setpriv` to that uid, a
+    student   an ordinary user (`labcore-student`) with user namespaces: `setpriv` to that uid, a
               HOME and LABCORE_HOME of its own
     pod       a container made like a JupyterHub or Binder pod: uid 1000, no capabilities, no_new_privs,
               Docker's own default seccomp profile (which refuses unshare, mount and user namespaces), run
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 HOSTS = ("root", "student", "pod")
-STUDENT = "student"
+STUDENT = "labcore-student"          # an ordinary user; `./lab test` makes it as root
 POD_UID = 1000                      # jovyan, as Binder and the Jupyter Docker Stacks run the notebook server
 CELL_TIMEOUT = 300
 MODES = {"real, as root": "real", "real, inside a user namespace": "real", "real, as your own user": "real",

@@ -2,8 +2,8 @@
 meets, every cell run even after an error, the error cells counted: zero on every host.
 
 As root, nbval's run of the notebooks is the root row; these tests add the other two, through
-``tools/host_matrix.py``: an ordinary user with user namespaces (`student`), and a pod made as JupyterHub or Binder
-makes one (uid 1000, no capabilities, Docker's own default seccomp profile, no user namespaces). Run by anyone
+``tools/host_matrix.py``: an ordinary user with user namespaces (`labcore-student`, made by `./lab test`), and
+a pod made as JupyterHub or Binder makes one (uid 1000, no capabilities, Docker's own default seccomp profile, no user namespaces). Run by anyone
 else, the row is that user's own host (nbval compares root's stored outputs, so it runs as root only).
 """
 import os
@@ -36,7 +36,8 @@ def errors_of(results: dict) -> list[str]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not has_student(),
-                    reason="runs the notebooks as the user `student`: needs root and that user")
+                    reason="runs the notebooks as the user labcore-student: needs root and that user "
+                           "(./lab test makes it)")
 def test_as_an_ordinary_user_every_notebook_runs_without_an_error_cell_and_for_real():
     results = host_matrix.run_host("student", host_matrix.NOTEBOOKS)
     assert not errors_of(results), "\n".join(errors_of(results))
