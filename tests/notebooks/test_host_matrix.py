@@ -4,7 +4,8 @@ meets, every cell run even after an error, the error cells counted: zero on ever
 As root, nbval's run of the notebooks is the root row; these tests add the other two, through
 ``tools/host_matrix.py``: an ordinary user with user namespaces (`labcore-student`, made by `./lab test`), and
 a pod made as JupyterHub or Binder makes one (uid 1000, no capabilities, Docker's own default seccomp profile,
-no user namespaces). Run by anyone else, the row is that user's own host (nbval compares root's stored outputs, so it runs as root only).
+no user namespaces). Run by anyone else, the row is that user's own host (nbval compares root's stored
+outputs, so it runs as root only).
 """
 import os
 import pwd
