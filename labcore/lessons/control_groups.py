@@ -240,6 +240,8 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
         return hosts.refuse(title, "cpu.shares / cpu.weight; two busy loops on one CPU", err, key=key)
     used = [cpu_share(b, a, elapsed) for b, a in zip(before, after)]
     ratio = used[0] / used[1] if used[1] else float("inf")
+    # cpu.shares on v1, cpu.weight on v2 (runc's formula): other numbers, the same ratio
+    written = [int(next(v for k, v in w.items() if "shares" in k or "weight" in k)) for w in weights]
     return Step(title,
                 "write cpu.shares (v1) or cpu.weight (v2); two busy loops, sched_setaffinity to one CPU",
                 before={f"group {i + 1} weight": ", ".join(f"{k}={v}" for k, v in w.items() if "shares" in k
@@ -248,8 +250,7 @@ def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
                        "ratio": f"{ratio:.2f}"},
                 note=f"asked for {shares[0] / shares[1]:.2f} : 1, measured {ratio:.2f} : 1 over {elapsed:.2f} s",
                 key=key, data={"used": used, "ratio": ratio, "expected": shares[0] / shares[1], "cpu": cpu,
-                      "weights": [int(next(v for k, v in w.items() if "shares" in k or "weight" in k))
-                                  for w in weights]})
+                               "weights": written, "weight_ratio": round(written[0] / written[1])})
 
 
 # --- memory ------------------------------------------------------------------------------------------------
@@ -576,6 +577,7 @@ def nest_groups(parent_memory: str = "64m", child_memory: str = "128m", allocate
     except _REFUSED as err:
         return hosts.refuse(title, "mkdir a group in a group; allocate in the child", err)
     limit_name = next(name for name in files if name.startswith("memory"))
+    parent_limit = parse_run_limits(memory=parent_memory).memory
     return Step(title,
                 f"mkdir {outer.name}, {inner.name}; allocate {allocate_mb} MiB in the child",
                 before={f"child {limit_name}": files[limit_name], "child peak": before.memory_peak,
@@ -585,8 +587,8 @@ def nest_groups(parent_memory: str = "64m", child_memory: str = "128m", allocate
                        "parent oom_kill": outer_after.oom_kills},
                 note=f"the child was killed at its parent's {parent_memory}, below its own {child_memory}: "
                      f"exit {code}, peak {after.memory_peak} bytes",
-                data={"exit": code, "peak": after.memory_peak, "dot": dot,
-                      "parent_limit": parse_run_limits(memory=parent_memory).memory})
+                data={"exit": code, "peak": after.memory_peak, "dot": dot, "parent_limit": parent_limit,
+                      "peak_of_parent_limit": round(after.memory_peak / parent_limit, 1)})
 
 
 def _unlimited(name: str, value: str) -> bool:
