@@ -3,6 +3,7 @@ Docker and labcore, on the same busybox root filesystem, in one run, interleaved
 drift on the machine hits every row alike.
 
     python -m bench [--runs 20] [--warmup 3]    the side-by-side table, JSON, latest.md and a plot
+    python -m bench breakdown [--runs 20]      where the milliseconds of one warm start (row h) go, step by step
     python -m bench scale [--count 50]          50 containers at once: wall time, disk, memory per container
     python -m bench notebooks                   the nbval run of each notebook, against the 2-minute target
     python -m bench cgroups [--runs 5]          what cpu quota, cpu shares and io throttling hold, measured
@@ -118,7 +119,7 @@ def notebooks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="?", choices=["side-by-side", "scale", "notebooks", "cgroups"], default="side-by-side")
+    parser.add_argument("part", nargs="?", choices=["side-by-side", "breakdown", "scale", "notebooks", "cgroups"], default="side-by-side")
     parser.add_argument("--runs", type=int, default=20, help="measured runs per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs per row first (default 3)")
     parser.add_argument("--count", type=int, default=50, help="containers at once, for scale (default 50)")
@@ -126,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "scale":
         from bench import scale
         return scale.main(args)
+    if args.part == "breakdown":
+        from bench import breakdown
+        return breakdown.main(args)
     if args.part == "cgroups":
         from bench import cgroups
         return cgroups.main(args)
