@@ -17,7 +17,6 @@ import os
 import pickle
 import socket
 import struct
-import traceback
 from typing import Any, Callable
 
 
@@ -126,6 +125,7 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
     try:
         channel.send(fn(channel))
     except BaseException as err:                              # anything, even KeyboardInterrupt
+        import traceback                # only when a child fails: the start path goes without the module
         err.child_traceback = traceback.format_exc()
         try:
             channel.send_error(err)
