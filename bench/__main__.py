@@ -31,6 +31,7 @@ ROWS = [
     ("runc", "(e) runc run", peers.runc),
     ("docker", "(f) docker run --rm --network none busybox", peers.docker_run),
     ("cli", "(g) labcore run --rm --network none busybox (whole process)", peers.labcore_cli),
+    ("cli_labd", "(g2) the same, this user's labd running: a thin client to it", peers.labcore_cli_labd),
     ("api", "(h) labcore.runtime.container.run(Spec(..., network=\"none\")), warm process", peers.labcore_api),
     ("sdk", "(i) docker SDK containers.run(network_mode=\"none\") → labd", peers.labd_sdk),
 ]

@@ -56,10 +56,10 @@ class Workspace:
         path.mkdir(exist_ok=True)
         return path
 
-    def start_process(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start_process(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         """A background process, journaled at once, stopped (SIGTERM, then SIGKILL) when the bench ends."""
         log = open(self.dir / f"{name}.log", "wb")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         owner = journal.owner_of(process.pid)
         self.scope.record("process", str(process.pid), "kill", pid=process.pid, start=owner["start"])
         self.stack.callback(stop_process, process, log)
@@ -174,7 +174,20 @@ def labcore_cli(ws: Workspace) -> Callable[[], None]:
     labcore = VENV_BIN / "labcore"
     if not labcore.exists():
         raise Missing(f"{labcore} does not exist: run ./lab test once to install the package into .venv")
+    from labcore.api import client
+    if client.local_daemon():
+        raise Missing(f"a labd answers on {client.local_daemon()}: this row is `labcore run` without one")
     return command(lambda: [str(labcore), "run", "--rm", "--network", "none", "busybox", "/bin/true"])
+
+
+def labcore_cli_labd(ws: Workspace) -> Callable[[], None]:
+    """`labcore run` where the user's labd answers on its default socket: a state dir of the bench's own
+    (LABCORE_HOME), so that row (g) and every other user of the lab's state dir still run without a daemon."""
+    labcore = VENV_BIN / "labcore"
+    env = {**os.environ, "LABCORE_HOME": str(ws.dir / "home")}
+    process = ws.start_process("labd-home", [str(labcore), "daemon"], env=env)
+    wait_for_socket(ws.dir / "home" / "labd.sock", process, ws.dir / "labd-home.log", "labd (`labcore daemon`)")
+    return command(lambda: [str(labcore), "run", "--rm", "--network", "none", "busybox", "/bin/true"], env=env)
 
 
 def labcore_api(ws: Workspace) -> Callable[[], None]:
