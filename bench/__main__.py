@@ -5,6 +5,7 @@ drift on the machine hits every row alike.
     python -m bench [--runs 20] [--warmup 3]    the side-by-side table, JSON, latest.md and a plot
     python -m bench breakdown [--runs 20]      where the milliseconds of one warm start (row h) go, step by step
     python -m bench scale [--count 50]          50 containers at once: wall time, disk, memory per container
+    python -m bench scale --counts 10,50,200    the same at each count; per-container cost against N, plotted
     python -m bench notebooks                   the nbval run of each notebook, against the 2-minute target
     python -m bench cgroups [--runs 5]          what cpu quota, cpu shares and io throttling hold, measured
 
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="measured runs per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs per row first (default 3)")
     parser.add_argument("--count", type=int, default=50, help="containers at once, for scale (default 50)")
+    parser.add_argument("--counts", help="scale at each of these counts, e.g. 10,50,100,200, and plot against N")
     args = parser.parse_args(argv)
     if args.part == "scale":
         from bench import scale

@@ -192,7 +192,7 @@ def compiled_for(profile: Profile, capabilities) -> bytes:
 
 
 def cached_program(profile: Profile, capabilities: tuple) -> bytes:
-    """Docker's default profile's program, kept in <state dir>/seccomp/ once generated: `labcore run` then
+    """Docker's default profile's program, kept in <state dir>/images/seccomp/ once generated: `labcore run` then
     neither imports libseccomp's binding (which runs `ldconfig -p` twice to find the libraries) nor compiles,
     about 30 ms a start (bench breakdown). Named by what decides its content: the profile file, the
     capabilities, the architecture and the kernel (``rules_for``); written whole or not at all."""
@@ -201,12 +201,14 @@ def cached_program(profile: Profile, capabilities: tuple) -> bytes:
     machine = os.uname()
     key = [DEFAULT_PROFILE.read_bytes(), *capabilities, machine.machine, machine.release]
     name = hashlib.sha256(b"\0".join(k if isinstance(k, bytes) else k.encode() for k in key)).hexdigest()
-    path = paths.home() / "seccomp" / f"{name[:32]}.bpf"
+    path = paths.images_dir() / "seccomp" / f"{name[:32]}.bpf"     # with the unpacked layers: caches, not state
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes()
     data = program(compile_filter(profile, rules_for(profile, capabilities)))
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    with contextlib.suppress(FileExistsError):           # another start wrote the same program meanwhile
+    # Another start may have written the same program meanwhile (FileExistsError); a state dir this user cannot
+    # write to costs the next start a compile, nothing more.
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_whole(path, data)
     return data
 
