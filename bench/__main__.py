@@ -8,6 +8,7 @@ drift on the machine hits every row alike.
     python -m bench scale --counts 10,50,200    the same at each count; per-container cost against N, plotted
     python -m bench notebooks                   the nbval run of each notebook, against the 2-minute target
     python -m bench cgroups [--runs 5]          what cpu quota, cpu shares and io throttling hold, measured
+    python -m bench netlink [--runs 20]         a veth pair over rtnetlink (pyroute2) against ip(8) processes
 
 Run as root on the lab's VM. Results go to bench/results/ (gitignored).
 """
@@ -121,7 +122,8 @@ def notebooks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="?", choices=["side-by-side", "breakdown", "scale", "notebooks", "cgroups"], default="side-by-side")
+    parser.add_argument("part", nargs="?", choices=["side-by-side", "breakdown", "scale", "notebooks", "cgroups",
+                                                   "netlink"], default="side-by-side")
     parser.add_argument("--runs", type=int, default=20, help="measured runs per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs per row first (default 3)")
     parser.add_argument("--count", type=int, default=50, help="containers at once, for scale (default 50)")
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "cgroups":
         from bench import cgroups
         return cgroups.main(args)
+    if args.part == "netlink":
+        from bench import netlink
+        return netlink.main(args)
     return notebooks(args) if args.part == "notebooks" else side_by_side(args)
 
 

@@ -5,7 +5,8 @@ The package is built in layers, low to high; a module imports only from its own 
 
     labcore.errors, paths, units   the ground: errors that teach, where state lives, Docker's units
     labcore.kernel     the mechanisms, and the one door to the kernel
-                       syscalls (the seam), process (children), journal (every object with its undo),
+                       syscalls and netlink (the seams), procfs (every read of /proc), process
+                       (children), journal (every object with its undo),
                        userns, namespaces, cgroups/ (v1, v2, limits, devices), overlay, rootfs (pivot_root,
                        /proc /dev /sys), network (veth, bridge), usernet (rootless), portproxy,
                        capabilities, seccomp, confinement (Docker's defaults, in runc's order)

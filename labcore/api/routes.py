@@ -36,6 +36,7 @@ from labcore.api import labd, schema
 from labcore.api.labd import ApiError, Request, Stream, route
 from labcore.api.schema import Invalid, frame, query_int, signal_number
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
+from labcore.kernel import procfs
 from labcore.kernel.journal import Scope
 from labcore.runtime import engine, lifecycle
 from labcore.runtime.container import Spec
@@ -685,7 +686,7 @@ def network_settings(record: Record, running: bool) -> dict:
               for name, settings in networks.listed(record.config.get("spec", {})).items()}
     first = next(iter(joined.values()), {})
     return {"Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0, "SandboxKey": f"/proc/{record.pid}/ns/net" if running else "",
+            "LinkLocalIPv6PrefixLen": 0, "SandboxKey": procfs.path(record.pid, "ns", "net") if running else "",
             "EndpointID": first.get("EndpointID", ""), "Gateway": first.get("Gateway", ""),
             "IPAddress": first.get("IPAddress", ""), "IPPrefixLen": first.get("IPPrefixLen", 0),
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPv6Gateway": "",

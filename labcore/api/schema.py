@@ -65,20 +65,14 @@ class Type:
                        f"{self.go}")
 
 
-class Str(Type):
-    go = "string"
+class Plain(Type):
+    """A JSON scalar that Go decodes into one Python type, or null (Go's zero value)."""
+
+    def __init__(self, go: str, kind: type):
+        self.go, self.kind = go, kind
 
     def check(self, value, where):
-        if value is None or isinstance(value, str):
-            return value
-        raise self.refuse(value, where)
-
-
-class Bool(Type):
-    go = "bool"
-
-    def check(self, value, where):
-        if value is None or isinstance(value, bool):
+        if value is None or isinstance(value, self.kind):
             return value
         raise self.refuse(value, where)
 
@@ -169,7 +163,8 @@ class Any(Type):
         return value
 
 
-STR, BOOL, INT, STRS, UINT16 = Str(), Bool(), Int(), ListOf(Str()), Int("uint16", 0, 65535)
+STR, BOOL, INT, UINT16 = Plain("string", str), Plain("bool", bool), Int(), Int("uint16", 0, 65535)
+STRS = ListOf(STR)
 THROTTLE = ListOf(Struct("ThrottleDevice", {"Path": STR, "Rate": Int("uint64", 0, (1 << 64) - 1)}))
 
 MOUNT = Struct("Mount", {

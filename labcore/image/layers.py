@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotFound, from_oserror
-from labcore.kernel import journal, syscalls
+from labcore.kernel import journal, procfs, syscalls
 from labcore.kernel.overlay import MAX_OPTIONS, OPAQUE, is_opaque, overlay_options
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -232,9 +232,7 @@ def walk(root: Path):
 def mounted_root(pid: int) -> str:
     """The options of the overlay mounted at pid's "/", from /proc/PID/mountinfo (proc(5): the super options
     are the last field)."""
-    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
-        fields = line.split()
-        dash = fields.index("-")
-        if fields[4] == "/" and fields[dash + 1] == "overlay":
-            return fields[dash + 3]
+    for mount in procfs.mountinfo(pid):
+        if mount.point == "/" and mount.fstype == "overlay":
+            return mount.super_options
     raise NotFound(f"process {pid} has no overlay at its root", fix="is it a running labcore container?")

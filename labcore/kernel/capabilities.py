@@ -24,10 +24,9 @@ Next: ``labcore.kernel.seccomp`` filters the system calls themselves.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from labcore.errors import BadInput
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 
 # <linux/capability.h>, bit number = index. capabilities(7) documents each one.
 NAMES = (
@@ -71,10 +70,8 @@ def canonical(name: str, flag: str) -> str:
 
 def held_by_this_process() -> tuple[str, ...]:
     """The bounding set of the calling process: the most a container it starts may be given."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapBnd:"):
-            return tuple(decode(line.split()[1]))
-    return NAMES
+    bounding = procfs.status_field("CapBnd")
+    return tuple(decode(bounding)) if bounding else NAMES
 
 
 def resolve(cap_add=(), cap_drop=(), privileged: bool = False) -> tuple[str, ...]:
@@ -100,7 +97,7 @@ def resolve(cap_add=(), cap_drop=(), privileged: bool = False) -> tuple[str, ...
 def last_capability() -> int:
     """The highest capability this kernel knows (/proc/sys/kernel/cap_last_cap)."""
     try:
-        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        return int(procfs.sysctl("kernel.cap_last_cap"))
     except (OSError, ValueError):
         return len(NAMES) - 1
 
@@ -132,6 +129,5 @@ def set_capabilities(keep) -> None:
 def read_status(pid: int | str = "self") -> dict[str, str]:
     """The Cap*, NoNewPrivs and Seccomp lines of /proc/PID/status, as the kernel prints them."""
     wanted = (*STATUS_FIELDS, "NoNewPrivs", "Seccomp", "Seccomp_filters")
-    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ":\t" in line)
-    return {name: fields[name].strip() for name in wanted if name in fields}
+    fields = procfs.status(pid)
+    return {name: fields[name] for name in wanted if name in fields}

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import importlib
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 from labcore.kernel.process import tied
 
 
@@ -62,11 +63,7 @@ class Entry:
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (proc(5)): with the pid, it names a process uniquely across pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return procfs.start_time(pid)
 
 
 def owner_of(pid: int | None = None) -> dict:
@@ -84,7 +81,7 @@ def running(pid: int) -> bool:
     """The process exists and is no zombie: field 3 of /proc/PID/stat is Z for one that has exited and waits
     only for its parent's wait(2), which after a crash may take a while."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return procfs.state(pid) != "Z"
     except OSError:
         return False
 
@@ -97,8 +94,10 @@ class Journal:
 
     def record(self, kind: str, name: str, undo: str, /, *, owner: dict | None = None, **args) -> Entry:
         # Positional-only, so that an undo operation's own arguments may be called ``name`` (undo_link).
-        if undo not in UNDO:
-            raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}")
+        try:
+            operation(undo)
+        except KeyError:
+            raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}") from None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
@@ -136,7 +135,7 @@ class Journal:
         except FileNotFoundError:
             return False
         try:
-            UNDO[entry.undo](**entry.args)
+            operation(entry.undo)(**entry.args)
         except BaseException:
             claimed.rename(self.directory / f"{entry.id}.json")   # keep it for `labcore cleanup`
             raise
@@ -253,8 +252,33 @@ class Scope:
 
 # --- the inverse operations -----------------------------------------------------------------------------
 # Each checks that the object carries the lab's name before touching it, and treats "already gone" as done.
+# A record names its inverse by a word ("rmtree", "link"); each mechanism registers the inverses of what it
+# makes under those words (``register``), so this module knows how to remove files, mounts and processes,
+# and nothing of cgroups or links. A fresh `labcore cleanup` has imported none of the mechanisms: it finds
+# an inverse it has not met by importing the modules in MECHANISMS, which register theirs when imported.
 
-def _refuse_foreign(name: str, ok: bool) -> None:
+UNDO: dict = {}
+MECHANISMS = ("labcore.kernel.cgroups", "labcore.kernel.network", "labcore.kernel.usernet")
+
+
+def register(name: str):
+    """``@register("link")`` above an inverse operation: records may name it from now on."""
+    def add(operation):
+        UNDO[name] = operation
+        return operation
+    return add
+
+
+def operation(name: str):
+    """The inverse registered as ``name``, importing the mechanisms that register theirs if need be;
+    KeyError for a name no module registers (a damaged record: it stays, and is reported)."""
+    if name not in UNDO:
+        for module in MECHANISMS:
+            importlib.import_module(module)
+    return UNDO[name]
+
+
+def refuse_foreign(name: str, ok: bool) -> None:
     if not ok:
         raise LabError(f"refusing to remove {name!r}: its name does not carry the prefix "
                        f"{paths.PREFIX!r}, so the lab did not create it")
@@ -262,25 +286,21 @@ def _refuse_foreign(name: str, ok: bool) -> None:
 
 def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo, proc(5))."""
-    path = os.path.abspath(path)
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == path or point.startswith(path.rstrip("/") + "/"):
-            found.append(point)
-    return sorted(found, key=len, reverse=True)
+    return procfs.mounts_under(path)
 
 
+@register("umount")
 def undo_umount(target: str) -> None:
-    _refuse_foreign(target, paths.path_is_ours(target))
+    refuse_foreign(target, paths.path_is_ours(target))
     for point in mounts_under(target):
         if point == os.path.abspath(target):
             syscalls.umount2(point, syscalls.MNT_DETACH)
 
 
+@register("rmtree")
 def undo_rmtree(path: str) -> None:
     """Remove a directory tree, first detaching mounts below it so no bind-mounted host file is deleted."""
-    _refuse_foreign(path, paths.path_is_ours(path))
+    refuse_foreign(path, paths.path_is_ours(path))
     for point in mounts_under(path):
         syscalls.umount2(point, syscalls.MNT_DETACH)
     if mounts_under(path):
@@ -314,85 +334,12 @@ def _make_writable(path: str) -> None:
                         os.chmod(child, 0o700)
 
 
-def undo_rmdir_cgroup(path: str) -> None:
-    """Kill what is left inside a cgroup of ours, then remove it (rmdir is how cgroups are deleted)."""
-    _refuse_foreign(path, Path(path).name.startswith(paths.PREFIX))
-    if not os.path.isdir(path):
-        return
-    for _ in range(50):
-        if _holds_child_groups(path):
-            return    # a shared parent still in use by another run: the last one out removes it
-        # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
-        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-            with contextlib.suppress(OSError), open(os.path.join(path, name), "r+") as file:
-                file.write(thawed)
-        with contextlib.suppress(FileNotFoundError):
-            for pid in Path(path, "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.02)      # EBUSY while the killed processes are still exiting
-    os.rmdir(path)
-
-
-def _holds_child_groups(path: str) -> bool:
-    # rmdir(2) of a cgroup with child groups fails with EBUSY; its child groups are its subdirectories.
-    with contextlib.suppress(FileNotFoundError):
-        return any(entry.is_dir() for entry in os.scandir(path))
-    return False
-
-
+@register("kill")
 def undo_kill(pid: int, start: int | None) -> None:
     """SIGKILL a process, but only the one we started: the pid must still have the same start time."""
     if start is not None and process_start_time(pid) == start:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def undo_netns(name: str) -> None:
-    _refuse_foreign(name, name.startswith(paths.PREFIX))
-    subprocess.run(tied(["ip", "netns", "delete", name]), capture_output=True)
-
-
-def undo_link(name: str) -> None:
-    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True)
-
-
-def undo_link_in(name: str, pid: int, start: int | None) -> None:
-    """Delete a link of ours inside the network namespace of process ``pid`` (a rootless one, where the host's
-    ``ip`` cannot see: ``labcore.kernel.usernet``), while that pid still names the process we started."""
-    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    if start is not None and process_start_time(pid) == start:
-        subprocess.run(tied(["nsenter", f"--target={pid}", "--user", "--net", "--preserve-credentials",
-                             "ip", "link", "delete", name]), capture_output=True)
-
-
-def undo_usernet(journal: str) -> None:
-    """Leave the user-mode network of a state dir (``labcore.kernel.usernet``): the last user out stops it, as the
-    last one out removes the bridge. Its processes are the journal's ``usernet`` records; each user holds a
-    ``usernet`` undo, taken under the same lock, so one that is just joining is counted."""
-    _refuse_foreign(journal, paths.path_is_ours(journal))
-    ledger = Journal(journal)
-    with flocked(journal):
-        if any(entry.undo == "usernet" and owner_alive(entry.owner) for entry in ledger.entries()):
-            return                                      # another container still uses it
-        failures = stop_usernet(ledger)
-    if failures:
-        raise LabError("could not stop the user-mode network: " + "; ".join(failures))
-
-
-def stop_usernet(ledger: Journal) -> list[str]:
-    """Undo the ``usernet`` records (kill slirp4netns, then the holder), and wait until both have exited."""
-    processes = [entry for entry in ledger.entries() if entry.kind == "usernet"]
-    failures = ledger.undo_many(processes)
-    wait_gone(processes)
-    return failures
 
 
 def wait_gone(entries: list[Entry], seconds: float = 5.0) -> None:
@@ -438,7 +385,7 @@ def write_whole(path: str | os.PathLike, text: str | bytes) -> None:
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w", closefd=False) as file:
             file.write(text)
         # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
-        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=directory)
+        os.link(procfs.path("self", "fd", str(fd)), path.name, dst_dir_fd=directory)
     finally:
         os.close(fd)
         os.close(directory)
@@ -458,50 +405,20 @@ def flocked(path: str | os.PathLike):
         os.close(fd)                                    # closing the file releases the lock
 
 
-def undo_bridge(name: str, lock: str) -> None:
-    """Delete a bridge of ours once no interface is plugged into it: it is shared by every container on it,
-    so the last one out removes it. Under the lock that ``labcore.kernel.network.connect`` holds while plugging in."""
-    _refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    with contextlib.ExitStack() as stack:
-        held = ()
-        with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
-            held = (stack.enter_context(open(lock)).fileno(),)
-            fcntl.flock(held[0], fcntl.LOCK_EX)
-        ports = Path(f"/sys/class/net/{name}/brif")   # one entry per plugged-in interface (sysfs-class-net)
-        if ports.is_dir() and not any(ports.iterdir()):
-            # ip(8) holds the lock too (flock(2) belongs to the open file, which it inherits): were we killed
-            # now, nobody could plug into the bridge before it is gone.
-            subprocess.run(tied(["ip", "link", "delete", name]), capture_output=True, pass_fds=held)
-
-
+@register("unlink")
 def undo_unlink(path: str) -> None:
-    _refuse_foreign(path, paths.path_is_ours(path))
+    refuse_foreign(path, paths.path_is_ours(path))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
 
+@register("ipcrm")
 def undo_ipcrm(msqid: int, key: int) -> None:
     """Remove a System V message queue, but only ours: a queue has no name, so its id must still carry the
     key it was created with (as a pid must keep its start time), read from /proc/sysvipc/msg (proc(5))."""
-    for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]:
-        fields = row.split()
+    for fields in procfs.sysvipc("msg"):
         if int(fields[1]) == msqid and int(fields[0]) == key:
             subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
-
-
-UNDO = {
-    "umount": undo_umount,
-    "rmtree": undo_rmtree,
-    "rmdir_cgroup": undo_rmdir_cgroup,
-    "kill": undo_kill,
-    "netns": undo_netns,
-    "link": undo_link,
-    "bridge": undo_bridge,
-    "link_in": undo_link_in,
-    "usernet": undo_usernet,
-    "unlink": undo_unlink,
-    "ipcrm": undo_ipcrm,
-}
 
 
 def cleanup(everything: bool = False) -> str:

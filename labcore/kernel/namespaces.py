@@ -28,10 +28,9 @@ import os
 import re
 import socket
 import struct
-from pathlib import Path
 
 from labcore.errors import BadInput, from_oserror
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 
 KINDS = ("uts", "pid", "mnt", "net", "ipc", "user", "cgroup")
 # nsenter(1)'s order. Joining the user namespace first gives the capabilities that the other setns calls
@@ -45,11 +44,10 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,63}")
 
 def ns_inode(kind: str, pid: int | str = "self") -> int:
     """The inode of /proc/PID/ns/KIND: two processes are in the same namespace when these are equal."""
-    path = f"/proc/{pid}/ns/{kind}"
     try:
-        return os.stat(path).st_ino
+        return procfs.ns_inode(kind, pid)
     except OSError as err:
-        raise from_oserror(err, "stat", path) from err
+        raise from_oserror(err, "readlink", procfs.path(pid, "ns", kind)) from err
 
 
 def namespaces_of(pid: int | str = "self", kinds=KINDS) -> dict[str, int]:
@@ -76,57 +74,44 @@ def link_state(name: str = "lo") -> str:
 
 def message_queues() -> list[str]:
     """The keys of the System V message queues this IPC namespace holds, as ipcs(1) prints them."""
-    rows = Path("/proc/sysvipc/msg").read_text().splitlines()[1:]
-    return [f"0x{int(row.split()[0]) & 0xffffffff:08x}" for row in rows]
+    return [f"0x{int(row[0]) & 0xffffffff:08x}" for row in procfs.sysvipc("msg")]
 
 
 def cgroup_paths() -> dict[str, str]:
     """/proc/self/cgroup as {hierarchy: path}: one line per v1 hierarchy, and "v2" for the unified one."""
-    paths_by_hierarchy = {}
-    for line in Path("/proc/self/cgroup").read_text().split():
-        _, controllers, path = line.split(":", 2)
-        paths_by_hierarchy[controllers or "v2"] = path
-    return paths_by_hierarchy
+    return {line.key: line.path for line in procfs.cgroups()}
 
 
 def uid_map() -> str:
-    return "; ".join(" ".join(line.split()) for line in Path("/proc/self/uid_map").read_text().splitlines())
+    return procfs.id_map_text("uid_map")
 
 
 def status_field(name: str, pid: int | str = "self") -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return " ".join(line.split()[1:])
-    return ""
+    return procfs.status_field(name, pid)
 
 
 def nspids(pid: int | str) -> list[int]:
     """NSpid of /proc/PID/status: the process's pid in each pid namespace, from the reader's down."""
-    return [int(value) for value in status_field("NSpid", pid).split()]
+    return procfs.nspids(pid)
 
 
 def visible_pids() -> list[int]:
     """The processes that ps(1) would list: the numbered directories of /proc."""
-    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    return procfs.pids()
 
 
 def ps() -> list[str]:
     found = []
     for pid in visible_pids():
         with contextlib.suppress(OSError):
-            found.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
+            found.append(f"{pid} {procfs.comm(pid)}")
     return found
 
 
 def mounts() -> list[dict]:
     """This mount namespace's table, from /proc/self/mountinfo (proc(5))."""
-    table = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        dash = fields.index("-")
-        table.append({"point": fields[4].encode().decode("unicode_escape"), "fstype": fields[dash + 1],
-                      "source": fields[dash + 2], "propagation": " ".join(fields[6:dash]) or "private"})
-    return table
+    return [{"point": m.point, "fstype": m.fstype, "source": m.source, "propagation": m.propagation}
+            for m in procfs.mountinfo()]
 
 
 
@@ -159,7 +144,7 @@ def enter_namespaces(pid: int, kinds) -> None:
     fds = {}
     try:
         for kind in kinds:
-            path = f"/proc/{pid}/ns/{kind}"
+            path = procfs.path(pid, "ns", kind)
             try:
                 fds[kind] = os.open(path, os.O_RDONLY)
             except OSError as err:

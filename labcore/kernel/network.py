@@ -14,8 +14,9 @@ driver"); the lab does the same, naming what it makes ``lc...``:
     publish  `docker run -p 127.0.0.1:8080:80`: docker-proxy, a process that accepts on the host's port
              and connects to the container's address and port (``labcore.kernel.portproxy``)
 
-The commands are iproute2's (man 8 ip-link, ip-address, ip-route); inside the container's namespace they run
-in a child that setns(2)'d into /proc/PID/ns/net, as `nsenter -t PID -n ip ...` would (man 8 ip-netns).
+Each step is one rtnetlink message (``labcore.kernel.netlink``), written here as the iproute2 command that
+sends it (man 8 ip-link, ip-address, ip-route); inside the container's namespace they are sent by a child that
+setns(2)'d into /proc/PID/ns/net, as `nsenter -t PID -n ip ...` would (man 8 ip-netns).
 A veth end dies with its namespace, and its peer with it: when the container's last process exits, the
 kernel removes the pair and the address it held is free again.
 
@@ -34,8 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
-import json
 import os
 import re
 import secrets
@@ -46,7 +47,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, portproxy
+from labcore.kernel import journal, netlink, portproxy, procfs, syscalls
 from labcore.kernel.namespaces import enter_namespaces
 from labcore.kernel.process import find_program, run_in_child, tied
 
@@ -187,20 +188,7 @@ def check_own_netns(pid: int) -> int:
     return inode
 
 
-# --- iproute2, on the host or inside ------------------------------------------------------------------------
-
-def ip(*args: str, batch: str | None = None, as_json: bool = False):
-    """Run ip(8) (``batch``: one command a line, on stdin); its refusals become LabErrors with the errno."""
-    command = [find_program("ip") or "/sbin/ip", *(["-j"] if as_json else []),
-               *(["-batch", "-"] if batch else []), *args]
-    try:
-        done = subprocess.run(tied(command), input=batch, capture_output=True, text=True)
-    except FileNotFoundError as err:
-        raise NotSupportedHere("ip(8) is not installed", fix="apt-get install iproute2") from err
-    if done.returncode != 0:
-        raise ip_error(" ".join(command[1:]) + (f" <<< {batch!r}" if batch else ""), done.stderr)
-    return json.loads(done.stdout or "[]") if as_json else done.stdout
-
+# --- nftables, and reaching another network namespace ---------------------------------------------------
 
 def nft(rules: str, what: str) -> None:
     """Load nftables ``rules`` (nft(8) -f -) into this process's network namespace; ``what`` they are for."""
@@ -213,27 +201,17 @@ def nft(rules: str, what: str) -> None:
         raise LabError(f"nft could not add {what}: {done.stderr.strip()}", syscall="nft -f -")
 
 
-def ip_error(command: str, stderr: str) -> LabError:
-    """ip(8) prints the kernel's strerror ("RTNETLINK answers: File exists"): turn it back into an errno."""
-    code = next((code for code in errno.errorcode if os.strerror(code) in stderr), None)
-    if code is None:
-        return LabError(f"ip {command} failed: {stderr.strip()}", syscall=f"ip {command}", stderr=stderr.strip())
-    fix = ROOTLESS_FIX if code in (errno.EPERM, errno.EACCES) else None
-    return from_oserror(OSError(code, os.strerror(code)), f"ip {command}", fix=fix, stderr=stderr.strip())
-
-
 def netns_inode(pid: int | str = "self") -> int:
-    path = f"/proc/{pid}/ns/net"
     try:
-        return os.stat(path).st_ino
+        return procfs.ns_inode("net", pid)
     except OSError as err:
-        raise from_oserror(err, "stat", path) from err
+        raise from_oserror(err, "readlink", procfs.path(pid, "ns", "net")) from err
 
 
 def enter_netns(pid: int) -> None:
     """setns(2) into ``pid``'s network namespace (first its user namespace, if it has one of its own)."""
     # A rootless container's netns belongs to its user namespace: only root in there may join it.
-    own_userns = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+    own_userns = procfs.ns_inode("user", pid) != procfs.ns_inode("user")
     enter_namespaces(pid, ("user", "net") if own_userns else ("net",))      # nsenter's order
 
 
@@ -268,19 +246,23 @@ def locked(path: Path):
 def ensure_bridge(network: Network, scope: journal.Scope) -> None:
     """Create the bridge with the gateway address unless it exists; it is shared, so the last user removes it."""
     # Each user records its own release before the bridge can exist; the undo deletes the bridge only once no
-    # veth is plugged in any more (journal.undo_bridge), under the same lock as this function.
+    # veth is plugged in any more (undo_bridge), under the same lock as this function.
     scope.record("bridge", network.bridge, "bridge", name=network.bridge, lock=str(lock_path(network)))
     if not link_exists(network.bridge):
         check_subnet_free(network)
-        ip("link", "add", network.bridge, "type", "bridge")
+        netlink.link_add(network.bridge, "bridge")
     gateway = f"{network.gateway}/{network.prefixlen}"
-    shown = ipv4_addresses(ip("addr", "show", "dev", network.bridge, as_json=True))[network.bridge]
+    shown = ipv4_addresses(netlink.addresses()).get(network.bridge, "")
     if gateway not in shown.split():               # not there after a crash between `link add` and `addr add`
-        ip("addr", "add", gateway, "dev", network.bridge)
-    ip("link", "set", network.bridge, "up")
-    # Never route a container's packets on: per-device forwarding is checked on the device a packet came in
-    # by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1.
-    sysctl = f"/proc/sys/net/ipv4/conf/{network.bridge}/forwarding"
+        netlink.addr_add(network.bridge, network.gateway, network.prefixlen)
+    netlink.link_set(network.bridge, up=True)
+    forbid_forwarding(network.bridge)
+
+
+def forbid_forwarding(bridge: str) -> None:
+    """Never route a container's packets on: per-device forwarding is checked on the device a packet came in
+    by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1."""
+    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{bridge}.forwarding")
     try:
         Path(sysctl).write_text("0")
     except OSError as err:
@@ -292,7 +274,7 @@ def check_subnet_free(network: Network) -> None:
     each claim its addresses, and which one a packet reaches would depend on the route the kernel met first.
     (Another state directory's network may hold it: each lab picks its subnets from the same pool.)"""
     subnet = ipaddress.ip_network(network.subnet)
-    for link in ip("-4", "addr", "show", as_json=True):
+    for link in netlink.addresses():
         for address in link.get("addr_info", []):
             if ipaddress.ip_address(address["local"]) in subnet and link["ifname"] != network.bridge:
                 raise LabError(f"the subnet {network.subnet} of network {network.name} is in use on this host: "
@@ -302,31 +284,25 @@ def check_subnet_free(network: Network) -> None:
 
 
 def describe_link(name: str) -> str:
-    """"absent", or the state of link ``name`` and the bridge it is plugged into, as ip(8) reads them in this
+    """"absent", or the state of link ``name`` and the bridge it is plugged into, as netlink reads them in this
     process's network namespace (``in_netns`` to read another's)."""
-    link = next((link for link in ip("link", "show", as_json=True) if link["ifname"] == name), None)
+    link = next((link for link in netlink.links() if link["ifname"] == name), None)
     if link is None:
         return "absent"
     return f"{link.get('operstate', '?')}, on {link['master']}" if "master" in link else "present"
 
 
-def link_exists(name: str, sys_class_net: str = "/sys/class/net") -> bool:
-    # /sys/class/net shows the network namespace of whoever mounted /sys: here, the host's.
-    return os.path.lexists(os.path.join(sys_class_net, name))
+link_exists = netlink.link_exists       # in this process's network namespace, as netlink answers
 
 
-def taken_addresses(sys_class_net: str = "/sys/class/net") -> set[str]:
-    """Addresses in use: each host end carries its container's address as its alias (IFLA_IFALIAS).
+def taken_addresses() -> set[str]:
+    """Addresses in use in this network namespace: each host end carries its container's address as its
+    alias (IFLA_IFALIAS).
 
     The kernel is the lease table: an alias cannot go stale, since the pair dies with the container's
-    namespace, and every state dir sees the same one.
+    namespace, and every state dir sees the same one (the host's, or the router namespace's rootless).
     """
-    taken = set()
-    for name in os.listdir(sys_class_net):
-        if name.startswith(paths.LINK_PREFIX):
-            with contextlib.suppress(OSError):
-                taken.add(Path(sys_class_net, name, "ifalias").read_text().strip())
-    return taken - {""}
+    return {link.get("ifalias", "") for link in netlink.links() if paths.is_ours(link["ifname"])} - {""}
 
 
 def free_address(network: Network, taken: set[str]) -> str:
@@ -342,13 +318,13 @@ def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: in
     """Create the pair, plug the host end into the bridge, and send the other end into ``pid``'s namespace.
 
     The host end carries the container's address as its alias: that is the lease (``taken_addresses``)."""
-    ip("link", "add", host_ifname, "type", "veth", "peer", "name", peer)
+    netlink.link_add(host_ifname, "veth", peer)
+    netlink.link_set(host_ifname, alias=address, master=network.bridge, up=True)
+    netlink.link_set(peer, netns=pid)
     # The address may have been another container's a moment ago, with another MAC: forget the bridge's
     # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
     # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
-    ip(batch=f"link set {host_ifname} alias {address} master {network.bridge} up\n"
-             f"link set {peer} netns {pid}\n"
-             f"neigh flush to {address} dev {network.bridge}\n")
+    netlink.neigh_flush(address, network.bridge)
 
 
 def mac_for(address: str) -> str:
@@ -360,11 +336,12 @@ def configure_inside(peer: str, ifname: str, address: str, network: Network, def
                      mac: str | None = None) -> None:
     """Inside the container's namespace: lo up, the veth end renamed, given its MAC and address, a default
     route (through the first network only: a container on several has one way out, and a route to each)."""
-    route = f"route add default via {network.gateway} dev {ifname}\n" if default_route else ""
-    ip(batch=f"link set lo up\n"
-             f"link set {peer} name {ifname} address {mac or mac_for(address)}\n"
-             f"addr add {address}/{network.prefixlen} dev {ifname}\n"
-             f"link set {ifname} up\n" + route)
+    bring_up("lo")
+    netlink.link_set(peer, new_name=ifname, mac=mac or mac_for(address))
+    netlink.addr_add(ifname, address, network.prefixlen)
+    netlink.link_set(ifname, up=True)
+    if default_route:
+        netlink.route_add(network.gateway, ifname)
 
 
 def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id: str | None = None,
@@ -391,7 +368,12 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
 
 def loopback_up(pid: int) -> None:
     """`--network none`, and all a rootless container gets here: only `lo`, brought up as Docker does."""
-    in_netns(pid, ip, "link", "set", "lo", "up")
+    in_netns(pid, bring_up, "lo")
+
+
+def bring_up(name: str) -> None:
+    """`ip link set NAME up`: a new namespace's lo is down (network_namespaces(7))."""
+    netlink.link_set(name, up=True)
 
 
 def disconnect(endpoint: Endpoint, scope: journal.Scope) -> None:
@@ -451,6 +433,61 @@ def bind_host_port(host_ip: str, host_port: int, protocol: str = "tcp") -> socke
     return listener
 
 
+# --- the inverses the journal replays ----------------------------------------------------------------------
+# Each refuses a name the lab could not have given (lc...), and treats a link that is gone as removed.
+
+@journal.register("link")
+def undo_link(name: str) -> None:
+    """Delete one end of a veth pair of ours (its peer goes with it: veth(4)) in this network namespace."""
+    journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    delete_link(name)
+
+
+def delete_link(name: str) -> None:
+    if link_exists(name):
+        try:
+            netlink.link_delete(name)
+        except LabError as err:
+            if err.errno != errno.ENODEV:           # gone between the look and the delete: as good as done
+                raise
+
+
+@journal.register("link_in")
+def undo_link_in(name: str, pid: int, start: int | None) -> None:
+    """Delete a link of ours inside the network namespace of process ``pid`` (a rootless one, where the host's
+    netlink cannot see: ``labcore.kernel.usernet``), while that pid still names the process we started."""
+    journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    if start is not None and journal.process_start_time(pid) == start:
+        in_netns(pid, delete_link, name)
+
+
+@journal.register("bridge")
+def undo_bridge(name: str, lock: str) -> None:
+    """Delete a bridge of ours once no interface is plugged into it: it is shared by every container on it,
+    so the last one out removes it. Under the lock that ``connect`` holds while plugging in."""
+    journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(FileNotFoundError):     # its state dir is gone: nobody connects through it
+            fcntl.flock(stack.enter_context(open(lock)).fileno(), fcntl.LOCK_EX)
+        links = netlink.links()
+        # Were we killed from here on, the lock would go with us, but the bridge would be either still there
+        # or gone: the kernel handles RTM_DELLINK whole within the sendmsg(2) that carries it.
+        if any(link["ifname"] == name for link in links) and not any(link.get("master") == name for link in links):
+            delete_link(name)
+
+
+@journal.register("netns")
+def undo_netns(name: str) -> None:
+    """`ip netns delete NAME`: detach the bind mount that keeps a named namespace alive (ip-netns(8)), and
+    its file. The lab names none today; a journal written by an older lab may still hold one."""
+    journal.refuse_foreign(name, name.startswith(paths.PREFIX))
+    path = os.path.join("/run/netns", name)
+    if path in procfs.mounts_under(path):
+        syscalls.umount2(path, syscalls.MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 # --- evidence ---------------------------------------------------------------------------------------------------
 
 def ipv4_addresses(dump: list[dict]) -> dict[str, str]:
@@ -463,15 +500,15 @@ def ipv4_addresses(dump: list[dict]) -> dict[str, str]:
 
 def read_interfaces() -> dict:
     """What this process's network namespace has: its interfaces with their addresses, its default route."""
-    default = ip("route", "show", "default", as_json=True)
+    default = [route for route in netlink.routes() if route["dst"] == "default"]
     return {"net ns": f"net:[{netns_inode('self')}]",
-            **ipv4_addresses(ip("addr", "show", as_json=True)),
+            **ipv4_addresses(netlink.addresses()),
             "default route": ", ".join(f"via {r.get('gateway', '-')} dev {r['dev']}" for r in default) or "none"}
 
 
 def tcp_listeners(pid: int | str = "self") -> list[str]:
     """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
-    return parse_tcp_listeners(Path(f"/proc/{pid}/net/tcp").read_text())
+    return parse_tcp_listeners(procfs.read(pid, "net/tcp"))
 
 
 def parse_tcp_listeners(text: str) -> list[str]:

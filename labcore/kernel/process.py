@@ -163,8 +163,8 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
         os._exit(code)
 
 
-# Debian puts ip(8) and nft(8) in /usr/sbin, which is not on an ordinary user's PATH (/etc/profile); a user
-# may still run them, inside namespaces of their own.
+# Debian puts nft(8) in /usr/sbin, which is not on an ordinary user's PATH (/etc/profile); a user may still
+# run it, inside namespaces of their own.
 SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
@@ -176,9 +176,9 @@ def find_program(name: str) -> str | None:
 
 def tied(argv: list[str]) -> list[str]:
     """``argv`` made to die with this process: util-linux's setpriv sets PR_SET_PDEATHSIG (prctl(2)) to
-    SIGKILL and execs it. For the short helpers that make or remove objects (ip(8)): killed with us, a helper
-    can never finish making an object after `labcore cleanup` has removed its record, nor delete one that
-    another process has taken over since. (Not for what must outlive us: a proxy, a container.) It narrows
+    SIGKILL and execs it. For the short helpers that make or remove objects (nft(8), ipcrm(1)): killed with
+    us, a helper can never finish making an object after `labcore cleanup` has removed its record, nor delete
+    one that another process has taken over since. (Not for what must outlive us: a proxy, a container.) It narrows
     the window to setpriv's first instants: a parent killed before setpriv's prctl leaves it running."""
     import shutil
     setpriv = shutil.which("setpriv")

@@ -29,7 +29,7 @@ import stat
 from pathlib import Path
 
 from labcore.errors import BadInput, NeedsPrivilege
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 from labcore.kernel.namespaces import make_mounts_private
 from labcore.kernel.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY,
                                      MS_REC, MS_REMOUNT)
@@ -288,11 +288,9 @@ def v1_hierarchies() -> list[tuple[str, str]]:
     """(directory name under /sys/fs/cgroup, the controllers or name= as mount options) of each v1 hierarchy
     mounted on the host, from /proc/self/mountinfo (proc(5))."""
     found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fstype, _source, options = (right.split() + ["", ""])[:3]
-        point = left.split()[4]
-        if fstype == "cgroup" and point.startswith("/sys/fs/cgroup/"):
-            wanted = [o for o in options.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent")]
-            found.append((os.path.basename(point), ",".join(wanted)))
+    for mount in procfs.mountinfo():
+        if mount.fstype == "cgroup" and mount.point.startswith("/sys/fs/cgroup/"):
+            wanted = [o for o in mount.super_options.split(",")
+                      if o not in ("rw", "ro") and not o.startswith("release_agent")]
+            found.append((os.path.basename(mount.point), ",".join(wanted)))
     return found

@@ -291,26 +291,32 @@ class Recorder:
 
 _SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod",
              "set_interface_up", "prctl", "capset", "setgroups", "setresgid", "setresuid", "load_seccomp", "bpf")
-_backend: Kernel | Recorder | None = None
 
 
-def backend():
-    """The active backend, the real kernel unless a test has swapped in a fake."""
-    global _backend
-    if _backend is None:
-        _backend = Kernel()
-    return _backend
+class Seam:
+    """Where one kind of kernel call goes: ``backend()`` is the real kernel (made on first use) unless a test
+    has swapped in a fake with ``use(fake)`` for the duration of a block. ``labcore.kernel.netlink`` keeps its
+    own, for rtnetlink's messages."""
+
+    def __init__(self, make_real):
+        self.make_real, self.active = make_real, None
+
+    def backend(self):
+        if self.active is None:
+            self.active = self.make_real()
+        return self.active
+
+    @contextlib.contextmanager
+    def use(self, fake):
+        previous, self.active = self.active, fake
+        try:
+            yield fake
+        finally:
+            self.active = previous
 
 
-@contextlib.contextmanager
-def use(fake):
-    """Route every syscall through ``fake`` for the duration of the block."""
-    global _backend
-    previous, _backend = _backend, fake
-    try:
-        yield fake
-    finally:
-        _backend = previous
+_seam = Seam(lambda: Kernel())
+backend, use = _seam.backend, _seam.use         # every syscall below goes through backend()
 
 
 def unshare(flags: int) -> None:

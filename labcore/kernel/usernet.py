@@ -53,7 +53,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, network, syscalls, userns
+from labcore.kernel import journal, netlink, network, procfs, syscalls, userns
 from labcore.kernel.process import Child, find_program, spawn
 
 TAP = "lctap0"                        # slirp4netns's interface in the router namespace
@@ -112,7 +112,7 @@ def locked(ledger: journal.Journal):
 
 
 def leave(usernet: Usernet, scope: journal.Scope) -> None:
-    """Drop this user's record now; the last one out stops the network (``journal.undo_usernet``)."""
+    """Drop this user's record now; the last one out stops the network (``undo_usernet``)."""
     if usernet.use in scope.entries:
         scope.entries.remove(usernet.use)
         scope.journal.undo(usernet.use)
@@ -136,10 +136,37 @@ def running(ledger: journal.Journal) -> Usernet | None:
 
 def stop(ledger: journal.Journal) -> None:
     """Kill slirp4netns and the holder: the namespaces, and everything in them, go with them."""
-    failures = journal.stop_usernet(ledger)
+    failures = stop_usernet(ledger)
     if failures:
         raise LabError("could not stop the user-mode network: " + "; ".join(failures),
                        fix="run `labcore cleanup` to retry")
+
+
+@journal.register("usernet")
+def undo_usernet(journal: str) -> None:           # the records name their argument "journal"
+    leave_network_of(journal)
+
+
+def leave_network_of(directory: str) -> None:
+    """Leave the user-mode network of a state dir (the journal's ``usernet`` inverse): the last user out stops
+    it, as the last one out removes the bridge. Its processes are the journal's ``usernet`` records; each user
+    holds a ``usernet`` undo, taken under the same lock, so one that is just joining is counted."""
+    journal.refuse_foreign(directory, paths.path_is_ours(directory))
+    ledger = journal.Journal(directory)
+    with journal.flocked(directory):
+        if any(entry.undo == "usernet" and journal.owner_alive(entry.owner) for entry in ledger.entries()):
+            return                                      # another container still uses it
+        failures = stop_usernet(ledger)
+    if failures:
+        raise LabError("could not stop the user-mode network: " + "; ".join(failures))
+
+
+def stop_usernet(ledger: journal.Journal) -> list[str]:
+    """Undo the ``usernet`` records (kill slirp4netns, then the holder), and wait until both have exited."""
+    processes = [entry for entry in ledger.entries() if entry.kind == "usernet"]
+    failures = ledger.undo_many(processes)
+    journal.wait_gone(processes)
+    return failures
 
 
 # --- starting it: the holder, slirp4netns, the router inside --------------------------------------------------
@@ -233,7 +260,7 @@ def make_router(net: network.Network) -> None:
     """In the router namespace (a child that entered it): forwarding to lctap0, the NAT table, and the
     default network's bridge. All of it dies with the namespace."""
     # /proc/sys/net shows the reader's own network namespace: this is the router's switch, not the host's.
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+    Path(procfs.sysctl_path("net.ipv4.ip_forward")).write_text("1")
     network.nft(ROUTER, "the router's rules")
     add_bridge(net)
 
@@ -241,14 +268,14 @@ def make_router(net: network.Network) -> None:
 def add_bridge(net: network.Network) -> None:
     """In the router namespace: a bridge with its gateway address, its masquerade and isolation rules; a
     user-defined network's is added when its first container joins, and goes with the namespace."""
-    network.ip(batch=f"link add {net.bridge} type bridge\n"
-                     f"addr add {net.gateway}/{net.prefixlen} dev {net.bridge}\n"
-                     f"link set {net.bridge} up\n")
+    netlink.link_add(net.bridge, "bridge")
+    netlink.addr_add(net.bridge, net.gateway, net.prefixlen)
+    netlink.link_set(net.bridge, up=True)
     network.nft(BRIDGE_RULES.format(subnet=net.subnet, bridge=net.bridge), f"the rules of {net.bridge}")
 
 
 def ensure_bridge(net: network.Network) -> None:
-    if not any(link["ifname"] == net.bridge for link in network.ip("link", "show", as_json=True)):
+    if not netlink.link_exists(net.bridge):
         add_bridge(net)
 
 
@@ -267,7 +294,7 @@ def connect(usernet: Usernet, pid: int, scope: journal.Scope, short_id: str | No
     with locked(scope.journal):                        # from reading the leases until the new one is set
         if net.bridge != usernet.network.bridge:
             network.in_netns(usernet.holder, ensure_bridge, net)
-        address = network.free_address(net, network.in_netns(usernet.holder, taken_addresses))
+        address = network.free_address(net, network.in_netns(usernet.holder, network.taken_addresses))
         scope.record("link", host_ifname, "link_in", name=host_ifname, pid=usernet.holder,
                      start=journal.process_start_time(usernet.holder))
         network.in_netns(usernet.holder, network.plug_in, net, host_ifname, peer, address, pid)
@@ -281,13 +308,6 @@ def reply(address: str, port: int) -> str:
     dir's user-mode network while it runs; otherwise the host, where root's lcbr0 is."""
     router = running(journal.Journal())
     return network.in_netns(router.holder if router else None, network.reply, address, port)
-
-
-def taken_addresses() -> set[str]:
-    """Addresses in use in this network namespace: the aliases of our veth ends (``network.taken_addresses``
-    reads the host's in /sys, which shows the namespace of whoever mounted it; here ip(8) asks netlink)."""
-    links = network.ip("link", "show", as_json=True)
-    return {link.get("ifalias", "") for link in links if paths.is_ours(link["ifname"])} - {""}
 
 
 # --- evidence -----------------------------------------------------------------------------------------------
@@ -310,7 +330,4 @@ def show(usernet: Usernet) -> dict:
 
 
 def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return []
+    return procfs.cmdline(pid)

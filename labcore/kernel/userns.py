@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 
 from labcore.errors import from_oserror
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 from labcore.kernel.journal import process_start_time
 from labcore.kernel.process import Child
 
@@ -34,7 +34,7 @@ def write_id_maps(pid: str | int = "self", uid: int | None = None, gid: int | No
     uid = os.geteuid() if uid is None else uid
     gid = os.getegid() if gid is None else gid
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"), ("gid_map", f"0 {gid} 1\n")):
-        path = f"/proc/{pid}/{name}"
+        path = procfs.path(pid, name)
         try:
             with open(path, "w") as file:
                 file.write(text)
@@ -58,7 +58,7 @@ def join(pid: int) -> None:
     Its owner (the uid that created it) may join without any capability outside. Afterwards this process is
     uid 0 there, with every capability over the namespaces that user namespace owns, so ``unshare`` below
     needs no user namespace of its own any more."""
-    path = f"/proc/{pid}/ns/user"
+    path = procfs.path(pid, "ns", "user")
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as err:
@@ -121,7 +121,7 @@ class MountKeeper:
 
     def path(self, inside) -> str:
         """Where this process reaches ``inside`` (an absolute path in the keeper's namespace)."""
-        return f"/proc/{self.pid}/root{os.path.abspath(inside)}"
+        return procfs.path(self.pid, "root") + os.path.abspath(inside)
 
     def join(self) -> None:
         self.join_pid(self.pid)
@@ -131,7 +131,7 @@ class MountKeeper:
         """setns(2) the calling process (a child) into keeper ``pid``'s user and mount namespaces. Its euid
         owns that user namespace, which gives it the CAP_SYS_ADMIN there that setns asks for
         (user_namespaces(7)); the process must have one thread (setns(2))."""
-        fds = [os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY) for kind in ("user", "mnt")]
+        fds = [os.open(procfs.path(pid, "ns", kind), os.O_RDONLY) for kind in ("user", "mnt")]
         try:           # both opened first: after the first setns, /proc/PID may name another process
             syscalls.setns(fds[0], syscalls.CLONE_NEWUSER)
             syscalls.setns(fds[1], syscalls.CLONE_NEWNS)

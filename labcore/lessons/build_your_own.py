@@ -46,7 +46,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.image import layers
-from labcore.kernel import journal, namespaces, network, overlay, rootfs, syscalls, usernet, userns
+from labcore.kernel import journal, namespaces, network, overlay, procfs, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
 from labcore.lessons import display, hosts, root_fs, union_fs
 from labcore.lessons.client_server import wait_for_listener
@@ -558,7 +558,7 @@ def identity(path: str) -> tuple[int, int]:
 def mountinfo_lines(point, pid: int | str = "self") -> list[str]:
     """/proc/PID/mountinfo lines for mounts at ``point`` (proc(5)): this notebook's mount namespace, or that of
     process ``pid``."""
-    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    lines = procfs.read(pid, "mountinfo").splitlines()
     return [line for line in lines if line.split()[4] == str(point)]
 
 
@@ -587,19 +587,12 @@ def plain_limits(limits: dict[str, str]) -> dict[str, str]:
 
 def cgroup_of(pid: int) -> str:
     """The memory hierarchy's line of /proc/PID/cgroup, as this process's cgroup namespace shows it."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(",") or controllers == "":
-            return path
-    return "?"
+    return procfs.cgroup_of("memory", pid) or procfs.cgroup_of("v2", pid) or "?"
 
 
 def cmdline(pid: int) -> list[str]:
     """argv of a process, from /proc/PID/cmdline (its first 4 words); [] once it has exited."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1][:4]
-    except OSError:
-        return []
+    return procfs.cmdline(pid)[:4]
 
 
 def cmdline_after(pid: int, old: list[str], timeout: float = 2.0) -> list[str]:
@@ -643,8 +636,8 @@ def listening(pid: int, port: int) -> list[str]:
     """TCP sockets listening on ``port`` in pid's network namespace, IPv4 (network.tcp_listeners) and IPv6:
     busybox's nc and httpd listen on [::], which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
     found = network.tcp_listeners(pid)
-    for row in Path(f"/proc/{pid}/net/tcp6").read_text().splitlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
+    for row in procfs.net_table("tcp6", pid):
+        local, state = row[1], row[3]
         if state == network.TCP_LISTEN:           # the address as four little-endian 32-bit words
             address, hex_port = local.split(":")
             words = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))

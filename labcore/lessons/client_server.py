@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from labcore import paths
 from labcore.errors import LabError, NeedsPrivilege, NotFound, NotSupportedHere
-from labcore.kernel import journal, network, syscalls, usernet, userns
+from labcore.kernel import journal, netlink, network, procfs, syscalls, usernet, userns
 from labcore.kernel.process import Child, run_in_child
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
@@ -46,7 +46,8 @@ def daemon_process(stage: Stage) -> Step:
     after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
              "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
              "Unix sockets (psutil)": sockets,
-             f"/proc/{labd.pid}/fd/{listener['fd']}": os.readlink(f"/proc/{labd.pid}/fd/{listener['fd']}"),
+             f"/proc/{labd.pid}/fd/{listener['fd']}":
+                 os.readlink(procfs.path(labd.pid, "fd", str(listener["fd"]))),
              "/proc/net/unix": f"inode {listener['inode']}, path {stage.labd.socket}, state LISTEN"}
     return Step("the daemon: a process holding a socket", "psutil.Process(PID).net_connections('unix'); "
                 "readlink /proc/PID/fd/N; read /proc/net/unix", after=after, mode=user_mode(),
@@ -132,7 +133,7 @@ def two_containers_on_port_80(stage: Stage) -> Step:
                 "it, run this step where you are root"))
     after = {f"{name}: {key.replace('_', ' ')}": value                 # net_ns is shown as "net ns"
              for name, values in seen.items() for key, value in values.items()}
-    host = {"net ns": os.readlink("/proc/self/ns/net"),
+    host = {"net ns": procfs.ns_link("net"),
             "listening on :80": [s for s in listening_ports("self") if s.endswith(":80")] or "none"}
     return Step(title, action, before=host, after=after, mode=current_mode(), columns=("host", "containers"),
                 note="one daemon, two network namespaces: each has its own port 80, the host's is untouched",
@@ -145,7 +146,7 @@ def listener_evidence(box) -> dict:
     from labcore.kernel import usernet
     box.reload()
     pid, address = box.attrs["State"]["Pid"], box.attrs["NetworkSettings"]["IPAddress"]
-    evidence = {"net_ns": os.readlink(f"/proc/{pid}/ns/net"), "listening": wait_for_listener(pid, 80),
+    evidence = {"net_ns": procfs.ns_link("net", pid), "listening": wait_for_listener(pid, 80),
                 "address": address or "none"}
     # From the host as root; rootless, the addresses are inside the user-mode network's router namespace.
     evidence["answer"] = usernet.reply(address, 80) if address else "no address to connect to"
@@ -211,8 +212,8 @@ def listening_ports(pid: int | str) -> list[str]:
     busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
     found = []
     for table in ("tcp", "tcp6"):
-        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            local, state = row.split()[1], row.split()[3]
+        for row in procfs.net_table(table, pid):
+            local, state = row[1], row[3]
             address, port = local.split(":")
             if state == "0A":                                       # TCP_LISTEN
                 found.append(f"{readable_address(address)}:{int(port, 16)}")
@@ -328,7 +329,7 @@ def two_servers_on_port_80(host_ports: tuple[int, int] = (18080, 18081), on: net
             step.after = {"loopback in a new netns": f"refused too: {why.message}"}
         return step
     if router is None:
-        left = [link["ifname"] for link in network.ip("link", "show", as_json=True) if paths.is_ours(link["ifname"])]
+        left = [link["ifname"] for link in netlink.links() if paths.is_ours(link["ifname"])]
     else:                                                # the router namespace went, with all links in it
         left = [f"router pid {pid}" for pid in (router.holder, router.slirp) if journal.running(pid)]
     step.data["links_left"] = left
@@ -397,8 +398,8 @@ def in_new_netns(fn):
 
 def loopback_server() -> dict:
     """What works with no veth at all: lo up, a server on 127.0.0.1:80, a client in the same namespace."""
-    before = network.ipv4_addresses(network.ip("addr", "show", "lo", as_json=True))["lo"]
-    network.ip("link", "set", "lo", "up")
+    before = network.ipv4_addresses(netlink.addresses())["lo"]
+    network.bring_up("lo")
     loopback = network.LOOPBACK
     with socket.create_server((loopback, 80)) as listener, socket.create_connection((loopback, 80)) as client:
         conn, _ = listener.accept()                    # the client's connect completed in the backlog
@@ -406,7 +407,7 @@ def loopback_server() -> dict:
             conn.sendall(f"loopback server in net:[{network.netns_inode('self')}]\n".encode())
         reply = client.recv(256).decode().strip()
     return {"lo in a new netns": before, "lo after `ip link set lo up`": network.ipv4_addresses(
-        network.ip("addr", "show", "lo", as_json=True))["lo"], "connect 127.0.0.1:80": reply}
+        netlink.addresses())["lo"], "connect 127.0.0.1:80": reply}
 
 
 # --- the picture: the client, the socket and the daemon, as /proc shows them ----------------------------------
@@ -439,11 +440,7 @@ def connection_seen_from_proc(stage: Stage) -> Step:
 
 def client_fd(inode: int) -> int:
     """This process's fd whose link names ``socket:[inode]``."""
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{fd}") == f"socket:[{inode}]":
-                return int(fd)
-    return -1
+    return next((fd for fd, link in procfs.fds().items() if link == f"socket:[{inode}]"), -1)
 
 
 def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
@@ -453,16 +450,13 @@ def wait_for_accepted(pid: int, path: str, seconds: float = 5) -> dict:
     import time
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        connected = {int(fields[6]) for fields in (line.split() for line in
-                     Path("/proc/net/unix").read_text().splitlines()[1:])
+        connected = {int(fields[6]) for fields in procfs.net_table("unix")
                      if len(fields) == 8 and fields[7] == path and fields[5] == "03"}
         held = {}
         with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:[") and int(link[8:-1]) in connected:
-                        held[int(link[8:-1])] = int(fd)
+            for fd, link in procfs.fds(pid).items():
+                if link.startswith("socket:[") and int(link[8:-1]) in connected:
+                    held[int(link[8:-1])] = fd
         if held:
             inode = max(held)             # the newest: inodes count up
             return {"fd": held[inode], "inode": inode}
@@ -564,15 +558,13 @@ def http_get(address, target: str) -> tuple[str, bytes]:
 def tcp_listener(pid: int, port: int) -> dict:
     """The fd of ``pid`` that holds the socket listening on 127.0.0.1:``port``: /proc/net/tcp's row (state 0A,
     LISTEN; the address in hex, proc(5)) gives its inode, /proc/PID/fd the fd that links to it."""
-    for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        fields = row.split()
+    for fields in procfs.net_table("tcp", pid):
         address, hex_port = fields[1].split(":")
         if int(hex_port, 16) == port and fields[3] == "0A":
             inode = int(fields[9])
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                        return {"pid": pid, "fd": int(fd), "inode": inode, "address": readable_address(address)}
+            for fd, link in procfs.fds(pid).items():
+                if link == f"socket:[{inode}]":
+                    return {"pid": pid, "fd": fd, "inode": inode, "address": readable_address(address)}
     return {}
 
 
@@ -653,14 +645,12 @@ def process_facts(pid: int | str) -> dict:
     """pid, name, parent and state from /proc/PID/status and cmdline (proc(5)); "gone" once it has no entry.
     A zombie has died and waits for its parent to reap it (wait(2)): it runs no more."""
     try:
-        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                      if ":\t" in line)
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        status = procfs.status(pid)
     except OSError:
         return {"pid": int(pid), "state": "gone"}
     state = status["State"].split("(")[-1].rstrip(")").strip()
-    return {"pid": int(pid), "name": status["Name"].strip(), "ppid": int(status["PPid"]), "state": state,
-            "command": " ".join(a.decode(errors="replace") for a in argv[:2] if a)[:60]}
+    return {"pid": int(pid), "name": status["Name"], "ppid": int(status["PPid"]), "state": state,
+            "command": " ".join(argument for argument in procfs.cmdline(pid)[:2] if argument)[:60]}
 
 
 def describe(facts: dict) -> str:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import NeedsPrivilege, NotSupportedHere
-from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager, read_text
+from labcore.kernel import procfs
+from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.kernel.journal import Scope, process_start_time
 from labcore.lessons import display, hosts
@@ -133,16 +134,15 @@ def limit_file(writes: list[tuple[Path, str]]) -> str:
 
 def mem_available() -> int:
     """The host's MemAvailable in bytes (proc(5), /proc/meminfo)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return procfs.meminfo().get("MemAvailable", 0)
 
 
 def proc_state(pid: int) -> str:
     """Field 3 of /proc/PID/stat (proc(5)): R running, S sleeping, D uninterruptible, T stopped..."""
-    text = read_text(Path(f"/proc/{pid}/stat")) or ") ?"
-    return text.rsplit(")", 1)[1].split()[0]
+    try:
+        return procfs.state(pid)
+    except OSError:
+        return "?"
 
 
 # --- where are the cgroups? --------------------------------------------------------------------------------
@@ -150,10 +150,9 @@ def proc_state(pid: int) -> str:
 def own_cgroups() -> display.Table:
     """/proc/self/cgroup (cgroups(7)), one hierarchy a row: its id, its controllers (none: the v2 hierarchy, id 0)
     and this process's group in it."""
-    lines = Path("/proc/self/cgroup").read_text().split()
     return display.Table(("id", "controllers", "group"),
-                         [(number, controllers or "(v2)", group) for number, controllers, group in
-                          (line.split(":", 2) for line in lines)])
+                         [(str(line.hierarchy), ",".join(line.controllers) or "(v2)", line.path)
+                          for line in procfs.cgroups()])
 
 
 def detect_cgroups(manager: Manager | None = None) -> Step:
@@ -173,7 +172,7 @@ def detect_cgroups(manager: Manager | None = None) -> Step:
     return Step("cgroups: which interface this host has", "read /proc/self/mountinfo, /proc/self/cgroup",
                 before={"this process's cgroups": own_cgroups()}, after=after,
                 data={"layout": layout.kind, "version": manager.version, "may_limit": delegation.allowed,
-                      "delegated": delegation.base, "cgroup_lines": Path("/proc/self/cgroup").read_text().split()},
+                      "delegated": delegation.base, "cgroup_lines": procfs.read("self", "cgroup").split()},
                 note=f"{layout.kind} layout: the lab drives the {manager.version} interface" + (
                     "" if delegation.allowed else "; no group may be made here by you, so the steps below "
                                                   "show the reference host's recordings"))

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from labcore.kernel import procfs
 from labcore.lessons.evidence import PRE, WRAP, html_cell
 
 MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options", "fs options")
@@ -53,13 +54,12 @@ class Table:
 def parse_mountinfo_line(line: str) -> dict[str, str]:
     """One line of /proc/PID/mountinfo (proc(5)): ids, device, root, mount point, options, the optional
     fields (shared:N, master:N) up to the "-", then fstype, source and the superblock's options."""
-    fields = line.split()
-    dash = fields.index("-")
-    optional = fields[6:dash]
-    return {"id": fields[0], "parent": fields[1], "device": fields[2], "root": fields[3],
-            "mount point": fields[4], "options": fields[5], "optional": " ".join(optional),
-            "propagation": _propagation(optional), "fstype": fields[dash + 1], "source": fields[dash + 2],
-            "super options": " ".join(fields[dash + 3:]), "fs options": short_options(" ".join(fields[dash + 3:]))}
+    (mount,) = procfs.parse_mountinfo(line.strip())
+    return {"id": str(mount.id), "parent": str(mount.parent), "device": mount.device, "root": mount.root,
+            "mount point": mount.point, "options": mount.options, "optional": " ".join(mount.optional),
+            "propagation": _propagation(mount.optional), "fstype": mount.fstype, "source": mount.source,
+            "super options": mount.super_options,
+            "fs options": short_options(mount.super_options)}
 
 
 def short_name(path: str) -> str:
@@ -85,7 +85,7 @@ def short_options(options: str) -> str:
     return ", ".join(shown)
 
 
-def _propagation(optional: list[str]) -> str:
+def _propagation(optional) -> str:
     """shared:N -> shared, master:N -> slave, none -> private (mount_namespaces(7))."""
     kinds = [("shared" if tag.startswith("shared:") else "slave" if tag.startswith("master:") else tag)
              for tag in optional if not tag.startswith("propagate_from:")]

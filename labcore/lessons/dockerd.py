@@ -33,6 +33,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.api.labd import ping
 from labcore.errors import LabError, NotSupportedHere
+from labcore.kernel import procfs
 from labcore.kernel.journal import Scope, process_start_time
 from labcore.kernel.process import wait_until_ready
 
@@ -46,7 +47,7 @@ def dockerd_unavailable_reason() -> str | None:
     for program, package in (("dockerd", "docker.io"), ("docker", "docker.io"), ("containerd", "containerd")):
         if not shutil.which(program):
             return f"{program} is not installed: apt-get install {package}"
-    if "overlay" not in Path("/proc/filesystems").read_text():
+    if "overlay" not in procfs.filesystems():
         return "the kernel has no overlay filesystem, which --storage-driver overlay2 needs: modprobe overlay"
     return None
 
@@ -190,33 +191,25 @@ def kill_processes_naming(runtime: str) -> None:
     waits forever. The labcore-dockerd-* path in its arguments makes it ours, and no one else's."""
     if not os.path.basename(runtime).startswith(paths.PREFIX):
         return
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-            mine = entry.name == str(os.getpid())
-            if entry.name.isdigit() and not mine and any(runtime.encode() in a for a in arguments):
-                os.kill(int(entry.name), signal.SIGKILL)
+    for pid in procfs.pids():
+        with contextlib.suppress(OSError):
+            if pid != os.getpid() and any(runtime in argument for argument in procfs.cmdline(pid)):
+                os.kill(pid, signal.SIGKILL)
 
 
 def cgroup_parent_directories(name: str) -> list[str]:
     """Where a relative --cgroup-parent NAME lands in each hierarchy: below the cgroup that dockerd starts
     in (runc joins a relative path to the caller's own cgroup), which is ours: /proc/self/cgroup, matched
     to each cgroup mount of /proc/self/mountinfo by its controllers (cgroups(7), proc(5))."""
-    own = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        own[frozenset(controllers.split(",")) if controllers else frozenset()] = path
+    own = {frozenset(line.controllers): line.path for line in procfs.cgroups()}
     found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mount, _, source = line.partition(" - ")
-        kind, _, options = source.split()[:3]
-        if kind not in ("cgroup", "cgroup2"):
+    for mount in procfs.mountinfo():
+        if mount.fstype not in ("cgroup", "cgroup2"):
             continue
-        wanted = set(options.split(",")) if kind == "cgroup" else set()
+        wanted = set(mount.super_options.split(",")) if mount.fstype == "cgroup" else set()
         path = next((p for keys, p in own.items() if (keys <= wanted and keys) or keys == wanted), None)
         if path is not None:
-            root, point = mount.split()[3], mount.split()[4]
-            found.append(os.path.normpath(os.path.join(point, os.path.relpath(path, root), name)))
+            found.append(os.path.normpath(os.path.join(mount.point, os.path.relpath(path, mount.root), name)))
     return found
 
 

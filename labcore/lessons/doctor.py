@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore.errors import LabError, NotSupportedHere, from_oserror
-from labcore.kernel import journal, syscalls, userns
-from labcore.kernel.cgroups import unescape_mountinfo
+from labcore.kernel import journal, netlink, procfs, syscalls, userns
 from labcore.kernel.capabilities import NAMES as CAPABILITY_NAMES, decode as decode_capabilities  # noqa: F401
 from labcore.kernel.process import Child, exit_code
 
@@ -134,12 +133,12 @@ class Report:
 def check(timeout: float = TIMEOUT) -> Report:
     """Try everything this host might allow, and report what it did allow and why not."""
     started = time.monotonic()
-    status = Path("/proc/self/status").read_text()
-    mountinfo = Path("/proc/self/mountinfo").read_text()
+    status = procfs.read("self", "status")
+    mountinfo = procfs.read("self", "mountinfo")
     hierarchies = cgroup_hierarchies(mountinfo)
     # Fork every probe before waiting for any: they are independent, and one at a time would be too slow.
     children = {name: Child(_answer(probe)) for name, probe in
-                probes(hierarchies, own_cgroups(Path("/proc/self/cgroup").read_text())).items()}
+                probes(hierarchies, own_cgroups(procfs.read("self", "cgroup"))).items()}
     answers = collect(children, timeout, host_hints(status))
     # Facts about the host first, then the answers in the order the probes were listed.
     facts = {**identity(status), "python": python_version(), "cgroup.layout": layout_capability(hierarchies)}
@@ -149,7 +148,7 @@ def check(timeout: float = TIMEOUT) -> Report:
 # --- reading who we are: /proc/self/status (proc(5)) --------------------------------------------------------
 
 def status_fields(status_text: str) -> dict[str, str]:
-    return dict(line.split(":\t", 1) for line in status_text.splitlines() if ":\t" in line)
+    return procfs.parse_status(status_text)
 
 
 def identity(status_text: str) -> dict[str, Capability]:
@@ -212,14 +211,13 @@ class Hierarchy:
 def cgroup_hierarchies(mountinfo_text: str, read=lambda path: Path(path).read_text()) -> list[Hierarchy]:
     """Each cgroup mount with its controllers: in the superblock options for v1, cgroup.controllers for v2."""
     found = []
-    for line in mountinfo_text.splitlines():
-        before, _, after = line.partition(" - ")
-        fstype, _, options = (after.split() + ["", "", ""])[:3]
-        if fstype not in ("cgroup", "cgroup2"):
+    for mount in procfs.parse_mountinfo(mountinfo_text):
+        if mount.fstype not in ("cgroup", "cgroup2"):
             continue
-        root, mountpoint = (unescape_mountinfo(f) for f in before.split()[3:5])
-        if fstype == "cgroup":
-            found.append(Hierarchy(1, mountpoint, root, sorted(V1_CONTROLLERS & set(options.split(",")))))
+        root, mountpoint = mount.root, mount.point
+        if mount.fstype == "cgroup":
+            controllers = sorted(V1_CONTROLLERS & set(mount.super_options.split(",")))
+            found.append(Hierarchy(1, mountpoint, root, controllers))
         else:
             try:
                 controllers = read(f"{mountpoint}/cgroup.controllers").split()
@@ -251,12 +249,8 @@ def layout_capability(hierarchies: list[Hierarchy]) -> Capability:
 
 def own_cgroups(proc_cgroup_text: str) -> dict[str, str]:
     """controller -> this process's cgroup path (cgroups(7), /proc/PID/cgroup); "" is the v2 tree."""
-    own = {}
-    for line in proc_cgroup_text.splitlines():
-        _, controllers, path = line.split(":", 2)
-        for controller in controllers.split(",") if controllers else [""]:
-            own[controller] = path
-    return own
+    return {controller: line.path for line in procfs.parse_cgroup(proc_cgroup_text)
+            for controller in line.controllers or ("",)}
 
 
 def group_parent(hierarchy: Hierarchy, own_path: str) -> str:
@@ -299,7 +293,7 @@ def try_namespace(ns: str, in_userns: bool) -> str:
     if in_userns:
         userns.enter()
     # A new pid namespace is for the children to come: only pid_for_children changes (pid_namespaces(7)).
-    link = f"/proc/self/ns/{'pid_for_children' if ns == 'pid' else ns}"
+    link = procfs.path("self", "ns", "pid_for_children" if ns == "pid" else ns)
     before = os.readlink(link)
     if ns == "user":
         userns.enter()              # in the userns variant: a user namespace nested in the first
@@ -404,19 +398,17 @@ def make_cgroup(scope: journal.Scope, path: str) -> None:
 
 
 def try_veth() -> str:
-    """`ip link add` a veth pair in a new network namespace; the pair dies with this child's namespace."""
-    ip = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.path.exists(p)), None)
-    if ip is None:
-        raise NotSupportedHere("the ip command is missing", syscall="ip link add",
-                               fix="apt-get install iproute2")
+    """A veth pair in a new network namespace, asked of rtnetlink as `labcore run` asks it
+    (``labcore.kernel.netlink``); the pair dies with this child's namespace."""
     userns.unshare(syscalls.CLONE_NEWNET)
-    command = [ip, "link", "add", "lcdoc0", "type", "veth", "peer", "name", "lcdoc1"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
-    if done.returncode != 0:
-        raise LabError(f"{' '.join(command[1:])} failed: {done.stderr.strip()}", syscall="ip link add",
-                       fix="modprobe veth (as root); in a container run it with --privileged")
+    try:
+        netlink.link_add("lcdoc0", "veth", "lcdoc1")
+    except LabError as err:
+        raise LabError(f"ip link add lcdoc0 type veth peer name lcdoc1 failed: {err.message}",
+                       syscall="netlink: ip link add", errno=err.errno,
+                       fix="modprobe veth (as root); in a container run it with --privileged") from err
     # /proc/self/net/dev lists the interfaces of the network namespace of the reader (proc(5)).
-    names = [line.split(":")[0].strip() for line in Path("/proc/self/net/dev").read_text().splitlines()[2:]]
+    names = list(procfs.net_dev())
     return f"ip link add lcdoc0 type veth peer name lcdoc1 in a new net namespace: it lists {names}" + _how()
 
 
@@ -492,7 +484,7 @@ def host_hints(status_text: str) -> dict:
     sysctls = {}
     for name in EXPLAINING_SYSCTLS:
         try:
-            sysctls[name] = Path("/proc/sys", name.replace(".", "/")).read_text().strip()
+            sysctls[name] = procfs.sysctl(name)
         except OSError:
             pass                    # absent on this kernel: it cannot be the reason
     fields = status_fields(status_text)

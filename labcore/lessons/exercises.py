@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.kernel import journal, syscalls, userns
+from labcore.kernel import journal, procfs, syscalls, userns
 from labcore.kernel.process import Child, run_in_child
 from labcore.lessons import hosts
 
@@ -132,7 +132,7 @@ def attempt(fn: Callable, *args) -> tuple[Any, str]:
 
 
 def ns_inode(kind: str, pid: str | int = "self") -> int:
-    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    return procfs.ns_inode(kind, pid)
 
 
 def errno_of(call: Callable) -> str:
@@ -191,7 +191,7 @@ def _container_seen(stage, container_id) -> dict:
     found = stage.wire.exchange("GET", f"/containers/{container_id}/json")
     pid = (found.json().get("State", {}).get("Pid") or 0) if found.status == 200 else 0
     try:
-        alive = bool(pid) and os.path.exists(f"/proc/{pid}")
+        alive = bool(pid) and os.path.exists(procfs.path(pid))
         return {"status": found.status, "pid": pid, "alive": alive,
                 "own pidns": alive and ns_inode("pid", pid) != ns_inode("pid")}
     finally:
@@ -202,9 +202,8 @@ def _container_seen(stage, container_id) -> dict:
 
 def _user_namespace_evidence(fn: Callable, uid: int, gid: int) -> dict:
     _, raised = attempt(fn, uid, gid)
-    read = lambda name: Path(f"/proc/self/{name}").read_text().split()        # noqa: E731
-    return {"raised": raised, "userns": ns_inode("user"), "uid_map": read("uid_map"),
-            "gid_map": read("gid_map"), "euid": os.geteuid()}
+    return {"raised": raised, "userns": ns_inode("user"), "uid_map": procfs.read("self", "uid_map").split(),
+            "gid_map": procfs.read("self", "gid_map").split(), "euid": os.geteuid()}
 
 
 def check_user_namespace(fn: Callable, points: float = 2.0) -> Check:
@@ -415,9 +414,9 @@ def _layers(base: Path) -> tuple[list[Path], Path, Path, Path]:
 
 def mount_point_line(path: Path) -> list[str]:
     """The /proc/self/mountinfo fields of the mount at ``path``, or []."""
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in procfs.read("self", "mountinfo").splitlines():
         fields = line.split()
-        if fields[4] == str(path):
+        if procfs.unescape(fields[4]) == str(path):
             return fields
     return []
 
@@ -695,10 +694,9 @@ def check_build_order(order, points: float = 3.0) -> Check:
 def _propagation_evidence(fn: Callable) -> dict:
     enter_mount_namespace()
     _, raised = attempt(fn)
-    mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    root = next((m for m in mounts if m[4] == "/"), [])
-    tags = root[6:root.index("-")] if "-" in root else []
-    shared = [m[4] for m in mounts if any(f.startswith("shared:") for f in m[6:m.index("-")])]
+    mounts = procfs.mountinfo()
+    tags = next((list(m.optional) for m in mounts if m.point == "/"), [])
+    shared = [m.point for m in mounts if any(tag.startswith("shared:") for tag in m.optional)]
     return {"raised": raised, "root tags": tags, "shared": shared}
 
 
@@ -761,8 +759,7 @@ def check_drop_capability(fn: Callable, name: str = "CAP_SYS_CHROOT", points: fl
 
 def _seccomp_evidence(fn: Callable, directory: Path) -> dict:
     _, raised = attempt(fn)
-    status = Path("/proc/self/status").read_text()
-    mode = next((line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:")), "?")
+    mode = procfs.status_field("Seccomp") or "?"
     return {"raised": raised, "mode": mode, "mkdir": errno_of(lambda: os.mkdir(directory / "refused")),
             "create": errno_of(lambda: (directory / "allowed").write_text("x"))}
 

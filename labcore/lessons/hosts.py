@@ -24,10 +24,9 @@ import errno
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from labcore.errors import LabError, NeedsPrivilege
-from labcore.kernel import syscalls
+from labcore.kernel import procfs, syscalls
 from labcore.lessons.evidence import NotRun, Step
 
 CAP_SYS_ADMIN = 21                      # <linux/capability.h>
@@ -64,8 +63,7 @@ class Host:
 
 @functools.lru_cache(maxsize=1)
 def current() -> Host:
-    status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines()
-                  if ":\t" in line)
+    status = procfs.status()
     return Host(euid=os.geteuid(), capable=bool(int(status.get("CapEff", "0"), 16) >> CAP_SYS_ADMIN & 1),
                 userns_refused=try_user_namespace(), seccomp=status.get("Seccomp", "0").strip() == "2",
                 container=container_marks())

@@ -18,11 +18,10 @@ import errno
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere
-from labcore.kernel import journal, syscalls, userns
+from labcore.kernel import journal, procfs, syscalls, userns
 from labcore.kernel.namespaces import (JOIN_ORDER, KINDS, cgroup_paths, check_hostname, check_kinds,
                                        enter_namespaces, flags_of, interfaces, link_state, make_mounts_private,
                                        message_queues, mounts, namespaces_of, nodename, ns_inode, nspids,
@@ -292,11 +291,18 @@ def compose(uts: bool = True, pid: bool = True, mnt: bool = True, net: bool = Tr
     return isolate(chosen, title=f"your container: new {', '.join(check_kinds(chosen))} namespaces")
 
 
+def lift(step: Step, **facts: tuple[str, str]) -> None:
+    """Name the facts a check cell reads: ``name=(side, fact)`` copies ``step.data[side][fact]`` (side is
+    "inside" or "host") to ``step.data[name]``."""
+    for name, (side, fact) in facts.items():
+        step.data[name] = step.data[side][fact]
+
+
 def isolate_uts(hostname: str = DEFAULT_HOSTNAME) -> Step:
     """unshare(CLONE_NEWUTS), then sethostname: the name changes inside, and not on the host."""
     step = isolate({"uts"}, hostname, title="UTS namespace: a hostname of its own")
     if step.permitted:
-        step.data["hostname_inside"] = step.data["inside"]["hostname"]
+        lift(step, hostname_inside=("inside", "hostname"))
         step.data["hostname_host_after"] = nodename()
         step.note = (f"inside, uname(2) says {step.data['hostname_inside']!r}; the host still says "
                      f"{step.data['hostname_host_after']!r}")
@@ -315,8 +321,7 @@ def isolate_pid() -> Step:
             step.before.pop(LABELS[fact])
             step.after.pop(LABELS[fact])
         step.before["NSpid of that process"] = " ".join(map(str, step.data["nspid"]))
-        step.data["pid_inside"] = step.data["inside"]["pid"]
-        step.data["ps_inside"] = step.data["inside"]["ps"]
+        lift(step, pid_inside=("inside", "pid"), ps_inside=("inside", "ps"))
         step.data["pid_levels"] = len(step.data["nspid"])          # one pid per pid namespace, host first
         step.data["processes_inside"] = len(step.data["ps_inside"])
         step.note = (f"one process, two pids: {step.data['nspid'][0]} on the host, {step.data['pid_inside']} "
@@ -328,8 +333,7 @@ def isolate_mnt() -> Step:
     """unshare(CLONE_NEWNS), make / private, mount a tmpfs: the host's mount table does not show it."""
     step = isolate({"mnt"}, title="mount namespace: a mount table of its own")
     if step.permitted:
-        step.data["mounts_inside"] = step.data["inside"]["tmpfs_mounts"]
-        step.data["mounts_host"] = step.data["host"]["tmpfs_mounts"]
+        lift(step, mounts_inside=("inside", "tmpfs_mounts"), mounts_host=("host", "tmpfs_mounts"))
         step.data["tmpfs_mounts_inside"] = len(step.data["mounts_inside"])
         step.note = (f"inside, /proc/self/mountinfo lists the tmpfs at {step.data['mounts_inside']}; "
                      f"the host's lists {step.data['mounts_host'] or 'no such mount'}")
@@ -340,8 +344,7 @@ def isolate_net() -> Step:
     """unshare(CLONE_NEWNET): a network stack of its own, with only a loopback that is down."""
     step = isolate({"net"}, title="network namespace: only lo, and it is down")
     if step.permitted:
-        step.data["interfaces_inside"] = step.data["inside"]["interfaces"]
-        step.data["lo_inside"] = step.data["inside"]["lo"]
+        lift(step, interfaces_inside=("inside", "interfaces"), lo_inside=("inside", "lo"))
         step.note = (f"inside there is only {step.data['interfaces_inside']} ({step.data['lo_inside']}); the "
                      f"host has {step.data['host']['interfaces']}")
     return step
@@ -374,8 +377,7 @@ def make_message_queue(scope: journal.Scope) -> str:
     except subprocess.CalledProcessError as err:
         raise LabError(f"ipcmk -Q failed: {err.stderr.strip()}", syscall="msgget") from err
     msqid = int(out.split(":")[-1])
-    table = [row.split() for row in Path("/proc/sysvipc/msg").read_text().splitlines()[1:]]
-    key = next(int(row[0]) for row in table if int(row[1]) == msqid)
+    key = next(int(row[0]) for row in procfs.sysvipc("msg") if int(row[1]) == msqid)
     scope.record("ipc", f"message queue {msqid}", "ipcrm", msqid=msqid, key=key)
     return f"0x{key & 0xffffffff:08x}"
 
@@ -558,6 +560,6 @@ def _pid_namespace_label(pid: int, depth: int) -> str:
 
 def _comm(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return procfs.comm(pid)
     except OSError:
         return "?"

@@ -41,6 +41,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.api.labd import API_VERSION
 from labcore.errors import LabError, NeedsPrivilege, NotFound, NotSupportedHere
+from labcore.kernel import procfs
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode, user_mode
 from labcore.runtime import container
@@ -62,17 +63,16 @@ def socket_listener(path: str) -> dict:
     inode = unix_socket_inode(path)
     for process in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error, OSError):
-            for fd in os.listdir(f"/proc/{process.pid}/fd"):
-                if os.readlink(f"/proc/{process.pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return {"pid": process.pid, "fd": int(fd), "inode": inode,
+            for fd, link in procfs.fds(process.pid).items():
+                if link == f"socket:[{inode}]":
+                    return {"pid": process.pid, "fd": fd, "inode": inode,
                             "command": " ".join(process.info["cmdline"] or [])}
     raise NotFound(f"no process listens on {path}", fix="start labd (flow.setup())")
 
 
 def unix_socket_inode(path: str) -> int:
     """/proc/net/unix: one line per Unix socket; the listening one bound to ``path`` (unix(7), proc(5))."""
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        fields = line.split()
+    for fields in procfs.net_table("unix"):
         if len(fields) == 8 and fields[7] == path and fields[3] == "00010000":      # __SO_ACCEPTCON
             return int(fields[6])
     raise NotFound(f"no listening Unix socket at {path} in /proc/net/unix")
@@ -297,10 +297,8 @@ def remove_all_containers(wire: Wire) -> None:
 
 def process_view(pid: int | str) -> dict:
     """What a process is, from the kernel's point of view: namespaces, cgroup, root, pid inside."""
-    view = {f"{kind} ns": os.readlink(f"/proc/{pid}/ns/{kind}") for kind in KINDS}
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                  if ":\t" in line)
-    view["pid (NSpid: host ... inside)"] = " ".join(status.get("NSpid", "").split())
+    view = {f"{kind} ns": procfs.ns_link(kind, pid) for kind in KINDS}
+    view["pid (NSpid: host ... inside)"] = procfs.status_field("NSpid", pid)
     view["cgroup"] = cgroup_of(pid)
     view["/ is"] = root_mount_of(pid)
     view["command"] = short_command(pid)
@@ -309,32 +307,25 @@ def process_view(pid: int | str) -> dict:
 
 def cgroup_of(pid: int | str) -> str:
     """The memory controller's group on cgroup v1, the unified group on v2 (cgroups(7), /proc/PID/cgroup)."""
-    groups = {line.split(":", 2)[1]: line.split(":", 2)[2]
-              for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()}
-    return next((path for controllers, path in groups.items() if "memory" in controllers.split(",")),
-                groups.get("", "?"))
+    return procfs.cgroup_of("memory", pid) or procfs.cgroup_of("v2", pid) or "?"
 
 
 def root_mount_of(pid: int | str) -> str:
     """The mount at "/" as the process sees it (proc(5), mountinfo; the last mount on "/" is the one on top):
     its type and source; for an overlay, how many read-only layers lie below (the image's, and any the engine
     adds) and where its writes go."""
-    found = "?"
-    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
-        fields, _, tail = line.partition(" - ")
-        if fields.split()[4] != "/":
-            continue
-        kind, source, options = (tail.split() + ["", ""])[:3]
-        found = f"{kind} {source}, directory {fields.split()[3]}"
-        if kind == "overlay":
-            settings = dict(option.split("=", 1) for option in options.split(",") if "=" in option)
-            found = (f"overlay: {len(settings.get('lowerdir', '').split(':'))} read-only layer(s) below, "
-                     f"writes to {settings.get('upperdir', '?')}")
-    return found
+    mount = procfs.mount_at("/", pid)
+    if mount is None:
+        return "?"
+    if mount.fstype != "overlay":
+        return f"{mount.fstype} {mount.source}, directory {mount.root}"
+    settings = dict(option.split("=", 1) for option in mount.super_options.split(",") if "=" in option)
+    return (f"overlay: {len(settings.get('lowerdir', '').split(':'))} read-only layer(s) below, "
+            f"writes to {settings.get('upperdir', '?')}")
 
 
 def short_command(pid: int | str) -> str:
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    argv = procfs.cmdline(pid)
     return " ".join([os.path.basename(argv[0]), *argv[1:3]] + (["..."] if len(argv) > 3 else [])) if argv else ""
 
 
@@ -487,7 +478,7 @@ def wait_for_exit(stage: Stage) -> FlowStep:
         return refused("exit code", "POST /containers/ID/wait; DELETE /containers/ID", stage, [remove])
     directory = Path(state_file(stage)).parent
     wait = stage.wire.exchange("POST", api(f"/containers/{stage.container_id}/wait"))
-    alive = os.path.exists(f"/proc/{stage.pid}")
+    alive = os.path.exists(procfs.path(stage.pid))
     remove = stage.wire.exchange("DELETE", api(f"/containers/{stage.container_id}"))
     code = wait.json()["StatusCode"] if wait.status == 200 else None
     return FlowStep("exit code", "POST /containers/ID/wait; DELETE /containers/ID",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.kernel import capabilities, confinement, journal, seccomp
+from labcore.kernel import capabilities, confinement, journal, procfs, seccomp
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step, current_mode
 from labcore.runtime import container
@@ -64,7 +64,7 @@ def capabilities_of(**flags) -> Step:
         result = run(STATUS, **flags)
     except LabError as err:
         return hosts.refuse("Capabilities, decoded", action, err, key=f"security.capabilities_of({flag_text(flags)})")
-    inside = dict(line.split(":\t") for line in result.stdout.decode().splitlines() if ":\t" in line)
+    inside = procfs.parse_status(result.stdout.decode())
     here = capabilities.read_status()
     before, after = {}, {}
     for name in capabilities.STATUS_FIELDS:
@@ -109,12 +109,10 @@ def what_root_may_still_do() -> Step:
 
 def host_disk() -> tuple[str, str, int, int]:
     """The device and filesystem of the host's "/", from /proc/self/mountinfo (proc(5))."""
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if fields[4] == "/":
-            major, minor = (int(n) for n in fields[2].split(":"))
-            return right.split()[1], right.split()[0], major, minor
+    for mount in procfs.mountinfo():
+        if mount.point == "/":
+            major, minor = (int(n) for n in mount.device.split(":"))
+            return mount.source, mount.fstype, major, minor
     raise NotSupportedHere("no mount at / in /proc/self/mountinfo")
 
 
@@ -420,12 +418,12 @@ def live_layers(pid: int) -> list[tuple[str, str]]:
     """(layer, what it holds now) for pid, outermost first."""
     status = capabilities.read_status(pid)
     ns = [kind for kind in ("mnt", "uts", "ipc", "pid", "net", "cgroup", "user")
-          if os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")]
-    mounts = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    masked = [line.split()[4] for line in mounts if line.split()[3] == "/null" or
-              (line.split()[4] in confinement.MASKED_PATHS and "tmpfs" in line)]
-    read_only = [line.split()[4] for line in mounts if line.split()[4] in confinement.READONLY_PATHS]
-    uid_map = " ".join(Path(f"/proc/{pid}/uid_map").read_text().split())
+          if procfs.ns_link(kind, pid) != procfs.ns_link(kind)]
+    mounts = procfs.mountinfo(pid)
+    masked = [m.point for m in mounts if m.root == "/null" or
+              (m.point in confinement.MASKED_PATHS and m.fstype == "tmpfs")]
+    read_only = [m.point for m in mounts if m.point in confinement.READONLY_PATHS]
+    uid_map = " ".join(" ".join(map(str, row)) for row in procfs.id_map("uid_map", pid))
     held = capabilities.decode(status["CapEff"])
     return [("user namespace", f"uid_map {uid_map}" + (" (root is root)" if uid_map.startswith("0 0 ") else "")),
             ("namespaces", ", ".join(ns) or "none"),
@@ -441,11 +439,10 @@ def devices_of(pid: int) -> str:
     """The device rules of pid's cgroup: v1's devices.list; v2 says a BPF program decides."""
     from labcore.kernel.cgroups import detect
     layout = detect()
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "devices" in controllers.split(",") and "devices" in layout.v1:
-            rules = (layout.v1["devices"] / path.lstrip("/") / "devices.list").read_text().split("\n")
-            return f"{len([r for r in rules if r])} rules: " + ", ".join(r for r in rules[:4] if r) + ", ..."
+    path = procfs.cgroup_of("devices", pid)
+    if path is not None and "devices" in layout.v1:
+        rules = (layout.v1["devices"] / path.lstrip("/") / "devices.list").read_text().split("\n")
+        return f"{len([r for r in rules if r])} rules: " + ", ".join(r for r in rules[:4] if r) + ", ..."
     return "v2: a BPF_CGROUP_DEVICE program" if layout.kind == "v2" else "none"
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.image import layers, oci
-from labcore.kernel import journal, syscalls, userns
+from labcore.kernel import journal, procfs, syscalls, userns
 from labcore.kernel.journal import Scope
 from labcore.kernel.namespaces import make_mounts_private
 from labcore.kernel.overlay import (OPAQUE, Overlay, check_lowers, is_opaque, make_scratch_dir, mount_overlay,
@@ -433,7 +433,7 @@ def _rootless_child(lowers: list[Path], base: Path, file: str, directory: str) -
     upper, merged = base / "upper", base / "merged"
     syscalls.mount("overlay", str(merged), "overlay", 0,
                    overlay_options(lowers, upper, base / "work", userxattr=True))
-    before = {"uid_map": " ".join(Path("/proc/self/uid_map").read_text().split()),
+    before = {"uid_map": procfs.id_map_text("uid_map"),
               "upperdir": listing(upper, "user")}
     os.unlink(merged / file)
     shutil.rmtree(merged / directory)
@@ -629,7 +629,7 @@ def container_diagram(container_ref: str, max_paths: int = 12):
     text = layers.mounted_root(record.pid)
     options = dict(option.partition("=")[::2] for option in text.split(","))
     lowers = [Path(path) for path in options["lowerdir"].split(":")]
-    live = Overlay(lowers, Path(options["upperdir"]), Path(options["workdir"]), Path(f"/proc/{record.pid}/root"),
+    live = Overlay(lowers, Path(options["upperdir"]), Path(options["workdir"]), Path(procfs.path(record.pid, "root")),
                    text, journal.Scope(), xattr=layers.xattr_namespace("userxattr" in options))
     names = ["init (/etc/hostname, hosts, resolv.conf)", *(f"layer {path.name[:12]}" for path in lowers[1:])]
     return diagrams.show(layer_stack_dot(live, max_paths, names=names))

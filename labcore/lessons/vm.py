@@ -37,7 +37,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotSupportedHere
-from labcore.kernel import journal
+from labcore.kernel import journal, procfs
 from labcore.lessons import hosts
 from labcore.lessons.evidence import Step
 
@@ -520,7 +520,7 @@ def boot_marker(timeout: float | None = None) -> Step:
         return hosts.refuse(title, f"{QEMU} -accel ACCEL -kernel vmlinuz -initrd busybox+/init", err)
     guest = parse_console(lines)
     host = {"kernel release": os.uname().release,
-            "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip()}
+            "boot_id": procfs.sysctl("kernel.random.boot_id")}
     return Step(
         title=title,
         action=f"{QEMU} -accel {accel} -kernel {kernel.image.name} -initrd busybox+/init",

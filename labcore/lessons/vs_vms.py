@@ -34,7 +34,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
-from labcore.kernel import journal
+from labcore.kernel import journal, procfs
 from labcore.lessons import dockerd, hosts, vm
 from labcore.lessons.diagrams import Graph
 from labcore.lessons.evidence import NOT_RUN, NotRun, Step, current_mode
@@ -139,7 +139,7 @@ def ratio_text(ratio: float | NotRun | None) -> str:
 # --- the kernel: shared or not ------------------------------------------------------------------------------
 
 def host_kernel() -> dict[str, str]:
-    return {"kernel release": os.uname().release, "boot_id": Path(BOOT_ID).read_text().strip()}
+    return {"kernel release": os.uname().release, "boot_id": procfs.sysctl("kernel.random.boot_id")}
 
 
 def container_kernel(image: str = "busybox") -> Step:
@@ -228,11 +228,10 @@ class PeakRss:
         while not self.done.wait(self.interval):
             for pid in children_named(self.name):
                 try:
-                    status = Path(f"/proc/{pid}/status").read_text()
+                    peak = procfs.status_field("VmHWM", pid).split()
                 except OSError:
                     continue                          # it has just exited
-                kib = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")]
-                self.peak = max([self.peak, *(k * 1024 for k in kib)])
+                self.peak = max([self.peak, *(int(kib) * 1024 for kib in peak[:1])])
 
     def __enter__(self) -> "PeakRss":
         self.thread.start()
@@ -246,10 +245,10 @@ class PeakRss:
 def children_named(name: str) -> list[int]:
     """Pids of this process's children called ``name`` (/proc/self/task/*/children, proc(5))."""
     pids = []
-    for children in Path("/proc/self/task").glob("*/children"):
+    for children in Path(procfs.path("self", "task")).glob("*/children"):
         for pid in children.read_text().split():
             try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                if procfs.comm(pid) == name:
                     pids.append(int(pid))
             except OSError:
                 pass
@@ -368,12 +367,13 @@ def stacks_dot(comparison: Comparison | None = None, apps: int = 3) -> str:
                   nodesep="0.15", ranksep="0.12")
     graph.defaults("node", shape="box", style="filled", fontname="Helvetica", fontsize="11", fillcolor="white")
     graph.defaults("edge", style="invis")            # the edges only stack the boxes, bottom up
-    release, hardware = os.uname().release, "Infrastructure: this host's CPUs, memory, disks"
+    # No kernel release in the drawing: the stored one (diagrams/) must name no host; 07's steps show uname -r.
+    hardware = "Infrastructure: this host's CPUs, memory, disks"
     engine = ("Container engine (labcore, Docker): sets up namespaces, cgroups and a root\n"
               "filesystem, then steps aside (system calls go straight to the host kernel)")
-    base(graph, "c", apps, [(hardware, "gray85"), (f"Host OS kernel (Linux {release}): the only kernel",
+    base(graph, "c", apps, [(hardware, "gray85"), ("Host OS kernel (Linux): the only kernel",
                                                    "lightblue"), (engine, "lightyellow")])
-    base(graph, "v", apps, [(hardware, "gray85"), (f"Host OS (Linux {release})", "lightblue"),
+    base(graph, "v", apps, [(hardware, "gray85"), ("Host OS (Linux)", "lightblue"),
                             ("Hypervisor: qemu + KVM, or qemu's TCG emulator", "lightpink")])
     for i in range(1, apps + 1):
         box(graph, f"c{i}", f"container {i}", "c:2", ["Bins/Libs", f"App {i}"], "lightyellow")

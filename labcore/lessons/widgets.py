@@ -19,10 +19,10 @@ from __future__ import annotations
 import html
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from labcore.errors import BadInput, LabError
+from labcore.kernel import procfs
 from labcore.lessons import diagrams
 from labcore.lessons.evidence import Step, user_mode
 
@@ -199,10 +199,9 @@ def try_it(fn: Callable[..., Any], **controls) -> TryIt:
 # --- the demo of 00-start-here: the notebook's own process, before any container ---------------------------
 
 def _status_fields(*names: str) -> dict:
-    lines = Path("/proc/self/status").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in lines if ":" in line)
-    # Uid and Gid hold four tab-separated ids (real, effective, saved, filesystem): one space reads better.
-    return {name: " ".join(fields[name].split()) for name in names if name in fields}
+    # Uid and Gid hold four tab-separated ids (real, effective, saved, filesystem): procfs gives one space.
+    fields = procfs.status()
+    return {name: fields[name] for name in names if name in fields}
 
 
 def look_at_process() -> Step:
@@ -212,15 +211,14 @@ def look_at_process() -> Step:
 
 
 def look_at_namespaces() -> Step:
-    kinds = sorted(os.listdir("/proc/self/ns"))
-    links = {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in kinds}
+    kinds = sorted(os.listdir(procfs.path("self", "ns")))
+    links = {kind: procfs.ns_link(kind) for kind in kinds}
     return Step("the namespaces it is in", "readlink /proc/self/ns/*  (namespaces(7))", before=links,
                 mode=user_mode(), note="a container gets new ones of these: new inode numbers (03-namespaces)")
 
 
 def look_at_cgroup() -> Step:
-    lines = Path("/proc/self/cgroup").read_text().splitlines()
-    groups = {line.split(":", 2)[1] or "v2 (unified)": line.split(":", 2)[2] for line in lines}
+    groups = {",".join(line.controllers) or "v2 (unified)": line.path for line in procfs.cgroups()}
     return Step("the control group it is in", "read /proc/self/cgroup  (cgroups(7))", before=groups,
                 mode=user_mode(), note="a container gets its own group, with limits (04-control-groups)")
 

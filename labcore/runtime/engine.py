@@ -33,7 +33,7 @@ from typing import Iterator
 
 from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
-from labcore.kernel import journal
+from labcore.kernel import journal, procfs
 from labcore.kernel.process import Channel, close_inherited_fds
 from labcore.runtime import jsonfile, lifecycle, monitor
 from labcore.runtime.container import Spec
@@ -387,27 +387,25 @@ def processes(pid1: int) -> list[int]:
     """Every process of the container, as the host numbers them: those in pid 1's pid namespace (the same
     /proc/PID/ns/pid link), or, for a `--pid host` container, which shares the host's, pid 1's descendants."""
     try:
-        namespace = os.readlink(f"/proc/{pid1}/ns/pid")
+        namespace = procfs.ns_link("pid", pid1)
     except OSError:
         return []
-    if namespace == os.readlink("/proc/self/ns/pid"):
+    if namespace == procfs.ns_link("pid"):
         return descendants(pid1)
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
-                    found.append(int(entry))
-    return sorted(found)
+    for pid in procfs.pids():
+        with contextlib.suppress(OSError):
+            if procfs.ns_link("pid", pid) == namespace:
+                found.append(pid)
+    return found
 
 
 def descendants(pid: int) -> list[int]:
     """pid and its children's children..., from the parent pid in /proc/PID/stat (field 4, proc(5))."""
     parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+    for entry in procfs.pids():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[entry] = procfs.ppid(entry)
     found, frontier = [pid], [pid]
     while frontier:
         frontier = [child for child, parent in parents.items() if parent in frontier]
@@ -688,22 +686,19 @@ def stats(container_id: str) -> dict:
 
 def _proc_cpu_ticks(pid: int) -> int:
     with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = procfs.stat(pid)
         return int(fields[11]) + int(fields[12])               # utime + stime (proc(5), fields 14, 15)
     return 0
 
 
 def _proc_rss(pid: int) -> int:
     with contextlib.suppress(OSError, IndexError, ValueError):
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+        return int(procfs.status_field("VmRSS", pid).split()[0]) * 1024
     return 0
 
 
 def _system_cpu_ns() -> int:
-    fields = open("/proc/stat").readline().split()[1:8]
-    return sum(map(int, fields)) * 10**9 // os.sysconf("SC_CLK_TCK")
+    return procfs.system_cpu_ticks() * 10**9 // os.sysconf("SC_CLK_TCK")
 
 
 def _memory_limit(record: Record) -> int:
@@ -718,11 +713,9 @@ def _networks(pid: int) -> dict:
     """The container's interfaces and their counters, from /proc/PID/net/dev (its network namespace's)."""
     found = {}
     with contextlib.suppress(OSError):
-        for line in open(f"/proc/{pid}/net/dev").read().splitlines()[2:]:
-            name, _, numbers = line.partition(":")
-            values = [int(n) for n in numbers.split()]
-            if name.strip() != "lo":
-                found[name.strip()] = {"rx_bytes": values[0], "rx_packets": values[1], "rx_errors": values[2],
+        for name, values in procfs.net_dev(pid).items():
+            if name != "lo":
+                found[name] = {"rx_bytes": values[0], "rx_packets": values[1], "rx_errors": values[2],
                                        "rx_dropped": values[3], "tx_bytes": values[8], "tx_packets": values[9],
                                        "tx_errors": values[10], "tx_dropped": values[11]}
     return found

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
-from labcore.kernel import journal, network
+from labcore.kernel import journal, netlink, network
 
 POOL = ipaddress.ip_network("10.203.0.0/16")      # /24s of it; the first, 10.203.0.0/24, is lcbr0's
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")            # libnetwork's rule for network names
@@ -171,7 +171,7 @@ def free_subnet() -> ipaddress.IPv4Network:
 def taken_subnets() -> list[ipaddress.IPv4Network]:
     """This state dir's networks (the default one's too), and the routes of this network namespace."""
     subnets = [ipaddress.ip_network(record.subnet) for record in all_networks() if record.subnet]
-    for route in network.ip("-4", "route", "show", as_json=True):
+    for route in netlink.routes():
         if route.get("dst", "default") != "default":
             subnets.append(ipaddress.ip_network(route["dst"], strict=False))
     return subnets

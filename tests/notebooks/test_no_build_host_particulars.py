@@ -56,8 +56,10 @@ def particulars() -> dict[str, re.Pattern]:
     """What names this host, and the shapes such names take: label -> pattern."""
     home = os.path.expanduser("~")
     uname = os.uname()
-    exact = {"checkout": str(ROOT), "venv": sys.prefix, "python": sys.base_prefix,
-             "kernel build": uname.version, **{f"cgroup {path}": path for path in cgroup_paths()}}
+    exact = {"checkout": str(ROOT), "venv": sys.prefix, "kernel build": uname.version,
+             **{f"cgroup {path}": path for path in cgroup_paths()}}
+    if sys.base_prefix not in ("/usr", "/usr/local"):      # a Python of this machine's own (pyenv, conda...)
+        exact["python"] = sys.base_prefix
     patterns = {label: re.compile(re.escape(text)) for label, text in exact.items() if len(text) > 3}
     patterns["hidden directory of the home"] = re.compile(re.escape(home) + r"/\.(pyenv|cache|local|config)\b")
     patterns["another .venv"] = re.compile(rf"(?<!{re.escape(LAB_VM_PROJECT)})/\.venv\b")
@@ -68,7 +70,8 @@ def particulars() -> dict[str, re.Pattern]:
         patterns["entry of /"] = re.compile(r"(?:(?<=, )|(?<=\[')|(?<=<code>))(" + "|".join(map(re.escape, own))
                                             + r")(?=, |',|'\])")
     hostname = socket.gethostname()
-    patterns["hostname"] = re.compile(rf"(?<![\w.-]){re.escape(hostname)}(?![\w.-])")
+    if len(hostname) > 3:       # a name as short as "vm" or "lab" is also a word of the lessons
+        patterns["hostname"] = re.compile(rf"(?<![\w.-]){re.escape(hostname)}(?![\w.-])")
     return patterns
 
 

@@ -280,7 +280,7 @@ def test_a_missing_interface_file_is_not_supported_here(tmp_path):
 
 
 def test_undo_leaves_a_parent_that_still_holds_child_groups(tmp_path):
-    from labcore.kernel.journal import undo_rmdir_cgroup
+    from labcore.kernel.cgroups import undo_rmdir_cgroup
     parent = tmp_path / "labcore"
     (parent / "labcore-other-run").mkdir(parents=True)
     undo_rmdir_cgroup(str(parent))

@@ -208,3 +208,21 @@ def test_an_undo_that_raises_anything_is_reported_and_the_rest_still_undone(tmp_
     assert "removed thing" not in report and "removed directory x" not in report
     for record in log.directory.iterdir():                     # what could not be undone stays, as it should
         record.unlink()
+
+
+def test_a_fresh_cleanup_finds_each_mechanisms_undo_by_the_name_in_the_record():
+    """Records name their inverse by a word; a process that imported only the journal (a `labcore cleanup` after
+    a crash) still finds the ones cgroups, network and usernet register, under the names older records use."""
+    code = ("from labcore.kernel import journal; before = set(journal.UNDO); "
+            "found = {name: journal.operation(name).__module__ for name in "
+            "('rmdir_cgroup', 'link', 'link_in', 'bridge', 'netns', 'usernet', 'rmtree', 'kill')}; "
+            "print(sorted(before)); print(sorted(found.items()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, found = done.stdout.splitlines()
+    assert before == str(["ipcrm", "kill", "rmtree", "umount", "unlink"])
+    assert found == str(sorted({"rmdir_cgroup": "labcore.kernel.cgroups", "link": "labcore.kernel.network",
+                                "link_in": "labcore.kernel.network", "bridge": "labcore.kernel.network",
+                                "netns": "labcore.kernel.network", "usernet": "labcore.kernel.usernet",
+                                "rmtree": "labcore.kernel.journal", "kill": "labcore.kernel.journal"}.items()))
+    with pytest.raises(KeyError):
+        journal.operation("no-such-op")

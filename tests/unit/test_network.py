@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labcore.errors import BadInput, LabError, NeedsPrivilege
-from labcore.kernel import journal, network, portproxy, syscalls
+from labcore.kernel import journal, netlink, network, portproxy, syscalls
 from labcore.kernel.network import DEFAULT, PortMapping
 
 
@@ -51,17 +51,71 @@ def test_interface_names_fit_ifnamsiz():
             network.interface_names(bad)
 
 
-def fake_sys_class_net(root, aliases):
-    for name, alias in aliases.items():
-        (root / name).mkdir()
-        (root / name / "ifalias").write_text(alias + "\n")
-    return str(root)
+def test_taken_addresses_are_the_aliases_of_our_host_ends():
+    links = [{"ifname": "lcaaah", "ifalias": "10.203.0.2"}, {"ifname": "lcbbbh", "ifalias": "10.203.0.4"},
+             {"ifname": "lcbr0"}, {"ifname": "eth0", "ifalias": "10.203.0.9"}]      # not ours: ignored
+    with netlink.use(netlink.Recorder(links=links)):
+        assert network.taken_addresses() == {"10.203.0.2", "10.203.0.4"}
 
 
-def test_taken_addresses_are_the_aliases_of_our_host_ends(tmp_path):
-    root = fake_sys_class_net(tmp_path, {"lcaaah": "10.203.0.2", "lcbbbh": "10.203.0.4", "lcbr0": "",
-                                         "eth0": "10.203.0.9"})     # not ours: ignored
-    assert network.taken_addresses(root) == {"10.203.0.2", "10.203.0.4"}
+def inline_netns(monkeypatch, rec):
+    """network.in_netns without the child: the calls inside are marked by an ("enter", pid) call."""
+    def in_netns(pid, fn, *args):
+        rec.calls.append(("enter", (pid,)))
+        return fn(*args)
+    monkeypatch.setattr(network, "in_netns", in_netns)
+    monkeypatch.setattr(network, "check_own_netns", lambda pid: 4026532999)
+    monkeypatch.setattr(network, "forbid_forwarding", lambda bridge: rec.calls.append(("forwarding=0", (bridge,))))
+
+
+def made(rec) -> list[str]:
+    """What was asked of the kernel, in order, as ip(8) commands; "enter PID" where the child setns'd."""
+    return [f"enter {args[0]}" if name == "enter" else f"sysctl {args[0]} forwarding=0" if name == "forwarding=0"
+            else netlink._COMMANDS[name](*args) for name, args in rec.calls if name not in netlink._QUERIES]
+
+
+def test_connect_makes_the_bridge_then_the_veth_pair_then_configures_the_inside(monkeypatch):
+    with netlink.use(netlink.Recorder()) as rec:
+        inline_netns(monkeypatch, rec)
+        with journal.Scope() as scope:
+            endpoint = network.connect(4242, scope, short_id="ab12")
+            assert [entry.undo for entry in scope.entries] == ["bridge", "link"]    # journaled before made
+            assert made(rec) == [
+                "link add lcbr0 type bridge", "addr add 10.203.0.1/24 dev lcbr0", "link set lcbr0 up",
+                "sysctl lcbr0 forwarding=0",
+                "link add lcab12h type veth peer name lcab12c", "link set lcab12h alias 10.203.0.2 master lcbr0 up",
+                "link set lcab12c netns 4242", "neigh flush to 10.203.0.2 dev lcbr0",
+                "enter 4242", "link set lo up", "link set lcab12c name eth0 address 02:42:0a:cb:00:02",
+                "addr add 10.203.0.2/24 dev eth0", "link set eth0 up", "route add default via 10.203.0.1 dev eth0"]
+            assert (endpoint.ip, endpoint.host_ifname, endpoint.mac) == ("10.203.0.2", "lcab12h", "02:42:0a:cb:00:02")
+            rec.calls.clear()
+        # Leaving the scope deletes the pair; the bridge goes with its last port.
+        assert made(rec) == ["link delete lcab12h", "link delete lcbr0"]
+
+
+def test_a_second_container_plugs_into_the_bridge_there_is_and_takes_the_next_address(monkeypatch):
+    bridge = {"ifname": "lcbr0", "operstate": "UP", "addr_info": [{"family": "inet", "local": "10.203.0.1",
+                                                                     "prefixlen": 24}]}
+    first = {"ifname": "lcfirsth", "ifalias": "10.203.0.2", "master": "lcbr0"}
+    with netlink.use(netlink.Recorder(links=[bridge, first])) as rec:
+        inline_netns(monkeypatch, rec)
+        with journal.Scope() as scope:
+            network.connect(4243, scope, short_id="cd34", default_route=False, ifname="eth1")
+            assert made(rec)[:3] == ["link set lcbr0 up", "sysctl lcbr0 forwarding=0",
+                                     "link add lccd34h type veth peer name lccd34c"]
+            assert "addr add 10.203.0.3/24 dev eth1" in made(rec) and not any("route" in c for c in made(rec))
+            rec.calls.clear()
+        assert made(rec) == ["link delete lccd34h"]            # another port is still on the bridge
+
+
+def test_a_refused_netlink_call_is_a_lab_error_with_the_errno_and_nothing_is_left(monkeypatch):
+    with netlink.use(netlink.Recorder(fail={"link_add": errno.EPERM})) as rec:
+        inline_netns(monkeypatch, rec)
+        with journal.Scope() as scope:
+            with pytest.raises(NeedsPrivilege, match="link_add"):
+                network.connect(4242, scope, short_id="ab12")
+            assert [entry.undo for entry in scope.entries] == ["bridge"]
+        assert journal.Journal().entries() == []
 
 
 def test_free_address_is_the_lowest_after_the_gateway():
@@ -101,14 +155,17 @@ def test_connect_refuses_the_callers_own_namespace_before_making_anything():
         assert scope.entries == []
 
 
-def test_ip_errors_become_lab_errors_with_the_errno():
-    refused = network.ip_error("link add lcbr0 type bridge", "RTNETLINK answers: Operation not permitted\n")
-    assert isinstance(refused, NeedsPrivilege) and refused.errno == errno.EPERM
-    assert "slirp4netns" in refused.fix and "labcore.kernel.usernet" in refused.fix
-    exists = network.ip_error("link add lcx type veth", "RTNETLINK answers: File exists")
-    assert exists.errno == errno.EEXIST
-    odd = network.ip_error("link frob", 'Command "frob" is unknown, try "ip link help".')
-    assert "frob" in odd.message
+def test_netlink_refusals_become_lab_errors_with_the_errno():
+    from pyroute2.netlink.exceptions import NetlinkError
+    with pytest.raises(NeedsPrivilege) as refused:
+        with netlink.Kernel()._socket("link add lcbr0 type bridge"):
+            raise NetlinkError(errno.EPERM, "Operation not permitted")
+    assert refused.value.errno == errno.EPERM and "labcore.kernel.usernet" in refused.value.fix
+    assert "ip link add lcbr0 type bridge" in refused.value.message
+    with pytest.raises(LabError) as exists:
+        with netlink.Kernel()._socket("link add lcx type veth"):
+            raise NetlinkError(errno.EEXIST, "File exists")
+    assert exists.value.errno == errno.EEXIST
 
 
 def test_enter_netns_is_one_setns_with_clone_newnet():
@@ -251,3 +308,13 @@ def test_a_bad_mac_address_is_refused_before_anything_exists():
     from labcore.runtime.spec import Spec, check_spec
     with pytest.raises(BadInput, match="MAC"):
         check_spec(Spec("busybox", mac_address="02:42:zz:00:00:01"))
+
+
+def test_netlink_works_from_a_running_event_loop_as_in_a_jupyter_kernel():
+    """pyroute2 drives an asyncio loop of its own: from inside a running one (ipykernel's) the call moves to a
+    thread of its own, and the answer is the same namespace's."""
+    import asyncio
+
+    async def inside_a_loop():
+        return netlink.Kernel().links()                # asyncio refused this before: "loop is already running"
+    assert "lo" in [link["ifname"] for link in asyncio.run(inside_a_loop())]

@@ -8,7 +8,7 @@ import pytest
 
 from labcore.api import labd, routes
 from labcore.errors import BadInput, InvalidTransition, NotFound
-from labcore.kernel import network
+from labcore.kernel import netlink, network
 from labcore.runtime import lifecycle, networks
 from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
@@ -16,16 +16,11 @@ from labcore.runtime.lifecycle import Record, State
 
 @pytest.fixture(autouse=True)
 def host_routes(monkeypatch):
-    """The host's routes, as `ip -j -4 route` would list them (only 192.168.1.0/24 here)."""
+    """The host's routes, as netlink lists them (only 192.168.1.0/24 here)."""
     routes = [{"dst": "default", "gateway": "192.168.1.1"}, {"dst": "192.168.1.0/24"}]
-    real = network.ip
-
-    def fake(*args, **kwargs):
-        if args[:2] == ("-4", "route"):
-            return list(routes)
-        return real(*args, **kwargs)
-    monkeypatch.setattr(network, "ip", fake)
-    return routes
+    with netlink.use(netlink.Recorder(routes=routes)) as fake:
+        fake.route_table = routes                   # the same list: a test appends a route to it
+        yield routes
 
 
 def call(method: str, path: str, body=None, version: str = "1.45"):

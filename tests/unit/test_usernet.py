@@ -152,7 +152,7 @@ def test_connect_journals_the_link_before_it_exists(monkeypatch):
         if fn is network.plug_in:
             assert [entry.undo for entry in Journal().entries()] == ["link_in"]      # recorded first
             assert args[1:4] == ("lcab12h", "lcab12c", "10.203.0.3")
-        return {"10.203.0.2"} if fn is usernet.taken_addresses else None
+        return {"10.203.0.2"} if fn is network.taken_addresses else None
     monkeypatch.setattr(network, "in_netns", in_netns)
     monkeypatch.setattr(network, "check_own_netns", lambda pid: 4026532999)
     with Scope() as scope:
@@ -255,14 +255,13 @@ def test_a_zombie_owner_counts_as_dead():
 
 def test_a_link_in_a_namespace_is_deleted_there_only_while_its_holder_runs(monkeypatch):
     runs = []
-    monkeypatch.setattr(journal.subprocess, "run", lambda argv, **kwargs: runs.append(argv))
+    monkeypatch.setattr(network, "in_netns", lambda pid, fn, *args: runs.append((pid, fn.__name__, *args)))
     with pytest.raises(LabError, match="refusing"):
-        journal.undo_link_in("eth0", os.getpid(), journal.process_start_time(os.getpid()))
-    journal.undo_link_in("lcab12h", dead_pid(), None)
+        network.undo_link_in("eth0", os.getpid(), journal.process_start_time(os.getpid()))
+    network.undo_link_in("lcab12h", dead_pid(), None)
     assert runs == []                                       # gone with its namespace: nothing to do
-    journal.undo_link_in("lcab12h", os.getpid(), journal.process_start_time(os.getpid()))
-    assert runs == [journal.tied(["nsenter", f"--target={os.getpid()}", "--user", "--net",
-                                  "--preserve-credentials", "ip", "link", "delete", "lcab12h"])]
+    network.undo_link_in("lcab12h", os.getpid(), journal.process_start_time(os.getpid()))
+    assert runs == [(os.getpid(), "delete_link", "lcab12h")]
 
 
 def rootless_container(publish=(), network_name="bridge"):

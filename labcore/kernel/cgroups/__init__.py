@@ -34,15 +34,18 @@ Next: ``labcore.kernel.rootfs`` decides which files the container sees.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NotSupportedHere, from_oserror
-from labcore.kernel.journal import Entry, Scope
+from labcore.kernel import procfs
+from labcore.kernel.journal import Entry, Scope, refuse_foreign, register
 
 PARENT = paths.PREFIX                     # /sys/fs/cgroup[/<controller>]/labcore/labcore-<id>
 V1_CONTROLLERS = {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
@@ -72,12 +75,6 @@ class Layout:
     v2: Path | None = None                                      # the cgroup2 mount point
 
 
-def unescape_mountinfo(field_text: str) -> str:
-    """A path field of /proc/PID/mountinfo as it is: space, tab, newline and backslash are written as octal
-    escapes, \\040 etc. (proc(5))."""
-    return field_text.encode().decode("unicode_escape")
-
-
 def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
     """The cgroup layout in a mountinfo text; mount points are placed below ``root`` (a fake tree in tests).
 
@@ -86,16 +83,12 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
     """
     v1: dict[str, Path] = {}
     v2 = None
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        point = Path(root, unescape_mountinfo(left.split()[4]).lstrip("/"))
-        fstype, _source, options = (right.split() + ["", ""])[:3]
-        if fstype == "cgroup2" and v2 is None:
+    for mount in procfs.parse_mountinfo(text):
+        point = Path(root, mount.point.lstrip("/"))
+        if mount.fstype == "cgroup2" and v2 is None:
             v2 = point
-        elif fstype == "cgroup":
-            for controller in V1_CONTROLLERS.intersection(options.split(",")):
+        elif mount.fstype == "cgroup":
+            for controller in V1_CONTROLLERS.intersection(mount.super_options.split(",")):
                 v1.setdefault(controller, point)     # the first mount wins, as for /proc/self/cgroup
     if not v1 and v2 is None:
         raise NotSupportedHere("no cgroup filesystem is mounted", path="/proc/self/mountinfo",
@@ -107,7 +100,7 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
 def detect(mountinfo: str | os.PathLike | None = None, root: str | os.PathLike = "/") -> Layout:
     """The layout from ``mountinfo`` (text, or a file; default /proc/self/mountinfo)."""
     if mountinfo is None:
-        mountinfo = Path("/proc/self/mountinfo")
+        mountinfo = Path(procfs.path("self", "mountinfo"))
     if isinstance(mountinfo, os.PathLike) or " - " not in mountinfo:
         mountinfo = Path(mountinfo).read_text()
     return parse_mountinfo(mountinfo, root)
@@ -168,6 +161,18 @@ def read_keyed(path: Path) -> dict[str, int]:
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].lstrip("-").isdigit()}
 
 
+def read_device_counters(path: Path, pairs, keys: tuple[str, ...]) -> dict[str, int]:
+    """Per-device counters summed over devices: ``pairs(fields)`` gives a line's (key, value) pairs after its
+    "MAJ:MIN". ``keys`` start at 0 once the file exists (an empty file: nothing done yet); none if it is missing."""
+    text = read_text(path)
+    total = {} if text is None else dict.fromkeys(keys, 0)
+    for line in (text or "").splitlines():
+        for key, value in pairs(line.split()[1:]):
+            if value.isdigit():
+                total[key] = total.get(key, 0) + int(value)
+    return total
+
+
 def read_int(path: Path) -> int | None:
     text = read_text(path)
     return int(text) if text and text.strip().lstrip("-").isdigit() else None
@@ -207,9 +212,9 @@ class Delegation:
 
 def own_cgroup(proc_cgroup: str) -> str:
     """The v2 line of /proc/self/cgroup ("0::/PATH"), else the memory hierarchy's (cgroups(7))."""
-    lines = [line.split(":", 2) for line in proc_cgroup.splitlines() if line.count(":") >= 2]
-    return next((path for hierarchy, controllers, path in lines if hierarchy == "0" and not controllers),
-                next((path for _, controllers, path in lines if "memory" in controllers.split(",")), "/"))
+    lines = procfs.parse_cgroup(proc_cgroup)
+    return next((line.path for line in lines if line.hierarchy == 0 and not line.controllers),
+                next((line.path for line in lines if "memory" in line.controllers), "/"))
 
 
 def may_delegate(directory: Path) -> bool:
@@ -221,7 +226,7 @@ def may_delegate(directory: Path) -> bool:
 
 def find_delegation(layout: Layout, proc_cgroup: str | None = None, euid: int | None = None) -> Delegation:
     """Root makes groups at the top; anyone else below the lowest delegated ancestor of its own cgroup."""
-    proc_cgroup = Path("/proc/self/cgroup").read_text() if proc_cgroup is None else proc_cgroup
+    proc_cgroup = procfs.read("self", "cgroup") if proc_cgroup is None else proc_cgroup
     own = own_cgroup(proc_cgroup)
     if (os.geteuid() if euid is None else euid) == 0:
         return Delegation("", own)
@@ -315,7 +320,7 @@ class Manager:
         entries = []
         if parent is None:
             # Each group journals the shared parent too: whichever run ends last finds it empty and
-            # removes it; the others leave it, since it still holds their siblings (journal.undo_rmdir_cgroup).
+            # removes it; the others leave it, since it still holds their siblings (undo_rmdir_cgroup).
             entries += self._make(PARENT, scope, shared=True, controllers=controllers)
         base = parent.name if parent else PARENT
         self.prepare_parent(base)
@@ -409,16 +414,15 @@ def join_cgroups_of(pid: int) -> None:
     process in the container's: it then counts against the container's limits and its device list.
     /proc/PID/cgroup names each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
     layout = detect()
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if f"/{PARENT}/" not in path + "/":
+    for line in procfs.cgroups(pid):
+        if f"/{PARENT}/" not in line.path + "/":
             continue                                  # not a group the lab made
-        if not controllers:
+        if not line.controllers:
             base = layout.v2
         else:
-            base = next((layout.v1[c] for c in controllers.split(",") if c in layout.v1), None)
+            base = next((layout.v1[c] for c in line.controllers if c in layout.v1), None)
         if base is not None:
-            write(base / path.lstrip("/") / "cgroup.procs", os.getpid())
+            write(base / line.path.lstrip("/") / "cgroup.procs", os.getpid())
 
 
 def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None,
@@ -442,3 +446,40 @@ def can_limit() -> bool:
         return find_delegation(detect()).allowed
     except NotSupportedHere:                     # no cgroup filesystem at all
         return False
+
+
+# --- the inverse the journal replays -------------------------------------------------------------------
+
+@register("rmdir_cgroup")
+def undo_rmdir_cgroup(path: str) -> None:
+    """Kill what is left inside a cgroup of ours, then remove it (rmdir is how cgroups are deleted): the
+    journal's ``rmdir_cgroup``, which ``labcore cleanup`` replays after a crash."""
+    refuse_foreign(path, Path(path).name.startswith(paths.PREFIX))
+    if not os.path.isdir(path):
+        return
+    for _ in range(50):
+        if _holds_child_groups(path):
+            return    # a shared parent still in use by another run: the last one out removes it
+        # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            with contextlib.suppress(OSError), open(os.path.join(path, name), "r+") as file:
+                file.write(thawed)
+        with contextlib.suppress(FileNotFoundError):
+            for pid in Path(path, "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)      # EBUSY while the killed processes are still exiting
+    os.rmdir(path)
+
+
+def _holds_child_groups(path: str) -> bool:
+    # rmdir(2) of a cgroup with child groups fails with EBUSY; its child groups are its subdirectories.
+    with contextlib.suppress(FileNotFoundError):
+        return any(entry.is_dir() for entry in os.scandir(path))
+    return False

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_int, read_keyed, read_text,
-                             write)
+from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_device_counters, read_int,
+                                    read_keyed, read_text, write)
 
 # The hierarchies a container's group is made in. freezer comes last on purpose: the journal undoes newest
 # first, and a frozen task ignores even SIGKILL until it is thawed, so the freezer group must go first.
@@ -110,14 +110,8 @@ class V1Manager(Manager):
 
     @staticmethod
     def _io_bytes(path: Path) -> dict[str, int]:
-        """Sum "MAJ:MIN Read|Write|... BYTES" lines over devices."""
-        text = read_text(path)
-        total = {} if text is None else {"Read": 0, "Write": 0}     # an empty file: nothing done yet
-        for line in (text or "").splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[2].isdigit():
-                total[parts[1]] = total.get(parts[1], 0) + int(parts[2])
-        return total
+        """blkio's "MAJ:MIN Read|Write|Sync|... BYTES" lines, summed over devices."""
+        return read_device_counters(path, lambda fields: [fields] if len(fields) == 2 else [], ("Read", "Write"))
 
     def limits_of(self, group: Group) -> dict[str, str]:
         files = [("memory", "memory.limit_in_bytes"), ("cpu", "cpu.cfs_quota_us"), ("cpu", "cpu.shares"),

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_int, read_keyed, read_text,
-                             write)
+from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_device_counters, read_int,
+                                    read_keyed, read_text, write)
 
 WANTED = ("cpu", "memory", "pids", "io")
 
@@ -116,15 +116,9 @@ class V2Manager(Manager):
 
     @staticmethod
     def _io_bytes(path: Path) -> dict[str, int]:
-        """Sum io.stat's "MAJ:MIN rbytes=N wbytes=N rios=N ..." over devices."""
-        text = read_text(path)
-        total = {} if text is None else {"rbytes": 0, "wbytes": 0}  # an empty file: nothing done yet
-        for line in (text or "").splitlines():
-            for pair in line.split()[1:]:
-                key, _, value = pair.partition("=")
-                if value.isdigit():
-                    total[key] = total.get(key, 0) + int(value)
-        return total
+        """io.stat's "MAJ:MIN rbytes=N wbytes=N rios=N ..." lines, summed over devices."""
+        return read_device_counters(path, lambda fields: [pair.split("=", 1) for pair in fields if "=" in pair],
+                                    ("rbytes", "wbytes"))
 
     def limits_of(self, group: Group) -> dict[str, str]:
         found = {}
