@@ -66,7 +66,7 @@ def lab_containers(count: int, psutil) -> dict:
 
     threads = [threading.Thread(target=one, args=(id_,)) for id_ in ids]
     me = psutil.Process()
-    before = memory([me], "")
+    before, daemons = memory([me], ""), {p.pid for p in me.children(recursive=True)}   # Docker's, started first
     start = time.perf_counter()
     try:
         for thread in threads:
@@ -84,7 +84,7 @@ def lab_containers(count: int, psutil) -> dict:
         stop(ids, threads)
     measured["leftovers"] = [str(paths.containers_dir() / i) for i in ids if (paths.containers_dir() / i).exists()]
     measured["leftovers"] += [e.describe() for e in journal.Journal().entries() if any(i in e.name for i in ids)]
-    measured["leftovers"] += [f"process {p.pid}" for p in psutil.Process().children(recursive=True)]
+    measured["leftovers"] += [f"process {p.pid}" for p in me.children(recursive=True) if p.pid not in daemons]
     measured["leftovers"] += [f"cgroup {c}" for c in Path("/sys/fs/cgroup").glob(f"*/**/{paths.PREFIX}-*")
                               if c.name.split("-", 1)[1] in ids]
     return measured
