@@ -58,7 +58,7 @@ def instrument(clock: Clock) -> None:
     for name in ("make_state_dir", "await_root", "start", "save_state", "release_cgroup", "release_network"):
         setattr(container, name, clock.wrap(f"{name}", getattr(container, name)))
     container.plan_for = clock.wrap("plan_for (spec, image lookup)", container.plan_for)
-    container.Child.wait = clock.wrap("wait: reap the shim", container.Child.wait)
+    container.reap = clock.wrap("wait: reap pid 1 (adopted from the shim)", container.reap)
     journal.Journal.record = clock.wrap("journal: write a record", journal.Journal.record)
     journal.Journal.forget = clock.wrap("journal: drop a record", journal.Journal.forget)
     for op in list(journal.UNDO):
