@@ -58,7 +58,10 @@ def instrument(clock: Clock) -> None:
     for name in ("make_state_dir", "await_root", "start", "save_state", "release_cgroup", "release_network"):
         setattr(container, name, clock.wrap(f"{name}", getattr(container, name)))
     container.plan_for = clock.wrap("plan_for (spec, image lookup)", container.plan_for)
-    container.reap = clock.wrap("wait: reap pid 1 (adopted from the shim)", container.reap)
+    if hasattr(container, "reap"):          # pid 1 adopted from the shim; an older tree reaps the shim instead
+        container.reap = clock.wrap("wait: reap pid 1", container.reap)
+    else:
+        container.Child.wait = clock.wrap("wait: reap the shim", container.Child.wait)
     journal.Journal.record = clock.wrap("journal: write a record", journal.Journal.record)
     journal.Journal.forget = clock.wrap("journal: drop a record", journal.Journal.forget)
     for op in list(journal.UNDO):
