@@ -309,7 +309,7 @@ def release_cgroup(container: Container) -> None:
 
 
 def wait(container: Container) -> int:
-    """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    """Reap pid 1 (``reap``); forget the processes, which are gone now."""
     if "exec" in container.progress.done:
         container.progress.advance("wait")
     container.exit_code = reap(container)
