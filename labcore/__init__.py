@@ -8,7 +8,7 @@ The package is built in layers, low to high; a module imports only from its own 
                        syscalls and netlink (the seams), procfs (every read of /proc), process
                        (children), journal (every object with its undo),
                        userns, namespaces, cgroups/ (v1, v2, limits, devices), overlay, rootfs (pivot_root,
-                       /proc /dev /sys), network (veth, bridge), usernet (rootless), portproxy,
+                       /proc /dev /sys), network (veth, bridge), usernet (rootless), portproxy, nat (DNAT, MASQUERADE),
                        capabilities, seccomp, confinement (Docker's defaults, in runc's order)
     labcore.image      images: oci (layers by digest), baseimage (busybox, offline), layers (unpacked
                        once), archive (docker save/load), registry (pulling by digest)

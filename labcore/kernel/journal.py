@@ -258,7 +258,7 @@ class Scope:
 # an inverse it has not met by importing the modules in MECHANISMS, which register theirs when imported.
 
 UNDO: dict = {}
-MECHANISMS = ("labcore.kernel.cgroups", "labcore.kernel.network", "labcore.kernel.usernet")
+MECHANISMS = ("labcore.kernel.cgroups", "labcore.kernel.network", "labcore.kernel.usernet", "labcore.kernel.nat")
 
 
 def register(name: str):

@@ -10,6 +10,9 @@ reads back an acknowledgement or an errno. Every network call of the lab is one 
     addr_add       RTM_NEWADDR   ip addr add ADDRESS/PREFIX dev NAME                   man 8 ip-address
     route_add      RTM_NEWROUTE  ip route add default via GATEWAY dev NAME             man 8 ip-route
     neigh_flush    RTM_DELNEIGH  ip neigh flush to ADDRESS dev NAME                    man 8 ip-neighbour
+    qdisc_add      RTM_NEWQDISC  tc qdisc add dev NAME root tbf rate R burst B latency L  man 8 tc-tbf
+    qdisc_delete   RTM_DELQDISC  tc qdisc del dev NAME root                             man 8 tc
+    qdiscs         RTM_GETQDISC  `tc -s qdisc show dev NAME`: kind, parameters, bytes and packets sent
     links, addresses, routes     RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE dumps: `ip -j link/addr/route show`
 
 The messages are built by pyroute2, a netlink library (no ip(8) process per call). A netlink socket belongs
@@ -40,6 +43,7 @@ from labcore.kernel.syscalls import Seam
 
 PERMISSION_FIX = ("a network namespace's links are changed with CAP_NET_ADMIN over it: run as root (sudo); "
                   "without root, labcore.kernel.usernet builds the network inside a namespace you own")
+TC_H_ROOT, ROOT_HANDLE = 0xFFFFFFFF, 0x10000   # <linux/pkt_sched.h>: the root of a device; handle 1:
 _NUD_KEPT = 0x80 | 0x40                # NUD_PERMANENT, NUD_NOARP: `ip neigh flush` leaves these (ip-neighbour(8))
 
 
@@ -149,6 +153,24 @@ class Kernel:
         return [_route(route, links) for route in found]
 
 
+    @off_the_running_loop
+    def qdisc_add(self, name: str, kind: str, rate: int, burst: int, latency_ms: int) -> None:
+        with self._socket(f"qdisc add dev {name} root {kind} rate {rate}bit burst {burst} "
+                          f"latency {latency_ms}ms") as ipr:
+            ipr.tc("add", kind, self._index(ipr, name), ROOT_HANDLE, rate=f"{rate}bit", burst=burst,
+                   latency=f"{latency_ms}ms")
+
+    @off_the_running_loop
+    def qdisc_delete(self, name: str) -> None:
+        with self._socket(f"qdisc del dev {name} root") as ipr:
+            ipr.tc("del", index=self._index(ipr, name), handle=ROOT_HANDLE, parent=TC_H_ROOT)
+
+    @off_the_running_loop
+    def qdiscs(self, name: str) -> list[dict]:
+        with self._socket(f"qdisc show dev {name}") as ipr:
+            return [_qdisc(message, name) for message in ipr.get_qdiscs(self._index(ipr, name))]
+
+
 _ATTRIBUTES = {"new_name": "ifname", "mac": "address", "alias": "ifalias", "netns": "net_ns_pid"}
 
 
@@ -170,6 +192,19 @@ def _route(message, links: dict) -> dict:
     if message.get("RTA_OIF"):
         route["dev"] = links.get(message.get("RTA_OIF"), "?")
     return route
+
+
+def _qdisc(message, name: str) -> dict:
+    """One qdisc as `tc -s -j qdisc show` prints it: the tbf rate in bits/s (the kernel keeps bytes/s)."""
+    qdisc = {"dev": name, "kind": message.get("TCA_KIND"), "root": message["parent"] == TC_H_ROOT,
+             "handle": f"{message['handle'] >> 16:x}:"}
+    parms = (message.get("TCA_OPTIONS") or {}).get("TCA_TBF_PARMS") if qdisc["kind"] == "tbf" else None
+    if parms:
+        qdisc["rate"] = parms["rate"] * 8
+    stats = message.get("TCA_STATS") or {}
+    qdisc.update(bytes=stats.get("bytes", 0), packets=stats.get("packets", 0), drops=stats.get("drop", 0),
+                 overlimits=stats.get("overlimits", 0))
+    return qdisc
 
 
 def describe(changes: dict) -> str:
@@ -236,20 +271,37 @@ class Recorder:
     def neigh_flush(self, address, name):
         self._record("neigh_flush", address, name)
 
+    def qdisc_add(self, name, kind, rate, burst, latency_ms):
+        self._record("qdisc_add", name, kind, rate, burst, latency_ms)
+        self.state.setdefault(name, {"ifname": name})["qdisc"] = {
+            "dev": name, "kind": kind, "root": True, "handle": "1:", "rate": rate, "bytes": 0, "packets": 0,
+            "drops": 0, "overlimits": 0}
+
+    def qdisc_delete(self, name):
+        self._record("qdisc_delete", name)
+        self.state.get(name, {}).pop("qdisc", None)
+
+    def qdiscs(self, name):
+        self.calls.append(("qdiscs", (name,)))
+        qdisc = self.state.get(name, {}).get("qdisc")
+        return [dict(qdisc)] if qdisc else [{"dev": name, "kind": "noqueue", "root": True, "handle": "0:"}]
+
     def links(self):
         self.calls.append(("links", ()))
-        return [{key: value for key, value in link.items() if key != "addr_info"} for link in self.state.values()]
+        return [{key: value for key, value in link.items() if key not in ("addr_info", "qdisc")}
+                for link in self.state.values()]
 
     def addresses(self):
         self.calls.append(("addresses", ()))
-        return [{**link, "addr_info": list(link.get("addr_info", []))} for link in self.state.values()]
+        return [{**{key: value for key, value in link.items() if key != "qdisc"},
+                 "addr_info": list(link.get("addr_info", []))} for link in self.state.values()]
 
     def routes(self):
         self.calls.append(("routes", ()))
         return list(self.route_table)
 
 
-_QUERIES = ("links", "addresses", "routes")
+_QUERIES = ("links", "addresses", "routes", "qdiscs")
 _COMMANDS = {
     "link_add": lambda name, kind, peer: f"link add {name} type {kind}" + (f" peer name {peer}" if peer else ""),
     "link_set": lambda name, changes: f"link set {name} {describe(changes)}",
@@ -257,6 +309,9 @@ _COMMANDS = {
     "addr_add": lambda name, address, prefixlen: f"addr add {address}/{prefixlen} dev {name}",
     "route_add": lambda gateway, name: f"route add default via {gateway} dev {name}",
     "neigh_flush": lambda address, name: f"neigh flush to {address} dev {name}",
+    "qdisc_add": lambda name, kind, rate, burst, latency_ms: f"qdisc add dev {name} root {kind} rate {rate}bit "
+                                                              f"burst {burst} latency {latency_ms}ms",
+    "qdisc_delete": lambda name: f"qdisc del dev {name} root",
 }
 _seam = Seam(Kernel)
 backend, use = _seam.backend, _seam.use         # every call below goes through backend()
@@ -287,6 +342,21 @@ def route_add(gateway: str, name: str) -> None:
 
 def neigh_flush(address: str, name: str) -> None:
     backend().neigh_flush(address, name)
+
+
+def qdisc_add(name: str, kind: str, rate: int, burst: int, latency_ms: int) -> None:
+    """A root qdisc on ``name``'s egress: ``rate`` in bits/s, a bucket of ``burst`` bytes, and at most
+    ``latency_ms`` of queue (tc-tbf(8)); the kind is "tbf", the token bucket filter."""
+    backend().qdisc_add(name, kind, rate, burst, latency_ms)
+
+
+def qdisc_delete(name: str) -> None:
+    """Back to the device's default qdisc."""
+    backend().qdisc_delete(name)
+
+
+def qdiscs(name: str) -> list[dict]:
+    return backend().qdiscs(name)
 
 
 def links() -> list[dict]:

@@ -23,7 +23,9 @@ kernel removes the pair and the address it held is free again.
 What the lab leaves out on purpose: Docker also turns on net.ipv4.ip_forward and adds iptables MASQUERADE
 and DNAT rules, so that containers reach other hosts and other hosts reach published ports. The lab never
 routes off the machine: it sets net.ipv4.conf.lcbr0.forwarding=0, so the kernel drops whatever a container
-sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only.
+sends to anyone but the host and the other containers, and it publishes ports on 127.0.0.1 only. Notebook 08
+shows both rules for real, one step at a time, and removes them after (``labcore.kernel.nat``), and a bandwidth
+limit, which is no cgroup but a tbf qdisc on the host end (``limit_rate``).
 
 Without root none of this is allowed: a veth into the host's namespace needs CAP_NET_ADMIN there.
 ``labcore.kernel.usernet`` does what rootless Podman does instead: the same bridge and veth pairs inside a network
@@ -433,6 +435,33 @@ def bind_host_port(host_ip: str, host_port: int, protocol: str = "tcp") -> socke
     return listener
 
 
+# --- bandwidth: tc on the host end ---------------------------------------------------------------------------
+# No cgroup controller limits network bandwidth (net_cls and net_prio only tag a socket's packets with a class
+# id or a priority, for a qdisc to act on). A limit is a queueing discipline on an interface: Kubernetes' CNI
+# "bandwidth" plugin puts a tbf on the host end of a pod's veth, so what goes *to* the pod leaves the host no
+# faster than its rate (containernetworking/plugins: plugins/meta/bandwidth).
+
+TBF_LATENCY_MS = 50                   # at most this long in the queue, then dropped: TCP slows down to the rate
+BURST_MIN = 64 * 1024                 # a veth passes TCP in segments up to 64 KiB (GSO): the bucket must hold one
+
+
+def limit_rate(host_ifname: str, rate: int, scope: journal.Scope, burst: int | None = None) -> dict:
+    """`tc qdisc add dev HOST_IFNAME root tbf rate RATEbit burst B latency 50ms`: what the host sends into the
+    veth (to the container) leaves at ``rate`` bits/s. Journaled first; returns the kernel's qdisc, and the
+    burst asked for (the kernel keeps it as a time, tc-tbf(8))."""
+    if not paths.is_ours(host_ifname):
+        raise BadInput(f"{host_ifname} is not a link of the lab's", fix="the host end of a lab container's veth")
+    burst = burst or max(rate // 8 // 100, BURST_MIN)      # 10 ms of the rate, or one GSO packet
+    scope.record("qdisc", host_ifname, "qdisc", name=host_ifname)
+    netlink.qdisc_add(host_ifname, "tbf", rate, burst, TBF_LATENCY_MS)
+    return {**root_qdisc(host_ifname), "burst": burst}
+
+
+def root_qdisc(name: str) -> dict:
+    """The qdisc at the root of ``name``'s egress, as the kernel answers (noqueue: a veth's default)."""
+    return next((qdisc for qdisc in netlink.qdiscs(name) if qdisc.get("root")), {"kind": "none"})
+
+
 # --- the inverses the journal replays ----------------------------------------------------------------------
 # Each refuses a name the lab could not have given (lc...), and treats a link that is gone as removed.
 
@@ -449,6 +478,18 @@ def delete_link(name: str) -> None:
             netlink.link_delete(name)
         except LabError as err:
             if err.errno != errno.ENODEV:           # gone between the look and the delete: as good as done
+                raise
+
+
+@journal.register("qdisc")
+def undo_qdisc(name: str) -> None:
+    """`tc qdisc del dev NAME root` on a link of ours; a link gone took its qdisc with it."""
+    journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
+    if link_exists(name) and root_qdisc(name).get("kind") == "tbf":
+        try:
+            netlink.qdisc_delete(name)
+        except LabError as err:
+            if err.errno not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):    # gone meanwhile: as good as done
                 raise
 
 

@@ -268,6 +268,18 @@ def meminfo(root: str = PROC) -> dict[str, int]:
     return found
 
 
+def cgroup_controllers(root: str = PROC) -> dict[str, dict[str, int]]:
+    """/proc/cgroups (cgroups(7)): every controller built into this kernel, with the id of the v1 hierarchy it
+    is mounted on (0: none, or the v2 hierarchy), its number of groups and whether it is enabled."""
+    found = {}
+    for line in Path(root, "cgroups").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, hierarchy, groups, enabled = line.split()[:4]
+        found[name] = {"hierarchy": int(hierarchy), "groups": int(groups), "enabled": int(enabled)}
+    return found
+
+
 def system_cpu_ticks(root: str = PROC) -> int:
     """user+nice+system+idle+iowait+irq+softirq of every CPU, the first line of /proc/stat, in clock ticks."""
     return sum(int(field) for field in Path(root, "stat").read_text().splitlines()[0].split()[1:8])

@@ -27,6 +27,11 @@ keeper's, holds the overlay to pivot into. A step the host refuses returns a ref
 on without it where it can (no limits, no network, as ``docker run`` without -m, or with --network none),
 and a step that needs a refused one is refused in turn, naming it.
 
+Beyond the proxy, three functions of a connected box (pid 1 alive), each removing what it made before it returns:
+``limit_bandwidth`` (a tbf qdisc on the host end, the throughput measured without and with it),
+``publish_dnat`` (Docker's way to publish: an nftables DNAT rule, and its counter) and ``masquerade_outbound``
+(the way out: MASQUERADE to another network, and the address the server there saw).
+
 Next: ``compare_with_run`` does all of it again in one call, ``labcore.runtime.container.run``.
 """
 from __future__ import annotations
@@ -46,7 +51,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NeedsPrivilege, NotSupportedHere
 from labcore.image import layers
-from labcore.kernel import journal, namespaces, network, overlay, procfs, rootfs, syscalls, usernet, userns
+from labcore.kernel import journal, namespaces, nat, network, overlay, procfs, rootfs, syscalls, usernet, userns
 from labcore.kernel.process import Child
 from labcore.lessons import display, hosts, root_fs, union_fs
 from labcore.lessons.client_server import wait_for_listener
@@ -729,6 +734,238 @@ def _draw_router(graph, router: usernet.Usernet) -> None:
     graph.edge("bridge", "tap", label="routed, masqueraded", style="dotted", arrowhead="none")
     graph.cluster("router", f"router namespace, held by pid {router.holder}", ["bridge", "veth", "tap"],
                   style="dashed")
+
+
+# --- the network beyond the proxy: bandwidth with tc, ports and the way out with NAT ---------------------------
+# Module functions, not Box steps: they add nothing to the box that `docker run` would make (the start sequence
+# is runtime.sequence's), and each removes what it made before it returns. Each needs the box's eth0 and its
+# pid 1 alive: after connect_network(), before wait().
+
+MiB = 1 << 20
+OUTSIDE_SUBNET = "10.204.0.0/30"         # "another network": outside the lab's pool, 10.203.0.0/16
+
+
+ROOTLESS_NAT = ("rootless Docker and Podman forward ports with a process (rootlesskit's port driver, slirp4netns's "
+                "add_hostfwd) and leave by slirp4netns, which is their NAT")
+
+
+def _network_refusal(box: Box, title: str, action: str, key: str, why: str = ROOTLESS_NAT) -> Step | None:
+    """The refused Step when the box has no network of the host's to work on (refused, or rootless), else None."""
+    if "connect_network" in box.refused:
+        return hosts.refuse(title, action, NeedsPrivilege("this step needs the box's network, which this host "
+                                                          "refused above", why=box.refused["connect_network"]), key=key)
+    if box.endpoint is None or not _alive(box.pid):
+        raise InvalidTransition(f"{title} needs the box's eth0 and its pid 1 alive",
+                                fix="after box.connect_network(), before box.wait()")
+    if box.usernet is not None:
+        return hosts.refuse(title, action, NeedsPrivilege(
+            "the host's own interfaces and nftables tables are root's: the box's veth is in a router "
+            "namespace of yours", why=why), key=key)
+    return None
+
+
+def limit_bandwidth(box: Box, mbit: int = 16, megabytes: int = 2) -> Step:
+    """No cgroup limits bandwidth (notebook 04): a tbf qdisc on the host end of the box's veth does. The host
+    sends ``megabytes`` MiB to a client in the box, first free, then under ``mbit`` Mbit/s; the qdisc goes after."""
+    title = f"bandwidth: tc tbf rate {mbit}mbit on the box's veth"
+    action = f"tc qdisc add dev HOST_END root tbf rate {mbit}mbit burst B latency 50ms; send {megabytes} MiB to the box"
+    refused = _network_refusal(box, title, action, "box.limit_bandwidth", why=(
+        "the step sends from the host's own network namespace, which is root's; rootless, the box's veth ends in "
+        "the router namespace of labcore.kernel.usernet, where a qdisc would go"))
+    if refused is not None:
+        return refused
+    host_end = box.endpoint.host_ifname
+    try:
+        with journal.Scope() as scope:
+            free, default = push_to_box(box, megabytes), network.root_qdisc(host_end)
+            made = network.limit_rate(host_end, mbit * 1_000_000, scope)
+            held, qdisc = push_to_box(box, megabytes), network.root_qdisc(host_end)
+    except _REFUSED as err:
+        return hosts.refuse(title, action, err, key="box.limit_bandwidth")
+    measured = lambda got: f"{got['bytes'] * 8 / got['seconds'] / 1e6:.1f}"     # noqa: E731 - Mbit/s
+    return Step(title, action.replace("HOST_END", host_end).replace(" B ", f" {made['burst']} "),
+                columns=("limit off", "limit on"),
+                before={f"root qdisc of {host_end}": default["kind"], "received in the box (bytes)": free["bytes"],
+                        "seconds": f"{free['seconds']:.2f}", "Mbit/s": measured(free)},
+                after={f"root qdisc of {host_end}": f"{qdisc['kind']} rate {qdisc.get('rate', 0) // 1_000_000}Mbit",
+                       "received in the box (bytes)": held["bytes"], "seconds": f"{held['seconds']:.2f}",
+                       "Mbit/s": measured(held), "sent by the qdisc (bytes, packets)":
+                       f"{qdisc.get('bytes')}, {qdisc.get('packets')}", "qdisc of it now": network.root_qdisc(
+                           host_end)["kind"]},
+                mode=current_mode(), key="box.limit_bandwidth",
+                note=f"the same {megabytes} MiB, held near {mbit} Mbit/s: the tbf lets a packet leave the host "
+                     "end only with a token, tokens come at the rate; the box's TCP slows down to it",
+                data={"qdisc": qdisc, "rate": mbit * 1_000_000, "free": free, "held": held, "host_ifname": host_end})
+
+
+def push_to_box(box: Box, megabytes: int) -> dict:
+    """``megabytes`` MiB from a server on the bridge's address (the host) to a client in the box's network
+    namespace, which times them from connect to the end: {"bytes": N, "seconds": S}."""
+    with socket.create_server((box.endpoint.network.gateway, 0)) as server:
+        server.settimeout(REQUEST_TIMEOUT)
+        sender = threading.Thread(target=_send_once, args=(server, megabytes * MiB), daemon=True)
+        sender.start()
+        got = network.in_netns(box.pid, receive_all, server.getsockname())
+        sender.join()
+    return got
+
+
+def _send_once(server: socket.socket, size: int) -> None:
+    with contextlib.suppress(OSError):
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(bytes(size))
+
+
+def receive_all(address: tuple[str, int]) -> dict:
+    """In the box's namespace: connect, read to the end, and say how much and how long."""
+    received, start = 0, time.monotonic()
+    with socket.create_connection(address, timeout=60) as connection:
+        while chunk := connection.recv(1 << 16):
+            received += len(chunk)
+    return {"bytes": received, "seconds": time.monotonic() - start}
+
+
+def publish_dnat(box: Box, host_port: int = 18810, container_port: int = 8080) -> Step:
+    """Docker's way to publish: a DNAT rule, no process. A server in the box's namespace on ``container_port``;
+    the host asks its own address (the bridge's), ``host_port``, before and after the rule; its counter."""
+    table = f"{paths.PREFIX}-dnat-{box.id[:10]}"
+    title = f"publish with DNAT: host port {host_port} -> the box's port {container_port}"
+    action = (f"nft add table ip {table}; ... type nat hook output ...: fib daddr type local tcp dport {host_port} "
+              f"dnat to BOX:{container_port}")
+    refused = _network_refusal(box, title, action, "box.publish_dnat")
+    if refused is not None:
+        return refused
+    gateway, action = box.endpoint.network.gateway, action.replace("BOX", box.endpoint.ip)
+    server = Child(lambda channel: _serve_once(channel, box.pid, container_port))
+    try:
+        with journal.Scope() as scope:
+            container.record_process(scope, server.pid)
+            server.recv(timeout=REQUEST_TIMEOUT)                 # listening, in the box's namespace
+            before = network.reply(gateway, host_port)           # nothing on the host's port itself
+            nat.publish(table, host_port, box.endpoint.ip, container_port, scope)
+            counted = nat.counters(table)["publish"]["packets"]
+            found = {"before": before, "reply": network.reply(gateway, host_port), "rules": nat.rules(table),
+                     "packets": (counted, nat.counters(table)["publish"]["packets"])}
+            found["seen"] = server.recv(timeout=REQUEST_TIMEOUT)
+    except _REFUSED as err:
+        return hosts.refuse(title, action, err, key="box.publish_dnat")
+    finally:
+        server.wait()                    # reaped, whether it ended or the scope killed it
+    return dnat_step(title, action, table, f"{gateway}:{host_port}", found)
+
+
+def dnat_step(title: str, action: str, table: str, url: str, found: dict) -> Step:
+    counted, counter = found["packets"]
+    return Step(title, action, columns=("no rule", "DNAT rule"),
+                before={f"connect {url}": found["before"], f"table ip {table}": "none",
+                        "connections the rule rewrote": "-"},
+                after={f"connect {url}": found["reply"], f"table ip {table}": found["rules"],
+                       "connections the rule rewrote": f"{counted} -> {counter}",
+                       "the server in the box saw a client at": found["seen"],
+                       "the table now": nat.rules(table) or "none"},
+                mode=current_mode(), key="box.publish_dnat",
+                note="no process relayed it: the kernel rewrote the connection's destination to the box's address "
+                     "(the rule counts its first packet; conntrack rewrites the rest), and the table is gone again",
+                data={"reply": found["reply"], "refused_before": found["before"], "packets": found["packets"],
+                      "seen": found["seen"], "table": table})
+
+
+def _serve_once(channel, pid: int | None, port: int, address: str = "0.0.0.0", count: int = 1) -> list | str:
+    if pid is not None:
+        network.enter_netns(pid)
+    with socket.create_server((address, port)) as listener:
+        channel.send("listening")
+        seen = []
+        for _ in range(count):
+            connection, (client, _) = listener.accept()
+            with connection:
+                connection.sendall(f"hello from net:[{network.netns_inode('self')}], to {client}\n".encode())
+            seen.append(client)
+    return seen[0] if count == 1 else seen
+
+
+def masquerade_outbound(box: Box, port: int = 8081) -> Step:
+    """Docker's way out: MASQUERADE. The box connects to a server on another network the host routes to (a
+    namespace of its own); the server sees the box's address without the rule, the host's with it."""
+    masq, only = f"{paths.PREFIX}-masq-{box.id[:10]}", f"{paths.PREFIX}-fwd-{box.id[:10]}"
+    title = "MASQUERADE: the box reaches another network as the host"
+    action = (f"nft add table ip {masq}: type nat hook postrouting: ip saddr SUBNET oifname != BRIDGE masquerade; "
+              "the box connects to a server beyond the host")
+    refused = _network_refusal(box, title, action, "box.masquerade_outbound")
+    if refused is not None:
+        return refused
+    action = action.replace("SUBNET", box.endpoint.network.subnet).replace("BRIDGE", box.endpoint.network.bridge)
+    outside = Child(_outside)
+    try:
+        with journal.Scope() as scope:
+            container.record_process(scope, outside.pid)
+            net = another_network(outside, box, port, scope)
+            found = reach_out(box, net, port, (masq, only), scope)
+            seen = outside.recv(timeout=REQUEST_TIMEOUT)
+    except _REFUSED as err:
+        return hosts.refuse(title, action, err, key="box.masquerade_outbound")
+    finally:
+        outside.wait()                   # reaped, whether it ended or the scope killed it
+    return masquerade_step(box, title, action, found, seen, (masq, only), net.gateway, port)
+
+
+def another_network(outside: Child, box: Box, port: int, scope: journal.Scope):
+    """The outside child, in a network namespace of its own, wired to the host and listening on ``port``."""
+    outside.recv(timeout=REQUEST_TIMEOUT)                    # unshared
+    net = nat.wire_peer(outside.pid, scope, box.id[:10], OUTSIDE_SUBNET)
+    outside.send((nat.peer_address(net), port, 2))
+    outside.recv(timeout=REQUEST_TIMEOUT)                    # listening
+    return net
+
+
+def reach_out(box: Box, net, port: int, tables: tuple[str, str], scope: journal.Scope) -> dict:
+    """The host made a router for the step's time (its filter first); the box connects without the masquerade,
+    then with it. A connection that fails (a firewall of the host's forward hook) ends the step, refused."""
+    masq, only = tables
+    bridge, target = box.endpoint.network.bridge, nat.peer_address(net)
+    nat.forward_only(only, bridge, net.bridge, scope)        # before the bridge may forward at all
+    for link in (bridge, net.bridge):
+        nat.allow_forwarding(link, scope)
+    found = {"plain": network.in_netns(box.pid, network.reply, target, port)}
+    nat.masquerade(masq, box.endpoint.network.subnet, bridge, scope)
+    found["counted"] = nat.counters(masq)["masquerade"]["packets"]
+    found["masked"] = network.in_netns(box.pid, network.reply, target, port)
+    found.update(rules=nat.rules(masq), counter=nat.counters(masq)["masquerade"]["packets"], target=target)
+    failed = next((reply for reply in (found["plain"], found["masked"]) if reply.startswith("failed")), None)
+    if failed:
+        raise NotSupportedHere(f"the box could not reach {target}:{port} through the host ({failed})",
+                               fix="a firewall on this host drops what it forwards: `nft list ruleset`")
+    return found
+
+
+def masquerade_step(box: Box, title: str, action: str, found: dict, seen: list, tables: tuple[str, str],
+                    host_address: str, port: int) -> Step:
+    bridge, target = box.endpoint.network.bridge, found["target"]
+    left = ", ".join(f"{name}: {nat.rules(name) or 'none'}" for name in tables)
+    return Step(title, action, columns=("no rule", "MASQUERADE"),
+                before={f"the box connects to {target}:{port}": found["plain"], "the server saw": seen[0],
+                        f"table ip {tables[0]}": "none", "connections masqueraded": "-"},
+                after={f"the box connects to {target}:{port}": found["masked"], "the server saw": seen[1],
+                       f"table ip {tables[0]}": found["rules"],
+                       "connections masqueraded": f"{found['counted']} -> {found['counter']}",
+                       f"forwarding on {bridge} now": nat.forwarding(bridge), "tables now": left},
+                mode=current_mode(), key="box.masquerade_outbound",
+                note=f"without the rule the server saw the box's own {box.endpoint.ip}, an address nobody beyond "
+                     f"the host could answer on a real network; with it, the host's {host_address}, and conntrack "
+                     "turned each answer back to the box",
+                data={"seen": seen, "packets": (found["counted"], found["counter"]), "table": tables[0],
+                      "replies": (found["plain"], found["masked"]), "host_address": host_address,
+                      "box_address": box.endpoint.ip})
+
+
+def _outside(channel) -> list:
+    """Another network's server: a child in a network namespace of its own, wired by its parent; it answers
+    ``count`` connections with the address it saw each client at."""
+    syscalls.unshare(syscalls.CLONE_NEWNET)
+    channel.send("ready")
+    address, port, count = channel.recv()
+    return _serve_once(channel, None, port, address, count)
 
 
 # --- the same, in one call -----------------------------------------------------------------------------------

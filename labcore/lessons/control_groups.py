@@ -14,6 +14,7 @@ group's interface files, and removes everything before it returns, even on error
     freeze_group     a counter stops while its group is frozen, and goes on after a thaw
     report_usage     what a running workload used, across controllers, sampled over time
     nest_groups      a child group is held by its parent's limit, whatever its own says
+    no_net_controller  network bandwidth has no controller: net_cls/net_prio only tag packets (08 uses tc)
     tree_dot         the live tree under ``labcore`` as a graphviz diagram
 """
 from __future__ import annotations
@@ -30,13 +31,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import NeedsPrivilege, NotSupportedHere
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import procfs
-from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager
+from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_manager, v1
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.kernel.journal import Scope, process_start_time
 from labcore.lessons import display, hosts
-from labcore.lessons.evidence import Step
+from labcore.lessons.evidence import Step, user_mode
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
 _REFUSED = (NeedsPrivilege, NotSupportedHere)      # the host forbids it: the step says so, with the fix
@@ -216,7 +217,9 @@ def limit_cpu(cpus: float | str = 0.25, seconds: float = 1.0, manager: Manager |
                 note=f"over {elapsed:.2f} s the busy loop used {share:.2f} of a core; the limit is "
                      f"{limits.cpus}. It spent the rest of each period throttled.",
                 data={"share": share, "limit": limits.cpus, "before": asdict(before), "after": asdict(after),
-                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled})
+                      "quota": writes[-1][1], "throttled": after.cpu_throttled > before.cpu_throttled,
+                      # what was asked, the same on v1 (cpu.cfs_quota_us, cpu.cfs_period_us) and v2 (cpu.max)
+                      "quota_us": limits.cpu_quota_us, "period_us": limits.cpu_period_us})
 
 
 def share_cpu(shares: tuple[int, int] = (1024, 512), seconds: float = 1.0,
@@ -516,6 +519,42 @@ def plot_usage(step: Step):
     figure.tight_layout()
     plt.close(figure)                # shown once, as the cell's result
     return figure
+
+
+# --- network: no controller ------------------------------------------------------------------------------------
+
+RATE_WORDS = ("bps", "rate", "limit", "max", "bandwidth")      # how every limit file of the lab is named
+
+
+def no_net_controller() -> Step:
+    """Docker's docs and many articles list bandwidth among the limits: the kernel has no cgroup controller for
+    it. What it has (v1 only) tags a group's sockets: a class id (net_cls) or a priority (net_prio) that a qdisc
+    or a firewall may act on. The v2 controllers, /proc/cgroups, and the v1 hierarchy's own files show it."""
+    title = "network bandwidth: is there a cgroup controller for it?"
+    action = ("read cgroup.controllers (v2), /proc/cgroups; mount -t cgroup -o net_cls,net_prio (v1, in a child's "
+              "own mount namespace) and list its files")
+    layout = detect()
+    built = {name: found for name, found in procfs.cgroup_controllers().items() if name.startswith("net")}
+    on_v2 = (layout.v2 / "cgroup.controllers").read_text().split() if layout.v2 else None
+    try:
+        files = v1.read_hierarchy_root(",".join(built) or "net_cls,net_prio")
+    except LabError as err:               # not root; or built without them (cgroup_no_v1=, or no CONFIG_)
+        return hosts.refuse(title, action, NeedsPrivilege(err.message, why=(
+            "a v1 hierarchy is mounted by root of the host only: the kernel makes none for a user namespace's root "
+            "(cgroup1_get_tree)") if os.geteuid() else None, fix=err.fix))
+    rates = [name for name in files if any(word in name for word in RATE_WORDS)]
+    return Step(title, action, columns=("cgroup v2", "cgroup v1: net_cls, net_prio"),
+                before={"controllers": on_v2 if on_v2 is not None else "no cgroup2 mounted",
+                        "a network controller": [c for c in on_v2 or () if c.startswith("net")] or "none"},
+                after={"controllers": [f"{name} (hierarchy {found['hierarchy']})" for name, found in built.items()],
+                       "the hierarchy's files": list(files),
+                       **{name: value for name, value in files.items() if value},
+                       "a file that takes a rate": rates or "none"},
+                mode=user_mode(),
+                note="no file takes a rate: net_cls.classid is a tag (0xAAAABBBB, tc class AAAA:BBBB) that a tc "
+                     "filter (cls_cgroup) may match, net_prio.ifpriomap a priority per interface; v2 has neither. "
+                     "A limit is a qdisc on an interface: notebook 08 puts one on a container's veth",
+                data={"v2_controllers": on_v2, "built": built, "files": files, "rate_files": rates})
 
 
 # --- hierarchy ---------------------------------------------------------------------------------------------

@@ -96,3 +96,11 @@ def test_counters_and_network_tables():
 
 def test_open_files():
     assert procfs.fds(1, root=ROOT) == {0: "/dev/null", 3: "socket:[31337]"}
+
+
+def test_cgroup_controllers_names_each_with_its_v1_hierarchy():
+    # /proc/cgroups of a hybrid host: net_cls and net_prio are built in, on no hierarchy (0), as on every v2 host
+    found = procfs.cgroup_controllers(root=ROOT)
+    assert found["memory"] == {"hierarchy": 4, "groups": 90, "enabled": 1}
+    assert found["net_cls"]["hierarchy"] == 0 and found["net_prio"]["enabled"] == 1
+    assert "#subsys_name" not in found

@@ -129,3 +129,40 @@ class V1Manager(Manager):
 
     def is_frozen(self, group: Group) -> bool:
         return (read_text(group.dir("freezer") / "freezer.state") or "").strip() == "FROZEN"
+
+
+# --- a hierarchy nobody mounted: net_cls and net_prio ------------------------------------------------------------
+# Neither is a limit. net_cls.classid is a number each socket of the group's tasks carries, for a tc classifier
+# (cls_cgroup) or a firewall rule to match; net_prio.ifpriomap sets SO_PRIORITY per interface, for a qdisc to
+# order by (cgroup-v1/net_cls.rst, net_prio.rst). cgroup v2 has neither: the kernel leaves every controller
+# without a v2 interface out of cgroup.controllers (cgroup_init: cgrp_dfl_inhibit_ss_mask), and a v2 group is
+# matched by its path instead (nftables `socket cgroupv2`, BPF).
+
+def read_hierarchy_root(controllers: str = "net_cls,net_prio") -> dict[str, str]:
+    """The files of a v1 hierarchy's root group and their values, {name: text}: where the host has it mounted,
+    read there; else mounted by a child in a mount namespace of its own, where it goes when the child exits.
+    Nothing is written: a value written in the root would tag every socket on the host."""
+    from labcore.kernel import procfs
+    from labcore.kernel.process import run_in_child
+    wanted = set(controllers.split(","))
+    for mount in procfs.mountinfo("self"):
+        if mount.fstype == "cgroup" and wanted <= set(mount.super_options.split(",")):
+            return _read_root(mount.point)
+    return run_in_child(_mount_and_read, controllers)
+
+
+def _mount_and_read(controllers: str) -> dict[str, str]:
+    from labcore.kernel import syscalls
+    syscalls.unshare(syscalls.CLONE_NEWNS)
+    syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)      # nothing reaches the host
+    syscalls.mount("cgroup", "/sys/fs/cgroup", "cgroup", 0, controllers)        # covers it, in here only
+    return _read_root("/sys/fs/cgroup")
+
+
+def _read_root(point: str) -> dict[str, str]:
+    """Every file of the root group; the values of the controllers' own (cgroup.procs would list every pid)."""
+    files = {}
+    for path in sorted(Path(point).iterdir()):
+        if path.is_file():
+            files[path.name] = path.read_text().strip() if path.name.startswith(("net_cls.", "net_prio.")) else ""
+    return files
