@@ -3,7 +3,9 @@ Docker and labcore, on the same busybox root filesystem, in one run, interleaved
 drift on the machine hits every row alike.
 
     python -m bench [--runs 20] [--warmup 3]    the side-by-side table, JSON, latest.md and a plot
+    python -m bench breakdown [--runs 20]      where the milliseconds of one warm start (row h) go, step by step
     python -m bench scale [--count 50]          50 containers at once: wall time, disk, memory per container
+    python -m bench scale --counts 10,50,200    the same at each count; per-container cost against N, plotted
     python -m bench notebooks                   the nbval run of each notebook, against the 2-minute target
     python -m bench cgroups [--runs 5]          what cpu quota, cpu shares and io throttling hold, measured
     python -m bench netlink [--runs 20]         a veth pair over rtnetlink (pyroute2) against ip(8) processes
@@ -31,6 +33,7 @@ ROWS = [
     ("runc", "(e) runc run", peers.runc),
     ("docker", "(f) docker run --rm --network none busybox", peers.docker_run),
     ("cli", "(g) labcore run --rm --network none busybox (whole process)", peers.labcore_cli),
+    ("cli_labd", "(g2) the same, this user's labd running: a thin client to it", peers.labcore_cli_labd),
     ("api", "(h) labcore.runtime.container.run(Spec(..., network=\"none\")), warm process", peers.labcore_api),
     ("sdk", "(i) docker SDK containers.run(network_mode=\"none\") → labd", peers.labd_sdk),
 ]
@@ -119,15 +122,19 @@ def notebooks(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("part", nargs="?", choices=["side-by-side", "scale", "notebooks", "cgroups",
-                                                           "netlink"], default="side-by-side")
+    parser.add_argument("part", nargs="?", choices=["side-by-side", "breakdown", "scale", "notebooks", "cgroups",
+                                                   "netlink"], default="side-by-side")
     parser.add_argument("--runs", type=int, default=20, help="measured runs per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs per row first (default 3)")
     parser.add_argument("--count", type=int, default=50, help="containers at once, for scale (default 50)")
+    parser.add_argument("--counts", help="scale at each of these counts, e.g. 10,50,100,200, and plot against N")
     args = parser.parse_args(argv)
     if args.part == "scale":
         from bench import scale
         return scale.main(args)
+    if args.part == "breakdown":
+        from bench import breakdown
+        return breakdown.main(args)
     if args.part == "cgroups":
         from bench import cgroups
         return cgroups.main(args)

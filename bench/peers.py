@@ -26,6 +26,18 @@ from labcore import paths
 from labcore.kernel import journal
 
 VENV_BIN = Path(sys.executable).parent          # the .venv's python and its `labcore` console script
+# The package under test is this checkout's (a worktree's, too), not the one the .venv's path entry names: its
+# processes get it first on their path, compiled ahead as `./lab` compiles it (PYTHONDONTWRITEBYTECODE is set
+# on the lab's machines, and a module compiled at every start would be timed as well).
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def labcore_environment(**extra) -> dict:
+    """The environment of a `labcore` process the bench starts: this checkout's package, byte-compiled."""
+    import compileall
+    compileall.compile_dir(str(CHECKOUT / "labcore"), quiet=1)
+    path = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 class Missing(Exception):
@@ -56,10 +68,10 @@ class Workspace:
         path.mkdir(exist_ok=True)
         return path
 
-    def start_process(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start_process(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         """A background process, journaled at once, stopped (SIGTERM, then SIGKILL) when the bench ends."""
         log = open(self.dir / f"{name}.log", "wb")
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         owner = journal.owner_of(process.pid)
         self.scope.record("process", str(process.pid), "kill", pid=process.pid, start=owner["start"])
         self.stack.callback(stop_process, process, log)
@@ -174,7 +186,21 @@ def labcore_cli(ws: Workspace) -> Callable[[], None]:
     labcore = VENV_BIN / "labcore"
     if not labcore.exists():
         raise Missing(f"{labcore} does not exist: run ./lab test once to install the package into .venv")
-    return command(lambda: [str(labcore), "run", "--rm", "--network", "none", "busybox", "/bin/true"])
+    from labcore.api import client
+    if client.local_daemon():
+        raise Missing(f"a labd answers on {client.local_daemon()}: this row is `labcore run` without one")
+    return command(lambda: [str(labcore), "run", "--rm", "--network", "none", "busybox", "/bin/true"],
+                   env=labcore_environment())
+
+
+def labcore_cli_labd(ws: Workspace) -> Callable[[], None]:
+    """`labcore run` where the user's labd answers on its default socket: a state dir of the bench's own
+    (LABCORE_HOME), so that row (g) and every other user of the lab's state dir still run without a daemon."""
+    labcore = VENV_BIN / "labcore"
+    env = labcore_environment(LABCORE_HOME=str(ws.dir / "home"))
+    process = ws.start_process("labd-home", [str(labcore), "daemon"], env=env)
+    wait_for_socket(ws.dir / "home" / "labd.sock", process, ws.dir / "labd-home.log", "labd (`labcore daemon`)")
+    return command(lambda: [str(labcore), "run", "--rm", "--network", "none", "busybox", "/bin/true"], env=env)
 
 
 def labcore_api(ws: Workspace) -> Callable[[], None]:
@@ -193,7 +219,8 @@ def labd_sdk(ws: Workspace) -> Callable[[], None]:
     """The docker SDK, unmodified, against labd on a socket of the bench's own."""
     import docker
     sock = ws.dir / f"{paths.PREFIX}-labd.sock"
-    process = ws.start_process("labd", [str(VENV_BIN / "labcore"), "daemon", "--socket", str(sock)])
+    process = ws.start_process("labd", [str(VENV_BIN / "labcore"), "daemon", "--socket", str(sock)],
+                               env=labcore_environment())
     wait_for_socket(sock, process, ws.dir / "labd.log", "labd (`labcore daemon`)")
     client = docker.DockerClient(base_url=f"unix://{sock}", timeout=60)
     ws.stack.callback(client.close)

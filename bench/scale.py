@@ -1,13 +1,18 @@
 """`python -m bench scale`: N containers started at once from one image, measured while they all run.
 
-labcore's runtime has no detached containers yet, so N threads each call ``container.run`` with
-``sleep 3600``; once every container's state.json says "running" the clock stops, and the bench measures
+N threads each call ``container.run`` with ``sleep 3600``; once every pid 1 runs `sleep` the clock stops, and
+the bench measures
 
 * disk: ``du -x`` of each container's overlay upperdir (its unpacked rootfs on a runtime without overlay),
   and of Docker's upperdirs (``GraphDriver.Data.UpperDir``);
-* memory the runtime keeps per running container: the lab's shim (pid 1's parent, a forked Python
-  process), against Docker's containerd-shim-runc-v2. RSS counts pages shared with the parent;
-  USS (psutil's unique set size) only those the process alone holds.
+* memory the runtime keeps per running container: the processes it keeps for each one (Docker's
+  containerd-shim-runc-v2; the lab keeps none: its shim leaves once pid 1 is forked, and the caller, a child
+  subreaper, adopts pid 1), plus what the shared processes grew by while the N ran, divided by N (the lab's
+  caller, this process, with its N threads; dockerd and containerd). RSS counts pages shared with other
+  processes; USS (psutil's unique set size) only those the process alone holds.
+
+``--counts 10,50,100,200`` repeats it for each count and draws the cost per container against N, side by side
+with Docker (bench/results/*-scale.png).
 
 Then SIGKILL to each pid 1 from the host (as `docker kill`), and a check that nothing was left behind.
 """
@@ -17,6 +22,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -29,17 +35,21 @@ from labcore.kernel import journal
 
 def main(args) -> int:
     import psutil        # imported here: the run path stays light, as CONTRIBUTING asks
-    results = {"count": args.count, "lab": lab_containers(args.count, psutil)}
-    try:
-        with ExitStack() as stack:
+    counts = [int(n) for n in args.counts.split(",")] if args.counts else [args.count]
+    series = [{"count": n, "load": os.getloadavg()[0]} for n in counts]
+    with ExitStack() as stack:
+        try:
             dockerd = peers.start_dockerd(stack)
-            results["docker"] = docker_containers(dockerd, args.count, psutil)
-    except peers.Missing as err:
-        results["docker"] = {"missing": str(err)}
-    markdown = table(results)
+        except peers.Missing as err:
+            dockerd, missing = None, {"missing": str(err)}
+        for results in series:          # interleaved: the lab, then Docker, at each count
+            print(f"{results['count']} containers...", file=sys.stderr, flush=True)
+            results["lab"] = lab_containers(results["count"], psutil)
+            results["docker"] = docker_containers(dockerd, results["count"], psutil) if dockerd else missing
+    markdown = "\n\n".join(table(results) for results in series) + "\n\n" + growth(series)
     print(markdown)
-    report.save("scale", results, markdown)
-    return 1 if any(results[side].get("leftovers") for side in ("lab", "docker")) else 0
+    report.save("scale", {"series": series}, markdown, (lambda png: plot(series, png)) if len(series) > 1 else None)
+    return 1 if any(r[side].get("leftovers") for r in series for side in ("lab", "docker")) else 0
 
 
 def lab_containers(count: int, psutil) -> dict:
@@ -55,21 +65,26 @@ def lab_containers(count: int, psutil) -> dict:
             errors.append(f"{type(err).__name__}: {err}")
 
     threads = [threading.Thread(target=one, args=(id_,)) for id_ in ids]
+    me = psutil.Process()
+    before, daemons = memory([me], ""), {p.pid for p in me.children(recursive=True)}   # Docker's, started first
     start = time.perf_counter()
     try:
         for thread in threads:
             thread.start()
         running = wait_running(ids, threads)
         wall = time.perf_counter() - start
-        shims = [psutil.Process(pid).parent() for pid, _ in running.values()]
+        parents = {psutil.Process(pid).ppid() for pid, _ in running.values()}
+        kept = [psutil.Process(pid) for pid in parents - {me.pid}]      # a process of its own per container
         measured = {"wall_s": wall, "running": len(running), "errors": errors[:3],
                     "disk_bytes": du([writable_dir(paths.containers_dir() / id_) for id_ in running]),
-                    **memory(shims, "shim (pid 1's parent)")}
+                    "parents": sorted(parents), **memory(kept, "none: pid 1's parent is the caller" if not kept
+                                                          else "a shim (pid 1's parent)"),
+                    "shared": grown(before, memory([me], "this process (the caller, N threads)"))}
     finally:
         stop(ids, threads)
     measured["leftovers"] = [str(paths.containers_dir() / i) for i in ids if (paths.containers_dir() / i).exists()]
     measured["leftovers"] += [e.describe() for e in journal.Journal().entries() if any(i in e.name for i in ids)]
-    measured["leftovers"] += [f"process {p.pid}" for p in psutil.Process().children(recursive=True)]
+    measured["leftovers"] += [f"process {p.pid}" for p in me.children(recursive=True) if p.pid not in daemons]
     measured["leftovers"] += [f"cgroup {c}" for c in Path("/sys/fs/cgroup").glob(f"*/**/{paths.PREFIX}-*")
                               if c.name.split("-", 1)[1] in ids]
     return measured
@@ -109,8 +124,15 @@ def stop(ids: list[str], threads: list[threading.Thread]) -> None:
             thread.join(timeout=0.05)
 
 
+def docker_processes(dockerd, psutil) -> list:
+    """This daemon's dockerd and containerd (another Docker may run beside it): named by its directories."""
+    return [p for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] in ("dockerd", "containerd")
+            and any(dockerd.runtime in arg or dockerd.directory in arg for arg in p.info["cmdline"] or [])]
+
+
 def docker_containers(dockerd, count: int, psutil) -> dict:
     client = dockerd.client()
+    before = memory(docker_processes(dockerd, psutil), "")
     started: list = []
     errors: list[str] = []
 
@@ -134,7 +156,8 @@ def docker_containers(dockerd, count: int, psutil) -> dict:
                  and any(dockerd.runtime in arg for arg in p.info["cmdline"] or [])]
         uppers = [client.api.inspect_container(c.id)["GraphDriver"]["Data"]["UpperDir"] for c in started]
         measured = {"wall_s": wall, "running": len(started), "errors": errors[:3], "disk_bytes": du(uppers),
-                    **memory(shims, "containerd-shim-runc-v2")}
+                    **memory(shims, "containerd-shim-runc-v2"),
+                    "shared": grown(before, memory(docker_processes(dockerd, psutil), "dockerd and containerd"))}
     finally:       # everything in this private daemon is the bench's, including a half-started container
         removers = [threading.Thread(target=c.remove, kwargs={"force": True})
                     for c in client.containers.list(all=True)]
@@ -168,6 +191,59 @@ def memory(processes: list, what: str) -> dict:
     return {"process": what, "processes": len(processes), "rss_bytes": rss, "uss_bytes": uss}
 
 
+def grown(before: dict, after: dict) -> dict:
+    """What shared processes grew by (never below zero: a garbage collection may shrink them meanwhile)."""
+    return {**after, "rss_bytes": max(after["rss_bytes"] - before["rss_bytes"], 0),
+            "uss_bytes": max(after["uss_bytes"] - before["uss_bytes"], 0)}
+
+
+def per_container(side: dict, key: str) -> float:
+    """Bytes per running container: the kept processes' own, plus the shared processes' growth, over N."""
+    return (side[key] + side.get("shared", {}).get(key, 0)) / max(side["running"], 1)
+
+
+def growth(series: list[dict]) -> str:
+    mib = 1024 * 1024
+    lines = ["Per container, against N (kept processes + shared growth ÷ N; load average at the start of each):", "",
+             "| N | load | labcore s to start each | labcore RSS / USS MiB | Docker s to start each | "
+             "Docker RSS / USS MiB |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in series:
+        cells = []
+        for side in (r["lab"], r["docker"]):
+            if "missing" in side or not side.get("running"):
+                cells += ["—", "—"]
+                continue
+            cells += [f"{side['wall_s'] / side['running']:.3f}",
+                      f"{per_container(side, 'rss_bytes') / mib:.2f} / {per_container(side, 'uss_bytes') / mib:.2f}"]
+        lines.append(f"| {r['count']} | {r['load']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(series: list[dict], path: Path) -> None:
+    """Seconds to start, RSS and USS, each per container, against N: the lab's and Docker's side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for name, colour in (("lab", "#08519c"), ("docker", "#e6550d")):
+        points = [(r["count"], r[name]) for r in series if "missing" not in r[name] and r[name].get("running")]
+        counts = [n for n, _ in points]
+        values = [[s["wall_s"] / s["running"] for _, s in points],
+                  [per_container(s, "rss_bytes") / 2 ** 20 for _, s in points],
+                  [per_container(s, "uss_bytes") / 2 ** 20 for _, s in points]]
+        for ax, ys in zip(axes, values):
+            ax.plot(counts, ys, "o-", color=colour, label="labcore" if name == "lab" else "Docker")
+    for ax, title in zip(axes, ("wall time to start, per container (s)", "RSS per container (MiB)",
+                                "USS per container (MiB)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("containers running at once (N)")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def table(results: dict) -> str:
     count = results["count"]
     lines = [f"{count} containers started at once from busybox, `sleep 3600`, measured while all run.", "",
@@ -188,8 +264,10 @@ def table(results: dict) -> str:
              lambda s: f"{s['disk_bytes'] / mib:.2f} MiB in all, "
                        f"{each(s, 'disk_bytes', 'running') / 1024:.0f} KiB each"),
             ("per-container process", lambda s: f"{s['process']} × {s['processes']}"),
-            ("RSS per container", lambda s: f"{each(s, 'rss_bytes') / mib:.1f} MiB"),
-            ("USS per container", lambda s: f"{each(s, 'uss_bytes') / mib:.1f} MiB"),
+            ("shared processes grew", lambda s: f"{s['shared']['process']}: RSS +{s['shared']['rss_bytes'] / mib:.1f}"
+                                                f" MiB, USS +{s['shared']['uss_bytes'] / mib:.1f} MiB"),
+            ("RSS per container (kept + grown ÷ N)", lambda s: f"{per_container(s, 'rss_bytes') / mib:.2f} MiB"),
+            ("USS per container (kept + grown ÷ N)", lambda s: f"{per_container(s, 'uss_bytes') / mib:.2f} MiB"),
             ("left behind", lambda s: "; ".join(s["leftovers"]) or "nothing")]
     lines += [f"| {name} | {cell(lab, render)} | {cell(docker, render)} |" for name, render in rows]
     return "\n".join(lines)

@@ -45,6 +45,22 @@ def host_of(args) -> str | None:
     return getattr(args, "host", None) or os.environ.get(ENVIRONMENT) or None
 
 
+def local_daemon() -> str | None:
+    """This user's labd, when one runs: its socket (``<state dir>/labd.sock``, labd's default) takes a connect(2).
+    A socket file left by a labd that died refuses it (ECONNREFUSED): then None, and the engine runs here."""
+    import socket
+    from labcore import paths
+    path = paths.home() / "labd.sock"
+    if not path.is_socket():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return None
+    return f"unix://{path}"
+
+
 def connect(args=None):
     """The backend the verbs talk to: Remote for a host, Local otherwise."""
     host = host_of(args)

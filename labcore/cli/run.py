@@ -1,5 +1,10 @@
 """`labcore run [OPTIONS] IMAGE [COMMAND] [ARG...]`: `docker run`, done by ``labcore.runtime.container``.
 
+Where this user's labd runs (its socket answers), `labcore run` is a thin client to it, as the docker CLI is to
+dockerd: the container starts in the warm daemon, and this process imports no runtime (bench row g2). Only
+a run whose meaning is all in its flags goes there: -i, -t, -v (paths relative to here) and `-e NAME` (a value
+from this process's environment) run here, as does -d without --host.
+
 The exit status is the command's (128+N when signal N killed it); as with Docker, 127 when the command is
 not found in the image, 126 when it cannot be executed, 125 when labcore itself refuses or fails. Bad input
 is refused before anything is created.
@@ -12,7 +17,7 @@ import sys
 
 from labcore.api import client
 from labcore.errors import BadInput, LabError
-from labcore.runtime import container
+from labcore.runtime.spec import Spec
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="bind-mount an existing host directory or file (absolute paths; :ro read-only)")
     parser.add_argument("--network", default="bridge", metavar="NETWORK",
                         help="bridge: a veth pair on lcbr0 (the default); none: loopback only; or a network of "
-                             "`labcore network create`, where containers find each other by name")
+                   "`labcore network create`, where containers find each other by name")
     parser.add_argument("--mac-address", metavar="MAC", help="eth0's MAC address (default: 02:42 and its IPv4 "
-                                                             "address, as Docker makes it)")
+                                                   "address, as Docker makes it)")
     parser.add_argument("--network-alias", action="append", default=[], metavar="ALIAS",
                         help="another name for the container on its (user-defined) network")
     parser.add_argument("-p", "--publish", action="append", default=[], metavar="[127.0.0.1:]HOST:CONTAINER",
@@ -53,16 +58,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="allow a device, e.g. 'c 1:3 rwm' (others are denied once one is given)")
     security = parser.add_argument_group("confinement (Docker's defaults unless changed here)")
     security.add_argument("--privileged", action="store_true",
-                          help="every capability and host device, no seccomp, nothing masked or read-only")
+                help="every capability and host device, no seccomp, nothing masked or read-only")
     security.add_argument("--cap-add", action="append", default=[], metavar="CAP",
-                          help="add a capability, e.g. NET_ADMIN, or ALL")
+                help="add a capability, e.g. NET_ADMIN, or ALL")
     security.add_argument("--cap-drop", action="append", default=[], metavar="CAP",
-                          help="drop a capability, e.g. CHOWN, or ALL")
+                help="drop a capability, e.g. CHOWN, or ALL")
     security.add_argument("--security-opt", action="append", default=[], metavar="OPTION",
-                          help="seccomp=unconfined, seccomp=PROFILE.json (a Docker profile), no-new-privileges")
+                help="seccomp=unconfined, seccomp=PROFILE.json (a Docker profile), no-new-privileges")
     security.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     security.add_argument("--device", action="append", default=[], metavar="HOST[:CONTAINER[:rwm]]",
-                          help="give the container a host device, e.g. /dev/fuse")
+                help="give the container a host device, e.g. /dev/fuse")
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
 
@@ -71,24 +76,28 @@ LIMIT_FLAGS = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "dev
                "device_write_bps", "device_cgroup_rule")
 
 
-def spec_from_args(args: argparse.Namespace) -> container.Spec:
+def spec_from_args(args: argparse.Namespace) -> Spec:
     # docker takes --entrypoint as one executable name, never split; "" clears the image's entrypoint.
     entrypoint = None if args.entrypoint is None else ([args.entrypoint] if args.entrypoint else [])
-    return container.Spec(image=args.image, cmd=args.command or None, entrypoint=entrypoint, env=args.env,
-                          workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
-                          interactive=args.interactive, name=args.name, rm=args.rm,
-                          limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
-                          network=args.network, publish=args.publish, volumes=args.volume,
-                          mac_address=args.mac_address,
-                          endpoints={args.network: {"Aliases": args.network_alias}} if args.network_alias else None,
-                          privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
-                          security_opt=args.security_opt, read_only=args.read_only, devices=args.device)
+    return Spec(image=args.image, cmd=args.command or None, entrypoint=entrypoint, env=args.env,
+                workdir=args.workdir, user=args.user, hostname=args.hostname, tty=args.tty,
+                interactive=args.interactive, name=args.name, rm=args.rm,
+                limits={flag: getattr(args, flag) for flag in LIMIT_FLAGS if getattr(args, flag)},
+                network=args.network, publish=args.publish, volumes=args.volume,
+                mac_address=args.mac_address,
+                endpoints={args.network: {"Aliases": args.network_alias}} if args.network_alias else None,
+                privileged=args.privileged, cap_add=args.cap_add, cap_drop=args.cap_drop,
+                security_opt=args.security_opt, read_only=args.read_only, devices=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if args.detach or client.host_of(args):
         return run_through(client.connect(args), spec, args.detach)
+    host = client.local_daemon() if self_contained(spec) else None
+    if host:
+        return run_through(client.Remote(host), spec, detach=False)
+    from labcore.runtime import container
     try:
         result = container.run(spec, stdio="tty" if spec.tty else "inherit")
     except LabError as err:
@@ -99,7 +108,13 @@ def run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def run_through(backend, spec: container.Spec, detach: bool) -> int:
+def self_contained(spec: Spec) -> bool:
+    """The run means the same in labd as here: no terminal or input of this process, no path relative to its
+    directory, no value from its environment."""
+    return not (spec.tty or spec.interactive or spec.volumes or any("=" not in item for item in spec.env))
+
+
+def run_through(backend, spec: Spec, detach: bool) -> int:
     """`docker run` as the client does it: create, start, then (attached) logs until the end, wait, remove.
 
     Attached, the client removes the container itself after `wait` instead of asking the daemon for
@@ -110,7 +125,15 @@ def run_through(backend, spec: container.Spec, detach: bool) -> int:
     remove, spec.rm = spec.rm and not detach, spec.rm and detach
     container_id = backend.create(spec)
     try:
-        backend.start(container_id)
+        try:
+            backend.start(container_id)
+        except LabError as err:
+            if "execve" not in err.message:
+                raise
+            # The daemon's answer is a message: the docker CLI too reads 127 or 126 from its words (cli/command/
+            # container/run.go, runStartContainerErr), so `labcore run` exits alike with labd and without.
+            print(f"labcore: {err}", file=sys.stderr)
+            return 127 if "No such file" in err.message else 126
         if detach:
             print(container_id)
             return 0

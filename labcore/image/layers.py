@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -73,7 +72,7 @@ def ensure_layer(store, layer) -> Path:
         return target
     layers_dir().mkdir(parents=True, exist_ok=True)
     with journal.Scope() as scope:            # only the half-unpacked directory is journaled, never the cache
-        temporary = layers_dir() / f"{paths.PREFIX}-unpacking-{secrets.token_hex(8)}"
+        temporary = layers_dir() / f"{paths.PREFIX}-unpacking-{os.urandom(8).hex()}"
         scope.record("directory", str(temporary), "rmtree", path=str(temporary))     # before it exists
         temporary.mkdir(mode=0o755)
         os.chmod(temporary, 0o755)                # whatever the umask

@@ -65,7 +65,7 @@ class Confinement:
     """Docker's defaults with the flags applied: everything pid 1 needs to confine the command."""
     capabilities: tuple[str, ...] = capabilities.DEFAULT
     seccomp: object = None                      # a labcore.kernel.seccomp.Profile, or None: unconfined
-    seccomp_filter: object = None               # ...compiled by libseccomp, on the host: pid 1 only loads it
+    seccomp_filter: object = None               # ...its BPF program, by libseccomp on the host: pid 1 loads it
     no_new_privileges: bool = False
     privileged: bool = False
     read_only: bool = False                     # --read-only: the root filesystem

@@ -35,7 +35,6 @@ import fcntl
 import importlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -356,7 +355,7 @@ def make_scratch(scope: "Scope", prefix: str, directory: bool = True) -> str:
     """A new directory (or empty file) in the state dir's scratch space: named first, journaled, then made,
     so a crash at any instant leaves a record of it or nothing (``tempfile.mkdtemp`` would make it first)."""
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    path = str(paths.scratch_dir() / f"{prefix}{secrets.token_hex(8)}")
+    path = str(paths.scratch_dir() / f"{prefix}{os.urandom(8).hex()}")
     scope.record("directory" if directory else "file", path, "rmtree" if directory else "unlink", path=path)
     if directory:
         os.mkdir(path, 0o700)
@@ -365,7 +364,7 @@ def make_scratch(scope: "Scope", prefix: str, directory: bool = True) -> str:
     return path
 
 
-def write_whole(path: str | os.PathLike, text: str) -> None:
+def write_whole(path: str | os.PathLike, text: str | bytes) -> None:
     """Create the file ``path`` whole or not at all, leaving nothing if this process dies half-way: the data
     goes into a file with no name yet (open(2) O_TMPFILE, in the directory it will live in), which gets its
     name only once it is complete (linkat(2) of /proc/self/fd/N, open(2)'s own example). Killed before that,
@@ -378,12 +377,12 @@ def write_whole(path: str | os.PathLike, text: str) -> None:
         if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text)
+        temporary.write_bytes(text) if isinstance(text, bytes) else temporary.write_text(text)
         temporary.rename(path)
         return
     directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "w", closefd=False) as file:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w", closefd=False) as file:
             file.write(text)
         # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
         os.link(procfs.path("self", "fd", str(fd)), path.name, dst_dir_fd=directory)

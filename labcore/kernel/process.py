@@ -13,12 +13,15 @@ Next: ``labcore.lessons.namespaces`` uses ``Child`` for one step per namespace t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
 import struct
-import traceback
+import threading
 from typing import Any, Callable
+
+from labcore.kernel import syscalls
 
 
 class Channel:
@@ -102,6 +105,30 @@ class Child:
         return self.status
 
 
+_adopting = threading.Lock()
+_windows = 0                # threads of this process between a shim's go-ahead and its exit
+
+
+@contextlib.contextmanager
+def adopting_orphans():
+    """prctl(PR_SET_CHILD_SUBREAPER) for the block: an orphaned descendant, a pid namespace's init too, is
+    re-parented to this process instead of init (prctl(2)), and stays its child after the block. Only while
+    a shim may leave its pid 1: the lab's daemons, forked twice to belong to no one (labd's monitors),
+    must still go to init. Counted, so that threads starting containers at once share one window."""
+    global _windows
+    with _adopting:
+        _windows += 1
+        if _windows == 1:
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        yield
+    finally:
+        with _adopting:
+            _windows -= 1
+            if _windows == 0:
+                syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+
+
 def close_inherited_fds(keep: tuple[int, ...] = ()) -> None:
     """In a fresh child, close every fd above 2 but ``keep``, as subprocess's close_fds does for exec.
 
@@ -126,6 +153,7 @@ def _run_and_exit(fn: Callable[[Channel], Any], channel: _ChildEnd) -> None:
     try:
         channel.send(fn(channel))
     except BaseException as err:                              # anything, even KeyboardInterrupt
+        import traceback                # only when a child fails: the start path goes without the module
         err.child_traceback = traceback.format_exc()
         try:
             channel.send_error(err)

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
+import struct
 
 from labcore.errors import from_oserror
 
@@ -65,13 +65,16 @@ MNT_DETACH = 0x2
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+SECCOMP_MODE_FILTER = 2
 PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _PRCTL_NAMES = {PR_SET_KEEPCAPS: "PR_SET_KEEPCAPS", PR_CAPBSET_DROP: "PR_CAPBSET_DROP",
                 PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS", PR_GET_NO_NEW_PRIVS: "PR_GET_NO_NEW_PRIVS",
-                PR_CAP_AMBIENT: "PR_CAP_AMBIENT"}
+                PR_CAP_AMBIENT: "PR_CAP_AMBIENT", PR_SET_CHILD_SUBREAPER: "PR_SET_CHILD_SUBREAPER"}
 # <asm/unistd_64.h>, <asm-generic/unistd.h>: calls glibc has no wrapper for.
 _SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321}, "aarch64": {"pivot_root": 41, "bpf": 280}}
 
@@ -118,7 +121,9 @@ class Kernel:
     """The real backend: each method is one system call."""
 
     def __init__(self):
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # dlopen(NULL): the symbols already loaded, libc's among them (dlopen(3)). ctypes.util.find_library
+        # would run `ldconfig -p` in a subprocess, in every container's shim: a fork and exec a start.
+        self._libc = ctypes.CDLL(None, use_errno=True)
 
     def _check(self, result: int, syscall: str, path: str | None = None) -> None:
         if result != 0:
@@ -229,11 +234,24 @@ class Kernel:
             raise from_oserror(err, f"setresuid({uid})") from err
 
     def load_seccomp(self, seccomp_filter) -> None:
-        """seccomp(SECCOMP_SET_MODE_FILTER) of a filter libseccomp compiled (``labcore.kernel.seccomp``)."""
-        try:
-            seccomp_filter.load()
-        except OSError as err:
-            raise from_oserror(err, "seccomp(SECCOMP_SET_MODE_FILTER)") from err
+        """seccomp(SECCOMP_SET_MODE_FILTER): of a filter libseccomp compiled (``labcore.kernel.seccomp``), or of
+        the BPF program it already wrote out (bytes, ``seccomp.program``). The program is handed to the kernel
+        as is, by prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &sock_fprog), which seccomp(2) says is the same
+        call with no flags, as libseccomp makes it: pid 1 no longer spends milliseconds generating it."""
+        if not isinstance(seccomp_filter, bytes):
+            try:
+                seccomp_filter.load()
+            except OSError as err:
+                raise from_oserror(err, "seccomp(SECCOMP_SET_MODE_FILTER)") from err
+            return
+        program = ctypes.create_string_buffer(seccomp_filter, len(seccomp_filter))
+        # struct sock_fprog <linux/filter.h>: unsigned short len (in 8-byte instructions), struct sock_filter *
+        fprog = ctypes.create_string_buffer(struct.pack("@HxxxxxxP", len(seccomp_filter) // 8,
+                                                        ctypes.addressof(program)))
+        result = self._libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                                  ctypes.c_void_p(ctypes.addressof(fprog)), ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if result < 0:
+            self._check(result, "seccomp(SECCOMP_SET_MODE_FILTER)")
 
     def bpf(self, command: int, attr: bytes, name: str) -> int:
         """bpf(2): ``attr`` is the command's union bpf_attr, packed; returns what the call returns (an fd)."""

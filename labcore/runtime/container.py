@@ -8,11 +8,13 @@
              makes /proc/sys read-only and masks /proc/keys (``labcore.kernel.confinement``), waits
     start    pid 1 loads the seccomp filter, drops capabilities and becomes the user, enters the working
              directory and execve()s the command
-    wait     the shim reaps pid 1: its exit code, or 128+N when signal N killed it
+    wait     the caller reaps pid 1 (adopted when the shim left): its exit code, or 128+N when signal N killed it
 
 Why two processes: unshare(CLONE_NEWPID) does not move the caller, only its next child, which becomes pid 1
-(pid_namespaces(7)). The shim stays behind, on the host's side, as pid 1's parent: it is what reaps it and
-reports how it ended, as containerd-shim does for runc.
+(pid_namespaces(7)). The shim forks pid 1, says its pid and exits, as runc's parent does once the container runs.
+Its caller is a child subreaper (prctl(2) PR_SET_CHILD_SUBREAPER), so the orphaned pid 1 becomes the caller's
+child, not init's: the caller (the `labcore run` process, labd's monitor, the notebook's kernel) reaps it and
+reads how it ended, as containerd-shim does for runc. No forked Python stays behind for each running container.
 
 pid 1 is special: the kernel drops any signal sent to a namespace's init for which it installed no handler,
 except SIGKILL and SIGSTOP from an ancestor namespace. `sleep` as pid 1 ignores `kill -TERM 1`, and even
@@ -36,7 +38,7 @@ from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.image import layers
 from labcore.kernel import confinement, journal, rootfs, syscalls, userns
-from labcore.kernel.process import Channel, Child, exit_code
+from labcore.kernel.process import Channel, Child, adopting_orphans, exit_code
 from labcore.runtime import lifecycle, sequence, users
 from labcore.runtime.lifecycle import State
 # The vocabulary of `docker run`, resolved and checked (labcore.runtime.spec), and the container's stdio
@@ -149,10 +151,23 @@ def join_shim_cgroup(container: Container, stdio: "Stdio") -> None:
 
 
 def unshare_shim(container: Container, stdio: "Stdio") -> None:
-    """The go-ahead, with a user namespace to join or None: the shim unshares, forks pid 1 and sends its pid."""
-    container.shim.send(prepare_network(container))
-    container.pid = container.shim.recv()
-    container.process_entries.append(record_process(container.scope, container.pid))
+    """The go-ahead, with a user namespace to join or None: the shim unshares, forks pid 1, sends its pid and
+    exits. Reaped here, it has handed pid 1 over: the kernel re-parents an orphan before its parent can be
+    waited for (exit_notify in kernel/exit.c), so from here pid 1 is this process's child."""
+    with adopting_orphans():
+        container.shim.send(prepare_network(container))
+        container.pid = container.shim.recv()
+        container.process_entries.append(record_process(container.scope, container.pid))
+        os.waitpid(container.shim.pid, 0)
+
+
+def reap(container: Container) -> int:
+    """pid 1's exit code (128+N for signal N), once it has ended; the shim's, if it failed before forking one."""
+    if container.shim.status is None and container.pid is not None:
+        _, status = os.waitpid(container.pid, 0)
+        container.shim.status = exit_code(status)
+        container.shim.channel.close()
+    return container.shim.wait()
 
 
 def connect_pid1(container: Container, stdio: "Stdio") -> None:
@@ -294,10 +309,10 @@ def release_cgroup(container: Container) -> None:
 
 
 def wait(container: Container) -> int:
-    """Reap the shim, which exits as pid 1 did; forget the processes, which are gone now."""
+    """Reap pid 1 (``reap``); forget the processes, which are gone now."""
     if "exec" in container.progress.done:
         container.progress.advance("wait")
-    container.exit_code = container.shim.wait()
+    container.exit_code = reap(container)
     release_cgroup(container)
     release_network(container)
     for entry in container.process_entries:
@@ -443,12 +458,13 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
-    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio))
+    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio), stay=False)
 
 
-def fork_pid1(channel: Channel, child_fds, pid1) -> None:
+def fork_pid1(channel: Channel, child_fds, pid1, stay: bool = True) -> None:
     """The shim's second half, after unshare (notebook 08's box forks its pid 1 here too): fork pid 1, which
-    runs ``pid1()``; tell the parent its pid; then only reap it, and exit as it did."""
+    runs ``pid1()``; tell the parent its pid; then only reap it, and exit as it did. With ``stay=False``
+    (`labcore run`, labd) exit at once instead: the parent, a child subreaper, adopts pid 1 and reaps it."""
     hold, release = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -460,6 +476,8 @@ def fork_pid1(channel: Channel, child_fds, pid1) -> None:
     os.close(release)
     for fd in set(child_fds) - {0, 1, 2}:
         os.close(fd)                                # so the parent sees EOF when pid 1 is gone
+    if not stay:
+        os._exit(0)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)       # the parent decides; the shim only reports
     _, status = os.waitpid(pid, 0)

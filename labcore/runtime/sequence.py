@@ -18,7 +18,9 @@ and why:
     pivot_root        pid 1 roots itself in the merged overlay
     set_hostname      pid 1 names its UTS namespace
     exec              pid 1 becomes the command
-    wait              the shim reaps pid 1 and exits as it did
+    wait              the shim reaps pid 1 and exits as it did. `labcore run`'s shim leaves as soon as pid 1
+                      is forked, and its caller, a child subreaper, adopts pid 1 and reaps it itself
+                      (``labcore.runtime.container``): one process fewer per running container
 
 What a container *is* at each moment (created, running, exited...) is the other table,
 ``labcore.runtime.lifecycle``: ``exec`` is its "start", ``wait`` its "exit".

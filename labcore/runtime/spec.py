@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 
 from labcore import paths
@@ -65,7 +64,7 @@ class Spec:
     init: bool = False                        # --init: Docker's docker-init (tini) as pid 1, the command its child
     pid: str = ""                             # --pid host: the host's pid namespace instead of a new one
     uts: str = ""                             # --uts host: the host's hostname (UTS namespace)
-    id: str = field(default_factory=lambda: secrets.token_hex(32))
+    id: str = field(default_factory=lambda: os.urandom(32).hex())
 
 
 @dataclass

@@ -138,3 +138,23 @@ def wait_for(condition, seconds: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_the_caller_reaps_pid_1_itself_and_keeps_no_shim():
+    """The shim leaves once pid 1 is forked; this process, a child subreaper for that moment, adopts pid 1 and
+    reaps it (prctl(2)), and is a subreaper no longer afterwards (labd's monitors must still go to init)."""
+    with journal.Scope() as scope, container.Stdio("capture") as io:
+        box = container.create(Spec("busybox", ["sleep", "30"], rm=True, network="none"), scope, io)
+        try:
+            container.start(box)
+            status = Path(f"/proc/{box.pid}/status").read_text()
+            assert f"PPid:\t{os.getpid()}\n" in status                   # adopted: its parent is this process
+            assert not Path(f"/proc/{box.shim.pid}").exists()             # the shim is gone, and reaped
+            container.kill(box, signal.SIGKILL)
+            assert container.wait(box) == 128 + signal.SIGKILL            # read by this process's waitpid
+        finally:
+            container.stop_if_running(box)
+    import ctypes
+    flag = ctypes.c_int(-1)
+    ctypes.CDLL(None, use_errno=True).prctl(37, ctypes.byref(flag), 0, 0, 0)    # PR_GET_CHILD_SUBREAPER
+    assert flag.value == 0

@@ -64,3 +64,26 @@ def test_bad_limits_are_refused_before_anything_exists(flag, value, accepted, la
         container.plan_for(container.Spec("busybox", ["true"], limits={flag[2:].replace("-", "_"): value}))
     assert accepted in str(refused.value)
     assert not (labcore_home / "containers").exists()
+
+
+# --- a thin client where this user's labd answers ---------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, through", [
+    (("busybox", "true"), True), (("-e", "A=1", "busybox"), True), (("-e", "A", "busybox"), False),
+    (("-i", "busybox"), False), (("-t", "busybox"), False), (("-v", "./d:/d", "busybox"), False)])
+def test_only_a_run_whose_meaning_is_in_its_flags_goes_to_the_daemon(argv, through):
+    from labcore.cli.run import self_contained
+    assert self_contained(parse(*argv)) is through
+
+
+def test_the_daemon_is_used_only_while_its_socket_answers(tmp_path, monkeypatch):
+    import socket
+    from labcore.api import client
+    monkeypatch.setenv("LABCORE_HOME", str(tmp_path))
+    assert client.local_daemon() is None                      # no socket
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(tmp_path / "labd.sock"))
+    listening.listen()
+    assert client.local_daemon() == f"unix://{tmp_path / 'labd.sock'}"
+    listening.close()                                         # the file stays, as a killed labd leaves it
+    assert (tmp_path / "labd.sock").is_socket() and client.local_daemon() is None

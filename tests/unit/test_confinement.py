@@ -254,3 +254,12 @@ def test_a_deny_rule_alone_denies_that_device_and_allows_the_rest():
 def test_a_rule_repeating_the_default_is_refused():
     with pytest.raises(NotSupportedHere, match="deny all"):
         devices.program((DENY_ALL, DeviceRule("c", "1", "3", "rwm"), DeviceRule("c", "1", "3", "r", allow=False)))
+
+
+def test_the_default_filter_is_a_bpf_program_written_once_on_the_host():
+    """pid 1 hands the kernel bytes: libseccomp generated them once, in the parent (seccomp_export_bpf)."""
+    pytest.importorskip("pyseccomp")
+    profile = seccomp.load_profile()
+    first = seccomp.compiled_for(profile, capabilities.DEFAULT)
+    assert isinstance(first, bytes) and len(first) % 8 == 0 and len(first) > 8     # struct sock_filter: 8 bytes
+    assert seccomp.compiled_for(profile, capabilities.DEFAULT) is first                # compiled once per set

@@ -123,3 +123,14 @@ def test_unknown_stdio_mode_is_refused():
 
 def test_result_shows_output_and_exit_code():
     assert str(container.Result("id", ["sh"], 42, b"out\n", b"")) == "out\n[exit code 42]"
+
+
+def test_this_process_adopts_orphans_only_while_a_shim_may_leave():
+    """One window for threads starting containers at once: on at the first, off after the last."""
+    from labcore.kernel import process, syscalls
+    with syscalls.use(syscalls.Recorder()) as kernel:
+        with process.adopting_orphans():
+            with process.adopting_orphans():
+                pass
+    assert kernel.calls == [("prctl", (syscalls.PR_SET_CHILD_SUBREAPER, 1, 0)),
+                            ("prctl", (syscalls.PR_SET_CHILD_SUBREAPER, 0, 0))]
