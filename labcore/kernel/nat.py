@@ -109,6 +109,11 @@ def counters(table: str) -> dict[str, dict]:
     return found
 
 
+def packets(table: str, comment: str) -> int | None:
+    """The packets the rule ``comment`` counted; None where nft could not list the table."""
+    return counters(table).get(comment, {}).get("packets")
+
+
 def rules(table: str) -> list[str]:
     """The table's rules as nft prints them (without handles); [] when it does not exist."""
     listing = _nft("list", "table", "ip", check_table(table)) or ""

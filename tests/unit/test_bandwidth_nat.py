@@ -155,3 +155,25 @@ def test_a_fresh_cleanup_finds_every_new_undo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[2])              # this checkout's labcore, not an installed one
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("mbit", [0, 0.5, -3])
+def test_a_rate_below_one_mbit_is_refused_before_the_box_is_looked_at(mbit):
+    from labcore.lessons import build_your_own
+    with pytest.raises(BadInput, match="at least 1 Mbit/s"):
+        build_your_own.limit_bandwidth(None, mbit=mbit)
+
+
+def test_the_notes_say_what_was_measured_not_what_was_expected():
+    from types import SimpleNamespace
+
+    from labcore.lessons import build_your_own as byo
+    held = byo.bandwidth_note(2, 16, 900.0, 15.8)
+    assert "900.0 Mbit/s free and 15.8 Mbit/s under a 16 Mbit/s limit" in held and "not held" not in held
+    assert "not held" in byo.bandwidth_note(2, 16, 900.0, 850.0)
+    assert "then the host's 10.204.0.1" not in byo.masquerade_note(["10.203.0.2", "10.204.0.1"], "10.203.0.2",
+                                                                   "10.204.0.1")
+    assert "not the box's" in byo.masquerade_note(["10.203.0.2", "10.203.0.2"], "10.203.0.2", "10.204.0.1")
+    ok, bad = SimpleNamespace(returncode=0), SimpleNamespace(returncode=1)
+    assert "read the file back" in byo.composerize_note(ok, ok)
+    assert "refused the file" in byo.composerize_note(ok, bad) and "not installed" in byo.composerize_note(ok, None)
