@@ -368,11 +368,6 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
                     mac=mac or mac_for(address))
 
 
-def loopback_up(pid: int) -> None:
-    """`--network none`, and all a rootless container gets here: only `lo`, brought up as Docker does."""
-    in_netns(pid, bring_up, "lo")
-
-
 def bring_up(name: str) -> None:
     """`ip link set NAME up`: a new namespace's lo is down (network_namespaces(7))."""
     netlink.link_set(name, up=True)

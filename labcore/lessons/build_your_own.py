@@ -478,8 +478,8 @@ class Box:
 def start(image: str = "busybox") -> Box:
     """A new box: the image found (busybox built from the host the first time), an id, an empty state dir."""
     box = Box(container.find_image(image))
+    box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))   # journal, then make
     box.directory.mkdir(parents=True)
-    box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))
     box.done.append("start")
     return box
 

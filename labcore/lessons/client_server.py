@@ -229,24 +229,6 @@ def readable_address(hex_address: str) -> str:
     return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"
 
 
-# --- a network namespace's interfaces, against the host's ---------------------------------------------------
-
-def show_interfaces(pid: int) -> Step:
-    """`ip addr` and `ip route` inside the network namespace of ``pid``, against the host's."""
-    title = f"the network namespace of pid {pid}, against the host's"
-    action = f'setns(open("/proc/{pid}/ns/net"), CLONE_NEWNET); ip -j addr; ip -j route show default'
-    try:
-        host, inside = network.read_interfaces(), network.in_netns(pid, network.read_interfaces)
-    except NeedsPrivilege as err:
-        return Step.refused(title, action, err)
-    ours = [name for name in inside if name not in ("net ns", "default route", "lo")]
-    note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
-            if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
-    return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
-                columns=("host", "inside"), data={"host": host, "inside": inside})
-
-
-
 # --- two servers on port 80, in two network namespaces (notebooks 02 and 08) ---------------------------------
 
 class Server:

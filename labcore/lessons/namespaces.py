@@ -236,8 +236,8 @@ def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper | St
 def _make_mountpoint(scope: journal.Scope) -> str:
     """An empty labcore-... directory for the mount-namespace demo, journaled so that it is removed."""
     path = paths.scratch_dir() / f"labcore-mnt-{os.getpid()}-{time.time_ns()}"
+    scope.record("directory", str(path), "rmtree", path=str(path))       # journaled before it exists
     path.mkdir(parents=True, mode=0o755)
-    scope.record("directory", str(path), "rmtree", path=str(path))
     return str(path)
 
 

@@ -262,9 +262,8 @@ def setup() -> Stage:
 
 
 def make_daemon_home(scope) -> str:
-    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    home = tempfile.mkdtemp(prefix="labcore-flow-", dir=paths.scratch_dir())
-    scope.record("directory", home, "rmtree", path=home)
+    from labcore.kernel.journal import make_scratch
+    home = make_scratch(scope, "labcore-flow-")       # named, journaled, then made
     os.symlink(paths.journal_dir(), os.path.join(home, "journal"))
     return home
 
@@ -276,8 +275,9 @@ def socket_in(directory: str, name: str, scope) -> str:
     path = os.path.join(directory, name)
     if len(os.fsencode(path)) <= SUN_PATH_MAX:
         return path
-    short = tempfile.mkdtemp(prefix=f"{paths.PREFIX}-sock-")
-    scope.record("directory", short, "rmtree", path=short)
+    short = os.path.join(tempfile.gettempdir(), f"{paths.PREFIX}-sock-{secrets.token_hex(6)}")
+    scope.record("directory", short, "rmtree", path=short)        # journaled before it exists
+    os.mkdir(short, 0o700)
     return os.path.join(short, name)
 
 

@@ -370,40 +370,6 @@ def _overlay_root(lower, directory: Path, scope: Scope, keeper: userns.MountKeep
     return overlay
 
 
-def bind_volume(lowers: list, target: str = "data") -> Step:
-    """docker run -v HOSTDIR:/data, by hand: a bind mount over MERGED/data; removing the container keeps it.
-    (``volume_outlives_container`` does the same with a real container.)"""
-    check_lowers(lowers)
-    if "/" in target or target in ("", ".", ".."):
-        raise BadInput(f"target must be one directory name under the container's root, got {target!r}")
-    with Scope() as scope:
-        volume, _ = make_scratch_dir("volume", scope)
-        overlay = create_overlay(lowers, scope, "container")
-        if not isinstance(overlay, Overlay):
-            return overlay                  # refused: the step that says why
-        mountpoint = overlay.merged / target
-        (overlay.view / target).mkdir(exist_ok=True)
-        if overlay.keeper:                  # rootless: in the keeper's namespace, gone with it
-            overlay.keeper.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
-        else:
-            syscalls.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
-            bind = scope.record("mount", str(mountpoint), "umount", target=str(mountpoint))
-        (overlay.view / target / "kept.txt").write_text("written to the volume\n")
-        (overlay.view / "lost.txt").write_text("written to the container's layer\n")
-        before = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
-        # docker rm: the volume's bind mount goes first (it sits on the overlay), then the container.
-        if not overlay.keeper:
-            scope.entries.remove(bind)
-            scope.journal.undo(bind)
-        overlay.close()
-        after = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
-        kept = (volume / "kept.txt").read_text()
-    return Step("a volume outlives its container", f"mount --bind {volume} {mountpoint}; ...; docker rm",
-                before, after, data={"kept": kept}, mode=overlay_mode(overlay),
-                note=f"kept.txt went straight to the host directory, never into upperdir, and is still "
-                     f"there; the container's upperdir is {' '.join(after['upperdir'])} after docker rm")
-
-
 def rootless_overlay(lowers: list, file: str, directory: str) -> Step:
     """The same overlay without root: a user namespace, the userxattr option, user.overlay.* markers."""
     check_lowers(lowers)
