@@ -263,10 +263,28 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
 
 def forbid_forwarding(bridge: str) -> None:
     """Never route a container's packets on: per-device forwarding is checked on the device a packet came in
-    by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1."""
-    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{bridge}.forwarding")
+    by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1. Not while a step of the
+    lab routes through the bridge for its time (``nat.allow_forwarding``): that step's undo sets it back."""
+    if forwarding_holders(bridge):
+        return
+    set_forwarding(bridge, "0")
+
+
+# Who has asked a link to forward, one empty file each (LINK.HOLDER), host-wide as the bridge is: lcbr0 is shared
+# by every state directory, so one lab's undo must not switch off what another's step is still routing through.
+# Read and changed under the bridge's lock, as the bridge itself is.
+FORWARDING_HOLDERS = Path("/run/lock") / f"{paths.PREFIX}-forwarding"
+
+
+def forwarding_holders(ifname: str) -> list[Path]:
+    return sorted(FORWARDING_HOLDERS.glob(f"{ifname}.*")) if FORWARDING_HOLDERS.is_dir() else []
+
+
+def set_forwarding(ifname: str, value: str) -> None:
+    """net.ipv4.conf.IFNAME.forwarding = ``value``, with the kernel's refusal as a LabError."""
+    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{ifname}.forwarding")
     try:
-        Path(sysctl).write_text("0")
+        Path(sysctl).write_text(value)
     except OSError as err:
         raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
 

@@ -742,7 +742,7 @@ def _draw_router(graph, router: usernet.Usernet) -> None:
 # pid 1 alive: after connect_network(), before wait().
 
 MiB = 1 << 20
-OUTSIDE_SUBNET = "10.204.0.0/30"         # "another network": outside the lab's pool, 10.203.0.0/16
+OUTSIDE_POOL = "10.204.0.0/28"           # "another network", a free /30 of it: outside the lab's 10.203.0.0/16
 
 
 ROOTLESS_NAT = ("rootless Docker and Podman forward ports with a process (rootlesskit's port driver, slirp4netns's "
@@ -927,7 +927,7 @@ def masquerade_outbound(box: Box, port: int = 8081) -> Step:
 def another_network(outside: Child, box: Box, port: int, scope: journal.Scope):
     """The outside child, in a network namespace of its own, wired to the host and listening on ``port``."""
     outside.recv(timeout=REQUEST_TIMEOUT)                    # unshared
-    net = nat.wire_peer(outside.pid, scope, box.id[:10], OUTSIDE_SUBNET)
+    net = nat.wire_peer(outside.pid, scope, box.id[:10], nat.free_peer_subnet(OUTSIDE_POOL))
     outside.send((nat.peer_address(net), port, 2))
     outside.recv(timeout=REQUEST_TIMEOUT)                    # listening
     return net

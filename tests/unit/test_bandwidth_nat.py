@@ -2,7 +2,7 @@
 calls through the netlink recorder and a recording nft, each object journaled before it is made and undone."""
 import pytest
 
-from labcore.errors import BadInput, LabError
+from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.kernel import journal, nat, netlink, network
 
 HOST_END = {"ifname": "lcab12h", "operstate": "UP", "master": "lcbr0"}
@@ -177,3 +177,40 @@ def test_the_notes_say_what_was_measured_not_what_was_expected():
     ok, bad = SimpleNamespace(returncode=0), SimpleNamespace(returncode=1)
     assert "read the file back" in byo.composerize_note(ok, ok)
     assert "refused the file" in byo.composerize_note(ok, bad) and "not installed" in byo.composerize_note(ok, None)
+
+
+@pytest.fixture
+def forwarding_files(tmp_path, monkeypatch):
+    """The sysctls as plain files, and the holders and the lock in tmp_path: no host setting is touched."""
+    conf = tmp_path / "conf"
+    for link in ("lcbr0", "lcab12o"):
+        (conf / link).mkdir(parents=True)
+        (conf / link / "forwarding").write_text("0")
+    monkeypatch.setattr(nat.procfs, "sysctl_path", lambda name: str(conf / name.split(".")[3] / "forwarding"))
+    monkeypatch.setattr(network, "FORWARDING_HOLDERS", tmp_path / "holders")
+    monkeypatch.setattr(network, "lock_path", lambda net: tmp_path / "bridge.lock")
+    return lambda link: (conf / link / "forwarding").read_text()
+
+
+def test_the_shared_bridge_forwards_until_its_last_holder_is_undone(forwarding_files):
+    with journal.Scope() as first:
+        nat.allow_forwarding("lcbr0", first)
+        with journal.Scope() as second:                 # another lab's masquerade step, at the same time
+            nat.allow_forwarding("lcbr0", second)
+            nat.allow_forwarding("lcab12o", second)
+        assert forwarding_files("lcbr0") == "1"         # the first step still routes through it
+        assert forwarding_files("lcab12o") == "0"
+        network.forbid_forwarding("lcbr0")              # a container connecting meanwhile leaves it on
+        assert forwarding_files("lcbr0") == "1"
+    assert forwarding_files("lcbr0") == "0" and not network.FORWARDING_HOLDERS.exists()
+
+
+def test_the_other_network_takes_a_free_slash_30(monkeypatch):
+    held = [{"ifname": "lcx1o", "addr_info": [{"family": "inet", "local": "10.204.0.1"}]}]
+    with netlink.use(netlink.Recorder(links=held)):
+        assert nat.free_peer_subnet("10.204.0.0/28") == "10.204.0.4/30"
+    every = [{"ifname": f"lcx{i}o", "addr_info": [{"family": "inet", "local": f"10.204.0.{4 * i + 1}"}]}
+             for i in range(4)]
+    with netlink.use(netlink.Recorder(links=every)):
+        with pytest.raises(NotSupportedHere, match="every /30 of 10.204.0.0/28"):
+            nat.free_peer_subnet("10.204.0.0/28")
