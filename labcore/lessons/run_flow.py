@@ -371,8 +371,16 @@ def look_up_image(stage: Stage) -> FlowStep:
     return FlowStep("is the image local?", f"GET /images/{stage.reference}/json",
                     before={"images in labd's store": stored_images(stage) or "none"},
                     after={"answer": f"{lookup.status} {message}".strip()}, where="lookup", mode=user_mode(),
-                    exchanges=[lookup], note="not here: the client must ask the daemon to pull it",
+                    exchanges=[lookup], note=lookup_note(lookup.status),
                     data={"status": lookup.status, "message": message})
+
+
+def lookup_note(status: int) -> str:
+    if status == 200:
+        return "here already: labd answered with the image's config, so no pull is needed"
+    if status == 404:
+        return "not here: the client must ask the daemon to pull it"
+    return f"labd answered {status}: neither here nor missing; its message says why"
 
 
 def pull_image(stage: Stage) -> FlowStep:

@@ -155,3 +155,9 @@ def test_a_flow_step_in_a_notebook_is_its_evidence_then_the_flowchart_lit_where_
     shown.clear()
     run_flow.FlowStep("forget the image", "DELETE /images/x")._ipython_display_()
     assert len(shown) == 1                      # no place in the flowchart: no drawing
+
+
+def test_the_lookup_note_follows_labds_answer():
+    assert run_flow.lookup_note(404).startswith("not here")
+    assert run_flow.lookup_note(200).startswith("here already")
+    assert "500" in run_flow.lookup_note(500)
