@@ -65,7 +65,6 @@ SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", t
 _SHORT_ID = re.compile(r"[0-9a-z]{1,%d}" % SHORT_ID_MAX)
 _PORT = re.compile(r"[0-9]{1,5}")
 NETWORKS_LOCK = Path("/run/lock") / f"{paths.PREFIX}-networks.lock"   # user-defined bridges and their subnets
-TCP_LISTEN = "0A"                     # the st column of /proc/net/tcp: TCP_LISTEN in include/net/tcp_states.h
 
 
 @dataclass(frozen=True)
@@ -558,21 +557,6 @@ def read_interfaces() -> dict:
     return {"net ns": f"net:[{netns_inode('self')}]",
             **ipv4_addresses(netlink.addresses()),
             "default route": ", ".join(f"via {r.get('gateway', '-')} dev {r['dev']}" for r in default) or "none"}
-
-
-def tcp_listeners(pid: int | str = "self") -> list[str]:
-    """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
-    return parse_tcp_listeners(procfs.read(pid, "net/tcp"))
-
-
-def parse_tcp_listeners(text: str) -> list[str]:
-    found = []
-    for row in text.splitlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
-        if state == TCP_LISTEN:
-            address, port = local.split(":")      # little-endian hex address, big-endian hex port
-            found.append(f"{socket.inet_ntoa(bytes.fromhex(address)[::-1])}:{int(port, 16)}")
-    return found
 
 
 def ask(host: str, port: int, timeout: float = 5.0) -> str:

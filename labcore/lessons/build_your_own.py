@@ -638,16 +638,9 @@ def http_get(host: str, port: int, timeout: float = 5.0) -> str:
 
 
 def listening(pid: int, port: int) -> list[str]:
-    """TCP sockets listening on ``port`` in pid's network namespace, IPv4 (network.tcp_listeners) and IPv6:
-    busybox's nc and httpd listen on [::], which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
-    found = network.tcp_listeners(pid)
-    for row in procfs.net_table("tcp6", pid):
-        local, state = row[1], row[3]
-        if state == network.TCP_LISTEN:           # the address as four little-endian 32-bit words
-            address, hex_port = local.split(":")
-            words = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
-            found.append(f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(hex_port, 16)}")
-    return [address for address in found if address.endswith(f":{port}")]
+    """TCP sockets listening on ``port`` in pid's network namespace, IPv4 and IPv6 (procfs.tcp_listeners):
+    busybox's nc and httpd listen on [::] (shown *), which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
+    return [str(listener) for listener in procfs.tcp_listeners(pid) if listener.port == port]
 
 
 def _alive(pid: int) -> bool:

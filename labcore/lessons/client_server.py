@@ -222,26 +222,10 @@ def wait_for_listener(pid: int, port: int, seconds: float = 5) -> list[str]:
         time.sleep(0.02)
 
 
-def listening_ports(pid: int | str) -> list[str]:
-    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6 (/proc/PID/net/tcp and tcp6, proc(5)):
+def listening_ports(pid: int | str = "self") -> list[str]:
+    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6, as ADDRESS:PORT (procfs.tcp_listeners):
     busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
-    found = []
-    for table in ("tcp", "tcp6"):
-        for row in procfs.net_table(table, pid):
-            local, state = row[1], row[3]
-            address, port = local.split(":")
-            if state == "0A":                                       # TCP_LISTEN
-                found.append(f"{readable_address(address)}:{int(port, 16)}")
-    return found
-
-
-def readable_address(hex_address: str) -> str:
-    """/proc/net/tcp's address: 32-bit words in host (little-endian) order; all zeros is "any" (*)."""
-    raw = bytes.fromhex(hex_address)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    if not any(raw):
-        return "*"
-    return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"
+    return [str(listener) for listener in procfs.tcp_listeners(pid)]
 
 
 # --- two servers on port 80, in two network namespaces (notebooks 02 and 08) ---------------------------------
@@ -350,7 +334,7 @@ def _connect_on(router, pid: int, scope: journal.Scope, on: network.Network) -> 
 def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
     """Read it back while both run: namespaces, listening sockets, and what each path to each server says."""
     ports = [f":{port.host_port}" for port in published]
-    listening = network.tcp_listeners()
+    listening = listening_ports()
     host = {"net ns": f"net:[{network.netns_inode('self')}]",
             "listening on :80": [s for s in listening if s.endswith(":80")] or "none",
             f"listening on {', '.join(ports)}": [s for s in listening if s.endswith(tuple(ports))],
@@ -372,7 +356,7 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
 
 def _server_facts(server: Server, other: Server, endpoint: network.Endpoint, port: network.Published) -> dict:
     """What one server's namespace shows, and what each way of reaching it answers, under plain names."""
-    return {"net_ns": f"net:[{network.netns_inode(server.pid)}]", "listening": network.tcp_listeners(server.pid),
+    return {"net_ns": f"net:[{network.netns_inode(server.pid)}]", "listening": listening_ports(server.pid),
             "second_bind": server.inside["second_bind"],
             "from_bridge": network.in_netns(endpoint.via, network.reply, endpoint.ip, 80),
             "from_other": network.in_netns(other.pid, network.reply, endpoint.ip, 80),
@@ -555,13 +539,11 @@ def http_get(address, target: str) -> tuple[str, bytes]:
 def tcp_listener(pid: int, port: int) -> dict:
     """The fd of ``pid`` that holds the socket listening on 127.0.0.1:``port``: /proc/net/tcp's row (state 0A,
     LISTEN; the address in hex, proc(5)) gives its inode, /proc/PID/fd the fd that links to it."""
-    for fields in procfs.net_table("tcp", pid):
-        address, hex_port = fields[1].split(":")
-        if int(hex_port, 16) == port and fields[3] == "0A":
-            inode = int(fields[9])
+    for listener in procfs.tcp_listeners(pid):
+        if listener.port == port:
             for fd, link in procfs.fds(pid).items():
-                if link == f"socket:[{inode}]":
-                    return {"pid": pid, "fd": fd, "inode": inode, "address": readable_address(address)}
+                if link == f"socket:[{listener.inode}]":
+                    return {"pid": pid, "fd": fd, "inode": listener.inode, "address": listener.address}
     return {}
 
 

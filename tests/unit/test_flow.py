@@ -131,7 +131,6 @@ def test_listening_ports_reads_ipv4_and_ipv6_tables():
             as six:
         found = client_server.listening_ports("self")
         assert f"127.0.0.1:{four.getsockname()[1]}" in found and f"[::1]:{six.getsockname()[1]}" in found
-    assert client_server.readable_address("00000000000000000000000000000000") == "*"
 
 
 def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):

@@ -175,18 +175,6 @@ def test_enter_netns_is_one_setns_with_clone_newnet():
     assert rec.calls[0][1][1] == syscalls.CLONE_NEWNET
 
 
-PROC_NET_TCP = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0100007F:46A0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
-   2: 0200CB0A:0050 0100CB0A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
-"""
-
-
-def test_tcp_listeners_decode_proc_net_tcp():
-    assert network.parse_tcp_listeners(PROC_NET_TCP) == ["0.0.0.0:80", "127.0.0.1:18080"]
-
-
 def test_ipv4_addresses_summarise_ip_json():
     dump = [{"ifname": "lo", "operstate": "UNKNOWN", "addr_info": [
                 {"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
