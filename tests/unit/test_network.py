@@ -306,3 +306,12 @@ def test_netlink_works_from_a_running_event_loop_as_in_a_jupyter_kernel():
     async def inside_a_loop():
         return netlink.Kernel().links()                # asyncio refused this before: "loop is already running"
     assert "lo" in [link["ifname"] for link in asyncio.run(inside_a_loop())]
+
+
+def test_link_set_passes_false_and_zero_and_leaves_out_only_none():
+    with netlink.use(netlink.Recorder(links=[{"ifname": "lcab12h", "operstate": "UP"}])) as rec:
+        netlink.link_set("lcab12h", up=False)
+        assert netlink.backend().links()[0]["operstate"] == "DOWN"
+        netlink.link_set("lcab12h", netns=0)
+        netlink.link_set("lcx", new_name="eth0")
+    assert rec.commands() == ["link set lcab12h down", "link set lcab12h netns 0", "link set lcx name eth0"]
