@@ -27,5 +27,5 @@ def test_the_shims_adopter_is_called_init_only_when_it_is_pid_1():
     data = {"before": before, "after": before}
     assert "the host's init" in client_server.docker_tree_dot(data)
     before["shim"] = facts(12, 777)
-    assert "subreaper" in client_server.docker_tree_dot(data) and "the host's init" not in client_server.docker_tree_dot(
-        data)
+    drawn = client_server.docker_tree_dot(data)
+    assert "subreaper" in drawn and "the host's init" not in drawn
