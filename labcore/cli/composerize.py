@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
 def words_of(given: list[str]) -> list[str]:
     """One quoted argument is split as a shell would; several are the words already."""
     given = given[1:] if given[:1] == ["--"] else given
-    words = shlex.split(given[0]) if len(given) == 1 else given
+    try:
+        words = shlex.split(given[0]) if len(given) == 1 else given
+    except ValueError as err:                       # shlex: "No closing quotation", "No escaped character"
+        raise BadInput(f"the command cannot be split into words: {err}",
+                       fix="quote it as a shell would: close every quote, e.g. "
+                           "labcore composerize 'docker run -e \"GREETING=hello there\" busybox'") from None
     if not words:
         raise BadInput("no command to composerize", fix="labcore composerize 'docker run -p 8080:80 nginx'")
     return words

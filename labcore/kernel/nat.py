@@ -24,13 +24,15 @@ Next: ``labcore.kernel.portproxy``, the loopback proxy the lab publishes with.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import secrets
 import subprocess
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import BadInput, LabError
+from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.kernel import journal, netlink, network, procfs
 from labcore.kernel.network import nft
 from labcore.kernel.process import find_program, tied
@@ -109,6 +111,11 @@ def counters(table: str) -> dict[str, dict]:
     return found
 
 
+def packets(table: str, comment: str) -> int | None:
+    """The packets the rule ``comment`` counted; None where nft could not list the table."""
+    return counters(table).get(comment, {}).get("packets")
+
+
 def rules(table: str) -> list[str]:
     """The table's rules as nft prints them (without handles); [] when it does not exist."""
     listing = _nft("list", "table", "ip", check_table(table)) or ""
@@ -144,6 +151,18 @@ def wire_peer(pid: int, scope: journal.Scope, short_id: str, subnet: str) -> net
     return net
 
 
+def free_peer_subnet(pool: str) -> str:
+    """The first /30 of ``pool`` no interface of this namespace holds an address in (another lab's step may hold
+    one for its time); NotSupportedHere when every one is taken."""
+    held = [ipaddress.ip_address(address["local"]) for link in netlink.addresses()      # IPv4 only
+            for address in link.get("addr_info", [])]
+    for subnet in ipaddress.ip_network(pool).subnets(new_prefix=30):
+        if not any(address in subnet for address in held):
+            return str(subnet)
+    raise NotSupportedHere(f"every /30 of {pool} is in use on this host, so there is no other network to make",
+                           fix="see who holds them: `ip -br addr`; a lab's step gives its own back when it ends")
+
+
 def peer_address(net: network.Network) -> str:
     return str(list(ipaddress.ip_network(net.subnet).hosts())[1])
 
@@ -152,11 +171,16 @@ def peer_address(net: network.Network) -> str:
 
 def allow_forwarding(ifname: str, scope: journal.Scope) -> None:
     """net.ipv4.conf.IFNAME.forwarding=1 on a link of ours, journaled: the kernel routes on what comes in on it
-    (ip_route_input_slow checks the incoming device). ``network.forbid_forwarding`` set 0 on the lab's bridges."""
+    (ip_route_input_slow checks the incoming device). ``network.forbid_forwarding`` set 0 on the lab's bridges.
+    lcbr0 is shared by every lab on the host: each step that asks is a holder, and the last one out sets 0."""
     if not ifname.startswith(paths.LINK_PREFIX):
         raise BadInput(f"{ifname} is not a link of the lab's", fix="a lab bridge or veth (lc...)")
-    scope.record("sysctl", f"net.ipv4.conf.{ifname}.forwarding", "forwarding_off", name=ifname)
-    Path(procfs.sysctl_path(f"net.ipv4.conf.{ifname}.forwarding")).write_text("1")
+    holder = network.FORWARDING_HOLDERS / f"{ifname}.{secrets.token_hex(6)}"
+    scope.record("sysctl", f"net.ipv4.conf.{ifname}.forwarding", "forwarding_off", name=ifname, holder=str(holder))
+    with network.locked(network.lock_path(network.DEFAULT)):
+        holder.parent.mkdir(mode=0o755, exist_ok=True)
+        holder.touch()
+        network.set_forwarding(ifname, "1")
 
 
 def forwarding(ifname: str) -> str:
@@ -167,12 +191,21 @@ def forwarding(ifname: str) -> str:
 
 
 @journal.register("forwarding_off")
-def undo_forwarding(name: str) -> None:
-    """Back to the lab's 0 (its links never route); a link that is gone took its setting with it."""
+def undo_forwarding(name: str, holder: str = "") -> None:
+    """Back to the lab's 0 (its links never route) once no other step holds it; a link that is gone took its
+    setting with it. (A journal written before holders has none: it sets 0 unless another step holds it.)"""
     journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    sysctl = Path(procfs.sysctl_path(f"net.ipv4.conf.{name}.forwarding"))
-    if sysctl.exists():
-        sysctl.write_text("0")
+    if holder:
+        journal.refuse_foreign(holder, Path(holder).parent == network.FORWARDING_HOLDERS)
+    with network.locked(network.lock_path(network.DEFAULT)):
+        if holder:
+            Path(holder).unlink(missing_ok=True)
+        if network.forwarding_holders(name):
+            return                                      # another step routes through it still: its undo sets 0
+        with contextlib.suppress(OSError):              # the last holder of any link: no directory left behind
+            network.FORWARDING_HOLDERS.rmdir()
+        if Path(procfs.sysctl_path(f"net.ipv4.conf.{name}.forwarding")).exists():
+            network.set_forwarding(name, "0")
 
 
 @journal.register("nft_table")

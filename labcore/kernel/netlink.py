@@ -54,13 +54,23 @@ def off_the_running_loop(method):
     thread, and a thread starts in its creator's); a forked child runs no loop, so it calls directly."""
     @functools.wraps(method)
     def call(*args, **kwargs):
-        asyncio = sys.modules.get("asyncio")           # not imported: no loop can be running
-        if asyncio is None or asyncio._get_running_loop() is None:
+        if not _loop_running():
             return method(*args, **kwargs)
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(method, *args, **kwargs).result()
     return call
+
+
+def _loop_running() -> bool:
+    asyncio = sys.modules.get("asyncio")               # not imported: no loop can be running
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()                     # RuntimeError when this thread runs none
+    except RuntimeError:
+        return False
+    return True
 
 
 class Kernel:
@@ -97,8 +107,8 @@ class Kernel:
             attributes = {_ATTRIBUTES[key]: value for key, value in changes.items() if key not in ("up", "master")}
             if "master" in changes:
                 attributes["master"] = self._index(ipr, changes["master"])
-            if changes.get("up"):
-                attributes["state"] = "up"
+            if changes.get("up") is not None:
+                attributes["state"] = "up" if changes["up"] else "down"
             ipr.link("set", index=index, **attributes)
 
     @off_the_running_loop
@@ -151,7 +161,6 @@ class Kernel:
         with self._socket("route show") as ipr:
             found = list(ipr.get_routes(family=socket.AF_INET, table=254))
         return [_route(route, links) for route in found]
-
 
     @off_the_running_loop
     def qdisc_add(self, name: str, kind: str, rate: int, burst: int, latency_ms: int) -> None:
@@ -211,7 +220,7 @@ def describe(changes: dict) -> str:
     """``link_set``'s changes as ip(8) words: name eth0 address 02:42:.. alias .. master lcbr0 netns 42 up."""
     words = {"new_name": "name", "mac": "address", "alias": "alias", "master": "master", "netns": "netns"}
     return " ".join([f"{words[key]} {value}" for key, value in changes.items() if key in words] +
-                    (["up"] if changes.get("up") else []))
+                    ([] if changes.get("up") is None else ["up" if changes["up"] else "down"]))
 
 
 class Recorder:
@@ -249,9 +258,10 @@ class Recorder:
     def link_set(self, name, **changes):
         self._record("link_set", name, changes)
         link = self.state.pop(name, {"ifname": name, "addr_info": []})
-        if changes.get("netns"):
+        if changes.get("netns") is not None:
             return                                     # gone from this namespace
-        link.update({"ifname": changes.get("new_name", name), **({"operstate": "UP"} if changes.get("up") else {}),
+        state = {} if changes.get("up") is None else {"operstate": "UP" if changes["up"] else "DOWN"}
+        link.update({"ifname": changes.get("new_name", name), **state,
                      **({"ifalias": changes["alias"]} if "alias" in changes else {})})
         self.state[link["ifname"]] = link
 
@@ -322,10 +332,11 @@ def link_add(name: str, kind: str, peer: str | None = None) -> None:
 
 
 def link_set(name: str, *, new_name: str | None = None, mac: str | None = None, alias: str | None = None,
-             master: str | None = None, netns: int | None = None, up: bool = False) -> None:
-    """One RTM_NEWLINK changing what is given; the order of ip(8)'s words, which the kernel applies as one."""
+             master: str | None = None, netns: int | None = None, up: bool | None = None) -> None:
+    """One RTM_NEWLINK changing what is given (None: left as it is; up=False sets it down, netns=0 is a
+    namespace too); the order of ip(8)'s words, which the kernel applies as one."""
     changes = {"new_name": new_name, "mac": mac, "alias": alias, "master": master, "netns": netns, "up": up}
-    backend().link_set(name, **{key: value for key, value in changes.items() if value})
+    backend().link_set(name, **{key: value for key, value in changes.items() if value is not None})
 
 
 def link_delete(name: str) -> None:

@@ -65,7 +65,6 @@ SHORT_ID_MAX = IFNAMSIZ - 1 - len(paths.LINK_PREFIX) - 1      # room for "lc", t
 _SHORT_ID = re.compile(r"[0-9a-z]{1,%d}" % SHORT_ID_MAX)
 _PORT = re.compile(r"[0-9]{1,5}")
 NETWORKS_LOCK = Path("/run/lock") / f"{paths.PREFIX}-networks.lock"   # user-defined bridges and their subnets
-TCP_LISTEN = "0A"                     # the st column of /proc/net/tcp: TCP_LISTEN in include/net/tcp_states.h
 
 
 @dataclass(frozen=True)
@@ -263,10 +262,28 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
 
 def forbid_forwarding(bridge: str) -> None:
     """Never route a container's packets on: per-device forwarding is checked on the device a packet came in
-    by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1."""
-    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{bridge}.forwarding")
+    by (ip_route_input_slow), so this holds even on a host with net.ipv4.ip_forward=1. Not while a step of the
+    lab routes through the bridge for its time (``nat.allow_forwarding``): that step's undo sets it back."""
+    if forwarding_holders(bridge):
+        return
+    set_forwarding(bridge, "0")
+
+
+# Who has asked a link to forward, one empty file each (LINK.HOLDER), host-wide as the bridge is: lcbr0 is shared
+# by every state directory, so one lab's undo must not switch off what another's step is still routing through.
+# Read and changed under the bridge's lock, as the bridge itself is.
+FORWARDING_HOLDERS = Path("/run/lock") / f"{paths.PREFIX}-forwarding"
+
+
+def forwarding_holders(ifname: str) -> list[Path]:
+    return sorted(FORWARDING_HOLDERS.glob(f"{ifname}.*")) if FORWARDING_HOLDERS.is_dir() else []
+
+
+def set_forwarding(ifname: str, value: str) -> None:
+    """net.ipv4.conf.IFNAME.forwarding = ``value``, with the kernel's refusal as a LabError."""
+    sysctl = procfs.sysctl_path(f"net.ipv4.conf.{ifname}.forwarding")
     try:
-        Path(sysctl).write_text("0")
+        Path(sysctl).write_text(value)
     except OSError as err:
         raise from_oserror(err, "write", sysctl, fix=ROOTLESS_FIX) from err
 
@@ -366,11 +383,6 @@ def connect(pid: int, scope: journal.Scope, network: Network = DEFAULT, short_id
     in_netns(pid, configure_inside, peer, ifname, address, network, default_route, mac)
     return Endpoint(pid, address, network, host_ifname, ifname, inode, entries=scope.entries[first:],
                     mac=mac or mac_for(address))
-
-
-def loopback_up(pid: int) -> None:
-    """`--network none`, and all a rootless container gets here: only `lo`, brought up as Docker does."""
-    in_netns(pid, bring_up, "lo")
 
 
 def bring_up(name: str) -> None:
@@ -545,21 +557,6 @@ def read_interfaces() -> dict:
     return {"net ns": f"net:[{netns_inode('self')}]",
             **ipv4_addresses(netlink.addresses()),
             "default route": ", ".join(f"via {r.get('gateway', '-')} dev {r['dev']}" for r in default) or "none"}
-
-
-def tcp_listeners(pid: int | str = "self") -> list[str]:
-    """Listening TCP sockets in ``pid``'s network namespace, from /proc/PID/net/tcp (proc(5))."""
-    return parse_tcp_listeners(procfs.read(pid, "net/tcp"))
-
-
-def parse_tcp_listeners(text: str) -> list[str]:
-    found = []
-    for row in text.splitlines()[1:]:
-        local, state = row.split()[1], row.split()[3]
-        if state == TCP_LISTEN:
-            address, port = local.split(":")      # little-endian hex address, big-endian hex port
-            found.append(f"{socket.inet_ntoa(bytes.fromhex(address)[::-1])}:{int(port, 16)}")
-    return found
 
 
 def ask(host: str, port: int, timeout: float = 5.0) -> str:

@@ -137,24 +137,23 @@ def mount_overlay(lowers: list, upper, work, merged, scope: Scope | None = None,
             overlay.owns_keeper = keeper is None
             overlay.keeper = keeper or userns.MountKeeper(overlay.scope)
             overlay.keeper.mount("overlay", str(merged), "overlay", 0, options)
-        else:
+        else:                               # journaled first: undoing a mount not made yet does nothing
+            overlay.entries.append(overlay.scope.record("mount", str(merged), "umount", target=str(merged)))
             syscalls.mount("overlay", str(merged), "overlay", 0, options)
     except BaseException as err:            # LabError, or Ctrl-C between mkdir and mount
         overlay.close()
         if isinstance(err, LabError):
             err.fix = err.fix or "the kernel says why in `dmesg | grep overlayfs`"
         raise
-    if not rootless:                        # a rootless mount goes with its keeper's namespace
-        overlay.entries.append(overlay.scope.record("mount", str(merged), "umount", target=str(merged)))
     return overlay
 
 
 def _make_dir(directory: Path, overlay: Overlay) -> None:
+    overlay.entries.append(overlay.scope.record("directory", str(directory), "rmtree", path=str(directory)))
     try:
         directory.mkdir()
     except OSError as err:
         raise from_oserror(err, "mkdir", str(directory)) from err
-    overlay.entries.append(overlay.scope.record("directory", str(directory), "rmtree", path=str(directory)))
 
 
 def make_scratch_dir(prefix: str, scope: Scope) -> tuple[Path, Entry]:

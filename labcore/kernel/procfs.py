@@ -22,8 +22,11 @@ Next: ``labcore.kernel.namespaces``, which these files make visible.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,3 +307,37 @@ def sysvipc(kind: str = "msg", root: str = PROC) -> list[list[str]]:
 def net_table(table: str, pid: int | str = "self", root: str = PROC) -> list[list[str]]:
     """The rows of /proc/PID/net/TABLE (tcp, tcp6, udp, unix...), split on blanks, the header left out."""
     return [row.split() for row in read(pid, f"net/{table}", root).splitlines()[1:]]
+
+
+TCP_LISTEN = "0A"                     # the st column: TCP_LISTEN in include/net/tcp_states.h
+
+
+@dataclass(frozen=True)
+class TcpListener:
+    """A listening TCP socket of a network namespace, as ss -ltn shows it: ``str()`` is ADDRESS:PORT."""
+    address: str                      # 0.0.0.0, 127.0.0.1, [::1]; * is any IPv6 address (and IPv4, unless V6ONLY)
+    port: int
+    inode: int                        # the socket's: /proc/PID/fd/N links to socket:[INODE]
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def tcp_listeners(pid: int | str = "self", root: str = PROC) -> list[TcpListener]:
+    """The listening sockets of ``pid``'s network namespace, IPv4 (net/tcp) then IPv6 (net/tcp6), proc(5)."""
+    found = []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):          # a kernel without IPv6 has no tcp6
+            found += [TcpListener(tcp_address(row[1].split(":")[0]), int(row[1].split(":")[1], 16), int(row[9]))
+                      for row in net_table(table, pid, root) if row[3] == TCP_LISTEN]
+    return found
+
+
+def tcp_address(hex_address: str) -> str:
+    """net/tcp's address: 32-bit words, each in the host's byte order; IPv6's all zeros is "any" (*)."""
+    raw = bytes.fromhex(hex_address)
+    step = -1 if sys.byteorder == "little" else 1
+    words = b"".join(raw[i:i + 4][::step] for i in range(0, len(raw), 4))
+    if len(raw) == 4:
+        return socket.inet_ntoa(words)
+    return "*" if not any(raw) else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"

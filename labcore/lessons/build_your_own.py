@@ -478,8 +478,8 @@ class Box:
 def start(image: str = "busybox") -> Box:
     """A new box: the image found (busybox built from the host the first time), an id, an empty state dir."""
     box = Box(container.find_image(image))
+    box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))   # journal, then make
     box.directory.mkdir(parents=True)
-    box.scope.record("directory", str(box.directory), "rmtree", path=str(box.directory))
     box.done.append("start")
     return box
 
@@ -638,16 +638,9 @@ def http_get(host: str, port: int, timeout: float = 5.0) -> str:
 
 
 def listening(pid: int, port: int) -> list[str]:
-    """TCP sockets listening on ``port`` in pid's network namespace, IPv4 (network.tcp_listeners) and IPv6:
-    busybox's nc and httpd listen on [::], which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
-    found = network.tcp_listeners(pid)
-    for row in procfs.net_table("tcp6", pid):
-        local, state = row[1], row[3]
-        if state == network.TCP_LISTEN:           # the address as four little-endian 32-bit words
-            address, hex_port = local.split(":")
-            words = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
-            found.append(f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(hex_port, 16)}")
-    return [address for address in found if address.endswith(f":{port}")]
+    """TCP sockets listening on ``port`` in pid's network namespace, IPv4 and IPv6 (procfs.tcp_listeners):
+    busybox's nc and httpd listen on [::] (shown *), which takes IPv4 connections too (ipv6(7), IPV6_V6ONLY off)."""
+    return [str(listener) for listener in procfs.tcp_listeners(pid) if listener.port == port]
 
 
 def _alive(pid: int) -> bool:
@@ -742,7 +735,7 @@ def _draw_router(graph, router: usernet.Usernet) -> None:
 # pid 1 alive: after connect_network(), before wait().
 
 MiB = 1 << 20
-OUTSIDE_SUBNET = "10.204.0.0/30"         # "another network": outside the lab's pool, 10.203.0.0/16
+OUTSIDE_POOL = "10.204.0.0/28"           # "another network", a free /30 of it: outside the lab's 10.203.0.0/16
 
 
 ROOTLESS_NAT = ("rootless Docker and Podman forward ports with a process (rootlesskit's port driver, slirp4netns's "
@@ -767,6 +760,8 @@ def _network_refusal(box: Box, title: str, action: str, key: str, why: str = ROO
 def limit_bandwidth(box: Box, mbit: int = 16, megabytes: int = 2) -> Step:
     """No cgroup limits bandwidth (notebook 04): a tbf qdisc on the host end of the box's veth does. The host
     sends ``megabytes`` MiB to a client in the box, first free, then under ``mbit`` Mbit/s; the qdisc goes after."""
+    if not isinstance(mbit, (int, float)) or mbit < 1:     # tc's rate is whole bits: below 1 Mbit/s, say so first
+        raise BadInput(f"limit_bandwidth takes a rate of at least 1 Mbit/s, not {mbit!r}", fix="e.g. mbit=16")
     title = f"bandwidth: tc tbf rate {mbit}mbit on the box's veth"
     action = f"tc qdisc add dev HOST_END root tbf rate {mbit}mbit burst B latency 50ms; send {megabytes} MiB to the box"
     refused = _network_refusal(box, title, action, "box.limit_bandwidth", why=(
@@ -793,9 +788,18 @@ def limit_bandwidth(box: Box, mbit: int = 16, megabytes: int = 2) -> Step:
                        f"{qdisc.get('bytes')}, {qdisc.get('packets')}", "qdisc of it now": network.root_qdisc(
                            host_end)["kind"]},
                 mode=current_mode(), key="box.limit_bandwidth",
-                note=f"the same {megabytes} MiB, held near {mbit} Mbit/s: the tbf lets a packet leave the host "
-                     "end only with a token, tokens come at the rate; the box's TCP slows down to it",
+                note=bandwidth_note(megabytes, mbit, float(measured(free)), float(measured(held))),
                 data={"qdisc": qdisc, "rate": mbit * 1_000_000, "free": free, "held": held, "host_ifname": host_end})
+
+
+def bandwidth_note(megabytes: int, mbit: float, free: float, held: float) -> str:
+    """What the two measured rates show: held at the qdisc's rate (within a fifth), or not."""
+    if held <= mbit * 1.2 and held < free:
+        return (f"the same {megabytes} MiB, {free} Mbit/s free and {held} Mbit/s under a {mbit} Mbit/s limit: the tbf "
+                "lets a packet leave the host end only with a token, tokens come at the rate; the box's TCP slows "
+                "down to it")
+    return (f"the same {megabytes} MiB, {free} Mbit/s free and {held} Mbit/s under a {mbit} Mbit/s limit: not held "
+            "to the rate here; see the qdisc's counters")
 
 
 def push_to_box(box: Box, megabytes: int) -> dict:
@@ -844,9 +848,12 @@ def publish_dnat(box: Box, host_port: int = 18810, container_port: int = 8080) -
             server.recv(timeout=REQUEST_TIMEOUT)                 # listening, in the box's namespace
             before = network.reply(gateway, host_port)           # nothing on the host's port itself
             nat.publish(table, host_port, box.endpoint.ip, container_port, scope)
-            counted = nat.counters(table)["publish"]["packets"]
+            counted = nat.packets(table, "publish")
             found = {"before": before, "reply": network.reply(gateway, host_port), "rules": nat.rules(table),
-                     "packets": (counted, nat.counters(table)["publish"]["packets"])}
+                     "packets": (counted, nat.packets(table, "publish"))}
+            if found["reply"].startswith("failed"):        # no client reached the server: do not wait for it
+                raise NotSupportedHere(f"the connection through the DNAT rule failed ({found['reply']})",
+                                       fix="a firewall on this host drops what the rule rewrote: `nft list ruleset`")
             found["seen"] = server.recv(timeout=REQUEST_TIMEOUT)
     except _REFUSED as err:
         return hosts.refuse(title, action, err, key="box.publish_dnat")
@@ -913,7 +920,7 @@ def masquerade_outbound(box: Box, port: int = 8081) -> Step:
 def another_network(outside: Child, box: Box, port: int, scope: journal.Scope):
     """The outside child, in a network namespace of its own, wired to the host and listening on ``port``."""
     outside.recv(timeout=REQUEST_TIMEOUT)                    # unshared
-    net = nat.wire_peer(outside.pid, scope, box.id[:10], OUTSIDE_SUBNET)
+    net = nat.wire_peer(outside.pid, scope, box.id[:10], nat.free_peer_subnet(OUTSIDE_POOL))
     outside.send((nat.peer_address(net), port, 2))
     outside.recv(timeout=REQUEST_TIMEOUT)                    # listening
     return net
@@ -929,9 +936,9 @@ def reach_out(box: Box, net, port: int, tables: tuple[str, str], scope: journal.
         nat.allow_forwarding(link, scope)
     found = {"plain": network.in_netns(box.pid, network.reply, target, port)}
     nat.masquerade(masq, box.endpoint.network.subnet, bridge, scope)
-    found["counted"] = nat.counters(masq)["masquerade"]["packets"]
+    found["counted"] = nat.packets(masq, "masquerade")
     found["masked"] = network.in_netns(box.pid, network.reply, target, port)
-    found.update(rules=nat.rules(masq), counter=nat.counters(masq)["masquerade"]["packets"], target=target)
+    found.update(rules=nat.rules(masq), counter=nat.packets(masq, "masquerade"), target=target)
     failed = next((reply for reply in (found["plain"], found["masked"]) if reply.startswith("failed")), None)
     if failed:
         raise NotSupportedHere(f"the box could not reach {target}:{port} through the host ({failed})",
@@ -951,12 +958,20 @@ def masquerade_step(box: Box, title: str, action: str, found: dict, seen: list, 
                        "connections masqueraded": f"{found['counted']} -> {found['counter']}",
                        f"forwarding on {bridge} now": nat.forwarding(bridge), "tables now": left},
                 mode=current_mode(), key="box.masquerade_outbound",
-                note=f"without the rule the server saw the box's own {box.endpoint.ip}, an address nobody beyond "
-                     f"the host could answer on a real network; with it, the host's {host_address}, and conntrack "
-                     "turned each answer back to the box",
+                note=masquerade_note(seen, box.endpoint.ip, host_address),
                 data={"seen": seen, "packets": (found["counted"], found["counter"]), "table": tables[0],
                       "replies": (found["plain"], found["masked"]), "host_address": host_address,
                       "box_address": box.endpoint.ip})
+
+
+def masquerade_note(seen: list, box_address: str, host_address: str) -> str:
+    """What the outside server saw, before and after the rule: the box's address, then the host's, or not."""
+    if list(seen[:2]) == [box_address, host_address]:
+        return (f"without the rule the server saw the box's own {box_address}, an address nobody beyond the host "
+                f"could answer on a real network; with it, the host's {host_address}, and conntrack turned each "
+                "answer back to the box")
+    return (f"the server saw {' then '.join(map(str, seen[:2])) or 'no client'}: not the box's {box_address} then "
+            f"the host's {host_address}; see the rule's counter and `nft list ruleset`")
 
 
 def _outside(channel) -> list:
@@ -1059,13 +1074,22 @@ def composerize(command: str = COMPOSERIZE_EXAMPLE) -> Step:
     elif made.returncode == 0:
         after["as docker-compose reads it (config)"] = ("not checked: docker-compose is not installed "
                                                         "(apt-get install docker-compose)")
-    note = ("one flag, one key: `docker-compose up` makes the same container again from the file"
-            if made.returncode == 0 else "refused by name, and nothing written: the file could not say it")
     return Step("docker run as a compose file", "labcore composerize 'COMMAND' > docker-compose.yml; "
-                "docker-compose config", after=after, mode=user_mode(), note=note,
+                "docker-compose config", after=after, mode=user_mode(), note=composerize_note(made, config),
                 data={"yaml": made.stdout, "error": made.stderr.strip(), "exit_code": made.returncode,
                       "config": config.stdout if config else "",
                       "config_exit_code": config.returncode if config else None})
+
+
+def composerize_note(made, config) -> str:
+    """What the two runs showed: refused, written but refused by docker-compose, not read back, or read back."""
+    if made.returncode != 0:
+        return "refused by name, and nothing written: the file could not say it"
+    if config is None:
+        return "one flag, one key, as labcore wrote it; not read back: docker-compose is not installed here"
+    if config.returncode != 0:
+        return "written, but docker-compose refused the file: its answer is above"
+    return "one flag, one key: docker-compose read the file back, and `docker-compose up` makes the container"
 
 
 def compose_config(text: str):

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import selectors
+import signal
 import socket
 import stat
 import tempfile
@@ -30,7 +31,7 @@ from labcore.errors import LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.kernel import journal, netlink, network, procfs, syscalls, usernet, userns
 from labcore.kernel.process import Child, run_in_child
 from labcore.lessons import hosts
-from labcore.lessons.evidence import Step, current_mode, user_mode
+from labcore.lessons.evidence import Mode, Step, current_mode, user_mode
 from labcore.lessons.run_flow import group_name, owner_name, socket_listener
 
 if TYPE_CHECKING:
@@ -120,7 +121,8 @@ def two_containers_on_port_80(stage: Stage) -> Step:
                                                name=f"labcore-{name}", detach=True))
         seen = {box.name.removeprefix("labcore-"): listener_evidence(box) for box in boxes}
     except docker.errors.APIError as err:
-        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"))
+        return hosts.refuse(title, action, daemon_answer(err, conflict="a container of the name is left from "
+                                                         "an earlier run: docker rm -f labcore-box-a labcore-box-b"))
     finally:
         for box in boxes:
             box.remove(force=True)
@@ -140,6 +142,20 @@ def two_containers_on_port_80(stage: Stage) -> Step:
                 data={"boxes": seen, "answers": [values["answer"] for values in seen.values()],
                       "listening": [values["listening"] for values in seen.values()],
                       "distinct_net_ns": len({v["net_ns"] for v in seen.values()} | {host["net ns"]}) == 3})
+
+
+def daemon_answer(err, conflict: str = "remove the container named in the answer: docker rm -f NAME") -> LabError:
+    """What the daemon answered (docker.errors.APIError), as the lab's error: a refusal of privilege only where
+    the daemon said so, a missing image or a name in use as what they are, each with its fix."""
+    status = getattr(err, "status_code", None)
+    said = f"the daemon answered {status}: {err.explanation or err}"
+    if status == 404:
+        return NotFound(said, fix="give this daemon the image first: docker pull busybox (or docker load)")
+    if status == 409:
+        return LabError(said, fix=conflict)
+    if any(word in str(err.explanation).lower() for word in ("permission denied", "operation not permitted")):
+        return NeedsPrivilege(said, fix="run the lab as root (sudo), or with a daemon you own (rootless)")
+    return NotSupportedHere(said, fix="the daemon's own log says more: its --log-level debug output")
 
 
 def listener_evidence(box) -> dict:
@@ -172,8 +188,7 @@ def read_host_file(stage: Stage) -> Step:
             "busybox", ["sh", "-c", "head -n 1 /host/etc/shadow | cut -d: -f1"], volumes=["/:/host:ro"],
             network_mode="none", remove=True)
     except docker.errors.APIError as err:
-        return hosts.refuse(title, action, NeedsPrivilege(f"docker SDK: {err.explanation}"),
-                            key="unixsocket.read_host_file")
+        return hosts.refuse(title, action, daemon_answer(err), key="unixsocket.read_host_file")
     user = output.decode().strip() or "(nothing: head could not open it)"
     note = ("the client never had the right to read it; it asked the daemon, which runs as root"
             if os.geteuid() == 0 else
@@ -207,44 +222,10 @@ def wait_for_listener(pid: int, port: int, seconds: float = 5) -> list[str]:
         time.sleep(0.02)
 
 
-def listening_ports(pid: int | str) -> list[str]:
-    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6 (/proc/PID/net/tcp and tcp6, proc(5)):
+def listening_ports(pid: int | str = "self") -> list[str]:
+    """Listening TCP sockets of pid's network namespace, IPv4 and IPv6, as ADDRESS:PORT (procfs.tcp_listeners):
     busybox nc listens on an IPv6 socket, which takes IPv4 connections too."""
-    found = []
-    for table in ("tcp", "tcp6"):
-        for row in procfs.net_table(table, pid):
-            local, state = row[1], row[3]
-            address, port = local.split(":")
-            if state == "0A":                                       # TCP_LISTEN
-                found.append(f"{readable_address(address)}:{int(port, 16)}")
-    return found
-
-
-def readable_address(hex_address: str) -> str:
-    """/proc/net/tcp's address: 32-bit words in host (little-endian) order; all zeros is "any" (*)."""
-    raw = bytes.fromhex(hex_address)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    if not any(raw):
-        return "*"
-    return socket.inet_ntoa(words) if len(raw) == 4 else f"[{socket.inet_ntop(socket.AF_INET6, words)}]"
-
-
-# --- a network namespace's interfaces, against the host's ---------------------------------------------------
-
-def show_interfaces(pid: int) -> Step:
-    """`ip addr` and `ip route` inside the network namespace of ``pid``, against the host's."""
-    title = f"the network namespace of pid {pid}, against the host's"
-    action = f'setns(open("/proc/{pid}/ns/net"), CLONE_NEWNET); ip -j addr; ip -j route show default'
-    try:
-        host, inside = network.read_interfaces(), network.in_netns(pid, network.read_interfaces)
-    except NeedsPrivilege as err:
-        return Step.refused(title, action, err)
-    ours = [name for name in inside if name not in ("net ns", "default route", "lo")]
-    note = (f"inside: lo and {', '.join(ours)}, with a route via the bridge; none of the host's interfaces"
-            if ours else "inside: only lo, and no route anywhere; none of the host's interfaces")
-    return Step(title, action, before=host, after=inside, mode=current_mode(), note=note,
-                columns=("host", "inside"), data={"host": host, "inside": inside})
-
+    return [str(listener) for listener in procfs.tcp_listeners(pid)]
 
 
 # --- two servers on port 80, in two network namespaces (notebooks 02 and 08) ---------------------------------
@@ -353,7 +334,7 @@ def _connect_on(router, pid: int, scope: journal.Scope, on: network.Network) -> 
 def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
     """Read it back while both run: namespaces, listening sockets, and what each path to each server says."""
     ports = [f":{port.host_port}" for port in published]
-    listening = network.tcp_listeners()
+    listening = listening_ports()
     host = {"net ns": f"net:[{network.netns_inode('self')}]",
             "listening on :80": [s for s in listening if s.endswith(":80")] or "none",
             f"listening on {', '.join(ports)}": [s for s in listening if s.endswith(tuple(ports))],
@@ -375,7 +356,7 @@ def _two_servers_evidence(title, action, servers, endpoints, published) -> Step:
 
 def _server_facts(server: Server, other: Server, endpoint: network.Endpoint, port: network.Published) -> dict:
     """What one server's namespace shows, and what each way of reaching it answers, under plain names."""
-    return {"net_ns": f"net:[{network.netns_inode(server.pid)}]", "listening": network.tcp_listeners(server.pid),
+    return {"net_ns": f"net:[{network.netns_inode(server.pid)}]", "listening": listening_ports(server.pid),
             "second_bind": server.inside["second_bind"],
             "from_bridge": network.in_netns(endpoint.via, network.reply, endpoint.ip, 80),
             "from_other": network.in_netns(other.pid, network.reply, endpoint.ip, 80),
@@ -558,13 +539,11 @@ def http_get(address, target: str) -> tuple[str, bytes]:
 def tcp_listener(pid: int, port: int) -> dict:
     """The fd of ``pid`` that holds the socket listening on 127.0.0.1:``port``: /proc/net/tcp's row (state 0A,
     LISTEN; the address in hex, proc(5)) gives its inode, /proc/PID/fd the fd that links to it."""
-    for fields in procfs.net_table("tcp", pid):
-        address, hex_port = fields[1].split(":")
-        if int(hex_port, 16) == port and fields[3] == "0A":
-            inode = int(fields[9])
+    for listener in procfs.tcp_listeners(pid):
+        if listener.port == port:
             for fd, link in procfs.fds(pid).items():
-                if link == f"socket:[{inode}]":
-                    return {"pid": pid, "fd": fd, "inode": inode, "address": readable_address(address)}
+                if link == f"socket:[{listener.inode}]":
+                    return {"pid": pid, "fd": fd, "inode": listener.inode, "address": listener.address}
     return {}
 
 
@@ -625,7 +604,7 @@ def docker_process_tree() -> Step:
             "container's parent after": after["container"].get("ppid")}
     data["dot"] = docker_tree_dot(data)
     return Step(title, action, before={role: describe(facts) for role, facts in before.items()},
-                after={role: describe(facts) for role, facts in after.items()}, mode=user_mode(), key=TREE_KEY,
+                after={role: describe(facts) for role, facts in after.items()}, mode=Mode.ROOT, key=TREE_KEY,
                 note="dockerd died (and its containerd with it); the container's pid 1 runs on, a child of the shim",
                 data=data)
 
@@ -663,7 +642,6 @@ def kill_dockerd(docker) -> None:
     """SIGKILL: no chance to stop its containers. The containerd that dockerd supervises was started with a
     parent-death signal (PR_SET_PDEATHSIG, prctl(2); moby's libcontainerd/supervisor), so the kernel ends it
     too; the shims were never children of either."""
-    import signal
     import time
     docker.process.send_signal(signal.SIGKILL)
     docker.process.wait()
@@ -680,7 +658,7 @@ def stop_orphaned_container(docker, container_id: str, pid: int) -> None:
     from labcore.lessons.dockerd import cgroup_parent_directories
     if process_facts(pid).get("command", "").startswith("sleep"):          # still the container's, not reused
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while process_facts(pid)["state"] not in ("gone", "zombie") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -697,7 +675,7 @@ def retry_rmdir(path: str, seconds: float = 5) -> None:
         try:
             return os.rmdir(path)
         except OSError as err:
-            if err.errno != 16 or time.monotonic() > deadline:                # EBUSY
+            if err.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
 
@@ -711,7 +689,8 @@ def docker_tree_dot(data: dict) -> str:
     graph.defaults("node", shape="box", style="rounded,filled", fontname="Helvetica", fontsize="10")
     graph.defaults("edge", fontname="Helvetica", fontsize="9")
     init, starter = before["shim"].get("ppid", 1), before["dockerd"]
-    graph.node("init", f"pid {init}: {before['shim'].get('parent', '?')}\n(the host's init)", fillcolor="white")
+    adopter = "the host's init" if init == 1 else "a subreaper (PR_SET_CHILD_SUBREAPER), not pid 1"
+    graph.node("init", f"pid {init}: {before['shim'].get('parent', '?')}\n({adopter})", fillcolor="white")
     graph.node("starter", f"pid {starter.get('ppid', '?')}: {starter.get('parent', '?')}\n(started dockerd, as "
                "systemd does)", fillcolor="white")
     graph.edge("starter", "dockerd", label="parent")

@@ -19,6 +19,7 @@ group's interface files, and removes everything before it returns, even on error
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -37,7 +38,7 @@ from labcore.kernel.cgroups import PARENT, Group, Manager, Stats, detect, open_m
 from labcore.kernel.cgroups.limits import DeviceRule, Limits, Throttle, parse_run_limits, parse_size
 from labcore.kernel.journal import Scope, process_start_time
 from labcore.lessons import display, hosts
-from labcore.lessons.evidence import Step, user_mode
+from labcore.lessons.evidence import Mode, Step, user_mode
 
 WORKLOADS = str(Path(__file__).with_name("workloads.py"))
 _REFUSED = (NeedsPrivilege, NotSupportedHere)      # the host forbids it: the step says so, with the fix
@@ -527,6 +528,23 @@ def plot_usage(step: Step):
 RATE_WORDS = ("bps", "rate", "limit", "max", "bandwidth")      # how every limit file of the lab is named
 
 
+V1_REFUSED = {
+    errno.EBUSY: "net_cls and net_prio are bound to a v1 hierarchy mounted with other options: see "
+                 "`grep cgroup /proc/self/mountinfo`",
+    errno.ENODEV: "this kernel has no net_cls/net_prio for v1 (booted with cgroup_no_v1=, or built without "
+                  "CONFIG_CGROUP_NET_CLASSID): /proc/cgroups lists what it has",
+}
+
+
+def net_controller_note(rates: list[str]) -> str:
+    if rates:                            # a kernel the lab has not met: say what it found, not what it expected
+        return (f"files whose names speak of a rate: {', '.join(rates)}; read their values above before "
+                "concluding. A limit is a qdisc on an interface: notebook 08 puts one on a container's veth")
+    return ("no file takes a rate: net_cls.classid is a tag (0xAAAABBBB, tc class AAAA:BBBB) that a tc filter "
+            "(cls_cgroup) may match, net_prio.ifpriomap a priority per interface; v2 has neither. A limit is a "
+            "qdisc on an interface: notebook 08 puts one on a container's veth")
+
+
 def no_net_controller() -> Step:
     """Docker's docs and many articles list bandwidth among the limits: the kernel has no cgroup controller for
     it. What it has (v1 only) tags a group's sockets: a class id (net_cls) or a priority (net_prio) that a qdisc
@@ -537,12 +555,18 @@ def no_net_controller() -> Step:
     layout = detect()
     built = {name: found for name, found in procfs.cgroup_controllers().items() if name.startswith("net")}
     on_v2 = (layout.v2 / "cgroup.controllers").read_text().split() if layout.v2 else None
+    controllers = ",".join(built) or "net_cls,net_prio"
+    # Read where the host mounted it (anyone may), else mounted by a child in its own mount namespace: root only.
+    mode = user_mode() if v1.mounted_hierarchy(controllers) else Mode.ROOT
     try:
-        files = v1.read_hierarchy_root(",".join(built) or "net_cls,net_prio")
-    except LabError as err:               # not root; or built without them (cgroup_no_v1=, or no CONFIG_)
+        files = v1.read_hierarchy_root(controllers)
+    except NeedsPrivilege as err:
         return hosts.refuse(title, action, NeedsPrivilege(err.message, why=(
             "a v1 hierarchy is mounted by root of the host only: the kernel makes none for a user namespace's root "
             "(cgroup1_get_tree)") if os.geteuid() else None, fix=err.fix))
+    except LabError as err:               # EBUSY: bound to another v1 hierarchy; ENODEV: cgroup_no_v1=, no CONFIG_
+        return hosts.refuse(title, action, NotSupportedHere(err.message, fix=err.fix or V1_REFUSED.get(
+            err.errno, "the kernel's answer is above; `grep net_ /proc/cgroups` shows what it has")))
     rates = [name for name in files if any(word in name for word in RATE_WORDS)]
     return Step(title, action, columns=("cgroup v2", "cgroup v1: net_cls, net_prio"),
                 before={"controllers": on_v2 if on_v2 is not None else "no cgroup2 mounted",
@@ -551,10 +575,7 @@ def no_net_controller() -> Step:
                        "the hierarchy's files": list(files),
                        **{name: value for name, value in files.items() if value},
                        "a file that takes a rate": rates or "none"},
-                mode=user_mode(),
-                note="no file takes a rate: net_cls.classid is a tag (0xAAAABBBB, tc class AAAA:BBBB) that a tc "
-                     "filter (cls_cgroup) may match, net_prio.ifpriomap a priority per interface; v2 has neither. "
-                     "A limit is a qdisc on an interface: notebook 08 puts one on a container's veth",
+                mode=mode, note=net_controller_note(rates),
                 data={"v2_controllers": on_v2, "built": built, "files": files, "rate_files": rates})
 
 

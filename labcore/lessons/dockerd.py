@@ -27,14 +27,13 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from labcore import paths
 from labcore.api.labd import ping
 from labcore.errors import LabError, NotSupportedHere
 from labcore.kernel import procfs
-from labcore.kernel.journal import Scope, process_start_time
+from labcore.kernel.journal import Scope, make_scratch, process_start_time
 from labcore.kernel.process import wait_until_ready
 
 COMPILED_IN = ("/run/docker/plugins", "/run/docker", "/run/containerd/s", "/run/containerd")
@@ -89,12 +88,10 @@ class Dockerd:
         self.record_process(int(Path(self.runtime, "exec", "containerd", "containerd.pid").read_text()))
 
     def make_directories(self) -> None:
-        paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-        self.directory = tempfile.mkdtemp(prefix="labcore-dockerd-", dir=paths.scratch_dir())
-        self.scope.record("directory", self.directory, "rmtree", path=self.directory)
+        self.directory = make_scratch(self.scope, "labcore-dockerd-")      # named, journaled, made
         self.runtime = f"/run/{os.path.basename(self.directory)}"
-        os.mkdir(self.runtime, 0o700)
         self.scope.record("directory", self.runtime, "rmtree", path=self.runtime)
+        os.mkdir(self.runtime, 0o700)
         self.socket = f"{self.runtime}/docker.sock"
         # Its own configuration: the host's /etc/docker/daemon.json must not change this daemon, and
         # Docker 20.10 would otherwise write its identity key to /etc/docker/key.json.

@@ -114,6 +114,15 @@ def refusal(title: str, error: Exception, points: float = 1.0) -> Check:
     return Check(title, points=points, refused=hosts.explain(error))
 
 
+def in_child(title: str, points: float, evidence: Callable, *args) -> dict | Check:
+    """``evidence(*args)`` run in a child, or a refused Check where the child's namespaces or mounts are
+    refused (a host where user namespaces work but AppArmor refuses the mount: Ubuntu 24.04)."""
+    try:
+        return run_in_child(evidence, *args)
+    except _REFUSED as err:
+        return refusal(title, err, points)
+
+
 def isolation_refused(title: str, points: float) -> Check | None:
     """A refused Check where nothing that isolates can run (a confined pod); None where it can."""
     if hosts.current().kind != hosts.CONFINED:
@@ -412,20 +421,11 @@ def _layers(base: Path) -> tuple[list[Path], Path, Path, Path]:
     return lowers, upper, work, merged
 
 
-def mount_point_line(path: Path) -> list[str]:
-    """The /proc/self/mountinfo fields of the mount at ``path``, or []."""
-    for line in procfs.read("self", "mountinfo").splitlines():
-        fields = line.split()
-        if procfs.unescape(fields[4]) == str(path):
-            return fields
-    return []
-
-
 def _overlay_evidence(fn: Callable, lowers, upper, work, merged) -> dict:
     enter_mount_namespace()
     _, raised = attempt(fn, [str(p) for p in lowers], str(upper), str(work), str(merged))
-    fields = mount_point_line(merged)
-    fstype = fields[fields.index("-") + 1] if "-" in fields else "none"
+    mount = procfs.mount_at(str(merged))
+    fstype = mount.fstype if mount else "none"
     listing = sorted(os.listdir(merged))
     shared = (merged / "shared.txt").read_text().strip() if (merged / "shared.txt").exists() else "absent"
     if fstype == "overlay":
@@ -443,7 +443,9 @@ def check_overlay_mount(fn: Callable, points: float = 2.0) -> Check:
         return refused
     with journal.Scope() as scope:
         lowers, upper, work, merged = _layers(scratch("overlay", scope))
-        seen = run_in_child(_overlay_evidence, fn, lowers, upper, work, merged)
+        seen = in_child(title, points, _overlay_evidence, fn, lowers, upper, work, merged)
+    if isinstance(seen, Check):
+        return seen
     rootless = os.geteuid() != 0
     return Check(title, [
         Criterion("an overlay is mounted on merged", seen["fstype"] == "overlay",
@@ -479,11 +481,10 @@ def check_whiteout(fn: Callable, name: str = "shared.txt", points: float = 2.0) 
         return refused
     with journal.Scope() as scope:
         lowers, upper, work, merged = _layers(scratch("whiteout", scope))
-        try:
-            seen = run_in_child(_whiteout_evidence, fn, lowers, upper, work, merged, name,
-                                os.geteuid() != 0)
-        except _REFUSED as err:
-            return refusal(title, err, points)
+        seen = in_child(title, points, _whiteout_evidence, fn, lowers, upper, work, merged, name,
+                        os.geteuid() != 0)
+    if isinstance(seen, Check):
+        return seen
     return Check(title, [
         Criterion(f"upper/{name} is a character device 0/0", seen["device"] == (0, 0),
                   f"{seen['kind']}, device {seen['device']}",
@@ -504,10 +505,10 @@ def _pivot_evidence(fn: Callable, root: Path) -> dict:
     _, raised = attempt(fn, str(root))
     here = os.stat("/")
     with open(os.open("mountinfo", os.O_RDONLY, dir_fd=proc)) as file:
-        mounts = [line.split() for line in file.read().splitlines()]
+        mounts = procfs.parse_mountinfo(file.read())
     return {"raised": raised, "root": (here.st_dev, here.st_ino), "cwd": os.getcwd(),
-            "marker": os.path.exists("/labcore-new-root"), "mounts": [m[4] for m in mounts],
-            "shared": any(f.startswith("shared:") for m in mounts for f in m[6:m.index("-")])}
+            "marker": os.path.exists("/labcore-new-root"), "mounts": [m.point for m in mounts],
+            "shared": any(tag.startswith("shared:") for m in mounts for tag in m.optional)}
 
 
 def check_pivot_root(fn: Callable, points: float = 3.0) -> Check:
@@ -521,7 +522,9 @@ def check_pivot_root(fn: Callable, points: float = 3.0) -> Check:
         root = scratch("pivot", scope)
         (root / "labcore-new-root").write_text("the new root\n")
         identity = (root.stat().st_dev, root.stat().st_ino)
-        seen = run_in_child(_pivot_evidence, fn, root)
+        seen = in_child(title, points, _pivot_evidence, fn, root)
+    if isinstance(seen, Check):
+        return seen
     pivoted = seen["root"] == identity or seen["marker"]
     return Check(title, [
         Criterion("/ is the new root", pivoted, "/labcore-new-root " + ("is there" if seen["marker"] else "absent"),
@@ -542,9 +545,9 @@ def check_pivot_root(fn: Callable, points: float = 3.0) -> Check:
 def _read_only_evidence(fn: Callable, root: Path) -> dict:
     enter_mount_namespace()
     _, raised = attempt(fn, str(root))
-    fields = mount_point_line(root)
+    mount = procfs.mount_at(str(root))
     write = errno_of(lambda: (root / "written").write_text("x"))
-    return {"raised": raised, "mounted": bool(fields), "options": fields[5] if fields else "", "write": write}
+    return {"raised": raised, "mounted": mount is not None, "options": mount.options if mount else "", "write": write}
 
 
 def check_read_only_root(fn: Callable, points: float = 2.0) -> Check:
@@ -556,7 +559,9 @@ def check_read_only_root(fn: Callable, points: float = 2.0) -> Check:
         return refused
     with journal.Scope() as scope:
         root = scratch("readonly", scope)
-        seen = run_in_child(_read_only_evidence, fn, root)
+        seen = in_child(title, points, _read_only_evidence, fn, root)
+        if isinstance(seen, Check):
+            return seen
         host_write = errno_of(lambda: (root / "from-the-host").write_text("x"))
     return Check(title, [
         Criterion("root is a mount point", seen["mounted"], "in mountinfo" if seen["mounted"] else "not mounted",
@@ -624,18 +629,17 @@ def check_start_time(fn: Callable, guest=None, points: float = 2.0) -> Check:
                   f"{seconds:.3f} s measured by you, {wall:.3f} s around the call" if measured else
                   f"{seconds!r} measured by you, {wall:.3f} s around the call",
                   "time.perf_counter() just before container.run and just after it; return the difference"),
-        beside_the_vm(seconds if measured else None, boot),
-    ], points, raised=raised)
+    ] + [c for c in [beside_the_vm(seconds if measured else None, boot)] if c is not None], points, raised=raised)
 
 
-def beside_the_vm(seconds: float | None, boot) -> Criterion:
-    """The container's start against the VM's boot measured in 07 (not a criterion to fail where no VM ran)."""
-    if seconds is not None and not isinstance(boot, (int, float)):
-        return Criterion("faster than the VM's boot", True, "the VM did not boot here: see 07's recording")
+def beside_the_vm(seconds: float | None, boot) -> Criterion | None:
+    """The container's start against the VM's boot measured in 07; None where no VM booted (nothing to grade)."""
+    if not isinstance(boot, (int, float)):          # nothing to compare with: no criterion to award
+        return None
     faster = seconds is not None and seconds < boot
     return Criterion("faster than the VM's boot", faster,
                      f"VM boot {boot:.2f} s: {boot / seconds:.0f}× the container's" if faster else
-                     f"VM boot {boot} s" if isinstance(boot, (int, float)) else "the VM did not boot here",
+                     f"VM boot {boot} s",
                      "a container starts processes on the running kernel; a VM boots a kernel first")
 
 
@@ -661,6 +665,8 @@ def _run_box(order: list[str]) -> tuple[list[str], str, Any]:
                 last = getattr(box, name)(**BOX_ARGS.get(name, {}))
             except InvalidTransition as err:
                 return done, f"{name}: {err}", last
+            if hosts.was_refused(last):               # this host refused it: not the order's fault
+                return done, "", last
             done.append(name)
     return done, why, last
 
@@ -678,13 +684,16 @@ def check_build_order(order, points: float = 3.0) -> Check:
         raised = ""
     order = list(order or [])
     done, why, last = _run_box(order)
+    if hosts.was_refused(last):
+        return refusal(title, NeedsPrivilege(f"08's step {last.title!r} was refused here", why=last.reason[:200]),
+                       points)
     data = getattr(last, "data", {}) if last is not None else {}
     stdout = data.get("stdout", []) if isinstance(data, dict) else []
     return Check(title, [
         Criterion("every step accepted in this order", not why and bool(done),
                   f"{len(done)} of {len(order)} done" + (f"; refused: {why}" if why else ""),
                   why or f"list the steps: {', '.join(sorted(BOX_STEPS))}"),
-        Criterion("all ten steps, up to wait", done == list(BOX_STEPS) or set(BOX_STEPS) <= set(done),
+        Criterion("all ten steps, up to wait", set(BOX_STEPS) <= set(done),
                   ", ".join(done) or "-", "every step is needed: the list ends with 'exec', then 'wait'"),
         Criterion("pid 1 ran the command: it printed box8", stdout == ["box8"], " ".join(map(str, stdout)) or "-",
                   "set_hostname comes after pivot_root and before exec"),
@@ -695,7 +704,7 @@ def _propagation_evidence(fn: Callable) -> dict:
     enter_mount_namespace()
     _, raised = attempt(fn)
     mounts = procfs.mountinfo()
-    tags = next((list(m.optional) for m in mounts if m.point == "/"), [])
+    tags = next((list(m.optional) for m in reversed(mounts) if m.point == "/"), [])
     shared = [m.point for m in mounts if any(tag.startswith("shared:") for tag in m.optional)]
     return {"raised": raised, "root tags": tags, "shared": shared}
 
@@ -707,9 +716,11 @@ def check_root_propagation(fn: Callable, points: float = 2.0) -> Check:
     refused = isolation_refused(title, points)
     if refused:
         return refused
-    host_root = mount_point_line(Path("/"))
-    host_shared = any(f.startswith("shared:") for f in host_root[6:host_root.index("-")]) if host_root else False
-    seen = run_in_child(_propagation_evidence, fn)
+    host_root = procfs.mount_at("/")
+    host_shared = any(tag.startswith("shared:") for tag in host_root.optional) if host_root else False
+    seen = in_child(title, points, _propagation_evidence, fn)
+    if isinstance(seen, Check):
+        return seen
     slave = any(tag.startswith("master:") for tag in seen["root tags"])
     return Check(title, [
         Criterion("no mount in the namespace is shared", not seen["shared"],
@@ -741,7 +752,9 @@ def check_drop_capability(fn: Callable, name: str = "CAP_SYS_CHROOT", points: fl
     refused = isolation_refused(title, points)
     if refused:
         return refused
-    seen = run_in_child(_capability_evidence, fn)
+    seen = in_child(title, points, _capability_evidence, fn)
+    if isinstance(seen, Check):
+        return seen
     return Check(title, [
         Criterion(f"{name} is not effective", name not in seen["effective"], f"CapEff: {len(seen['effective'])} "
                   "capabilities", "capabilities.set_capabilities(keep): capset(2) with every held one but it"),

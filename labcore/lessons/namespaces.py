@@ -217,27 +217,27 @@ class Sleeper:
 
     def __repr__(self) -> str:
         state = "stopped" if self._child is None or self._child.status is not None else "running"
-        text = f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
-        record(Step(f"a process left running in new {', '.join(self.kinds)} namespaces", "fork; unshare",
-                    key="namespaces.start_sleeper"), output=text)       # the reference run's, for refusals
-        return text
+        return f"<Sleeper pid {getattr(self, 'pid', '?')} in new {', '.join(self.kinds)} namespaces, {state}>"
 
 
 def start_sleeper(kinds=KINDS, hostname: str = DEFAULT_HOSTNAME) -> Sleeper | Step:
     """A ``Sleeper``; where this host refuses its namespaces, the refused Step, which stands in for it."""
     kinds = check_kinds(kinds)
+    title = f"a process left running in new {', '.join(kinds)} namespaces"
     try:
-        return Sleeper(kinds, hostname)
+        sleeper = Sleeper(kinds, hostname)
     except _REFUSED as err:
-        return hosts.refuse(f"a process left running in new {', '.join(kinds)} namespaces",
-                            isolate_action(kinds, hostname), err, key="namespaces.start_sleeper")
+        return hosts.refuse(title, isolate_action(kinds, hostname), err, key="namespaces.start_sleeper")
+    # Recorded once, here (showing it must not write): the reference run's, for the refusals elsewhere.
+    record(Step(title, "fork; unshare", key="namespaces.start_sleeper"), output=repr(sleeper))
+    return sleeper
 
 
 def _make_mountpoint(scope: journal.Scope) -> str:
     """An empty labcore-... directory for the mount-namespace demo, journaled so that it is removed."""
     path = paths.scratch_dir() / f"labcore-mnt-{os.getpid()}-{time.time_ns()}"
+    scope.record("directory", str(path), "rmtree", path=str(path))       # journaled before it exists
     path.mkdir(parents=True, mode=0o755)
-    scope.record("directory", str(path), "rmtree", path=str(path))
     return str(path)
 
 

@@ -262,9 +262,8 @@ def setup() -> Stage:
 
 
 def make_daemon_home(scope) -> str:
-    paths.scratch_dir().mkdir(parents=True, exist_ok=True)
-    home = tempfile.mkdtemp(prefix="labcore-flow-", dir=paths.scratch_dir())
-    scope.record("directory", home, "rmtree", path=home)
+    from labcore.kernel.journal import make_scratch
+    home = make_scratch(scope, "labcore-flow-")       # named, journaled, then made
     os.symlink(paths.journal_dir(), os.path.join(home, "journal"))
     return home
 
@@ -276,8 +275,9 @@ def socket_in(directory: str, name: str, scope) -> str:
     path = os.path.join(directory, name)
     if len(os.fsencode(path)) <= SUN_PATH_MAX:
         return path
-    short = tempfile.mkdtemp(prefix=f"{paths.PREFIX}-sock-")
-    scope.record("directory", short, "rmtree", path=short)
+    short = os.path.join(tempfile.gettempdir(), f"{paths.PREFIX}-sock-{secrets.token_hex(6)}")
+    scope.record("directory", short, "rmtree", path=short)        # journaled before it exists
+    os.mkdir(short, 0o700)
     return os.path.join(short, name)
 
 
@@ -371,8 +371,16 @@ def look_up_image(stage: Stage) -> FlowStep:
     return FlowStep("is the image local?", f"GET /images/{stage.reference}/json",
                     before={"images in labd's store": stored_images(stage) or "none"},
                     after={"answer": f"{lookup.status} {message}".strip()}, where="lookup", mode=user_mode(),
-                    exchanges=[lookup], note="not here: the client must ask the daemon to pull it",
+                    exchanges=[lookup], note=lookup_note(lookup.status),
                     data={"status": lookup.status, "message": message})
+
+
+def lookup_note(status: int) -> str:
+    if status == 200:
+        return "here already: labd answered with the image's config, so no pull is needed"
+    if status == 404:
+        return "not here: the client must ask the daemon to pull it"
+    return f"labd answered {status}: neither here nor missing; its message says why"
 
 
 def pull_image(stage: Stage) -> FlowStep:

@@ -339,8 +339,11 @@ def share_lower_layers(lower, containers: int = 10) -> Step:
             return hosts.refuse(title, "mount -t overlay (x N)  vs  cp -a (x N)", err)
         # The same work for both: make the container's root, then write its hostname in it.
         copy_seconds, copies = _timed(lambda i: _copy_root(lower, base / f"copy{i}"), containers)
-        overlay_seconds, overlays = _timed(
-            lambda i: _overlay_root(lower, base / f"labcore-c{i}", scope, keeper), containers)
+        try:
+            overlay_seconds, overlays = _timed(
+                lambda i: _overlay_root(lower, base / f"labcore-c{i}", scope, keeper), containers)
+        except _REFUSED as err:             # a host that refuses the mount itself (AppArmor, a confined pod)
+            return hosts.refuse(title, "mount -t overlay (x N)  vs  cp -a (x N)", err)
         copy_disk = sum(disk_usage(root) for root in copies)
         upper_disk = sum(disk_usage(overlay.upper) for overlay in overlays)
     after = {"containers": containers,
@@ -368,40 +371,6 @@ def _overlay_root(lower, directory: Path, scope: Scope, keeper: userns.MountKeep
                             keeper=keeper)
     (overlay.view / "labcore-hostname").write_text(directory.name + "\n")
     return overlay
-
-
-def bind_volume(lowers: list, target: str = "data") -> Step:
-    """docker run -v HOSTDIR:/data, by hand: a bind mount over MERGED/data; removing the container keeps it.
-    (``volume_outlives_container`` does the same with a real container.)"""
-    check_lowers(lowers)
-    if "/" in target or target in ("", ".", ".."):
-        raise BadInput(f"target must be one directory name under the container's root, got {target!r}")
-    with Scope() as scope:
-        volume, _ = make_scratch_dir("volume", scope)
-        overlay = create_overlay(lowers, scope, "container")
-        if not isinstance(overlay, Overlay):
-            return overlay                  # refused: the step that says why
-        mountpoint = overlay.merged / target
-        (overlay.view / target).mkdir(exist_ok=True)
-        if overlay.keeper:                  # rootless: in the keeper's namespace, gone with it
-            overlay.keeper.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
-        else:
-            syscalls.mount(str(volume), str(mountpoint), None, syscalls.MS_BIND)
-            bind = scope.record("mount", str(mountpoint), "umount", target=str(mountpoint))
-        (overlay.view / target / "kept.txt").write_text("written to the volume\n")
-        (overlay.view / "lost.txt").write_text("written to the container's layer\n")
-        before = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
-        # docker rm: the volume's bind mount goes first (it sits on the overlay), then the container.
-        if not overlay.keeper:
-            scope.entries.remove(bind)
-            scope.journal.undo(bind)
-        overlay.close()
-        after = {"volume (host dir)": listing(volume), "upperdir": listing(overlay.upper, overlay.xattr)}
-        kept = (volume / "kept.txt").read_text()
-    return Step("a volume outlives its container", f"mount --bind {volume} {mountpoint}; ...; docker rm",
-                before, after, data={"kept": kept}, mode=overlay_mode(overlay),
-                note=f"kept.txt went straight to the host directory, never into upperdir, and is still "
-                     f"there; the container's upperdir is {' '.join(after['upperdir'])} after docker rm")
 
 
 def rootless_overlay(lowers: list, file: str, directory: str) -> Step:
@@ -505,15 +474,23 @@ def volume_outlives_container(image: str = "busybox") -> Step:
     before = {"volume (host directory)": listing(volume), "container directory": "not created yet"}
     title, action = "a volume outlives its container", f"labcore run --rm -v {volume}:/data {image} sh -c '...'"
     run = run_flow.run_step(spec)
-    if not run.permitted:
-        return hosts.refuse(title, action, NeedsPrivilege(run.reason.splitlines()[0].removeprefix("refused: ")))
+    if not run.permitted:               # the run's whole refusal (explained already), under this step's title
+        return Step.refused(title, action, run.reason)
     result = run.data["result"]
     after = {"volume (host directory)": listing(volume), "inside: ls /lost.txt /data":
              result.stdout.decode().split(), "container directory": "exists" if state.exists() else "removed"}
-    return Step(title, action, before, after, current_mode(), data={"kept": (volume / "kept.txt").exists(),
-                                                     "container_left": state.exists()},
-                note="kept.txt went through the bind mount to the host's directory and is still there; "
-                     "lost.txt was in the container's upperdir, removed with it")
+    kept, left = (volume / "kept.txt").exists(), state.exists()
+    return Step(title, action, before, after, current_mode(), data={"kept": kept, "container_left": left},
+                note=volume_note(kept, left))
+
+
+def volume_note(kept: bool, container_left: bool) -> str:
+    """What the host's directory and the containers' directory show after the run, in those words."""
+    volume = ("kept.txt went through the bind mount to the host's directory and is still there" if kept else
+              "kept.txt is not in the host's directory: the bind mount did not take the write")
+    upper = ("lost.txt was in the container's upperdir, removed with it" if not container_left else
+             "the container's directory is still there, lost.txt with it: --rm did not remove it")
+    return f"{volume}; {upper}"
 
 
 def commit(container_ref: str, reference: str, comment: str = "") -> Step:
@@ -556,9 +533,7 @@ class BuildLog:
                 "layers": self.result.layers, "cached": self.result.cached}
 
     def __str__(self) -> str:
-        text = str(self.result)
-        record(Step(self.key, "labcore build", mode=user_mode(), key=self.key), output=text)
-        return text
+        return str(self.result)
 
     __repr__ = __str__
 
@@ -569,9 +544,11 @@ def build_image(context, labfile=None, tag: str | None = None) -> BuildLog | Ste
     _BUILDS[tag] += 1
     key = f"build {tag} #{_BUILDS[tag]}"
     try:
-        return BuildLog(build.build(context, labfile, tag), key)
+        log = BuildLog(build.build(context, labfile, tag), key)
     except _REFUSED as err:
         return hosts.refuse(f"labcore build -t {tag} {context}", f"labcore build -t {tag} {context}", err, key=key)
+    record(Step(key, "labcore build", mode=user_mode(), key=key), output=str(log))     # once, not on each show
+    return log
 
 
 def change_running_container(image: str, script: str) -> Step:
@@ -580,10 +557,14 @@ def change_running_container(image: str, script: str) -> Step:
     ``remove_container``."""
     title = f"a running {image} container, changed by docker exec"
     action = f"labcore run -d --network none {image} sleep 600; labcore exec ID sh -c '{script}'"
+    made = None
     try:
-        running = engine.start(engine.create(container.Spec(image, ["sleep", "600"], network="none")).id)
+        made = engine.create(container.Spec(image, ["sleep", "600"], network="none"))
+        running = engine.start(made.id)
         output = list(engine.exec_start(engine.exec_create(running.id, ["sh", "-c", script])))
     except (NeedsPrivilege, NotSupportedHere) as err:
+        if made is not None:                        # refused after create: leave no container behind
+            engine.remove(made.id, force=True)
         return hosts.refuse(title, action, err, key="layers.change_running_container")
     upper = running.directory / "upper"
     return Step(title, action, before={"upperdir": "(empty)"},
@@ -607,7 +588,10 @@ def remove_container(running: Step) -> Step:
     engine.remove(running.data["id"], force=True)
     after = {"container directory": running.data["directory"].exists(), "image layer": lowers[0].exists()}
     return Step(title, action, before, after, user_mode(), key="layers.remove_container",
-                note="the container's upperdir and state went with it; the image's layer is shared, and stays",
+                note=("the container's upperdir and state went with it" if not after["container directory"] else
+                      "the container's directory is still there")
+                + ("; the image's layer is shared, and stays" if after["image layer"] else
+                   "; the image's layer went too"),
                 data={"container_left": after["container directory"], "layer_left": after["image layer"]})
 
 

@@ -87,8 +87,11 @@ def check_volume(volume: str) -> None:
 def check_limits(limits: dict) -> None:
     """Docker's value syntax, as `labcore run` parses it; a throttle's device need not exist here."""
     from labcore.kernel.cgroups.limits import parse_size
-    rest = {flag: value for flag, value in limits.items() if flag not in THROTTLE_KEYS}
+    from labcore.kernel.cgroups.limits import parse_cpus
+    rest = {flag: value for flag, value in limits.items() if flag not in THROTTLE_KEYS and flag != "cpus"}
     specs.parse_limits(specs.Spec(image="-", limits=rest))
+    if "cpus" in limits:                 # the host compose runs on may have more CPUs than this one
+        parse_cpus(limits["cpus"], on_this_host=False)
     for flag in THROTTLE_KEYS:
         for text in limits.get(flag, ()):
             device, sep, rate = str(text).rpartition(":")

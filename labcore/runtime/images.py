@@ -115,7 +115,7 @@ def prune(store, used: set, only_dangling: bool = True) -> tuple[list[str], int]
         named = [other for other in store.list() if other.id == image.id and other.name != "<none>"]
         if image.id in used or (only_dangling and named):
             continue
-        with contextlib.suppress(LabError):
-            space += image.size
+        with contextlib.suppress(LabError):     # one that could not go frees nothing: counted only once gone
             deleted += delete(store, image, named)
+            space += image.size
     return deleted, space

@@ -70,8 +70,7 @@ def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
         assert host_link("lcptest1c") is None
         assert open("/proc/sys/net/ipv4/conf/lcbr0/forwarding").read().strip() == "0"
         # inside: its own namespace, eth0 with the address, a default route via the bridge
-        step = client_server.show_interfaces(server.pid)
-        inside = step.data["inside"]
+        inside = network.in_netns(server.pid, network.read_interfaces)
         assert endpoint.netns == network.netns_inode(server.pid) != network.netns_inode("self")
         assert inside["net ns"] == f"net:[{endpoint.netns}]"
         assert inside["eth0"] == f"UP {endpoint.ip}/24"
@@ -107,8 +106,8 @@ def test_two_servers_on_port_80_answer_with_their_own_identity():
 
 def test_network_none_is_lo_up_and_nothing_else():
     with journal.Scope() as scope, client_server.Server("alone", scope, port=8000) as server:
-        network.loopback_up(server.pid)
-        inside = client_server.show_interfaces(server.pid).data["inside"]
+        network.in_netns(server.pid, network.bring_up, "lo")           # --network none: lo, up
+        inside = network.in_netns(server.pid, network.read_interfaces)
         assert set(inside) == {"net ns", "lo", "default route"} and inside["default route"] == "none"
         assert network.in_netns(server.pid, network.ask, "127.0.0.1", 8000) == server.inside["identity"]
 

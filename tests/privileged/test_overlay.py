@@ -96,13 +96,6 @@ def test_a_failed_mount_removes_what_it_made(lower):
         assert not (base / "merged").exists() and len(scope.entries) == 1
 
 
-def test_a_volume_outlives_its_container(lower):
-    step = union_fs.bind_volume([lower])
-    assert step.data["kept"] == "written to the volume\n"
-    assert step.before["upperdir"] == ["data/", "lost.txt"]          # the volume's file never went there
-    assert step.after["upperdir"] == ["(absent)"] and step.after["volume (host dir)"] == ["kept.txt"]
-
-
 def test_rootless_overlay_uses_user_xattrs(lower):
     step = union_fs.rootless_overlay([lower], "etc/hostname", "var")
     assert step.mode is Mode.USERNS, step.reason

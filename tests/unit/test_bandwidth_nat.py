@@ -2,7 +2,7 @@
 calls through the netlink recorder and a recording nft, each object journaled before it is made and undone."""
 import pytest
 
-from labcore.errors import BadInput, LabError
+from labcore.errors import BadInput, LabError, NotSupportedHere
 from labcore.kernel import journal, nat, netlink, network
 
 HOST_END = {"ifname": "lcab12h", "operstate": "UP", "master": "lcbr0"}
@@ -155,3 +155,62 @@ def test_a_fresh_cleanup_finds_every_new_undo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[2])              # this checkout's labcore, not an installed one
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("mbit", [0, 0.5, -3])
+def test_a_rate_below_one_mbit_is_refused_before_the_box_is_looked_at(mbit):
+    from labcore.lessons import build_your_own
+    with pytest.raises(BadInput, match="at least 1 Mbit/s"):
+        build_your_own.limit_bandwidth(None, mbit=mbit)
+
+
+def test_the_notes_say_what_was_measured_not_what_was_expected():
+    from types import SimpleNamespace
+
+    from labcore.lessons import build_your_own as byo
+    held = byo.bandwidth_note(2, 16, 900.0, 15.8)
+    assert "900.0 Mbit/s free and 15.8 Mbit/s under a 16 Mbit/s limit" in held and "not held" not in held
+    assert "not held" in byo.bandwidth_note(2, 16, 900.0, 850.0)
+    assert "then the host's 10.204.0.1" not in byo.masquerade_note(["10.203.0.2", "10.204.0.1"], "10.203.0.2",
+                                                                   "10.204.0.1")
+    assert "not the box's" in byo.masquerade_note(["10.203.0.2", "10.203.0.2"], "10.203.0.2", "10.204.0.1")
+    ok, bad = SimpleNamespace(returncode=0), SimpleNamespace(returncode=1)
+    assert "read the file back" in byo.composerize_note(ok, ok)
+    assert "refused the file" in byo.composerize_note(ok, bad) and "not installed" in byo.composerize_note(ok, None)
+
+
+@pytest.fixture
+def forwarding_files(tmp_path, monkeypatch):
+    """The sysctls as plain files, and the holders and the lock in tmp_path: no host setting is touched."""
+    conf = tmp_path / "conf"
+    for link in ("lcbr0", "lcab12o"):
+        (conf / link).mkdir(parents=True)
+        (conf / link / "forwarding").write_text("0")
+    monkeypatch.setattr(nat.procfs, "sysctl_path", lambda name: str(conf / name.split(".")[3] / "forwarding"))
+    monkeypatch.setattr(network, "FORWARDING_HOLDERS", tmp_path / "holders")
+    monkeypatch.setattr(network, "lock_path", lambda net: tmp_path / "bridge.lock")
+    return lambda link: (conf / link / "forwarding").read_text()
+
+
+def test_the_shared_bridge_forwards_until_its_last_holder_is_undone(forwarding_files):
+    with journal.Scope() as first:
+        nat.allow_forwarding("lcbr0", first)
+        with journal.Scope() as second:                 # another lab's masquerade step, at the same time
+            nat.allow_forwarding("lcbr0", second)
+            nat.allow_forwarding("lcab12o", second)
+        assert forwarding_files("lcbr0") == "1"         # the first step still routes through it
+        assert forwarding_files("lcab12o") == "0"
+        network.forbid_forwarding("lcbr0")              # a container connecting meanwhile leaves it on
+        assert forwarding_files("lcbr0") == "1"
+    assert forwarding_files("lcbr0") == "0" and not network.FORWARDING_HOLDERS.exists()
+
+
+def test_the_other_network_takes_a_free_slash_30(monkeypatch):
+    held = [{"ifname": "lcx1o", "addr_info": [{"family": "inet", "local": "10.204.0.1"}]}]
+    with netlink.use(netlink.Recorder(links=held)):
+        assert nat.free_peer_subnet("10.204.0.0/28") == "10.204.0.4/30"
+    every = [{"ifname": f"lcx{i}o", "addr_info": [{"family": "inet", "local": f"10.204.0.{4 * i + 1}"}]}
+             for i in range(4)]
+    with netlink.use(netlink.Recorder(links=every)):
+        with pytest.raises(NotSupportedHere, match="every /30 of 10.204.0.0/28"):
+            nat.free_peer_subnet("10.204.0.0/28")

@@ -288,3 +288,25 @@ def test_undo_leaves_a_parent_that_still_holds_child_groups(tmp_path):
     (parent / "labcore-other-run").rmdir()
     undo_rmdir_cgroup(str(parent))
     assert not parent.exists()
+
+
+def test_a_busy_v1_hierarchy_is_not_a_privilege_refusal(monkeypatch):
+    import errno
+
+    from labcore.errors import LabError
+    from labcore.kernel.cgroups import v1 as cgroup_v1
+    from labcore.lessons import control_groups
+
+    def busy(controllers):
+        raise LabError("mount(cgroup, net_cls,net_prio) failed: Device or resource busy", errno=errno.EBUSY)
+
+    monkeypatch.setattr(cgroup_v1, "read_hierarchy_root", busy)
+    step = control_groups.no_net_controller()
+    assert not step.permitted and "busy" in step.reason and "needs privilege" not in step.reason.lower()
+    assert "mounted with other options" in step.reason
+
+
+def test_the_net_controller_note_follows_the_files_found():
+    from labcore.lessons import control_groups
+    assert control_groups.net_controller_note([]).startswith("no file takes a rate")
+    assert "net_cls.rate_bps" in control_groups.net_controller_note(["net_cls.rate_bps"])

@@ -110,3 +110,19 @@ def test_the_notebook_step_shows_the_file_and_compose_reading_it_or_says_why_not
     refused = build_your_own.composerize("docker run --restart always busybox")
     assert refused.data["exit_code"] == 125 and "--restart" in refused.data["error"]
     assert refused.data["yaml"] == "" and "refused by name" in refused.note
+
+
+def test_an_unclosed_quote_is_refused_naming_it(capsys):
+    assert main(["composerize", "docker run -e 'A=b busybox"]) == 125
+    error = capsys.readouterr().err
+    assert "No closing quotation" in error and "quote it as a shell would" in error
+
+
+@pytest.mark.parametrize("cpus, said", [("4096", None), ("lots", "is not a number"), ("0", "out of range")])
+def test_cpus_is_checked_the_same_on_every_host(cpus, said):
+    if said is None:                     # more CPUs than this host has: the file may run on a bigger one
+        assert composed(f"docker run --cpus {cpus} busybox")["services"]["busybox"]["cpus"] == 4096
+        return
+    with pytest.raises(BadInput, match=said) as refused:
+        composed(f"docker run --cpus {cpus} busybox")
+    assert "e.g. --cpus 0.5" in refused.value.fix

@@ -98,7 +98,7 @@ def test_a_start_time_must_measure_the_call_and_is_set_beside_the_vms_boot(monke
     made_up = exercises.check_start_time(lambda: (5.0, fake_result(b"")), guest)
     assert [c.ok for c in made_up.criteria] == [True, False, False]
     no_vm = exercises.check_start_time(lambda: (0.000001, fake_result(b"")), None)
-    assert no_vm.passed and "did not boot here" in str(no_vm)
+    assert no_vm.passed and len(no_vm.criteria) == 2       # no VM booted: nothing to be faster than, no point given
 
 
 def test_a_step_name_the_box_does_not_have_is_refused_before_a_box_is_made(monkeypatch):
@@ -118,3 +118,38 @@ def test_without_the_daemon_the_raw_request_is_refused():
     stage = Step.refused("the stage", "labd", "refused: no daemon here")
     result = exercises.check_create_and_start(lambda *args: "id", stage)
     assert result.refused and "daemon did not start" in result.refused
+
+
+@pytest.mark.parametrize("check", ["check_overlay_mount", "check_whiteout", "check_pivot_root",
+                                   "check_read_only_root", "check_root_propagation", "check_drop_capability"])
+def test_a_child_refused_its_mount_is_a_refused_check_not_a_traceback(monkeypatch, check):
+    # Ubuntu 24.04: user namespaces work, AppArmor refuses the mount the child makes in its own namespace.
+    from labcore.errors import NeedsPrivilege
+    monkeypatch.setattr(hosts, "current", lambda: hosts.Host(0, True, None, False, None))
+
+    def refused(*args):
+        raise NeedsPrivilege("mount: EACCES (AppArmor)")
+
+    monkeypatch.setattr(exercises, "run_in_child", refused)
+    result = getattr(exercises, check)(lambda *args: None)
+    assert result.refused and "AppArmor" in result.refused and result.score() == 0
+
+
+def test_a_box_step_this_host_refused_makes_the_order_check_refused(monkeypatch):
+    monkeypatch.setattr(hosts, "current", lambda: hosts.Host(0, True, None, False, None))
+    from contextlib import contextmanager
+
+    from labcore.lessons import build_your_own
+    from labcore.lessons.evidence import Step
+
+    class Box:
+        def __getattr__(self, name):
+            return lambda **kwargs: Step.refused(name, name, "refused: mount: EACCES")
+
+    @contextmanager
+    def box(image):
+        yield Box()
+
+    monkeypatch.setattr(build_your_own, "start", box)
+    result = exercises.check_build_order(list(exercises.BOX_STEPS))
+    assert result.refused and "'layers' was refused" in result.refused and result.score() == 0

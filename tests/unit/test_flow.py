@@ -131,7 +131,6 @@ def test_listening_ports_reads_ipv4_and_ipv6_tables():
             as six:
         found = client_server.listening_ports("self")
         assert f"127.0.0.1:{four.getsockname()[1]}" in found and f"[::1]:{six.getsockname()[1]}" in found
-    assert client_server.readable_address("00000000000000000000000000000000") == "*"
 
 
 def test_the_tap_relays_unchanged_and_notes_request_and_status(fake_daemon):
@@ -155,3 +154,9 @@ def test_a_flow_step_in_a_notebook_is_its_evidence_then_the_flowchart_lit_where_
     shown.clear()
     run_flow.FlowStep("forget the image", "DELETE /images/x")._ipython_display_()
     assert len(shown) == 1                      # no place in the flowchart: no drawing
+
+
+def test_the_lookup_note_follows_labds_answer():
+    assert run_flow.lookup_note(404).startswith("not here")
+    assert run_flow.lookup_note(200).startswith("here already")
+    assert "500" in run_flow.lookup_note(500)

@@ -301,3 +301,21 @@ def test_umoci_lists_the_tag(store, built):
     listed = subprocess.run(["umoci", "ls", "--layout", str(store.root)], check=True,
                             capture_output=True, text=True).stdout
     assert listed.split() == ["latest"]
+
+
+def test_prune_counts_only_the_bytes_of_images_it_deleted(monkeypatch):
+    from types import SimpleNamespace
+
+    from labcore.errors import LabError
+    from labcore.runtime import images as runtime_images
+    gone = SimpleNamespace(id="sha256:aa", name="<none>", size=100)
+    stuck = SimpleNamespace(id="sha256:bb", name="<none>", size=7000)
+    store = SimpleNamespace(list=lambda: [gone, stuck])
+
+    def delete(store, image, named):
+        if image is stuck:
+            raise LabError("a layer is busy")
+        return [f"Deleted: {image.id}"]
+
+    monkeypatch.setattr(runtime_images, "delete", delete)
+    assert runtime_images.prune(store, used=set()) == (["Deleted: sha256:aa"], 100)

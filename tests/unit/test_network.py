@@ -175,18 +175,6 @@ def test_enter_netns_is_one_setns_with_clone_newnet():
     assert rec.calls[0][1][1] == syscalls.CLONE_NEWNET
 
 
-PROC_NET_TCP = """\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
-   1: 0100007F:46A0 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
-   2: 0200CB0A:0050 0100CB0A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
-"""
-
-
-def test_tcp_listeners_decode_proc_net_tcp():
-    assert network.parse_tcp_listeners(PROC_NET_TCP) == ["0.0.0.0:80", "127.0.0.1:18080"]
-
-
 def test_ipv4_addresses_summarise_ip_json():
     dump = [{"ifname": "lo", "operstate": "UNKNOWN", "addr_info": [
                 {"family": "inet", "local": "127.0.0.1", "prefixlen": 8},
@@ -318,3 +306,12 @@ def test_netlink_works_from_a_running_event_loop_as_in_a_jupyter_kernel():
     async def inside_a_loop():
         return netlink.Kernel().links()                # asyncio refused this before: "loop is already running"
     assert "lo" in [link["ifname"] for link in asyncio.run(inside_a_loop())]
+
+
+def test_link_set_passes_false_and_zero_and_leaves_out_only_none():
+    with netlink.use(netlink.Recorder(links=[{"ifname": "lcab12h", "operstate": "UP"}])) as rec:
+        netlink.link_set("lcab12h", up=False)
+        assert netlink.backend().links()[0]["operstate"] == "DOWN"
+        netlink.link_set("lcab12h", netns=0)
+        netlink.link_set("lcx", new_name="eth0")
+    assert rec.commands() == ["link set lcab12h down", "link set lcab12h netns 0", "link set lcx name eth0"]

@@ -88,7 +88,7 @@ def test_counters_and_network_tables():
     assert procfs.meminfo(root=ROOT)["HugePages_Total"] == 0
     assert procfs.system_cpu_ticks(root=ROOT) == 100 + 2 + 30 + 4000 + 5 + 6 + 7
     assert procfs.net_dev(1, root=ROOT)["eth0"][:2] == [1306, 15]
-    assert [row[1:4] for row in procfs.net_table("tcp", 1, root=ROOT)] == [["00000000:0050", "00000000:0000", "0A"]]
+    assert procfs.net_table("tcp", 1, root=ROOT)[0][1:4] == ["00000000:0050", "00000000:0000", "0A"]
     assert [row[:2] for row in procfs.sysvipc("msg", root=ROOT)] == [["1280262737", "0"]]
     forwarding = procfs.sysctl_path("net.ipv4.conf.lcbr0.forwarding", root=ROOT)
     assert forwarding == f"{ROOT}/sys/net/ipv4/conf/lcbr0/forwarding"
@@ -104,3 +104,9 @@ def test_cgroup_controllers_names_each_with_its_v1_hierarchy():
     assert found["memory"] == {"hierarchy": 4, "groups": 90, "enabled": 1}
     assert found["net_cls"]["hierarchy"] == 0 and found["net_prio"]["enabled"] == 1
     assert "#subsys_name" not in found
+
+
+def test_tcp_listeners_read_both_tables_and_only_listening_rows():
+    found = procfs.tcp_listeners(1, root=ROOT)
+    assert [str(listener) for listener in found] == ["0.0.0.0:80", "127.0.0.1:18080", "*:8080", "[::1]:22"]
+    assert [listener.inode for listener in found] == [31337, 31338, 31340, 31341]       # the connected row is not

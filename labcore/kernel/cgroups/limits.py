@@ -16,6 +16,7 @@ Next: ``labcore.kernel.cgroups`` creates a group and writes these limits into it
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -109,14 +110,18 @@ def parse_memory(text: str) -> int:
     return size
 
 
-def parse_cpus(text: str) -> float:
-    """A number of cores, more than 0 and at most the CPUs this host has (as Docker checks)."""
-    cores = os.cpu_count() or 1
+def parse_cpus(text: str, on_this_host: bool = True) -> float:
+    """A number of cores, at least 0.01 and, ``on_this_host``, at most the CPUs this host has (as Docker checks;
+    a compose file may run on another host, so its check leaves the top out)."""
     try:
         cpus = float(text)
     except (TypeError, ValueError):
-        cpus = -1.0
-    if not 0.01 <= cpus <= cores:
+        raise BadInput(f"--cpus {text!r} is not a number", fix="a number of cores, a decimal point allowed: "
+                       "e.g. --cpus 0.5 or --cpus 2") from None
+    if not 0.01 <= cpus < math.inf:                # NaN compares false: refused here too
+        raise BadInput(f"--cpus {text!r} is out of range", fix="at least 0.01 cores, e.g. --cpus 0.5")
+    cores = os.cpu_count() or 1
+    if on_this_host and cpus > cores:
         raise BadInput(f"--cpus {text!r} is out of range", fix=f"give a number of cores from 0.01 to "
                        f"{cores} (this host's CPUs), e.g. --cpus 0.5")
     return cpus

@@ -142,13 +142,17 @@ def read_hierarchy_root(controllers: str = "net_cls,net_prio") -> dict[str, str]
     """The files of a v1 hierarchy's root group and their values, {name: text}: where the host has it mounted,
     read there; else mounted by a child in a mount namespace of its own, where it goes when the child exits.
     Nothing is written: a value written in the root would tag every socket on the host."""
-    from labcore.kernel import procfs
     from labcore.kernel.process import run_in_child
+    point = mounted_hierarchy(controllers)
+    return _read_root(point) if point else run_in_child(_mount_and_read, controllers)
+
+
+def mounted_hierarchy(controllers: str) -> str | None:
+    """Where this mount namespace has a v1 hierarchy with all of ``controllers`` mounted, or None."""
+    from labcore.kernel import procfs
     wanted = set(controllers.split(","))
-    for mount in procfs.mountinfo("self"):
-        if mount.fstype == "cgroup" and wanted <= set(mount.super_options.split(",")):
-            return _read_root(mount.point)
-    return run_in_child(_mount_and_read, controllers)
+    return next((mount.point for mount in procfs.mountinfo("self")
+                 if mount.fstype == "cgroup" and wanted <= set(mount.super_options.split(","))), None)
 
 
 def _mount_and_read(controllers: str) -> dict[str, str]:
