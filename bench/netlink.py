@@ -24,9 +24,9 @@ def measure(runs: int) -> dict[str, list[float]]:
     """In a new network namespace: the import, then ``runs`` of each, interleaved: a veth pair added (and
     deleted, untimed: the kernel's wait for its RCU grace period would hide the rest), and `link set lo up`,
     a call the kernel answers at once, which shows the cost of the way of asking alone."""
-    from labcore.kernel import netlink, userns
+    from labcore.kernel import netlink, syscalls, userns
     from labcore.kernel.process import find_program
-    userns.unshare(0x40000000)                       # CLONE_NEWNET (in a user namespace when not root)
+    userns.unshare(syscalls.CLONE_NEWNET)                       # in a user namespace when not root
     ip = find_program("ip") or "/sbin/ip"
     started = time.perf_counter()
     netlink.links()
