@@ -536,7 +536,11 @@ V1_REFUSED = {
 }
 
 
-def net_controller_note(rates: list[str]) -> str:
+def net_controller_note(rates: list[str], read_v1: bool = True) -> str:
+    if not read_v1:
+        return ("cgroup v2 has no network controller; v1's net_cls and net_prio, which only tag packets for tc and "
+                "firewalls, could not be mounted here. A limit is a qdisc on an interface: notebook 08 puts one on "
+                "a container's veth")
     if rates:                            # a kernel the lab has not met: say what it found, not what it expected
         return (f"files whose names speak of a rate: {', '.join(rates)}; read their values above before "
                 "concluding. A limit is a qdisc on an interface: notebook 08 puts one on a container's veth")
@@ -558,25 +562,34 @@ def no_net_controller() -> Step:
     controllers = ",".join(built) or "net_cls,net_prio"
     # Read where the host mounted it (anyone may), else mounted by a child in its own mount namespace: root only.
     mode = user_mode() if v1.mounted_hierarchy(controllers) else Mode.ROOT
+    v1_answer = ""
     try:
         files = v1.read_hierarchy_root(controllers)
-    except NeedsPrivilege as err:
-        return hosts.refuse(title, action, NeedsPrivilege(err.message, why=(
-            "a v1 hierarchy is mounted by root of the host only: the kernel makes none for a user namespace's root "
-            "(cgroup1_get_tree)") if os.geteuid() else None, fix=err.fix))
-    except LabError as err:               # EBUSY: bound to another v1 hierarchy; ENODEV: cgroup_no_v1=, no CONFIG_
-        return hosts.refuse(title, action, NotSupportedHere(err.message, fix=err.fix or V1_REFUSED.get(
-            err.errno, "the kernel's answer is above; `grep net_ /proc/cgroups` shows what it has")))
+    except (NeedsPrivilege, LabError) as err:
+        if on_v2 is None:                 # nothing to show: no v2 tree, and the v1 one refused
+            return refuse_net_controller(title, action, err)
+        # cgroup v2's own answer stands alone; the kernel's refusal of the v1 hierarchy is part of the evidence
+        files, v1_answer, mode = {}, f"not mounted here: {err.message}", user_mode()
     rates = [name for name in files if any(word in name for word in RATE_WORDS)]
     return Step(title, action, columns=("cgroup v2", "cgroup v1: net_cls, net_prio"),
                 before={"controllers": on_v2 if on_v2 is not None else "no cgroup2 mounted",
                         "a network controller": [c for c in on_v2 or () if c.startswith("net")] or "none"},
                 after={"controllers": [f"{name} (hierarchy {found['hierarchy']})" for name, found in built.items()],
-                       "the hierarchy's files": list(files),
+                       "the hierarchy's files": list(files) or v1_answer,
                        **{name: value for name, value in files.items() if value},
                        "a file that takes a rate": rates or "none"},
-                mode=mode, note=net_controller_note(rates),
+                mode=mode, note=net_controller_note(rates, read_v1=not v1_answer),
                 data={"v2_controllers": on_v2, "built": built, "files": files, "rate_files": rates})
+
+
+def refuse_net_controller(title: str, action: str, err: LabError) -> Step:
+    if isinstance(err, NeedsPrivilege):
+        return hosts.refuse(title, action, NeedsPrivilege(err.message, why=(
+            "a v1 hierarchy is mounted by root of the host only: the kernel makes none for a user namespace's root "
+            "(cgroup1_get_tree)") if os.geteuid() else None, fix=err.fix))
+    # EBUSY: bound to another v1 hierarchy; ENODEV: cgroup_no_v1=, no CONFIG_
+    return hosts.refuse(title, action, NotSupportedHere(err.message, fix=err.fix or V1_REFUSED.get(
+        err.errno, "the kernel's answer is above; `grep net_ /proc/cgroups` shows what it has")))
 
 
 # --- hierarchy ---------------------------------------------------------------------------------------------
