@@ -579,7 +579,8 @@ def no_net_controller() -> Step:
                        **{name: value for name, value in files.items() if value},
                        "a file that takes a rate": rates or "none"},
                 mode=mode, note=net_controller_note(rates, read_v1=not v1_answer),
-                data={"v2_controllers": on_v2, "built": built, "files": files, "rate_files": rates})
+                data={"v2_controllers": on_v2, "built": built, "files": files, "rate_files": rates,
+                      "v2_network_controllers": [c for c in on_v2 or () if c.startswith("net")]})
 
 
 def refuse_net_controller(title: str, action: str, err: LabError) -> Step:
