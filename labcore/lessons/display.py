@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labcore.kernel import procfs
-from labcore.lessons.evidence import PRE, WRAP, html_cell
+from labcore.lessons.evidence import PRE, WRAP
 
 MOUNT_COLUMNS = ("mount point", "fstype", "source", "root", "propagation", "options", "fs options")
 # The superblock's options that teach, shortened: an overlay's layers as a count and their last path
@@ -46,7 +46,10 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(html_cell(str(value)) for value in row) + "</tr>" for row in self.rows)
+        # A cell may break anywhere (overflow-wrap:anywhere also lowers the table's narrowest width, which
+        # break-word does not): a mount's options are long runs of commas, and the table must fit the page.
+        body = "".join("<tr>" + "".join(f"<td style='overflow-wrap:anywhere'><code>{html.escape(str(value))}</code>"
+                                        "</td>" for value in row) + "</tr>" for row in self.rows)
         title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
         return f"<div style='{WRAP}'>{title}<table><tr>{head}</tr>{body}</table></div>"
 
