@@ -46,9 +46,10 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in self.columns)
-        # A cell may break anywhere (overflow-wrap:anywhere also lowers the table's narrowest width, which
-        # break-word does not): a mount's options are long runs of commas, and the table must fit the page.
-        body = "".join("<tr>" + "".join(f"<td style='overflow-wrap:anywhere'><code>{html.escape(str(value))}</code>"
+        # A cell may break anywhere: a mount's options are long runs of commas, and the table must fit the page.
+        # word-break, not overflow-wrap: JupyterLab's sanitizer keeps the one and drops the other in an untrusted
+        # notebook (the browser test saw it).
+        body = "".join("<tr>" + "".join(f"<td style='word-break:break-all'><code>{html.escape(str(value))}</code>"
                                         "</td>" for value in row) + "</tr>" for row in self.rows)
         title = f"<b>{html.escape(self.title)}</b>" if self.title else ""
         return f"<div style='{WRAP}'>{title}<table><tr>{head}</tr>{body}</table></div>"
