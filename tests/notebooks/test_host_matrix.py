@@ -18,9 +18,14 @@ from labcore.lessons.dockerd import dockerd_unavailable_reason
 pytestmark = pytest.mark.matrix
 # As an ordinary user everything runs for real but what needs root on the host itself: limits on a cgroup v1
 # host (nothing is delegated there). The network is the user-mode one (labcore.kernel.usernet): real.
-NEEDS_THE_HOST = {"04-control-groups.ipynb": None,                  # None: any step may be refused
+NEEDS_THE_HOST = {"02-client-server.ipynb": {"Docker's processes: dockerd, containerd, the shim, the container"},
+                  "04-control-groups.ipynb": None,                  # None: any step may be refused
                   "07-containers-vs-vms.ipynb": set(),
-                  "08-build-your-own-docker-run.ipynb": {"box.join_cgroup()"},
+                  # a qdisc and nftables rules on the host's side of the box's veth: root of the host only
+                  "08-build-your-own-docker-run.ipynb": {
+                      "box.join_cgroup()", "bandwidth: tc tbf rate 16mbit on the box's veth",
+                      "publish with DNAT: host port 18810 -> the box's port 8080",
+                      "MASQUERADE: the box reaches another network as the host"},
                   # --user 1000 rootless: only uid 0 is mapped (no newuidmap); the memory escape needs a limit
                   "09-security.ipynb": {"Capabilities, decoded", "Escape: Lift its own memory limit (--memory 32m)"}}
 
