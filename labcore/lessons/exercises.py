@@ -434,16 +434,22 @@ def _overlay_evidence(fn: Callable, lowers, upper, work, merged) -> dict:
             "in upper": sorted(os.listdir(upper))}
 
 
-def check_overlay_mount(fn: Callable, points: float = 2.0) -> Check:
-    """``fn(lowers, upper, work, merged)`` mounts the overlay itself (in a child's mount namespace); the
-    merged dir must show both lowers, the first lowerdir on top, and a write must land in the upperdir."""
-    title = "An overlay mount, by hand"
+def on_scratch_layers(title: str, points: float, name: str, evidence: Callable, fn: Callable, *extra):
+    """``evidence(fn, lowers, upper, work, merged, *extra)`` in a child, on two fresh lower layers and an empty
+    upper (removed afterwards); a refused Check where the host cannot isolate or the child is refused."""
     refused = isolation_refused(title, points)
     if refused:
         return refused
     with journal.Scope() as scope:
-        lowers, upper, work, merged = _layers(scratch("overlay", scope))
-        seen = in_child(title, points, _overlay_evidence, fn, lowers, upper, work, merged)
+        lowers, upper, work, merged = _layers(scratch(name, scope))
+        return in_child(title, points, evidence, fn, lowers, upper, work, merged, *extra)
+
+
+def check_overlay_mount(fn: Callable, points: float = 2.0) -> Check:
+    """``fn(lowers, upper, work, merged)`` mounts the overlay itself (in a child's mount namespace); the
+    merged dir must show both lowers, the first lowerdir on top, and a write must land in the upperdir."""
+    title = "An overlay mount, by hand"
+    seen = on_scratch_layers(title, points, "overlay", _overlay_evidence, fn)
     if isinstance(seen, Check):
         return seen
     rootless = os.geteuid() != 0
@@ -476,13 +482,7 @@ def check_whiteout(fn: Callable, name: str = "shared.txt", points: float = 2.0) 
     """``fn(upper, name)`` makes a whiteout by hand in an empty upperdir; the check then mounts the overlay
     and the lower's ``name`` must be gone from the merged view, the other files still there."""
     title = "A whiteout, by hand"
-    refused = isolation_refused(title, points)
-    if refused:
-        return refused
-    with journal.Scope() as scope:
-        lowers, upper, work, merged = _layers(scratch("whiteout", scope))
-        seen = in_child(title, points, _whiteout_evidence, fn, lowers, upper, work, merged, name,
-                        os.geteuid() != 0)
+    seen = on_scratch_layers(title, points, "whiteout", _whiteout_evidence, fn, name, os.geteuid() != 0)
     if isinstance(seen, Check):
         return seen
     return Check(title, [
