@@ -39,7 +39,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
@@ -60,6 +60,11 @@ class Entry:
     def describe(self) -> str:
         return f"{self.kind} {self.name}"
 
+    def to_json(self) -> str:
+        # The fields by name, not dataclasses.asdict, which deep-copies args and owner on every record.
+        return json.dumps({"kind": self.kind, "name": self.name, "undo": self.undo, "args": self.args,
+                           "owner": self.owner, "id": self.id})
+
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (proc(5)): with the pid, it names a process uniquely across pid reuse."""
@@ -67,8 +72,23 @@ def process_start_time(pid: int) -> int | None:
 
 
 def owner_of(pid: int | None = None) -> dict:
-    pid = pid or os.getpid()
+    """{pid, start} of process ``pid``, by default this one."""
+    if pid is None or pid == os.getpid():
+        return dict(_own_owner())
     return {"pid": pid, "start": process_start_time(pid)}
+
+
+_OWN: dict = {}
+
+
+def _own_owner() -> dict:
+    # This process's start time never changes: read once, not at each record and undo (about a dozen reads
+    # of /proc/self/stat a container). Keyed by pid, so a forked child reads its own.
+    pid = os.getpid()
+    if _OWN.get("pid") != pid:
+        _OWN.clear()
+        _OWN.update(pid=pid, start=process_start_time(pid))
+    return _OWN
 
 
 def owner_alive(owner: dict) -> bool:
@@ -91,6 +111,7 @@ class Journal:
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory else paths.journal_dir()
+        self._made = False          # the directory, made at the first record
 
     def record(self, kind: str, name: str, undo: str, /, *, owner: dict | None = None, **args) -> Entry:
         # Positional-only, so that an undo operation's own arguments may be called ``name`` (undo_link).
@@ -98,10 +119,12 @@ class Journal:
             operation(undo)
         except KeyError:
             raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}") from None
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._made:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._made = True
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
-        write_whole(self.directory / f"{entry.id}.json", json.dumps(asdict(entry)))     # never half a record
+        write_whole(self.directory / f"{entry.id}.json", entry.to_json())     # never half a record
         return entry
 
     def forget(self, entry: Entry) -> None:
@@ -181,7 +204,7 @@ class Journal:
         # A whole temporary record renamed over the old one: killed in between, ``recover`` puts it in place.
         temporary = self.directory / f".{entry.id}.tmp"
         temporary.unlink(missing_ok=True)
-        write_whole(temporary, json.dumps(asdict(entry)))
+        write_whole(temporary, entry.to_json())
         temporary.rename(self.directory / f"{entry.id}.json")
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
@@ -301,9 +324,10 @@ def undo_umount(target: str) -> None:
 def undo_rmtree(path: str) -> None:
     """Remove a directory tree, first detaching mounts below it so no bind-mounted host file is deleted."""
     refuse_foreign(path, paths.path_is_ours(path))
-    for point in mounts_under(path):
+    points = mounts_under(path)
+    for point in points:
         syscalls.umount2(point, syscalls.MNT_DETACH)
-    if mounts_under(path):
+    if points and mounts_under(path):           # read again only when there was something to detach
         raise LabError(f"mounts remain below {path}; not deleting it", path=path)
     if os.path.islink(path):
         os.unlink(path)                   # the link itself, never what it points to
