@@ -542,7 +542,9 @@ def enter_workdir(workdir: str) -> None:
 
 def reset_signals() -> None:
     """execve(2) keeps ignored signals ignored and the signal mask: give the command a clean slate."""
-    for signum in signal.valid_signals():
+    # Numbers, not signal.valid_signals(), which makes an enum of each of the 64 first. 32 and 33 are glibc's
+    # own (nptl), refused by sigaction(2) with EINVAL, as are SIGKILL and SIGSTOP, which cannot be changed.
+    for signum in range(1, signal.NSIG):
         if signum not in (signal.SIGKILL, signal.SIGSTOP):
             try:
                 signal.signal(signum, signal.SIG_DFL)
