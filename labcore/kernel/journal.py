@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +216,7 @@ class Journal:
             try:
                 self.undo(entry)
             except Exception as err:                 # noqa: BLE001 - one bad record must not stop the rest
+                import subprocess                    # here: only a failure is worded with it
                 failures.append(f"{entry.describe()}: {type(err).__name__}: {err}" if not isinstance(
                     err, (OSError, LabError, subprocess.SubprocessError)) else f"{entry.describe()}: {err}")
         return failures
@@ -442,6 +442,7 @@ def undo_ipcrm(msqid: int, key: int) -> None:
     key it was created with (as a pid must keep its start time), read from /proc/sysvipc/msg (proc(5))."""
     for fields in procfs.sysvipc("msg"):
         if int(fields[1]) == msqid and int(fields[0]) == key:
+            import subprocess
             subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
 
 
