@@ -406,8 +406,10 @@ def write_whole(path: str | os.PathLike, text: str | bytes) -> None:
         return
     directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w", closefd=False) as file:
-            file.write(text)
+        # write(2) itself, not a file object: no buffer, no fstat, ioctl and lseeks a record (several a start).
+        data = memoryview(text if isinstance(text, bytes) else text.encode())
+        while data:
+            data = data[os.write(fd, data):]
         # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
         os.link(procfs.path("self", "fd", str(fd)), path.name, dst_dir_fd=directory)
     finally:
