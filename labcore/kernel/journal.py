@@ -72,7 +72,7 @@ def process_start_time(pid: int) -> int | None:
 
 def owner_of(pid: int | None = None) -> dict:
     """{pid, start} of process ``pid``, by default this one."""
-    if pid is None or pid == os.getpid():
+    if not pid or pid == os.getpid():
         return dict(_own_owner())
     return {"pid": pid, "start": process_start_time(pid)}
 
@@ -110,7 +110,6 @@ class Journal:
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.directory = Path(directory) if directory else paths.journal_dir()
-        self._made = False          # the directory, made at the first record
 
     def record(self, kind: str, name: str, undo: str, /, *, owner: dict | None = None, **args) -> Entry:
         # Positional-only, so that an undo operation's own arguments may be called ``name`` (undo_link).
@@ -118,12 +117,13 @@ class Journal:
             operation(undo)
         except KeyError:
             raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}") from None
-        if not self._made:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._made = True
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
-        write_whole(self.directory / f"{entry.id}.json", entry.to_json())     # never half a record
+        try:
+            write_whole(self.directory / f"{entry.id}.json", entry.to_json())     # never half a record
+        except FileNotFoundError:           # no journal directory yet: made the first time, not at each record
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_whole(self.directory / f"{entry.id}.json", entry.to_json())
         return entry
 
     def forget(self, entry: Entry) -> None:

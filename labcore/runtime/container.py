@@ -345,11 +345,12 @@ def stop_if_running(container: Container) -> None:
 def run(spec: Spec, stdio: str = "capture") -> Result:
     """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``.
 
-    state.json is written once, at the start (``start``): what `labcore ps` and `inspect` read while it runs.
-    Not at create: it is started at once, and until the start nothing reads a created container's record
-    (name lookups want running ones, ``networks.for_lookup``); a failed create or start is undone by the
-    scope, its directory with it. Not at the exit with --rm: the scope removes the directory next. Without
-    --rm the exit is saved, for `ps -a`. The journal, not state.json, is what a crash cleanup replays."""
+    state.json is written once with --rm, at the start (``start``): what `ps`, `inspect` and `rmi`'s in-use
+    check read while it runs. Not at the end of create: start follows at once and rewrites it; until then the
+    container has no record, as during create itself (name lookups want running ones anyway,
+    ``networks.for_lookup``), and a failed create or start is undone by the scope, directory and all. Not at
+    the exit with --rm: the scope removes the directory next. Without --rm the exit is saved, for `ps -a`.
+    A crash cleanup replays the journal, which holds every object before it exists, not state.json."""
     with journal.Scope() as scope, Stdio(stdio, spec.interactive) as io:
         container = None
         try:
