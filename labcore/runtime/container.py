@@ -384,7 +384,7 @@ def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
 
 def describe(spec: Spec, plan: Plan) -> dict:
     """What the record keeps of a container's configuration: enough to start it again and to inspect it."""
-    # vars(), not dataclasses.asdict: asdict deep-copies every list, three times a run, for json.dumps.
+    # vars(), not dataclasses.asdict: asdict deep-copies every list, at each save, for json.dumps.
     return {"spec": dict(vars(spec)), "argv": plan.argv, "env": plan.env, "workdir": plan.workdir,
             "hostname": plan.hostname, "image_id": plan.image.id, "rootless": plan.rootless}
 
