@@ -22,22 +22,24 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
 import stat
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere, from_oserror
 from labcore.kernel import syscalls
+
+# gzip, tarfile, tempfile and datetime are imported where images are written or unpacked: `labcore run` of an
+# image already here only reads three small JSON blobs, and a fresh process would import them for nothing.
+if TYPE_CHECKING:
+    import tarfile
 
 # Media types (image-spec media-types.md); Docker's schema 2 names for the same documents are read too.
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -229,6 +231,7 @@ class Store:
     def _install(self, digest: str, write) -> None:
         """Write into a temporary file beside the blob, then rename(2): readers never see half a blob."""
         self._create_layout()
+        import tempfile
         target = self.blob_path(digest)
         fd, temporary = tempfile.mkstemp(prefix=".labcore-", dir=target.parent)
         try:
@@ -278,6 +281,7 @@ class Store:
         except OSError as err:
             raise from_oserror(err, "open", str(path),
                                fix="pass the path of a .tar or .tar.gz layer") from err
+        import gzip
         descriptor = self.copy_blob(path, LAYER_GZIP if compressed else LAYER_TAR)
         with (gzip.open(path) if compressed else open(path, "rb")) as tar:
             return descriptor, "sha256:" + hash_stream(tar)
@@ -561,6 +565,7 @@ def remove_path(path: str) -> None:
 # --- small helpers -----------------------------------------------------------------------------------------
 
 def _open_tar(blob: str | os.PathLike) -> tarfile.TarFile:
+    import tarfile
     try:
         return tarfile.open(blob, "r:*")        # r:* detects gzip, bzip2 and xz from the first bytes
     except tarfile.TarError as err:
@@ -595,6 +600,7 @@ def _replaced_by(old: dict, new: dict) -> bool:
 
 
 def _full_config(config: dict, diff_ids: list[str]) -> dict:
+    from datetime import datetime, timezone
     full = dict(config) if {"architecture", "os", "config"} & config.keys() else {"config": dict(config)}
     full.setdefault("created", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     full.setdefault("architecture", host_architecture())

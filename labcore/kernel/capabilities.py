@@ -80,7 +80,8 @@ def resolve(cap_add=(), cap_drop=(), privileged: bool = False) -> tuple[str, ...
     otherwise the default list less the drops, plus the adds. "All" is what this process holds: a
     capability missing from its own bounding set cannot be given back (there Docker's --privileged fails
     with EPERM from capset)."""
-    everything = tuple(name for name in NAMES if name in held_by_this_process())
+    held = set(held_by_this_process())          # once: each call reads /proc/self/status
+    everything = tuple(name for name in NAMES if name in held)
     adds = {canonical(name, "--cap-add") for name in cap_add if name.upper() != "ALL"}
     drops = {canonical(name, "--cap-drop") for name in cap_drop if name.upper() != "ALL"}
     if privileged:

@@ -37,9 +37,8 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
@@ -60,6 +59,11 @@ class Entry:
     def describe(self) -> str:
         return f"{self.kind} {self.name}"
 
+    def to_json(self) -> str:
+        # The fields by name, not dataclasses.asdict, which deep-copies args and owner on every record.
+        return json.dumps({"kind": self.kind, "name": self.name, "undo": self.undo, "args": self.args,
+                           "owner": self.owner, "id": self.id})
+
 
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (proc(5)): with the pid, it names a process uniquely across pid reuse."""
@@ -67,8 +71,23 @@ def process_start_time(pid: int) -> int | None:
 
 
 def owner_of(pid: int | None = None) -> dict:
-    pid = pid or os.getpid()
+    """{pid, start} of process ``pid``, by default this one."""
+    if not pid or pid == os.getpid():
+        return dict(_own_owner())
     return {"pid": pid, "start": process_start_time(pid)}
+
+
+_OWN: dict = {}
+
+
+def _own_owner() -> dict:
+    # This process's start time never changes: read once, not at each record and undo (about a dozen reads
+    # of /proc/self/stat a container). Keyed by pid, so a forked child reads its own.
+    pid = os.getpid()
+    if _OWN.get("pid") != pid:
+        _OWN.clear()
+        _OWN.update(pid=pid, start=process_start_time(pid))
+    return _OWN
 
 
 def owner_alive(owner: dict) -> bool:
@@ -98,10 +117,13 @@ class Journal:
             operation(undo)
         except KeyError:
             raise LabError(f"no undo operation {undo!r}; known: {', '.join(sorted(UNDO))}") from None
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         entry = Entry(kind, str(name), undo, args, owner or owner_of())
         entry.id = f"{time.time_ns():020d}-{os.getpid()}-{kind}"
-        write_whole(self.directory / f"{entry.id}.json", json.dumps(asdict(entry)))     # never half a record
+        try:
+            write_whole(self.directory / f"{entry.id}.json", entry.to_json())     # never half a record
+        except FileNotFoundError:           # no journal directory yet: made the first time, not at each record
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_whole(self.directory / f"{entry.id}.json", entry.to_json())
         return entry
 
     def forget(self, entry: Entry) -> None:
@@ -181,7 +203,7 @@ class Journal:
         # A whole temporary record renamed over the old one: killed in between, ``recover`` puts it in place.
         temporary = self.directory / f".{entry.id}.tmp"
         temporary.unlink(missing_ok=True)
-        write_whole(temporary, json.dumps(asdict(entry)))
+        write_whole(temporary, entry.to_json())
         temporary.rename(self.directory / f"{entry.id}.json")
 
     def undo_many(self, entries: list[Entry]) -> list[str]:
@@ -194,6 +216,7 @@ class Journal:
             try:
                 self.undo(entry)
             except Exception as err:                 # noqa: BLE001 - one bad record must not stop the rest
+                import subprocess                    # here: only a failure is worded with it
                 failures.append(f"{entry.describe()}: {type(err).__name__}: {err}" if not isinstance(
                     err, (OSError, LabError, subprocess.SubprocessError)) else f"{entry.describe()}: {err}")
         return failures
@@ -301,9 +324,10 @@ def undo_umount(target: str) -> None:
 def undo_rmtree(path: str) -> None:
     """Remove a directory tree, first detaching mounts below it so no bind-mounted host file is deleted."""
     refuse_foreign(path, paths.path_is_ours(path))
-    for point in mounts_under(path):
+    points = mounts_under(path)
+    for point in points:
         syscalls.umount2(point, syscalls.MNT_DETACH)
-    if mounts_under(path):
+    if points and mounts_under(path):           # read again only when there was something to detach
         raise LabError(f"mounts remain below {path}; not deleting it", path=path)
     if os.path.islink(path):
         os.unlink(path)                   # the link itself, never what it points to
@@ -382,8 +406,10 @@ def write_whole(path: str | os.PathLike, text: str | bytes) -> None:
         return
     directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w", closefd=False) as file:
-            file.write(text)
+        # write(2) itself, not a file object: no buffer, no fstat, ioctl and lseeks a record (several a start).
+        data = memoryview(text if isinstance(text, bytes) else text.encode())
+        while data:
+            data = data[os.write(fd, data):]
         # A directory fd makes Python call linkat(2) with AT_SYMLINK_FOLLOW (link(2) would refuse: EXDEV).
         os.link(procfs.path("self", "fd", str(fd)), path.name, dst_dir_fd=directory)
     finally:
@@ -418,6 +444,7 @@ def undo_ipcrm(msqid: int, key: int) -> None:
     key it was created with (as a pid must keep its start time), read from /proc/sysvipc/msg (proc(5))."""
     for fields in procfs.sysvipc("msg"):
         if int(fields[1]) == msqid and int(fields[0]) == key:
+            import subprocess
             subprocess.run(tied(["ipcrm", "-q", str(msqid)]), capture_output=True, check=True)
 
 

@@ -33,7 +33,6 @@ Next: ``labcore.image.layers`` keeps an image's layers unpacked; ``labcore.kerne
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +157,7 @@ def _make_dir(directory: Path, overlay: Overlay) -> None:
 
 def make_scratch_dir(prefix: str, scope: Scope) -> tuple[Path, Entry]:
     """A fresh labcore-PREFIX-XXXX directory under the scratch dir, journaled for removal."""
+    import tempfile             # here, not at the top: the run path imports this module only for its names
     paths.scratch_dir().mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix=f"{paths.PREFIX}-{prefix}-", dir=paths.scratch_dir()))
     return directory, scope.record("directory", str(directory), "rmtree", path=str(directory))

@@ -49,6 +49,8 @@ def read(pid: int | str, name: str, root: str = PROC) -> str:
 def unescape(text: str) -> str:
     """A mountinfo path: the kernel writes space, tab, newline and backslash as octal escapes (seq_file's
     mangle_path: " \\t\\n\\\\"), so "/a b" reads "/a\\040b". The rest is raw bytes, UTF-8 here."""
+    if "\\" not in text:
+        return text                 # nearly every path: nothing escaped, nothing to encode and decode
     return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), text.encode(errors="surrogateescape")).decode(
         errors="surrogateescape")
 

@@ -273,22 +273,22 @@ def mount_cgroupfs(root: str, rootless: bool, read_only: bool = True) -> None:
     from labcore.kernel.cgroups import detect
     target = f"{root}/sys/fs/cgroup"
     flags = (MS_RDONLY if read_only else 0) | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    layout = detect()
-    if layout.kind == "v2":
+    mountinfo = procfs.read("self", "mountinfo")      # once, for both questions
+    if detect(mountinfo).kind == "v2":
         syscalls.mount("cgroup2", target, "cgroup2", flags)
         return
     if rootless:
         return
     syscalls.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
-    for name, options in v1_hierarchies():
+    for name, options in v1_hierarchies(procfs.parse_mountinfo(mountinfo)):
         _mount("cgroup", f"{target}/{name}", "cgroup", flags, options)
 
 
-def v1_hierarchies() -> list[tuple[str, str]]:
+def v1_hierarchies(mounts: list | None = None) -> list[tuple[str, str]]:
     """(directory name under /sys/fs/cgroup, the controllers or name= as mount options) of each v1 hierarchy
-    mounted on the host, from /proc/self/mountinfo (proc(5))."""
+    mounted on the host, from /proc/self/mountinfo (proc(5)), or from ``mounts`` read from it already."""
     found = []
-    for mount in procfs.mountinfo():
+    for mount in procfs.mountinfo() if mounts is None else mounts:
         if mount.fstype == "cgroup" and mount.point.startswith("/sys/fs/cgroup/"):
             wanted = [o for o in mount.super_options.split(",")
                       if o not in ("rw", "ro") and not o.startswith("release_agent")]

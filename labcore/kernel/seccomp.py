@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,8 +103,10 @@ def _kernel_version(release: str) -> tuple[int, ...]:
 
 def rules_for(profile: Profile, capabilities, machine: str | None = None, kernel: str | None = None) -> list[Rule]:
     """The entries that apply to a container holding ``capabilities`` on this architecture and kernel."""
-    arch = GOARCH.get(machine or platform.machine(), machine or platform.machine())
-    version = _kernel_version(kernel or platform.release())
+    # os.uname(), not the platform module: the same fields, without importing it (and its regexes) per process.
+    machine, kernel = machine or os.uname().machine, kernel or os.uname().release
+    arch = GOARCH.get(machine, machine)
+    version = _kernel_version(kernel)
     held = set(capabilities)
     rules = []
     for entry in profile.syscalls:
@@ -160,7 +161,7 @@ def compile_filter(profile: Profile, rules: list[Rule], machine: str | None = No
     skipped, as runc skips it; a rule with the default's own action is redundant and left out."""
     pyseccomp = binding()
     default = _action(pyseccomp, profile.default_action, profile.default_errno)
-    native = _SCMP_ARCH.get(machine or platform.machine())
+    native = _SCMP_ARCH.get(machine or os.uname().machine)
     compiled = pyseccomp.SyscallFilter(default)
     compiled.set_attr(pyseccomp.Attr.CTL_NNP, 0)      # runc: no_new_privs only when asked for, not as a side effect
     for sub in profile.arch_map.get(native, []):

@@ -152,11 +152,11 @@ class Kernel:
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int = 0,
               data: str | None = None) -> None:
-        name = f"mount({source!r}, {fstype or 'none'}, {mount_flag_names(flags)})"
         encode = lambda s: s.encode() if s is not None else None  # noqa: E731 - C strings or NULL
         result = self._libc.mount(encode(source), encode(target), encode(fstype),
                                   ctypes.c_ulong(flags), encode(data))
-        self._check(result, name, target)
+        if result != 0:     # the call's name only for its error: pid 1 makes some forty mounts a start
+            self._check(result, f"mount({source!r}, {fstype or 'none'}, {mount_flag_names(flags)})", target)
 
     def umount2(self, target: str, flags: int = 0) -> None:
         name = f"umount2({'MNT_DETACH' if flags & MNT_DETACH else flags})"

@@ -77,6 +77,7 @@ class Container:
     scope: journal.Scope
     shim: Child | None = None
     cgroup: object = None               # labcore.kernel.cgroups.Group, when the container has one
+    cgroups: object = None              # the labcore.kernel.cgroups.Manager that made it, which removes it
     endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
     endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
     resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
@@ -105,9 +106,10 @@ def advance(container: Container, action: str) -> None:
     container.state = lifecycle.check(action, container.state, container.spec.id)
 
 
-def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
+def create(spec: Spec, scope: journal.Scope, stdio: "Stdio", save: bool = True) -> Container:
     """Everything up to the moment before execve: pid 1 waits in its new root for `start`. The steps are the
-    start sequence's (``labcore.runtime.sequence``), in its order, each counted there as it begins."""
+    start sequence's (``labcore.runtime.sequence``), in its order, each counted there as it begins.
+    ``save=False``: no "created" record, for a caller that starts it at once (``run``)."""
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
         make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
@@ -122,7 +124,8 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio") -> Container:
     except BaseException:
         stop_if_running(container)            # reap what was forked; the scope removes the rest
         raise
-    save_state(container)
+    if save:
+        save_state(container)
     return container
 
 
@@ -212,7 +215,7 @@ def join_cgroup(container: Container, pid: int) -> None:
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
-        manager = open_manager()
+        container.cgroups = manager = open_manager()
         container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
         manager.add(container.cgroup, pid)
 
@@ -302,14 +305,15 @@ def release_cgroup(container: Container) -> None:
     if container.cgroup is None:
         return
     from labcore.kernel.cgroups import open_manager
-    manager = open_manager()
+    manager = container.cgroups or open_manager()         # the one that made it: /proc read once a run
     container.oom_killed = bool(manager.stats(container.cgroup).oom_kills)
     manager.remove(container.cgroup, container.scope)
     container.cgroup = None
 
 
-def wait(container: Container) -> int:
-    """Reap pid 1 (``reap``); forget the processes, which are gone now."""
+def wait(container: Container, save: bool = True) -> int:
+    """Reap pid 1 (``reap``); forget the processes, which are gone now. ``save=False``: no "exited" record,
+    for a caller that removes the container next (``run`` with --rm)."""
     if "exec" in container.progress.done:
         container.progress.advance("wait")
     container.exit_code = reap(container)
@@ -320,7 +324,8 @@ def wait(container: Container) -> int:
     # Its command ran: it exited. Reaped before it ran (a failed create): it was stopped, never started.
     advance(container, "exit" if container.state in (State.RUNNING, State.PAUSED) else "stop")
     container.finished = time.time()
-    save_state(container)
+    if save:
+        save_state(container)
     return container.exit_code
 
 
@@ -338,14 +343,21 @@ def stop_if_running(container: Container) -> None:
 
 
 def run(spec: Spec, stdio: str = "capture") -> Result:
-    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``."""
+    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``.
+
+    state.json is written once with --rm, at the start (``start``): what `ps`, `inspect` and `rmi`'s in-use
+    check read while it runs. Not at the end of create: start follows at once and rewrites it; until then the
+    container has no record, as during create itself (name lookups want running ones anyway,
+    ``networks.for_lookup``), and a failed create or start is undone by the scope, directory and all. Not at
+    the exit with --rm: the scope removes the directory next. Without --rm the exit is saved, for `ps -a`.
+    A crash cleanup replays the journal, which holds every object before it exists, not state.json."""
     with journal.Scope() as scope, Stdio(stdio, spec.interactive) as io:
         container = None
         try:
-            container = create(spec, scope, io)
+            container = create(spec, scope, io, save=False)
             start(container)
             output = io.pump()
-            wait(container)
+            wait(container, save=not spec.rm)
         finally:
             if container is not None:
                 stop_if_running(container)
@@ -372,7 +384,7 @@ def record_process(scope: journal.Scope, pid: int) -> journal.Entry:
 
 def describe(spec: Spec, plan: Plan) -> dict:
     """What the record keeps of a container's configuration: enough to start it again and to inspect it."""
-    # vars(), not dataclasses.asdict: asdict deep-copies every list, three times a run, for json.dumps.
+    # vars(), not dataclasses.asdict: asdict deep-copies every list, at each save, for json.dumps.
     return {"spec": dict(vars(spec)), "argv": plan.argv, "env": plan.env, "workdir": plan.workdir,
             "hostname": plan.hostname, "image_id": plan.image.id, "rootless": plan.rootless}
 
@@ -531,7 +543,9 @@ def enter_workdir(workdir: str) -> None:
 
 def reset_signals() -> None:
     """execve(2) keeps ignored signals ignored and the signal mask: give the command a clean slate."""
-    for signum in signal.valid_signals():
+    # Numbers, not signal.valid_signals(), which makes an enum of each of the 64 first. 32 and 33 are glibc's
+    # own (nptl), refused by sigaction(2) with EINVAL, as are SIGKILL and SIGSTOP, which cannot be changed.
+    for signum in range(1, signal.NSIG):
         if signum not in (signal.SIGKILL, signal.SIGSTOP):
             try:
                 signal.signal(signum, signal.SIG_DFL)

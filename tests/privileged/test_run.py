@@ -158,3 +158,34 @@ def test_the_caller_reaps_pid_1_itself_and_keeps_no_shim():
     flag = ctypes.c_int(-1)
     ctypes.CDLL(None, use_errno=True).prctl(37, ctypes.byref(flag), 0, 0, 0)    # PR_GET_CHILD_SUBREAPER
     assert flag.value == 0
+
+
+def test_a_run_writes_its_record_when_it_starts_and_when_it_exits_only_if_kept(monkeypatch):
+    """`ps` reads state.json while the command runs; a --rm run's directory goes at the exit, so no exit record
+    is written into it; without --rm the exit is recorded for `ps -a`. Never a "created" one: run starts at once."""
+    import json
+    seen = []
+    real = container.save_state
+
+    def spy(box):
+        real(box)
+        seen.append(json.loads((paths.containers_dir() / box.spec.id / "state.json").read_text())["state"])
+    monkeypatch.setattr(container, "save_state", spy)
+    assert sh("true").exit_code == 0
+    assert seen == ["running"]
+    seen.clear()
+    spec = Spec("busybox", ["true"], network="none")
+    assert container.run(spec).exit_code == 0
+    assert seen == ["running", "exited"]
+    assert "removed directory" in journal.cleanup()
+
+
+def test_pid_1_starts_with_no_signal_ignored_or_blocked_whatever_the_caller_ignores():
+    """execve(2) keeps ignored signals ignored and the mask: pid 1 resets every one before it (Python itself
+    ignores SIGPIPE and SIGXFSZ)."""
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        status = container.run(Spec("busybox", ["cat", "/proc/self/status"], rm=True, network="none")).stdout.decode()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert "SigIgn:\t0000000000000000\n" in status and "SigBlk:\t0000000000000000\n" in status

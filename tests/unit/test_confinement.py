@@ -263,3 +263,14 @@ def test_the_default_filter_is_a_bpf_program_written_once_on_the_host():
     first = seccomp.compiled_for(profile, capabilities.DEFAULT)
     assert isinstance(first, bytes) and len(first) % 8 == 0 and len(first) > 8     # struct sock_filter: 8 bytes
     assert seccomp.compiled_for(profile, capabilities.DEFAULT) is first                # compiled once per set
+
+
+def test_resolving_the_capabilities_reads_proc_self_status_once(monkeypatch):
+    from labcore.kernel import procfs
+    monkeypatch.undo()                                   # the real held_by_this_process, reading /proc
+    reads = []
+    real = procfs.status_field
+    monkeypatch.setattr(procfs, "status_field", lambda name, *a: reads.append(name) or real(name, *a))
+    held = capabilities.resolve(privileged=True)
+    assert reads == ["CapBnd"]
+    assert set(held) == set(capabilities.decode(real("CapBnd"))) & set(capabilities.NAMES)

@@ -226,3 +226,31 @@ def test_a_fresh_cleanup_finds_each_mechanisms_undo_by_the_name_in_the_record():
                                 "rmtree": "labcore.kernel.journal", "kill": "labcore.kernel.journal"}.items()))
     with pytest.raises(KeyError):
         journal.operation("no-such-op")
+
+
+def test_this_processs_start_time_is_read_once_and_a_forked_child_reads_its_own(tmp_path, monkeypatch):
+    from labcore.kernel import procfs
+    from labcore.kernel.process import run_in_child
+    journal._OWN.clear()
+    reads = []
+    real = journal.process_start_time
+    monkeypatch.setattr(journal, "process_start_time", lambda pid: reads.append(pid) or real(pid))
+    ledger = Journal(tmp_path / "journal")
+    owners = [ledger.record("process", "1", "kill", pid=1, start=None).owner for _ in range(3)]
+    assert reads == [os.getpid()]                          # one read of /proc/self/stat for three records
+    assert owners == [{"pid": os.getpid(), "start": procfs.start_time(os.getpid())}] * 3
+    owners[0]["pid"] = 0                                   # each record has its own copy
+    assert journal.owner_of()["pid"] == os.getpid()
+    child, pid, start = run_in_child(lambda: (journal.owner_of(), os.getpid(), procfs.start_time("self")))
+    assert child == {"pid": pid, "start": start} and pid != os.getpid()
+    for entry in ledger.entries():
+        ledger.forget(entry)
+
+
+def test_rmtree_reads_the_mount_table_a_second_time_only_after_detaching_something(tmp_path, monkeypatch):
+    reads = []
+    monkeypatch.setattr(journal, "mounts_under", lambda path: reads.append(path) or [])
+    tree = tmp_path / "labcore-tree"
+    (tree / "sub").mkdir(parents=True)
+    journal.undo_rmtree(str(tree))
+    assert not tree.exists() and reads == [str(tree)]

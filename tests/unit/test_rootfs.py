@@ -116,3 +116,20 @@ def test_the_mount_tree_marks_the_root_folds_the_host_and_draws_the_old_root_gon
     assert '"chroot:marker" -> "chroot:dir"' in dot and "labcore-rootfs-0123456789ab/" in dot
     assert '"pivot:88" -> "pivot:110"' in dot and "88  the old root\\ngone: umount2(MNT_DETACH)" in dot
     assert '"pivot:marker" -> "pivot:110"' in dot
+
+
+def test_the_cgroupfs_mounts_come_from_one_read_of_mountinfo(tmp_path, monkeypatch):
+    from labcore.kernel import procfs
+    reads = []
+    real = procfs.read
+    monkeypatch.setattr(procfs, "read", lambda pid, name, root=procfs.PROC:
+                        (reads.append(name) if name == "mountinfo" else None) or real(pid, name, root))
+
+    def build():
+        with syscalls.use(syscalls.Recorder()) as rec:
+            rootfs.mount_container_root(str(tmp_path), rootless=False)
+        return rec.calls, reads
+    calls, reads = run_in_child(build)
+    assert reads == ["mountinfo"]
+    cgroupfs = [args for name, args in calls if name == "mount" and args[2] in ("cgroup", "cgroup2")]
+    assert cgroupfs and all(args[1].startswith(f"{tmp_path}/sys/fs/cgroup") for args in cgroupfs)

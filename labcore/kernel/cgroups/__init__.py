@@ -84,10 +84,10 @@ def parse_mountinfo(text: str, root: str | os.PathLike = "/") -> Layout:
     v1: dict[str, Path] = {}
     v2 = None
     for mount in procfs.parse_mountinfo(text):
-        point = Path(root, mount.point.lstrip("/"))
         if mount.fstype == "cgroup2" and v2 is None:
-            v2 = point
+            v2 = Path(root, mount.point.lstrip("/"))
         elif mount.fstype == "cgroup":
+            point = Path(root, mount.point.lstrip("/"))
             for controller in V1_CONTROLLERS.intersection(mount.super_options.split(",")):
                 v1.setdefault(controller, point)     # the first mount wins, as for /proc/self/cgroup
     if not v1 and v2 is None:
