@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
 import os
@@ -30,7 +29,6 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -229,6 +227,7 @@ class Store:
     def _install(self, digest: str, write) -> None:
         """Write into a temporary file beside the blob, then rename(2): readers never see half a blob."""
         self._create_layout()
+        import tempfile        # here, not at the top: writing a blob is a pull's or a load's work, not a run's
         target = self.blob_path(digest)
         fd, temporary = tempfile.mkstemp(prefix=".labcore-", dir=target.parent)
         try:
@@ -278,6 +277,7 @@ class Store:
         except OSError as err:
             raise from_oserror(err, "open", str(path),
                                fix="pass the path of a .tar or .tar.gz layer") from err
+        import gzip            # here, not at the top: as tempfile above
         descriptor = self.copy_blob(path, LAYER_GZIP if compressed else LAYER_TAR)
         with (gzip.open(path) if compressed else open(path, "rb")) as tar:
             return descriptor, "sha256:" + hash_stream(tar)
