@@ -30,9 +30,8 @@ import contextlib
 import json
 import os
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator     # not typing: one import fewer on `labcore run`'s path
 
-from labcore.api.schema import FRAME        # Docker's 8-byte frame header: labd writes it, the client reads it
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound, from_oserror
 
 ENVIRONMENT = "LABCORE_HOST"            # as DOCKER_HOST names the daemon for `docker`
@@ -71,6 +70,7 @@ def connect(args=None):
 
 def read_frames(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:
     """(stream, data) from Docker's multiplexed framing, until the end of the stream."""
+    from labcore.api.schema import FRAME    # Docker's 8-byte frame header: labd writes it, the client reads it
     while len(header := read_exactly(read, FRAME.size)) == FRAME.size:
         stream, size = FRAME.unpack(header)
         yield stream, read_exactly(read, size)
@@ -323,24 +323,34 @@ def context_tar(context: str, labfile: str | None, out) -> str:
 
 def body_from_spec(spec) -> dict:
     """`labcore run`'s Spec as Docker's ContainerConfig: what `docker create` sends to the daemon."""
-    from labcore.kernel.cgroups.limits import parse_run_limits
-    limits = parse_run_limits(**spec.limits)
-    host = {"AutoRemove": spec.rm, "Memory": limits.memory or 0, "CpuShares": limits.cpu_shares or 0,
-            "NanoCpus": int((limits.cpus or 0) * 1e9), "PidsLimit": limits.pids or 0,
-            "MemorySwap": limits.memory_swap or 0, "NetworkMode": spec.network, "Binds": spec.volumes,
+    host = {"AutoRemove": spec.rm, "NetworkMode": spec.network, "Binds": spec.volumes,
             "PortBindings": port_bindings(spec.publish), "GroupAdd": spec.group_add, "Init": spec.init,
             "Tmpfs": dict((text.partition(":")[0], text.partition(":")[2]) for text in spec.tmpfs),
-            "PidMode": spec.pid, "UTSMode": spec.uts,
-            "BlkioDeviceReadBps": [{"Path": t.device, "Rate": t.bps} for t in limits.read_bps],
-            "BlkioDeviceWriteBps": [{"Path": t.device, "Rate": t.bps} for t in limits.write_bps],
-            "DeviceCgroupRules": list(spec.limits.get("device_cgroup_rule") or []),
+            "PidMode": spec.pid, "UTSMode": spec.uts, **limits_host_config(spec.limits),
             **security_host_config(spec)}
-    if limits.swappiness is not None:
-        host["MemorySwappiness"] = limits.swappiness
     return {"Image": spec.image, "Cmd": spec.cmd, "Entrypoint": spec.entrypoint, "Env": spec.env,
             "WorkingDir": spec.workdir or "", "User": spec.user or "", "Hostname": spec.hostname or "",
             "Tty": spec.tty, "OpenStdin": spec.interactive, "MacAddress": spec.mac_address or "", "HostConfig": host,
             **({"NetworkingConfig": {"EndpointsConfig": spec.endpoints}} if spec.endpoints else {})}
+
+
+def limits_host_config(flags: dict) -> dict:
+    """The limit flags as HostConfig's fields, parsed as the engine parses them. No flag, no field (Docker reads
+    an absent one as 0, unlimited), and no parser to import: on `labcore run`'s thin path the cgroup modules
+    would cost more to import than the whole request costs to send."""
+    if not flags:
+        return {}
+    from labcore.kernel.cgroups.limits import parse_run_limits
+    limits = parse_run_limits(**flags)
+    host = {"Memory": limits.memory or 0, "CpuShares": limits.cpu_shares or 0,
+            "NanoCpus": int((limits.cpus or 0) * 1e9), "PidsLimit": limits.pids or 0,
+            "MemorySwap": limits.memory_swap or 0,
+            "BlkioDeviceReadBps": [{"Path": t.device, "Rate": t.bps} for t in limits.read_bps],
+            "BlkioDeviceWriteBps": [{"Path": t.device, "Rate": t.bps} for t in limits.write_bps],
+            "DeviceCgroupRules": list(flags.get("device_cgroup_rule") or [])}
+    if limits.swappiness is not None:
+        host["MemorySwappiness"] = limits.swappiness
+    return host
 
 
 def security_host_config(spec) -> dict:
@@ -360,8 +370,10 @@ def security_host_config(spec) -> dict:
 
 def port_bindings(published: list[str]) -> dict:
     """`-p 127.0.0.1:8080:80` as HostConfig.PortBindings: {"80/tcp": [{"HostIp": ..., "HostPort": "8080"}]}."""
-    from labcore.kernel.network import parse_publish
     bindings: dict = {}
+    if not published:
+        return bindings
+    from labcore.kernel.network import parse_publish
     for mapping in map(parse_publish, published):
         bindings.setdefault(f"{mapping.container_port}/{mapping.protocol}", []).append(
             {"HostIp": mapping.host_ip, "HostPort": str(mapping.host_port or "")})

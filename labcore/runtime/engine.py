@@ -236,15 +236,19 @@ def _attached(log, path, container_id: str, follow: bool, stop) -> Iterator[tupl
 
 
 def _batches(log, container_id: str, stop) -> Iterator[list]:
-    """What the log holds from its position on, again every 10 ms, until the container exits (or ``stop``).
+    """What the log holds from its position on, read again and again until the container exits (or ``stop``).
     The state is read *before* the file: the monitor writes all output before it records the exit, so once
-    a read of the state says "exited" (or the container is gone), the read after it gets everything."""
+    a read of the state says "exited" (or the container is gone), the read after it gets everything.
+    The pause starts at 1 ms and doubles to 10 ms, as ``wait``'s: most commands of a lesson end at once, and
+    `docker run`'s answer should not wait out a pause that began just before the exit."""
+    pause = 0.001
     while True:
         finished = gone_or_exited(container_id)
         yield list(jsonfile.read_entries(log))
         if finished or (stop is not None and stop.is_set()):
             return
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
 
 
 def gone_or_exited(container_id: str) -> bool:

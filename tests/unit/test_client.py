@@ -6,6 +6,7 @@ import json
 import pytest
 
 from labcore.api import client
+from labcore.api.schema import FRAME
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 
 
@@ -30,7 +31,7 @@ def chunked(*chunks: bytes) -> bytes:
 
 
 def frame(stream: int, data: bytes) -> bytes:
-    return client.FRAME.pack(stream, len(data)) + data
+    return FRAME.pack(stream, len(data)) + data
 
 
 def test_frames_split_across_http_chunks_come_out_whole():
