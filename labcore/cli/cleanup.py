@@ -8,6 +8,9 @@ def configure(parser):
 
 
 def run(args) -> int:
+    from labcore.runtime import engine
     report = journal.cleanup(everything=args.all)
+    left = engine.dismiss_monitor()          # a monitor that no container and no client keeps leaves now
+    report = "\n".join(filter(None, (report if report != "nothing left to clean up" or not left else "", left)))
     print(report)
     return 1 if "could not remove" in report else 0

@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,9 +67,29 @@ def process_start_time(pid: int) -> int | None:
     return procfs.start_time(pid)
 
 
+_acting = threading.local()
+
+
 def owner_of(pid: int | None = None) -> dict:
-    pid = pid or os.getpid()
-    return {"pid": pid, "start": process_start_time(pid)}
+    """Who owns what this process records: its pid and start time, and, in a thread that works for one
+    container (``acting_for``), that container's id, so that the records of one container of a process that
+    monitors many can be told apart (``labcore.runtime.engine.remove`` of a dead one)."""
+    if pid:
+        return {"pid": pid, "start": process_start_time(pid)}
+    owner = {"pid": os.getpid(), "start": process_start_time(os.getpid())}
+    if getattr(_acting, "tag", None):
+        owner["for"] = _acting.tag
+    return owner
+
+
+@contextlib.contextmanager
+def acting_for(tag: str):
+    """Records made by this thread in the block say whom they were made for (``owner_of``)."""
+    _acting.tag = tag
+    try:
+        yield
+    finally:
+        _acting.tag = None
 
 
 def owner_alive(owner: dict) -> bool:
