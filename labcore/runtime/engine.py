@@ -102,18 +102,23 @@ def connect_monitor(spawn: bool = True) -> Channel | None:
     Under the spawn lock: two clients never spawn two monitors, and the monitor never leaves while a
     client is between connect(2) and its request (it takes the same lock to leave)."""
     import socket
-    path = str(paths.home() / monitor.SOCKET)
-    with journal.flocked(paths.home() / monitor.SPAWN_LOCK):
+    with spawn_lock(), monitor.socket_address() as address:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(path)
+            sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             if not spawn:
                 sock.close()
                 return None
             spawn_monitor()
-            sock.connect(path)
+            sock.connect(address)
     return Channel(sock)
+
+
+def spawn_lock():
+    """flock(2) on the state directory: clients connect (and spawn) one at a time, and the monitor leaves
+    only while no client is between its connect(2) and its request."""
+    return journal.flocked(paths.home())
 
 
 def spawn_monitor() -> None:
@@ -414,7 +419,11 @@ def remove(container_id: str, force: bool = False) -> None:
     dead = record.monitor if record.state is State.DEAD else None
     mine = [e for e in ledger.entries() if str(e.args.get("path", "")).startswith(directory)
             or (dead and e.owner == dead)]
-    failures = ledger.undo_many(mine)
+    if dead:                                      # and the dead monitor's own: its socket, its process
+        itself = {"pid": dead.get("pid"), "start": dead.get("start")}
+        mine = [e for e in ledger.entries() if e.owner == itself] + mine
+    with spawn_lock() if dead else contextlib.nullcontext():     # no monitor binds the socket meanwhile
+        failures = ledger.undo_many(mine)
     if failures:
         raise LabError(f"could not remove container {container_id[:12]}: " + "; ".join(failures),
                        fix="run `labcore cleanup`")

@@ -34,10 +34,26 @@ from labcore.runtime.spec import Spec
 LOG = "container.log"
 STDIN = "stdin"                        # the FIFO that is a `-i` container's fd 0
 STOPPED = "stopped"                    # present: the user stopped it, and no restart policy brings it back
-# In the state directory: the monitor's socket; its lifetime lock, held from before it binds the socket until it
-# exits; the lock a client holds to connect, or to spawn the monitor when none answers, and the monitor to leave.
-# The lock files stay: a lock file removed while another process has it open locks nothing the next one sees.
-SOCKET, LIFETIME_LOCK, SPAWN_LOCK = "labcore-monitor.sock", "labcore-monitor.lock", "labcore-monitor.spawn.lock"
+# The monitor's socket, in the state directory. Two locks, flock(2) on directories that outlive every monitor
+# (a lock file would stay behind in the state directory, and one removed while another process holds it open
+# locks nothing the next one sees): the state directory itself, held by a client to connect or to spawn the
+# monitor when none answers, and by the monitor to leave; ``containers/``, held by the monitor for its life.
+SOCKET = "labcore-monitor.sock"
+
+
+@contextlib.contextmanager
+def socket_address():
+    """The socket's address: its path, or, where that is longer than sun_path holds (108 bytes, unix(7)),
+    the same file reached through /proc/self/fd/N, N the state directory (a LABCORE_HOME may be long)."""
+    path = str(paths.home() / SOCKET)
+    if len(path.encode()) < 100:
+        yield path
+        return
+    directory = os.open(paths.home(), os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{SOCKET}"
+    finally:
+        os.close(directory)
 
 
 def take_over_directory(container_id: str) -> None:

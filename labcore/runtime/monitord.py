@@ -134,7 +134,7 @@ class Monitor:
     def leave_if_idle(self) -> None:
         """Exit, holding the spawn lock: no client connects meanwhile, and one that connected before is
         in the backlog, accepted here. The lock goes with the process."""
-        lock = os.open(paths.home() / monitor.SPAWN_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        lock = os.open(paths.home(), os.O_RDONLY | os.O_DIRECTORY)      # engine.spawn_lock
         fcntl.flock(lock, fcntl.LOCK_EX)
         if self.accept():
             os.close(lock)
@@ -174,8 +174,9 @@ def running(container_id: str) -> bool:
 
 
 def take_lifetime_lock() -> int | None:
-    """The lock held from before the socket is bound until exit: one monitor per state directory."""
-    fd = os.open(paths.home() / monitor.LIFETIME_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    """flock(2) on ``containers/``, from before the socket is bound until exit: one monitor per state directory."""
+    paths.containers_dir().mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.containers_dir(), os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -200,7 +201,8 @@ def bind_socket() -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_mask = os.umask(0o177)                         # 0600: only the state directory's owner asks
     try:
-        listener.bind(path)
+        with monitor.socket_address() as address:
+            listener.bind(address)
     finally:
         os.umask(old_mask)
     listener.listen(128)
