@@ -131,7 +131,10 @@ def spawn_monitor() -> None:
     from pathlib import Path
     ready, ready_end = os.pipe()
     package_root = str(Path(__file__).resolve().parents[2])          # this labcore, wherever it is installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))),
+           # One malloc arena, not one per thread (mallopt(3) M_ARENA_MAX; glibc's default allows 8 per core):
+           # the monitor's threads run Python one at a time anyway (the GIL), and each arena costs pages.
+           "MALLOC_ARENA_MAX": "1"}
     try:
         first = subprocess.Popen([sys.executable, "-m", MONITOR_MODULE, str(ready_end)], pass_fds=(ready_end,),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -163,25 +166,33 @@ def hold_monitor() -> Channel:
 
 
 def dismiss_monitor(seconds: float = 10.0) -> str:
-    """`labcore cleanup`: ask the monitor to leave if nothing keeps it; wait until it is gone."""
-    if not (paths.home() / monitor.SOCKET).exists():
+    """`labcore cleanup`: ask the monitor to leave if nothing keeps it; wait until it is gone. One already
+    on its way out (its socket closed, its process not yet gone) is waited for too."""
+    pids = running_monitors()
+    if not (paths.home() / monitor.SOCKET).exists() and not pids:
         return ""                                     # no monitor: not even its lock is touched
     channel = connect_monitor(spawn=False)
-    if channel is None:
-        return ""
-    try:
-        channel.send(("leave",))
-        kind, value = channel.recv()
-    except (EOFError, OSError):
-        return ""
-    finally:
-        channel.close()
-    if kind != "leaving":
-        return ""
+    pids = sorted(set(pids + running_monitors()))
+    if channel is not None:
+        try:
+            channel.send(("leave",))
+            kind, value = channel.recv()
+        except (EOFError, OSError):
+            kind = "leaving"
+        finally:
+            channel.close()
+        if kind != "leaving":
+            return ""
     deadline = time.monotonic() + seconds
-    while journal.running(value) and time.monotonic() < deadline:
+    while any(map(journal.running, pids)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    return f"stopped the idle container monitor (pid {value})"
+    return f"stopped the idle container monitor (pid {', '.join(map(str, pids))})" if pids else ""
+
+
+def running_monitors() -> list[int]:
+    """The monitor's pid, from its own record in the journal (``labcore.runtime.monitord``), while it runs."""
+    return [entry.owner["pid"] for entry in journal.Journal().entries()
+            if entry.kind == "process" and entry.name == "labcore-monitor" and journal.owner_alive(entry.owner)]
 
 
 # --- watching ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class Monitor:
         self.guard = threading.Lock()
         self.wake_read, self.wake_write = os.pipe()
         self.zombies: set[int] = set()
+        self.holds: dict[threading.Thread, Channel] = {}     # the threads that wait for a holder to close
 
     def serve(self) -> None:
         """Accept until nothing keeps the monitor, then leave (``leave_if_idle``)."""
@@ -78,6 +79,7 @@ class Monitor:
         finally:
             with self.guard:
                 self.threads.pop(threading.current_thread(), None)
+                self.holds.pop(threading.current_thread(), None)
             os.write(self.wake_write, b".")            # the main loop looks again whether to stay
 
     def busy(self) -> bool:
@@ -94,6 +96,8 @@ class Monitor:
         if request[0] == "start":
             self.monitor_container(channel, request[1], request[2] if len(request) > 2 else None)
         elif request[0] == "hold":
+            with self.guard:
+                self.holds[threading.current_thread()] = channel
             channel.send(("ok", journal.owner_of()))
             with contextlib.suppress(EOFError, OSError):
                 channel.recv()                         # until the holder closes (or dies: the kernel closes)
@@ -125,7 +129,8 @@ class Monitor:
         (they end in a moment: waited for here), else ("busy", how many hold the monitor)."""
         with self.guard:
             others = {t: c for t, c in self.threads.items() if t is not threading.current_thread()}
-        if any(c is None or running(c) for c in others.values()):
+            holds = dict(self.holds)
+        if any(running(c) if c else not closed(holds.get(t)) for t, c in others.items()):
             return ("busy", len(others))
         for thread in others:
             thread.join(5)
@@ -163,6 +168,19 @@ class Monitor:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
         self.zombies = now - self.zombies
+
+
+def closed(channel: Channel | None) -> bool:
+    """A holder that has gone (its end closed: recv(2) would read end-of-file), before its thread saw it.
+    A connection that is not a hold (a request half-read) is never taken for gone."""
+    if channel is None:
+        return False
+    try:
+        return channel.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def running(container_id: str) -> bool:
@@ -218,9 +236,9 @@ def close_socket(listener: socket.socket) -> None:
     listener.close()
     ledger = journal.Journal()
     me = journal.owner_of()
-    for entry in ledger.entries():
+    for entry in reversed(ledger.entries()):          # the process's own record last: while it is there,
         if entry.owner == me and entry.kind in ("process", "file") and entry.name in ("labcore-monitor", path):
-            ledger.forget(entry)
+            ledger.forget(entry)                       # `labcore cleanup` waits for this process to be gone
 
 
 def detach() -> None:
