@@ -112,6 +112,8 @@ def connect_monitor(spawn: bool = True) -> Channel | None:
                 return None
             spawn_monitor()
             sock.connect(address)
+            if _held:                                 # ours was killed: hold the new one as we held it
+                _hold(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)), address)
     return Channel(sock)
 
 
@@ -154,15 +156,38 @@ def spawn_monitor() -> None:
                        fix=f"run `{sys.executable} -m {MONITOR_MODULE}` to see its error")
 
 
+_held: list | None = None            # this process's holding connection, once it asked for one (labd)
+
+
 def hold_monitor() -> Channel:
     """A connection that keeps the monitor running while it is open (labd's, from its start to its end):
-    the daemon's starts then never wait for a Python to start."""
+    the daemon's starts then never wait for a Python to start. Should that monitor be killed, the start
+    that spawns the next one holds it too (``connect_monitor``)."""
+    global _held
     channel = connect_monitor()
     channel.send(("hold",))
     kind, value = channel.recv()
     if kind == "error":
         raise value
+    _held = [channel]
     return channel
+
+
+def _hold(channel: Channel, address: str) -> None:
+    channel.sock.connect(address)
+    channel.send(("hold",))
+    channel.recv()
+    for old in _held:
+        old.close()
+    _held[:] = [channel]
+
+
+def release_monitor() -> None:
+    """Close this process's holding connection: the monitor may leave once no container keeps it."""
+    global _held
+    for channel in _held or []:
+        channel.close()
+    _held = None
 
 
 def dismiss_monitor(seconds: float = 10.0) -> str:

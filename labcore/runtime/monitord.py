@@ -208,9 +208,10 @@ def bind_socket() -> socket.socket:
     a record left by a monitor that was killed names the same path: this one takes its place."""
     path = str(paths.home() / monitor.SOCKET)
     ledger = journal.Journal()
-    for entry in ledger.entries():
-        if entry.args.get("path") == path and entry.undo == "unlink" and not journal.owner_alive(entry.owner):
-            ledger.forget(entry)                       # we hold the lifetime lock: its monitor is gone
+    for entry in ledger.entries():                     # a killed monitor's: we hold the lifetime lock, it is gone
+        if not journal.owner_alive(entry.owner) and ((entry.undo == "unlink" and entry.args.get("path") == path)
+                                                     or (entry.kind, entry.name) == ("process", "labcore-monitor")):
+            ledger.forget(entry)
     me = journal.owner_of()
     ledger.record("process", "labcore-monitor", "kill", owner=me, pid=me["pid"], start=me["start"])
     ledger.record("file", path, "unlink", owner=me, path=path)

@@ -1,5 +1,7 @@
 """The one monitor of a state directory (labcore.runtime.monitord), without containers: who owns what it records,
 how it stays while a client holds it and leaves when none does, and what `rm` of a dead container undoes."""
+import os
+import signal
 import socket
 import time
 
@@ -39,7 +41,7 @@ def test_a_holder_that_closed_its_end_is_seen_gone_before_its_thread_reads_it():
 
 
 def test_the_monitor_stays_while_held_serves_every_client_and_leaves_when_let_go(labcore_home):
-    held = engine.hold_monitor()
+    engine.hold_monitor()
     try:
         [pid] = engine.running_monitors()
         other = engine.connect_monitor(spawn=False)          # a second client reaches the same process
@@ -48,7 +50,7 @@ def test_the_monitor_stays_while_held_serves_every_client_and_leaves_when_let_go
         other.close()
         assert (labcore_home / monitor.SOCKET).exists() and journal.running(pid)
     finally:
-        held.close()
+        engine.release_monitor()
     deadline = time.monotonic() + 30
     while journal.running(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -57,8 +59,26 @@ def test_the_monitor_stays_while_held_serves_every_client_and_leaves_when_let_go
     assert engine.connect_monitor(spawn=False) is None
 
 
+def test_a_holder_whose_monitor_was_killed_holds_the_next_one_it_spawns(labcore_home):
+    engine.hold_monitor()
+    try:
+        [first] = engine.running_monitors()
+        os.kill(first, signal.SIGKILL)
+        while journal.running(first):
+            time.sleep(0.01)
+        engine.connect_monitor().close()                     # finds none: spawns the next, and holds it
+        [second] = engine.running_monitors()
+        assert second != first
+        assert engine.dismiss_monitor() == "" and journal.running(second)    # "busy": it is held
+    finally:
+        engine.release_monitor()
+    engine.dismiss_monitor()
+    assert not journal.running(second) and journal.Journal().entries() == []
+
+
 def test_cleanup_dismisses_an_idle_monitor_and_waits_until_it_is_gone(labcore_home):
-    engine.hold_monitor().close()                            # spawned, then let go at once
+    engine.hold_monitor()
+    engine.release_monitor()                                 # spawned, then let go at once
     pids = engine.running_monitors()
     engine.dismiss_monitor()
     assert not any(map(journal.running, pids)) and journal.Journal().entries() == []
