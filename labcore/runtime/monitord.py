@@ -44,7 +44,7 @@ class Monitor:
         self.guard = threading.Lock()
         self.wake_read, self.wake_write = os.pipe()
         self.zombies: set[int] = set()
-        self.holds: dict[threading.Thread, Channel] = {}     # the threads that wait for a holder to close
+        self.channels: dict[threading.Thread, Channel] = {}  # each thread's connection
 
     def serve(self) -> None:
         """Accept until nothing keeps the monitor, then leave (``leave_if_idle``)."""
@@ -70,7 +70,7 @@ class Monitor:
     def begin(self, target, channel: Channel) -> None:
         thread = threading.Thread(target=self.finish_after, args=(target, channel), daemon=True)
         with self.guard:
-            self.threads[thread] = None
+            self.threads[thread], self.channels[thread] = None, channel
         thread.start()
 
     def finish_after(self, target, channel: Channel) -> None:
@@ -79,7 +79,7 @@ class Monitor:
         finally:
             with self.guard:
                 self.threads.pop(threading.current_thread(), None)
-                self.holds.pop(threading.current_thread(), None)
+                self.channels.pop(threading.current_thread(), None)
             os.write(self.wake_write, b".")            # the main loop looks again whether to stay
 
     def busy(self) -> bool:
@@ -96,8 +96,6 @@ class Monitor:
         if request[0] == "start":
             self.monitor_container(channel, request[1], request[2] if len(request) > 2 else None)
         elif request[0] == "hold":
-            with self.guard:
-                self.holds[threading.current_thread()] = channel
             channel.send(("ok", journal.owner_of()))
             with contextlib.suppress(EOFError, OSError):
                 channel.recv()                         # until the holder closes (or dies: the kernel closes)
@@ -129,8 +127,8 @@ class Monitor:
         (they end in a moment: waited for here), else ("busy", how many hold the monitor)."""
         with self.guard:
             others = {t: c for t, c in self.threads.items() if t is not threading.current_thread()}
-            holds = dict(self.holds)
-        if any(running(c) if c else not closed(holds.get(t)) for t, c in others.items()):
+            channels = dict(self.channels)
+        if any(running(c) if c else not closed(channels.get(t)) for t, c in others.items()):
             return ("busy", len(others))
         for thread in others:
             thread.join(5)
@@ -171,8 +169,9 @@ class Monitor:
 
 
 def closed(channel: Channel | None) -> bool:
-    """A holder that has gone (its end closed: recv(2) would read end-of-file), before its thread saw it.
-    A connection that is not a hold (a request half-read) is never taken for gone."""
+    """A client that has gone (its end closed, nothing left unread: recv(2) would read end-of-file), before
+    its thread saw it: a holder that let go, a client that connected and left. One with a request unread, or
+    waiting for an answer, is not."""
     if channel is None:
         return False
     try:
