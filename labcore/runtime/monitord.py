@@ -26,6 +26,7 @@ import select
 import socket
 import sys
 import threading
+import time
 
 from labcore import paths
 from labcore.kernel import journal, procfs
@@ -43,7 +44,8 @@ class Monitor:
         self.threads: dict[threading.Thread, str | None] = {}     # live threads, and the container of each
         self.guard = threading.Lock()
         self.wake_read, self.wake_write = os.pipe()
-        self.zombies: set[int] = set()
+        self.zombies: set[int] = set()           # our zombie children at the last look
+        self.scanned = time.monotonic()
         self.channels: dict[threading.Thread, Channel] = {}  # each thread's connection
 
     def serve(self) -> None:
@@ -54,7 +56,9 @@ class Monitor:
                 os.read(self.wake_read, 512)
             if self.listener in ready:
                 self.accept()
-            self.reap_strays()
+            if time.monotonic() - self.scanned >= TICK:   # a tick apart, however often a client wakes us
+                self.reap_strays()
+                self.scanned = time.monotonic()
             if not self.busy():
                 self.leave_if_idle()
 
@@ -146,9 +150,10 @@ class Monitor:
         os._exit(0)
 
     def reap_strays(self) -> None:
-        """Reap zombie children no thread will: seen as zombies on the last tick too, and no pid 1 of ours
-        (a thread reaps its own with waitpid(2) of that pid; a program the monitor ran is reaped at once by
-        whoever ran it, which the tick leaves time for)."""
+        """Reap zombie children no thread will: zombies at the last look too, a tick ago, and no pid 1 of
+        ours (a thread reaps its own with waitpid(2) of that pid, once the container's output has ended; a
+        program or a step's child the monitor ran is reaped by whoever ran it, waiting for it already or
+        within moments, which the tick leaves time for)."""
         try:
             exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)   # looks, reaps nothing
         except ChildProcessError:
