@@ -108,12 +108,12 @@ ADOPTED: set[int] = set()              # pid 1 of each container a thread will r
 def run_once(spec: Spec, channel: Channel | None, options: dict, forking) -> int:
     """One run: create and start the container, copy its output to the log, reap pid 1, record its exit.
 
-    Only one thread forks at a time (``forking`` is held around create and start, the steps that fork): a
-    fork copies every fd the process has open at that instant, among them the pipes another thread has just
-    made for its container's output, and every lock another thread holds, which the child never sees
-    released (fork(2), NOTES: only the calling thread is copied). The child closes what it did not ask for
-    (``close_inherited_fds``), but a start sequence half-way on another thread, its pipes made and not yet
-    closed on this side, is a state no fork should see; so each start sequence runs whole, one at a time."""
+    Only one thread forks at a time (``forking`` is held around create and start, the steps that fork).
+    fork(2) copies only the calling thread, with every fd and every lock the others hold at that instant
+    (fork(2), NOTES): a shim forked while another thread is half-way through its own start sequence would
+    carry that sequence's channel and pipe ends until it closes them (``close_inherited_fds``), and would
+    find any lock that thread held (a journal write's, a buffered file's) held forever. One start sequence at
+    a time leaves each fork a quiet process to copy: the other threads only read pipes and write logs."""
     from labcore.runtime import container
     directory = paths.containers_dir() / spec.id
     stdin = open_stdin(directory) if spec.interactive else None
