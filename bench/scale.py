@@ -11,6 +11,11 @@ the bench measures
   caller, this process, with its N threads; dockerd and containerd). RSS counts pages shared with other
   processes; USS (psutil's unique set size) only those the process alone holds.
 
+Three sides: the lab's ``container.run`` in N threads of this process; the lab's detached containers, N
+``containers.run(..., detach=True)`` of the docker SDK against a labd of the bench's own, in a state directory
+of its own (its one monitor, ``labcore.runtime.monitord``, pid 1's parent, counted whole as the kept process,
+and labd's growth over N as shared); Docker's, the same SDK calls against a dockerd of its own.
+
 ``--counts 10,50,100,200`` repeats it for each count and draws the cost per container against N, side by side
 with Docker (bench/results/*-scale.png).
 
@@ -45,11 +50,12 @@ def main(args) -> int:
         for results in series:          # interleaved: the lab, then Docker, at each count
             print(f"{results['count']} containers...", file=sys.stderr, flush=True)
             results["lab"] = lab_containers(results["count"], psutil)
+            results["labd"] = labd_containers(results["count"], psutil)
             results["docker"] = docker_containers(dockerd, results["count"], psutil) if dockerd else missing
     markdown = "\n\n".join(table(results) for results in series) + "\n\n" + growth(series)
     print(markdown)
     report.save("scale", {"series": series}, markdown, (lambda png: plot(series, png)) if len(series) > 1 else None)
-    return 1 if any(r[side].get("leftovers") for r in series for side in ("lab", "docker")) else 0
+    return 1 if any(r[side].get("leftovers") for r in series for side in SIDES) else 0
 
 
 def lab_containers(count: int, psutil) -> dict:
@@ -87,6 +93,71 @@ def lab_containers(count: int, psutil) -> dict:
     measured["leftovers"] += [f"process {p.pid}" for p in me.children(recursive=True) if p.pid not in daemons]
     measured["leftovers"] += [f"cgroup {c}" for c in Path("/sys/fs/cgroup").glob(f"*/**/{paths.PREFIX}-*")
                               if c.name.split("-", 1)[1] in ids]
+    return measured
+
+
+def labd_containers(count: int, psutil) -> dict:
+    """N detached containers through labd (docker SDK), in a state directory of the bench's own, so that its
+    monitor watches these N and no others; labd holds the monitor from its start, as it does in use."""
+    import docker
+    with journal.Scope() as scope, ExitStack() as stack:
+        home = paths.scratch_dir() / f"{paths.PREFIX}-bench-labd-{secrets.token_hex(4)}"
+        paths.scratch_dir().mkdir(parents=True, exist_ok=True)
+        scope.record("directory", str(home), "rmtree", path=str(home))
+        home.mkdir()
+        (home / "images").symlink_to(paths.images_dir())           # the same image store, not a copy
+        sock = home / f"{paths.PREFIX}-labd.sock"
+        log = stack.enter_context(open(home / "labd.log", "wb"))
+        labd = subprocess.Popen([str(peers.VENV_BIN / "labcore"), "daemon", "--socket", str(sock)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=peers.labcore_environment(LABCORE_HOME=str(home)))
+        scope.record("process", str(labd.pid), "kill", pid=labd.pid, start=journal.process_start_time(labd.pid))
+        stack.callback(peers.stop_process, labd, log)
+        peers.wait_for_socket(sock, labd, home / "labd.log", "labd (`labcore daemon`)")
+        client = docker.DockerClient(base_url=f"unix://{sock}", timeout=120)
+        stack.callback(client.close)
+        process = psutil.Process(labd.pid)
+        before = memory([process], "")
+        started, errors = [], []
+
+        def one() -> None:
+            try:
+                started.append(client.containers.run("busybox", ["sleep", "3600"], detach=True,
+                                                     network_mode="none"))
+            except Exception as err:             # reported below: a refusal is a finding
+                errors.append(f"{type(err).__name__}: {err}")
+
+        threads = [threading.Thread(target=one) for _ in range(count)]
+        start = time.perf_counter()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - start
+            pids = [json.loads((home / "containers" / c.id / "state.json").read_text())["pid"] for c in started]
+            parents = {psutil.Process(pid).ppid() for pid in pids}
+            kept = [psutil.Process(pid) for pid in parents]
+            measured = {"wall_s": wall, "running": len(started), "errors": errors[:3],
+                        "disk_bytes": du([writable_dir(home / "containers" / c.id) for c in started]),
+                        "parents": sorted(parents), "labd_is_parent": labd.pid in parents,
+                        **memory(kept, "the monitor (pid 1's parent)"),
+                        "shared": grown(before, memory([process], "labd"))}
+        finally:
+            removers = [threading.Thread(target=c.remove, kwargs={"force": True})
+                        for c in client.containers.list(all=True)]
+            for thread in removers:
+                thread.start()
+            for thread in removers:
+                thread.join()
+        stack.close()                             # labd stops: nothing holds the monitor now
+        monitors = [entry for entry in journal.Journal(home / "journal").entries() if entry.name == "labcore-monitor"]
+        deadline = time.monotonic() + 10
+        while any(journal.owner_alive(e.owner) for e in monitors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        measured["leftovers"] = [f"monitor {e.owner['pid']}" for e in monitors if journal.owner_alive(e.owner)]
+        measured["leftovers"] += [str(d) for d in (home / "containers").glob("*") if d.is_dir()]
+        measured["leftovers"] += [e.describe() for e in journal.Journal(home / "journal").entries()]
     return measured
 
 
@@ -197,6 +268,11 @@ def grown(before: dict, after: dict) -> dict:
             "uss_bytes": max(after["uss_bytes"] - before["uss_bytes"], 0)}
 
 
+SIDES = ("lab", "labd", "docker")
+NAMES = {"lab": "labcore (threads × container.run)", "labd": "labcore detached (labd, SDK, one monitor)",
+         "docker": "Docker (dockerd, SDK, detached)"}
+
+
 def per_container(side: dict, key: str) -> float:
     """Bytes per running container: the kept processes' own, plus the shared processes' growth, over N."""
     return (side[key] + side.get("shared", {}).get(key, 0)) / max(side["running"], 1)
@@ -205,11 +281,12 @@ def per_container(side: dict, key: str) -> float:
 def growth(series: list[dict]) -> str:
     mib = 1024 * 1024
     lines = ["Per container, against N (kept processes + shared growth ÷ N; load average at the start of each):", "",
-             "| N | load | labcore s to start each | labcore RSS / USS MiB | Docker s to start each | "
-             "Docker RSS / USS MiB |", "|---:|---:|---:|---:|---:|---:|"]
+             "| N | load | labcore s to start each | labcore RSS / USS MiB | labd s to start each | "
+             "labd RSS / USS MiB | Docker s to start each | Docker RSS / USS MiB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in series:
         cells = []
-        for side in (r["lab"], r["docker"]):
+        for side in (r["lab"], r.get("labd", {"missing": "not measured"}), r["docker"]):
             if "missing" in side or not side.get("running"):
                 cells += ["—", "—"]
                 continue
@@ -225,14 +302,16 @@ def plot(series: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for name, colour in (("lab", "#08519c"), ("docker", "#e6550d")):
-        points = [(r["count"], r[name]) for r in series if "missing" not in r[name] and r[name].get("running")]
+    for name, colour in (("lab", "#08519c"), ("labd", "#6baed6"), ("docker", "#e6550d")):
+        points = [(r["count"], r[name]) for r in series if name in r and "missing" not in r[name]
+                  and r[name].get("running")]
         counts = [n for n, _ in points]
         values = [[s["wall_s"] / s["running"] for _, s in points],
                   [per_container(s, "rss_bytes") / 2 ** 20 for _, s in points],
                   [per_container(s, "uss_bytes") / 2 ** 20 for _, s in points]]
         for ax, ys in zip(axes, values):
-            ax.plot(counts, ys, "o-", color=colour, label="labcore" if name == "lab" else "Docker")
+            ax.plot(counts, ys, "o-", color=colour, label={"lab": "labcore", "labd": "labcore -d (labd)",
+                                                           "docker": "Docker"}[name])
     for ax, title in zip(axes, ("wall time to start, per container (s)", "RSS per container (MiB)",
                                 "USS per container (MiB)")):
         ax.set_title(title, fontsize=10)
@@ -247,8 +326,8 @@ def plot(series: list[dict], path: Path) -> None:
 def table(results: dict) -> str:
     count = results["count"]
     lines = [f"{count} containers started at once from busybox, `sleep 3600`, measured while all run.", "",
-             "| | labcore (threads × container.run) | Docker (dockerd, SDK, detached) |", "|---|---|---|"]
-    lab, docker = results["lab"], results["docker"]
+             "| | " + " | ".join(NAMES[side] for side in SIDES) + " |", "|---|---|---|---|"]
+    sides = [results.get(side, {"missing": "not measured"}) for side in SIDES]
 
     def cell(side: dict, render) -> str:
         return f"missing: {' '.join(side['missing'].split())}" if "missing" in side else render(side)
@@ -269,5 +348,5 @@ def table(results: dict) -> str:
             ("RSS per container (kept + grown ÷ N)", lambda s: f"{per_container(s, 'rss_bytes') / mib:.2f} MiB"),
             ("USS per container (kept + grown ÷ N)", lambda s: f"{per_container(s, 'uss_bytes') / mib:.2f} MiB"),
             ("left behind", lambda s: "; ".join(s["leftovers"]) or "nothing")]
-    lines += [f"| {name} | {cell(lab, render)} | {cell(docker, render)} |" for name, render in rows]
+    lines += [f"| {name} | " + " | ".join(cell(side, render) for side in sides) + " |" for name, render in rows]
     return "\n".join(lines)

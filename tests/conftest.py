@@ -46,6 +46,8 @@ def labcore_home(tmp_path, monkeypatch, shared_images):
     os.symlink(shared_images, home / "images")
     monkeypatch.setenv("LABCORE_HOME", str(home))
     yield home
+    from labcore.runtime import engine
+    engine.dismiss_monitor()            # the containers' monitor leaves by itself once idle: now, not in a moment
     journal = Journal(home / "journal")
     left = journal.entries()
     undone, failures = journal.undo_all()

@@ -431,6 +431,11 @@ def serve(routes: list, socket: str | None = None, tcp: str | None = None, verbo
     """Run until interrupted, answering with ``routes`` (`labcore daemon` passes ``labcore.api.routes.table()``):
     the transport is given its routes, it does not import them, so the routes may import the transport."""
     servers = [bind_unix(socket or socket_path())] + ([bind_tcp(tcp)] if tcp else [])
+    from labcore.runtime import engine
+    try:
+        engine.hold_monitor()          # the containers' monitor stays as long as we do: no start waits for it
+    except LabError as err:            # each start will say why again; the other routes work without it
+        print(f"labd: level=warning msg=\"no container monitor: {err}\"", file=sys.stderr, flush=True)
     for server in servers:
         server.verbose, server.routes = verbose, routes
     for server in servers[1:]:
@@ -442,6 +447,7 @@ def serve(routes: list, socket: str | None = None, tcp: str | None = None, verbo
     finally:
         for server in servers:
             server.server_close()
+        engine.release_monitor()
         if os.path.exists(socket or socket_path()):
             os.unlink(socket or socket_path())
 

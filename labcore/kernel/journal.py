@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,29 @@ def process_start_time(pid: int) -> int | None:
     return procfs.start_time(pid)
 
 
+_acting = threading.local()
+
+
 def owner_of(pid: int | None = None) -> dict:
-    """{pid, start} of process ``pid``, by default this one."""
-    if not pid or pid == os.getpid():
-        return dict(_own_owner())
-    return {"pid": pid, "start": process_start_time(pid)}
+    """Who owns what this process records: its pid and start time, and, in a thread that works for one
+    container (``acting_for``), that container's id, so that the records of one container of a process that
+    monitors many can be told apart (``labcore.runtime.engine.remove`` of a dead one)."""
+    if pid and pid != os.getpid():
+        return {"pid": pid, "start": process_start_time(pid)}
+    owner = dict(_own_owner())
+    if not pid and getattr(_acting, "tag", None):
+        owner["for"] = _acting.tag
+    return owner
+
+
+@contextlib.contextmanager
+def acting_for(tag: str):
+    """Records made by this thread in the block say whom they were made for (``owner_of``)."""
+    _acting.tag = tag
+    try:
+        yield
+    finally:
+        _acting.tag = None
 
 
 _OWN: dict = {}

@@ -107,26 +107,38 @@ class Child:
 
 _adopting = threading.Lock()
 _windows = 0                # threads of this process between a shim's go-ahead and its exit
+_for_life = False           # a subreaper from start to exit (the engine's monitor process)
 
 
 @contextlib.contextmanager
 def adopting_orphans():
     """prctl(PR_SET_CHILD_SUBREAPER) for the block: an orphaned descendant, a pid namespace's init too, is
     re-parented to this process instead of init (prctl(2)), and stays its child after the block. Only while
-    a shim may leave its pid 1: the lab's daemons, forked twice to belong to no one (labd's monitors),
-    must still go to init. Counted, so that threads starting containers at once share one window."""
+    a shim may leave its pid 1: the lab's daemons, forked twice to belong to no one (the engine's monitor,
+    the user-mode network's holder), must still go to init. Counted, so that threads starting containers
+    at once share one window. A process that is a subreaper for life (``become_subreaper``) stays one."""
     global _windows
     with _adopting:
         _windows += 1
-        if _windows == 1:
+        if _windows == 1 and not _for_life:
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     try:
         yield
     finally:
         with _adopting:
             _windows -= 1
-            if _windows == 0:
+            if _windows == 0 and not _for_life:
                 syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
+
+
+def become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER, 1) until this process exits, as containerd-shim sets it at its start
+    (containerd: pkg/shim, ``subreaper.SetSubreaper(1)``): every orphan below it comes back to it, which
+    must then reap what it did not fork (``labcore.runtime.monitord``)."""
+    global _for_life
+    with _adopting:
+        _for_life = True
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
 
 
 def close_inherited_fds(keep: tuple[int, ...] = ()) -> None:

@@ -13,7 +13,7 @@
 Why two processes: unshare(CLONE_NEWPID) does not move the caller, only its next child, which becomes pid 1
 (pid_namespaces(7)). The shim forks pid 1, says its pid and exits, as runc's parent does once the container runs.
 Its caller is a child subreaper (prctl(2) PR_SET_CHILD_SUBREAPER), so the orphaned pid 1 becomes the caller's
-child, not init's: the caller (the `labcore run` process, labd's monitor, the notebook's kernel) reaps it and
+child, not init's: the caller (the `labcore run` process, the engine's monitor, the notebook's kernel) reaps it and
 reads how it ended, as containerd-shim does for runc. No forked Python stays behind for each running container.
 
 pid 1 is special: the kernel drops any signal sent to a namespace's init for which it installed no handler,
@@ -186,7 +186,7 @@ def await_root(container: Container, stdio: "Stdio") -> None:
         stdio.take_terminal(receive_fd(container.shim.channel))
 
 
-# `labcore run` and labd's monitor walk the start sequence with these (the reasons for the order are in
+# `labcore run` and the engine's monitor walk the start sequence with these (the reasons for the order are in
 # labcore.runtime.sequence). A step without a function here is done by another: publish with the network
 # (connect_network), the last three by pid 1 itself (_pid1), which says "ready" when they are done.
 CREATE_STEPS = (("layers", prepare_layers), ("fork_child", fork_shim), ("join_cgroup", join_shim_cgroup),

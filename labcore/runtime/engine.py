@@ -2,13 +2,16 @@
 
 `labcore run --rm busybox echo hi` lives and dies with the command. `docker run -d` does not: the client
 asks, the daemon starts the container and answers at once, and the container keeps running after the client
-— even after the daemon — has gone. Docker gets there with one small process per container, the
-containerd-shim: it is the container's parent, holds its output, and records how it ended. The lab's is the
-*monitor* (``labcore.runtime.monitor``); the records both write are ``labcore.runtime.lifecycle``'s. Here, each
-request, as labd's routes and the CLI make it:
+— even after the daemon — has gone. Docker gets there with one containerd-shim per container, its parent,
+which holds its output and records how it ended. The lab keeps one *monitor* per state directory, as
+containerd is one per daemon (``labcore.runtime.monitord``): a child subreaper (prctl(2)
+PR_SET_CHILD_SUBREAPER) with one thread per container (``labcore.runtime.monitor``); it is spawned by the first
+start that finds none, and leaves when no container and no client keeps it. The records both write are
+``labcore.runtime.lifecycle``'s. Here, each request, as labd's routes and the CLI make it:
 
     create   check the spec and the image, write the record (state "created")
-    start    fork the monitor, and return once it reports pid 1 "running" (or why it could not)
+    start    ask the monitor over its Unix socket (spawning it when none answers), and return once it
+             reports pid 1 "running" (or why it could not)
     wait     read the record until it says "exited"
     logs     read ``container.log``; with follow, keep reading until the container has exited
     attach   the same log from now on, and the container's stdin: a FIFO (fifo(7)) the monitor opened
@@ -34,7 +37,7 @@ from typing import Iterator
 from labcore import paths
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 from labcore.kernel import journal, procfs
-from labcore.kernel.process import Channel, close_inherited_fds
+from labcore.kernel.process import Channel
 from labcore.runtime import jsonfile, lifecycle, monitor
 from labcore.runtime.container import Spec
 from labcore.runtime.lifecycle import Record, State
@@ -68,36 +71,153 @@ def check_name_free(name: str) -> None:
 
 
 def start(container_id: str) -> Record:
-    """Fork the monitor and return once pid 1 runs the command (or raise why it could not)."""
+    """Ask the monitor to start the container; return once pid 1 runs the command (or raise why it could not)."""
     record = lifecycle.load(container_id)
     lifecycle.check("start", record.state, container_id)
-    spec = Spec(**record.config["spec"])
     options = lifecycle.requested(container_id).get("HostConfig", {})
     with contextlib.suppress(FileNotFoundError):
         (record.directory / monitor.STOPPED).unlink()      # started again by the user: restart policies apply
-    import socket
-    ours, theirs = socket.socketpair()
-    middle = os.fork()
-    if middle == 0:                                   # the middle child: fork the monitor, then leave
-        # The fork copied the Python objects of labd's other threads (their sockets, open logs). Freed later
-        # by the garbage collector, each would close its fd *number*, by then perhaps the monitor's log:
-        # collect them now, before the monitor opens anything; then close what is left at the OS level.
-        import gc
-        gc.collect()
-        close_inherited_fds(keep=(theirs.fileno(),))  # labd's other requests' fds are not the monitor's
-        if os.fork() == 0:
-            monitor.run(spec, Channel(theirs), options, remove)
-        os._exit(0)
-    theirs.close()
-    os.waitpid(middle, 0)                             # reap the middle child at once: no zombie
-    channel = Channel(ours)
+    channel = connect_monitor()
     try:
+        channel.send(("start", container_id, options))
         kind, value = channel.recv()
+    except EOFError:
+        raise LabError(f"the monitor closed the connection before container {container_id[:12]} started",
+                       fix="see `labcore inspect` for the container's State.Error") from None
     finally:
         channel.close()
     if kind == "error":
         raise value
     return lifecycle.load(container_id)
+
+
+# --- the monitor: one process per state directory (labcore.runtime.monitord) -------------------------------
+
+MONITOR_MODULE = "labcore.runtime.monitord"         # by name: the entry module imports this one
+SPAWN_SECONDS = 30.0
+
+
+def connect_monitor(spawn: bool = True) -> Channel | None:
+    """A connection to the state directory's monitor; with ``spawn``, one is started when none answers.
+    Under the spawn lock: two clients never spawn two monitors, and the monitor never leaves while a
+    client is between connect(2) and its request (it takes the same lock to leave)."""
+    import socket
+    with spawn_lock(), monitor.socket_address() as address:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not spawn:
+                sock.close()
+                return None
+            spawn_monitor()
+            sock.connect(address)
+            if _held:                                 # ours was killed: hold the new one as we held it
+                _hold(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)), address)
+    return Channel(sock)
+
+
+def spawn_lock():
+    """flock(2) on the state directory: clients connect (and spawn) one at a time, and the monitor leaves
+    only while no client is between its connect(2) and its request."""
+    return journal.flocked(paths.home())
+
+
+def spawn_monitor() -> None:
+    """``python -m labcore.runtime.monitord``: a fresh interpreter, not a fork of this process (labd's threads,
+    sockets and heap are not the monitor's), in a session of its own; it says "1" on a pipe once it listens,
+    or why it could not."""
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+    ready, ready_end = os.pipe()
+    package_root = str(Path(__file__).resolve().parents[2])          # this labcore, wherever it is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH")))),
+           # One malloc arena, not one per thread (mallopt(3) M_ARENA_MAX; glibc's default allows 8 per core):
+           # the monitor's threads run Python one at a time anyway (the GIL), and each arena costs pages.
+           "MALLOC_ARENA_MAX": "1"}
+    try:
+        first = subprocess.Popen([sys.executable, "-m", MONITOR_MODULE, str(ready_end)], pass_fds=(ready_end,),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True, cwd="/", env=env)
+    finally:
+        os.close(ready_end)
+    with os.fdopen(ready, "rb") as readiness:
+        first.wait()                                  # it forks the monitor and leaves at once: no zombie
+        said = b""
+        while select.select([readiness], [], [], SPAWN_SECONDS)[0]:
+            chunk = readiness.read1(4096)
+            if not chunk:
+                break
+            said += chunk
+    if said != b"1":
+        raise LabError(f"the container monitor did not start: {said.decode(errors='replace') or 'no answer'}",
+                       fix=f"run `{sys.executable} -m {MONITOR_MODULE}` to see its error")
+
+
+_held: list | None = None            # this process's holding connection, once it asked for one (labd)
+
+
+def hold_monitor() -> Channel:
+    """A connection that keeps the monitor running while it is open (labd's, from its start to its end):
+    the daemon's starts then never wait for a Python to start. Should that monitor be killed, the start
+    that spawns the next one holds it too (``connect_monitor``)."""
+    global _held
+    channel = connect_monitor()
+    channel.send(("hold",))
+    kind, value = channel.recv()
+    if kind == "error":
+        raise value
+    _held = [channel]
+    return channel
+
+
+def _hold(channel: Channel, address: str) -> None:
+    channel.sock.connect(address)
+    channel.send(("hold",))
+    channel.recv()
+    for old in _held:
+        old.close()
+    _held[:] = [channel]
+
+
+def release_monitor() -> None:
+    """Close this process's holding connection: the monitor may leave once no container keeps it."""
+    global _held
+    for channel in _held or []:
+        channel.close()
+    _held = None
+
+
+def dismiss_monitor(seconds: float = 10.0) -> str:
+    """`labcore cleanup`: ask the monitor to leave if nothing keeps it; wait until it is gone. One already
+    on its way out (its socket closed, its process not yet gone) is waited for too."""
+    pids = running_monitors()
+    if not (paths.home() / monitor.SOCKET).exists() and not pids:
+        return ""                                     # no monitor: not even its lock is touched
+    channel = connect_monitor(spawn=False)
+    pids = sorted(set(pids + running_monitors()))
+    if channel is not None:
+        try:
+            channel.send(("leave",))
+            kind, value = channel.recv()
+        except (EOFError, OSError):
+            kind = "leaving"
+        finally:
+            channel.close()
+        if kind != "leaving":
+            return ""
+    deadline = time.monotonic() + seconds
+    while any(map(journal.running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return f"stopped the idle container monitor (pid {', '.join(map(str, pids))})" if pids else ""
+
+
+def running_monitors() -> list[int]:
+    """The monitor's pid, from its own record in the journal (``labcore.runtime.monitord``), while it runs."""
+    return [entry.owner["pid"] for entry in journal.Journal().entries()
+            if entry.kind == "process" and entry.name == "labcore-monitor" and journal.owner_alive(entry.owner)]
 
 
 # --- watching ---------------------------------------------------------------------------------------------
@@ -333,12 +453,17 @@ def remove(container_id: str, force: bool = False) -> None:
     lifecycle.check("remove", record.state, container_id)
     directory = str(record.directory)
     ledger = journal.Journal()
-    # Its files; and when it is dead, everything its monitor made and could not undo: pid 1 and the shim,
-    # the port proxies, the veth, the cgroup (journal entries are owned by the process that made them).
+    # Its files; and when it is dead, everything its monitor made for it and could not undo: pid 1 and the
+    # shim, the port proxies, the veth, the cgroup (journal entries are owned by the process that made them,
+    # and the monitor's thread of each container tags its own: journal.acting_for).
     dead = record.monitor if record.state is State.DEAD else None
     mine = [e for e in ledger.entries() if str(e.args.get("path", "")).startswith(directory)
             or (dead and e.owner == dead)]
-    failures = ledger.undo_many(mine)
+    if dead:                                      # and the dead monitor's own: its socket, its process
+        itself = {"pid": dead.get("pid"), "start": dead.get("start")}
+        mine = [e for e in ledger.entries() if e.owner == itself] + mine
+    with spawn_lock() if dead else contextlib.nullcontext():     # no monitor binds the socket meanwhile
+        failures = ledger.undo_many(mine)
     if failures:
         raise LabError(f"could not remove container {container_id[:12]}: " + "; ".join(failures),
                        fix="run `labcore cleanup`")

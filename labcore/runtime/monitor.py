@@ -1,17 +1,21 @@
-"""The monitor: one small process per container, its parent for its whole life, as containerd-shim is.
+"""The monitor: one process per state directory, the parent of every detached container, as containerd is.
 
-``labcore.runtime.engine.start`` forks it twice, so that it belongs to no one (init adopts it), in a session of
-its own, so that no terminal's hang-up reaches it. Then, for each run of the container (a restart policy may
-ask for more):
+Docker keeps one containerd-shim per container (about 13 MiB of RSS each); containerd itself is one process per
+daemon. The lab keeps one process in all, ``labcore.runtime.monitord``: a child subreaper (prctl(2)
+PR_SET_CHILD_SUBREAPER), so each pid 1 whose shim leaves becomes its child, and each container is one *thread*
+of it, running ``run`` below. A thread costs a stack and a few objects; a process of its own cost a whole
+Python. For each run of the container (a restart policy may ask for more):
 
     run_once     create and start the container (``labcore.runtime.container``: the start sequence), report
-                 "running" to whoever started it, copy its stdout and stderr into ``container.log`` a line at
-                 a time (``labcore.runtime.jsonfile``), and at the exit record the exit code (state "exited")
+                 "running" to whoever asked for the start, copy its stdout and stderr into ``container.log`` a
+                 line at a time (``labcore.runtime.jsonfile``), and at the exit reap pid 1 in this thread
+                 (waitpid(2) of that pid only) and record the exit code (state "exited")
     restart      Docker's restart policies: no, on-failure[:N], always, unless-stopped; never after a stop
     --rm         remove the container once every waiter has read its exit code
 
-It never prints and leaves by os._exit. The records it writes are ``labcore.runtime.lifecycle``'s; everything a
-client asks of a container is ``labcore.runtime.engine``'s.
+The price of one process: when it dies, every container it watched goes "dead" (``labcore.runtime.engine``),
+as all of a daemon's containers would without live-restore. It never prints. The records it writes are
+``labcore.runtime.lifecycle``'s; everything a client asks of a container is ``labcore.runtime.engine``'s.
 """
 from __future__ import annotations
 
@@ -30,6 +34,26 @@ from labcore.runtime.spec import Spec
 LOG = "container.log"
 STDIN = "stdin"                        # the FIFO that is a `-i` container's fd 0
 STOPPED = "stopped"                    # present: the user stopped it, and no restart policy brings it back
+# The monitor's socket, in the state directory. Two locks, flock(2) on directories that outlive every monitor
+# (a lock file would stay behind in the state directory, and one removed while another process holds it open
+# locks nothing the next one sees): the state directory itself, held by a client to connect or to spawn the
+# monitor when none answers, and by the monitor to leave; ``containers/``, held by the monitor for its life.
+SOCKET = "labcore-monitor.sock"
+
+
+@contextlib.contextmanager
+def socket_address():
+    """The socket's address: its path, or, where that is longer than sun_path holds (108 bytes, unix(7)),
+    the same file reached through /proc/self/fd/N, N the state directory (a LABCORE_HOME may be long)."""
+    path = str(paths.home() / SOCKET)
+    if len(path.encode()) < 100:
+        yield path
+        return
+    directory = os.open(paths.home(), os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{SOCKET}"
+    finally:
+        os.close(directory)
 
 
 def take_over_directory(container_id: str) -> None:
@@ -42,32 +66,32 @@ def take_over_directory(container_id: str) -> None:
             ledger.set_owner(entry, journal.owner_of())
 
 
-def run(spec: Spec, channel: Channel, options: dict, remove: Callable[[str], None]) -> None:
-    """The container's parent for its whole life (and its restarts). It never prints; leaves by os._exit.
-    ``remove``: how the engine removes a container (`--rm`), given so that the monitor imports no engine."""
-    os.setsid()
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)                             # hold no terminal or pipe of the caller's
-    try:
-        take_over_directory(spec.id)
-        runs = 0
-        while True:
-            code = run_once(spec, channel if runs == 0 else None, options)
-            runs += 1
-            if not restart_wanted(spec.id, code, runs):
-                break
-            time.sleep(min(0.1 * 2 ** (runs - 1), 1.0))   # Docker's back-off starts at 100 ms and doubles
-            if stopped_by_user(spec.id):
-                lifecycle.transition(spec.id, "stop")
-                break
-        if spec.rm:
-            remove_when_waiters_done(spec.id, remove)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            channel.send(("error", err))
-        record_failure(spec.id, err)
-    os._exit(0)
+def run(spec: Spec, channel: Channel, options: dict, remove: Callable[[str], None], forking) -> None:
+    """One container's thread of the monitor, for its whole life (and its restarts); errors go to the record
+    (and to the client, if it still waits). ``remove``: how the engine removes a container (`--rm`), given so
+    that this module imports no engine. ``forking``: the lock held around create and start (``run_once``)."""
+    with journal.acting_for(spec.id):
+        try:
+            take_over_directory(spec.id)
+            runs = 0
+            while True:
+                code = run_once(spec, channel if runs == 0 else None, options, forking)
+                runs += 1
+                if not restart_wanted(spec.id, code, runs):
+                    break
+                time.sleep(min(0.1 * 2 ** (runs - 1), 1.0))   # Docker's back-off starts at 100 ms and doubles
+                if stopped_by_user(spec.id):
+                    lifecycle.transition(spec.id, "stop")
+                    break
+            if spec.rm:
+                remove_when_waiters_done(spec.id, remove)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                channel.send(("error", err))
+            record_failure(spec.id, err)
+        finally:
+            with contextlib.suppress(OSError):
+                channel.close()
 
 
 def record_failure(container_id: str, err: BaseException) -> None:
@@ -78,23 +102,44 @@ def record_failure(container_id: str, err: BaseException) -> None:
         lifecycle.transition(container_id, "exit", exit_code=255, finished=time.time(), error=text)
 
 
-def run_once(spec: Spec, channel: Channel | None, options: dict) -> int:
-    """One run: create and start the container, copy its output to the log, record its exit."""
+ADOPTED: set[int] = set()              # pid 1 of each container a thread will reap: no stray to reap for it
+
+
+def run_once(spec: Spec, channel: Channel | None, options: dict, forking) -> int:
+    """One run: create and start the container, copy its output to the log, reap pid 1, record its exit.
+
+    Only one thread forks at a time (``forking`` is held around create and start, the steps that fork).
+    fork(2) copies only the calling thread, with every fd and every lock the others hold at that instant
+    (fork(2), NOTES): a shim forked while another thread is half-way through its own start sequence would
+    carry that sequence's channel and pipe ends until it closes them (``close_inherited_fds``), and would
+    find any lock that thread held (a journal write's, a buffered file's) held forever. One start sequence at
+    a time leaves each fork a quiet process to copy: the other threads only read pipes and write logs."""
     from labcore.runtime import container
     directory = paths.containers_dir() / spec.id
     stdin = open_stdin(directory) if spec.interactive else None
     try:
         with journal.Scope() as scope, container.Stdio("tty" if spec.tty else "capture", stdin=stdin) as stdio, \
                 jsonfile.Writer(directory / LOG) as log:
-            box = container.create(spec, scope, stdio)
-            stdio.resize(*(options.get("ConsoleSize") or (0, 0)))
-            container.start(box)
-            if channel is not None:
-                channel.send(("ok", journal.owner_of()))
-                channel.close()
-            stdio.pump(sink=log.write)
-            log.flush()                               # before the exit is recorded: a reader that sees
-            code = container.wait(box)                # "exited" finds every line already written
+            box = None
+            try:
+                with forking:
+                    box = container.create(spec, scope, stdio)
+                    ADOPTED.add(box.pid)
+                    stdio.resize(*(options.get("ConsoleSize") or (0, 0)))
+                    container.start(box)
+                if channel is not None:
+                    channel.send(("ok", journal.owner_of()))
+                    channel.close()
+                stdio.pump(sink=log.write)
+                log.flush()                           # before the exit is recorded: a reader that sees
+                code = container.wait(box)            # "exited" finds every line already written
+            except BaseException:
+                if box is not None:
+                    container.stop_if_running(box)    # pid 1 is this thread's to reap, whatever failed
+                raise
+            finally:
+                if box is not None:
+                    ADOPTED.discard(box.pid)
             scope.release()                           # the files stay until `rm`, as Docker keeps them
     finally:
         if stdin is not None:

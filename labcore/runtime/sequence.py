@@ -1,6 +1,6 @@
 """One start sequence: the steps from an image to a running command, in order, each with the reason for its place.
 
-`labcore run` and labd's monitor (both through ``labcore.runtime.container``: create walks ``CREATE_STEPS``,
+`labcore run` and the engine's monitor (both through ``labcore.runtime.container``: create walks ``CREATE_STEPS``,
 then start and wait) and notebook 08's hand-built box (``labcore.lessons.build_your_own``, a method a step)
 walk this one table, and a step out of order is refused with the same words (``InvalidTransition``). Its order
 is runc's (libcontainer/process_linux.go, standard_init_linux.go), each step naming what must come before it

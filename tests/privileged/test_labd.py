@@ -1,5 +1,6 @@
 """labd answered by the official docker SDK: the `docker run` flow, the lifecycle, errors, load, restarts."""
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -83,12 +84,17 @@ def test_errors_in_dockers_shape_and_the_daemon_keeps_serving(labd):
 
 
 def test_twenty_concurrent_runs_complete_and_leave_nothing(labd):
-    client = labd.client()
+    # A client per thread: docker-py's Unix adapter keeps one connection pool per URL, at most 25 of them (its
+    # num_pools argument is ignored for a Unix socket: docker/api/client.py), and closes the least recently
+    # used even while another thread reads from it (docker/transport/unixconn.py): 20 containers' URLs at once
+    # outgrow it, and a request fails in the client ("'NoneType' object has no attribute 'qsize'").
+    def run(i):
+        with contextlib.closing(labd.client()) as client:
+            return client.containers.run("busybox", f"echo {i}", remove=True)
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        outputs = list(pool.map(lambda i: client.containers.run("busybox", f"echo {i}", remove=True),
-                                range(20)))
+        outputs = list(pool.map(run, range(20)))
     assert sorted(int(out) for out in outputs) == list(range(20))
-    assert client.containers.list(all=True) == []
+    assert labd.client().containers.list(all=True) == []
     assert not list(paths.containers_dir().iterdir())
 
 
