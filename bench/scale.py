@@ -41,13 +41,14 @@ from labcore.kernel import journal
 def main(args) -> int:
     import psutil        # imported here: the run path stays light, as CONTRIBUTING asks
     counts = [int(n) for n in args.counts.split(",")] if args.counts else [args.count]
-    series = [{"count": n, "load": os.getloadavg()[0]} for n in counts]
+    series = [{"count": n} for n in counts]
     with ExitStack() as stack:
         try:
             dockerd = peers.start_dockerd(stack)
         except peers.Missing as err:
             dockerd, missing = None, {"missing": str(err)}
         for results in series:          # interleaved: the lab, then Docker, at each count
+            results["load"] = os.getloadavg()[0]        # as each count begins: the one before raised it
             print(f"{results['count']} containers...", file=sys.stderr, flush=True)
             results["lab"] = lab_containers(results["count"], psutil)
             results["labd"] = labd_containers(results["count"], psutil)

@@ -22,6 +22,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import socketserver
 import sys
 import threading
@@ -382,14 +383,17 @@ class QuietAboutHangups:
 
 class UnixServer(QuietAboutHangups, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-    request_queue_size = 128      # listen(2) backlog; the default 5 refuses a burst of clients (EAGAIN)
+    # listen(2)'s backlog: the default 5, and even 128, refuse a burst of clients (connect fails with EAGAIN on
+    # a Unix socket: 200 SDK threads at once in `bench scale`). SOMAXCONN, as Go's net.Listen asks for dockerd
+    # (it reads /proc/sys/net/core/somaxconn; the kernel caps any larger value there).
+    request_queue_size = socket.SOMAXCONN
     verbose = False
     routes = None                 # the table serve() was given; None: every route registered
 
 
 class TcpServer(QuietAboutHangups, socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
-    request_queue_size = 128
+    request_queue_size = socket.SOMAXCONN
     verbose = False
     routes = None
 

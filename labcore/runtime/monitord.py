@@ -228,7 +228,7 @@ def bind_socket() -> socket.socket:
             listener.bind(address)
     finally:
         os.umask(old_mask)
-    listener.listen(128)
+    listener.listen(socket.SOMAXCONN)                 # labd's threads may all start at once (labd's backlog)
     listener.setblocking(False)                        # the main loop select(2)s, then accepts
     return listener
 
