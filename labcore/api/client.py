@@ -107,20 +107,21 @@ def error_for(status: int, body: bytes) -> LabError:
 
 # --- through labd -----------------------------------------------------------------------------------------
 
-def unix_connection(path: str):
-    """http.client's connection with connect() replaced: the same HTTP/1.1, over an AF_UNIX socket."""
-    import http.client
+def connect_socket(host: str):
+    """A connected socket to labd: ``unix:///path`` (AF_UNIX, as DOCKER_HOST's default) or ``tcp://HOST:PORT``."""
     import socket
-
-    class UnixConnection(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-            except OSError as err:
-                raise from_oserror(err, "connect", path, fix="is labd running? start it with `labcore "
-                                   f"daemon --socket {path}`") from err
-    return UnixConnection("localhost")          # the Host header needs a name; Docker's CLI sends this one
+    if host.startswith("unix://"):
+        path = host.removeprefix("unix://")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError as err:
+            sock.close()
+            raise from_oserror(err, "connect", path, fix="is labd running? start it with `labcore "
+                               f"daemon --socket {path}`") from err
+        return sock
+    address, _, port = host.removeprefix("tcp://").rpartition(":")
+    return socket.create_connection((address, int(port)))
 
 
 class Remote:
@@ -131,30 +132,23 @@ class Remote:
         if not host.startswith(("unix://", "tcp://")):
             raise BadInput(f"invalid --host {host!r}", fix="use unix:///path/to/labd.sock or tcp://127.0.0.1:PORT")
 
-    def connection(self):
-        if self.host.startswith("unix://"):
-            return unix_connection(self.host.removeprefix("unix://"))
-        import http.client
-        return http.client.HTTPConnection(self.host.removeprefix("tcp://"))
-
     @contextlib.contextmanager
     def request(self, method: str, path: str, body=None, headers=None, **query):
-        """Send one request; yield the response to read or stream, or raise the error it carried."""
+        """Send one request; yield the answer to read or stream (``labcore.api.wire``), or raise its error."""
         from urllib.parse import quote, urlencode
+        from labcore.api import wire
         url = "/v1.45" + quote(path) + ("?" + urlencode(query, doseq=True) if query else "")
-        connection = self.connection()
         if body is not None and not hasattr(body, "read"):      # a file (a tar) goes as it is, chunked
             body = json.dumps(body).encode()
-        try:
-            connection.request(method, url, body=body,
-                               headers={"Content-Type": "application/json", "Connection": "close",
-                                        **(headers or {})})
-            with connection.getresponse() as response:
-                if response.status >= 400:
-                    raise error_for(response.status, response.read())
-                yield response
-        finally:
-            connection.close()
+        with connect_socket(self.host) as sock:
+            answer = wire.exchange(sock, method, url, {"Content-Type": "application/json", "Connection": "close",
+                                                       **(headers or {})}, body)
+            try:
+                if answer.status >= 400:
+                    raise error_for(answer.status, answer.read())
+                yield answer
+            finally:
+                answer.fp.close()                    # the socket's file holds the fd open past sock.close()
 
     def call(self, method: str, path: str, body=None, **query):
         """A request whose answer is one JSON body (or none: 204, 304)."""

@@ -18,6 +18,7 @@ an unauthenticated Docker API on a network is a well-known way to hand out root.
 """
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -452,6 +453,8 @@ def serve(routes: list, socket: str | None = None, tcp: str | None = None, verbo
         for server in servers:
             server.server_close()
         engine.release_monitor()
+        with contextlib.suppress(LabError, OSError):
+            engine.dismiss_monitor()   # if no container keeps it, it leaves with us, not a moment after
         if os.path.exists(socket or socket_path()):
             os.unlink(socket or socket_path())
 
@@ -511,12 +514,23 @@ class Labd:
     def ping(self) -> bool:
         return ping(self.socket)
 
+    def stop(self, seconds: float = 10) -> None:
+        """SIGTERM first, as a service manager stops a service (systemd's KillMode): labd closes its sockets,
+        lets go of the container monitor and, when no container keeps that monitor, waits for it to leave
+        too, so that nothing of the daemon's outlives the ``with``."""
+        import subprocess
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(seconds)
+
     def client(self):
         """The official docker SDK, pointed at this daemon."""
         import docker
         return docker.DockerClient(base_url=f"unix://{self.socket}")
 
     def __exit__(self, *exc) -> None:
-        self.scope.close()
+        self.stop()
+        self.scope.close()              # SIGKILL, if SIGTERM did not end it; its socket file, if left
         self.process.wait()
         self.process.stderr.close()

@@ -43,7 +43,10 @@ def daemon_process(stage: Stage) -> Step:
     import psutil
     labd = psutil.Process(stage.labd.process.pid)
     listener = socket_listener(stage.labd.socket)
-    sockets = [f"fd {c.fd}: {c.laddr or '(no name)'}" for c in labd.net_connections(kind="unix")]
+    # Named: the socket it listens on. Unnamed: a connection it made, its hold on the container monitor
+    # (labcore.runtime.monitord), kept from labd's start to its end, as dockerd keeps one to containerd.
+    sockets = [f"fd {c.fd}: {c.laddr or '(no name): a connection labd made, to the container monitor'}"
+               for c in labd.net_connections(kind="unix")]
     after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
              "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
              "Unix sockets (psutil)": sockets,

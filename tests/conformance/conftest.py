@@ -33,7 +33,7 @@ class Engine:
 
     def request(self, method: str, path: str, body=None, raw: bytes | None = None, headers=None,
                 version: str = API) -> Answer:
-        from labcore.api.client import unix_connection
+        from tests.unixhttp import unix_connection
         connection = unix_connection(self.socket)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         try:

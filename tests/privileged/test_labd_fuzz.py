@@ -65,7 +65,7 @@ def labd(tmp_path_factory, shared_images):
 
 def call(labd, method: str, path: str, body=None, raw: bytes | None = None, query: dict | None = None):
     from urllib.parse import urlencode
-    from labcore.api.client import unix_connection
+    from tests.unixhttp import unix_connection
     connection = unix_connection(labd.socket)
     data = raw if raw is not None else json.dumps(body).encode()
     try:
@@ -149,7 +149,7 @@ def test_the_malformed_requests_of_issue_16_are_each_a_4xx(labd):
             status, data = call(labd, method, f"/containers/{container}/{path}", raw=b"", query=query)
             assert 400 <= status < 500, (path, query, data)
         for version in ("/v9.99", "/v1.0"):
-            from labcore.api.client import unix_connection
+            from tests.unixhttp import unix_connection
             connection = unix_connection(labd.socket)
             connection.request("GET", f"{version}/_ping")
             assert connection.getresponse().status == 400

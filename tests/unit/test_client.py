@@ -1,29 +1,17 @@
 """labcore.api.client against canned bytes: HTTP chunks, Docker's log frames, the 101 hijack, errors."""
-import http.client
 import io
 import json
 
 import pytest
 
-from labcore.api import client
+from labcore.api import client, wire
 from labcore.api.schema import FRAME
 from labcore.errors import BadInput, InvalidTransition, LabError, NotFound
 
 
-class CannedSocket:
-    """What http.client reads a response from: makefile() over fixed bytes."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def makefile(self, mode):
-        return io.BufferedReader(io.BytesIO(self.data))
-
-
-def response(raw: bytes) -> http.client.HTTPResponse:
-    answer = http.client.HTTPResponse(CannedSocket(raw), method="GET")
-    answer.begin()
-    return answer
+def response(raw: bytes) -> wire.Answer:
+    """An answer read from fixed bytes, as from the socket's buffered reader."""
+    return wire.Answer(io.BufferedReader(io.BytesIO(raw)))
 
 
 def chunked(*chunks: bytes) -> bytes:
