@@ -46,7 +46,7 @@ def daemon_process(stage: Stage) -> Step:
     # Named: the socket it listens on. Unnamed: a connection it made, its hold on the container monitor
     # (labcore.runtime.monitord), kept from labd's start to its end, as dockerd keeps one to containerd.
     sockets = [f"fd {c.fd}: {c.laddr or '(no name): a connection labd made, to the container monitor'}"
-               for c in labd.net_connections(kind="unix")]
+               for c in sorted(labd.net_connections(kind="unix"), key=lambda c: c.fd)]
     after = {"pid": labd.pid, "parent": f"pid {labd.ppid()} ({psutil.Process(labd.ppid()).name()})",
              "command": " ".join(labd.cmdline()), "user": labd.username(), "threads": labd.num_threads(),
              "Unix sockets (psutil)": sockets,
