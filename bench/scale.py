@@ -119,23 +119,8 @@ def labd_containers(count: int, psutil) -> dict:
         stack.callback(client.close)
         process = psutil.Process(labd.pid)
         before = memory([process], "")
-        started, errors = [], []
-
-        def one() -> None:
-            try:
-                started.append(client.containers.run("busybox", ["sleep", "3600"], detach=True,
-                                                     network_mode="none"))
-            except Exception as err:             # reported below: a refusal is a finding
-                errors.append(f"{type(err).__name__}: {err}")
-
-        threads = [threading.Thread(target=one) for _ in range(count)]
-        start = time.perf_counter()
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - start
+            started, errors, wall = start_detached(client, count)
             pids = [json.loads((home / "containers" / c.id / "state.json").read_text())["pid"] for c in started]
             parents = {psutil.Process(pid).ppid() for pid in pids}
             kept = [psutil.Process(pid) for pid in parents]
@@ -145,12 +130,7 @@ def labd_containers(count: int, psutil) -> dict:
                         **memory(kept, "the monitor (pid 1's parent)"),
                         "shared": grown(before, memory([process], "labd"))}
         finally:
-            removers = [threading.Thread(target=c.remove, kwargs={"force": True})
-                        for c in client.containers.list(all=True)]
-            for thread in removers:
-                thread.start()
-            for thread in removers:
-                thread.join()
+            remove_all(client)
         stack.close()                             # labd stops: nothing holds the monitor now
         monitors = [entry for entry in journal.Journal(home / "journal").entries() if entry.name == "labcore-monitor"]
         deadline = time.monotonic() + 10
@@ -159,6 +139,9 @@ def labd_containers(count: int, psutil) -> dict:
         measured["leftovers"] = [f"monitor {e.owner['pid']}" for e in monitors if journal.owner_alive(e.owner)]
         measured["leftovers"] += [str(d) for d in (home / "containers").glob("*") if d.is_dir()]
         measured["leftovers"] += [e.describe() for e in journal.Journal(home / "journal").entries()]
+        if measured["leftovers"]:           # reported; then undone, before the scope removes their state dir
+            subprocess.run([str(peers.VENV_BIN / "labcore"), "cleanup", "--all"], capture_output=True,
+                           env=peers.labcore_environment(LABCORE_HOME=str(home)))
     return measured
 
 
@@ -202,9 +185,9 @@ def docker_processes(dockerd, psutil) -> list:
             and any(dockerd.runtime in arg or dockerd.directory in arg for arg in p.info["cmdline"] or [])]
 
 
-def docker_containers(dockerd, count: int, psutil) -> dict:
-    client = dockerd.client()
-    before = memory(docker_processes(dockerd, psutil), "")
+def start_detached(client, count: int) -> tuple[list, list[str], float]:
+    """``count`` `docker run -d busybox sleep 3600` at once, one SDK call a thread, against labd or dockerd:
+    the containers that started, the first errors (a refusal is a finding), and the wall time for all."""
     started: list = []
     errors: list[str] = []
 
@@ -216,12 +199,27 @@ def docker_containers(dockerd, count: int, psutil) -> dict:
 
     threads = [threading.Thread(target=one) for _ in range(count)]
     start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return started, errors, time.perf_counter() - start
+
+
+def remove_all(client) -> None:
+    """`docker rm -f` of every container the daemon lists, at once."""
+    removers = [threading.Thread(target=c.remove, kwargs={"force": True}) for c in client.containers.list(all=True)]
+    for thread in removers:
+        thread.start()
+    for thread in removers:
+        thread.join()
+
+
+def docker_containers(dockerd, count: int, psutil) -> dict:
+    client = dockerd.client()
+    before = memory(docker_processes(dockerd, psutil), "")
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - start
+        started, errors, wall = start_detached(client, count)
         # This daemon's shims only (another Docker may run beside it): their -address is under its exec-root.
         shims = [p for p in psutil.process_iter(["name", "cmdline"])
                  if (p.info["name"] or "").startswith("containerd-shim")
@@ -231,12 +229,7 @@ def docker_containers(dockerd, count: int, psutil) -> dict:
                     **memory(shims, "containerd-shim-runc-v2"),
                     "shared": grown(before, memory(docker_processes(dockerd, psutil), "dockerd and containerd"))}
     finally:       # everything in this private daemon is the bench's, including a half-started container
-        removers = [threading.Thread(target=c.remove, kwargs={"force": True})
-                    for c in client.containers.list(all=True)]
-        for thread in removers:
-            thread.start()
-        for thread in removers:
-            thread.join()
+        remove_all(client)
     measured["leftovers"] = [c.name for c in client.containers.list(all=True)]
     return measured
 
