@@ -14,12 +14,14 @@ The package is built in layers, low to high; a module imports only from its own 
                        once), archive (docker save/load), registry (pulling by digest)
     labcore.runtime    a container's life: spec (what is asked, refused before anything exists),
                        sequence (the one start sequence), container (create, start, wait: walks it), stdio,
-                       users, lifecycle (a state machine on disk, and the records), monitor (each container's
-                       parent, as containerd-shim), engine (what clients ask of containers that outlive
+                       users, lifecycle (a state machine on disk, and the records), monitor (a detached
+                       container's life: its thread in monitord), monitord (one per state directory, every
+                       pid 1's parent, as containerd), engine (what clients ask of containers that outlive
                        them), networks + dns, volumes, build,
                        images (rmi, tag, prune: names, and images no container stands on)
     labcore.api        Docker's Engine API: schema (every request checked), routes (Docker's JSON to and
-                       from the engine), labd (the daemon's HTTP server), client (the CLI's way to either)
+                       from the engine), labd (the daemon's HTTP server), client (the CLI's way to either),
+                       wire (HTTP/1.1 on the client's side)
     labcore.lessons    one module per notebook: doctor (00), run_flow (01), client_server (02),
                        namespaces (03), control_groups (04), union_fs (05), root_fs (06), vs_vms (07),
                        build_your_own (08), security (09); and evidence (the Step), hosts (refusals
