@@ -7,7 +7,10 @@ afterwards that its journal is empty: a test that leaks a kernel object fails ev
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -17,6 +20,25 @@ ROOT_REASON = ("needs root to call the kernel for real (running as uid %d); run 
                "or see `labcore doctor` for what this user may do" % os.geteuid())
 privileged = pytest.mark.skipif(os.geteuid() != 0, reason=ROOT_REASON)
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]    # run what follows as user nobody
+
+
+def labcore(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The `labcore` command, in a process of its own, as a user types it; with ``check``, it must succeed."""
+    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def eventually(condition, seconds: float = 5.0) -> bool:
+    """Whether ``condition()`` comes true within ``seconds``: for what the kernel or a daemon does a moment later
+    (an exit, a removal). A deadline for the test to give up, not a timing that is asserted."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @pytest.fixture(scope="session")

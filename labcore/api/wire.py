@@ -24,6 +24,8 @@ from __future__ import annotations
 import io
 import socket
 
+from labcore.errors import LabError
+
 
 class Answer:
     """An HTTP answer: ``status``, ``headers`` (lower-case names), and its body through ``read``, ``read1`` and
@@ -31,10 +33,16 @@ class Answer:
 
     def __init__(self, fp):
         self.fp = fp
-        version, _, rest = fp.readline(65537).decode("latin-1").partition(" ")
+        try:
+            line = fp.readline(65537).decode("latin-1")
+        except ConnectionError:          # reset: the other end read something it did not understand, and left
+            line = ""
+        version, _, rest = line.partition(" ")
         status, _, reason = rest.partition(" ")
         if not version.startswith("HTTP/1.") or not status.isdigit():
-            raise ConnectionError(f"not an HTTP/1.1 answer: {version} {status}".strip())
+            raise LabError(f"the socket did not answer in HTTP/1.1 ({line.strip()[:40]!r}, or nothing)",
+                           fix="point --host or LABCORE_HOST at labd's socket (or dockerd's), e.g. "
+                               "unix:///var/lib/labcore/labd.sock")
         self.status, self.reason = int(status), reason.strip()
         self.headers = read_headers(fp)
         chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()

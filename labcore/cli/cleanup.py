@@ -12,6 +12,7 @@ def run(args) -> int:
     with engine.spawn_lock():                # no monitor is spawned meanwhile: its socket is not undone
         report = journal.cleanup(everything=args.all)
     left = engine.dismiss_monitor()          # a monitor that no container and no client keeps leaves now
-    report = "\n".join(filter(None, (report if report != "nothing left to clean up" or not left else "", left)))
+    if left:
+        report = left if report == "nothing left to clean up" else f"{report}\n{left}"
     print(report)
     return 1 if "could not remove" in report else 0

@@ -24,6 +24,9 @@ from typing import Any, Callable
 from labcore.kernel import syscalls
 
 
+MAX_MESSAGE = 1 << 24                   # 16 MiB: the channel's messages are steps, pids and exceptions
+
+
 class Channel:
     """Length-prefixed pickles over one end of a socketpair: parent and child talk in steps."""
 
@@ -39,6 +42,8 @@ class Channel:
         if header is None:
             raise EOFError("the other side closed the channel")
         (size,) = struct.unpack("!I", header)
+        if size > MAX_MESSAGE:           # not a Channel speaking (an HTTP client at the monitor's socket, say):
+            raise ConnectionError(f"not a channel message (a length of {size} bytes)")   # refuse, do not wait
         return pickle.loads(self._read(size) or b"")
 
     def _read(self, size: int) -> bytes | None:

@@ -77,7 +77,7 @@ class Container:
     scope: journal.Scope
     shim: Child | None = None
     cgroup: object = None               # labcore.kernel.cgroups.Group, when the container has one
-    cgroups: object = None              # the labcore.kernel.cgroups.Manager that made it, which removes it
+    cgroup_manager: object = None       # the labcore.kernel.cgroups.Manager that made it, which removes it
     endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
     endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
     resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
@@ -215,7 +215,7 @@ def join_cgroup(container: Container, pid: int) -> None:
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
-        container.cgroups = manager = open_manager()
+        container.cgroup_manager = manager = open_manager()
         container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
         manager.add(container.cgroup, pid)
 
@@ -305,7 +305,7 @@ def release_cgroup(container: Container) -> None:
     if container.cgroup is None:
         return
     from labcore.kernel.cgroups import open_manager
-    manager = container.cgroups or open_manager()         # the one that made it: /proc read once a run
+    manager = container.cgroup_manager or open_manager()         # the one that made it: /proc read once a run
     container.oom_killed = bool(manager.stats(container.cgroup).oom_kills)
     manager.remove(container.cgroup, container.scope)
     container.cgroup = None

@@ -99,21 +99,33 @@ SPAWN_SECONDS = 30.0
 
 def connect_monitor(spawn: bool = True) -> Channel | None:
     """A connection to the state directory's monitor; with ``spawn``, one is started when none answers.
-    Under the spawn lock: two clients never spawn two monitors, and the monitor never leaves while a
-    client is between connect(2) and its request (it takes the same lock to leave)."""
-    import socket
+    Connected under the spawn lock: two clients never spawn two monitors, and the monitor never leaves while a
+    client is between connect(2) and its request (it takes the same lock to leave, then accepts what waits).
+    Requests are sent after the lock is let go: a monitor on its way out waits for the lock to accept them."""
+    rehold = None
     with spawn_lock(), monitor.socket_address() as address:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(address)
+            channel = connected(address)
         except (FileNotFoundError, ConnectionRefusedError):
             if not spawn:
-                sock.close()
                 return None
             spawn_monitor()
-            sock.connect(address)
-            if _held:                                 # ours was killed: hold the new one as we held it
-                _hold(Channel(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)), address)
+            channel = connected(address)
+            if _held is not None:                     # ours was killed: hold the new one as we held it
+                rehold = connected(address)
+    if rehold is not None:
+        ask_to_hold(rehold)
+    return channel
+
+
+def connected(address: str) -> Channel:
+    import socket
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
     return Channel(sock)
 
 
@@ -156,37 +168,33 @@ def spawn_monitor() -> None:
                        fix=f"run `{sys.executable} -m {MONITOR_MODULE}` to see its error")
 
 
-_held: list | None = None            # this process's holding connection, once it asked for one (labd)
+_held: Channel | None = None         # this process's holding connection, once it asked for one (labd)
 
 
-def hold_monitor() -> Channel:
-    """A connection that keeps the monitor running while it is open (labd's, from its start to its end):
-    the daemon's starts then never wait for a Python to start. Should that monitor be killed, the start
-    that spawns the next one holds it too (``connect_monitor``)."""
+def hold_monitor() -> None:
+    """Keep the monitor running while this process lives (labd, from its start to its end): the daemon's
+    starts then never wait for a Python to start. Should that monitor be killed, the start that spawns the
+    next one holds it too (``connect_monitor``)."""
+    ask_to_hold(connect_monitor())
+
+
+def ask_to_hold(channel: Channel) -> None:
+    """Ask on ``channel`` to hold the monitor, and keep it open: the monitor stays while it is."""
     global _held
-    channel = connect_monitor()
     channel.send(("hold",))
     kind, value = channel.recv()
     if kind == "error":
+        channel.close()
         raise value
-    _held = [channel]
-    return channel
-
-
-def _hold(channel: Channel, address: str) -> None:
-    channel.sock.connect(address)
-    channel.send(("hold",))
-    channel.recv()
-    for old in _held:
-        old.close()
-    _held[:] = [channel]
+    release_monitor()                                 # a killed monitor's connection, if any
+    _held = channel
 
 
 def release_monitor() -> None:
     """Close this process's holding connection: the monitor may leave once no container keeps it."""
     global _held
-    for channel in _held or []:
-        channel.close()
+    if _held is not None:
+        _held.close()
     _held = None
 
 

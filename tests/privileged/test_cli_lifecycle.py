@@ -2,23 +2,15 @@
 import os
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
 from labcore import paths
 from labcore.api.labd import Labd
-from tests.conftest import has, privileged
+from tests.conftest import has, labcore, privileged
 
 pytestmark = privileged
-
-
-def labcore(*argv, check=True):
-    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=60)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 @pytest.fixture(params=["in-process", "labd"])

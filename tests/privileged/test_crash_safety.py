@@ -20,18 +20,11 @@ import time
 from pathlib import Path
 
 from labcore.kernel.journal import Journal
-from tests.conftest import privileged
+from tests.conftest import labcore, privileged
 
 pytestmark = privileged
 KILLS = int(os.environ.get("LABCORE_KILLS", "200"))
 TOKEN = f"labcore-crash-{os.getpid()}"          # pid 1's $0: how its processes are recognised
-
-
-def labcore(*argv, check=True):
-    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=120)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 def free_port() -> int:

@@ -3,23 +3,13 @@ not labd's child, outliving labd, and gone once no container and no client keeps
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from labcore.api.labd import Labd
 from labcore.kernel.journal import Journal, running
-from tests.conftest import privileged
+from tests.conftest import eventually, labcore, privileged
 
 pytestmark = privileged
-
-
-def labcore(*argv, check=True):
-    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=120)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 def record(home: Path, box: str) -> dict:
@@ -29,15 +19,6 @@ def record(home: Path, box: str) -> dict:
 def ppid(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-
-
-def until(condition, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_two_detached_containers_share_one_monitor_that_outlives_labd_and_leaves_when_idle(busybox_image,
@@ -65,7 +46,7 @@ def test_two_detached_containers_share_one_monitor_that_outlives_labd_and_leaves
     assert running(monitor)                             # the other container keeps it
     labcore("stop", "-t", "0", boxes[1])
     assert record(labcore_home, boxes[1])["state"] == "exited"
-    assert until(lambda: not running(monitor))          # nothing keeps it now: it leaves by itself
+    assert eventually(lambda: not running(monitor), 30)          # nothing keeps it now: it leaves by itself
     assert not (labcore_home / "labcore-monitor.sock").exists()
     assert [entry for entry in Journal(labcore_home / "journal").entries() if entry.owner.get("pid") == monitor
             and "for" not in entry.owner] == []         # its socket and its own record went with it

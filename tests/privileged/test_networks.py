@@ -6,23 +6,15 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from labcore.kernel import network
-from tests.conftest import has, privileged
+from tests.conftest import has, labcore, privileged
 
 pytestmark = [privileged, pytest.mark.skipif(not has("nft"), reason="needs nft (nftables): `./lab test` installs it")]
-
-
-def labcore(*argv, check=True):
-    done = subprocess.run([sys.executable, "-m", "labcore", *argv], capture_output=True, text=True, timeout=120)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
 
 
 def links() -> set[str]:

@@ -12,7 +12,7 @@ from labcore import paths
 from labcore.kernel import journal
 from labcore.runtime import container
 from labcore.runtime.container import Spec
-from tests.conftest import NOBODY, privileged
+from tests.conftest import NOBODY, eventually, privileged
 
 pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_a_mount_inside_is_absent_from_the_hosts_mount_table_and_sigkill_gives_1
         box = container.create(spec, scope, io)
         try:
             container.start(box)
-            inside = wait_for(lambda: "labcore-probe" in Path(f"/proc/{box.pid}/mountinfo").read_text())
+            inside = eventually(lambda: "labcore-probe" in Path(f"/proc/{box.pid}/mountinfo").read_text())
             assert inside and "labcore-probe" not in Path("/proc/self/mountinfo").read_text()
             container.kill(box, signal.SIGTERM)             # no handler: pid 1 ignores it, even from the host
             time.sleep(0.2)
@@ -129,15 +129,6 @@ def python_for_nobody() -> str:
         if os.path.exists(candidate) and as_nobody(candidate, "-c", check, env={}).returncode == 0:
             return candidate
     pytest.skip("no Python that user nobody may execute (the venv's lives under a private directory)")
-
-
-def wait_for(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_the_caller_reaps_pid_1_itself_and_keeps_no_shim():

@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from labcore.errors import BadInput
-from labcore.kernel.process import Child, run_in_child
+from labcore.kernel.process import Channel, Child, run_in_child
 
 
 def test_result_comes_back_from_a_different_process():
@@ -69,3 +69,13 @@ def test_a_tied_helper_dies_with_the_process_that_started_it():
         time.sleep(0.01)
     assert not os.path.exists(f"/proc/{child}") or \
         open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_channel_refuses_what_is_no_channel_message_instead_of_waiting_for_a_gigabyte():
+    """An HTTP client at the monitor's socket sends "GET ": read as a length, 1.2 GB. Refused at once."""
+    import socket
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(b"GET /v1.45/containers/json HTTP/1.1\r\n\r\n")
+        with pytest.raises(ConnectionError, match="not a channel message"):
+            Channel(ours).recv()

@@ -2,7 +2,10 @@
 import io
 import socket
 
+import pytest
+
 from labcore.api import wire
+from labcore.errors import LabError
 
 
 def answer(raw: bytes) -> wire.Answer:
@@ -36,13 +39,19 @@ def test_204_has_no_body_even_when_bytes_follow():
     assert got.status == 204 and got.read() == b""
 
 
-def test_not_http_is_refused():
-    try:
-        answer(b"SSH-2.0-OpenSSH\r\n\r\n")
-    except ConnectionError as err:
-        assert "not an HTTP/1.1 answer" in str(err)
-    else:
-        raise AssertionError("accepted a non-HTTP answer")
+@pytest.mark.parametrize("raw", [b"SSH-2.0-OpenSSH\r\n\r\n", b""])
+def test_not_http_is_refused_naming_the_socket_to_point_at(raw):
+    with pytest.raises(LabError) as refused:
+        answer(raw)
+    assert "did not answer in HTTP/1.1" in refused.value.message and "labd's socket" in refused.value.fix
+
+
+def test_a_peer_that_resets_the_connection_is_refused_the_same_way():
+    class Reset:
+        def readline(self, size):
+            raise ConnectionResetError(104, "Connection reset by peer")
+    with pytest.raises(LabError, match="did not answer in HTTP/1.1"):
+        wire.Answer(Reset())
 
 
 def test_a_request_carries_its_length_and_a_file_goes_in_chunks():
