@@ -5,14 +5,13 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
 from labcore.kernel import journal, network
 from labcore.lessons import client_server
 from labcore.lessons.evidence import Mode
-from tests.conftest import privileged
+from tests.conftest import eventually, privileged
 
 pytestmark = privileged
 
@@ -39,15 +38,6 @@ def proxies() -> list[int]:
     return found
 
 
-def wait_until(predicate, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     """Beyond conftest's journal check: no link, bridge, proxy, named netns or child process of ours."""
@@ -55,9 +45,9 @@ def nothing_left_behind():
     yield
     assert lab_links() == []
     assert "labcore" not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
-    assert wait_until(lambda: proxies() == []), f"proxies left running: {proxies()}"
+    assert eventually(lambda: proxies() == []), f"proxies left running: {proxies()}"
     children = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
-    assert wait_until(lambda: open(children).read().split() == []), "child processes left running"
+    assert eventually(lambda: open(children).read().split() == []), "child processes left running"
 
 
 def test_eth0_is_in_the_childs_namespace_and_traffic_flows_both_ways():
@@ -119,7 +109,7 @@ def test_a_published_port_forwards_until_disconnect():
         assert published.host_port != 0 and published.pid in proxies()
         assert network.ask("127.0.0.1", published.host_port) == server.inside["identity"]
         network.disconnect(endpoint, scope)
-        assert wait_until(lambda: published.pid not in proxies())
+        assert eventually(lambda: published.pid not in proxies())
         assert lab_links() == [] and not [e for e in scope.entries if e.kind in ("bridge", "link")]
         with pytest.raises(ConnectionRefusedError):
             network.ask("127.0.0.1", published.host_port)

@@ -15,8 +15,8 @@ from labcore.kernel import journal
 from labcore.lessons import union_fs
 from labcore.runtime import container
 from labcore.runtime.container import Spec
-from tests.conftest import privileged
-from tests.privileged.test_run import as_nobody, python_for_nobody, wait_for
+from tests.conftest import eventually, privileged
+from tests.privileged.test_run import as_nobody, python_for_nobody
 
 pytestmark = [privileged, pytest.mark.usefixtures("no_container_left")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_two_containers_share_the_lower_dirs_and_have_their_own_upperdirs(busybo
     sleep = ["sh", "-c", "echo $HOSTNAME > /mine; sleep 30"]
     with running(Spec("busybox", sleep, rm=True, network="none"),
                  Spec("busybox", sleep, rm=True, network="none")) as (one, two):
-        assert wait_for(lambda: all((box.directory / "upper/mine").exists() for box in (one, two)))
+        assert eventually(lambda: all((box.directory / "upper/mine").exists() for box in (one, two)))
         options = [layers.mounted_root(box.pid) for box in (one, two)]
         lowers = [dict(o.partition("=")[::2] for o in text.split(","))["lowerdir"].split(":") for text in options]
         assert lowers[0][1:] == lowers[1][1:] == [str(busybox_layer)]         # the same image directory
@@ -107,7 +107,7 @@ def test_a_missing_host_path_is_refused_before_anything_exists():
 def test_the_diagram_of_a_running_container_marks_its_changes():
     script = "echo more >> /etc/passwd; rm /etc/group; touch /new; echo ready; sleep 30"
     with running(Spec("busybox", ["sh", "-c", script], rm=True, network="none")) as (box,):
-        assert wait_for(lambda: (box.directory / "upper/new").exists())
+        assert eventually(lambda: (box.directory / "upper/new").exists())
         dot = union_fs.container_diagram(box.spec.id).source
     assert '"L0:etc/passwd" [label="/etc/passwd", fillcolor="orange"]' in dot   # copied up
     assert '"L0:new" [label="/new", fillcolor="palegreen"]' in dot             # new
