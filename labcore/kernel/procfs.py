@@ -46,6 +46,11 @@ def read(pid: int | str, name: str, root: str = PROC) -> str:
 
 # --- mountinfo ----------------------------------------------------------------------------------------------
 
+def escape(path: str) -> str:
+    """``path`` as mountinfo writes it: space, tab, newline and backslash as octal escapes (``unescape``)."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
 def unescape(text: str) -> str:
     """A mountinfo path: the kernel writes space, tab, newline and backslash as octal escapes (seq_file's
     mangle_path: " \\t\\n\\\\"), so "/a b" reads "/a\\040b". The rest is raw bytes, UTF-8 here."""
@@ -96,7 +101,10 @@ def mounts_under(point: str, pid: int | str = "self", root: str = PROC) -> list[
     """Mount points at or below ``point``, deepest first; a point with mounts stacked on it comes once per
     mount, so unmounting each listed entry detaches them all."""
     point = os.path.abspath(point)
-    found = [m.point for m in mountinfo(pid, root)
+    text = read(pid, "mountinfo", root)
+    if " " + escape(point) not in text:
+        return []                   # not even as text: no need to parse the table
+    found = [m.point for m in parse_mountinfo(text)
              if m.point == point or m.point.startswith(point.rstrip("/") + "/")]
     return sorted(found, key=len, reverse=True)
 

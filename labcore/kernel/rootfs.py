@@ -72,7 +72,14 @@ def mount_container_root(root: str, rootless: bool, layers: str | None = None, v
 
     ``layers``: the overlay's options (``labcore.image.layers``); ``volumes``: (host, target, read_only) bind mounts;
     ``confinement``: which devices it gets and whether /sys and the cgroupfs are read-only
-    (``labcore.kernel.confinement``; default: Docker's); ``tmpfs``: (target, options) memory filesystems (--tmpfs)."""
+    (``labcore.kernel.confinement``; default: Docker's); ``tmpfs``: (target, options) memory filesystems (--tmpfs).
+    In two halves: a container's pid 1 waits between them to be in its cgroup (``labcore.runtime.container``)."""
+    prepare_root(root, rootless, layers, confinement)
+    finish_root(root, rootless, volumes, confinement, tmpfs)
+
+
+def prepare_root(root: str, rootless: bool, layers: str | None = None, confinement=None) -> None:
+    """The mounts that do not depend on the caller's cgroup: all up to the cgroupfs."""
     privileged = bool(confinement and confinement.privileged)
     make_mounts_private()          # first: a mount made before this would propagate to the host's namespace
     if layers:
@@ -81,7 +88,11 @@ def mount_container_root(root: str, rootless: bool, layers: str | None = None, v
     mount_proc(root)               # proc shows the pid namespace of whoever mounts it: pid 1's, here
     mount_dev(root, rootless, confinement)   # before the pivot: rootless binds the host's device nodes
     mount_sys(root, rootless, read_only=not privileged)   # a rootless fallback binds the host's /sys
-    mount_cgroupfs(root, rootless, read_only=not privileged)
+
+
+def finish_root(root: str, rootless: bool, volumes=(), confinement=None, tmpfs=()) -> None:
+    """The cgroupfs, which shows the caller's cgroup namespace; the user's mounts; the pivot."""
+    mount_cgroupfs(root, rootless, read_only=not (confinement and confinement.privileged))
     mount_volumes(root, volumes)   # after the defaults, as runc mounts the user's; binds need the host's tree
     mount_tmpfs(root, tmpfs)
     pivot_to(root)                 # last: afterwards nothing of the host's tree is reachable

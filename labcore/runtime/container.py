@@ -50,6 +50,9 @@ from labcore.runtime.stdio import Stdio, attach_stdio, open_terminal, receive_fd
 # Everything but the user namespace; with it added when not root (``userns.unshare``).
 NAMESPACES = (syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
               | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWCGROUP)
+# The shim's share: all but the cgroup namespace, which pid 1 makes itself once it is in its group
+# (``enter_cgroup_namespace``): its root is the group of whoever unshares it.
+SHIM_NAMESPACES = NAMESPACES & ~syscalls.CLONE_NEWCGROUP
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Container:
     shim: Child | None = None
     cgroup: object = None               # labcore.kernel.cgroups.Group, when the container has one
     cgroup_manager: object = None       # the labcore.kernel.cgroups.Manager that made it, which removes it
+    moving: object = None               # labcore.kernel.cgroups.Move: the shim on its way into the group
     endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
     endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
     resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
@@ -154,13 +158,15 @@ def join_shim_cgroup(container: Container, stdio: "Stdio") -> None:
 
 
 def unshare_shim(container: Container, stdio: "Stdio") -> None:
-    """The go-ahead, with a user namespace to join or None: the shim unshares, forks pid 1, sends its pid and
-    exits. Reaped here, it has handed pid 1 over: the kernel re-parents an orphan before its parent can be
-    waited for (exit_notify in kernel/exit.c), so from here pid 1 is this process's child."""
+    """The go-ahead, with a user namespace to join or None, and the layers made since the fork: the shim
+    unshares, forks pid 1, sends its pid and exits. Reaped here, it has handed pid 1 over: the kernel re-parents an orphan before its parent can be
+    waited for (exit_notify in kernel/exit.c), so from here pid 1 is this process's child. Reaped only once
+    the shim's move into the cgroup is over: until then its pid must name it (a zombie still does)."""
     with adopting_orphans():
-        container.shim.send(prepare_network(container))
+        container.shim.send((prepare_network(container), container.plan.layers))
         container.pid = container.shim.recv()
         container.process_entries.append(record_process(container.scope, container.pid))
+        finish_joining_cgroup(container)
         os.waitpid(container.shim.pid, 0)
 
 
@@ -189,7 +195,8 @@ def await_root(container: Container, stdio: "Stdio") -> None:
 # `labcore run` and the engine's monitor walk the start sequence with these (the reasons for the order are in
 # labcore.runtime.sequence). A step without a function here is done by another: publish with the network
 # (connect_network), the last three by pid 1 itself (_pid1), which says "ready" when they are done.
-CREATE_STEPS = (("layers", prepare_layers), ("fork_child", fork_shim), ("join_cgroup", join_shim_cgroup),
+# The layers come third, not first: made while the kernel moves the shim into its cgroup (``join_cgroup``).
+CREATE_STEPS = (("fork_child", fork_shim), ("join_cgroup", join_shim_cgroup), ("layers", prepare_layers),
                 ("unshare", unshare_shim), ("connect_network", connect_pid1), ("publish", None),
                 ("mount_overlay", None), ("pivot_root", None), ("set_hostname", None))
 
@@ -211,13 +218,28 @@ def join_cgroup(container: Container, pid: int) -> None:
     """A container gets a cgroup of its own holding its limits, and as root always Docker's device list
     (``labcore.kernel.confinement.device_rules``). Docker makes one in every hierarchy; on cgroup v1 the lab makes
     only the devices one when nothing else is limited: eight hierarchies to mkdir, join and rmdir are a tenth
-    of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace)."""
+    of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace).
+
+    The move itself runs beside the next steps (``labcore.kernel.cgroups.Move``): the kernel sleeps through an
+    RCU grace period first, 5 to 10 ms, while the shim unshares and pid 1 mounts its root up to the cgroupfs.
+    ``finish_joining_cgroup`` waits for it before pid 1 may go further."""
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
         container.cgroup_manager = manager = open_manager()
         container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
-        manager.add(container.cgroup, pid)
+        container.moving = manager.start_adding(container.cgroup, pid)
+
+
+def finish_joining_cgroup(container: Container) -> None:
+    """Wait for the shim's move; then move pid 1, which it may have forked before it was moved itself (a
+    move right after another is quick: the grace period is behind it). Then tell pid 1 to go on: its cgroup
+    namespace comes next (``enter_cgroup_namespace``), rooted in the container's group."""
+    if container.moving is not None:
+        moving, container.moving = container.moving, None
+        moving.wait()
+        container.cgroup_manager.add(container.cgroup, container.pid)
+    container.shim.send("in its cgroup")
 
 
 def prepare_network(container: Container) -> int | None:
@@ -302,6 +324,9 @@ def release_network(container: Container) -> None:
 
 def release_cgroup(container: Container) -> None:
     """Read whether the OOM killer fired, then remove the group: an exited container holds no cgroup."""
+    if container.moving is not None:          # a create that failed while the shim was being moved
+        moving, container.moving = container.moving, None
+        moving.thread.join()
     if container.cgroup is None:
         return
     from labcore.kernel.cgroups import open_manager
@@ -465,10 +490,10 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
 
 def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
-    join = channel.recv()                           # the parent's go-ahead (a cgroup is joined before it)
+    join, plan.layers = channel.recv()              # the parent's go-ahead, and what it made since the fork
     if join:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
-    userns.unshare(NAMESPACES & ~plan.shared)       # as root there or here; else inside a new user namespace
+    userns.unshare(SHIM_NAMESPACES & ~plan.shared)  # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
     fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio), stay=False)
 
@@ -500,8 +525,9 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """In the new pid namespace as pid 1: build the root, confine it, wait for start, become the command."""
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
-        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes,
-                                    plan.confinement, plan.tmpfs)
+        rootfs.prepare_root(plan.root, plan.rootless, plan.layers.options, plan.confinement)
+        enter_cgroup_namespace(channel, plan)       # the cgroupfs mounted next shows this namespace's root
+        rootfs.finish_root(plan.root, plan.rootless, plan.volumes, plan.confinement, plan.tmpfs)
         if not plan.shared & syscalls.CLONE_NEWUTS:
             syscalls.sethostname(plan.hostname)     # the UTS namespace is the container's own
         os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root, before --read-only
@@ -522,6 +548,14 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             channel.send_error(err)
         finally:
             os._exit(127)
+
+
+def enter_cgroup_namespace(channel: Channel, plan: Plan) -> None:
+    """Once the parent says pid 1 is in the container's group (``finish_joining_cgroup``), a cgroup namespace
+    rooted there (cgroup_namespaces(7)): /proc/self/cgroup then reads "/", and the cgroupfs shows nothing above."""
+    channel.recv()
+    if not plan.shared & syscalls.CLONE_NEWCGROUP:
+        syscalls.unshare(syscalls.CLONE_NEWCGROUP)
 
 
 def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool, groups=()) -> None:

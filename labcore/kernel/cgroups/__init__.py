@@ -38,6 +38,7 @@ import contextlib
 import errno
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +366,10 @@ class Manager:
         for directory in dict.fromkeys(group.dirs.values()):
             write(directory / "cgroup.procs", pid)
 
+    def start_adding(self, group: Group, pid: int) -> "Move":
+        """``add``, in a thread of its own (``Move``): the caller goes on while the kernel waits."""
+        return Move(self, group, pid)
+
     def procs(self, group: Group) -> list[int]:
         return [int(pid) for pid in (read_text(group.path / "cgroup.procs") or "").split()]
 
@@ -409,6 +414,34 @@ class Manager:
         return found
 
 
+class Move:
+    """A process being moved into a group, in a thread. The first move after a quiet spell is slow, and not
+    for work: writing cgroup.procs takes the threadgroup lock for writing, ``percpu_down_write(
+    &cgroup_threadgroup_rwsem)`` (kernel/cgroup/cgroup.c, cgroup_attach_lock), which first waits for an RCU
+    grace period (rcu_sync_enter, kernel/rcu/sync.c): 5 to 10 ms asleep on this machine, 0.2 ms when another
+    move came just before (bench/). A container start gives that wait work to overlap: the shim's unshare
+    and pid 1's first mounts (``labcore.runtime.container.join_cgroup``). ``wait()`` joins the thread and raises
+    what the write raised."""
+
+    def __init__(self, manager: "Manager", group: Group, pid: int):
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._add, args=(manager, group, pid), name=f"cgroup.procs {pid}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _add(self, manager: "Manager", group: Group, pid: int) -> None:
+        try:
+            manager.add(group, pid)
+        except BaseException as err:          # handed to the waiting thread, which raises it
+            self.error = err
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 def join_cgroups_of(pid: int) -> None:
     """Move the calling process into the lab's cgroups that ``pid`` is in, as `docker exec` puts its
     process in the container's: it then counts against the container's limits and its device list.
@@ -425,11 +458,28 @@ def join_cgroups_of(pid: int) -> None:
             write(base / line.path.lstrip("/") / "cgroup.procs", os.getpid())
 
 
+# This process's manager for the host, and what it was made from: /proc/self/mountinfo and /proc/self/cgroup,
+# and the euid. Reading both again is cheap, parsing the mount table is not (bench/breakdown: 0.6 ms a start).
+_host_manager: tuple[tuple, "Manager"] | None = None
+
+
 def open_manager(root: str | os.PathLike = "/", mountinfo: str | os.PathLike | None = None,
                  delegation: Delegation | None = None) -> Manager:
     """The backend for this host (or for the fake tree at ``root`` described by ``mountinfo``), making its
-    groups where this user may (``find_delegation``; a fake tree is the caller's to delegate)."""
-    layout = detect(mountinfo, root)
+    groups where this user may (``find_delegation``; a fake tree is the caller's to delegate). The host's is
+    made again only when the mount table, this process's cgroup or its euid have changed."""
+    global _host_manager
+    if Path(root) != Path("/") or mountinfo is not None or delegation is not None:
+        return _open_manager(root, mountinfo, delegation)
+    key = (procfs.read("self", "mountinfo"), procfs.read("self", "cgroup"), os.geteuid())
+    if _host_manager is None or _host_manager[0] != key:
+        layout = detect(key[0])
+        _host_manager = key, _open_manager(root, key[0], find_delegation(layout, key[1], key[2]), layout)
+    return _host_manager[1]
+
+
+def _open_manager(root, mountinfo, delegation: Delegation | None, layout: Layout | None = None) -> Manager:
+    layout = layout or detect(mountinfo, root)
     if delegation is None:
         delegation = find_delegation(layout) if Path(root) == Path("/") else Delegation("", "/")
     if layout.kind == "v2":
