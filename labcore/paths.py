@@ -7,7 +7,8 @@ several classroom users on one host keep apart.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+# pathlib is imported where a Path is made, not here: `labcore run` handed to labd (labcore.cli.handoff) needs
+# only home_dir(), and pathlib, with re, is 3 ms of that whole run. (Annotations are strings, never evaluated.)
 
 PREFIX = "labcore"          # every object the lab creates carries this name...
 LINK_PREFIX = "lc"          # ...except network interfaces, whose names are limited to 15 bytes (IFNAMSIZ)
@@ -18,16 +19,21 @@ _private: set[str] = set()
 
 
 def home() -> Path:
-    if os.environ.get("LABCORE_HOME"):
-        path = Path(os.environ["LABCORE_HOME"])
-    elif os.geteuid() == 0:
-        path = Path("/var/lib/labcore")
-    else:
-        state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        path = Path(state) / "labcore"
+    from pathlib import Path
+    path = Path(home_dir())
     if str(path) not in _private:
         make_private(path)
     return path
+
+
+def home_dir() -> str:
+    """The state directory's path, as a string, without making it."""
+    if os.environ.get("LABCORE_HOME"):
+        return os.environ["LABCORE_HOME"]
+    if os.geteuid() == 0:
+        return "/var/lib/labcore"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "labcore")
 
 
 def make_private(path: Path) -> None:
@@ -70,6 +76,7 @@ def path_is_ours(path: str | os.PathLike) -> bool:
     """True for a path the lab could have made: one with a component it named (``labcore...``), or one below
     its state directory, which is the lab's whatever it is called (``LABCORE_HOME=/srv/class`` works as well
     as the default). The state directory itself is not: removing it is the user's call, not cleanup's."""
+    from pathlib import Path
     absolute = Path(os.path.abspath(path))
     if any(part.startswith(PREFIX) for part in absolute.parts):
         return True

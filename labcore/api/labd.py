@@ -82,19 +82,30 @@ class Hijack:
         self.on_input = on_input      # on_input(rfile, socket): what the client sends after the 101 (stdin)
 
 
+class Handoff:
+    """Not Docker's: a 101, then the connection itself goes to ``take(connection)``, which may pass file
+    descriptors on it (SCM_RIGHTS): `labcore run` handed to labd (``labcore.cli.handoff``)."""
+
+    def __init__(self, take: Callable[[socket.socket], None]):
+        self.take = take
+
+
 ROUTES: list[tuple[str, re.Pattern, Callable]] = []
 
 
-def route(method: str, pattern: str):
-    """Register a handler for ``METHOD /path/{name}``; handlers get (request, **path parameters).
+def compile_route(method: str, pattern: str, handler: Callable) -> tuple[str, re.Pattern, Callable]:
+    """A route for ``METHOD /path/{name}``; handlers get (request, **path parameters).
 
     ``{name*}`` may span slashes, as image names do (``localhost:5000/lab/hello``): Docker's router
     writes it ``{name:.*}``."""
     regex = re.sub(r"\{(\w+)\*\}", r"(?P<\1>.+)", pattern)
-    regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex) + "$")
+    return method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex) + "$"), handler
 
+
+def route(method: str, pattern: str):
+    """Register a handler in ROUTES (``compile_route``)."""
     def register(handler):
-        ROUTES.append((method, regex, handler))
+        ROUTES.append(compile_route(method, pattern, handler))
         return handler
     return register
 
@@ -288,6 +299,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answer_stream(result)
         elif isinstance(result, Hijack):
             self.answer_hijacked(result)
+        elif isinstance(result, Handoff):
+            self.answer_handoff(result)
         elif isinstance(result, Headers):
             self.send_response(200)
             for name, value in result.headers.items():
@@ -364,6 +377,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             close = getattr(hijack.chunks, "close", None)
             if close:
                 close()
+
+    def answer_handoff(self, handoff: Handoff) -> None:
+        """101, then the connection is the handoff's. The client sends nothing before it has read the 101,
+        so nothing of what follows can be in rfile's buffer: the handoff reads the socket itself."""
+        self.send_response(101, "UPGRADED")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "labcore-run")
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        handoff.take(self.connection)
 
     def address_string(self) -> str:
         return "unix"                         # a Unix socket peer has no address

@@ -5,9 +5,6 @@ imported only when that verb is used, so `labcore run` does not pay for `labcore
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import signal
 import sys
 
 from labcore.errors import LabError
@@ -42,8 +39,9 @@ VERBS = {
 }
 
 
-def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labcore", description=__doc__.splitlines()[0])
+def build_parser(verbs: dict[str, str] = VERBS, parser_class=None) -> "argparse.ArgumentParser":
+    import argparse                 # here: a `labcore run` that labd does (labcore.cli.handoff) never needs it
+    parser = (parser_class or argparse.ArgumentParser)(prog="labcore", description=__doc__.splitlines()[0])
     parser.add_argument("-H", "--host", metavar="unix:///PATH",
                         help="talk to labd at this socket, as `docker -H` (default: $LABCORE_HOST; unset: no "
                              "daemon, the engine runs in this process)")
@@ -57,6 +55,7 @@ def build_parser(verbs: dict[str, str] = VERBS) -> argparse.ArgumentParser:
 
 
 def _verb_module(verb: str):
+    import importlib
     return importlib.import_module(f"labcore.cli.{verb}")
 
 
@@ -78,6 +77,11 @@ def _exit_on_signal(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run"]:             # no -H before it: this user's labd may do it (labcore.cli.handoff)
+        from labcore.cli.handoff import hand_off
+        code = hand_off(argv[1:])
+        if code is not None:
+            return code
     # Build only the chosen verb's parser: importing every verb would slow down each start.
     chosen = verb_in(argv)
     parser = build_parser({chosen: VERBS[chosen]} if chosen in VERBS else VERBS)
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    import signal
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
     try:

@@ -12,7 +12,8 @@ def configure(parser):
 
 def run(args) -> int:
     from labcore.api import labd, routes
-    labd.serve(routes.table(), args.socket, args.tcp, verbose=args.debug)
+    from labcore.cli import handoff
+    labd.serve(routes.table() + handoff.routes(), args.socket, args.tcp, verbose=args.debug)
     return 0
 
 

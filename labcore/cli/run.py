@@ -1,9 +1,11 @@
 """`labcore run [OPTIONS] IMAGE [COMMAND] [ARG...]`: `docker run`, done by ``labcore.runtime.container``.
 
-Where this user's labd runs (its socket answers), `labcore run` is a thin client to it, as the docker CLI is to
-dockerd: the container starts in the warm daemon, and this process imports no runtime (bench row g2). Only
-a run whose meaning is all in its flags goes there: -i, -t, -v (paths relative to here) and `-e NAME` (a value
-from this process's environment) run here, as does -d without --host.
+Where this user's labd runs (its socket answers), `labcore run` hands the run to it before it even parses
+its flags (``labcore.cli.handoff``): labd parses them as here and runs the container on this process's own
+stdout and stderr, and this process imports no runtime (bench row g2). Only a run whose meaning is all in its
+flags goes there: -i, -t, -v (paths relative to here) and `-e NAME` (a value from this process's environment)
+run here, as does -d without --host. With --host (or $LABCORE_HOST), `labcore run` speaks Docker's API, as
+the docker CLI does: create, start, logs, wait, remove (``run_through``).
 
 The exit status is the command's (128+N when signal N killed it); as with Docker, 127 when the command is
 not found in the image, 126 when it cannot be executed, 125 when labcore itself refuses or fails. Bad input
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from labcore.api import client
@@ -94,16 +97,19 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if args.detach or client.host_of(args):
         return run_through(client.connect(args), spec, args.detach)
-    host = client.local_daemon() if self_contained(spec) else None
-    if host:
-        return run_through(client.Remote(host), spec, detach=False)
+    return run_here(spec)
+
+
+def run_here(spec: Spec, outputs: tuple[int, int] = (1, 2), on_start=None) -> int:
+    """The container in this process, on ``outputs`` as its stdout and stderr (labd's: a client's,
+    ``labcore.cli.handoff``); the command's exit code, or Docker's 127 and 126 when it cannot be executed."""
     from labcore.runtime import container
     try:
-        result = container.run(spec, stdio="tty" if spec.tty else "inherit")
+        result = container.run(spec, stdio="tty" if spec.tty else "inherit", outputs=outputs, on_start=on_start)
     except LabError as err:
         if err.syscall != "execve":
             raise
-        print(f"labcore: {err}", file=sys.stderr)
+        os.write(outputs[1], f"labcore: {err}\n".encode())
         return 127 if err.errno == errno.ENOENT else 126
     return result.exit_code
 

@@ -367,8 +367,10 @@ def stop_if_running(container: Container) -> None:
         wait(container)
 
 
-def run(spec: Spec, stdio: str = "capture") -> Result:
-    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``.
+def run(spec: Spec, stdio: str = "capture", outputs: tuple[int, int] = (1, 2), on_start=None) -> Result:
+    """docker run: create, start, wait, and remove with ``rm``. Notebooks use ``stdio="capture"``; with
+    ``stdio="inherit"``, ``outputs`` are the command's stdout and stderr. ``on_start(container)`` is called once
+    its command runs (labd's watch for a client that hangs up, ``labcore.cli.handoff``).
 
     state.json is written once with --rm, at the start (``start``): what `ps`, `inspect` and `rmi`'s in-use
     check read while it runs. Not at the end of create: start follows at once and rewrites it; until then the
@@ -376,11 +378,13 @@ def run(spec: Spec, stdio: str = "capture") -> Result:
     ``networks.for_lookup``), and a failed create or start is undone by the scope, directory and all. Not at
     the exit with --rm: the scope removes the directory next. Without --rm the exit is saved, for `ps -a`.
     A crash cleanup replays the journal, which holds every object before it exists, not state.json."""
-    with journal.Scope() as scope, Stdio(stdio, spec.interactive) as io:
+    with journal.Scope() as scope, Stdio(stdio, spec.interactive, outputs=outputs) as io:
         container = None
         try:
             container = create(spec, scope, io, save=False)
             start(container)
+            if on_start is not None:
+                on_start(container)
             output = io.pump()
             wait(container, save=not spec.rm)
         finally:

@@ -60,9 +60,12 @@ class Stdio:
 
     ``stdin``: an fd to give the container as its input instead of /dev/null (capture mode: a detached
     container's `-i`, labd's exec with stdin), or, in tty mode, an fd whose bytes are relayed to the terminal.
+    ``outputs``: in inherit mode, the stdout and stderr to give instead of this process's 1 and 2 (those of a
+    `labcore run` that handed its run to labd, ``labcore.cli.handoff``).
     """
 
-    def __init__(self, mode: str = "capture", interactive: bool = False, stdin: int | None = None):
+    def __init__(self, mode: str = "capture", interactive: bool = False, stdin: int | None = None,
+                 outputs: tuple[int, int] = (1, 2)):
         if mode not in ("inherit", "capture", "tty"):
             raise BadInput(f"unknown stdio mode {mode!r}", fix="use inherit, capture or tty")
         self.mode, self.interactive, self.stdin = mode, interactive, stdin
@@ -76,7 +79,7 @@ class Stdio:
         elif mode == "tty":
             self.child_fds = (null, null, null)        # until pid 1 has its terminal (take_terminal)
         else:
-            self.child_fds = (0 if interactive else null, 1, 2)
+            self.child_fds = (0 if interactive else null, *outputs)
         self._child_ends.append(null)
 
     def after_fork(self) -> None:
