@@ -108,6 +108,24 @@ def serve_run(request):
 
 def parse_run(argv: list[str]):
     """`labcore run ARGV...` parsed, or None where argparse would print something (an error, --help)."""
+    try:
+        return quiet_parser().parse_args(["run", *argv])
+    except ValueError:
+        return None
+
+
+_parser = None
+
+
+def quiet_parser():
+    """`labcore run`'s parser, made once per labd, which says nothing: its refusals are the client's to print."""
+    global _parser
+    if _parser is None:
+        _parser = make_quiet_parser()
+    return _parser
+
+
+def make_quiet_parser():
     import argparse
     from labcore.cli import VERBS, build_parser
 
@@ -118,10 +136,7 @@ def parse_run(argv: list[str]):
         def exit(self, status=0, message=None):
             raise ValueError(message)
 
-    try:
-        return build_parser({"run": VERBS["run"]}, parser_class=Quiet).parse_args(["run", *argv])
-    except ValueError:
-        return None
+    return build_parser({"run": VERBS["run"]}, parser_class=Quiet)
 
 
 def run_for(connection, spec) -> None:
