@@ -162,8 +162,9 @@ def unshare_shim(container: Container, stdio: "Stdio") -> None:
     unshares, forks pid 1, sends its pid and exits. Reaped here, it has handed pid 1 over: the kernel re-parents an orphan before its parent can be
     waited for (exit_notify in kernel/exit.c), so from here pid 1 is this process's child. Reaped only once
     the shim's move into the cgroup is over: until then its pid must name it (a zombie still does)."""
-    with adopting_orphans():
-        container.shim.send((prepare_network(container), container.plan.layers))
+    join = prepare_network(container)         # outside the window: the user-mode network's holder, orphaned on
+    with adopting_orphans():                  # purpose, must go to init, not become this process's zombie
+        container.shim.send((join, container.plan.layers))
         container.pid = container.shim.recv()
         container.process_entries.append(record_process(container.scope, container.pid))
         finish_joining_cgroup(container)
