@@ -67,19 +67,14 @@ def _host_resolv_conf() -> str:
 # --- the container's root, in runc's order ----------------------------------------------------------------
 
 def mount_container_root(root: str, rootless: bool, layers: str | None = None, volumes=(),
-                         confinement=None, tmpfs=()) -> None:
+                         confinement=None, tmpfs=(), cgroupfs: bool = True) -> None:
     """Build the container's mounts under ``root`` and pivot into it. Runs in pid 1, in new mnt+pid namespaces.
 
     ``layers``: the overlay's options (``labcore.image.layers``); ``volumes``: (host, target, read_only) bind mounts;
     ``confinement``: which devices it gets and whether /sys and the cgroupfs are read-only
     (``labcore.kernel.confinement``; default: Docker's); ``tmpfs``: (target, options) memory filesystems (--tmpfs).
-    In two halves: a container's pid 1 waits between them to be in its cgroup (``labcore.runtime.container``)."""
-    prepare_root(root, rootless, layers, confinement)
-    finish_root(root, rootless, volumes, confinement, tmpfs)
-
-
-def prepare_root(root: str, rootless: bool, layers: str | None = None, confinement=None) -> None:
-    """The mounts that do not depend on the caller's cgroup: all up to the cgroupfs."""
+    ``cgroupfs=False``: all but the cgroupfs, which the caller mounts itself, from inside, once it is in its
+    cgroup namespace (a container's pid 1: ``labcore.runtime.container``)."""
     privileged = bool(confinement and confinement.privileged)
     make_mounts_private()          # first: a mount made before this would propagate to the host's namespace
     if layers:
@@ -88,14 +83,18 @@ def prepare_root(root: str, rootless: bool, layers: str | None = None, confineme
     mount_proc(root)               # proc shows the pid namespace of whoever mounts it: pid 1's, here
     mount_dev(root, rootless, confinement)   # before the pivot: rootless binds the host's device nodes
     mount_sys(root, rootless, read_only=not privileged)   # a rootless fallback binds the host's /sys
-
-
-def finish_root(root: str, rootless: bool, volumes=(), confinement=None, tmpfs=()) -> None:
-    """The cgroupfs, which shows the caller's cgroup namespace; the user's mounts; the pivot."""
-    mount_cgroupfs(root, rootless, read_only=not (confinement and confinement.privileged))
+    if cgroupfs:
+        mount_cgroupfs(root, rootless, read_only=not privileged)
     mount_volumes(root, volumes)   # after the defaults, as runc mounts the user's; binds need the host's tree
     mount_tmpfs(root, tmpfs)
     pivot_to(root)                 # last: afterwards nothing of the host's tree is reachable
+
+
+def below_cgroupfs(volumes=(), tmpfs=()) -> bool:
+    """Whether a -v or --tmpfs goes at or below /sys/fs/cgroup: then the cgroupfs must be mounted before it."""
+    targets = [target for _, target, _ in volumes] + [target for target, _ in tmpfs]
+    return any(os.path.normpath(t) == "/sys/fs/cgroup" or os.path.normpath(t).startswith("/sys/fs/cgroup/")
+               for t in targets)
 
 
 def mount_layers(root: str, options: str) -> None:
@@ -273,18 +272,19 @@ def mount_sys(root: str, rootless: bool, read_only: bool = True) -> None:
         syscalls.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
 
 
-def mount_cgroupfs(root: str, rootless: bool, read_only: bool = True) -> None:
+def mount_cgroupfs(root: str, rootless: bool, read_only: bool = True, mountinfo: str | None = None) -> None:
     """The container's own cgroups at /sys/fs/cgroup, read-only unless privileged, as Docker mounts them.
 
     pid 1 is in a cgroup namespace (cgroup_namespaces(7)) whose root is the container's group: a cgroupfs
     mounted here shows that group as its top, and nothing above. Read-only, its root cannot write the
     limits it lives under. v2: one cgroup2 mount. v1: a tmpfs holding one mount per hierarchy, named as on
     the host. A user namespace may mount cgroup2 but not v1 hierarchies (only the initial user namespace
-    may): rootless on v1 keeps sysfs's empty /sys/fs/cgroup."""
+    may): rootless on v1 keeps sysfs's empty /sys/fs/cgroup. ``mountinfo``: the host's mount table, read
+    before the pivot by a caller that mounts this after it (the hierarchies are named after the host's)."""
     from labcore.kernel.cgroups import detect
     target = f"{root}/sys/fs/cgroup"
     flags = (MS_RDONLY if read_only else 0) | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    mountinfo = procfs.read("self", "mountinfo")      # once, for both questions
+    mountinfo = mountinfo or procfs.read("self", "mountinfo")      # once, for both questions
     if detect(mountinfo).kind == "v2":
         syscalls.mount("cgroup2", target, "cgroup2", flags)
         return

@@ -37,7 +37,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import BadInput, LabError, NeedsPrivilege, NotSupportedHere, from_oserror
 from labcore.image import layers
-from labcore.kernel import confinement, journal, rootfs, syscalls, userns
+from labcore.kernel import confinement, journal, procfs, rootfs, syscalls, userns
 from labcore.kernel.process import Channel, Child, adopting_orphans, exit_code
 from labcore.runtime import lifecycle, sequence, users
 from labcore.runtime.lifecycle import State
@@ -530,13 +530,22 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """In the new pid namespace as pid 1: build the root, confine it, wait for start, become the command."""
     try:
         attach_stdio(stdio.child_fds)               # first: pipes or the caller's fds, from the host
-        rootfs.prepare_root(plan.root, plan.rootless, plan.layers.options, plan.confinement)
-        enter_cgroup_namespace(channel, plan)       # the cgroupfs mounted next shows this namespace's root
-        rootfs.finish_root(plan.root, plan.rootless, plan.volumes, plan.confinement, plan.tmpfs)
+        # The cgroupfs shows pid 1's cgroup namespace, which waits for its cgroup (enter_cgroup_namespace): it is
+        # mounted last, from inside, and everything else meanwhile, unless a -v or --tmpfs goes below it.
+        late = not rootfs.below_cgroupfs(plan.volumes, plan.tmpfs)
+        if not late:
+            enter_cgroup_namespace(channel, plan)
+        host_mounts = procfs.read("self", "mountinfo")        # the host's hierarchies, named while in view
+        rootfs.mount_container_root(plan.root, plan.rootless, plan.layers.options, plan.volumes,
+                                    plan.confinement, plan.tmpfs, cgroupfs=not late)
         if not plan.shared & syscalls.CLONE_NEWUTS:
             syscalls.sethostname(plan.hostname)     # the UTS namespace is the container's own
         os.makedirs(plan.workdir, exist_ok=True)    # Docker creates a missing WorkingDir, as root, before --read-only
         confinement.finalize_root(plan.confinement)           # on the container's own /proc and /sys
+        identity = resolve_user(plan.user, plan.rootless, plan.groups)   # from the image's /etc/passwd
+        if late:
+            enter_cgroup_namespace(channel, plan)
+            rootfs.mount_cgroupfs("", plan.rootless, not plan.confinement.privileged, host_mounts)
         confinement.forbid_new_privileges(plan.confinement)   # runc: before it reports ready
         terminal = open_terminal() if stdio.mode == "tty" else None
         channel.send("ready")
@@ -544,7 +553,7 @@ def _pid1(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
             send_fd(channel, terminal)              # runc's "console socket": the parent gets the master
             os.close(terminal)
         channel.recv()                              # start
-        become_confined_user(plan.confinement, plan.user, plan.rootless, plan.groups)
+        confinement.drop_privileges(plan.confinement, identity, plan.rootless)
         enter_workdir(plan.workdir)
         reset_signals()
         execute(plan.argv, plan.env)
@@ -566,11 +575,17 @@ def enter_cgroup_namespace(channel: Channel, plan: Plan) -> None:
 def become_confined_user(confined: "confinement.Confinement", user: str, rootless: bool, groups=()) -> None:
     """The user from the image's /etc/passwd and /etc/group (and --group-add's groups), with the confinement's
     capabilities and seccomp filter (``labcore.kernel.confinement.drop_privileges``): the last step before execve."""
+    confinement.drop_privileges(confined, resolve_user(user, rootless, groups), rootless)
+
+
+def resolve_user(user: str, rootless: bool, groups=()):
+    """--user as the image's /etc/passwd and /etc/group name it (``labcore.runtime.users``); refused rootless
+    unless it is uid 0, the only one mapped."""
     identity = users.resolve(user, extra_groups=groups)
     if rootless and (identity.uid, identity.gid) != (0, 0):
         raise from_oserror(OSError(errno.EINVAL, os.strerror(errno.EINVAL)), f"setresuid({identity.uid})",
                            fix="a rootless container maps only uid 0 (your own uid): run without --user")
-    confinement.drop_privileges(confined, identity, rootless)
+    return identity
 
 
 def enter_workdir(workdir: str) -> None:
