@@ -13,7 +13,10 @@ def configure(parser):
 def run(args) -> int:
     from labcore.api import labd, routes
     from labcore.cli import handoff
-    labd.serve(routes.table() + handoff.routes(), args.socket, args.tcp, verbose=args.debug)
+    try:
+        labd.serve(routes.table() + handoff.routes(), args.socket, args.tcp, verbose=args.debug)
+    finally:
+        handoff.stop_runs()           # the `labcore run`s handed to it: their containers go with it
     return 0
 
 

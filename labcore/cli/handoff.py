@@ -23,7 +23,8 @@ terminal is here), -v (paths relative to here), `-e NAME` (the value is in this 
 (`labcore run` then says what is wrong, in argparse's words). Then `labcore run` runs as without a daemon.
 
 Ctrl-C here ends this process and closes the connection; labd sees the hang-up and kills the container
-(``Hangup``), as `labcore run` without a daemon does on Ctrl-C.
+(``Hangup``), as `labcore run` without a daemon does on Ctrl-C. labd stopping (SIGTERM) does the same to every
+run it still has (``stop_runs``), and waits for each to clean up after itself.
 """
 from __future__ import annotations
 
@@ -162,6 +163,18 @@ def run_for(connection, spec) -> None:
     connection.sendall(b"%d\n" % code)
 
 
+_runs: set = set()           # the Hangup of each run labd is doing
+
+
+def stop_runs(seconds: float = 10) -> None:
+    """labd is stopping: kill the container of every run it still has, and wait until each has cleaned up
+    after itself (its scope: directory, cgroup, journal), so that nothing is left for `labcore cleanup`."""
+    for run in list(_runs):
+        run.hang_up()
+    for run in list(_runs):
+        run.closed.wait(seconds)
+
+
 class Hangup:
     """Kill the container when the client goes away (its Ctrl-C), as `labcore run` without a daemon does.
 
@@ -173,9 +186,11 @@ class Hangup:
         import threading
         self.connection, self.pidfd, self.gone = connection, None, False
         self.lock = threading.Lock()
+        self.closed = threading.Event()
         self.wake_read, self.wake_write = os.pipe()
         self.thread = threading.Thread(target=self._watch, name="labcore run hangup", daemon=True)
         self.thread.start()
+        _runs.add(self)
 
     def started(self, container) -> None:
         with self.lock:
@@ -186,10 +201,13 @@ class Hangup:
     def _watch(self) -> None:
         import select
         readable, _, _ = select.select([self.connection, self.wake_read], [], [])
+        if self.wake_read not in readable:
+            self.hang_up()
+
+    def hang_up(self) -> None:
         with self.lock:
-            if self.wake_read not in readable:
-                self.gone = True
-                self._kill()
+            self.gone = True
+            self._kill()
 
     def _kill(self) -> None:
         import contextlib
@@ -201,5 +219,9 @@ class Hangup:
     def close(self) -> None:
         os.write(self.wake_write, b"x")
         self.thread.join()
-        for fd in (self.wake_read, self.wake_write, *([self.pidfd] if self.pidfd is not None else [])):
-            os.close(fd)
+        with self.lock:
+            for fd in (self.wake_read, self.wake_write, *([self.pidfd] if self.pidfd is not None else [])):
+                os.close(fd)
+            self.pidfd = None
+        _runs.discard(self)
+        self.closed.set()

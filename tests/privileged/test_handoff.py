@@ -68,3 +68,19 @@ def test_a_value_from_the_clients_environment_runs_in_the_client(labd, monkeypat
     done = labcore("run", "--rm", "--network", "none", "-e", "LABCORE_TEST_VALUE", "busybox", "sh", "-c",
                    "echo $LABCORE_TEST_VALUE")
     assert done.stdout == "from the client\n"           # labd, started before it was set, has no such value
+
+
+def test_labd_stopping_kills_the_runs_it_was_handed_and_leaves_nothing(busybox_image):
+    with Labd(str(paths.home() / "labd.sock")) as labd:
+        client = subprocess.Popen([sys.executable, "-m", "labcore", "run", "--rm", "--network", "none", "busybox",
+                                   "sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert eventually(lambda: "sleep 30" in commands_of_children(labd.process.pid), seconds=20)
+            labd.stop()                                # SIGTERM, as a service manager stops it
+            _, err = client.communicate(timeout=20)
+        finally:
+            client.kill()
+        assert labd.process.returncode is not None
+    assert client.returncode == 137, err               # SIGKILL'd, as `docker run` reports it
+    containers = paths.containers_dir()
+    assert not containers.exists() or not any(containers.iterdir())
