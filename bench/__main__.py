@@ -1,6 +1,6 @@
 """`python -m bench` (`./lab bench`): starting /bin/true side by side with unshare, bubblewrap, crun, runc,
-Docker and labcore, on the same busybox root filesystem, in one run, interleaved (A B C ... A B C) so that
-drift on the machine hits every row alike.
+Docker and labcore, on the same busybox root filesystem, in one run, interleaved (A B C ... C A B) so that
+drift on the machine hits every row alike, each round in an order of its own (``measure`` says why).
 
     python -m bench [--runs 20] [--warmup 3]    the side-by-side table, JSON, latest.md and a plot
     python -m bench breakdown [--runs 20]      where the milliseconds of one warm start (row h) go, step by step
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 from contextlib import ExitStack
@@ -48,11 +49,12 @@ def side_by_side(args: argparse.Namespace) -> int:
     with journal.Scope() as scope, ExitStack() as stack:      # the stack (daemons) closes before the scope
         ws = peers.Workspace(scope, stack)
         runners = prepare(rows, ws)
-        measure(rows, runners, args.warmup, args.runs)
+        measure(rows, runners, args.warmup, args.runs, args.seed)
     stats, leaks, facts = report.summarize(rows), peers.leftovers(ws.made, before), peers.versions()
     found = report.targets(stats)
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {facts['cpus']} CPUs, kernel {facts['kernel']}; "
-              f"{args.runs} runs per row after {args.warmup} warm-up runs, interleaved; load average "
+              f"{args.runs} runs per row after {args.warmup} warm-up runs, interleaved, each round shuffled "
+              f"(seed {args.seed}); load average "
               f"{load:.1f} before, {os.getloadavg()[0]:.1f} after.")
     markdown = report.markdown(header, stats, found, leaks)
     print(markdown)
@@ -78,11 +80,18 @@ def prepare(rows: list[dict], ws: peers.Workspace) -> dict:
     return runners
 
 
-def measure(rows: list[dict], runners: dict, warmup: int, runs: int) -> None:
-    """Round after round, every row once per round; a row that fails stops and keeps the error."""
+def measure(rows: list[dict], runners: dict, warmup: int, runs: int, seed: int = 0) -> None:
+    """Round after round, every row once per round; a row that fails stops and keeps the error.
+
+    Each round takes the rows in an order of its own (shuffled, from ``seed``): a row's time depends on the row
+    before it. Moving a process into a cgroup first waits for an RCU grace period (``labcore.kernel.cgroups.Move``),
+    and how long depends on what the kernel was just doing: crun after a 100 ms pause 25.9 ms, after bwrap
+    (whose namespaces the kernel is still tearing down) 22.0 ms, on this machine. In a fixed order each row
+    would always get the same neighbour, and its bias with it."""
+    order = random.Random(seed)
     for round_ in range(warmup + runs):
         print(f"round {round_ + 1}/{warmup + runs}", file=sys.stderr, end="\r", flush=True)
-        for row in rows:
+        for row in order.sample(rows, len(rows)):
             if row["key"] not in runners or row.get("missing"):
                 continue
             start = time.perf_counter()
@@ -126,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "netlink"], default="side-by-side")
     parser.add_argument("--runs", type=int, default=20, help="measured runs per row (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured runs per row first (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="the rows' order in each round (default 0)")
     parser.add_argument("--count", type=int, default=50, help="containers at once, for scale (default 50)")
     parser.add_argument("--counts", help="scale at each of these counts, e.g. 10,50,100,200, and plot against N")
     args = parser.parse_args(argv)
