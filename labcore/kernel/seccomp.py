@@ -155,6 +155,14 @@ def binding():
                                    "run with --security-opt seccomp=unconfined") from err
 
 
+# libseccomp's filter shape (seccomp_attr_set(3), SCMP_FLTATR_CTL_OPTIMIZE, since 2.5): 2 sorts the syscalls
+# into a binary tree, where the default, 1, tests them one after the other. The same verdict for every call, in
+# a few comparisons instead of hundreds; and the kernel, which runs the filter once per syscall number when it is
+# loaded (seccomp_cache_prepare, kernel/seccomp.c), loads Docker's profile in 0.7 ms instead of 1.5 (this machine).
+# runc and crun keep the default.
+OPTIMIZE = 2
+
+
 def compile_filter(profile: Profile, rules: list[Rule], machine: str | None = None):
     """A libseccomp filter for this architecture and its 32-bit siblings (the profile's archMap), as runc
     builds it (libcontainer/seccomp/seccomp_linux.go). A name libseccomp does not know on this host is
@@ -163,6 +171,8 @@ def compile_filter(profile: Profile, rules: list[Rule], machine: str | None = No
     default = _action(pyseccomp, profile.default_action, profile.default_errno)
     native = _SCMP_ARCH.get(machine or os.uname().machine)
     compiled = pyseccomp.SyscallFilter(default)
+    with contextlib.suppress(OSError):               # EINVAL from a libseccomp before 2.5: its one shape
+        compiled.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, OPTIMIZE)
     compiled.set_attr(pyseccomp.Attr.CTL_NNP, 0)      # runc: no_new_privs only when asked for, not as a side effect
     for sub in profile.arch_map.get(native, []):
         arch = getattr(pyseccomp.Arch, sub.removeprefix("SCMP_ARCH_"), None)
@@ -200,7 +210,7 @@ def cached_program(profile: Profile, capabilities: tuple) -> bytes:
     import hashlib
     from labcore.kernel.journal import write_whole
     machine = os.uname()
-    key = [DEFAULT_PROFILE.read_bytes(), *capabilities, machine.machine, machine.release]
+    key = [DEFAULT_PROFILE.read_bytes(), *capabilities, machine.machine, machine.release, f"optimize={OPTIMIZE}"]
     name = hashlib.sha256(b"\0".join(k if isinstance(k, bytes) else k.encode() for k in key)).hexdigest()
     path = paths.images_dir() / "seccomp" / f"{name[:32]}.bpf"     # with the unpacked layers: caches, not state
     with contextlib.suppress(FileNotFoundError):
