@@ -205,7 +205,7 @@ def make_rootfs(kernel: vm.GuestKernel, work: Path, rootfs: Path) -> None:
 
 def venv_hook(work: Path) -> str:
     """Shell for mmdebstrap: a venv at /lab/.venv, and labcore installed into it from a copy of the
-    checkout's pyproject.toml and package, the way ./lab does (a plain path entry to /lab)."""
+    checkout's pyproject.toml, package and commands (bin/), the way ./lab does (a plain path entry to /lab)."""
     wheels = shlex.quote(str(work / "wheels"))
     # env -i: none of this host's pip settings (its PIP_* variables name its own wheel directories).
     pip = (f"env -i PATH=/usr/bin:/bin {GUEST_PROJECT}/.venv/bin/pip install -q --no-index "
@@ -213,14 +213,14 @@ def venv_hook(work: Path) -> str:
     return " && ".join([
         f'mkdir -p "$1{GUEST_PROJECT}" && cp -a {wheels} "$1/tmp/wheels"',
         f'cp -a {shlex.quote(str(ROOT / "pyproject.toml"))} {shlex.quote(str(ROOT / "README.md"))} '
-        f'{shlex.quote(str(ROOT / "labcore"))} "$1{GUEST_PROJECT}/"',
+        f'{shlex.quote(str(ROOT / "labcore"))} {shlex.quote(str(ROOT / "bin"))} "$1{GUEST_PROJECT}/"',
         f'chroot "$1" python3 -m venv {GUEST_PROJECT}/.venv',
         f'chroot "$1" {pip} --upgrade pip setuptools wheel',
         f'chroot "$1" {pip} --no-build-isolation --config-settings editable_mode=compat '
         f'-e "{GUEST_PROJECT}[{EXTRAS}]"',
         # The checkout arrives at run time; what was copied in for the install goes again.
-        f'rm -rf "$1/tmp/wheels" "$1{GUEST_PROJECT}/labcore" "$1{GUEST_PROJECT}/pyproject.toml" '
-        f'"$1{GUEST_PROJECT}/README.md" "$1{GUEST_PROJECT}"/*.egg-info',
+        f'rm -rf "$1/tmp/wheels" "$1{GUEST_PROJECT}/labcore" "$1{GUEST_PROJECT}/bin" '
+        f'"$1{GUEST_PROJECT}/pyproject.toml" "$1{GUEST_PROJECT}/README.md" "$1{GUEST_PROJECT}"/*.egg-info',
     ])
 
 
