@@ -94,7 +94,7 @@ class Container:
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
-    process_entries: list = field(default_factory=list)     # the shim's and pid 1's, in the journal
+    process_entries: list = field(default_factory=list)     # pid 1's, in the journal
     progress: sequence.Progress = None  # the start sequence's steps done so far, each checked in order
 
     def __post_init__(self):
@@ -116,7 +116,6 @@ def create(spec: Spec, scope: journal.Scope, stdio: "Stdio", save: bool = True) 
     ``save=False``: no "created" record, for a caller that starts it at once (``run``)."""
     container = Container(spec, plan_for(spec), scope)    # first: refuse bad input before making anything
     try:
-        make_state_dir(container)             # recorded before anything goes in it, so a failure removes it
         skipped = skipped_steps(container)
         for name, step in CREATE_STEPS:
             if name in skipped:
@@ -140,16 +139,20 @@ def skipped_steps(container: Container) -> tuple[str, ...]:
 
 
 def prepare_layers(container: Container, stdio: "Stdio") -> None:
-    """The image's layers, each unpacked once and shared; this container's init layer (/etc/hostname, hosts,
-    resolv.conf), upper and work dirs. pid 1 mounts them (``mount_overlay`` happens in its mount namespace)."""
+    """The image's layers, each unpacked once and shared; this container's state dir, its init layer
+    (/etc/hostname, hosts, resolv.conf), upper and work dirs. pid 1 mounts them (``mount_overlay`` happens in
+    its mount namespace)."""
+    make_state_dir(container)                 # recorded before anything goes in it, so a failure removes it
     container.plan.layers = layers.prepare_root(container.plan.image, container.directory, container.plan.rootless)
     rootfs.write_etc_files(container.plan.layers.init, container.plan.hostname, resolv_conf(container.spec))
 
 
 def fork_shim(container: Container, stdio: "Stdio") -> None:
-    """The shim: a child still in every namespace of the host; it waits for the go-ahead to unshare."""
+    """The shim: a child still in every namespace of the host; it waits for the go-ahead to unshare. Unlike
+    pid 1 it gets no journal record: it cannot outlive this process. It takes its orders from this process and
+    leaves at the end of the channel (EOF) or once it has forked pid 1, which in turn leaves at EOF until it
+    execs the command (``_pid1``)."""
     container.shim = Child(lambda channel: _shim(channel, container.plan, stdio), keep=stdio.child_fds)
-    container.process_entries.append(record_process(container.scope, container.shim.pid))
     stdio.after_fork()
 
 
@@ -361,10 +364,13 @@ def kill(container: Container, signum: int = signal.SIGKILL) -> None:
 
 
 def stop_if_running(container: Container) -> None:
-    """After an interrupt: SIGKILL pid 1 and reap the shim, before the scope removes the files."""
+    """After an interrupt: SIGKILL pid 1 (or the shim, before it has forked one) and reap, before the scope
+    removes the files."""
     if container.exit_code is None and container.shim is not None:
         for entry in reversed(container.process_entries):
             journal.undo_kill(**entry.args)       # only if the pid still names the process we started
+        if container.pid is None:
+            os.kill(container.shim.pid, signal.SIGKILL)   # our child, not reaped yet: the pid is still its own
         wait(container)
 
 
