@@ -253,16 +253,16 @@ def test_the_proxy_relays_udp_datagrams_back_to_the_client_that_sent_them():
 def test_a_proxy_whose_parent_dies_before_journaling_it_exits_and_frees_the_port():
     """The go-ahead pipe: end-of-file instead of the byte, and the proxy leaves with the port it held."""
     front = socket.create_server(("127.0.0.1", 0))
-    port = front.getsockname()[1]
+    inode = os.fstat(front.fileno()).st_ino
     go, go_ahead = os.pipe()
     process = portproxy.start(front, ("127.0.0.1", 9), go=go)
     os.close(go)
     front.close()
     os.close(go_ahead)                                   # as the parent's death would close it
     assert process.wait(10) == 0
-    # Nothing listens on it any more (/proc/net/tcp). Not a bind to prove it: on a busy machine another process's
-    # outgoing connection may take that ephemeral port as its own local one, and the bind fails (EADDRINUSE).
-    assert port not in [listener.port for listener in procfs.tcp_listeners()]
+    # That socket listens no more (/proc/net/tcp). Not its port: on a busy machine another process may take
+    # the freed port for a listener of its own, or for an outgoing connection (and a bind to prove it fails).
+    assert inode not in [listener.inode for listener in procfs.tcp_listeners()]
 
 
 def test_publish_journals_the_proxy_before_it_serves(monkeypatch):
