@@ -27,7 +27,8 @@ The package is built in layers, low to high; a module imports only from its own 
                        build_your_own (08), security (09); and evidence (the Step), hosts (refusals
                        explained), exercises (the student's steps, checked from the kernel), diagrams,
                        display, widgets
-    labcore.cli        one `labcore` verb per module, with `docker`'s names and flags
+    labcore.cli        one `labcore` verb per module, with `docker`'s names and flags; handoff (`labcore
+                       run` done by this user's labd, on the command's own stdout and stderr)
 
 Where is...   pivot_root: kernel.rootfs.pivot_to   the memory limit: kernel.cgroups (v1.py, v2.py)
               POST /containers/create: api.routes   `docker run`'s flags: runtime.spec and cli.run

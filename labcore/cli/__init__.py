@@ -1,7 +1,8 @@
 """The `labcore` command: the terminal twin of the notebooks, following `docker`'s verbs and flags.
 
 Each verb lives in its own module here with two functions, ``configure(parser)`` and ``run(args) -> int``,
-imported only when that verb is used, so `labcore run` does not pay for `labcore doctor`'s imports.
+imported only when that verb is used, so `labcore run` does not pay for `labcore doctor`'s imports. Before any of
+that, `labcore run` offers itself to this user's labd (``labcore.cli.handoff``), importing almost nothing.
 """
 from __future__ import annotations
 
