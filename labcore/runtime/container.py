@@ -27,6 +27,7 @@ Next: ``labcore.runtime.engine`` keeps containers running after the caller has g
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -162,20 +163,24 @@ def join_shim_cgroup(container: Container, stdio: "Stdio") -> None:
 
 def unshare_shim(container: Container, stdio: "Stdio") -> None:
     """The go-ahead, with a user namespace to join or None, and the layers made since the fork: the shim
-    unshares, forks pid 1, sends its pid and exits. Reaped here, it has handed pid 1 over: the kernel re-parents an orphan before its parent can be
-    waited for (exit_notify in kernel/exit.c), so from here pid 1 is this process's child. Reaped only once
-    the shim's move into the cgroup is over: until then its pid must name it (a zombie still does)."""
+    unshares, forks pid 1, sends its pid and exits. Reaped here, it has handed pid 1 over: the kernel re-parents
+    an orphan before its parent can be waited for (exit_notify in kernel/exit.c), so from here pid 1 is this
+    process's child."""
     join = prepare_network(container)         # outside the window: the user-mode network's holder, orphaned on
     with adopting_orphans():                  # purpose, must go to init, not become this process's zombie
         container.shim.send((join, container.plan.layers))
         container.pid = container.shim.recv()
-        container.process_entries.append(record_process(container.scope, container.pid))
-        finish_joining_cgroup(container)
-        os.waitpid(container.shim.pid, 0)
+        try:
+            container.process_entries.append(record_process(container.scope, container.pid))
+            finish_joining_cgroup(container)
+        finally:
+            settle_move(container)
+            os.waitpid(container.shim.pid, 0)
 
 
 def reap(container: Container) -> int:
     """pid 1's exit code (128+N for signal N), once it has ended; the shim's, if it failed before forking one."""
+    settle_move(container)
     if container.shim.status is None and container.pid is not None:
         _, status = os.waitpid(container.pid, 0)
         container.shim.status = exit_code(status)
@@ -225,8 +230,8 @@ def join_cgroup(container: Container, pid: int) -> None:
     of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace).
 
     The move itself runs beside the next steps (``labcore.kernel.cgroups.Move``): the kernel sleeps through an
-    RCU grace period first, 5 to 10 ms, while the shim unshares and pid 1 mounts its root up to the cgroupfs.
-    ``finish_joining_cgroup`` waits for it before pid 1 may go further."""
+    RCU grace period first, 13 to 30 ms after a quiet spell here, while the layers are made, the shim unshares
+    and pid 1 builds its root. ``finish_joining_cgroup`` waits for it before pid 1 may go on to its cgroupfs."""
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
@@ -244,6 +249,14 @@ def finish_joining_cgroup(container: Container) -> None:
         moving.wait()
         container.cgroup_manager.add(container.cgroup, container.pid)
     container.shim.send("in its cgroup")
+
+
+def settle_move(container: Container) -> None:
+    """Let a move still under way end, when the start is being undone (its error no longer matters). Its write
+    names the shim by pid: the shim is reaped only after it, so that the pid cannot name another process."""
+    if container.moving is not None:
+        moving, container.moving = container.moving, None
+        moving.thread.join()
 
 
 def prepare_network(container: Container) -> int | None:
@@ -328,9 +341,6 @@ def release_network(container: Container) -> None:
 
 def release_cgroup(container: Container) -> None:
     """Read whether the OOM killer fired, then remove the group: an exited container holds no cgroup."""
-    if container.moving is not None:          # a create that failed while the shim was being moved
-        moving, container.moving = container.moving, None
-        moving.thread.join()
     if container.cgroup is None:
         return
     from labcore.kernel.cgroups import open_manager
@@ -364,13 +374,12 @@ def kill(container: Container, signum: int = signal.SIGKILL) -> None:
 
 
 def stop_if_running(container: Container) -> None:
-    """After an interrupt: SIGKILL pid 1 (or the shim, before it has forked one) and reap, before the scope
-    removes the files."""
+    """After an interrupt or a failed create: SIGKILL pid 1 (or the shim, before it has forked one) and reap,
+    before the scope removes the files. Either is this process's child (pid 1 adopted from the shim), not yet
+    reaped: its pid still names it, journaled or not."""
     if container.exit_code is None and container.shim is not None:
-        for entry in reversed(container.process_entries):
-            journal.undo_kill(**entry.args)       # only if the pid still names the process we started
-        if container.pid is None:
-            os.kill(container.shim.pid, signal.SIGKILL)   # our child, not reaped yet: the pid is still its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(container.shim.pid if container.pid is None else container.pid, signal.SIGKILL)
         wait(container)
 
 

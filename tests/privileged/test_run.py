@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from labcore import paths
+from labcore.errors import LabError
 from labcore.kernel import journal
 from labcore.runtime import container
 from labcore.runtime.container import Spec
@@ -180,3 +181,27 @@ def test_pid_1_starts_with_no_signal_ignored_or_blocked_whatever_the_caller_igno
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert "SigIgn:\t0000000000000000\n" in status and "SigBlk:\t0000000000000000\n" in status
+
+
+@pytest.mark.parametrize("step", ["move", "record"])
+def test_a_start_that_fails_while_the_shim_is_being_moved_leaves_nothing(monkeypatch, step):
+    """The move into the cgroup runs in a thread (labcore.kernel.cgroups.Move); a failure beside it, or in it,
+    undoes the start: no zombie shim, no pid 1, no cgroup, no directory (the fixture checks the first and last)."""
+    from labcore.kernel import cgroups
+    if step == "move":
+        real_write = cgroups.write
+
+        def write(path, value):
+            if path.name == "cgroup.procs":
+                raise LabError("refused for the test", path=str(path))
+            real_write(path, value)
+        monkeypatch.setattr(cgroups, "write", write)
+    else:
+        def record_process(scope, pid):
+            raise LabError("refused for the test")
+        monkeypatch.setattr(container, "record_process", record_process)
+    spec = container.Spec("busybox", ["true"], rm=True, network="none")
+    with pytest.raises(LabError, match="refused for the test"):
+        container.run(spec)
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/labcore/labcore-{spec.id}"))
+    assert journal.Journal().entries() == []

@@ -418,10 +418,10 @@ class Move:
     """A process being moved into a group, in a thread. The first move after a quiet spell is slow, and not
     for work: writing cgroup.procs takes the threadgroup lock for writing, ``percpu_down_write(
     &cgroup_threadgroup_rwsem)`` (kernel/cgroup/cgroup.c, cgroup_attach_lock), which first waits for an RCU
-    grace period (rcu_sync_enter, kernel/rcu/sync.c): 5 to 10 ms asleep on this machine, 0.2 ms when another
-    move came just before (bench/). A container start gives that wait work to overlap: the shim's unshare
-    and pid 1's first mounts (``labcore.runtime.container.join_cgroup``). ``wait()`` joins the thread and raises
-    what the write raised."""
+    grace period (rcu_sync_enter, kernel/rcu/sync.c): 13 to 30 ms asleep on this machine, 0.2 ms when another
+    move came just before (bench/). A container start gives that wait work to overlap: the layers, the shim's
+    unshare and pid 1's whole root (``labcore.runtime.container.join_cgroup``). ``wait()`` joins the thread and
+    raises what the write raised."""
 
     def __init__(self, manager: "Manager", group: Group, pid: int):
         self.error: BaseException | None = None
