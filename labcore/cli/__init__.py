@@ -40,9 +40,9 @@ VERBS = {
 }
 
 
-def build_parser(verbs: dict[str, str] = VERBS, parser_class=None) -> "argparse.ArgumentParser":
+def build_parser(verbs: dict[str, str] = VERBS) -> "argparse.ArgumentParser":
     import argparse                 # here: a `labcore run` that labd does (labcore.cli.handoff) never needs it
-    parser = (parser_class or argparse.ArgumentParser)(prog="labcore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="labcore", description=__doc__.splitlines()[0])
     parser.add_argument("-H", "--host", metavar="unix:///PATH",
                         help="talk to labd at this socket, as `docker -H` (default: $LABCORE_HOST; unset: no "
                              "daemon, the engine runs in this process)")

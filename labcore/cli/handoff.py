@@ -102,7 +102,7 @@ def serve_run(request):
     from labcore.cli import run
     argv = request.body.decode(errors="surrogateescape").split("\0") if request.body else []
     args = parse_run(argv)
-    if args is None or args.detach or args.host or not run.self_contained(spec := run.spec_from_args(args)):
+    if args is None or args.detach or not run.self_contained(spec := run.spec_from_args(args)):
         raise ApiError(409, "this run means something else in labd than in the client: run it there")
     return labd.Handoff(lambda connection: run_for(connection, spec))
 
@@ -110,7 +110,7 @@ def serve_run(request):
 def parse_run(argv: list[str]):
     """`labcore run ARGV...` parsed, or None where argparse would print something (an error, --help)."""
     try:
-        return quiet_parser().parse_args(["run", *argv])
+        return quiet_parser().parse_args(argv)
     except ValueError:
         return None
 
@@ -128,7 +128,7 @@ def quiet_parser():
 
 def make_quiet_parser():
     import argparse
-    from labcore.cli import VERBS, build_parser
+    from labcore.cli import run
 
     class Quiet(argparse.ArgumentParser):
         def _print_message(self, message, file=None):
@@ -137,7 +137,9 @@ def make_quiet_parser():
         def exit(self, status=0, message=None):
             raise ValueError(message)
 
-    return build_parser({"run": VERBS["run"]}, parser_class=Quiet)
+    parser = Quiet(prog="labcore run")
+    run.configure(parser)
+    return parser
 
 
 def run_for(connection, spec) -> None:
