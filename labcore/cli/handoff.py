@@ -182,11 +182,12 @@ class Hangup:
 
     A thread waits until the connection is readable: the client sends nothing more, so that is its end.
     pid 1 is signalled through a pidfd (pidfd_open(2)), taken while it is surely not yet reaped: a pid
-    alone could name another process by the time the signal goes."""
+    alone could name another process by the time the signal goes. Where pidfd_open is refused (a kernel
+    before 5.3, a seccomp profile without it), the pid, while the run has not reaped it."""
 
     def __init__(self, connection):
         import threading
-        self.connection, self.pidfd, self.gone = connection, None, False
+        self.connection, self.pidfd, self.container, self.gone = connection, None, None, False
         self.lock = threading.Lock()
         self.closed = threading.Event()
         self.wake_read, self.wake_write = os.pipe()
@@ -196,7 +197,11 @@ class Hangup:
 
     def started(self, container) -> None:
         with self.lock:
-            self.pidfd = os.pidfd_open(container.pid)
+            self.container = container
+            try:
+                self.pidfd = os.pidfd_open(container.pid)
+            except OSError:
+                pass                            # ENOSYS, EPERM: _kill falls back to the pid
             if self.gone:
                 self._kill()
 
@@ -214,9 +219,11 @@ class Hangup:
     def _kill(self) -> None:
         import contextlib
         import signal
-        if self.pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
+            if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            elif self.container is not None and self.container.exit_code is None:
+                os.kill(self.container.pid, signal.SIGKILL)
 
     def close(self) -> None:
         os.write(self.wake_write, b"x")
@@ -224,6 +231,6 @@ class Hangup:
         with self.lock:
             for fd in (self.wake_read, self.wake_write, *([self.pidfd] if self.pidfd is not None else [])):
                 os.close(fd)
-            self.pidfd = None
+            self.pidfd = self.container = None
         _runs.discard(self)
         self.closed.set()

@@ -1,4 +1,5 @@
 """`labcore run` handed to labd: which runs labd takes, how the client falls back, and the kill on hang-up."""
+import contextlib
 import os
 import signal
 import socket
@@ -64,19 +65,30 @@ def test_the_client_falls_back_when_labd_answers_anything_but_101(monkeypatch, t
             os.waitpid(pid, 0)
 
 
-def sleeper() -> int:
-    pid = os.fork()
-    if pid == 0:
-        signal.pause()
-        os._exit(0)
-    return pid
+@pytest.fixture
+def sleeper():
+    """A child that sleeps until signalled, in for pid 1; killed and reaped afterwards whatever the test did."""
+    pids = []
+
+    def fork() -> int:
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        pids.append(pid)
+        return pid
+    yield fork
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
-def test_a_client_that_hangs_up_gets_its_container_killed():
+def test_a_client_that_hangs_up_gets_its_container_killed(sleeper):
     pid = sleeper()                                    # first: a copy of the client's end would keep it open
     labd_end, client_end = socket.socketpair()
     hangup = handoff.Hangup(labd_end)
-    hangup.started(types.SimpleNamespace(pid=pid))
+    hangup.started(types.SimpleNamespace(pid=pid, exit_code=None))
     client_end.close()                                 # the client's Ctrl-C
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
@@ -84,11 +96,11 @@ def test_a_client_that_hangs_up_gets_its_container_killed():
     labd_end.close()
 
 
-def test_a_run_that_ends_first_kills_nothing_even_when_the_client_leaves_afterwards():
+def test_a_run_that_ends_first_kills_nothing_even_when_the_client_leaves_afterwards(sleeper):
     pid = sleeper()
     labd_end, client_end = socket.socketpair()
     hangup = handoff.Hangup(labd_end)
-    hangup.started(types.SimpleNamespace(pid=pid))
+    hangup.started(types.SimpleNamespace(pid=pid, exit_code=None))
     hangup.close()                                     # the run is over
     client_end.close()
     assert os.waitpid(pid, os.WNOHANG) == (0, 0)       # still running: nobody signalled it
@@ -97,14 +109,30 @@ def test_a_run_that_ends_first_kills_nothing_even_when_the_client_leaves_afterwa
     labd_end.close()
 
 
-def test_a_client_gone_before_the_start_gets_the_container_killed_as_it_starts():
+def test_a_client_gone_before_the_start_gets_the_container_killed_as_it_starts(sleeper):
     labd_end, client_end = socket.socketpair()
     client_end.close()
     hangup = handoff.Hangup(labd_end)
     hangup.thread.join()                               # it has seen the hang-up
     pid = sleeper()
-    hangup.started(types.SimpleNamespace(pid=pid))
+    hangup.started(types.SimpleNamespace(pid=pid, exit_code=None))
     _, status = os.waitpid(pid, 0)
     assert os.WTERMSIG(status) == signal.SIGKILL
+    hangup.close()
+    labd_end.close()
+
+
+def test_without_pidfd_open_the_pid_of_a_run_not_yet_reaped_is_killed(sleeper, monkeypatch):
+    """A kernel before 5.3, or a seccomp profile without pidfd_open: the pid, while the run has not reaped it."""
+    def refused(pid):
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    pid = sleeper()
+    labd_end, client_end = socket.socketpair()
+    hangup = handoff.Hangup(labd_end)
+    hangup.started(types.SimpleNamespace(pid=pid, exit_code=None))
+    client_end.close()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     hangup.close()
     labd_end.close()
