@@ -128,6 +128,27 @@ def test_the_server_starts_in_the_leaf_below_the_delegated_group(fairness_v2):
     assert fairness_v2.fake.writes[-1] == ("labcore/labcore-hub-alice/labcore-session/cgroup.procs", "4242")
 
 
+def test_a_killed_group_counts_as_empty_only_once_the_kernel_says_it_is_unpopulated(tmp_path, monkeypatch):
+    # A threaded process whose leader has exited is gone from cgroup.procs while its last thread is still
+    # exiting; rmdir answers EBUSY until cgroup.events says "populated 0" (CI saw it in the hub guest).
+    from tools.hub import fairness
+    group = tmp_path / "labcore-hub-alice"
+    (group / "labcore-session").mkdir(parents=True)
+    for here in (group, group / "labcore-session"):
+        (here / "cgroup.procs").write_text("")
+    (group / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    (group / "cgroup.kill").write_text("")
+    waits = []
+
+    def wait(seconds):        # the last thread leaves during the second wait
+        waits.append(seconds)
+        if len(waits) == 2:
+            (group / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    monkeypatch.setattr(fairness.time, "sleep", wait)
+    fairness.kill_subtree(group)
+    assert len(waits) == 2 and (group / "cgroup.kill").read_text() == "1"
+
+
 def test_bad_class_limits_are_refused_in_dockers_words():
     from labcore.errors import BadInput
     from tools.hub.fairness import class_limits

@@ -132,14 +132,20 @@ def descendants(directory: Path) -> list[Path]:
 def kill_subtree(directory: Path, seconds: float = 10.0) -> None:
     """SIGKILL every process in the group and the groups below it, until none is left. cgroup.kill (Linux
     5.14, v2) does it in one write, racing no fork; elsewhere the pids are read and killed again until a read
-    finds none (a fork bomb's children appear between a read and the kills)."""
+    finds none (a fork bomb's children appear between a read and the kills).
+
+    "None left" is v2's ``populated 0`` in cgroup.events where there is one, not an empty cgroup.procs: a
+    threaded process whose leader has exited drops out of cgroup.procs while its last thread is still on its
+    way out (cgroup.procs lists leaders only, a dying one only while ``signal->live`` is non-zero, and that
+    count falls early in do_exit: kernel/cgroup/cgroup.c, css_task_iter_advance), and until that thread is
+    gone rmdir(2) answers EBUSY (Documentation/admin-guide/cgroup-v2.rst, "populated")."""
     if (directory / "cgroup.kill").exists():
         (directory / "cgroup.kill").write_text("1")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pids = [pid for here in [directory, *descendants(directory)]
                 for pid in (read_text(here / "cgroup.procs") or "").split()]
-        if not pids:
+        if not pids and not populated(directory):
             return
         for pid in pids:
             try:
@@ -147,3 +153,10 @@ def kill_subtree(directory: Path, seconds: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
+
+
+def populated(directory: Path) -> bool:
+    """v2's word on whether any live process is left in the group or below it; v1 has no such file (False:
+    its callers go by cgroup.procs there)."""
+    events = read_text(directory / "cgroup.events") or ""
+    return "populated 1" in events.splitlines()
