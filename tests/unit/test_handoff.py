@@ -73,8 +73,11 @@ def sleeper():
     def fork() -> int:
         pid = os.fork()
         if pid == 0:
-            signal.pause()
-            os._exit(0)
+            try:      # SIGTERM as by default: a CLI test before may have left labcore's exit-on-signal handler,
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)       # whose SystemExit would run pytest on here
+                signal.pause()
+            finally:
+                os._exit(0)
         pids.append(pid)
         return pid
     yield fork
