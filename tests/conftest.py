@@ -62,6 +62,19 @@ def engines_home(tmp_path_factory, shared_images):
 
 
 @pytest.fixture(autouse=True)
+def signal_handlers():
+    """Each test gets the signal handlers it found: `labcore.cli.main`, called in-process, installs its exit on
+    SIGTERM and SIGHUP for good, and a child a later test forks would inherit it (its SystemExit once ran the
+    rest of the session in a forked stand-in pid 1)."""
+    import signal
+    kept = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    yield
+    for number, handler in kept.items():
+        if signal.getsignal(number) is not handler and handler is not None:
+            signal.signal(number, handler)
+
+
+@pytest.fixture(autouse=True)
 def labcore_home(tmp_path, monkeypatch, shared_images):
     home = tmp_path / "labcore-home"
     home.mkdir()

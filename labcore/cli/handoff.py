@@ -24,7 +24,7 @@ terminal is here), -v (paths relative to here), `-e NAME` (the value is in this 
 
 Ctrl-C here ends this process and closes the connection; labd sees the hang-up and kills the container
 (``Hangup``), as `labcore run` without a daemon does on Ctrl-C. labd stopping (SIGTERM) does the same to every
-run it still has (``stop_runs``), and waits for each to clean up after itself.
+run it still has (``stop_runs``), and waits for each to clean up after itself and tell its client the exit code.
 """
 from __future__ import annotations
 
@@ -154,15 +154,18 @@ def run_for(connection, spec) -> None:
         return                              # not our client: it hangs up, nothing was started
     hangup = Hangup(connection)
     try:
-        code = run.run_here(spec, outputs=(fds[0], fds[1]), on_start=hangup.started)
-    except LabError as err:
-        os.write(fds[1], f"labcore: {err}\n".encode())
-        code = 125                          # as `labcore run` exits when labcore itself refuses or fails
+        try:
+            code = run.run_here(spec, outputs=(fds[0], fds[1]), on_start=hangup.started)
+        except LabError as err:
+            os.write(fds[1], f"labcore: {err}\n".encode())
+            code = 125                      # as `labcore run` exits when labcore itself refuses or fails
+        finally:
+            hangup.close()
+            for fd in fds:
+                os.close(fd)
+        connection.sendall(b"%d\n" % code)
     finally:
-        hangup.close()
-        for fd in fds:
-            os.close(fd)
-    connection.sendall(b"%d\n" % code)
+        hangup.finish()                     # last: a stopping labd (stop_runs) exits once the client has its code
 
 
 _runs: set = set()           # the Hangup of each run labd is doing
@@ -170,11 +173,13 @@ _runs: set = set()           # the Hangup of each run labd is doing
 
 def stop_runs(seconds: float = 10) -> None:
     """labd is stopping: kill the container of every run it still has, and wait until each has cleaned up
-    after itself (its scope: directory, cgroup, journal), so that nothing is left for `labcore cleanup`."""
-    for run in list(_runs):
+    after itself (its scope: directory, cgroup, journal), so that nothing is left for `labcore cleanup`, and has
+    sent its client the exit code (137, as `docker run` reports a SIGKILL)."""
+    runs = list(_runs)
+    for run in runs:
         run.hang_up()
-    for run in list(_runs):
-        run.closed.wait(seconds)
+    for run in runs:
+        run.done.wait(seconds)
 
 
 class Hangup:
@@ -189,7 +194,7 @@ class Hangup:
         import threading
         self.connection, self.pidfd, self.container, self.gone = connection, None, None, False
         self.lock = threading.Lock()
-        self.closed = threading.Event()
+        self.done = threading.Event()       # set by finish, once the client has its exit code
         self.wake_read, self.wake_write = os.pipe()
         self.thread = threading.Thread(target=self._watch, name="labcore run hangup", daemon=True)
         self.thread.start()
@@ -232,5 +237,8 @@ class Hangup:
             for fd in (self.wake_read, self.wake_write, *([self.pidfd] if self.pidfd is not None else [])):
                 os.close(fd)
             self.pidfd = self.container = None
+
+    def finish(self) -> None:
+        """The run is over and its client has the exit code: nothing of it is left for stop_runs to wait on."""
         _runs.discard(self)
-        self.closed.set()
+        self.done.set()

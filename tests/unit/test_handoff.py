@@ -96,7 +96,25 @@ def test_a_client_that_hangs_up_gets_its_container_killed(sleeper):
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     hangup.close()
+    hangup.finish()
     labd_end.close()
+
+
+def test_a_stopping_labd_waits_until_each_client_has_its_exit_code_not_only_until_the_run_closed():
+    # A run closes its watch, then sends the code: labd must not exit in between (CI saw 125 for 137 once).
+    import threading
+    labd_end, client_end = socket.socketpair()
+    hangup = handoff.Hangup(labd_end)
+    hangup.close()                                     # the run has ended and closed its watch...
+    stopping = threading.Thread(target=handoff.stop_runs, kwargs={"seconds": 30})
+    stopping.start()
+    stopping.join(0.2)
+    assert stopping.is_alive()                         # ...but has not sent the code yet: labd waits
+    hangup.finish()                                    # run_for's last step, after the code went out
+    stopping.join(5)
+    assert not stopping.is_alive()
+    labd_end.close()
+    client_end.close()
 
 
 def test_a_run_that_ends_first_kills_nothing_even_when_the_client_leaves_afterwards(sleeper):
@@ -105,6 +123,7 @@ def test_a_run_that_ends_first_kills_nothing_even_when_the_client_leaves_afterwa
     hangup = handoff.Hangup(labd_end)
     hangup.started(types.SimpleNamespace(pid=pid, exit_code=None))
     hangup.close()                                     # the run is over
+    hangup.finish()
     client_end.close()
     assert os.waitpid(pid, os.WNOHANG) == (0, 0)       # still running: nobody signalled it
     os.kill(pid, signal.SIGTERM)
@@ -122,6 +141,7 @@ def test_a_client_gone_before_the_start_gets_the_container_killed_as_it_starts(s
     _, status = os.waitpid(pid, 0)
     assert os.WTERMSIG(status) == signal.SIGKILL
     hangup.close()
+    hangup.finish()
     labd_end.close()
 
 
@@ -138,4 +158,5 @@ def test_without_pidfd_open_the_pid_of_a_run_not_yet_reaped_is_killed(sleeper, m
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     hangup.close()
+    hangup.finish()
     labd_end.close()
