@@ -83,6 +83,7 @@ class Container:
     cgroup: object = None               # labcore.kernel.cgroups.Group, when the container has one
     cgroup_manager: object = None       # the labcore.kernel.cgroups.Manager that made it, which removes it
     moving: object = None               # labcore.kernel.cgroups.Move: the shim on its way into the group
+    moving_itself: list = field(default_factory=list)   # or the files through which the shim moves itself
     endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
     endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
     resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
@@ -168,7 +169,7 @@ def unshare_shim(container: Container, stdio: "Stdio") -> None:
     process's child."""
     join = prepare_network(container)         # outside the window: the user-mode network's holder, orphaned on
     with adopting_orphans():                  # purpose, must go to init, not become this process's zombie
-        container.shim.send((join, container.plan.layers))
+        container.shim.send((join, container.plan.layers, container.moving_itself))
         container.pid = container.shim.recv()
         try:
             container.process_entries.append(record_process(container.scope, container.pid))
@@ -229,21 +230,27 @@ def join_cgroup(container: Container, pid: int) -> None:
     only the devices one when nothing else is limited: eight hierarchies to mkdir, join and rmdir are a tenth
     of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace).
 
-    The move itself runs beside the next steps (``labcore.kernel.cgroups.Move``): the kernel sleeps through an
-    RCU grace period first, 13 to 30 ms after a quiet spell here, while the layers are made, the shim unshares
-    and pid 1 builds its root. ``finish_joining_cgroup`` waits for it before pid 1 may go on to its cgroupfs."""
+    Who moves the shim: writing its pid to cgroup.procs makes the kernel sleep through an RCU grace period
+    first, 13 to 30 ms after a quiet spell here (``labcore.kernel.cgroups.Move``). On v1 the shim moves itself
+    instead, as it unshares (``_shim``): a process moving its only thread skips that wait
+    (``labcore.kernel.cgroups.move_oneself``). Elsewhere the move runs in a thread, beside the next steps: the
+    layers, the shim's unshare, pid 1's root. ``finish_joining_cgroup`` waits for it before pid 1 may go on to
+    its cgroupfs."""
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
         container.cgroup_manager = manager = open_manager()
         container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
-        container.moving = manager.start_adding(container.cgroup, pid)
+        container.moving_itself = manager.files_to_move_oneself(container.cgroup) or []
+        if not container.moving_itself:
+            container.moving = manager.start_adding(container.cgroup, pid)
 
 
 def finish_joining_cgroup(container: Container) -> None:
     """Wait for the shim's move; then move pid 1, which it may have forked before it was moved itself (a
-    move right after another is quick: the grace period is behind it). Then tell pid 1 to go on: its cgroup
-    namespace comes next (``enter_cgroup_namespace``), rooted in the container's group."""
+    move right after another is quick: the grace period is behind it). A shim that moved itself forked pid 1
+    inside the group. Then tell pid 1 to go on: its cgroup namespace comes next (``enter_cgroup_namespace``),
+    rooted in the container's group."""
     if container.moving is not None:
         moving, container.moving = container.moving, None
         moving.wait()
@@ -509,8 +516,12 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
 # --- inside: the shim and pid 1. They never print and leave by os._exit. --------------------------------
 
 def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
-    """Unshare the namespaces, fork pid 1, and exit the way pid 1 exits."""
-    join, plan.layers = channel.recv()              # the parent's go-ahead, and what it made since the fork
+    """Move into the container's cgroup where it may itself, unshare the namespaces, fork pid 1, and exit the
+    way pid 1 exits."""
+    join, plan.layers, cgroup_files = channel.recv()  # the parent's go-ahead, and what it made since the fork
+    if cgroup_files:
+        from labcore.kernel.cgroups import move_oneself
+        move_oneself(cgroup_files)                  # first: pid 1 is born in the group (join_cgroup says why)
     if join:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(SHIM_NAMESPACES & ~plan.shared)  # as root there or here; else inside a new user namespace

@@ -18,6 +18,7 @@ lab does not pin containers. Next: ``labcore.kernel.cgroups.v2``, the same inter
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_device_counters, read_int,
@@ -34,6 +35,14 @@ class V1Manager(Manager):
     def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
         return {c: self.layout.v1[c] / name for c in CONTROLLERS
                 if c in self.layout.v1 and (controllers is None or c in controllers)}
+
+    def files_to_move_oneself(self, group: Group) -> list[Path] | None:
+        """Each hierarchy's tasks file, on a kernel that moves a thread writing "0" there without the global
+        lock (``labcore.kernel.cgroups.move_oneself``, Linux 5.11); None before, where ``Move`` overlaps the
+        wait instead of making the mover sit through it."""
+        if not kernel_at_least(5, 11):
+            return None
+        return [directory / "tasks" for directory in dict.fromkeys(group.dirs.values())]
 
     def controllers_for(self, limits):
         """Only the devices hierarchy for a container that has nothing but Docker's device list: one mkdir
@@ -170,3 +179,12 @@ def _read_root(point: str) -> dict[str, str]:
         if path.is_file():
             files[path.name] = path.read_text().strip() if path.name.startswith(("net_cls.", "net_prio.")) else ""
     return files
+
+
+def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    """Whether the running kernel (``release``: its uname, e.g. "6.1.0-57-amd64") is ``major.minor`` or later."""
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
