@@ -12,10 +12,11 @@ and why:
                       in its own mount namespace, so the host has nothing to undo
     fork_child        the shim, still in every namespace of the host
     join_cgroup       the limits; the shim's pid in cgroup.procs
-    unshare           new namespaces; pid 1 forked into them, waiting for orders. `labcore run` overlaps the
-                      two: the kernel's first move into a cgroup sleeps 5-10 ms (``labcore.kernel.cgroups.Move``),
-                      so the shim unshares all but the cgroup namespace meanwhile, and pid 1 unshares that one
-                      itself once it is in its group
+    unshare           new namespaces; pid 1 forked into them, waiting for orders. On cgroup v1 `labcore run`'s
+                      shim moves itself into its group first (``labcore.kernel.cgroups.move_oneself``: no wait);
+                      on v2 it overlaps the two: the kernel's first move into a cgroup sleeps 13 to 30 ms
+                      (``labcore.kernel.cgroups.Move``), so the shim unshares all but the cgroup namespace
+                      meanwhile, and pid 1 unshares that one itself once it is in its group
     connect_network   a veth pair from the bridge into pid 1's network namespace
     publish           a host port relayed to the container's address
     pivot_root        pid 1 roots itself in the merged overlay

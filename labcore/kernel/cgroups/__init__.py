@@ -425,8 +425,9 @@ class Move:
     &cgroup_threadgroup_rwsem)`` (kernel/cgroup/cgroup.c, cgroup_attach_lock), which first waits for an RCU
     grace period (rcu_sync_enter, kernel/rcu/sync.c): 13 to 30 ms asleep on this machine, 0.2 ms when another
     move came just before (bench/). A container start gives that wait work to overlap: the layers, the shim's
-    unshare and pid 1's whole root (``labcore.runtime.container.join_cgroup``). ``wait()`` joins the thread and
-    raises what the write raised."""
+    unshare and pid 1's whole root (``labcore.runtime.container.join_cgroup``); where the process can move
+    itself instead, there is no wait at all (``move_oneself``, v1). ``wait()`` joins the thread and raises what
+    the write raised."""
 
     def __init__(self, manager: "Manager", group: Group, pid: int):
         self.error: BaseException | None = None

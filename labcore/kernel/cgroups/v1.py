@@ -2,7 +2,8 @@
 
 On v1 (Documentation/admin-guide/cgroup-v1/) every controller is a separate mount, so one container's group
 is several directories with the same name: /sys/fs/cgroup/memory/labcore/labcore-<id>,
-/sys/fs/cgroup/cpu/labcore/labcore-<id>, ... and its pid is written into each one's cgroup.procs.
+/sys/fs/cgroup/cpu/labcore/labcore-<id>, ... and its pid is written into each one's cgroup.procs, or the shim
+writes "0" into each one's tasks to move itself (``labcore.kernel.cgroups.move_oneself``).
 
     cpu       cpu.cfs_quota_us / cfs_period_us (a share of a core), cpu.shares   scheduler/sched-bwc.rst
     cpuacct   cpuacct.usage: CPU time used, in ns                               cgroup-v1/cpuacct.rst
