@@ -262,6 +262,12 @@ def filesystems(root: str = PROC) -> set[str]:
     return {line.split()[-1] for line in Path(root, "filesystems").read_text().splitlines() if line.strip()}
 
 
+def kernel_version(release: str | None = None) -> tuple[int, ...]:
+    """(major, minor) of a kernel release, "6.1.0-57-amd64" -> (6, 1); by default the running kernel's
+    (kernel.osrelease, as uname(2) gives it). () where it names no version: older than any."""
+    return tuple(int(part) for part in re.findall(r"\d+", release or os.uname().release)[:2])
+
+
 def sysctl_path(name: str, root: str = PROC) -> str:
     """/proc/sys/a/b/c for the sysctl a.b.c (sysctl(8)); per network namespace under net/."""
     return os.path.join(root, "sys", *name.split("."))

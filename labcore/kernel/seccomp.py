@@ -28,12 +28,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labcore import paths
 from labcore.errors import BadInput, NotSupportedHere
+from labcore.kernel import procfs
 
 DEFAULT_PROFILE = Path(__file__).parent / "profiles" / "seccomp-default.json"
 EPERM = 1
@@ -97,16 +97,12 @@ def load_profile(path: str | Path | None = None) -> Profile:
     return profile
 
 
-def _kernel_version(release: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", release)[:2])
-
-
 def rules_for(profile: Profile, capabilities, machine: str | None = None, kernel: str | None = None) -> list[Rule]:
     """The entries that apply to a container holding ``capabilities`` on this architecture and kernel."""
     # os.uname(), not the platform module: the same fields, without importing it (and its regexes) per process.
     machine, kernel = machine or os.uname().machine, kernel or os.uname().release
     arch = GOARCH.get(machine, machine)
-    version = _kernel_version(kernel)
+    version = procfs.kernel_version(kernel)
     held = set(capabilities)
     rules = []
     for entry in profile.syscalls:
@@ -115,7 +111,7 @@ def rules_for(profile: Profile, capabilities, machine: str | None = None, kernel
             continue
         if includes.get("caps") and not set(includes["caps"]) <= held:
             continue
-        if includes.get("minKernel") and version < _kernel_version(includes["minKernel"]):
+        if includes.get("minKernel") and version < procfs.kernel_version(includes["minKernel"]):
             continue
         if arch in (excludes.get("arches") or []) or held & set(excludes.get("caps") or []):
             continue

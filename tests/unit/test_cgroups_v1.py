@@ -231,20 +231,14 @@ def test_add_writes_the_pid_to_every_hierarchy(fake, fake_tree_scope):
     assert {value for _, value in fake.writes} == {"4242"}
 
 
-@pytest.mark.parametrize("release, at_least", [("6.1.0-57-amd64", True), ("5.11.0", True), ("5.10.0-28-amd64", False),
-                                              ("4.18.0-553.el8_10.x86_64", False), ("weird", False)])
-def test_the_kernel_release_decides_whether_a_shim_may_move_itself(release, at_least):
-    assert cgroups.v1.kernel_at_least(5, 11, release) is at_least
-
-
 def test_a_shim_moves_itself_through_the_tasks_file_of_each_hierarchy_of_its_group(fake, fake_tree_scope,
                                                                                    monkeypatch):
     group = fake.manager.create("labcore-p", fake_tree_scope)
-    monkeypatch.setattr(cgroups.v1, "kernel_at_least", lambda major, minor: True)
+    monkeypatch.setattr(cgroups.v1.procfs, "kernel_version", lambda: (5, 11))
     files = fake.manager.files_to_move_oneself(group)
     assert sorted(str(path.relative_to(fake.root)) for path in files) == sorted(
         f"sys/fs/cgroup/{c}/labcore/labcore-p/tasks" for c in cgroups.v1.CONTROLLERS)
-    monkeypatch.setattr(cgroups.v1, "kernel_at_least", lambda major, minor: False)
+    monkeypatch.setattr(cgroups.v1.procfs, "kernel_version", lambda: (5, 10))
     assert fake.manager.files_to_move_oneself(group) is None            # before 5.11: the overlapped Move
 
 

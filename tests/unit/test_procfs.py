@@ -110,3 +110,10 @@ def test_tcp_listeners_read_both_tables_and_only_listening_rows():
     found = procfs.tcp_listeners(1, root=ROOT)
     assert [str(listener) for listener in found] == ["0.0.0.0:80", "127.0.0.1:18080", "*:8080", "[::1]:22"]
     assert [listener.inode for listener in found] == [31337, 31338, 31340, 31341]       # the connected row is not
+
+
+@pytest.mark.parametrize("release, version", [("6.1.0-57-amd64", (6, 1)), ("5.11.0", (5, 11)),
+                                              ("4.18.0-553.el8_10.x86_64", (4, 18)), ("4.8", (4, 8)), ("weird", ())])
+def test_a_kernel_release_is_read_as_major_and_minor(release, version):
+    # Compared as tuples: () is older than any (seccomp's minKernel, the shim's own cgroup move from 5.11).
+    assert procfs.kernel_version(release) == version

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labcore.kernel.cgroups import Group, Manager, open_manager, read_text
+from labcore.kernel.cgroups import Group, Manager, open_manager, read_keyed, read_text
 from labcore.kernel.cgroups.limits import Limits, parse_run_limits
 from labcore.errors import LabError
 from labcore.kernel.journal import Journal, Scope
@@ -145,7 +145,7 @@ def kill_subtree(directory: Path, seconds: float = 10.0) -> None:
     while time.monotonic() < deadline:
         pids = [pid for here in [directory, *descendants(directory)]
                 for pid in (read_text(here / "cgroup.procs") or "").split()]
-        if not pids and not populated(directory):
+        if not pids and not read_keyed(directory / "cgroup.events").get("populated"):    # v1: no such file
             return
         for pid in pids:
             try:
@@ -154,9 +154,3 @@ def kill_subtree(directory: Path, seconds: float = 10.0) -> None:
                 pass
         time.sleep(0.05)
 
-
-def populated(directory: Path) -> bool:
-    """v2's word on whether any live process is left in the group or below it; v1 has no such file (False:
-    its callers go by cgroup.procs there)."""
-    events = read_text(directory / "cgroup.events") or ""
-    return "populated 1" in events.splitlines()

@@ -19,9 +19,9 @@ lab does not pin containers. Next: ``labcore.kernel.cgroups.v2``, the same inter
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from labcore.kernel import procfs
 from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_device_counters, read_int,
                                     read_keyed, read_text, write)
 
@@ -41,7 +41,7 @@ class V1Manager(Manager):
         """Each hierarchy's tasks file, on a kernel that moves a thread writing "0" there without the global
         lock (``labcore.kernel.cgroups.move_oneself``, Linux 5.11); None before, where ``Move`` overlaps the
         wait instead of making the mover sit through it."""
-        if not kernel_at_least(5, 11):
+        if procfs.kernel_version() < (5, 11):
             return None
         return [directory / "tasks" for directory in dict.fromkeys(group.dirs.values())]
 
@@ -159,7 +159,6 @@ def read_hierarchy_root(controllers: str = "net_cls,net_prio") -> dict[str, str]
 
 def mounted_hierarchy(controllers: str) -> str | None:
     """Where this mount namespace has a v1 hierarchy with all of ``controllers`` mounted, or None."""
-    from labcore.kernel import procfs
     wanted = set(controllers.split(","))
     return next((mount.point for mount in procfs.mountinfo("self")
                  if mount.fstype == "cgroup" and wanted <= set(mount.super_options.split(","))), None)
@@ -181,11 +180,3 @@ def _read_root(point: str) -> dict[str, str]:
             files[path.name] = path.read_text().strip() if path.name.startswith(("net_cls.", "net_prio.")) else ""
     return files
 
-
-def kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
-    """Whether the running kernel (``release``: its uname, e.g. "6.1.0-57-amd64") is ``major.minor`` or later."""
-    numbers = (release or os.uname().release).split("-")[0].split(".")
-    try:
-        return (int(numbers[0]), int(numbers[1])) >= (major, minor)
-    except (ValueError, IndexError):
-        return False
