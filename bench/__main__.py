@@ -30,7 +30,7 @@ ROWS = [
     ("unshare", "(b) unshare --fork --pid --mount --uts --ipc --net chroot", peers.unshare_chroot),
     ("bwrap", "(c) bwrap --unshare-all --bind ROOTFS / --proc --dev", peers.bubblewrap),
     ("wrapper", "crun's wrapper alone: unshare -m sh -c 'umount cgroup2; exec true'", peers.crun_wrapper),
-    ("crun", "(d) crun run, inside that wrapper", peers.crun),
+    ("crun", "(d) crun run, inside that wrapper on a hybrid host", peers.crun),
     ("runc", "(e) runc run", peers.runc),
     ("docker", "(f) docker run --rm --network none busybox", peers.docker_run),
     ("cli", "(g) labcore run --rm --network none busybox (whole process)", peers.labcore_cli),

@@ -146,22 +146,27 @@ def bubblewrap(ws: Workspace) -> Callable[[], None]:
 
 
 # crun 1.8 refuses a hybrid host ("cgroups in hybrid mode not supported, drop all controllers from
-# cgroupv2"): it sees the cgroup2 mount at /sys/fs/cgroup/unified. Each run therefore starts in a private
-# mount namespace of its own where that mount is gone; the host's mount table is untouched.
-HIDE_UNIFIED = ["unshare", "--mount", "sh", "-c", 'umount /sys/fs/cgroup/unified && exec "$0" "$@"']
+# cgroupv2"): it sees the cgroup2 mount at /sys/fs/cgroup/unified. Each run there therefore starts in a private
+# mount namespace of its own where that mount is gone; the host's mount table is untouched. A v1-only or v2
+# host needs no wrapper.
+UNIFIED = "/sys/fs/cgroup/unified"
+HIDE_UNIFIED = ["unshare", "--mount", "sh", "-c", f'umount {UNIFIED} && exec "$0" "$@"']
 
 
 def crun_wrapper(ws: Workspace) -> Callable[[], None]:
     """The wrapper alone, so that its share of crun's time can be read off."""
     need("unshare", "util-linux")
+    if not os.path.ismount(UNIFIED):
+        raise Missing(f"no wrapper on this host: crun runs as it is (no hybrid cgroup2 mount at {UNIFIED})")
     return command(lambda: HIDE_UNIFIED + ["/bin/true"])
 
 
 def crun(ws: Workspace) -> Callable[[], None]:
     need("crun", "crun")
     state = ws.state_dir("crun")
-    return command(lambda: HIDE_UNIFIED + ["crun", "--root", str(state), "run", "--bundle", str(ws.bundle),
-                                           ws.unique("crun")])
+    wrapper = HIDE_UNIFIED if os.path.ismount(UNIFIED) else []
+    return command(lambda: wrapper + ["crun", "--root", str(state), "run", "--bundle", str(ws.bundle),
+                                      ws.unique("crun")])
 
 
 def runc(ws: Workspace) -> Callable[[], None]:

@@ -17,6 +17,7 @@ read in this package is what you read in the man pages:
     setgroups(2), setresgid(2), setresuid(2)   become the container's user   man 2 setresuid
     seccomp(2)      load a syscall filter (built by libseccomp)              man 2 seccomp
     bpf(2)          load and attach a cgroup v2 device program               man 2 bpf
+    clone3(2)       fork, the child born in a cgroup (CLONE_INTO_CGROUP)     man 2 clone3
 
 Python has ``os.unshare``/``os.setns`` from 3.12; on older versions they are called through ctypes. No other
 module in the package uses ctypes for privileged work: everything goes through the functions below, which
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
+import signal
 import struct
 
 from labcore.errors import from_oserror
@@ -46,6 +49,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_INTO_CGROUP = 0x200000000     # clone3(2) only: the flag word is 64 bits there (Linux 5.7)
 
 # <linux/mount.h>: mount(2) flags.
 MS_RDONLY = 0x1
@@ -76,7 +80,8 @@ _PRCTL_NAMES = {PR_SET_KEEPCAPS: "PR_SET_KEEPCAPS", PR_CAPBSET_DROP: "PR_CAPBSET
                 PR_SET_NO_NEW_PRIVS: "PR_SET_NO_NEW_PRIVS", PR_GET_NO_NEW_PRIVS: "PR_GET_NO_NEW_PRIVS",
                 PR_CAP_AMBIENT: "PR_CAP_AMBIENT", PR_SET_CHILD_SUBREAPER: "PR_SET_CHILD_SUBREAPER"}
 # <asm/unistd_64.h>, <asm-generic/unistd.h>: calls glibc has no wrapper for.
-_SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321}, "aarch64": {"pivot_root": 41, "bpf": 280}}
+_SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321, "clone3": 435},
+                    "aarch64": {"pivot_root": 41, "bpf": 280, "clone3": 435}}
 
 
 def syscall_number(name: str) -> int:
@@ -124,6 +129,7 @@ class Kernel:
         # dlopen(NULL): the symbols already loaded, libc's among them (dlopen(3)). ctypes.util.find_library
         # would run `ldconfig -p` in a subprocess, in every container's shim: a fork and exec a start.
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._python = None             # the same, called holding the GIL: for clone3 (clone_into_cgroup)
 
     def _check(self, result: int, syscall: str, path: str | None = None) -> None:
         if result != 0:
@@ -262,6 +268,42 @@ class Kernel:
             self._check(result, name)
         return result
 
+    def clone_into_cgroup(self, cgroup_fd: int) -> int:
+        """fork(2), the child born in the cgroup v2 group whose directory ``cgroup_fd`` opens: clone3(2) with
+        CLONE_INTO_CGROUP and SIGCHLD, nothing shared. 0 in the child, its pid in the parent.
+
+        Around the call, Python's own fork hooks, as os.fork runs them (Modules/posixmodule.c, os_fork_impl):
+        PyOS_BeforeFork, then PyOS_AfterFork_Child or _Parent (the import lock, the threading module's state,
+        os.register_at_fork's callbacks). The call is made holding the GIL (a PyDLL function), as os.fork holds
+        it. What a bare clone3 skips is glibc's own fork work: taking malloc's and stdio's locks so that no
+        other thread holds one in the child. So it is for a process with one thread, such as the shim."""
+        if self._python is None:
+            self._python = ctypes.PyDLL(None, use_errno=True)       # calls through it keep the GIL held
+            for hook in ("PyOS_BeforeFork", "PyOS_AfterFork_Child", "PyOS_AfterFork_Parent"):
+                getattr(self._python, hook).restype = None
+        # struct clone_args <linux/sched.h>, CLONE_ARGS_SIZE_VER2: flags, pidfd, child_tid, parent_tid,
+        # exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+        args = ctypes.create_string_buffer(struct.pack("=11Q", CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD,
+                                                       0, 0, 0, 0, 0, cgroup_fd), 88)
+        self._python.PyOS_BeforeFork()
+        pid = self._python.syscall(ctypes.c_long(syscall_number("clone3")), args, ctypes.c_size_t(88))
+        if pid == 0:
+            self._python.PyOS_AfterFork_Child()
+            return 0
+        code = ctypes.get_errno()
+        self._python.PyOS_AfterFork_Parent()
+        if pid < 0:
+            raise from_oserror(OSError(code, os.strerror(code)), "clone3(CLONE_INTO_CGROUP)",
+                               os.readlink(f"/proc/self/fd/{cgroup_fd}"))
+        return pid
+
+    def clone3_allowed(self) -> bool:
+        """clone3(NULL, 0) answers EINVAL (no arguments) where the kernel has the call and lets this process
+        make it; ENOSYS before Linux 5.3, and where a seccomp filter answers for it, as Docker's default profile
+        does so that glibc falls back to clone(2)."""
+        result = self._libc.syscall(ctypes.c_long(syscall_number("clone3")), None, ctypes.c_size_t(0))
+        return result < 0 and ctypes.get_errno() == errno.EINVAL
+
 
 class Recorder:
     """A fake kernel that records each call, for unit tests of step order without root.
@@ -290,7 +332,8 @@ class Recorder:
 
 
 _SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "sethostname", "mknod",
-             "set_interface_up", "prctl", "capset", "setgroups", "setresgid", "setresuid", "load_seccomp", "bpf")
+             "set_interface_up", "prctl", "capset", "setgroups", "setresgid", "setresuid", "load_seccomp", "bpf",
+             "clone3_allowed")          # not clone_into_cgroup: a fake fork would run the child's code here
 
 
 class Seam:
@@ -382,3 +425,17 @@ def load_seccomp(seccomp_filter) -> None:
 
 def bpf(command: int, attr: bytes, name: str = "bpf") -> int:
     return backend().bpf(command, attr, name)
+
+
+def clone_into_cgroup(cgroup_fd: int) -> int:
+    return backend().clone_into_cgroup(cgroup_fd)
+
+
+_clone3: dict[object, bool] = {}          # per backend: the answer does not change while a process lives
+
+
+def clone3_allowed() -> bool:
+    kernel = backend()
+    if kernel not in _clone3:
+        _clone3[kernel] = bool(kernel.clone3_allowed())
+    return _clone3[kernel]

@@ -536,11 +536,12 @@ def boot_marker(timeout: float | None = None) -> Step:
 
 def run_in_guest(command: list[str], share: str = "/", cwd: str = "/", env: dict | None = None,
                  disk_mb: int = 0, timeout: float = 600, memory_mb: int = 2048, cpus: int = 2,
-                 project: str | None = None) -> GuestResult:
+                 project: str | None = None, modules: tuple[str, ...] = ()) -> GuestResult:
     """Run ``command`` as root in a guest that sees ``share`` (read-only) as / and has only cgroup v2.
 
     Its /tmp is a tmpfs, or with ``disk_mb`` a fresh ext4 disk of that size (for block-I/O limits).
     ``project``, a directory of the host, is shared too, at the same path: visible even below /tmp.
+    ``modules``: kernel modules to load as well, e.g. ("overlay",) for a container's root.
     """
     if not isinstance(command, list) or not command or not all(isinstance(w, str) for w in command):
         raise BadInput(f"command must be a non-empty list of strings, like [\"cat\", \"/proc/mounts\"], "
@@ -548,7 +549,7 @@ def run_in_guest(command: list[str], share: str = "/", cwd: str = "/", env: dict
     if not os.path.isdir(share):
         raise BadInput(f"share must be a directory on this host, like \"/\", not {share!r}")
     kernel = ensure_kernel()
-    files = module_files(kernel, SHARE_MODULES + (DISK_MODULES if disk_mb else ()))
+    files = module_files(kernel, SHARE_MODULES + (DISK_MODULES if disk_mb else ()) + tuple(modules))
     init = command_init(command, cwd, list(files), env, disk=bool(disk_mb), project=project)
     accel, why = accelerator()
     lines = boot(kernel, init, accel, files=files, share=share, disk_mb=disk_mb, timeout=timeout,

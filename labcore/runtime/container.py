@@ -84,6 +84,7 @@ class Container:
     cgroup_manager: object = None       # the labcore.kernel.cgroups.Manager that made it, which removes it
     moving: object = None               # labcore.kernel.cgroups.Move: the shim on its way into the group
     moving_itself: list = field(default_factory=list)   # or the files through which the shim moves itself
+    forking_into: object = None         # or the group's directory (a Path) the shim forks pid 1 into
     endpoint: object = None             # labcore.kernel.network.Endpoint, on its first network
     endpoints: dict = field(default_factory=dict)     # network name -> Endpoint, eth0 first
     resolver: object = None             # labcore.runtime.dns.Resolver, on a user-defined network
@@ -169,7 +170,7 @@ def unshare_shim(container: Container, stdio: "Stdio") -> None:
     process's child."""
     join = prepare_network(container)         # outside the window: the user-mode network's holder, orphaned on
     with adopting_orphans():                  # purpose, must go to init, not become this process's zombie
-        container.shim.send((join, container.plan.layers, container.moving_itself))
+        container.shim.send((join, container.plan.layers, container.moving_itself, container.forking_into))
         container.pid = container.shim.recv()
         try:
             container.process_entries.append(record_process(container.scope, container.pid))
@@ -230,27 +231,29 @@ def join_cgroup(container: Container, pid: int) -> None:
     only the devices one when nothing else is limited: eight hierarchies to mkdir, join and rmdir are a tenth
     of a second a container (bench/). Rootless there is none (no device cgroup in a user namespace).
 
-    Who moves the shim: writing its pid to cgroup.procs makes the kernel sleep through an RCU grace period
-    first, 13 to 30 ms after a quiet spell here (``labcore.kernel.cgroups.Move``). On v1 the shim moves itself
-    instead, as it unshares (``_shim``): a process moving its only thread skips that wait
-    (``labcore.kernel.cgroups.move_oneself``). Elsewhere the move runs in a thread, beside the next steps: the
-    layers, the shim's unshare, pid 1's root. ``finish_joining_cgroup`` waits for it before pid 1 may go on to
+    Who puts pid 1 there: writing a pid to cgroup.procs makes the kernel sleep through an RCU grace period
+    first, 13 to 30 ms after a quiet spell here (``labcore.kernel.cgroups.Move``), and two ways skip it. On v1
+    the shim moves itself as it unshares (``_shim``): a process moving its only thread skips that wait
+    (``labcore.kernel.cgroups.move_oneself``). On v2 the shim forks pid 1 straight into the group (clone3's
+    CLONE_INTO_CGROUP, ``fork_pid1``). Where neither can, the move runs in a thread, beside the next steps: the
+    layers, the shim's unshare, pid 1's root; ``finish_joining_cgroup`` waits for it before pid 1 may go on to
     its cgroupfs."""
     limits = container.plan.limits
     if limits != type(limits)():
         from labcore.kernel.cgroups import open_manager
         container.cgroup_manager = manager = open_manager()
-        container.cgroup = manager.create_for_container(container.spec.id, limits, container.scope)
-        container.moving_itself = manager.files_to_move_oneself(container.cgroup) or []
-        if not container.moving_itself:
-            container.moving = manager.start_adding(container.cgroup, pid)
+        container.cgroup = group = manager.create_for_container(container.spec.id, limits, container.scope)
+        container.moving_itself = manager.files_to_move_oneself(group) or []      # v1
+        container.forking_into = manager.directory_to_fork_into(group)            # v2
+        if not (container.moving_itself or container.forking_into):
+            container.moving = manager.start_adding(group, pid)
 
 
 def finish_joining_cgroup(container: Container) -> None:
     """Wait for the shim's move; then move pid 1, which it may have forked before it was moved itself (a
-    move right after another is quick: the grace period is behind it). A shim that moved itself forked pid 1
-    inside the group. Then tell pid 1 to go on: its cgroup namespace comes next (``enter_cgroup_namespace``),
-    rooted in the container's group."""
+    move right after another is quick: the grace period is behind it). A shim that moved itself, or that
+    forked pid 1 into the group, has nothing to wait for. Then tell pid 1 to go on: its cgroup namespace comes
+    next (``enter_cgroup_namespace``), rooted in the container's group."""
     if container.moving is not None:
         moving, container.moving = container.moving, None
         moving.wait()
@@ -516,25 +519,29 @@ def _merge_env(base: list[str], extra: list[str]) -> list[str]:
 # --- inside: the shim and pid 1. They never print and leave by os._exit. --------------------------------
 
 def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
-    """Move into the container's cgroup where it may itself, unshare the namespaces, fork pid 1, and exit the
-    way pid 1 exits."""
-    join, plan.layers, cgroup_files = channel.recv()  # the parent's go-ahead, and what it made since the fork
+    """Move into the container's cgroup where it may itself, unshare the namespaces, fork pid 1 (into the
+    cgroup, on v2), and exit the way pid 1 exits."""
+    join, plan.layers, cgroup_files, cgroup_dir = channel.recv()   # the go-ahead, and what was made since the fork
     if cgroup_files:
         from labcore.kernel.cgroups import move_oneself
         move_oneself(cgroup_files)                  # first: pid 1 is born in the group (join_cgroup says why)
+    # Opened while the host's mounts are this process's; closed by pid 1's execve (O_CLOEXEC, os.open's default).
+    cgroup_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY) if cgroup_dir else None
     if join:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(SHIM_NAMESPACES & ~plan.shared)  # as root there or here; else inside a new user namespace
     syscalls.set_interface_up("lo")                 # a new net namespace has only lo, and it is down
-    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio), stay=False)
+    fork_pid1(channel, stdio.child_fds, lambda: _pid1(channel, plan, stdio), stay=False, cgroup_fd=cgroup_fd)
 
 
-def fork_pid1(channel: Channel, child_fds, pid1, stay: bool = True) -> None:
+def fork_pid1(channel: Channel, child_fds, pid1, stay: bool = True, cgroup_fd: int | None = None) -> None:
     """The shim's second half, after unshare (notebook 08's box forks its pid 1 here too): fork pid 1, which
     runs ``pid1()``; tell the parent its pid; then only reap it, and exit as it did. With ``stay=False``
-    (`labcore run`, labd) exit at once instead: the parent, a child subreaper, adopts pid 1 and reaps it."""
+    (`labcore run`, labd) exit at once instead: the parent, a child subreaper, adopts pid 1 and reaps it.
+    With ``cgroup_fd``, pid 1 is born in that cgroup v2 group (``syscalls.clone_into_cgroup``: the shim, a
+    fork, has one thread, as that call needs)."""
     hold, release = os.pipe()
-    pid = os.fork()
+    pid = os.fork() if cgroup_fd is None else syscalls.clone_into_cgroup(cgroup_fd)
     if pid == 0:
         os.close(release)
         os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time

@@ -11,12 +11,14 @@ and why:
                       (and its unshare must then come after, ``HOST_MOUNT``); `labcore run`'s pid 1 mounts it
                       in its own mount namespace, so the host has nothing to undo
     fork_child        the shim, still in every namespace of the host
-    join_cgroup       the limits; the shim's pid in cgroup.procs
-    unshare           new namespaces; pid 1 forked into them, waiting for orders. On cgroup v1 `labcore run`'s
-                      shim moves itself into its group first (``labcore.kernel.cgroups.move_oneself``: no wait);
-                      on v2 it overlaps the two: the kernel's first move into a cgroup sleeps 13 to 30 ms
-                      (``labcore.kernel.cgroups.Move``), so the shim unshares all but the cgroup namespace
-                      meanwhile, and pid 1 unshares that one itself once it is in its group
+    join_cgroup       the limits; the shim's pid in cgroup.procs (or a way in that skips the write: below)
+    unshare           new namespaces; pid 1 forked into them, waiting for orders. The kernel's first move
+                      into a cgroup sleeps 13 to 30 ms (``labcore.kernel.cgroups.Move``), which `labcore run`
+                      skips: on cgroup v1 its shim moves itself into its group first
+                      (``labcore.kernel.cgroups.move_oneself``), on v2 it forks pid 1 straight into the group
+                      (clone3's CLONE_INTO_CGROUP). Where neither can, it overlaps the two: the shim unshares
+                      all but the cgroup namespace meanwhile, and pid 1 unshares that one itself once it is in
+                      its group
     connect_network   a veth pair from the bridge into pid 1's network namespace
     publish           a host port relayed to the container's address
     pivot_root        pid 1 roots itself in the merged overlay

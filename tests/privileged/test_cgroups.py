@@ -152,6 +152,58 @@ def test_container_group_is_made_limited_joined_and_removed():
     child.stop()
 
 
+def managers_to_start_in():
+    """This host's manager; on a hybrid host also the v2 backend on its controller-less cgroup2 mount, where
+    clone3's CLONE_INTO_CGROUP works as on a v2 host (the device list is a BPF program there too). Each is
+    skipped here, at collection, where it cannot start a container whose pid 1 is born in its group: a test
+    skipped from inside would fail ``no_cgroup_left``."""
+    from labcore.kernel.cgroups import Group, Layout
+    from labcore.kernel.cgroups.v2 import V2Manager
+    from labcore.lessons import hosts
+    if LAYOUT == "none" or not can_limit():
+        return []
+    found = [(LAYOUT, open_manager)]
+    if LAYOUT == "hybrid" and os.geteuid() == 0:
+        found.append(("v2-on-hybrid", lambda: V2Manager(Layout("v2", {}, detect().v2))))
+    userns_refused = os.geteuid() != 0 and hosts.try_user_namespace()
+    params = []
+    for name, make_manager in found:
+        manager = make_manager()
+        probe = Group("labcore-probe", manager.hierarchy_dirs("labcore-probe"))
+        why = None
+        if userns_refused:
+            why = (f"a rootless container needs a user namespace: unshare(CLONE_NEWUSER) gives {userns_refused} "
+                   f"here (tests/vm's guest runs this in a chroot)")
+        elif not (manager.files_to_move_oneself(probe) or manager.directory_to_fork_into(probe)):
+            why = (f"pid 1 is born in its group on v1 from Linux 5.11 and on v2 from 5.7 where clone3 is allowed; "
+                   f"this host: {manager.version}, {os.uname().release}")
+        params.append(pytest.param(make_manager, id=name, marks=[pytest.mark.skip(reason=why)] if why else []))
+    return params
+
+
+@pytest.mark.parametrize("make_manager", managers_to_start_in())
+def test_pid_1_is_born_in_its_group_and_the_caller_writes_no_cgroup_procs(monkeypatch, busybox_image,
+                                                                          make_manager):
+    """No pid written to cgroup.procs (the wait it costs, labcore.kernel.cgroups.Move): on v1 the shim writes
+    "0" to its group's tasks files itself; on v2 it forks pid 1 straight into the group (clone3,
+    CLONE_INTO_CGROUP). Either way pid 1 is in the group from its birth, as the host's /proc/PID/cgroup says,
+    and inside, its cgroup namespace shows that group as "/"."""
+    from labcore.kernel import cgroups
+    from labcore.runtime import container
+    manager = make_manager()
+    monkeypatch.setattr(cgroups, "open_manager", lambda: manager)
+    written, real_write = [], cgroups.write
+    monkeypatch.setattr(cgroups, "write", lambda path, value: (written.append(path.name), real_write(path, value)))
+    # As root Docker's device list makes the group; rootless (a delegated v2 subtree) a limit has to.
+    spec = container.Spec("busybox", ["sh", "-c", "cat /proc/self/cgroup; sleep 1"], rm=True, network="none",
+                          limits={} if os.geteuid() == 0 else {"pids_limit": "64"})
+    seen = []
+    result = container.run(spec, on_start=lambda box: seen.append(Path(f"/proc/{box.pid}/cgroup").read_text()))
+    assert result.exit_code == 0 and "cgroup.procs" not in written, written
+    group_line = [line for line in seen[0].splitlines() if line.endswith(f"/labcore-{spec.id}")]
+    assert group_line and all(line.endswith(":/") for line in result.stdout.decode().split()), (seen, result)
+
+
 @pytest.mark.skipif(LAYOUT != "hybrid", reason=f"this host is {LAYOUT}: the tests above drive its own backend")
 def test_v2_backend_core_files_on_a_hybrid_hosts_cgroup2_mount():
     """A hybrid host's cgroup2 tree has no controllers, but mkdir, cgroup.procs, cgroup.freeze and

@@ -183,28 +183,11 @@ def test_pid_1_starts_with_no_signal_ignored_or_blocked_whatever_the_caller_igno
     assert "SigIgn:\t0000000000000000\n" in status and "SigBlk:\t0000000000000000\n" in status
 
 
-def test_on_v1_the_shim_moves_itself_and_pid_1_is_born_in_the_containers_group(monkeypatch):
-    """No pid written to cgroup.procs by this process (the wait it costs, labcore.kernel.cgroups.Move): the
-    shim writes "0" to the group's tasks file itself, and pid 1, forked after, is in the group, as the host's
-    /proc/PID/cgroup says (inside, its cgroup namespace shows that group as "/")."""
-    from labcore.kernel import cgroups
-    manager = cgroups.open_manager()
-    if manager.files_to_move_oneself(cgroups.Group("labcore-probe", {})) is None:     # the manager's own answer
-        pytest.skip(f"the shim moves itself on cgroup v1 with Linux 5.11 or later; this host: {manager.version}, "
-                    f"{os.uname().release}")
-    written, real_write = [], cgroups.write
-    monkeypatch.setattr(cgroups, "write", lambda path, value: (written.append(path.name), real_write(path, value)))
-    spec = container.Spec("busybox", ["sleep", "1"], rm=True, network="none")
-    seen = []
-    result = container.run(spec, on_start=lambda box: seen.append(Path(f"/proc/{box.pid}/cgroup").read_text()))
-    assert result.exit_code == 0 and "cgroup.procs" not in written
-    assert f"devices:/labcore/labcore-{spec.id}\n" in seen[0], seen
-
-
 @pytest.mark.parametrize("step", ["move", "record"])
 def test_a_start_that_fails_while_the_shim_is_being_moved_leaves_nothing(monkeypatch, step):
     """The move into the cgroup runs in a thread (labcore.kernel.cgroups.Move), or in the shim on v1
-    (move_oneself); a failure beside it, or in it, undoes the start: no zombie shim, no pid 1, no cgroup, no
+    (move_oneself); a failure beside it, or in it, undoes the start (pid 1 born into its group on v2:
+    test_cgroups.py): no zombie shim, no pid 1, no cgroup, no
     directory (the fixture checks the first and last)."""
     from labcore.kernel import cgroups
     if step == "move":

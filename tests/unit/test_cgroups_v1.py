@@ -240,6 +240,7 @@ def test_a_shim_moves_itself_through_the_tasks_file_of_each_hierarchy_of_its_gro
         f"sys/fs/cgroup/{c}/labcore/labcore-p/tasks" for c in cgroups.v1.CONTROLLERS)
     monkeypatch.setattr(cgroups.v1.procfs, "kernel_version", lambda: (5, 10))
     assert fake.manager.files_to_move_oneself(group) is None            # before 5.11: the overlapped Move
+    assert fake.manager.directory_to_fork_into(group) is None           # clone3 takes only a v2 group
 
 
 def test_stats_read_the_v1_files(fake, fake_tree_scope):

@@ -249,3 +249,18 @@ def test_root_makes_its_groups_at_the_top_and_v1_delegates_nothing():
     assert cgroups.find_delegation(v1, "4:memory:/user.slice\n", euid=0).base == ""
     found = cgroups.find_delegation(v1, "4:memory:/user.slice\n", euid=1001)
     assert not found.allowed and "cgroup v1" in found.fix
+
+
+def test_pid_1_is_forked_into_the_groups_directory_where_clone3_takes_a_cgroup(fake, fake_tree_scope, monkeypatch):
+    """CLONE_INTO_CGROUP came in Linux 5.7; Docker's default seccomp profile answers ENOSYS for clone3. Where
+    either rules it out, None: the overlapped Move. v1 has no such directory, and v2 no tasks file."""
+    group = fake.manager.create("labcore-f", fake_tree_scope)
+    monkeypatch.setattr(cgroups.v2.procfs, "kernel_version", lambda: (5, 7))
+    monkeypatch.setattr(cgroups.v2.syscalls, "clone3_allowed", lambda: True)
+    assert fake.manager.directory_to_fork_into(group) == fake.mount / "labcore/labcore-f"
+    assert fake.manager.files_to_move_oneself(group) is None
+    monkeypatch.setattr(cgroups.v2.syscalls, "clone3_allowed", lambda: False)
+    assert fake.manager.directory_to_fork_into(group) is None
+    monkeypatch.setattr(cgroups.v2.syscalls, "clone3_allowed", lambda: True)
+    monkeypatch.setattr(cgroups.v2.procfs, "kernel_version", lambda: (5, 6))
+    assert fake.manager.directory_to_fork_into(group) is None

@@ -1,9 +1,11 @@
 """The syscall seam: C names in messages, errors classified by errno, the recording fake."""
 import errno
+import os
+from pathlib import Path
 
 import pytest
 
-from labcore.errors import NeedsPrivilege, NotSupportedHere
+from labcore.errors import LabError, NeedsPrivilege, NotSupportedHere
 from labcore.kernel import syscalls
 
 
@@ -46,3 +48,26 @@ def test_real_kernel_error_names_the_syscall_its_flags_and_the_path(tmp_path):
     assert "MS_REC|MS_PRIVATE" in error.syscall
     assert error.path == str(missing)
     assert error.errno in (errno.ENOENT, errno.EPERM, errno.EINVAL)
+
+
+def test_clone_into_a_directory_that_is_no_cgroup_is_refused_naming_clone3_and_the_path(tmp_path):
+    """The kernel checks the fd before it forks anything (cgroup_get_from_file: EBADF): no child, an error
+    that names the call and the directory. Made for real: it needs no privilege."""
+    if not syscalls.clone3_allowed():
+        pytest.skip("clone3 is not allowed here (Linux before 5.3, or a seccomp profile answers ENOSYS)")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(LabError) as refused:
+            syscalls.clone_into_cgroup(fd)
+    finally:
+        os.close(fd)
+    assert refused.value.syscall == "clone3(CLONE_INTO_CGROUP)" and refused.value.path == str(tmp_path)
+    assert refused.value.errno == errno.EBADF
+    assert Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split() == []
+
+
+def test_whether_clone3_is_allowed_is_asked_once_per_kernel_and_a_fake_kernel_has_none():
+    recorder = syscalls.Recorder()
+    with syscalls.use(recorder):
+        assert syscalls.clone3_allowed() is False and syscalls.clone3_allowed() is False
+    assert recorder.names() == ["clone3_allowed"]

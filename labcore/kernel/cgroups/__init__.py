@@ -375,6 +375,11 @@ class Manager:
         (``move_oneself``); None where it cannot (v2: a thread moves on its own only within its domain)."""
         return None
 
+    def directory_to_fork_into(self, group: Group) -> Path | None:
+        """The directory of ``group`` for a fork to be born in without the wait (v2, ``V2Manager``); None
+        where there is none (v1: no clone3 into its hierarchies)."""
+        return None
+
     def procs(self, group: Group) -> list[int]:
         return [int(pid) for pid in (read_text(group.path / "cgroup.procs") or "").split()]
 
@@ -426,8 +431,8 @@ class Move:
     grace period (rcu_sync_enter, kernel/rcu/sync.c): 13 to 30 ms asleep on this machine, 0.2 ms when another
     move came just before (bench/). A container start gives that wait work to overlap: the layers, the shim's
     unshare and pid 1's whole root (``labcore.runtime.container.join_cgroup``); where the process can move
-    itself instead, there is no wait at all (``move_oneself``, v1). ``wait()`` joins the thread and raises what
-    the write raised."""
+    itself (``move_oneself``, v1) or be born in the group (``V2Manager.directory_to_fork_into``), there is no
+    wait at all. ``wait()`` joins the thread and raises what the write raised."""
 
     def __init__(self, manager: "Manager", group: Group, pid: int):
         self.error: BaseException | None = None

@@ -12,12 +12,17 @@ so ``labcore`` stays empty and the processes live in its children.
     (core)    cgroup.freeze, cgroup.events "frozen 1"
     devices   no files: a BPF_PROG_TYPE_CGROUP_DEVICE program decides (``labcore.kernel.cgroups.devices``)
 
+A process is put in a group by writing its pid to cgroup.procs, or born there: clone3(2)'s CLONE_INTO_CGROUP
+takes an fd of the group's directory (Linux 5.7), with the same permission checks as the write, made with the
+caller's credentials. The shim forks pid 1 that way (``directory_to_fork_into``).
+
 Next: ``labcore.lessons.control_groups`` enforces each controller and measures it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from labcore.kernel import procfs, syscalls
 from labcore.kernel.cgroups import (Group, Manager, NotSupportedHere, Stats, read_device_counters, read_int,
                                     read_keyed, read_text, write)
 
@@ -29,6 +34,15 @@ class V2Manager(Manager):
 
     def hierarchy_dirs(self, name: str, controllers=None) -> dict[str, Path]:
         return {"unified": self.layout.v2 / self.base / name}
+
+    def directory_to_fork_into(self, group: Group) -> Path | None:
+        """The group's directory, for the shim to fork pid 1 straight into it (clone3's CLONE_INTO_CGROUP,
+        ``labcore.kernel.syscalls.clone_into_cgroup``, as crun does): nobody writes cgroup.procs, so there is no
+        grace period to wait for (``labcore.kernel.cgroups.Move``). None before Linux 5.7, and where clone3 is
+        refused (Docker's default seccomp profile answers ENOSYS for it): there ``Move`` overlaps the wait."""
+        if procfs.kernel_version() < (5, 7) or not syscalls.clone3_allowed():
+            return None
+        return group.path
 
     def prepare_parent(self, name: str) -> None:
         """Enable the controllers in ``cgroup.subtree_control`` of every group from the top down to ``name``.
