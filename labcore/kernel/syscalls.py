@@ -38,6 +38,7 @@ import errno
 import os
 import signal
 import struct
+import sys
 
 from labcore.errors import from_oserror
 
@@ -86,6 +87,14 @@ _SYSCALL_NUMBERS = {"x86_64": {"pivot_root": 155, "bpf": 321, "clone3": 435},
 
 def syscall_number(name: str) -> int:
     return _SYSCALL_NUMBERS.get(os.uname().machine, _SYSCALL_NUMBERS["x86_64"])[name]
+
+
+def fd_path(fd: int) -> str | None:
+    """What an fd opens, for an error message (/proc/self/fd's link); None if that cannot be read."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 # <linux/sockios.h>, <net/if.h>: interface flags.
 SIOCGIFFLAGS = 0x8913
@@ -273,10 +282,12 @@ class Kernel:
         CLONE_INTO_CGROUP and SIGCHLD, nothing shared. 0 in the child, its pid in the parent.
 
         Around the call, Python's own fork hooks, as os.fork runs them (Modules/posixmodule.c, os_fork_impl):
-        PyOS_BeforeFork, then PyOS_AfterFork_Child or _Parent (the import lock, the threading module's state,
-        os.register_at_fork's callbacks). The call is made holding the GIL (a PyDLL function), as os.fork holds
-        it. What a bare clone3 skips is glibc's own fork work: taking malloc's and stdio's locks so that no
-        other thread holds one in the child. So it is for a process with one thread, such as the shim."""
+        the "os.fork" audit event, PyOS_BeforeFork, then PyOS_AfterFork_Child or _Parent (the import lock, the
+        threading module's state, os.register_at_fork's callbacks). The call is made holding the GIL (a PyDLL
+        function), as os.fork holds it, and nothing but the call runs between the hooks. What a bare clone3
+        skips is glibc's own fork work (sysdeps/nptl/_Fork.c): the pthread_atfork handlers, the child's robust
+        mutex list, its thread id in the thread's descriptor, and, with other threads, their locks (malloc's).
+        None of that matters to a process with one thread, such as the shim, whose child execs soon."""
         if self._python is None:
             self._python = ctypes.PyDLL(None, use_errno=True)       # calls through it keep the GIL held
             for hook in ("PyOS_BeforeFork", "PyOS_AfterFork_Child", "PyOS_AfterFork_Parent"):
@@ -285,16 +296,21 @@ class Kernel:
         # exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
         args = ctypes.create_string_buffer(struct.pack("=11Q", CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD,
                                                        0, 0, 0, 0, 0, cgroup_fd), 88)
+        number, size = ctypes.c_long(syscall_number("clone3")), ctypes.c_size_t(88)
+        sys.audit("os.fork")
         self._python.PyOS_BeforeFork()
-        pid = self._python.syscall(ctypes.c_long(syscall_number("clone3")), args, ctypes.c_size_t(88))
+        try:
+            pid = self._python.syscall(number, args, size)
+        except BaseException:               # a signal's handler raised: no child; let go of the import lock
+            self._python.PyOS_AfterFork_Parent()
+            raise
         if pid == 0:
             self._python.PyOS_AfterFork_Child()
             return 0
         code = ctypes.get_errno()
         self._python.PyOS_AfterFork_Parent()
         if pid < 0:
-            raise from_oserror(OSError(code, os.strerror(code)), "clone3(CLONE_INTO_CGROUP)",
-                               os.readlink(f"/proc/self/fd/{cgroup_fd}"))
+            raise from_oserror(OSError(code, os.strerror(code)), "clone3(CLONE_INTO_CGROUP)", fd_path(cgroup_fd))
         return pid
 
     def clone3_allowed(self) -> bool:

@@ -195,13 +195,14 @@ def test_pid_1_is_born_in_its_group_and_the_caller_writes_no_cgroup_procs(monkey
     written, real_write = [], cgroups.write
     monkeypatch.setattr(cgroups, "write", lambda path, value: (written.append(path.name), real_write(path, value)))
     # As root Docker's device list makes the group; rootless (a delegated v2 subtree) a limit has to.
-    spec = container.Spec("busybox", ["sh", "-c", "cat /proc/self/cgroup; sleep 1"], rm=True, network="none",
+    spec = container.Spec("busybox", ["sh", "-c", "cat /proc/self/cgroup && sleep 1"], rm=True, network="none",
                           limits={} if os.geteuid() == 0 else {"pids_limit": "64"})
     seen = []
     result = container.run(spec, on_start=lambda box: seen.append(Path(f"/proc/{box.pid}/cgroup").read_text()))
     assert result.exit_code == 0 and "cgroup.procs" not in written, written
     group_line = [line for line in seen[0].splitlines() if line.endswith(f"/labcore-{spec.id}")]
-    assert group_line and all(line.endswith(":/") for line in result.stdout.decode().split()), (seen, result)
+    inside = result.stdout.decode().split()
+    assert group_line and inside and all(line.endswith(":/") for line in inside), (seen, result)
 
 
 @pytest.mark.skipif(LAYOUT != "hybrid", reason=f"this host is {LAYOUT}: the tests above drive its own backend")

@@ -185,11 +185,11 @@ def test_pid_1_starts_with_no_signal_ignored_or_blocked_whatever_the_caller_igno
 
 @pytest.mark.parametrize("step", ["move", "record"])
 def test_a_start_that_fails_while_the_shim_is_being_moved_leaves_nothing(monkeypatch, step):
-    """The move into the cgroup runs in a thread (labcore.kernel.cgroups.Move), or in the shim on v1
-    (move_oneself); a failure beside it, or in it, undoes the start (pid 1 born into its group on v2:
-    test_cgroups.py): no zombie shim, no pid 1, no cgroup, no
-    directory (the fixture checks the first and last)."""
-    from labcore.kernel import cgroups
+    """The move into the cgroup runs in a thread (labcore.kernel.cgroups.Move), in the shim on v1
+    (move_oneself), or is pid 1's birth in its group on v2 (clone3 in the shim). A failure beside it, or in
+    it, undoes the start: no zombie shim, no pid 1, no cgroup, no directory (the fixture checks the first and
+    last)."""
+    from labcore.kernel import cgroups, syscalls
     if step == "move":
         real_write = cgroups.write
 
@@ -197,7 +197,11 @@ def test_a_start_that_fails_while_the_shim_is_being_moved_leaves_nothing(monkeyp
             if path.name in ("cgroup.procs", "tasks"):        # tasks: the shim's own move, in the fork
                 raise LabError("refused for the test", path=str(path))
             real_write(path, value)
+
+        def clone_into_cgroup(cgroup_fd):                     # v2: in the shim, as it forks pid 1
+            raise LabError("refused for the test", syscall="clone3(CLONE_INTO_CGROUP)")
         monkeypatch.setattr(cgroups, "write", write)
+        monkeypatch.setattr(syscalls, "clone_into_cgroup", clone_into_cgroup)
     else:
         def record_process(scope, pid):
             raise LabError("refused for the test")

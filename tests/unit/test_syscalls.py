@@ -51,19 +51,23 @@ def test_real_kernel_error_names_the_syscall_its_flags_and_the_path(tmp_path):
 
 
 def test_clone_into_a_directory_that_is_no_cgroup_is_refused_naming_clone3_and_the_path(tmp_path):
-    """The kernel checks the fd before it forks anything (cgroup_get_from_file: EBADF): no child, an error
-    that names the call and the directory. Made for real: it needs no privilege."""
+    """The kernel checks the fd before the child is ever seen (cgroup_can_fork, in copy_process, unwinds it:
+    EBADF from cgroup_get_from_file): no child, an error that names the call and the directory. Made for
+    real: it needs no privilege."""
     if not syscalls.clone3_allowed():
         pytest.skip("clone3 is not allowed here (Linux before 5.3, or a seccomp profile answers ENOSYS)")
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    before = children.read_text().split()
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(LabError) as refused:
-            syscalls.clone_into_cgroup(fd)
+            if syscalls.clone_into_cgroup(fd) == 0:
+                os._exit(0)                 # a child, against expectation: it must not run the rest of pytest
     finally:
         os.close(fd)
     assert refused.value.syscall == "clone3(CLONE_INTO_CGROUP)" and refused.value.path == str(tmp_path)
     assert refused.value.errno == errno.EBADF
-    assert Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split() == []
+    assert children.read_text().split() == before
 
 
 def test_whether_clone3_is_allowed_is_asked_once_per_kernel_and_a_fake_kernel_has_none():
