@@ -96,6 +96,7 @@ def fd_path(fd: int) -> str | None:
     except OSError:
         return None
 
+
 # <linux/sockios.h>, <net/if.h>: interface flags.
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
