@@ -480,9 +480,8 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
 
     def join(channel: Channel) -> None:
         from labcore.kernel.namespaces import enter_namespaces
-        if not config.get("rootless"):
-            from labcore.kernel.cgroups import join_cgroups_of
-            join_cgroups_of(record.pid)             # its limits and device list, before its cgroup namespace
+        from labcore.kernel.cgroups import join_cgroups_of
+        join_cgroups_of(record.pid, record.id)      # its limits and device list, before its cgroup namespace
         enter_namespaces(record.pid, kinds)
         pid = os.fork()
         if pid == 0:

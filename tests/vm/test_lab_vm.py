@@ -46,14 +46,16 @@ def test_the_lab_vm_is_a_plain_cgroup_v2_debian_host(tmp_path):
 
 def test_a_user_with_a_delegated_subtree_starts_a_container_whose_pid_1_is_born_in_its_group(tmp_path):
     """Rootless on cgroup v2, for real: the shim, inside its new user namespace, forks pid 1 straight into a
-    group of the user's delegated subtree (clone3's CLONE_INTO_CGROUP, checked with the shim's credentials).
+    group of the user's delegated subtree (clone3's CLONE_INTO_CGROUP, checked with the shim's credentials);
+    and a `labcore exec` into that container joins the group, so the container's limits hold for it too.
     The lab VM, unlike tests/vm's 9p guest, boots its own root (no chroot), so a user namespace can be made."""
     from tests.vm.test_cgroup_v2_guest import DELEGATE, STUDENT, summary_line
-    test = "tests/privileged/test_cgroups.py::test_pid_1_is_born_in_its_group_and_the_caller_writes_no_cgroup_procs"
+    tests = ("tests/privileged/test_cgroups.py::test_pid_1_is_born_in_its_group_and_the_caller_writes_no_cgroup_procs "
+             "tests/privileged/test_exec_cgroup.py")      # and `labcore exec` joins that group
     # uid 1001 has no passwd entry in the lab VM: no --init-groups (it looks the name up), no groups at all.
     script = DELEGATE + (f"as_student() {{ setpriv --reuid={STUDENT} --regid={STUDENT} --clear-groups "
                          f"env HOME=/tmp/student \"$@\"; }}\nchmod -R a+rX /lab\n"
-                         f"as_student .venv/bin/python -m pytest {test} -p no:cacheprovider -q -rs")
+                         f"as_student .venv/bin/python -m pytest {tests} -p no:cacheprovider -q -rs")
     result = labvm.run(script, tmp_path, timeout=1800, log=lambda text: None)
     assert result.exit_code == 0, result.output[-3000:]
-    assert summary_line(result.output).startswith("1 passed"), result.output[-3000:]
+    assert summary_line(result.output).startswith("2 passed"), result.output[-3000:]

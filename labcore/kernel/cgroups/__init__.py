@@ -393,8 +393,7 @@ class Manager:
     def create_for_container(self, container_id: str, limits, scope: Scope) -> Group:
         """The group of one container, `labcore-<id>`, with its limits in force; add its pid next."""
         self.check(limits)
-        name = container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
-        group = self.create(name, scope, controllers=self.controllers_for(limits))
+        group = self.create(container_group_name(container_id), scope, controllers=self.controllers_for(limits))
         self.apply(group, limits)
         return group
 
@@ -463,14 +462,21 @@ def move_oneself(files: list[Path]) -> None:
         write(path, 0)
 
 
-def join_cgroups_of(pid: int) -> None:
-    """Move the calling process into the lab's cgroups that ``pid`` is in, as `docker exec` puts its
-    process in the container's: it then counts against the container's limits and its device list.
-    /proc/PID/cgroup names each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
+def container_group_name(container_id: str) -> str:
+    """`labcore-<id>`: the name of a container's group, in every hierarchy."""
+    return container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
+
+
+def join_cgroups_of(pid: int, container_id: str) -> None:
+    """Move the calling process into the groups of container ``container_id`` that its pid 1, ``pid``, is
+    in, as `docker exec` puts its process in the container's: it then counts against the container's limits
+    and its device list. Where the container has no group of its own, pid 1 is in its creator's group, and so
+    is the caller: nothing to join there. /proc/PID/cgroup names each group from the reader's cgroup
+    namespace, the host's here (cgroups(7))."""
     layout = detect()
     for line in procfs.cgroups(pid):
-        if f"/{PARENT}/" not in line.path + "/":
-            continue                                  # not a group the lab made
+        if os.path.basename(line.path) != container_group_name(container_id):
+            continue                                  # not this container's own group
         if not line.controllers:
             base = layout.v2
         else:
