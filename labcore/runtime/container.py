@@ -480,10 +480,9 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
 
     def join(channel: Channel) -> None:
         from labcore.kernel.namespaces import enter_namespaces
-        from labcore.kernel.cgroups import join_cgroups_of
-        join_cgroups_of(record.pid, record.id)      # its limits and device list, before its cgroup namespace
+        cgroup_fd = join_container_cgroup(record)   # its limits and device list, before its cgroup namespace
         enter_namespaces(record.pid, kinds)
-        pid = os.fork()
+        pid = os.fork() if cgroup_fd is None else syscalls.clone_into_cgroup(cgroup_fd)
         if pid == 0:
             try:
                 attach_stdio(stdio.child_fds)
@@ -507,6 +506,26 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
     if stdio.mode == "tty":
         stdio.take_terminal(receive_fd(child.channel))
     return child
+
+
+def join_container_cgroup(record) -> int | None:
+    """The exec's way into its container's groups, the ways pid 1 went in (``join_cgroup``), for the same
+    reason: a pid written to cgroup.procs waits for a grace period first, 9 ms of a 21 ms exec here. This
+    process, the joiner, is a fork with one thread: on v1 it moves itself ("0" to tasks); on v2 it gets an fd
+    of the group's directory, to fork the command into; elsewhere it writes its own pid. None but that fd."""
+    from labcore.kernel import cgroups
+    group = cgroups.container_group_of(record.pid, record.id)
+    if group is None:
+        return None                                 # no group of its own: pid 1 is where this process is
+    manager = cgroups.open_manager()
+    files, directory = manager.files_to_move_oneself(group), manager.directory_to_fork_into(group)
+    if directory:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)   # named while the host's mounts are ours
+    if files:
+        cgroups.move_oneself(files)
+    else:
+        manager.add(group, os.getpid())
+    return None
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:

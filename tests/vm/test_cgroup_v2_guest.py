@@ -20,6 +20,7 @@ from tests.conftest import has, privileged
 
 ROOT = Path(__file__).resolve().parents[2]
 CGROUP_TESTS = ROOT / "tests" / "privileged" / "test_cgroups.py"
+EXEC_TEST = ROOT / "tests" / "privileged" / "test_exec_cgroup.py"     # `labcore exec` into a limited container
 STUDENT = 1001
 # What an administrator does to delegate (no systemd in the guest; systemd's Delegate= does the same): a
 # subtree with the controllers passed down, its directory and interface files chowned to the user, and the
@@ -80,7 +81,8 @@ def test_guest_mounts_only_cgroup2_with_every_controller(kernel, capsys):
 
 @pytest.mark.skipif(not CGROUP_TESTS.exists(), reason=f"{CGROUP_TESTS.relative_to(ROOT)} not written yet")
 def test_privileged_cgroup_tests_pass_on_cgroup_v2(kernel, capsys):
-    command = [sys.executable, "-m", "pytest", str(CGROUP_TESTS), "-p", "no:cacheprovider", "-q", "-rfEs"]
+    command = [sys.executable, "-m", "pytest", str(CGROUP_TESTS), str(EXEC_TEST), "-p", "no:cacheprovider", "-q",
+               "-rfEs"]
     # A disk for /tmp (where pytest's tmp_path lives), so the io controller has a device to throttle.
     result = vm.run_in_guest(command, cwd=str(ROOT), disk_mb=512, timeout=900, project=str(ROOT),
                              modules=("overlay",))      # a container's root: pid 1 born in its group

@@ -467,22 +467,22 @@ def container_group_name(container_id: str) -> str:
     return container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
 
 
-def join_cgroups_of(pid: int, container_id: str) -> None:
-    """Move the calling process into the groups of container ``container_id`` that its pid 1, ``pid``, is
-    in, as `docker exec` puts its process in the container's: it then counts against the container's limits
-    and its device list. Where the container has no group of its own, pid 1 is in its creator's group, and so
-    is the caller: nothing to join there. /proc/PID/cgroup names each group from the reader's cgroup
-    namespace, the host's here (cgroups(7))."""
-    layout = detect()
+def container_group_of(pid: int, container_id: str) -> Group | None:
+    """The groups of container ``container_id`` that its pid 1, ``pid``, is in, one directory per hierarchy;
+    None where it has none of its own (pid 1 is then in its creator's groups). `docker exec` puts its process
+    there too, so that it counts against the container's limits and its device list. /proc/PID/cgroup names
+    each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
+    layout, name, dirs = detect(), None, {}
     for line in procfs.cgroups(pid):
         if os.path.basename(line.path) != container_group_name(container_id):
             continue                                  # not this container's own group
+        name = line.path.lstrip("/")
         if not line.controllers:
-            base = layout.v2
-        else:
-            base = next((layout.v1[c] for c in line.controllers if c in layout.v1), None)
-        if base is not None:
-            write(base / line.path.lstrip("/") / "cgroup.procs", os.getpid())
+            dirs["unified"] = layout.v2 / name
+        for controller in line.controllers:
+            if controller in layout.v1:
+                dirs[controller] = layout.v1[controller] / name
+    return Group(name, dirs) if dirs else None
 
 
 # This process's manager for the host, and what it was made from: /proc/self/mountinfo and /proc/self/cgroup,
