@@ -512,7 +512,8 @@ def join_container_cgroup(record) -> int | None:
     """The exec's way into its container's groups, the ways pid 1 went in (``join_cgroup``), for the same
     reason: a pid written to cgroup.procs waits for a grace period first, 9 ms of a 21 ms exec here. This
     process, the joiner, is a fork with one thread: on v1 it moves itself ("0" to tasks); on v2 it gets an fd
-    of the group's directory, to fork the command into; elsewhere it writes its own pid. None but that fd."""
+    of the group's directory, to fork the command into (returned; None in every other case); elsewhere it
+    writes its own pid."""
     from labcore.kernel import cgroups
     group = cgroups.container_group_of(record.pid, record.id)
     if group is None:
