@@ -153,18 +153,24 @@ UNIFIED = "/sys/fs/cgroup/unified"
 HIDE_UNIFIED = ["unshare", "--mount", "sh", "-c", f'umount {UNIFIED} && exec "$0" "$@"']
 
 
+def crun_wrapper_argv() -> list[str]:
+    """HIDE_UNIFIED on a hybrid host, nothing elsewhere."""
+    return HIDE_UNIFIED if os.path.ismount(UNIFIED) else []
+
+
 def crun_wrapper(ws: Workspace) -> Callable[[], None]:
     """The wrapper alone, so that its share of crun's time can be read off."""
     need("unshare", "util-linux")
-    if not os.path.ismount(UNIFIED):
+    wrapper = crun_wrapper_argv()
+    if not wrapper:
         raise Missing(f"no wrapper on this host: crun runs as it is (no hybrid cgroup2 mount at {UNIFIED})")
-    return command(lambda: HIDE_UNIFIED + ["/bin/true"])
+    return command(lambda: wrapper + ["/bin/true"])
 
 
 def crun(ws: Workspace) -> Callable[[], None]:
     need("crun", "crun")
     state = ws.state_dir("crun")
-    wrapper = HIDE_UNIFIED if os.path.ismount(UNIFIED) else []
+    wrapper = crun_wrapper_argv()
     return command(lambda: wrapper + ["crun", "--root", str(state), "run", "--bundle", str(ws.bundle),
                                       ws.unique("crun")])
 

@@ -140,6 +140,7 @@ class Kernel:
         # would run `ldconfig -p` in a subprocess, in every container's shim: a fork and exec a start.
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._python = None             # the same, called holding the GIL: for clone3 (clone_into_cgroup)
+        self._clone3: bool | None = None  # clone3_allowed's answer: it does not change while a process lives
 
     def _check(self, result: int, syscall: str, path: str | None = None) -> None:
         if result != 0:
@@ -317,9 +318,11 @@ class Kernel:
     def clone3_allowed(self) -> bool:
         """clone3(NULL, 0) answers EINVAL (no arguments) where the kernel has the call and lets this process
         make it; ENOSYS before Linux 5.3, and where a seccomp filter answers for it, as Docker's default profile
-        does so that glibc falls back to clone(2)."""
-        result = self._libc.syscall(ctypes.c_long(syscall_number("clone3")), None, ctypes.c_size_t(0))
-        return result < 0 and ctypes.get_errno() == errno.EINVAL
+        does so that glibc falls back to clone(2). Asked once per process."""
+        if self._clone3 is None:
+            result = self._libc.syscall(ctypes.c_long(syscall_number("clone3")), None, ctypes.c_size_t(0))
+            self._clone3 = result < 0 and ctypes.get_errno() == errno.EINVAL
+        return self._clone3
 
 
 class Recorder:
@@ -448,11 +451,10 @@ def clone_into_cgroup(cgroup_fd: int) -> int:
     return backend().clone_into_cgroup(cgroup_fd)
 
 
-_clone3: dict[object, bool] = {}          # per backend: the answer does not change while a process lives
-
-
 def clone3_allowed() -> bool:
-    kernel = backend()
-    if kernel not in _clone3:
-        _clone3[kernel] = bool(kernel.clone3_allowed())
-    return _clone3[kernel]
+    return bool(backend().clone3_allowed())
+
+
+def fork(cgroup_fd: int | None = None) -> int:
+    """os.fork; with ``cgroup_fd``, the child born in that cgroup v2 group instead (``clone_into_cgroup``)."""
+    return os.fork() if cgroup_fd is None else clone_into_cgroup(cgroup_fd)

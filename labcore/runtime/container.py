@@ -482,7 +482,7 @@ def exec_in(record, request: dict, stdio: "Stdio") -> Child:
         from labcore.kernel.namespaces import enter_namespaces
         cgroup_fd = join_container_cgroup(record)   # its limits and device list, before its cgroup namespace
         enter_namespaces(record.pid, kinds)
-        pid = os.fork() if cgroup_fd is None else syscalls.clone_into_cgroup(cgroup_fd)
+        pid = syscalls.fork(cgroup_fd)
         if pid == 0:
             try:
                 attach_stdio(stdio.child_fds)
@@ -520,13 +520,9 @@ def join_container_cgroup(record) -> int | None:
         return None                                 # no group of its own: pid 1 is where this process is
     manager = cgroups.open_manager()
     files, directory = manager.files_to_move_oneself(group), manager.directory_to_fork_into(group)
-    if directory:
-        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)   # named while the host's mounts are ours
-    if files:
-        cgroups.move_oneself(files)
-    else:
+    if not (files or directory):
         manager.add(group, os.getpid())
-    return None
+    return cgroups.prepare_fork_into(files or [], directory)
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -541,11 +537,10 @@ def _shim(channel: Channel, plan: Plan, stdio: "Stdio") -> None:
     """Move into the container's cgroup where it may itself, unshare the namespaces, fork pid 1 (into the
     cgroup, on v2), and exit the way pid 1 exits."""
     join, plan.layers, cgroup_files, cgroup_dir = channel.recv()   # the go-ahead, and what was made since the fork
-    if cgroup_files:
-        from labcore.kernel.cgroups import move_oneself
-        move_oneself(cgroup_files)                  # first: pid 1 is born in the group (join_cgroup says why)
-    # Opened while the host's mounts are this process's; closed by pid 1's execve (O_CLOEXEC, os.open's default).
-    cgroup_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY) if cgroup_dir else None
+    cgroup_fd = None
+    if cgroup_files or cgroup_dir:                  # first: pid 1 is born in the group (join_cgroup says why)
+        from labcore.kernel.cgroups import prepare_fork_into
+        cgroup_fd = prepare_fork_into(cgroup_files, cgroup_dir)
     if join:
         userns.join(join)                           # rootless: the user-mode network's (labcore.kernel.usernet)
     userns.unshare(SHIM_NAMESPACES & ~plan.shared)  # as root there or here; else inside a new user namespace
@@ -560,7 +555,7 @@ def fork_pid1(channel: Channel, child_fds, pid1, stay: bool = True, cgroup_fd: i
     With ``cgroup_fd``, pid 1 is born in that cgroup v2 group (``syscalls.clone_into_cgroup``: the shim, a
     fork, has one thread, as that call needs)."""
     hold, release = os.pipe()
-    pid = os.fork() if cgroup_fd is None else syscalls.clone_into_cgroup(cgroup_fd)
+    pid = syscalls.fork(cgroup_fd)
     if pid == 0:
         os.close(release)
         os.read(hold, 1)                            # pid 1 speaks only after the shim has: one writer at a time

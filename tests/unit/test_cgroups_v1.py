@@ -325,3 +325,23 @@ def test_the_net_controller_note_follows_the_files_found():
     from labcore.lessons import control_groups
     assert control_groups.net_controller_note([]).startswith("no file takes a rate")
     assert "net_cls.rate_bps" in control_groups.net_controller_note(["net_cls.rate_bps"])
+
+
+def test_an_exec_finds_only_its_containers_own_groups_and_needs_no_cgroupfs_where_there_are_none(monkeypatch):
+    """From pid 1's /proc/PID/cgroup: the groups named labcore-<id> (cpu,cpuacct share one directory), not a
+    labcore group pid 1 merely inherited; and where there is none, the mount table is never read (a hub's
+    container may have no cgroupfs at all, and `labcore exec` must still work there)."""
+    text = ("4:cpu,cpuacct:/labcore/labcore-abc\n3:devices:/labcore/labcore-pod\n2:pids:/labcore/labcore-abc\n"
+            "0::/user.slice\n")
+    monkeypatch.setattr(cgroups.procfs, "cgroups", lambda pid: cgroups.procfs.parse_cgroup(text))
+    layout = cgroups.Layout("v1", {c: Path(f"/fake/{c}") for c in ("cpu", "cpuacct", "devices", "pids")})
+    monkeypatch.setattr(cgroups, "detect", lambda: layout)
+    group = cgroups.container_group_of(42, "abc")
+    assert group.name == "labcore/labcore-abc" and group.dirs == {
+        "cpu": Path("/fake/cpu/labcore/labcore-abc"), "cpuacct": Path("/fake/cpuacct/labcore/labcore-abc"),
+        "pids": Path("/fake/pids/labcore/labcore-abc")}
+
+    def no_cgroupfs():
+        raise NotSupportedHere("no cgroup filesystem is mounted")
+    monkeypatch.setattr(cgroups, "detect", no_cgroupfs)
+    assert cgroups.container_group_of(42, "other") is None

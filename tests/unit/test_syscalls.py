@@ -70,8 +70,12 @@ def test_clone_into_a_directory_that_is_no_cgroup_is_refused_naming_clone3_and_t
     assert children.read_text().split() == before
 
 
-def test_whether_clone3_is_allowed_is_asked_once_per_kernel_and_a_fake_kernel_has_none():
-    recorder = syscalls.Recorder()
-    with syscalls.use(recorder):
-        assert syscalls.clone3_allowed() is False and syscalls.clone3_allowed() is False
+def test_whether_clone3_is_allowed_is_asked_of_the_kernel_once_and_a_fake_kernel_has_none(monkeypatch):
+    kernel, asked = syscalls.Kernel(), []
+    real_syscall = kernel._libc.syscall
+    monkeypatch.setattr(kernel, "_libc", type("Libc", (), {
+        "syscall": staticmethod(lambda *args: (asked.append(args), real_syscall(*args))[1])})())
+    assert kernel.clone3_allowed() == kernel.clone3_allowed() and len(asked) == 1
+    with syscalls.use(syscalls.Recorder()) as recorder:
+        assert syscalls.clone3_allowed() is False
     assert recorder.names() == ["clone3_allowed"]

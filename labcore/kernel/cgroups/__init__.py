@@ -462,6 +462,16 @@ def move_oneself(files: list[Path]) -> None:
         write(path, 0)
 
 
+def prepare_fork_into(files: list[Path], directory: Path | None) -> int | None:
+    """What a process with one thread does before it forks into a group without the wait, as the manager
+    answered (``files_to_move_oneself``, ``directory_to_fork_into``): on v1 it moves itself through ``files``,
+    and what it forks next is born inside; on v2 it opens ``directory`` and returns the fd, for
+    ``syscalls.fork`` to clone the child into. Done while the host's mounts are the process's own."""
+    if files:
+        move_oneself(files)
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if directory else None     # closed at execve
+
+
 def container_group_name(container_id: str) -> str:
     """`labcore-<id>`: the name of a container's group, in every hierarchy."""
     return container_id if container_id.startswith(PARENT + "-") else f"{PARENT}-{container_id}"
@@ -472,10 +482,11 @@ def container_group_of(pid: int, container_id: str) -> Group | None:
     None where it has none of its own (pid 1 is then in its creator's groups). `docker exec` puts its process
     there too, so that it counts against the container's limits and its device list. /proc/PID/cgroup names
     each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
+    lines = [line for line in procfs.cgroups(pid) if os.path.basename(line.path) == container_group_name(container_id)]
+    if not lines:
+        return None                                   # first: where the lab made none, no cgroupfs need be mounted
     layout, name, dirs = detect(), None, {}
-    for line in procfs.cgroups(pid):
-        if os.path.basename(line.path) != container_group_name(container_id):
-            continue                                  # not this container's own group
+    for line in lines:
         name = line.path.lstrip("/")
         if not line.controllers:
             dirs["unified"] = layout.v2 / name
