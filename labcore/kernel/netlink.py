@@ -4,7 +4,7 @@
 the kernel a message, RTM_NEWLINK with the attributes IFLA_IFNAME "lcbr0" and IFLA_INFO_KIND "bridge", and
 reads back an acknowledgement or an errno. Every network call of the lab is one such message:
 
-    link_add       RTM_NEWLINK   ip link add NAME type bridge | veth peer name PEER    man 8 ip-link
+    link_add       RTM_NEWLINK   ip link add NAME [address MAC] type bridge | veth peer name PEER  man 8 ip-link
     link_set       RTM_NEWLINK   ip link set NAME [name N] [address MAC] [alias A] [master BR] [netns PID] [up]
     link_delete    RTM_DELLINK   ip link delete NAME
     addr_add       RTM_NEWADDR   ip addr add ADDRESS/PREFIX dev NAME                   man 8 ip-address
@@ -96,9 +96,10 @@ class Kernel:
         return found[0]
 
     @off_the_running_loop
-    def link_add(self, name: str, kind: str, peer: str | None = None) -> None:
-        with self._socket(f"link add {name} type {kind}" + (f" peer name {peer}" if peer else "")) as ipr:
-            ipr.link("add", ifname=name, kind=kind, **({"peer": peer} if peer else {}))
+    def link_add(self, name: str, kind: str, peer: str | None = None, mac: str | None = None) -> None:
+        with self._socket(_COMMANDS["link_add"](name, kind, peer, mac)) as ipr:
+            ipr.link("add", ifname=name, kind=kind, **({"peer": peer} if peer else {}),
+                     **({"address": mac} if mac else {}))
 
     @off_the_running_loop
     def link_set(self, name: str, **changes) -> None:
@@ -250,10 +251,12 @@ class Recorder:
             code = self.fail[name]
             raise from_oserror(OSError(code, os.strerror(code)), f"netlink: {name}")
 
-    def link_add(self, name, kind, peer=None):
-        self._record("link_add", name, kind, peer)
+    def link_add(self, name, kind, peer=None, mac=None):
+        self._record("link_add", name, kind, peer, mac)
         for ifname in (name, peer) if peer else (name,):
             self.state[ifname] = {"ifname": ifname, "operstate": "DOWN", "addr_info": []}
+        if mac:
+            self.state[name]["address"] = mac
 
     def link_set(self, name, **changes):
         self._record("link_set", name, changes)
@@ -313,7 +316,8 @@ class Recorder:
 
 _QUERIES = ("links", "addresses", "routes", "qdiscs")
 _COMMANDS = {
-    "link_add": lambda name, kind, peer: f"link add {name} type {kind}" + (f" peer name {peer}" if peer else ""),
+    "link_add": lambda name, kind, peer, mac: f"link add {name}" + (f" address {mac}" if mac else "")
+                                              + f" type {kind}" + (f" peer name {peer}" if peer else ""),
     "link_set": lambda name, changes: f"link set {name} {describe(changes)}",
     "link_delete": lambda name: f"link delete {name}",
     "addr_add": lambda name, address, prefixlen: f"addr add {address}/{prefixlen} dev {name}",
@@ -327,8 +331,9 @@ _seam = Seam(Kernel)
 backend, use = _seam.backend, _seam.use         # every call below goes through backend()
 
 
-def link_add(name: str, kind: str, peer: str | None = None) -> None:
-    backend().link_add(name, kind, peer)
+def link_add(name: str, kind: str, peer: str | None = None, mac: str | None = None) -> None:
+    """A new link (down); ``mac`` sets its address in the same message (IFLA_ADDRESS), before anyone sees it."""
+    backend().link_add(name, kind, peer, mac)
 
 
 def link_set(name: str, *, new_name: str | None = None, mac: str | None = None, alias: str | None = None,

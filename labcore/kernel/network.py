@@ -251,7 +251,7 @@ def ensure_bridge(network: Network, scope: journal.Scope) -> None:
     scope.record("bridge", network.bridge, "bridge", name=network.bridge, lock=str(lock_path(network)))
     if not link_exists(network.bridge):
         check_subnet_free(network)
-        netlink.link_add(network.bridge, "bridge")
+        netlink.link_add(network.bridge, "bridge", mac=bridge_mac(network))
     gateway = f"{network.gateway}/{network.prefixlen}"
     shown = ipv4_addresses(netlink.addresses()).get(network.bridge, "")
     if gateway not in shown.split():               # not there after a crash between `link add` and `addr add`
@@ -344,6 +344,19 @@ def plug_in(network: Network, host_ifname: str, peer: str, address: str, pid: in
     # neighbour entry for it, or the first packets go to a MAC that no longer exists until the kernel
     # re-probes, seconds later (ip-neighbour(8); Docker's bridge driver refreshes the entry the same way).
     netlink.neigh_flush(address, network.bridge)
+
+
+def bridge_mac(network: Network) -> str:
+    """The bridge's own MAC: its gateway address's, made as a container's is (``mac_for``).
+
+    A bridge given none takes the lowest of its ports' (br_stp_recalculate_bridge_id, net/bridge/br_stp_if.c),
+    so it changed whenever a container's veth came or went, and a container that had learnt the old MAC sent
+    the host its packets into the void until its neighbour entry went stale, tens of seconds later (seen here:
+    a container's connect to the gateway timed out after 8 s, once another container had left). Docker gives
+    docker0 an address of its own for the same reason (moby, libnetwork/drivers/bridge/setup_device.go). It is
+    set in the message that creates the bridge, as moby does since a race with udev, which gives a persistent
+    address to an interface created with a random one; the kernel then keeps it (addr_assign_type 3, "set")."""
+    return mac_for(network.gateway)
 
 
 def mac_for(address: str) -> str:

@@ -268,7 +268,7 @@ def make_router(net: network.Network) -> None:
 def add_bridge(net: network.Network) -> None:
     """In the router namespace: a bridge with its gateway address, its masquerade and isolation rules; a
     user-defined network's is added when its first container joins, and goes with the namespace."""
-    netlink.link_add(net.bridge, "bridge")
+    netlink.link_add(net.bridge, "bridge", mac=network.bridge_mac(net))
     netlink.addr_add(net.bridge, net.gateway, net.prefixlen)
     netlink.link_set(net.bridge, up=True)
     network.nft(BRIDGE_RULES.format(subnet=net.subnet, bridge=net.bridge), f"the rules of {net.bridge}")

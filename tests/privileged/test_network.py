@@ -127,3 +127,37 @@ def test_the_bridge_is_shared_and_removed_by_the_last_one_out():
             assert host_link("lcbr0") is not None                 # still in use by the second one
             assert network.ask(second.ip, 8000) == two.inside["identity"]
         assert host_link("lcbr0") is None                         # the last one out removed it
+
+
+def test_the_bridge_keeps_its_mac_while_containers_come_and_go():
+    """A bridge without a MAC of its own takes its lowest port's (br_stp_recalculate_bridge_id), so it changed
+    each time a container's veth came or went, and a container that had learnt the old MAC sent the host its
+    packets into the void until its neighbour entry went stale, tens of seconds later. Docker gives docker0 a
+    MAC of its own for that reason (moby, libnetwork/drivers/bridge/setup_device.go); so does labcore: the
+    gateway's (network.bridge_mac)."""
+    with journal.Scope() as scope, client_server.Server("stays", scope, port=8000) as stays, \
+            socket.create_server(("0.0.0.0", 0)) as listener:
+        endpoint = network.connect(stays.pid, scope)
+        gateway, port = endpoint.network.gateway, listener.getsockname()[1]
+        assert open("/sys/class/net/lcbr0/addr_assign_type").read().strip() == "3"      # NET_ADDR_SET
+        mac = host_link("lcbr0")["address"]
+        assert mac == network.mac_for(gateway)
+        for name in ("one", "two", "three", "four"):                  # veths with random MACs, plugged and gone
+            with journal.Scope() as passing_scope, client_server.Server(name, passing_scope, port=8000) as passing:
+                network.connect(passing.pid, passing_scope)
+                assert host_link("lcbr0")["address"] == mac
+                # the container speaks first, so it learns the gateway's MAC now, while the other is plugged in
+                network.in_netns(stays.pid, lambda: socket.create_connection((gateway, port), 5).close())
+                listener.accept()[0].close()
+            assert host_link("lcbr0")["address"] == mac
+            learnt = neighbours(stays.pid)
+            assert learnt.get(gateway) == mac, learnt
+            network.in_netns(stays.pid, lambda: socket.create_connection((gateway, port), 5).close())
+            listener.accept()[0].close()
+
+
+def neighbours(pid: int) -> dict[str, str]:
+    """``pid``'s network namespace's neighbour table, as `ip -j neigh` reads it: address -> MAC."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "neigh"], capture_output=True, text=True,
+                         check=True).stdout
+    return {entry["dst"]: entry.get("lladdr", "") for entry in json.loads(out)}

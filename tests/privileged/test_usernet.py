@@ -1,4 +1,4 @@
-"""The user-mode network on the real kernel, as user `student` (uid 1001), who is not root: a rootless
+"""The user-mode network on the real kernel, as the user `labcore-student`, who is not root: a rootless
 container's own network namespace with eth0 and a route out through slirp4netns; two containers on port 80,
 each reached through its own published port on 127.0.0.1; one container reaching another; the network steps
 of notebook 08; the refusal where the host has no tap device; and `labcore cleanup` after a crash, leaving no
@@ -26,7 +26,7 @@ from tests.conftest import privileged
 pytestmark = privileged
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
-USER = "student"
+USER = "labcore-student"            # the ordinary user `./lab test` makes (tools/host_matrix.STUDENT)
 
 
 def ready_to_run_as_the_user() -> str | None:

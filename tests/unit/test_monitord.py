@@ -84,6 +84,29 @@ def test_cleanup_dismisses_an_idle_monitor_and_waits_until_it_is_gone(labcore_ho
     assert not any(map(journal.running, pids)) and journal.Journal().entries() == []
 
 
+def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_exited(labcore_home, tmp_path):
+    """monitord.leave_if_idle takes the spawn lock, unlinks the socket, forgets its record and exits, and the
+    lock goes with the process: here a child plays that last moment (the lock, no socket, no record). Seen on
+    a busy machine: `cleanup` found nothing to wait for, and returned while the monitor still ran."""
+    last_act, ready, go = tmp_path / "last act", *os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lock = engine.spawn_lock()
+            lock.__enter__()                              # never let go: the lock goes with the process
+            os.write(go, b"1")
+            time.sleep(0.3)                               # on its way out
+            last_act.touch()
+        finally:
+            os._exit(0)
+    os.close(go)
+    assert os.read(ready, 1) == b"1"
+    assert engine.dismiss_monitor() == ""
+    assert last_act.exists()                              # it had let go of the lock: it was gone
+    os.waitpid(pid, 0)
+    os.close(ready)
+
+
 def test_rm_of_a_dead_container_undoes_its_own_and_its_dead_monitors_records_only(labcore_home):
     dead = {"pid": 2 ** 22 + 1, "start": 1}
     files = {}

@@ -82,7 +82,8 @@ def test_connect_makes_the_bridge_then_the_veth_pair_then_configures_the_inside(
             endpoint = network.connect(4242, scope, short_id="ab12")
             assert [entry.undo for entry in scope.entries] == ["bridge", "link"]    # journaled before made
             assert made(rec) == [
-                "link add lcbr0 type bridge", "addr add 10.203.0.1/24 dev lcbr0", "link set lcbr0 up",
+                "link add lcbr0 address 02:42:0a:cb:00:01 type bridge",        # the gateway's MAC: bridge_mac
+                "addr add 10.203.0.1/24 dev lcbr0", "link set lcbr0 up",
                 "sysctl lcbr0 forwarding=0",
                 "link add lcab12h type veth peer name lcab12c", "link set lcab12h alias 10.203.0.2 master lcbr0 up",
                 "link set lcab12c netns 4242", "neigh flush to 10.203.0.2 dev lcbr0",
