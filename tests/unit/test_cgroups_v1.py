@@ -278,8 +278,8 @@ def test_a_refused_write_is_needs_privilege_naming_the_file(fake, fake_tree_scop
 
     def refuse(*args):
         raise refusal
-    monkeypatch.setattr(os, "open", refuse)
-    with pytest.raises(NeedsPrivilege) as caught:
+    with monkeypatch.context() as patched, pytest.raises(NeedsPrivilege) as caught:
+        patched.setattr(os, "open", refuse)              # only for the write: the fixtures' teardown opens files
         cgroups.write(group.dirs["memory"] / "memory.limit_in_bytes", 1 << 20)
     assert caught.value.path.endswith("memory/labcore/labcore-e/memory.limit_in_bytes")
     assert caught.value.__cause__ is refusal and "root" in caught.value.fix
