@@ -1,6 +1,6 @@
 """The unit group under every Python the lab supports (pyproject's requires-python, 3.10 to 3.13), not only the
 one `./lab test` runs with: each interpreter found on this machine gets a venv of its own, `.venv-pythons/X.Y`,
-with the package's dependencies and the unit group's (the `unit` extra), and runs `pytest tests/unit` there.
+with the package's dependencies and its `test` extra, as .venv has them, and runs `pytest tests/unit` there.
 
 Found means `pythonX.Y` on PATH, or pyenv's build of it (~/.pyenv/versions/X.Y.*). One not found is skipped,
 with how to get it. The package is not installed into those venvs: pytest puts the checkout first on sys.path
@@ -31,12 +31,13 @@ def find_python(version: str) -> str | None:
 
 
 def requirements() -> list[str]:
-    """The package's dependencies and its `unit` extra's, as the installed labcore's metadata lists them
-    (`./lab test` installs it again whenever pyproject.toml changes)."""
+    """The package's dependencies and its `test` extra's, as the installed labcore's metadata lists them
+    (`./lab test` installs it again whenever pyproject.toml changes). The whole extra, not the part the unit
+    group imports today: a list of our own would fall behind the tests."""
     wanted = []
     for line in importlib.metadata.requires("labcore") or []:
         requirement, _, marker = line.partition(";")
-        if not marker or marker.replace(" ", "") in ('extra=="unit"', "extra=='unit'"):
+        if not marker or marker.replace(" ", "") in ('extra=="test"', "extra=='test'"):
             wanted.append(requirement.strip())
     return wanted
 
@@ -44,7 +45,7 @@ def requirements() -> list[str]:
 def ensure_venv(python: str, version: str) -> Path:
     """`.venv-pythons/X.Y` with ``requirements()``, made again only when they change (a stamp, as ./lab's)."""
     venv = ROOT / ".venv-pythons" / version
-    stamp, want = venv / ".labcore-unit", hashlib.sha256("\n".join(requirements()).encode()).hexdigest()[:16]
+    stamp, want = venv / ".labcore-test", hashlib.sha256("\n".join(requirements()).encode()).hexdigest()[:16]
     if stamp.exists() and stamp.read_text() == want:
         return venv
     subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
