@@ -66,7 +66,7 @@ GUEST_PYTHON = "3.11.2"
 LOCK = ROOT / "tools" / "labvm-constraints.txt"
 SOURCE_DATE_EPOCH = "1700000000"    # mmdebstrap stamps files with it: the same recipe gives the same tree
 IMAGE_SLACK_MB = 3072               # free space in the guest: images, containers, Docker's data-root
-# What of the checkout the guest does not copy: this host's venv, history, builds and bytecode.
+# What of the checkout the guest does not copy: this host's venvs, history, builds and bytecode.
 NOT_COPIED = ["./.git", "./.venv", "./.venv-pythons", "./test-artifacts", "./_build", "./build", "./*.egg-info",
               "*/__pycache__"]
 
