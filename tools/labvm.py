@@ -17,7 +17,7 @@ its cgroup v1 tree, its kernel build, its root directory). The VM is Debian's ow
 The image is an ext4 file in ~/.cache/labcore-vm, named by a hash of everything that goes into it; it is
 built once and never written to: qemu boots it with ``snapshot=on``, so every boot starts from the same disk.
 The kernel command line carries ``cgroup_no_v1=all`` (a pure cgroup v2 host), the guest has no network but
-its loopback, and it sees this checkout read-only over 9p; /init copies it to /lab (without .git and .venv),
+its loopback, and it sees this checkout read-only over 9p; /init copies it to /lab (without .git and the venvs),
 and the notebooks it executed come back through a second, writable 9p share.
 
 See mmdebstrap(1), qemu-system-x86_64(1), mkfs.ext4(8) (-d), switch_root(8), and ``labcore.lessons.vm`` for the

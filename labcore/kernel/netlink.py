@@ -265,7 +265,8 @@ class Recorder:
             return                                     # gone from this namespace
         state = {} if changes.get("up") is None else {"operstate": "UP" if changes["up"] else "DOWN"}
         link.update({"ifname": changes.get("new_name", name), **state,
-                     **({"ifalias": changes["alias"]} if "alias" in changes else {})})
+                     **({"ifalias": changes["alias"]} if "alias" in changes else {}),
+                     **({"address": changes["mac"]} if "mac" in changes else {})})
         self.state[link["ifname"]] = link
 
     def link_delete(self, name):

@@ -203,9 +203,10 @@ def dismiss_monitor(seconds: float = 10.0) -> str:
     on its way out (its socket closed, its process not yet gone) is waited for too."""
     pids = running_monitors()
     if not (paths.home() / monitor.SOCKET).exists() and not pids:
+        # None, or one that has unlinked its socket and forgotten its record and is about to exit: it holds
+        # the spawn lock until it is gone (monitord.leave_if_idle), so taking the lock waits for it. Not where
+        # the home is a file (a mistaken LABCORE_HOME): flocked would lock that file, or make one.
         if paths.home().is_dir():
-            # None, or one that has unlinked its socket and forgotten its record and is about to exit: it
-            # holds the spawn lock until it is gone (monitord.leave_if_idle), so taking the lock waits for it.
             with spawn_lock():
                 pass
         return ""

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,13 @@ def lab_links() -> list[str]:
 def host_link(name: str) -> dict | None:
     done = subprocess.run(["ip", "-j", "-d", "link", "show", name], capture_output=True, text=True)
     return json.loads(done.stdout)[0] if done.returncode == 0 else None
+
+
+def neighbours(pid: int) -> dict[str, str]:
+    """``pid``'s network namespace's neighbour table, as `ip -j neigh` reads it: address -> MAC."""
+    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "neigh"], capture_output=True, text=True,
+                         check=True).stdout
+    return {entry["dst"]: entry.get("lladdr", "") for entry in json.loads(out)}
 
 
 def proxies() -> list[int]:
@@ -139,7 +147,7 @@ def test_the_bridge_keeps_its_mac_while_containers_come_and_go():
             socket.create_server(("0.0.0.0", 0)) as listener:
         endpoint = network.connect(stays.pid, scope)
         gateway, port = endpoint.network.gateway, listener.getsockname()[1]
-        assert open("/sys/class/net/lcbr0/addr_assign_type").read().strip() == "3"      # NET_ADDR_SET
+        assert Path("/sys/class/net/lcbr0/addr_assign_type").read_text().strip() == "3"     # NET_ADDR_SET
         mac = host_link("lcbr0")["address"]
         assert mac == network.mac_for(gateway)
         for name in ("one", "two", "three", "four"):                  # veths with random MACs, plugged and gone
@@ -155,9 +163,3 @@ def test_the_bridge_keeps_its_mac_while_containers_come_and_go():
             network.in_netns(stays.pid, lambda: socket.create_connection((gateway, port), 5).close())
             listener.accept()[0].close()
 
-
-def neighbours(pid: int) -> dict[str, str]:
-    """``pid``'s network namespace's neighbour table, as `ip -j neigh` reads it: address -> MAC."""
-    out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "neigh"], capture_output=True, text=True,
-                         check=True).stdout
-    return {entry["dst"]: entry.get("lladdr", "") for entry in json.loads(out)}

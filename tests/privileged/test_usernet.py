@@ -22,11 +22,12 @@ import pytest
 
 from labcore.kernel.journal import Journal, running, undo_rmtree
 from tests.conftest import privileged
+from tools.host_matrix import STUDENT
 
 pytestmark = privileged
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
-USER = "labcore-student"            # the ordinary user `./lab test` makes (tools/host_matrix.STUDENT)
+USER = STUDENT                      # the ordinary user `./lab test` makes (as root)
 
 
 def ready_to_run_as_the_user() -> str | None:
@@ -34,7 +35,7 @@ def ready_to_run_as_the_user() -> str | None:
     try:
         pwd.getpwnam(USER)
     except KeyError:
-        return f"needs a user {USER!r} without root"
+        return f"needs a user {USER!r} without root (`./lab test` makes it, when run as root)"
     if not os.path.exists(SYSTEM_PYTHON) or not shutil.which("setpriv"):
         return "needs the system's python3 and setpriv (util-linux)"
     version = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],

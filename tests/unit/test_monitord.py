@@ -3,11 +3,13 @@ how it stays while a client holds it and leaves when none does, and what `rm` of
 import os
 import signal
 import socket
+import threading
 import time
 
 from labcore import paths
 from labcore.kernel import journal, process
 from labcore.runtime import engine, lifecycle, monitor, monitord
+from tests.conftest import eventually
 
 
 def test_a_thread_acting_for_a_container_tags_what_it_records_and_no_other_thread_does():
@@ -84,27 +86,42 @@ def test_cleanup_dismisses_an_idle_monitor_and_waits_until_it_is_gone(labcore_ho
     assert not any(map(journal.running, pids)) and journal.Journal().entries() == []
 
 
-def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_exited(labcore_home, tmp_path):
+def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_exited(labcore_home):
     """monitord.leave_if_idle takes the spawn lock, unlinks the socket, forgets its record and exits, and the
-    lock goes with the process: here a child plays that last moment (the lock, no socket, no record). Seen on
-    a busy machine: `cleanup` found nothing to wait for, and returned while the monitor still ran."""
-    last_act, ready, go = tmp_path / "last act", *os.pipe()
+    lock goes with the process: here a child plays that last moment (the lock, no socket, no record) until the
+    test lets it go. Seen on a busy machine: `cleanup` found nothing to wait for, and returned while the
+    monitor still ran. The evidence that it waits is the kernel's: /proc/locks lists a blocked flock(2)."""
+    (locked, took), (release, let_go) = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             lock = engine.spawn_lock()
             lock.__enter__()                              # never let go: the lock goes with the process
-            os.write(go, b"1")
-            time.sleep(0.3)                               # on its way out
-            last_act.touch()
+            os.write(took, b"1")
+            os.read(release, 1)                           # on its way out, until the test says
         finally:
             os._exit(0)
-    os.close(go)
-    assert os.read(ready, 1) == b"1"
-    assert engine.dismiss_monitor() == ""
-    assert last_act.exists()                              # it had let go of the lock: it was gone
-    os.waitpid(pid, 0)
-    os.close(ready)
+    answers = []
+    dismissing = threading.Thread(target=lambda: answers.append(engine.dismiss_monitor()))
+    try:
+        assert os.read(locked, 1) == b"1"
+        dismissing.start()
+        assert eventually(lambda: not dismissing.is_alive() or blocked_on_flock(os.getpid()))
+        assert dismissing.is_alive(), "dismiss_monitor returned while the leaving monitor still held the lock"
+    finally:
+        os.write(let_go, b"1")
+        if dismissing.ident is not None:              # started
+            dismissing.join()
+        os.waitpid(pid, 0)
+        for fd in (locked, took, release, let_go):
+            os.close(fd)
+    assert answers == [""]
+
+
+def blocked_on_flock(pid: int) -> bool:
+    """Whether /proc/locks lists a waiter of ``pid`` for a flock(2): "N: -> FLOCK  ADVISORY  WRITE PID ..."."""
+    with open("/proc/locks") as locks:
+        return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid) for line in locks)
 
 
 def test_rm_of_a_dead_container_undoes_its_own_and_its_dead_monitors_records_only(labcore_home):

@@ -219,6 +219,19 @@ def test_the_host_is_checked_before_anything_is_made(monkeypatch, tmp_path):
     assert "Permission denied" in refused.value.message and "chmod 0666 /dev/net/tun" in refused.value.fix
 
 
+def test_the_routers_bridge_has_the_gateways_mac_from_its_creation(monkeypatch):
+    from labcore.kernel import netlink
+    loaded = []
+    monkeypatch.setattr(network, "nft", lambda rules, what: loaded.append(what))
+    with netlink.use(netlink.Recorder()) as rec:
+        usernet.add_bridge(network.DEFAULT)
+    assert rec.commands()[:3] == [f"link add {network.DEFAULT.bridge} address "
+                                  f"{network.mac_for(network.DEFAULT.gateway)} type bridge",
+                                  f"addr add {network.DEFAULT.gateway}/{network.DEFAULT.prefixlen} dev "
+                                  f"{network.DEFAULT.bridge}", f"link set {network.DEFAULT.bridge} up"]
+    assert loaded == [f"the rules of {network.DEFAULT.bridge}"]
+
+
 def test_the_port_proxy_enters_the_router_namespace_with_the_listener_from_the_host(monkeypatch):
     started = {}
     monkeypatch.setattr("labcore.kernel.process.spawn",
