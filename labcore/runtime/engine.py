@@ -204,11 +204,10 @@ def dismiss_monitor(seconds: float = 10.0) -> str:
     pids = running_monitors()
     if not (paths.home() / monitor.SOCKET).exists() and not pids:
         # None, or one that has unlinked its socket and forgotten its record and is about to exit: it holds
-        # the spawn lock until it is gone (monitord.leave_if_idle), so taking the lock waits for it. Not where
-        # the home is a file (a mistaken LABCORE_HOME): flocked would lock that file, or make one.
+        # the spawn lock until it is gone (monitord.leave_if_idle), so the lock coming free is its going. Not
+        # where the home is a file (a mistaken LABCORE_HOME). Within ``seconds``: a client may hold it too.
         if paths.home().is_dir():
-            with spawn_lock():
-                pass
+            wait_for_spawn_lock(seconds)
         return ""
     channel = connect_monitor(spawn=False)
     pids = sorted(set(pids + running_monitors()))
@@ -226,6 +225,24 @@ def dismiss_monitor(seconds: float = 10.0) -> str:
     while any(map(journal.running, pids)) and time.monotonic() < deadline:
         time.sleep(0.01)
     return f"stopped the idle container monitor (pid {', '.join(map(str, pids))})" if pids else ""
+
+
+def wait_for_spawn_lock(seconds: float) -> bool:
+    """Whether the spawn lock came free within ``seconds`` (taken and let go at once: flock(2), LOCK_NB)."""
+    import fcntl
+    fd = os.open(paths.home(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+    finally:
+        os.close(fd)                                  # the lock, if taken, goes with the file
 
 
 def running_monitors() -> list[int]:

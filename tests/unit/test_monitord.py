@@ -9,7 +9,6 @@ import time
 from labcore import paths
 from labcore.kernel import journal, process
 from labcore.runtime import engine, lifecycle, monitor, monitord
-from tests.conftest import eventually
 
 
 def test_a_thread_acting_for_a_container_tags_what_it_records_and_no_other_thread_does():
@@ -90,7 +89,7 @@ def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_e
     """monitord.leave_if_idle takes the spawn lock, unlinks the socket, forgets its record and exits, and the
     lock goes with the process: here a child plays that last moment (the lock, no socket, no record) until the
     test lets it go. Seen on a busy machine: `cleanup` found nothing to wait for, and returned while the
-    monitor still ran. The evidence that it waits is the kernel's: /proc/locks lists a blocked flock(2)."""
+    monitor still ran. The kernel's answer is the evidence: flock(2) with LOCK_NB fails while it is held."""
     (locked, took), (release, let_go) = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -105,8 +104,8 @@ def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_e
     dismissing = threading.Thread(target=lambda: answers.append(engine.dismiss_monitor()))
     try:
         assert os.read(locked, 1) == b"1"
+        assert not engine.wait_for_spawn_lock(0.05)      # held: EWOULDBLOCK
         dismissing.start()
-        assert eventually(lambda: not dismissing.is_alive() or blocked_on_flock(os.getpid()))
         assert dismissing.is_alive(), "dismiss_monitor returned while the leaving monitor still held the lock"
     finally:
         os.write(let_go, b"1")
@@ -115,13 +114,7 @@ def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_e
         os.waitpid(pid, 0)
         for fd in (locked, took, release, let_go):
             os.close(fd)
-    assert answers == [""]
-
-
-def blocked_on_flock(pid: int) -> bool:
-    """Whether /proc/locks lists a waiter of ``pid`` for a flock(2): "N: -> FLOCK  ADVISORY  WRITE PID ..."."""
-    with open("/proc/locks") as locks:
-        return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid) for line in locks)
+    assert answers == [""] and engine.wait_for_spawn_lock(0)
 
 
 def test_rm_of_a_dead_container_undoes_its_own_and_its_dead_monitors_records_only(labcore_home):
