@@ -330,7 +330,8 @@ for name in ("front", "back"):
 labcore("run", "-d", "--name", "web", "--network", "front", "--network-alias", "www", "busybox", "sh", "-c",
         "mkdir /www; echo I am web > /www/index.html; exec httpd -f -p 80 -h /www")
 same = labcore("run", "--rm", "--network", "front", "busybox", "sh", "-c",
-               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://www/ && break; sleep 0.2; done")
+               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://www/ 2>/tmp/e && break; sleep 0.2; done; "
+               "[ $i = 1 ] || echo tries $i: $(cat /tmp/e) >&2")
 other = labcore("run", "--rm", "--network", "back", "busybox", "sh", "-c",
                 "nslookup web; ping -c1 -W2 10.203.1.2; echo ping $?")         # web: the first on front
 labcore("rm", "-f", "web")
@@ -343,6 +344,8 @@ def test_rootless_containers_find_each_other_by_name_on_their_own_network_only(l
     """The router namespace holds a bridge per network; the DNS server answers inside each container's
     namespace; the router forwards nothing from one bridge to another."""
     found = as_user_json(lab_dir, state, NAMES)
-    assert found["same"].strip() == "I am web"
+    # The first tries may say "bad address 'www'" (seen once in a full run): web's httpd, or the name, is not
+    # there yet. The loop waits up to 2 s; what it says of the tries it needed is kept, not compared.
+    assert found["same"].strip().splitlines()[0] == "I am web", found["same"]
     assert "can't find web" in found["other"] and "ping 1" in found["other"]
     assert found["removed"].split() == ["front", "back"]
