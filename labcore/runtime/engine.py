@@ -135,6 +135,25 @@ def spawn_lock():
     return journal.flocked(paths.home())
 
 
+def wait_for_spawn_lock(seconds: float) -> bool:
+    """Whether ``spawn_lock`` came free within ``seconds``: taken and let go at once (flock(2), LOCK_NB, every
+    10 ms), so a holder that never lets go costs ``seconds``, not forever."""
+    import fcntl
+    fd = os.open(paths.home(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+    finally:
+        os.close(fd)                                  # the lock, if taken, goes with the file
+
+
 def spawn_monitor() -> None:
     """``python -m labcore.runtime.monitord``: a fresh interpreter, not a fork of this process (labd's threads,
     sockets and heap are not the monitor's), in a session of its own; it says "1" on a pipe once it listens,
@@ -225,24 +244,6 @@ def dismiss_monitor(seconds: float = 10.0) -> str:
     while any(map(journal.running, pids)) and time.monotonic() < deadline:
         time.sleep(0.01)
     return f"stopped the idle container monitor (pid {', '.join(map(str, pids))})" if pids else ""
-
-
-def wait_for_spawn_lock(seconds: float) -> bool:
-    """Whether the spawn lock came free within ``seconds`` (taken and let go at once: flock(2), LOCK_NB)."""
-    import fcntl
-    fd = os.open(paths.home(), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-    finally:
-        os.close(fd)                                  # the lock, if taken, goes with the file
 
 
 def running_monitors() -> list[int]:
