@@ -319,7 +319,8 @@ def connect_network(container: Container) -> None:
                                                    container.scope, mapping.host_ip, mapping.protocol))
     if networks.resolves_names(spec):
         from labcore.runtime import dns
-        container.resolver = dns.start(container.pid, lambda: networks.for_lookup(spec.id))
+        joined = list(container.endpoints)          # fixed while it runs: `network connect` waits for a stop
+        container.resolver = dns.start(container.pid, lambda: networks.for_lookup(joined))
 
 
 def connect_to(container: Container, net, index: int):

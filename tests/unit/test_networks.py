@@ -153,10 +153,22 @@ def test_the_dns_server_answers_only_for_containers_on_a_network_the_asker_is_on
     save_container("db", Spec("busybox", ["true"], network="back"), State.RUNNING, on("back", "10.203.2.3"))
     save_container("gone", Spec("busybox", ["true"], network="front"), State.EXITED)
     save_container("plain", Spec("busybox", ["true"]), State.RUNNING, on("bridge", "10.203.0.5"))
-    answers = networks.for_lookup(asker.id)
+    answers = networks.for_lookup(["front"])
     assert answers["web"] == answers["www"] == answers[web.id[:12]] == ["10.203.1.2"]
     assert answers["client"] == ["10.203.1.3"]
     assert "db" not in answers and "gone" not in answers and "plain" not in answers
+    assert networks.for_lookup(["bridge"]) == {}            # the default bridge resolves no names
+    assert networks.for_lookup(["front", "back"])["db"] == ["10.203.2.3"]
+
+
+def test_a_fresh_container_finds_the_others_before_its_own_record_says_it_runs(busybox_image_record):
+    """pid 1 may ask at once, before its record is saved as running (``container.start`` saves it after the
+    execve; `run` saves none before): the networks come from its owner, so the answer is already there."""
+    networks.create("front")
+    save_container("web", Spec("busybox", ["true"], network="front"), State.RUNNING,
+                   {"front": {"IPAddress": "10.203.1.2", "IPPrefixLen": 24, "Gateway": "", "Aliases": ["www"]}})
+    assert [c.name for c in lifecycle.all_records() if c.name != "web"] == []     # no record of the asker
+    assert networks.for_lookup(["front"])["www"] == ["10.203.1.2"]
 
 
 def test_endpoints_at_create_follow_the_api_version(busybox_image_record):
