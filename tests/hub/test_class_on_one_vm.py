@@ -10,6 +10,8 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,13 +48,25 @@ def report():
     (ARTIFACTS / "load.json").write_text(json.dumps(found, indent=1))
 
 
+def run(the_class, coroutine):
+    """``asyncio.run``; on failure, what the hub's log said of it (the students' servers and kernels log there
+    too: a kernel that died, a websocket closed, a spawn that failed), printed with the test's failure."""
+    try:
+        return asyncio.run(coroutine)
+    except BaseException:
+        lines = the_class.log_path().read_text(errors="replace").splitlines()
+        notable = [line for line in lines if re.search(r"\[[EWC] |died|restart|[Ee]rror|[Cc]losed|[Kk]illed", line)]
+        print("JupyterHub's log, its warnings and errors (the last 60):", *notable[-60:], sep="\n", file=sys.stderr)
+        raise
+
+
 def show(capsys, text: str) -> None:
     with capsys.disabled():
         print(f"\n  [hub] {text}")
 
 
 def test_ten_students_run_notebooks_03_and_05_at_once_every_cell_real(the_class, report, capsys):
-    load = asyncio.run(loadtest.everyone_at_once(the_class, loadtest.NOTEBOOKS))
+    load = run(the_class, loadtest.everyone_at_once(the_class, loadtest.NOTEBOOKS))
     report["load"] = load
     peaks = [student["peak bytes"] for student in load["students"].values()]
     show(capsys, f"{STUDENTS} students, {' and '.join(loadtest.NOTEBOOKS)} at once: {load['wall s']} s wall, "
@@ -68,7 +82,7 @@ def test_ten_students_run_notebooks_03_and_05_at_once_every_cell_real(the_class,
 
 
 def test_one_student_cannot_see_signal_or_reach_anothers_containers(the_class, report):
-    found = asyncio.run(loadtest.isolation(the_class))
+    found = run(the_class, loadtest.isolation(the_class))
     report["isolation"] = found
     for what in ("list their home", "read their state directory", "connect to their daemon's socket",
                  "read their container's environment", "look into their container's root"):
@@ -81,7 +95,7 @@ def test_one_student_cannot_see_signal_or_reach_anothers_containers(the_class, r
 
 
 def test_a_runaway_student_is_held_by_their_limits_while_the_others_complete(the_class, report, capsys):
-    found = asyncio.run(loadtest.runaway(the_class, loadtest.NOTEBOOKS[0]))
+    found = run(the_class, loadtest.runaway(the_class, loadtest.NOTEBOOKS[0]))
     report["runaway"] = found
     show(capsys, f"memory hog: {found['hog']}, OOM kills in its student's group: {found['bomber oom kills']}; "
                  f"fork bomb: {found['bomber pids']} tasks (pids.max {loadtest.LIMITS['pids']}), "
@@ -97,7 +111,7 @@ def test_a_runaway_student_is_held_by_their_limits_while_the_others_complete(the
 
 
 def test_nothing_is_left_once_the_hub_stops(the_class):
-    asyncio.run(loadtest.stop_everyone(the_class))
+    run(the_class, loadtest.stop_everyone(the_class))
     the_class.close()
     assert the_class.left_behind() == []
     assert not any(path.name.startswith(f"labcore-hub-labcore-{the_class.tag}")

@@ -26,6 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 CELL_TIMEOUT = 300
+CONNECT_TIMEOUT = 120      # above the server's own kernel_info_timeout (60 s); see execute_cells
 
 
 class Session:
@@ -93,7 +94,12 @@ class Session:
 
     async def execute_cells(self, channels: str, notebook) -> None:
         url = self.url.replace("http", "ws", 1) + channels
-        socket = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"}))
+        # The server answers the upgrade only once the new kernel replies to kernel_info, and waits up to its
+        # kernel_info_timeout (60 s by default; jupyter_server's connection/channels.py, prepare) for that.
+        # tornado's default of 20 s gave up first when ten kernels started at once on two CPUs (a CI run).
+        socket = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"},
+                                                     connect_timeout=CONNECT_TIMEOUT,
+                                                     request_timeout=CONNECT_TIMEOUT))
         try:
             session = uuid.uuid4().hex
             for cell in notebook.cells:
@@ -118,7 +124,8 @@ async def execute(socket, session: str, username: str, code: str) -> list[dict]:
     while True:
         text = await asyncio.wait_for(socket.read_message(), max(1.0, deadline - time.monotonic()))
         if text is None:
-            raise ConnectionError("the kernel's websocket closed during a cell")
+            raise ConnectionError(f"{username}'s kernel websocket closed during a cell (close code "
+                                  f"{socket.close_code}, reason {socket.close_reason!r}): {code[:80]!r}")
         message = json.loads(text)
         if message.get("parent_header", {}).get("msg_id") != msg_id or message.get("channel") != "iopub":
             continue

@@ -145,8 +145,11 @@ class Class:
                 time.sleep(0.3)
         raise TimeoutError(f"JupyterHub did not answer within 120 s:\n{self.log_tail()}")
 
+    def log_path(self) -> Path:
+        return self.state / "jupyterhub.log"
+
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join((self.state / "jupyterhub.log").read_text().splitlines()[-lines:])
+        return "\n".join(self.log_path().read_text().splitlines()[-lines:])
 
     def session(self, name: str) -> Session:
         return Session(self.url, name)
