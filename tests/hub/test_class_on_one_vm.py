@@ -89,6 +89,10 @@ def test_one_student_cannot_see_signal_or_reach_anothers_containers(the_class, r
         assert found[what] == "PermissionError: Permission denied", (what, found)
     assert found["signal their container"] == "PermissionError: Operation not permitted"   # kill(2): EPERM
     assert found["my labcore ps lists theirs"] is False
+    # Their kernels talk to their server on Unix sockets in their home, not on loopback TCP ports that anyone
+    # may connect to (tools.hub.spawner.kernel_transport), and the prober cannot reach those
+    assert found["their kernel's transport"] == "ipc"
+    assert found["list their kernels' sockets"] == "PermissionError: Permission denied"
     for verb in ("logs", "stop", "rm"):
         assert found[f"labcore -H their socket {verb}"].startswith("exit 1:"), found
         assert "Permission denied" in found[f"labcore -H their socket {verb}"], found

@@ -242,3 +242,25 @@ def test_a_cells_outputs_are_the_iopub_messages_that_name_it_until_idle():
     assert outputs[0].text == "== Step\n" and outputs[1].ename == "OSError"
     content = socket.sent[0]["content"]
     assert content["code"] == "print(1)" and content["stop_on_error"] is False
+
+
+def test_kernels_talk_on_unix_sockets_in_the_students_home_where_the_path_fits(tmp_path):
+    """jupyter_client's ipc socket paths (runtime dir, kernel id, "-ipc-N") must fit in sun_path: the kernel
+    says where its limit is (a path of SUN_PATH_MAX bytes binds, one byte more does not)."""
+    import socket
+
+    from tools.hub.spawner import KERNEL_SOCKETS, SUN_PATH_MAX, kernel_transport
+    assert kernel_transport("/home/labcore-0167-s09") == ["--KernelManager.transport=ipc"]
+    longest = "/home/" + "a" * (SUN_PATH_MAX - len("/home/") - len(KERNEL_SOCKETS))
+    assert kernel_transport(longest) == ["--KernelManager.transport=ipc"]
+    assert kernel_transport(longest + "a") == []                      # the kernels stay on TCP
+    base = str(tmp_path) + "/"
+    for size, fits in ((SUN_PATH_MAX, True), (SUN_PATH_MAX + 1, False)):
+        path = base + "s" * (size - len(base))
+        with socket.socket(socket.AF_UNIX) as sock:
+            try:
+                sock.bind(path)
+                bound = True
+            except OSError:
+                bound = False
+        assert bound is fits, (size, path)

@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 CELL_TIMEOUT = 300
-CONNECT_TIMEOUT = 120      # above the server's own kernel_info_timeout (60 s); see execute_cells
+CONNECT_TIMEOUT = 120      # above the server's own kernel_info_timeout (60 s); see Session.websocket
 
 
 class Session:
@@ -92,14 +92,17 @@ class Session:
             await self.call("DELETE", f"{server}/kernels/{kernel['id']}")
         return notebook
 
-    async def execute_cells(self, channels: str, notebook) -> None:
+    async def websocket(self, channels: str):
         url = self.url.replace("http", "ws", 1) + channels
         # The server answers the upgrade only once the new kernel replies to kernel_info, and waits up to its
         # kernel_info_timeout (60 s by default; jupyter_server's connection/channels.py, prepare) for that.
         # tornado's default of 20 s gave up first when ten kernels started at once on two CPUs (a CI run).
-        socket = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"},
-                                                     connect_timeout=CONNECT_TIMEOUT,
-                                                     request_timeout=CONNECT_TIMEOUT))
+        return await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"},
+                                                   connect_timeout=CONNECT_TIMEOUT,
+                                                   request_timeout=CONNECT_TIMEOUT))
+
+    async def execute_cells(self, channels: str, notebook) -> None:
+        socket = await self.websocket(channels)
         try:
             session = uuid.uuid4().hex
             for cell in notebook.cells:

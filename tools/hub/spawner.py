@@ -1,12 +1,14 @@
 """The spawner: each student's single-user server as that student, inside their own limited cgroup.
 
 JupyterHub's ``LocalProcessSpawner`` forks the server from the hub (root), switches to the student's uid, gid
-and groups in the child (``set_user_setuid``), and execs it. ``LabSpawner`` adds three steps to it:
+and groups in the child (``set_user_setuid``), and execs it. ``LabSpawner`` adds these steps to it:
 
     start   make the student's group (``tools.hub.fairness``) and, in the child before it drops root, move
             the child into it: the server and everything it starts are held to the class's limits
     start   the server's command begins with ``course.py``, which, as the student, copies or updates the
             course in their home, then execs jupyterhub-singleuser
+    start   the server's kernels talk on Unix sockets in the student's home, not on loopback TCP ports
+            (``kernel_transport``)
     stop    after the server: every process left in the student's group killed (detached containers
             too), then the student's own `labcore cleanup` (their journal, as them: every record's owner is
             dead now, so all is undone), then the group removed
@@ -31,6 +33,28 @@ from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Any, Unicode
 
 
+SUN_PATH_MAX = 107          # bytes of a Unix socket's path, its NUL aside (unix(7): sun_path[108])
+# jupyter_client's longest socket path below a home: the runtime directory (jupyter_core.paths), the kernel's
+# connection file's name without .json, then "-ipc-N" (connect.py, ConnectionFileMixin._ip_default)
+KERNEL_SOCKETS = "/.local/share/jupyter/runtime/kernel-" + "0" * 36 + "-ipc-99"
+
+
+def kernel_transport(home: str) -> list[str]:
+    """The server's arguments that put the student's kernels on Unix sockets in their own runtime directory,
+    not on loopback TCP ports, which every user of the VM shares.
+
+    On TCP, jupyter_client picks a kernel's five ports by binding port 0 and closing the socket (connect.py,
+    LocalPortCache; jupyter_client issue #487). Ten servers do that at once, and any connection's ephemeral
+    port comes from the same range, so a port may be taken before the kernel binds it. Its restarts then
+    keep the same cached ports: a full run here saw one kernel fail five times with "ZMQError: Address
+    already in use" and die. Unix sockets under the student's home are theirs alone: no race for a name,
+    and no other student can even connect to them. Where the home is so long that a socket's path would
+    not fit in sun_path, the kernels stay on TCP."""
+    if len(os.fsencode(home + KERNEL_SOCKETS)) > SUN_PATH_MAX:
+        return []
+    return ["--KernelManager.transport=ipc"]
+
+
 class LabSpawner(LocalProcessSpawner):
     fairness = Any(help="a tools.hub.fairness.Fairness: makes each student's group").tag(config=True)
     labcore = Unicode(help="the labcore command, for each student's own cleanup after their server").tag(
@@ -47,6 +71,9 @@ class LabSpawner(LocalProcessSpawner):
                 fairness.enter(group, os.getpid())
             drop_root()
         return preexec
+
+    def get_args(self) -> list[str]:
+        return super().get_args() + kernel_transport(pwd.getpwnam(self.user.name).pw_dir)
 
     async def start(self):
         if self.fairness is not None:
