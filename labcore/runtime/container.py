@@ -319,7 +319,7 @@ def connect_network(container: Container) -> None:
                                                    container.scope, mapping.host_ip, mapping.protocol))
     if networks.resolves_names(spec):
         from labcore.runtime import dns
-        joined = list(container.endpoints)          # fixed while it runs: `network connect` waits for a stop
+        joined = list(container.endpoints)          # fixed while it runs: `network connect` refuses a running one
         container.resolver = dns.start(container.pid, lambda: networks.for_lookup(joined))
 
 

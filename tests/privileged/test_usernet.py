@@ -330,7 +330,7 @@ for name in ("front", "back"):
 labcore("run", "-d", "--name", "web", "--network", "front", "--network-alias", "www", "busybox", "sh", "-c",
         "mkdir /www; echo I am web > /www/index.html; exec httpd -f -p 80 -h /www")
 same = labcore("run", "--rm", "--network", "front", "busybox", "sh", "-c",
-               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://www/ 2>/tmp/e && break; sleep 0.2; done; "
+               "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://www/ 2>>/tmp/e && break; sleep 0.2; done; "
                "[ $i = 1 ] || echo tries $i: $(cat /tmp/e) >&2")
 other = labcore("run", "--rm", "--network", "back", "busybox", "sh", "-c",
                 "nslookup web; ping -c1 -W2 10.203.1.2; echo ping $?")         # web: the first on front
@@ -346,7 +346,8 @@ def test_rootless_containers_find_each_other_by_name_on_their_own_network_only(l
     found = as_user_json(lab_dir, state, NAMES)
     # The name is there from the first try: the asker's DNS server knows its networks before pid 1 runs
     # (``networks.for_lookup``; before, its first tries could say "bad address 'www'"). web's httpd may still
-    # be starting, so the loop waits up to 2 s for a connection; what those tries said is kept, not compared.
+    # be starting, so the loop waits up to 2 s for a connection; what every failed try said is kept (2>>), and
+    # none may be about the name.
     assert found["same"].strip().splitlines()[0] == "I am web", found["same"]
     assert "bad address" not in found["same"], found["same"]
     assert "can't find web" in found["other"] and "ping 1" in found["other"]

@@ -264,3 +264,21 @@ def test_kernels_talk_on_unix_sockets_in_the_students_home_where_the_path_fits(t
             except OSError:
                 bound = False
         assert bound is fits, (size, path)
+
+
+def test_the_socket_paths_measured_are_jupyter_clients_own(tmp_path, monkeypatch):
+    """KERNEL_SOCKETS, as jupyter_core and jupyter_client make the names: the runtime directory below the home
+    when the environment names none (the servers' does not), and an ipc kernel's "ip" from its connection file."""
+    import uuid
+
+    from jupyter_client.manager import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    from tools.hub.spawner import KERNEL_SOCKETS
+    for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR", "XDG_DATA_HOME", "JUPYTER_PLATFORM_DIRS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runtime = jupyter_runtime_dir()
+    kernel = KernelManager(transport="ipc", connection_file=f"{runtime}/kernel-{uuid.uuid4()}.json")
+    assert len(f"{kernel.ip}-99") == len(str(tmp_path) + KERNEL_SOCKETS)
+    assert f"{kernel.ip}-99".startswith(str(tmp_path) + KERNEL_SOCKETS.split("kernel-")[0] + "kernel-")

@@ -161,14 +161,28 @@ def test_the_dns_server_answers_only_for_containers_on_a_network_the_asker_is_on
     assert networks.for_lookup(["front", "back"])["db"] == ["10.203.2.3"]
 
 
-def test_a_fresh_container_finds_the_others_before_its_own_record_says_it_runs(busybox_image_record):
-    """pid 1 may ask at once, before its record is saved as running (``container.start`` saves it after the
-    execve; `run` saves none before): the networks come from its owner, so the answer is already there."""
+def test_a_starting_containers_dns_server_answers_from_the_networks_it_was_wired_to(busybox_image_record,
+                                                                                     monkeypatch):
+    """pid 1 may ask at once, before its record says it runs (``container.start`` saves it after the execve;
+    `run` saves none before): the server started by ``connect_network`` answers from the networks its owner
+    wired, so the name is there already. (It read them from that record before, and found none.)"""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from labcore.runtime import container as runtime
+    from labcore.runtime import dns
     networks.create("front")
     save_container("web", Spec("busybox", ["true"], network="front"), State.RUNNING,
                    {"front": {"IPAddress": "10.203.1.2", "IPPrefixLen": 24, "Gateway": "", "Aliases": ["www"]}})
-    assert [c.name for c in lifecycle.all_records() if c.name != "web"] == []     # no record of the asker
-    assert networks.for_lookup(["front"])["www"] == ["10.203.1.2"]
+    spec = Spec("busybox", ["nslookup", "www"], network="front")
+    box = runtime.Container(spec, dataclasses.replace(runtime.plan_for(spec), rootless=False), scope=None)
+    box.pid = 4242
+    monkeypatch.setattr(runtime, "connect_to", lambda container, net, index: SimpleNamespace(ip="10.203.1.3"))
+    started = {}
+    monkeypatch.setattr(dns, "start", lambda pid, names: started.update(pid=pid, names=names))
+    runtime.connect_network(box)
+    assert [c.name for c in lifecycle.all_records()] == ["web"]                  # no record of the asker yet
+    assert started["pid"] == 4242 and started["names"]()["www"] == ["10.203.1.2"]
 
 
 def test_endpoints_at_create_follow_the_api_version(busybox_image_record):

@@ -26,7 +26,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 CELL_TIMEOUT = 300
-CONNECT_TIMEOUT = 120      # above the server's own kernel_info_timeout (60 s); see Session.websocket
+CONNECT_TIMEOUT = 150      # above the server's own waits before it answers (2 x 60 s); see Session.websocket
 
 
 class Session:
@@ -94,9 +94,9 @@ class Session:
 
     async def websocket(self, channels: str):
         url = self.url.replace("http", "ws", 1) + channels
-        # The server answers the upgrade only once the new kernel replies to kernel_info, and waits up to its
-        # kernel_info_timeout (60 s by default; jupyter_server's connection/channels.py, prepare) for that.
-        # tornado's default of 20 s gave up first when ten kernels started at once on two CPUs (a CI run).
+        # The server answers the upgrade only once the new kernel is alive and has replied to kernel_info; it
+        # waits up to kernel_info_timeout (60 s by default) for each (jupyter_server's connection/channels.py,
+        # prepare). tornado's default of 20 s gave up first when ten kernels started at once on two CPUs (CI).
         return await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {self.token}"},
                                                    connect_timeout=CONNECT_TIMEOUT,
                                                    request_timeout=CONNECT_TIMEOUT))

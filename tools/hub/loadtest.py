@@ -59,7 +59,7 @@ attempt("connect to their daemon's socket", lambda: socket.socket(socket.AF_UNIX
 attempt("signal their container", lambda: os.kill(pid, 0))
 attempt("read their container's environment", lambda: open(f"/proc/{pid}/environ").read())
 attempt("look into their container's root", lambda: os.listdir(f"/proc/{pid}/root/"))
-attempt("list their kernels' sockets", lambda: os.listdir(home + "/.local/share/jupyter/runtime"))
+attempt("connect to their kernel's socket", lambda: socket.socket(socket.AF_UNIX).connect(ARGS["kernel"]))
 ps = subprocess.run(["labcore", "ps", "-a"], capture_output=True, text=True)
 found["my labcore ps lists theirs"] = name in ps.stdout
 for verb in (["logs"], ["stop"], ["rm", "-f"]):
@@ -93,9 +93,10 @@ for _ in range(100):
     if os.path.exists(sock): break
     time.sleep(0.1)
 import ipykernel.connect                       # this kernel's connection file: how it talks to the server
-transport = json.loads(ipykernel.connect.get_connection_info())["transport"]
+kernel = json.loads(ipykernel.connect.get_connection_info())
 print(json.dumps({"pid": state[0]["State"]["Pid"], "sock": sock, "home": os.path.expanduser("~"),
-                  "kernel transport": transport}))
+                  "kernel transport": kernel["transport"], "kernel socket": f"{kernel['ip']}-{kernel['shell_port']}",
+                  "kernel socket there": os.path.exists(f"{kernel['ip']}-{kernel['shell_port']}")}))
 '''
 
 
@@ -316,9 +317,11 @@ async def isolation(the_class: Class) -> dict:
     for session in (prober, owner):
         await session.login(the_class.passwords[session.name])
     theirs = json.loads((await cell(owner, OTHER)).strip().splitlines()[-1])
-    transport = theirs.pop("kernel transport")
-    found = json.loads((await cell(prober, PROBE, name="labcore-secret", **theirs)).strip().splitlines()[-1])
-    return {**found, "their kernel's transport": transport}
+    kernel = {"their kernel's transport": theirs.pop("kernel transport"),
+              "their kernel's socket was there": theirs.pop("kernel socket there")}
+    found = json.loads((await cell(prober, PROBE, name="labcore-secret", kernel=theirs.pop("kernel socket"),
+                                   **theirs)).strip().splitlines()[-1])
+    return {**found, **kernel}
 
 
 async def runaway(the_class: Class, notebook: str) -> dict:

@@ -49,8 +49,10 @@ def kernel_transport(home: str) -> list[str]:
     keep the same cached ports: a full run here saw one kernel fail five times with "ZMQError: Address
     already in use" and die. Unix sockets under the student's home are theirs alone: no race for a name,
     and no other student can even connect to them. Where the home is so long that a socket's path would
-    not fit in sun_path, the kernels stay on TCP."""
-    if len(os.fsencode(home + KERNEL_SOCKETS)) > SUN_PATH_MAX:
+    not fit in sun_path, the kernels stay on TCP. The home is taken as jupyter_core takes it, links resolved
+    (paths.get_home_dir), and the runtime directory as its default: the servers' environment names none
+    (JUPYTER_RUNTIME_DIR, JUPYTER_DATA_DIR, XDG_DATA_HOME; ``c.Spawner.environment``)."""
+    if len(os.fsencode(os.path.realpath(home) + KERNEL_SOCKETS)) > SUN_PATH_MAX:
         return []
     return ["--KernelManager.transport=ipc"]
 
@@ -73,7 +75,7 @@ class LabSpawner(LocalProcessSpawner):
         return preexec
 
     def get_args(self) -> list[str]:
-        return super().get_args() + kernel_transport(pwd.getpwnam(self.user.name).pw_dir)
+        return kernel_transport(pwd.getpwnam(self.user.name).pw_dir) + super().get_args()   # c.Spawner.args win
 
     async def start(self):
         if self.fairness is not None:
