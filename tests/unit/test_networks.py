@@ -146,8 +146,8 @@ def test_the_dns_server_answers_only_for_containers_on_a_network_the_asker_is_on
     networks.create("back")
     def on(name, ip, aliases=None):
         return {name: {"IPAddress": ip, "IPPrefixLen": 24, "Gateway": "", "Aliases": aliases}}
-    asker = save_container("client", Spec("busybox", ["true"], network="front"), State.RUNNING,
-                           on("front", "10.203.1.3"))
+    save_container("client", Spec("busybox", ["true"], network="front"), State.RUNNING,
+                   on("front", "10.203.1.3"))
     web = save_container("Web", Spec("busybox", ["true"], network="front"), State.RUNNING,
                          {**on("front", "10.203.1.2", ["www"]), **on("back", "10.203.2.2")})
     save_container("db", Spec("busybox", ["true"], network="back"), State.RUNNING, on("back", "10.203.2.3"))
