@@ -437,17 +437,36 @@ def write_whole(path: str | os.PathLike, text: str | bytes) -> None:
 
 
 @contextlib.contextmanager
-def flocked(path: str | os.PathLike):
-    """flock(2) ``path`` until the block ends: a lock file (made if missing) or a directory."""
+def flocked(path: str | os.PathLike, seconds: float | None = None):
+    """flock(2) ``path`` until the block ends: a lock file (made if missing) or a directory. With ``seconds``,
+    TimeoutError once that long has passed without it, so that a holder that never lets go costs ``seconds``,
+    not forever."""
     flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT
     # Read-only is enough for flock(2), so a user who cannot write root's lock file still gets as far as
     # the kernel's own answer to whatever the lock guards, instead of an error about a lock file.
     fd = os.open(path, flags, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        take_flock(fd, seconds)
         yield
     finally:
         os.close(fd)                                    # closing the file releases the lock
+
+
+def take_flock(fd: int, seconds: float | None) -> None:
+    """LOCK_EX on ``fd``: blocking, or within ``seconds``, asking with LOCK_NB every 10 ms (flock(2) itself has
+    no timeout; a signal to interrupt it would reach the whole process)."""
+    if seconds is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"flock(2): still held by another after {seconds:g} s") from None
+            time.sleep(0.01)
 
 
 @register("unlink")

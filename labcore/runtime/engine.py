@@ -129,29 +129,10 @@ def connected(address: str) -> Channel:
     return Channel(sock)
 
 
-def spawn_lock():
+def spawn_lock(seconds: float | None = None):
     """flock(2) on the state directory: clients connect (and spawn) one at a time, and the monitor leaves
-    only while no client is between its connect(2) and its request."""
-    return journal.flocked(paths.home())
-
-
-def wait_for_spawn_lock(seconds: float) -> bool:
-    """Whether ``spawn_lock`` came free within ``seconds``: taken and let go at once (flock(2), LOCK_NB, every
-    10 ms), so a holder that never lets go costs ``seconds``, not forever."""
-    import fcntl
-    fd = os.open(paths.home(), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-    finally:
-        os.close(fd)                                  # the lock, if taken, goes with the file
+    only while no client is between its connect(2) and its request. ``seconds``: ``journal.flocked``'s."""
+    return journal.flocked(paths.home(), seconds)
 
 
 def spawn_monitor() -> None:
@@ -226,7 +207,8 @@ def dismiss_monitor(seconds: float = 10.0) -> str:
         # the spawn lock until it is gone (monitord.leave_if_idle), so the lock coming free is its going. Not
         # where the home is a file (a mistaken LABCORE_HOME). Within ``seconds``: a client may hold it too.
         if paths.home().is_dir():
-            wait_for_spawn_lock(seconds)
+            with contextlib.suppress(TimeoutError), spawn_lock(seconds):
+                pass
         return ""
     channel = connect_monitor(spawn=False)
     pids = sorted(set(pids + running_monitors()))

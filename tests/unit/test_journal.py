@@ -254,3 +254,21 @@ def test_rmtree_reads_the_mount_table_a_second_time_only_after_detaching_somethi
     (tree / "sub").mkdir(parents=True)
     journal.undo_rmtree(str(tree))
     assert not tree.exists() and reads == [str(tree)]
+
+
+def test_a_lock_with_a_deadline_gives_up_while_another_holds_it_and_is_taken_once_it_is_free(tmp_path):
+    """flock(2) locks belong to open files: a second open of the same directory is another holder. While the
+    first holds it, the kernel answers LOCK_NB with EWOULDBLOCK until the deadline (TimeoutError); then it is
+    taken at once."""
+    import fcntl
+    with journal.flocked(tmp_path):
+        with pytest.raises(TimeoutError, match="still held"):
+            with journal.flocked(tmp_path, seconds=0.05):
+                pass
+    with journal.flocked(tmp_path, seconds=0):
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):              # held by the block above: the kernel says so
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)

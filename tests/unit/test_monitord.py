@@ -6,6 +6,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from labcore import paths
 from labcore.kernel import journal, process
 from labcore.runtime import engine, lifecycle, monitor, monitord
@@ -104,7 +106,9 @@ def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_e
     dismissing = threading.Thread(target=lambda: answers.append(engine.dismiss_monitor()))
     try:
         assert os.read(locked, 1) == b"1"
-        assert not engine.wait_for_spawn_lock(0.05)      # held: EWOULDBLOCK
+        with pytest.raises(TimeoutError):                # held: EWOULDBLOCK
+            with engine.spawn_lock(0.05):
+                pass
         dismissing.start()
         assert dismissing.is_alive(), "dismiss_monitor returned while the leaving monitor still held the lock"
     finally:
@@ -114,7 +118,9 @@ def test_cleanup_waits_for_a_monitor_that_has_forgotten_its_record_but_not_yet_e
         os.waitpid(pid, 0)
         for fd in (locked, took, release, let_go):
             os.close(fd)
-    assert answers == [""] and engine.wait_for_spawn_lock(0)
+    assert answers == [""]
+    with engine.spawn_lock(0):                            # free again: the "monitor" is gone
+        pass
 
 
 def test_rm_of_a_dead_container_undoes_its_own_and_its_dead_monitors_records_only(labcore_home):
