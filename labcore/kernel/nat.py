@@ -32,7 +32,7 @@ import subprocess
 from pathlib import Path
 
 from labcore import paths
-from labcore.errors import BadInput, LabError, NotSupportedHere
+from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
 from labcore.kernel import journal, netlink, network, procfs
 from labcore.kernel.network import nft
 from labcore.kernel.process import find_program, tied
@@ -204,7 +204,11 @@ def undo_forwarding(name: str, holder: str = "") -> None:
             return                                      # another step routes through it still: its undo sets 0
         with contextlib.suppress(OSError):              # the last holder of any link: no directory left behind
             network.FORWARDING_HOLDERS.rmdir()
-        if Path(procfs.sysctl_path(f"net.ipv4.conf.{name}.forwarding")).exists():
+        # Write, don't look first: the link may go in between. A veth to a namespace goes when that namespace
+        # does, and the kernel tears a namespace down in a worker after its last process exits (net/core/
+        # net_namespace.c, cleanup_net), so the outside end of a step's peer network vanishes at a moment of
+        # the kernel's choosing. ENOENT then is the link, and its setting, gone: already undone.
+        with contextlib.suppress(NotFound):
             network.set_forwarding(name, "0")
 
 

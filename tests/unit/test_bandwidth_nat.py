@@ -1,8 +1,11 @@
 """Bandwidth (a tbf qdisc on a veth's host end) and NAT (nftables DNAT and MASQUERADE) without root: the order of
 calls through the netlink recorder and a recording nft, each object journaled before it is made and undone."""
+import shutil
+from pathlib import Path
+
 import pytest
 
-from labcore.errors import BadInput, LabError, NotSupportedHere
+from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
 from labcore.kernel import journal, nat, netlink, network
 
 HOST_END = {"ifname": "lcab12h", "operstate": "UP", "master": "lcbr0"}
@@ -203,6 +206,19 @@ def test_the_shared_bridge_forwards_until_its_last_holder_is_undone(forwarding_f
         network.forbid_forwarding("lcbr0")              # a container connecting meanwhile leaves it on
         assert forwarding_files("lcbr0") == "1"
     assert forwarding_files("lcbr0") == "0" and not network.FORWARDING_HOLDERS.exists()
+
+
+def test_a_link_gone_before_its_undo_took_its_setting_with_it(forwarding_files, monkeypatch):
+    """The outside end of the masquerade's peer network goes when the outside child's namespace does, in a
+    kernel worker, possibly while the scope undoes: the write's ENOENT is the setting gone, not a failure."""
+    conf = Path(nat.procfs.sysctl_path("net.ipv4.conf.lcab12o.forwarding")).parents[1]
+    with journal.Scope() as scope:
+        nat.allow_forwarding("lcab12o", scope)
+        assert forwarding_files("lcab12o") == "1"
+        shutil.rmtree(conf / "lcab12o")                  # the namespace went, and the veth pair with it
+    assert scope.entries == [] and not network.FORWARDING_HOLDERS.exists()
+    with pytest.raises(NotFound):                        # only the undo takes ENOENT as done
+        network.set_forwarding("lcab12o", "0")
 
 
 def test_the_other_network_takes_a_free_slash_30(monkeypatch):
