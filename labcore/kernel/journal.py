@@ -357,11 +357,15 @@ def undo_rmtree(path: str) -> None:
                 shutil.rmtree(path)
                 return
             except OSError as err:
-                # ENOTEMPTY: a process still writing into it (a detached container's monitor saving its last
-                # state as `cleanup --all` removes the dir) put a file back between rmtree's unlinks and rmdir.
-                if err.errno != errno.ENOTEMPTY or attempt == 2:
+                # A process still writing into it (a detached container's monitor saving its last state, a
+                # temporary file renamed over state.json, as `cleanup --all` removes the dir) put a file back
+                # between rmtree's unlinks and its rmdir (ENOTEMPTY), or took one away between rmtree's listing
+                # and its unlink (ENOENT; Python before 3.13 does not let that pass). Look again.
+                if err.errno not in (errno.ENOTEMPTY, errno.ENOENT) or attempt == 2:
                     raise
                 time.sleep(0.05)
+            if not os.path.lexists(path):
+                return
 
 
 def _make_writable(path: str) -> None:

@@ -510,12 +510,14 @@ def delete_link(name: str) -> None:
 def undo_qdisc(name: str) -> None:
     """`tc qdisc del dev NAME root` on a link of ours; a link gone took its qdisc with it."""
     journal.refuse_foreign(name, name.startswith(paths.LINK_PREFIX))
-    if link_exists(name) and root_qdisc(name).get("kind") == "tbf":
-        try:
+    if not link_exists(name):
+        return
+    try:          # the look and the delete both inside: a veth goes when its namespace's teardown says so
+        if root_qdisc(name).get("kind") == "tbf":
             netlink.qdisc_delete(name)
-        except LabError as err:
-            if err.errno not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):    # gone meanwhile: as good as done
-                raise
+    except LabError as err:
+        if err.errno not in (errno.ENODEV, errno.ENOENT, errno.EINVAL):        # gone meanwhile: as good as done
+            raise
 
 
 @journal.register("link_in")

@@ -1,11 +1,13 @@
 """Bandwidth (a tbf qdisc on a veth's host end) and NAT (nftables DNAT and MASQUERADE) without root: the order of
 calls through the netlink recorder and a recording nft, each object journaled before it is made and undone."""
+import errno
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere
+from labcore.errors import BadInput, LabError, NotFound, NotSupportedHere, from_oserror
 from labcore.kernel import journal, nat, netlink, network
 
 HOST_END = {"ifname": "lcab12h", "operstate": "UP", "master": "lcbr0"}
@@ -45,6 +47,16 @@ def test_undoing_a_qdisc_whose_link_is_gone_does_nothing():
         assert rec.commands() == []
     with pytest.raises(LabError, match="refusing"):
         network.undo_qdisc("eth0")
+
+
+def test_undoing_a_qdisc_whose_link_goes_between_the_look_and_the_query_is_done():
+    # a veth goes when its namespace's teardown (a kernel worker) gets to it: here after link_exists looked
+    with netlink.use(netlink.Recorder(links=[{"ifname": "lcab12h"}])) as rec:
+        def gone(name):            # as the real backend's _index answers for a name no link has
+            raise from_oserror(OSError(errno.ENODEV, os.strerror(errno.ENODEV)), f"netlink: no link {name}")
+        rec.qdiscs = gone
+        network.undo_qdisc("lcab12h")
+        assert rec.commands() == []
 
 
 def test_a_tbf_message_reads_as_tc_shows_it():

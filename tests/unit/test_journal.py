@@ -1,5 +1,7 @@
 """The undo journal: recorded at creation, undone in reverse, orphans found after a crash, foreign names refused."""
+import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -122,6 +124,24 @@ def test_rmtree_of_a_tree_with_symlinks_as_a_user_removes_the_links_not_their_ta
     monkeypatch.setattr(os, "geteuid", lambda: 1001)          # _make_writable's path for a user
     journal.undo_rmtree(str(tree))
     assert not tree.exists() and (target / "keep.txt").exists()
+
+
+def test_rmtree_looks_again_when_a_file_goes_between_its_listing_and_its_unlink(tmp_path, monkeypatch):
+    # a monitor renaming its temporary file over state.json while `cleanup --all` removes the directory
+    tree = tmp_path / "labcore-tree"
+    tree.mkdir()
+    (tree / ".state.json.1.2").write_text("{}")
+    real, tries = shutil.rmtree, []
+
+    def renamed_meanwhile(path, *args, **kwargs):
+        tries.append(path)
+        if len(tries) == 1:
+            os.rename(tree / ".state.json.1.2", tree / "state.json")
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tree / ".state.json.1.2"))
+        real(path, *args, **kwargs)
+    monkeypatch.setattr(journal.shutil, "rmtree", renamed_meanwhile)
+    journal.undo_rmtree(str(tree))
+    assert not tree.exists() and len(tries) == 2
 
 
 def test_rmtree_of_a_recorded_path_that_is_now_a_symlink_removes_only_the_link(tmp_path):

@@ -552,7 +552,7 @@ def undo_rmdir_cgroup(path: str) -> None:
         for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
             with contextlib.suppress(OSError), open(os.path.join(path, name), "r+") as file:
                 file.write(thawed)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):      # ENOENT, or ENODEV: another undo removed it since the look
             for pid in Path(path, "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
@@ -563,7 +563,8 @@ def undo_rmdir_cgroup(path: str) -> None:
             return
         except OSError:
             time.sleep(0.02)      # EBUSY while the killed processes are still exiting
-    os.rmdir(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)            # the last try says why, unless the group went meanwhile
 
 
 def _holds_child_groups(path: str) -> bool:
