@@ -153,7 +153,19 @@ class Monitor:
         """Reap zombie children no thread will: zombies at the last look too, a tick ago, and no pid 1 of
         ours (a thread reaps its own with waitpid(2) of that pid, once the container's output has ended; a
         program or a step's child the monitor ran is reaped by whoever ran it, waiting for it already or
-        within moments, which the tick leaves time for)."""
+        within moments, which the tick leaves time for). Never while a thread creates and starts a container:
+        its shim, and its pid 1 until ADOPTED has it, are that thread's to reap however long a busy machine
+        makes the steps between (a stray reaped there leaves the thread's waitpid(2) an ECHILD). Both looks
+        must fall outside a start, so a shim reaped by its own thread in between is never taken."""
+        if not self.forking.acquire(blocking=False):
+            self.zombies = set()
+            return
+        try:
+            self.reap_zombies_seen_twice()
+        finally:
+            self.forking.release()
+
+    def reap_zombies_seen_twice(self) -> None:
         try:
             exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)   # looks, reaps nothing
         except ChildProcessError:

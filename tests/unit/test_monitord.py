@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labcore import paths
-from labcore.kernel import journal, process
+from labcore.kernel import journal, process, procfs
 from labcore.runtime import engine, lifecycle, monitor, monitord
 
 
@@ -32,6 +32,28 @@ def test_a_subreaper_for_life_stays_one_after_an_adoption_window(monkeypatch):
     with process.adopting_orphans():
         pass
     assert calls == [(36, 1)]                                # the monitor: on, and never off
+
+
+def test_strays_are_reaped_after_two_looks_but_never_while_a_start_forks():
+    """A shim that has exited, waiting for its thread's waitpid(2) while a busy machine stalls that thread:
+    a look during a start leaves it, and two looks outside one reap only what is still a zombie then."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        watcher = monitord.Monitor(listener)
+        shim = os.fork()
+        if shim == 0:
+            os._exit(7)
+        while procfs.state(shim) != "Z":
+            time.sleep(0.005)
+        with watcher.forking:                               # a thread is creating a container
+            for _ in range(3):
+                watcher.reap_strays()
+        assert procfs.state(shim) == "Z" and shim not in watcher.zombies
+        watcher.reap_strays()                                # first look outside a start: seen
+        assert procfs.state(shim) == "Z" and shim in watcher.zombies
+        watcher.reap_strays()                                # second look: a stray, reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(shim, 0)
+        os.close(watcher.wake_read), os.close(watcher.wake_write)
 
 
 def test_a_holder_that_closed_its_end_is_seen_gone_before_its_thread_reads_it():
