@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore.errors import BadInput, NeedsPrivilege, NotSupportedHere
+from labcore.errors import BadInput, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.kernel import cgroups
 from labcore.kernel.cgroups import limits as limits_module
 from labcore.kernel.cgroups import open_manager, parse_mountinfo
@@ -345,3 +345,13 @@ def test_an_exec_finds_only_its_containers_own_groups_and_needs_no_cgroupfs_wher
         raise NotSupportedHere("no cgroup filesystem is mounted")
     monkeypatch.setattr(cgroups, "detect", no_cgroupfs)
     assert cgroups.container_group_of(42, "other") is None
+
+
+def test_an_exec_into_a_pid_1_that_has_just_exited_is_a_lab_error_naming_its_proc_file():
+    # the record still says running while the monitor reaps pid 1: the exec's joiner must say why it stopped
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    with pytest.raises(NotFound, match=f"/proc/{gone}/cgroup"):
+        cgroups.container_group_of(gone, "abc")

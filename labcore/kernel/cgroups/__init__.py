@@ -482,7 +482,11 @@ def container_group_of(pid: int, container_id: str) -> Group | None:
     None where it has none of its own (pid 1 is then in its creator's groups). `docker exec` puts its process
     there too, so that it counts against the container's limits and its device list. /proc/PID/cgroup names
     each group from the reader's cgroup namespace, the host's here (cgroups(7))."""
-    lines = [line for line in procfs.cgroups(pid) if os.path.basename(line.path) == container_group_name(container_id)]
+    try:
+        listed = procfs.cgroups(pid)
+    except OSError as err:                            # pid 1 has exited since its record said running
+        raise from_oserror(err, "open", procfs.path(pid, "cgroup")) from err
+    lines = [line for line in listed if os.path.basename(line.path) == container_group_name(container_id)]
     if not lines:
         return None                                   # first: where the lab made none, no cgroupfs need be mounted
     layout, name, dirs = detect(), None, {}
