@@ -29,10 +29,18 @@ def commands_of_children(pid: int) -> list[str]:
     return found
 
 
+def ctrl_c_at_its_default() -> None:
+    """As a terminal's shell starts a command. A test run started in the background by a shell without job
+    control (`./lab test &` in a script, nohup) has SIGINT ignored, and a child inherits that through execve
+    (signal(7)); Python then installs no KeyboardInterrupt handler, and the client would sleep through Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_the_container_runs_in_labd_and_writes_to_the_clients_own_stdout_and_stderr(labd):
     client = subprocess.Popen([sys.executable, "-m", "labcore", "run", "--rm", "--network", "none", "busybox",
                                "sh", "-c", "echo out; echo err >&2; exec sleep 30"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=ctrl_c_at_its_default)
     try:
         # pid 1 is labd's child (its thread forked the shim, and labd adopted pid 1), not the client's.
         assert eventually(lambda: "sleep 30" in commands_of_children(labd.process.pid), seconds=20)
