@@ -530,7 +530,7 @@ class Labd:
             raise
         return self
 
-    def wait_until_serving(self, seconds: float = 10) -> None:
+    def wait_until_serving(self, seconds: float = 60) -> None:      # a hang's bound: an exit is seen at once
         from labcore.kernel.process import wait_until_ready
         wait_until_ready(self.process, lambda: ping(self.socket), f"labd on {self.socket}", seconds,
                          lambda: self.process.stderr.read().decode()[-800:] if self.process.poll() else "")

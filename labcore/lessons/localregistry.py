@@ -81,7 +81,7 @@ class LocalRegistry:
         self.scope.record("directory", directory, "rmtree", path=directory)
         return directory
 
-    def wait_until_serving(self, seconds: float = 10) -> None:
+    def wait_until_serving(self, seconds: float = 60) -> None:      # a hang's bound: an exit is seen at once
         wait_until_ready(self.process, self.answers, f"docker-registry on {self.address}", seconds,
                          lambda: self.process.stderr.read().decode()[-500:] if self.process.poll() else "")
 

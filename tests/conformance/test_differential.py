@@ -281,7 +281,8 @@ def test_wait_conditions(both):
     def scenario(engine):
         created = engine.create(["true"])
         not_running = engine.request("POST", f"/containers/{created}/wait?condition=not-running").json()
-        removed = engine.run(["sh", "-c", "sleep 1; exit 3"], HostConfig={"AutoRemove": True})
+        # 5 s: the wait below must be asked before the container ends and is removed, on a loaded machine too
+        removed = engine.run(["sh", "-c", "sleep 5; exit 3"], HostConfig={"AutoRemove": True})
         code = engine.request("POST", f"/containers/{removed}/wait?condition=removed").json()["StatusCode"]
         return not_running["StatusCode"], code, engine.request("GET", f"/containers/{removed}/json").status
     assert on_both(both, scenario) == (0, 3, 404)

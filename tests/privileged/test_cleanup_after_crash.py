@@ -1,13 +1,15 @@
 """A `labcore run` killed with SIGKILL mid-run leaves kernel objects; `labcore cleanup` removes all of them."""
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import psutil
+
 from labcore.kernel.journal import Journal
-from tests.conftest import privileged
+from tests.conftest import eventually, privileged
 
 pytestmark = privileged
 
@@ -23,13 +25,18 @@ def lab_objects(home: Path, container_id_part: str = "") -> dict:
     }
 
 
+def is_running_sleep(pid: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(child.cmdline() == ["sleep", "60"] for child in psutil.Process(pid).children(recursive=True))
+    return False
+
+
 def test_cleanup_after_sigkill_leaves_nothing(busybox_image, labcore_home):
     run = subprocess.Popen([sys.executable, "-m", "labcore", "run", "--rm", "-p", "18999:80", "--memory", "64m",
                             "busybox", "sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not lab_objects(labcore_home)["containers"]:
-        time.sleep(0.05)
-    time.sleep(1.0)                                            # the network and the proxy come after the dir
+    # pid 1 becomes `sleep 60` once every step is done (network, proxy, root): a fixed pause was a guess that a
+    # loaded machine could outlast. The foreground run adopts pid 1, so it is among the run's children.
+    assert eventually(lambda: is_running_sleep(run.pid), seconds=60), "the container never started"
     container_id = lab_objects(labcore_home)["containers"][0]
     before = lab_objects(labcore_home, container_id)
     assert before["cgroups"] and before["links"]

@@ -36,7 +36,8 @@ def test_published_port_reaches_the_container_from_the_hosts_loopback(busybox_im
     runner = threading.Thread(target=run, args=(spec,))
     runner.start()
     try:
-        for _ in range(100):          # until nc listens: before, the proxy closes the connection (b"")
+        reply, deadline = b"", time.monotonic() + 60
+        while time.monotonic() < deadline:  # until nc listens: before, the proxy closes the connection (b"")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
                     reply = client.recv(64)

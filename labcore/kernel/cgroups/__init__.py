@@ -542,6 +542,9 @@ def can_limit() -> bool:
 
 # --- the inverse the journal replays -------------------------------------------------------------------
 
+REMOVE_SECONDS = 20        # how long undo_rmdir_cgroup waits for the tasks it killed to be gone
+
+
 @register("rmdir_cgroup")
 def undo_rmdir_cgroup(path: str) -> None:
     """Kill what is left inside a cgroup of ours, then remove it (rmdir is how cgroups are deleted): the
@@ -549,7 +552,10 @@ def undo_rmdir_cgroup(path: str) -> None:
     refuse_foreign(path, Path(path).name.startswith(paths.PREFIX))
     if not os.path.isdir(path):
         return
-    for _ in range(50):
+    # A deadline, not a count of tries: killed tasks leave the group only once do_exit has freed what they held,
+    # a few ms for busybox, far longer for a class's notebook servers exiting at once on a loaded host.
+    deadline, pause = time.monotonic() + REMOVE_SECONDS, 0.01
+    while time.monotonic() < deadline:
         if _holds_child_groups(path):
             return    # a shared parent still in use by another run: the last one out removes it
         # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
@@ -565,8 +571,11 @@ def undo_rmdir_cgroup(path: str) -> None:
             return
         except FileNotFoundError:
             return
-        except OSError:
-            time.sleep(0.02)      # EBUSY while the killed processes are still exiting
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise from_oserror(err, "rmdir", path) from err
+            time.sleep(pause)     # EBUSY while the killed processes are still exiting
+            pause = min(pause * 2, 0.2)
     with contextlib.suppress(FileNotFoundError):
         os.rmdir(path)            # the last try says why, unless the group went meanwhile
 
