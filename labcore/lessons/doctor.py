@@ -279,7 +279,7 @@ def probes(hierarchies: list[Hierarchy], own: dict[str, str]) -> dict[str, tuple
     for h in hierarchies:
         for controller in h.controllers:
             parent = group_parent(h, own.get(controller if h.version == 1 else "", "/"))
-            table[f"cgroup.{controller}"] = (try_cgroup, parent, controller, h.version)
+            table[f"cgroup.{controller}"] = (try_cgroup, parent, controller, h.version, h.mountpoint)
     table["veth"] = (try_veth,)
     table["usernet"] = (try_usernet,)
     table["graphviz"] = (try_dot,)
@@ -373,7 +373,7 @@ def _how() -> str:
     return "" if os.geteuid() == 0 else " (inside a user namespace)"
 
 
-def try_cgroup(parent: str, controller: str, version: int) -> str | Capability:
+def try_cgroup(parent: str, controller: str, version: int, top: str | None = None) -> str | Capability:
     """mkdir(2) a group of ours below our own cgroup, and rmdir(2) it at once: mkdir is how cgroups are
     made (cgroups(7))."""
     path = f"{parent}/labcore-doctor-{os.getpid()}"
@@ -381,12 +381,26 @@ def try_cgroup(parent: str, controller: str, version: int) -> str | Capability:
         make_cgroup(scope, path)
         files = sorted(os.listdir(path))
         if version == 2 and controller not in Path(path, "cgroup.controllers").read_text().split():
+            if passed_down_by_the_lab(controller, top):
+                return (f"mkdir {path} worked; {controller} is not passed down to new groups yet, and the lab "
+                        f"passes it down itself when it makes its first group (echo +{controller} > "
+                        f"{top}/cgroup.subtree_control), as runc does on a host without systemd")
             return Capability(False, (
                 f"mkdir {path} worked, but {parent} does not pass {controller} down to new groups\n"
                 f"  fix: echo +{controller} > {parent}/cgroup.subtree_control (as root or the owner of "
                 "a delegated subtree)"))
     sample = next((f for f in files if f.startswith(controller + ".")), files[0] if files else "")
     return f"mkdir {path}: the kernel filled it with {len(files)} files ({sample}, ...); removed at once"
+
+
+def passed_down_by_the_lab(controller: str, top: str | None) -> bool:
+    """As root the lab makes its groups at the top of the v2 tree and enables the controllers it limits there
+    when they are missing (``V2Manager.prepare_parent``): the root group is exempt from the rule that a group
+    with processes passes nothing down (cgroup-v2.rst, "No Internal Process Constraint")."""
+    from labcore.kernel.cgroups.v2 import WANTED
+    if top is None or os.geteuid() != 0 or controller not in WANTED:
+        return False
+    return controller in (Path(top, "cgroup.controllers").read_text().split())
 
 
 def make_cgroup(scope: journal.Scope, path: str) -> None:

@@ -97,6 +97,17 @@ def test_cgroup_probe_in_a_fake_tree_records_and_removes_its_group(tmp_path):
     assert os.listdir(tree) == [] and Journal().entries() == []
 
 
+def test_as_root_a_controller_the_top_offers_is_one_the_lab_passes_down_itself(tmp_path, monkeypatch):
+    # a v2 host without systemd: the root offers pids but passes nothing down; root's lab enables it there
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory hugetlb pids\n")
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 0)
+    assert [c for c in ("cpu", "io", "memory", "pids", "cpuset", "hugetlb", "rdma")
+            if doctor.passed_down_by_the_lab(c, str(tmp_path))] == ["cpu", "io", "memory", "pids"]
+    monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)          # a user: its subtree's owner enables them
+    assert not doctor.passed_down_by_the_lab("pids", str(tmp_path))
+    assert not doctor.passed_down_by_the_lab("pids", None)           # v1, or no top known
+
+
 def test_a_group_that_cannot_be_journaled_is_removed_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("LABCORE_HOME", str(tmp_path / "a-file"))
     (tmp_path / "a-file").write_text("a file, so the journal directory cannot be made in it")
