@@ -396,9 +396,10 @@ def try_cgroup(parent: str, controller: str, version: int, top: str | None = Non
 def passed_down_by_the_lab(controller: str, top: str | None) -> bool:
     """As root the lab makes its groups at the top of the v2 tree and enables the controllers it limits there
     when they are missing (``V2Manager.prepare_parent``): the root group is exempt from the rule that a group
-    with processes passes nothing down (cgroup-v2.rst, "No Internal Process Constraint")."""
+    with processes passes nothing down (cgroup-v2.rst, "No Internal Process Constraint"). Only the real root:
+    a cgroup namespace's top is a group like any other, with cgroup.type, which exists "on non-root cgroups"."""
     from labcore.kernel.cgroups.v2 import WANTED
-    if top is None or os.geteuid() != 0 or controller not in WANTED:
+    if top is None or os.geteuid() != 0 or controller not in WANTED or Path(top, "cgroup.type").exists():
         return False
     return controller in (Path(top, "cgroup.controllers").read_text().split())
 

@@ -103,6 +103,9 @@ def test_as_root_a_controller_the_top_offers_is_one_the_lab_passes_down_itself(t
     monkeypatch.setattr(doctor.os, "geteuid", lambda: 0)
     assert [c for c in ("cpu", "io", "memory", "pids", "cpuset", "hugetlb", "rdma")
             if doctor.passed_down_by_the_lab(c, str(tmp_path))] == ["cpu", "io", "memory", "pids"]
+    (tmp_path / "cgroup.type").write_text("domain\n")                # a cgroup namespace's top: not the root
+    assert not doctor.passed_down_by_the_lab("pids", str(tmp_path))
+    (tmp_path / "cgroup.type").unlink()
     monkeypatch.setattr(doctor.os, "geteuid", lambda: 1000)          # a user: its subtree's owner enables them
     assert not doctor.passed_down_by_the_lab("pids", str(tmp_path))
     assert not doctor.passed_down_by_the_lab("pids", None)           # v1, or no top known
