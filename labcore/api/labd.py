@@ -530,8 +530,9 @@ class Labd:
             raise
         return self
 
-    def wait_until_serving(self, seconds: float = 60) -> None:      # a hang's bound: an exit is seen at once
-        from labcore.kernel.process import wait_until_ready
+    def wait_until_serving(self, seconds: float | None = None) -> None:
+        from labcore.kernel.process import READY_SECONDS, wait_until_ready
+        seconds = READY_SECONDS if seconds is None else seconds
         wait_until_ready(self.process, lambda: ping(self.socket), f"labd on {self.socket}", seconds,
                          lambda: self.process.stderr.read().decode()[-800:] if self.process.poll() else "")
 

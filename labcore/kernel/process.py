@@ -215,7 +215,13 @@ def spawn(argv: list[str], pass_fds: tuple[int, ...] = (), stderr=None):
     return process
 
 
-def wait_until_ready(process, ready: Callable[[], bool], what: str, seconds: float,
+# How long a service we started may take to answer: a bound on a hang, not a goal. A service that exits is
+# seen at once (poll), so a long bound costs nothing; a loaded CI host or a class's VM needs seconds to start
+# a Python with its imports.
+READY_SECONDS = 60
+
+
+def wait_until_ready(process, ready: Callable[[], bool], what: str, seconds: float = READY_SECONDS,
                      explain: Callable[[], str] = lambda: "") -> None:
     """Poll ``ready()`` until it holds, for a service we started (labd, a registry, dockerd); a service
     that exits first fails at once with its own words (``explain``), instead of after the whole wait."""

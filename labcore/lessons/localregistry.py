@@ -17,7 +17,7 @@ from pathlib import Path
 from labcore import paths
 from labcore.errors import NotSupportedHere
 from labcore.kernel.journal import Scope, process_start_time
-from labcore.kernel.process import wait_until_ready
+from labcore.kernel.process import READY_SECONDS, wait_until_ready
 
 CONFIG = """version: 0.1
 log:
@@ -81,7 +81,7 @@ class LocalRegistry:
         self.scope.record("directory", directory, "rmtree", path=directory)
         return directory
 
-    def wait_until_serving(self, seconds: float = 60) -> None:      # a hang's bound: an exit is seen at once
+    def wait_until_serving(self, seconds: float = READY_SECONDS) -> None:
         wait_until_ready(self.process, self.answers, f"docker-registry on {self.address}", seconds,
                          lambda: self.process.stderr.read().decode()[-500:] if self.process.poll() else "")
 

@@ -34,14 +34,16 @@ def is_running_sleep(pid: int) -> bool:
 def test_cleanup_after_sigkill_leaves_nothing(busybox_image, labcore_home):
     run = subprocess.Popen([sys.executable, "-m", "labcore", "run", "--rm", "-p", "18999:80", "--memory", "64m",
                             "busybox", "sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # pid 1 becomes `sleep 60` once every step is done (network, proxy, root): a fixed pause was a guess that a
-    # loaded machine could outlast. The foreground run adopts pid 1, so it is among the run's children.
-    assert eventually(lambda: is_running_sleep(run.pid), seconds=60), "the container never started"
-    container_id = lab_objects(labcore_home)["containers"][0]
-    before = lab_objects(labcore_home, container_id)
-    assert before["cgroups"] and before["links"]
-    run.send_signal(signal.SIGKILL)
-    run.wait()
+    try:
+        # pid 1 becomes `sleep 60` once every step is done (network, proxy, root): a fixed pause was a guess that
+        # a loaded machine could outlast. The foreground run adopts pid 1, so it is among the run's children.
+        assert eventually(lambda: is_running_sleep(run.pid), seconds=60), "the container never started"
+        container_id = lab_objects(labcore_home)["containers"][0]
+        before = lab_objects(labcore_home, container_id)
+        assert before["cgroups"] and before["links"]
+    finally:
+        run.send_signal(signal.SIGKILL)                # the crash; on a failure above, what the leak check undoes
+        run.wait()
     assert Journal().entries(), "the killed run's objects are in the journal"
     out = subprocess.run([sys.executable, "-m", "labcore", "cleanup"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

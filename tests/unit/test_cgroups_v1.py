@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labcore.errors import BadInput, NeedsPrivilege, NotFound, NotSupportedHere
+from labcore.errors import BadInput, LabError, NeedsPrivilege, NotFound, NotSupportedHere
 from labcore.kernel import cgroups
 from labcore.kernel.cgroups import limits as limits_module
 from labcore.kernel.cgroups import open_manager, parse_mountinfo
@@ -355,3 +355,25 @@ def test_an_exec_into_a_pid_1_that_has_just_exited_is_a_lab_error_naming_its_pro
     os.waitpid(gone, 0)
     with pytest.raises(NotFound, match=f"/proc/{gone}/cgroup"):
         cgroups.container_group_of(gone, "abc")
+
+
+def test_a_group_whose_tasks_never_leave_is_reported_after_the_deadline_and_a_refusal_at_once(tmp_path,
+                                                                                               monkeypatch):
+    from labcore.kernel.cgroups import undo_rmdir_cgroup
+    group = tmp_path / "labcore-stuck"
+    group.mkdir()
+    tries = []
+
+    def rmdir(path, code=errno.EBUSY):
+        tries.append(path)
+        raise OSError(code, os.strerror(code), path)
+    monkeypatch.setattr(cgroups, "REMOVE_SECONDS", 0.05)
+    monkeypatch.setattr(cgroups.os, "rmdir", rmdir)
+    with pytest.raises(LabError, match=f"rmdir on {group}") as busy:
+        undo_rmdir_cgroup(str(group))
+    assert busy.value.errno == errno.EBUSY and len(tries) > 1          # retried while the tasks might leave
+    tries.clear()
+    monkeypatch.setattr(cgroups.os, "rmdir", lambda path: rmdir(path, errno.EACCES))
+    with pytest.raises(NeedsPrivilege):
+        undo_rmdir_cgroup(str(group))
+    assert len(tries) == 1                                               # a refusal does not change by waiting

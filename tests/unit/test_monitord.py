@@ -1,5 +1,6 @@
 """The one monitor of a state directory (labcore.runtime.monitord), without containers: who owns what it records,
 how it stays while a client holds it and leaves when none does, and what `rm` of a dead container undoes."""
+import contextlib
 import os
 import signal
 import socket
@@ -42,18 +43,23 @@ def test_strays_are_reaped_after_two_looks_but_never_while_a_start_forks():
         shim = os.fork()
         if shim == 0:
             os._exit(7)
-        while procfs.state(shim) != "Z":
-            time.sleep(0.005)
-        with watcher.forking:                               # a thread is creating a container
-            for _ in range(3):
-                watcher.reap_strays()
-        assert procfs.state(shim) == "Z" and shim not in watcher.zombies
-        watcher.reap_strays()                                # first look outside a start: seen
-        assert procfs.state(shim) == "Z" and shim in watcher.zombies
-        watcher.reap_strays()                                # second look: a stray, reaped
-        with pytest.raises(ChildProcessError):
-            os.waitpid(shim, 0)
-        os.close(watcher.wake_read), os.close(watcher.wake_write)
+        try:
+            while procfs.state(shim) != "Z":
+                time.sleep(0.005)
+            with watcher.forking:                           # a thread is creating a container
+                for _ in range(3):
+                    watcher.reap_strays()
+            assert procfs.state(shim) == "Z" and shim not in watcher.zombies
+            watcher.reap_strays()                            # first look outside a start: seen
+            assert procfs.state(shim) == "Z" and shim in watcher.zombies
+            watcher.reap_strays()                            # second look: a stray, reaped
+            with pytest.raises(ChildProcessError):
+                os.waitpid(shim, 0)
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(shim, 0)                          # a failed assertion leaves no zombie behind
+            for fd in (watcher.wake_read, watcher.wake_write):
+                os.close(fd)
 
 
 def test_a_holder_that_closed_its_end_is_seen_gone_before_its_thread_reads_it():

@@ -555,7 +555,7 @@ def undo_rmdir_cgroup(path: str) -> None:
     # A deadline, not a count of tries: killed tasks leave the group only once do_exit has freed what they held,
     # a few ms for busybox, far longer for a class's notebook servers exiting at once on a loaded host.
     deadline, pause = time.monotonic() + REMOVE_SECONDS, 0.01
-    while time.monotonic() < deadline:
+    while True:
         if _holds_child_groups(path):
             return    # a shared parent still in use by another run: the last one out removes it
         # A frozen task ignores even SIGKILL until thawed (cgroup-v1/freezer-subsystem.rst): thaw first.
@@ -572,12 +572,10 @@ def undo_rmdir_cgroup(path: str) -> None:
         except FileNotFoundError:
             return
         except OSError as err:
-            if err.errno != errno.EBUSY:
+            if err.errno != errno.EBUSY or time.monotonic() >= deadline:
                 raise from_oserror(err, "rmdir", path) from err
             time.sleep(pause)     # EBUSY while the killed processes are still exiting
             pause = min(pause * 2, 0.2)
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(path)            # the last try says why, unless the group went meanwhile
 
 
 def _holds_child_groups(path: str) -> bool:
